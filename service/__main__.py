@@ -1,0 +1,7 @@
+"""`python -m service serve ...`, the same as the `registry-gateway` console script."""
+
+import sys
+
+from service.cli import main
+
+sys.exit(main())

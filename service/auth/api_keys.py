@@ -1,0 +1,57 @@
+"""API-key authentication: `authorization: Bearer <key>` against stored sha256 digests."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+
+from service.config import TenantConfig
+from service.errors import Unauthenticated
+
+AUTHORIZATION_KEY = "authorization"
+
+
+def hash_key(key: str) -> str:
+    """The form a key is stored in config: `sha256:<hex>`."""
+    return "sha256:" + hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+class ApiKeyAuthenticator:
+    """Maps a bearer API key to the tenant that holds its digest."""
+
+    def __init__(self, tenants: Sequence[TenantConfig]) -> None:
+        self._digests: list[tuple[bytes, TenantConfig]] = [
+            (bytes.fromhex(digest.removeprefix("sha256:")), tenant)
+            for tenant in tenants
+            for digest in tenant.api_keys
+        ]
+
+    def authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> TenantConfig:
+        """The tenant whose key the call carries; Unauthenticated otherwise (token never echoed)."""
+        header = None
+        for key, value in metadata or ():
+            if key == AUTHORIZATION_KEY:
+                header = value if isinstance(value, str) else value.decode("latin-1")
+                break
+        if header is None:
+            raise Unauthenticated(
+                "missing credentials: send metadata 'authorization: Bearer <api key>'",
+                reason="MISSING_CREDENTIALS",
+            )
+        scheme, _, token = header.strip().partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            raise Unauthenticated(
+                "malformed authorization metadata: expected 'Bearer <api key>'",
+                reason="MALFORMED_CREDENTIALS",
+            )
+        presented = hashlib.sha256(token.encode("utf-8")).digest()
+        found = None
+        # Compare against every digest, in constant time each, so timing tells nothing.
+        for digest, tenant in self._digests:
+            if hmac.compare_digest(presented, digest) and found is None:
+                found = tenant
+        if found is None:
+            raise Unauthenticated("the credentials presented are not valid", reason="INVALID_CREDENTIALS")
+        return found

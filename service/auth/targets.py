@@ -1,0 +1,61 @@
+"""Target authorization: may this tenant call this RPC on this registry in this region?
+
+Deny by default: a tenant may act only where one of its `registries` entries names the
+registry, lists the region and lists the RPC. An unknown registry and a forbidden one get
+the same answer, so a caller cannot probe which registries exist.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from service.config import GatewayConfig, RegistryConfig, TenantConfig, registry_regions
+from service.errors import FieldViolation, InvalidArgument, PermissionDenied
+
+
+@dataclass(frozen=True)
+class Target:
+    """What one call acts on: the tenant, the registry entry and the region."""
+
+    tenant: str
+    registry: RegistryConfig
+    region: str
+
+    @property
+    def registry_id(self) -> str:
+        """The 12-digit account id of the registry."""
+        return self.registry.registry_id
+
+
+class TargetAuthorizer:
+    """Resolves a request's (registry_id, region) defaults and checks the tenant may act there."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self._config = config
+
+    def authorize(self, tenant: TenantConfig, rpc: str, registry_id: str, region: str) -> Target:
+        """The target of the call, or PermissionDenied / InvalidArgument."""
+        region = region or self._config.aws.region
+        if not registry_id:
+            if len(tenant.registries) != 1:
+                choices = ", ".join(r.registry_id for r in tenant.registries)
+                raise InvalidArgument(
+                    f"registry_id is required: tenant {tenant.name} has several registries ({choices})",
+                    reason="REGISTRY_ID_REQUIRED",
+                    field_violations=[
+                        FieldViolation("registry_id", "required when the tenant has several registries")
+                    ],
+                )
+            registry_id = tenant.registries[0].registry_id
+        for registry in tenant.registries:
+            if (
+                registry.registry_id == registry_id
+                and region in registry_regions(self._config, registry)
+                and rpc in registry.operations
+            ):
+                return Target(tenant=tenant.name, registry=registry, region=region)
+        raise PermissionDenied(
+            f"tenant {tenant.name} may not call {rpc} on registry {registry_id} in {region}",
+            reason="TARGET_NOT_ALLOWED",
+            metadata={"tenant": tenant.name, "rpc": rpc, "registryId": registry_id, "region": region},
+        )

@@ -1,0 +1,97 @@
+"""`registry-gateway` (and `python -m service`): serve, hash-key."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+from collections.abc import Sequence
+
+import aioboto3
+
+from service import embedded
+from service.auth.api_keys import hash_key
+from service.config import ENV_CONFIG_PATH, ConfigError, GatewayConfig, load, parse_listen
+from service.observability import configure_logging
+from service.server import BindError, Gateway
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="registry-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gateway")
+    source = serve.add_mutually_exclusive_group()
+    source.add_argument("--config", metavar="PATH", help=f"YAML config (or env {ENV_CONFIG_PATH})")
+    source.add_argument(
+        "--embedded", action="store_true", help="moto as AWS and a demo tenant (for trying it out)"
+    )
+    serve.add_argument("--listen", metavar="HOST:PORT", help="overrides `listen` of the config")
+    hashing = commands.add_parser("hash-key", help="print the config form (sha256:<hex>) of an API key")
+    hashing.add_argument(
+        "key", nargs="?", help="the key; omitted: generate a new one and print both"
+    )
+    return parser
+
+
+async def _serve(config: GatewayConfig, listen: str | None, embedded_key: str | None) -> None:
+    gateway = Gateway(
+        config, session_factory=embedded.session_factory if embedded_key else aioboto3.Session
+    )
+    port = await gateway.start(listen)
+    if embedded_key is not None:
+        host = (listen or config.listen).rsplit(":", 1)[0]
+        print(
+            embedded.banner(f"{host}:{port}", embedded_key, bool(os.environ.get(embedded.DEMO_KEY_ENV))),
+            flush=True,
+        )
+    await gateway.run_until_signal()
+
+
+def _run_serve(opts: argparse.Namespace) -> int:
+    config_path = opts.config or os.environ.get(ENV_CONFIG_PATH)
+    if opts.embedded and config_path and not opts.config:
+        config_path = None  # --embedded wins over an inherited env var, and says nothing else
+    if not config_path and not opts.embedded:
+        print(
+            f"refusing to start: no config. Pass --config PATH (or set {ENV_CONFIG_PATH}) to "
+            "run against AWS, or --embedded to try it against a local fake AWS.",
+            file=sys.stderr,
+        )
+        return 2
+    if opts.listen:
+        try:
+            parse_listen(opts.listen)
+        except ValueError as exc:
+            print(f"error: --listen: {exc}", file=sys.stderr)
+            return 2
+    configure_logging()
+    moto = None
+    try:
+        if opts.embedded:
+            moto = embedded.start_moto()
+            key = embedded.demo_key()
+            config = embedded.demo_config(moto.endpoint_url, key)
+            asyncio.run(_serve(config, opts.listen, key))
+        else:
+            asyncio.run(_serve(load(config_path), opts.listen, None))
+    except (ConfigError, BindError) as exc:
+        print(str(exc), file=sys.stderr)
+        return 2
+    finally:
+        if moto is not None:
+            moto.stop()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    opts = _parser().parse_args(argv)
+    if opts.command == "hash-key":
+        key = opts.key or secrets.token_urlsafe(32)
+        if not opts.key:
+            print(f"key:    {key}")
+        print(hash_key(key) if opts.key else f"config: {hash_key(key)}")
+        return 0
+    return _run_serve(opts)

@@ -1,0 +1,208 @@
+"""The gateway's configuration: YAML keys of DESIGN.md, env overrides, one-line errors."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+ENV_CONFIG_PATH = "REGISTRY_GATEWAY_CONFIG"
+ENV_OVERRIDE_PREFIX = "REGISTRY_GATEWAY__"
+
+OPERATIONS = (
+    "DescribeRegistry",
+    "GetRegistryPolicy",
+    "PutRegistryPolicy",
+    "DeleteRegistryPolicy",
+    "PutReplicationConfiguration",
+)
+Operation = Literal[
+    "DescribeRegistry",
+    "GetRegistryPolicy",
+    "PutRegistryPolicy",
+    "DeleteRegistryPolicy",
+    "PutReplicationConfiguration",
+]
+
+# Sections DESIGN.md names whose behaviour this version does not implement yet. A config
+# that asks for rate limits or JWT and silently gets none would be worse than a refusal.
+NOT_YET_SUPPORTED = ("tls", "listeners", "cache", "rate_limit", "audit", "metrics", "tracing", "auth")
+
+_HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
+_KEY_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `str()` is one line naming the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerConfig(_Strict):
+    """The `server:` section: deadlines, limits, shutdown and reflection."""
+
+    default_deadline_seconds: float = Field(10.0, gt=0)
+    max_deadline_seconds: float = Field(60.0, gt=0)
+    drain_seconds: float = Field(5.0, ge=0)
+    grace_seconds: float = Field(20.0, ge=0)
+    max_concurrent_rpcs: int = Field(1000, ge=1)
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_connection_age_seconds: float = Field(300.0, gt=0)
+    keepalive_time_seconds: float = Field(60.0, gt=0)
+    keepalive_timeout_seconds: float = Field(20.0, gt=0)
+    reflection: bool = True
+
+    @model_validator(mode="after")
+    def _default_within_cap(self) -> ServerConfig:
+        if self.default_deadline_seconds > self.max_deadline_seconds:
+            raise ValueError("default_deadline_seconds must not exceed max_deadline_seconds")
+        return self
+
+
+class AwsConfig(_Strict):
+    """The `aws:` section: default region, endpoint, retries and timeouts."""
+
+    region: str = Field("us-east-1", pattern=r"^[0-9a-z-]{2,25}$")
+    endpoint_url: str | None = None
+    max_attempts: int = Field(3, ge=1, le=10)
+    connect_timeout_seconds: float = Field(2.0, gt=0)
+    read_timeout_seconds: float = Field(10.0, gt=0)
+
+
+class RegistryConfig(_Strict):
+    """One registry a tenant may act on, and what it may do there."""
+
+    registry_id: str = Field(pattern=r"^[0-9]{12}$")
+    role_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$")
+    external_id_env: str | None = None
+    policy_scope: Literal["V1", "V2"] = "V2"
+    regions: tuple[str, ...] = ()
+    operations: tuple[Operation, ...] = ()
+
+    @field_validator("registry_id", mode="before")
+    @classmethod
+    def _id_as_string(cls, value: Any) -> Any:
+        # YAML reads an unquoted 111111111111 as an int; an account id is a string.
+        return f"{value:012d}" if isinstance(value, int) else value
+
+
+class TenantConfig(_Strict):
+    """A tenant: how it proves who it is, and its registries."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    api_keys: tuple[str, ...] = ()
+    registries: tuple[RegistryConfig, ...] = Field(min_length=1)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _hashed_keys(cls, keys: tuple[str, ...]) -> tuple[str, ...]:
+        for key in keys:
+            if not _KEY_DIGEST.match(key):
+                # Never echo the value: it may be a key pasted in clear.
+                raise ValueError("each key must be 'sha256:' followed by 64 lowercase hex digits")
+        return keys
+
+
+class GatewayConfig(_Strict):
+    """The whole configuration file."""
+
+    listen: str = "127.0.0.1:50051"
+    server: ServerConfig = ServerConfig()
+    aws: AwsConfig = AwsConfig()
+    tenants: tuple[TenantConfig, ...] = ()
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _unique_tenant_names(self) -> GatewayConfig:
+        names = [t.name for t in self.tenants]
+        if len(names) != len(set(names)):
+            raise ValueError("tenant names must be unique")
+        return self
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """Split `HOST:PORT` (IPv6 hosts in brackets), refusing anything else."""
+    match = _HOST_PORT.match(value)
+    if not match or not 0 <= int(match.group(2)) <= 65535:
+        raise ValueError(f"expected HOST:PORT, got {value!r}")
+    return match.group(1), int(match.group(2))
+
+
+def registry_regions(config: GatewayConfig, registry: RegistryConfig) -> tuple[str, ...]:
+    """The regions a registry entry allows: its own list, else the default region."""
+    return registry.regions or (config.aws.region,)
+
+
+def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> None:
+    for name, text in environ.items():
+        if not name.startswith(ENV_OVERRIDE_PREFIX):
+            continue
+        path = [p.lower() for p in name[len(ENV_OVERRIDE_PREFIX) :].split("__") if p]
+        if not path:
+            continue
+        node = raw
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"config error: {name}: {'.'.join(path)} is not a section")
+            node = child
+        # YAML scalars so that numbers and booleans arrive typed ("3" -> 3, "false" -> False).
+        node[path[-1]] = yaml.safe_load(text) if text else text
+
+
+def _one_line(error: ValidationError) -> str:
+    first = error.errors()[0]
+    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+        if len(first["loc"]) == 1 and first["loc"][0] in NOT_YET_SUPPORTED:
+            message = "not supported by this version of the gateway yet"
+    more = len(error.errors()) - 1
+    suffix = f" (and {more} more)" if more else ""
+    return f"config error: {key}: {message}{suffix}"
+
+
+def from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Validate a parsed config (plus env overrides) into a GatewayConfig."""
+    data: dict[str, Any] = _deep_copy(raw)
+    _apply_env_overrides(data, os.environ if environ is None else environ)
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
+
+
+def load(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """Read a YAML config file; raise ConfigError with a one-line message if unusable."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config error: cannot read {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"config error: {path} is not valid YAML{where}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config error: {path}: the top level must be a mapping of keys")
+    return from_mapping(raw, environ)
+
+
+def _deep_copy(raw: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in raw.items()}

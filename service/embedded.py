@@ -1,0 +1,103 @@
+"""The embedded default: an in-process moto server as AWS and one demo tenant.
+
+For trying the gateway and for `make serve` only; moto comes from the `embedded` extra and
+is never in the production image.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aioboto3
+
+from service.auth.api_keys import hash_key
+from service.config import OPERATIONS, GatewayConfig, from_mapping
+
+DEMO_KEY_ENV = "REGISTRY_GATEWAY_DEMO_KEY"
+DEMO_TENANT = "demo"
+# moto's default account: credentials that name no other account act on this one.
+DEMO_ACCOUNT = "123456789012"
+DEMO_REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
+# moto accepts any credentials; these keep the embedded gateway off the machine's real ones.
+FAKE_ACCESS_KEY = "testing"
+FAKE_SECRET_KEY = "testing"  # noqa: S105 - a placeholder moto accepts, not a secret
+
+
+@dataclass
+class EmbeddedAws:
+    """A running moto server on 127.0.0.1 and a free port."""
+
+    server: Any
+    endpoint_url: str
+
+    def stop(self) -> None:
+        """Stop the moto server."""
+        self.server.stop()
+
+
+def start_moto() -> EmbeddedAws:
+    """Start moto's threaded server on 127.0.0.1, on a free port."""
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as exc:
+        raise SystemExit(
+            "--embedded needs moto: install the 'embedded' extra (pip install '.[embedded]')"
+        ) from exc
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    return EmbeddedAws(server=server, endpoint_url=f"http://{host}:{port}")
+
+
+def session_factory() -> aioboto3.Session:
+    """aioboto3 sessions with moto's placeholder credentials."""
+    return aioboto3.Session(
+        aws_access_key_id=FAKE_ACCESS_KEY, aws_secret_access_key=FAKE_SECRET_KEY
+    )
+
+
+def demo_key(environ: Mapping[str, str] | None = None) -> str:
+    """The demo API key: from REGISTRY_GATEWAY_DEMO_KEY when set, else a fresh random one."""
+    env = os.environ if environ is None else environ
+    return env.get(DEMO_KEY_ENV) or secrets.token_urlsafe(24)
+
+
+def demo_config(endpoint_url: str, key: str, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+    """The embedded config: AWS at `endpoint_url`, one demo tenant allowed everything."""
+    raw: dict[str, Any] = {
+        "aws": {"region": DEMO_REGIONS[0], "endpoint_url": endpoint_url, "max_attempts": 2},
+        "tenants": [
+            {
+                "name": DEMO_TENANT,
+                "api_keys": [hash_key(key)],
+                "registries": [
+                    {
+                        "registry_id": DEMO_ACCOUNT,
+                        "regions": list(DEMO_REGIONS),
+                        "operations": list(OPERATIONS),
+                    }
+                ],
+            }
+        ],
+    }
+    return from_mapping(raw, environ)
+
+
+def banner(listen: str, key: str, key_from_env: bool) -> str:
+    """What the terminal shows: where it listens, the demo key and a grpcurl to paste."""
+    origin = f"from ${DEMO_KEY_ENV}" if key_from_env else f"generated; set ${DEMO_KEY_ENV} to fix it"
+    return "\n".join(
+        [
+            "",
+            f"Registry Config Gateway (embedded: moto as AWS, account {DEMO_ACCOUNT}) on {listen}",
+            f"demo tenant API key ({origin}): {key}",
+            "try:",
+            f"  grpcurl -plaintext -H 'authorization: Bearer {key}' {listen} "
+            "ecr.registry.v1.RegistryConfigService/DescribeRegistry",
+            "",
+        ]
+    )

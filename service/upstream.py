@@ -1,0 +1,249 @@
+"""AWS behind the gateway: one aioboto3 ECR client per (account, region), reused and verified.
+
+Each client is created once, on first use, and closed at shutdown (never one per request).
+When it is created, STS GetCallerIdentity with the same credentials must name the
+registry's own account; otherwise every call on that registry is refused with
+FAILED_PRECONDITION, so a misconfigured key can never read or change another registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aioboto3
+from aiobotocore.credentials import (
+    AioAssumeRoleCredentialFetcher,
+    AioDeferredRefreshableCredentials,
+)
+from aiobotocore.session import AioSession
+from botocore.config import Config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionError,
+    HTTPClientError,
+    NoCredentialsError,
+    ParamValidationError,
+)
+
+from service.auth.targets import Target
+from service.config import AwsConfig, RegistryConfig
+from service.errors import (
+    UPSTREAM_RETRY_AFTER_SECONDS,
+    DeadlineExceeded,
+    FailedPrecondition,
+    GatewayError,
+    InvalidArgument,
+    Unavailable,
+    from_aws,
+)
+
+log = logging.getLogger("registry_gateway.upstream")
+
+SessionFactory = Callable[[], aioboto3.Session]
+ROLE_SESSION_NAME = "registry-gateway"
+
+
+@dataclass(frozen=True)
+class _ClientKey:
+    registry_id: str
+    region: str
+    role_arn: str | None
+    external_id_env: str | None
+
+
+class Upstream:
+    """Calls ECR for a target with the client of its (account, region), mapping AWS errors."""
+
+    def __init__(
+        self,
+        aws: AwsConfig,
+        *,
+        session_factory: SessionFactory = aioboto3.Session,
+        environ: Mapping[str, str] | None = None,
+        time_left: Callable[[], float] = lambda: float("inf"),
+    ) -> None:
+        self._aws = aws
+        self._session_factory = session_factory
+        self._environ = os.environ if environ is None else environ
+        self._time_left = time_left
+        self._botocore_config = Config(
+            retries={"mode": "standard", "max_attempts": aws.max_attempts},
+            connect_timeout=aws.connect_timeout_seconds,
+            read_timeout=aws.read_timeout_seconds,
+            user_agent_extra="registry-gateway",
+        )
+        self._stack = contextlib.AsyncExitStack()
+        self._clients: dict[_ClientKey, Any] = {}
+        self._refused: dict[_ClientKey, FailedPrecondition] = {}
+        self._creating: dict[_ClientKey, asyncio.Lock] = {}
+        self._base_session: aioboto3.Session | None = None
+        self._role_sessions: dict[tuple[str, str | None], aioboto3.Session] = {}
+
+    async def call(self, target: Target, operation: str, **params: Any) -> dict[str, Any]:
+        """Run one ECR operation (snake_case name) on the target; AWS errors become gateway errors."""
+        remaining = self._time_left()
+        if remaining <= 0:
+            raise DeadlineExceeded("deadline exceeded before AWS was called")
+        try:
+            async with asyncio.timeout(None if remaining == float("inf") else remaining):
+                client = await self._client(target)
+                response: dict[str, Any] = await getattr(client, operation)(**params)
+                return response
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"deadline exceeded waiting for AWS ECR {operation}",
+                metadata={"operation": operation},
+            ) from None
+        except ClientError as exc:
+            raise _from_client_error(exc, operation) from None
+        except BotoCoreError as exc:
+            raise _from_botocore_error(exc, operation) from None
+
+    async def close(self) -> None:
+        """Close every client (at shutdown)."""
+        await self._stack.aclose()
+        self._clients.clear()
+
+    async def _client(self, target: Target) -> Any:
+        registry = target.registry
+        key = _ClientKey(registry.registry_id, target.region, registry.role_arn, registry.external_id_env)
+        client = self._clients.get(key)
+        if client is not None:
+            return client
+        refused = self._refused.get(key)
+        if refused is not None:
+            raise refused
+        lock = self._creating.setdefault(key, asyncio.Lock())
+        async with lock:
+            # Single flight: only the first of many concurrent first calls creates the client.
+            if key in self._clients:
+                return self._clients[key]
+            if key in self._refused:
+                raise self._refused[key]
+            session = await self._session_for(registry, target.region)
+            account = await self._caller_account(session, target.region)
+            if account != registry.registry_id:
+                log.error(
+                    "AWS credentials reach the wrong account",
+                    extra={"registry_id": registry.registry_id, "account": account, "region": target.region},
+                )
+                self._refused[key] = FailedPrecondition(
+                    f"the gateway's AWS credentials for registry {registry.registry_id} reach "
+                    f"account {account}; every call on this registry is refused",
+                    reason="ACCOUNT_MISMATCH",
+                    metadata={"registryId": registry.registry_id, "region": target.region},
+                )
+                raise self._refused[key]
+            client = await self._stack.enter_async_context(
+                session.client(
+                    "ecr",
+                    region_name=target.region,
+                    endpoint_url=self._aws.endpoint_url,
+                    config=self._botocore_config,
+                )
+            )
+            self._clients[key] = client
+            return client
+
+    async def _caller_account(self, session: aioboto3.Session, region: str) -> str:
+        async with session.client(
+            "sts", region_name=region, endpoint_url=self._aws.endpoint_url, config=self._botocore_config
+        ) as sts:
+            identity = await sts.get_caller_identity()
+        return str(identity["Account"])
+
+    async def _session_for(self, registry: RegistryConfig, region: str) -> aioboto3.Session:
+        if self._base_session is None:
+            self._base_session = self._session_factory()
+        if registry.role_arn is None:
+            return self._base_session
+        role_key = (registry.role_arn, registry.external_id_env)
+        session = self._role_sessions.get(role_key)
+        if session is None:
+            session = await self._assume_role_session(registry, region)
+            self._role_sessions[role_key] = session
+        return session
+
+    async def _assume_role_session(self, registry: RegistryConfig, region: str) -> aioboto3.Session:
+        # botocore's own AssumeRoleProvider needs a profile; this is the same fetcher and
+        # deferred refreshable credentials it builds, fed from the base session's chain, so
+        # the role is assumed on first use and re-assumed before the credentials expire.
+        assert self._base_session is not None and registry.role_arn is not None
+        base_core: AioSession = self._base_session._session
+        source = await base_core.get_credentials()
+        if source is None:
+            raise FailedPrecondition(
+                "the gateway has no AWS credentials to assume the registry's role with",
+                reason="NO_AWS_CREDENTIALS",
+                metadata={"registryId": registry.registry_id},
+            )
+        extra_args: dict[str, Any] = {"RoleSessionName": ROLE_SESSION_NAME}
+        if registry.external_id_env:
+            external_id = self._environ.get(registry.external_id_env)
+            if not external_id:
+                raise FailedPrecondition(
+                    f"env {registry.external_id_env} (the external id of registry "
+                    f"{registry.registry_id}'s role) is not set",
+                    reason="EXTERNAL_ID_MISSING",
+                    metadata={"registryId": registry.registry_id},
+                )
+            extra_args["ExternalId"] = external_id
+        fetcher = AioAssumeRoleCredentialFetcher(
+            client_creator=functools.partial(
+                base_core.create_client,
+                region_name=region,
+                endpoint_url=self._aws.endpoint_url,
+                config=self._botocore_config,
+            ),
+            source_credentials=source,
+            role_arn=registry.role_arn,
+            extra_args=extra_args,
+        )
+        core = AioSession()
+        core._credentials = AioDeferredRefreshableCredentials(
+            refresh_using=fetcher.fetch_credentials, method="assume-role"
+        )
+        return aioboto3.Session(botocore_session=core)
+
+
+def _from_client_error(exc: ClientError, operation: str) -> GatewayError:
+    error = exc.response.get("Error", {})
+    request_id = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
+    return from_aws(str(error.get("Code", "Unknown")), str(error.get("Message", "")), request_id, operation)
+
+
+def _from_botocore_error(exc: BotoCoreError, operation: str) -> GatewayError:
+    if isinstance(exc, ParamValidationError):
+        # botocore's text names the parameter and the constraint, never a credential.
+        return InvalidArgument(
+            f"invalid parameters for AWS: {' '.join(str(exc).split())}",
+            reason="AWS_PARAM_VALIDATION",
+            metadata={"operation": operation},
+        )
+    if isinstance(exc, NoCredentialsError):
+        return FailedPrecondition(
+            "the gateway has no AWS credentials; tell the operators",
+            reason="NO_AWS_CREDENTIALS",
+            metadata={"operation": operation},
+        )
+    if isinstance(exc, ConnectionError | HTTPClientError):
+        return Unavailable(
+            f"AWS ECR could not be reached for {operation}; retry later",
+            reason="UPSTREAM_UNREACHABLE",
+            metadata={"operation": operation},
+            retry_after_seconds=UPSTREAM_RETRY_AFTER_SECONDS,
+        )
+    return Unavailable(
+        f"AWS ECR call {operation} failed ({type(exc).__name__}); retry later",
+        reason="UPSTREAM_UNAVAILABLE",
+        metadata={"operation": operation},
+        retry_after_seconds=UPSTREAM_RETRY_AFTER_SECONDS,
+    )
