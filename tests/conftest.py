@@ -1,0 +1,105 @@
+"""Fixtures: a real moto server over HTTP as AWS, and real gateway servers on free ports."""
+
+from __future__ import annotations
+
+import threading
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
+
+import grpc
+import pytest
+from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
+from moto.server import ThreadedMotoServer
+
+from service import config as config_mod
+from service.embedded import session_factory
+from service.server import Gateway
+from tests.helpers import config_dict
+
+GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[str]:
+    """One moto server for the session, on 127.0.0.1 and a free port."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def aws(moto_endpoint: str) -> Iterator[str]:
+    """The moto endpoint, with every account's state reset before the test."""
+    request = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+        assert response.status == 200
+    yield moto_endpoint
+
+
+@pytest.fixture
+async def gateway_factory(aws: str) -> AsyncIterator[GatewayFactory]:
+    """Builds and starts gateways (several per test if needed); stops them all afterwards."""
+    started: list[Gateway] = []
+
+    async def build(raw: dict[str, Any] | None = None, **server: Any) -> Gateway:
+        cfg = config_mod.from_mapping(raw or config_dict(aws, **server), environ={})
+        gateway = Gateway(cfg, session_factory=session_factory)
+        await gateway.start()
+        started.append(gateway)
+        return gateway
+
+    yield build
+    for gateway in started:
+        await gateway.stop_now()
+
+
+@pytest.fixture
+async def gateway(gateway_factory: GatewayFactory) -> Gateway:
+    """A gateway with the default test config (tenants `payments` and `readonly`)."""
+    return await gateway_factory()
+
+
+@pytest.fixture
+async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel to the default gateway."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
+        yield ch
+
+
+@pytest.fixture
+def stub(channel: grpc.aio.Channel) -> pb_grpc.RegistryConfigServiceStub:
+    """The generated stub on the default gateway."""
+    return pb_grpc.RegistryConfigServiceStub(channel)
+
+
+class Gate:
+    """Holds a patched moto handler until the test opens it (a real event, not a sleep)."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.opened = threading.Event()
+
+    def wait(self) -> None:
+        self.entered.set()
+        # Bounded so a failing test cannot hang moto's thread forever.
+        self.opened.wait(timeout=30)
+
+
+@pytest.fixture
+def slow_describe(monkeypatch: pytest.MonkeyPatch) -> Gate:
+    """moto's DescribeRegistry blocks until the gate opens: a slow AWS, for deadlines/drain."""
+    from moto.ecr.models import ECRBackend
+
+    gate = Gate()
+    original = ECRBackend.describe_registry
+
+    def held(self: ECRBackend) -> Any:
+        gate.wait()
+        return original(self)
+
+    monkeypatch.setattr(ECRBackend, "describe_registry", held)
+    yield gate
+    gate.opened.set()

@@ -1,0 +1,107 @@
+"""Shared test helpers: configs, keys, and reading rich error details off a failed call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from service.auth.api_keys import hash_key
+from service.config import OPERATIONS
+
+ACCOUNT = "123456789012"  # moto's default account: what the test credentials reach
+OTHER_ACCOUNT = "111111111111"
+KEY = "test-key-payments"
+OTHER_KEY = "test-key-readonly"
+POLICY = (
+    '{"Version":"2012-10-17","Statement":[{"Sid":"ReplicateFromPartner","Effect":"Allow",'
+    '"Principal":{"AWS":"arn:aws:iam::210987654321:root"},'
+    '"Action":["ecr:CreateRepository","ecr:ReplicateImage"],'
+    '"Resource":"arn:aws:ecr:us-east-1:123456789012:repository/*"}]}'
+)
+
+
+def metadata(key: str = KEY) -> tuple[tuple[str, str], ...]:
+    """Call metadata carrying an API key."""
+    return (("authorization", f"Bearer {key}"),)
+
+
+def config_dict(endpoint_url: str, **server: Any) -> dict[str, Any]:
+    """A config with tenant `payments` (everything on ACCOUNT) and `readonly` (reads only)."""
+    return {
+        "listen": "127.0.0.1:0",
+        "server": {"drain_seconds": 0, "grace_seconds": 1, **server},
+        "aws": {
+            "region": "us-east-1",
+            "endpoint_url": endpoint_url,
+            "max_attempts": 1,
+            "connect_timeout_seconds": 1,
+            "read_timeout_seconds": 5,
+        },
+        "tenants": [
+            {
+                "name": "payments",
+                "api_keys": [hash_key(KEY)],
+                "registries": [
+                    {
+                        "registry_id": ACCOUNT,
+                        "regions": ["us-east-1", "eu-west-1"],
+                        "operations": list(OPERATIONS),
+                    }
+                ],
+            },
+            {
+                "name": "readonly",
+                "api_keys": [hash_key(OTHER_KEY)],
+                "registries": [
+                    {
+                        "registry_id": ACCOUNT,
+                        "regions": ["us-east-1"],
+                        "operations": ["DescribeRegistry", "GetRegistryPolicy"],
+                    }
+                ],
+            },
+        ],
+    }
+
+
+@dataclass
+class RichError:
+    """The parts of a rich status a test looks at."""
+
+    code: grpc.StatusCode
+    message: str
+    error_infos: list[error_details_pb2.ErrorInfo]
+    bad_request: error_details_pb2.BadRequest | None
+    retry_info: error_details_pb2.RetryInfo | None
+    trailing: dict[str, Any]
+
+    @property
+    def info(self) -> error_details_pb2.ErrorInfo:
+        """The one ErrorInfo (AIP-193 says exactly one)."""
+        assert len(self.error_infos) == 1, self.error_infos
+        return self.error_infos[0]
+
+
+def rich_error(error: grpc.aio.AioRpcError) -> RichError:
+    """Decode google.rpc.Status details from a failed aio call's trailing metadata."""
+    trailing = dict(error.trailing_metadata() or ())
+    raw = trailing.get("grpc-status-details-bin")
+    assert raw is not None, f"no rich status on {error.code()}: {error.details()}"
+    status = status_pb2.Status.FromString(raw)
+    assert status.code == error.code().value[0]
+    infos, bad, retry = [], None, None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            infos.append(info)
+        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            retry = error_details_pb2.RetryInfo()
+            detail.Unpack(retry)
+    return RichError(error.code(), error.details() or "", infos, bad, retry, trailing)
