@@ -64,9 +64,9 @@ def stale_files(committed: Path, fresh: Path) -> list[str]:
         if not other.exists() or not filecmp.cmp(path, other, shallow=False):
             problems.append(str(rel))
     for path in sorted((committed / "ecr").rglob("*")):
-        if path.is_file() and "__pycache__" not in path.parts:
-            if not (fresh / path.relative_to(committed)).exists():
-                problems.append(f"{path.relative_to(committed)} (not generated any more)")
+        generated = fresh / path.relative_to(committed)
+        if path.is_file() and "__pycache__" not in path.parts and not generated.exists():
+            problems.append(f"{path.relative_to(committed)} (not generated any more)")
     return problems
 
 

@@ -6,6 +6,8 @@ each method reads like the call path of DESIGN.md and decides nothing itself.
 
 from __future__ import annotations
 
+from typing import Any, TypeAlias
+
 import grpc
 from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
@@ -14,7 +16,7 @@ from service.auth.targets import Target, TargetAuthorizer
 from service.middleware import current_call
 from service.operations import RegistryOperations
 
-Context = grpc.aio.ServicerContext
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"  # generic only in the stubs
 
 
 class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):

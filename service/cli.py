@@ -28,7 +28,9 @@ def _parser() -> argparse.ArgumentParser:
         "--embedded", action="store_true", help="moto as AWS and a demo tenant (for trying it out)"
     )
     serve.add_argument("--listen", metavar="HOST:PORT", help="overrides `listen` of the config")
-    hashing = commands.add_parser("hash-key", help="print the config form (sha256:<hex>) of an API key")
+    hashing = commands.add_parser(
+        "hash-key", help="print the config form (sha256:<hex>) of an API key"
+    )
     hashing.add_argument(
         "key", nargs="?", help="the key; omitted: generate a new one and print both"
     )
@@ -43,7 +45,9 @@ async def _serve(config: GatewayConfig, listen: str | None, embedded_key: str | 
     if embedded_key is not None:
         host = (listen or config.listen).rsplit(":", 1)[0]
         print(
-            embedded.banner(f"{host}:{port}", embedded_key, bool(os.environ.get(embedded.DEMO_KEY_ENV))),
+            embedded.banner(
+                f"{host}:{port}", embedded_key, bool(os.environ.get(embedded.DEMO_KEY_ENV))
+            ),
             flush=True,
         )
     await gateway.run_until_signal()
@@ -75,7 +79,7 @@ def _run_serve(opts: argparse.Namespace) -> int:
             config = embedded.demo_config(moto.endpoint_url, key)
             asyncio.run(_serve(config, opts.listen, key))
         else:
-            asyncio.run(_serve(load(config_path), opts.listen, None))
+            asyncio.run(_serve(load(str(config_path)), opts.listen, None))
     except (ConfigError, BindError) as exc:
         print(str(exc), file=sys.stderr)
         return 2

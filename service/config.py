@@ -31,7 +31,16 @@ Operation = Literal[
 
 # Sections DESIGN.md names whose behaviour this version does not implement yet. A config
 # that asks for rate limits or JWT and silently gets none would be worse than a refusal.
-NOT_YET_SUPPORTED = ("tls", "listeners", "cache", "rate_limit", "audit", "metrics", "tracing", "auth")
+NOT_YET_SUPPORTED = (
+    "tls",
+    "listeners",
+    "cache",
+    "rate_limit",
+    "audit",
+    "metrics",
+    "tracing",
+    "auth",
+)
 
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 _KEY_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -89,8 +98,15 @@ class RegistryConfig(_Strict):
     @field_validator("registry_id", mode="before")
     @classmethod
     def _id_as_string(cls, value: Any) -> Any:
-        # YAML reads an unquoted 111111111111 as an int; an account id is a string.
-        return f"{value:012d}" if isinstance(value, int) else value
+        # YAML reads an unquoted 111111111111 as an int; an account id is a string. A 0-led
+        # one may have been read as octal (YAML 1.1), so a short int is refused, not padded.
+        if isinstance(value, int) and not isinstance(value, bool):
+            if len(str(value)) != 12:
+                raise ValueError(
+                    "quote account ids in YAML ('012345678901'): unquoted, they are numbers"
+                )
+            return str(value)
+        return value
 
 
 class TenantConfig(_Strict):
@@ -124,12 +140,21 @@ class GatewayConfig(_Strict):
         parse_listen(value)
         return value
 
-    @model_validator(mode="after")
-    def _unique_tenant_names(self) -> GatewayConfig:
-        names = [t.name for t in self.tenants]
-        if len(names) != len(set(names)):
-            raise ValueError("tenant names must be unique")
-        return self
+    @field_validator("tenants")
+    @classmethod
+    def _unambiguous_tenants(cls, tenants: tuple[TenantConfig, ...]) -> tuple[TenantConfig, ...]:
+        names: set[str] = set()
+        owners: dict[str, str] = {}
+        for tenant in tenants:
+            if tenant.name in names:
+                raise ValueError(f"tenant names must be unique: {tenant.name} appears twice")
+            names.add(tenant.name)
+            for digest in tenant.api_keys:
+                other = owners.setdefault(digest, tenant.name)
+                if other != tenant.name:
+                    # One key must prove one tenant; otherwise whoever is listed first wins.
+                    raise ValueError(f"tenants {other} and {tenant.name} share an API key")
+        return tenants
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -154,12 +179,17 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> Non
             continue
         node = raw
         for part in path[:-1]:
-            child = node.setdefault(part, {})
+            child = node.get(part)
+            if child is None:  # an empty section (`server:` alone) reads as null
+                child = node[part] = {}
             if not isinstance(child, dict):
                 raise ConfigError(f"config error: {name}: {'.'.join(path)} is not a section")
             node = child
         # YAML scalars so that numbers and booleans arrive typed ("3" -> 3, "false" -> False).
-        node[path[-1]] = yaml.safe_load(text) if text else text
+        try:
+            node[path[-1]] = yaml.safe_load(text) if text else text
+        except yaml.YAMLError:
+            raise ConfigError(f"config error: {name}: the value is not valid YAML") from None
 
 
 def _one_line(error: ValidationError) -> str:

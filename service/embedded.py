@@ -66,7 +66,9 @@ def demo_key(environ: Mapping[str, str] | None = None) -> str:
     return env.get(DEMO_KEY_ENV) or secrets.token_urlsafe(24)
 
 
-def demo_config(endpoint_url: str, key: str, environ: Mapping[str, str] | None = None) -> GatewayConfig:
+def demo_config(
+    endpoint_url: str, key: str, environ: Mapping[str, str] | None = None
+) -> GatewayConfig:
     """The embedded config: AWS at `endpoint_url`, one demo tenant allowed everything."""
     raw: dict[str, Any] = {
         "aws": {"region": DEMO_REGIONS[0], "endpoint_url": endpoint_url, "max_attempts": 2},
@@ -89,7 +91,9 @@ def demo_config(endpoint_url: str, key: str, environ: Mapping[str, str] | None =
 
 def banner(listen: str, key: str, key_from_env: bool) -> str:
     """What the terminal shows: where it listens, the demo key and a grpcurl to paste."""
-    origin = f"from ${DEMO_KEY_ENV}" if key_from_env else f"generated; set ${DEMO_KEY_ENV} to fix it"
+    origin = (
+        f"from ${DEMO_KEY_ENV}" if key_from_env else f"generated; set ${DEMO_KEY_ENV} to fix it"
+    )
     return "\n".join(
         [
             "",

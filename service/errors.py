@@ -180,7 +180,9 @@ _AWS_UNAVAILABLE = frozenset(
         "InternalError",
     }
 )
-_AWS_INVALID = frozenset({"InvalidParameterException", "ValidationException", "LimitExceededException"})
+_AWS_INVALID = frozenset(
+    {"InvalidParameterException", "ValidationException", "LimitExceededException"}
+)
 _AWS_NOT_FOUND = frozenset({"RegistryPolicyNotFoundException"})
 _AWS_ACCESS = frozenset(
     {
@@ -197,13 +199,15 @@ _AWS_ACCESS = frozenset(
 UPSTREAM_RETRY_AFTER_SECONDS = 1.0
 
 
-def from_aws(
-    aws_code: str, aws_message: str, aws_request_id: str, operation: str
-) -> GatewayError:
+def from_aws(aws_code: str, aws_message: str, aws_request_id: str, operation: str) -> GatewayError:
     """Map an AWS error (code, message, request id) of `operation` to a gateway error."""
     metadata = {"awsErrorCode": aws_code, "awsRequestId": aws_request_id, "operation": operation}
     if aws_code in _AWS_NOT_FOUND:
-        return NotFound("the registry has no registry policy", reason="REGISTRY_POLICY_NOT_FOUND", metadata=metadata)
+        return NotFound(
+            "the registry has no registry policy",
+            reason="REGISTRY_POLICY_NOT_FOUND",
+            metadata=metadata,
+        )
     if aws_code in _AWS_INVALID:
         # AWS's own message names the parameter and constraint; it holds no secrets.
         return InvalidArgument(

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -99,20 +99,28 @@ def _request_id(metadata: Any) -> str:
     return uuid.uuid4().hex
 
 
-class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+# Strings: grpcio's classes are generic only in typeshed's stubs, not at run time.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+
+_Unary: TypeAlias = "Callable[[Any, Context], Awaitable[Any]]"
+
+
+class GatewayInterceptor(grpc.aio.ServerInterceptor):
     """Request id, deadline budget, authentication and error-to-status for every gateway RPC."""
 
     def __init__(self, server: ServerConfig, authenticator: ApiKeyAuthenticator) -> None:
         self._default_deadline = server.default_deadline_seconds
         self._max_deadline = server.max_deadline_seconds
         self._authenticator = authenticator
-        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+        self._wrapped: dict[str, Handler] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         method: str = details.method
         if method.startswith(EXEMPT_PREFIXES):
             return await continuation(details)
@@ -126,23 +134,21 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             # Fail closed: a streaming RPC added without thought for auth is refused outright.
             raise RuntimeError(f"{method}: only unary RPCs are wrapped")
         wrapped = grpc.unary_unary_rpc_method_handler(
-            self._wrap(method.rsplit("/", 1)[-1], handler.unary_unary),
+            self._wrap(method.rsplit("/", 1)[-1], cast(_Unary, handler.unary_unary)),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
         self._wrapped[method] = wrapped
         return wrapped
 
-    def _budget(self, context: grpc.aio.ServicerContext) -> float:
+    def _budget(self, context: Context) -> float:
         remaining = context.time_remaining()
         if remaining is None:
             return self._default_deadline
         return min(remaining, self._max_deadline)
 
-    def _wrap(
-        self, rpc: str, inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-        async def handle(request: Any, context: grpc.aio.ServicerContext) -> Any:
+    def _wrap(self, rpc: str, inner: _Unary) -> _Unary:
+        async def handle(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             metadata = context.invocation_metadata()
             request_id = _request_id(metadata)

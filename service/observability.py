@@ -26,7 +26,9 @@ class KeyValueFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
-        pairs = [f"{k}={getattr(record, k)}" for k in _FIELDS if getattr(record, k, None) is not None]
+        pairs = [
+            f"{k}={getattr(record, k)}" for k in _FIELDS if getattr(record, k, None) is not None
+        ]
         return " ".join([base, *pairs])
 
 

@@ -65,7 +65,9 @@ class RegistryOperations:
                 policy = await self._current_policy(target)
                 _check(etag, etags.of_policy(policy), target)
                 if policy is None:
-                    raise NotFound("the registry has no registry policy", reason="REGISTRY_POLICY_NOT_FOUND")
+                    raise NotFound(
+                        "the registry has no registry policy", reason="REGISTRY_POLICY_NOT_FOUND"
+                    )
                 if validate_only:
                     return pb.DeleteRegistryPolicyResponse(
                         registry_id=target.registry_id,
@@ -123,5 +125,9 @@ def _check(expected: str, current: str, target: Target) -> None:
         raise EtagMismatch(
             f"etag {expected[:64]!r} does not match the current etag {current!r} of registry "
             f"{target.registry_id} in {target.region}; read again, reapply your change, retry",
-            metadata={"currentEtag": current, "registryId": target.registry_id, "region": target.region},
+            metadata={
+                "currentEtag": current,
+                "registryId": target.registry_id,
+                "region": target.region,
+            },
         )

@@ -13,9 +13,8 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2 as rpb
-from grpc_reflection.v1alpha import reflection_pb2_grpc
 
 DESCRIPTOR_PACKAGE = "ecr.registry.v1"
 DESCRIPTOR_FILE = "registry_descriptor.binpb"
@@ -27,7 +26,7 @@ def _commented_files() -> dict[str, bytes]:
     return {f.name: f.SerializeToString() for f in files}
 
 
-class CommentedReflectionServicer(reflection.aio.ReflectionServicer):  # type: ignore[misc]
+class CommentedReflectionServicer(reflection.aio.ReflectionServicer):
     """grpcio-reflection's aio servicer, answering our file with its comments."""
 
     def __init__(self, service_names: Iterable[str]) -> None:
@@ -45,14 +44,14 @@ class CommentedReflectionServicer(reflection.aio.ReflectionServicer):  # type: i
         return response
 
     def _file_by_filename(self, request: rpb.ServerReflectionRequest, filename: str) -> Any:
-        return self._with_comments(super()._file_by_filename(request, filename))
+        return self._with_comments(super()._file_by_filename(request, filename))  # type: ignore[misc]
 
     def _file_containing_symbol(self, request: rpb.ServerReflectionRequest, symbol: str) -> Any:
-        return self._with_comments(super()._file_containing_symbol(request, symbol))
+        return self._with_comments(super()._file_containing_symbol(request, symbol))  # type: ignore[misc]
 
 
 def enable(server: grpc.aio.Server, service_names: Iterable[str]) -> None:
     """Add reflection (v1alpha, what grpcurl 1.8 asks for) listing `service_names`."""
-    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+    reflection_pb2_grpc.add_ServerReflectionServicer_to_server(  # type: ignore[no-untyped-call]
         CommentedReflectionServicer([*service_names, reflection.SERVICE_NAME]), server
     )

@@ -62,7 +62,10 @@ class Gateway:
     ) -> None:
         self.config = config
         self.upstream = Upstream(
-            config.aws, session_factory=session_factory, environ=environ, time_left=middleware.time_left
+            config.aws,
+            session_factory=session_factory,
+            environ=environ,
+            time_left=middleware.time_left,
         )
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
@@ -121,7 +124,7 @@ class Gateway:
         self._stopped.set()
 
     async def run_until_signal(self) -> None:
-        """Serve until SIGTERM or SIGINT, then shut down gracefully; a second signal stops at once."""
+        """Serve until SIGTERM/SIGINT, then shut down gracefully; a second signal stops at once."""
         loop = asyncio.get_running_loop()
         first = asyncio.Event()
         signals = (signal.SIGTERM, signal.SIGINT)

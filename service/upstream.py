@@ -88,7 +88,7 @@ class Upstream:
         self._role_sessions: dict[tuple[str, str | None], aioboto3.Session] = {}
 
     async def call(self, target: Target, operation: str, **params: Any) -> dict[str, Any]:
-        """Run one ECR operation (snake_case name) on the target; AWS errors become gateway errors."""
+        """Run one ECR operation (snake_case name) on the target, mapping AWS errors."""
         remaining = self._time_left()
         if remaining <= 0:
             raise DeadlineExceeded("deadline exceeded before AWS was called")
@@ -114,7 +114,9 @@ class Upstream:
 
     async def _client(self, target: Target) -> Any:
         registry = target.registry
-        key = _ClientKey(registry.registry_id, target.region, registry.role_arn, registry.external_id_env)
+        key = _ClientKey(
+            registry.registry_id, target.region, registry.role_arn, registry.external_id_env
+        )
         client = self._clients.get(key)
         if client is not None:
             return client
@@ -133,7 +135,11 @@ class Upstream:
             if account != registry.registry_id:
                 log.error(
                     "AWS credentials reach the wrong account",
-                    extra={"registry_id": registry.registry_id, "account": account, "region": target.region},
+                    extra={
+                        "registry_id": registry.registry_id,
+                        "account": account,
+                        "region": target.region,
+                    },
                 )
                 self._refused[key] = FailedPrecondition(
                     f"the gateway's AWS credentials for registry {registry.registry_id} reach "
@@ -155,7 +161,10 @@ class Upstream:
 
     async def _caller_account(self, session: aioboto3.Session, region: str) -> str:
         async with session.client(
-            "sts", region_name=region, endpoint_url=self._aws.endpoint_url, config=self._botocore_config
+            "sts",
+            region_name=region,
+            endpoint_url=self._aws.endpoint_url,
+            config=self._botocore_config,
         ) as sts:
             identity = await sts.get_caller_identity()
         return str(identity["Account"])
@@ -217,7 +226,9 @@ class Upstream:
 def _from_client_error(exc: ClientError, operation: str) -> GatewayError:
     error = exc.response.get("Error", {})
     request_id = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
-    return from_aws(str(error.get("Code", "Unknown")), str(error.get("Message", "")), request_id, operation)
+    return from_aws(
+        str(error.get("Code", "Unknown")), str(error.get("Message", "")), request_id, operation
+    )
 
 
 def _from_botocore_error(exc: BotoCoreError, operation: str) -> GatewayError:

@@ -33,8 +33,9 @@ def moto_endpoint() -> Iterator[str]:
 @pytest.fixture
 def aws(moto_endpoint: str) -> Iterator[str]:
     """The moto endpoint, with every account's state reset before the test."""
-    request = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
-    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310 - loopback
+    url = f"{moto_endpoint}/moto-api/reset"
+    request = urllib.request.Request(url, method="POST")  # noqa: S310 - http on loopback
+    with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
         assert response.status == 200
     yield moto_endpoint
 
@@ -70,7 +71,7 @@ async def channel(gateway: Gateway) -> AsyncIterator[grpc.aio.Channel]:
 
 
 @pytest.fixture
-def stub(channel: grpc.aio.Channel) -> pb_grpc.RegistryConfigServiceStub:
+def stub(channel: grpc.aio.Channel) -> pb_grpc.RegistryConfigServiceAsyncStub:
     """The generated stub on the default gateway."""
     return pb_grpc.RegistryConfigServiceStub(channel)
 
@@ -89,7 +90,7 @@ class Gate:
 
 
 @pytest.fixture
-def slow_describe(monkeypatch: pytest.MonkeyPatch) -> Gate:
+def slow_describe(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     """moto's DescribeRegistry blocks until the gate opens: a slow AWS, for deadlines/drain."""
     from moto.ecr.models import ECRBackend
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from service.config import TenantConfig
 from service.errors import Unauthenticated
@@ -27,7 +27,7 @@ class ApiKeyAuthenticator:
             for digest in tenant.api_keys
         ]
 
-    def authenticate(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> TenantConfig:
+    def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> TenantConfig:
         """The tenant whose key the call carries; Unauthenticated otherwise (token never echoed)."""
         header = None
         for key, value in metadata or ():
@@ -53,5 +53,7 @@ class ApiKeyAuthenticator:
             if hmac.compare_digest(presented, digest) and found is None:
                 found = tenant
         if found is None:
-            raise Unauthenticated("the credentials presented are not valid", reason="INVALID_CREDENTIALS")
+            raise Unauthenticated(
+                "the credentials presented are not valid", reason="INVALID_CREDENTIALS"
+            )
         return found

@@ -40,10 +40,13 @@ class TargetAuthorizer:
             if len(tenant.registries) != 1:
                 choices = ", ".join(r.registry_id for r in tenant.registries)
                 raise InvalidArgument(
-                    f"registry_id is required: tenant {tenant.name} has several registries ({choices})",
+                    f"registry_id is required: tenant {tenant.name} has several "
+                    f"registries ({choices})",
                     reason="REGISTRY_ID_REQUIRED",
                     field_violations=[
-                        FieldViolation("registry_id", "required when the tenant has several registries")
+                        FieldViolation(
+                            "registry_id", "required when the tenant has several registries"
+                        )
                     ],
                 )
             registry_id = tenant.registries[0].registry_id
@@ -57,5 +60,10 @@ class TargetAuthorizer:
         raise PermissionDenied(
             f"tenant {tenant.name} may not call {rpc} on registry {registry_id} in {region}",
             reason="TARGET_NOT_ALLOWED",
-            metadata={"tenant": tenant.name, "rpc": rpc, "registryId": registry_id, "region": region},
+            metadata={
+                "tenant": tenant.name,
+                "rpc": rpc,
+                "registryId": registry_id,
+                "region": region,
+            },
         )

@@ -16,29 +16,33 @@ def stored_policy() -> str | None:
     return policy
 
 
-async def put(stub: pb_grpc.RegistryConfigServiceStub) -> pb.PutRegistryPolicyResponse:
+async def put(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> pb.PutRegistryPolicyResponse:
     response: pb.PutRegistryPolicyResponse = await stub.PutRegistryPolicy(
         pb.PutRegistryPolicyRequest(policy_text=POLICY), metadata=metadata()
     )
     return response
 
 
-async def test_deletes_and_answers_the_old_policy(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_deletes_and_answers_the_old_policy(
+    stub: pb_grpc.RegistryConfigServiceAsyncStub,
+) -> None:
     await put(stub)
-    response = await stub.DeleteRegistryPolicy(pb.DeleteRegistryPolicyRequest(), metadata=metadata())
+    response = await stub.DeleteRegistryPolicy(
+        pb.DeleteRegistryPolicyRequest(), metadata=metadata()
+    )
     assert response.registry_id == ACCOUNT
     assert response.policy_text == POLICY
     assert response.etag == "absent"
     assert stored_policy() is None
 
 
-async def test_nothing_to_delete_is_not_found(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_nothing_to_delete_is_not_found(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.DeleteRegistryPolicy(pb.DeleteRegistryPolicyRequest(), metadata=metadata())
     assert rich_error(caught.value).code == grpc.StatusCode.NOT_FOUND
 
 
-async def test_stale_etag_keeps_the_policy(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_stale_etag_keeps_the_policy(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:
     put_response = await put(stub)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.DeleteRegistryPolicy(
@@ -50,7 +54,7 @@ async def test_stale_etag_keeps_the_policy(stub: pb_grpc.RegistryConfigServiceSt
     assert stored_policy() == POLICY
 
 
-async def test_validate_only_keeps_the_policy(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_validate_only_keeps_the_policy(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:
     put_response = await put(stub)
     response = await stub.DeleteRegistryPolicy(
         pb.DeleteRegistryPolicyRequest(validate_only=True, etag=put_response.etag),

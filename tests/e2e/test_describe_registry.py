@@ -10,7 +10,7 @@ from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.helpers import ACCOUNT, metadata, rich_error
 
 
-async def test_describes_an_empty_registry(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_describes_an_empty_registry(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:
     call = stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=metadata())
     response = await call
     assert response.registry_id == ACCOUNT
@@ -20,7 +20,7 @@ async def test_describes_an_empty_registry(stub: pb_grpc.RegistryConfigServiceSt
     assert trailers["x-request-id"]
 
 
-async def test_describes_what_was_put(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_describes_what_was_put(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:
     empty = await stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=metadata())
     rule = pb.ReplicationRule(
         destinations=[pb.ReplicationDestination(region="eu-west-1", registry_id=ACCOUNT)],
@@ -37,14 +37,14 @@ async def test_describes_what_was_put(stub: pb_grpc.RegistryConfigServiceStub) -
     assert response.etag != empty.etag
 
 
-async def test_explicit_registry_and_region(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_explicit_registry_and_region(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:
     response = await stub.DescribeRegistry(
         pb.DescribeRegistryRequest(registry_id=ACCOUNT, region="eu-west-1"), metadata=metadata()
     )
     assert response.registry_id == ACCOUNT
 
 
-async def test_caller_request_id_is_echoed(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_caller_request_id_is_echoed(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:
     call = stub.DescribeRegistry(
         pb.DescribeRegistryRequest(), metadata=(*metadata(), ("x-request-id", "trace-me-42"))
     )
@@ -58,7 +58,7 @@ async def test_caller_request_id_is_echoed(stub: pb_grpc.RegistryConfigServiceSt
     ids=["unknown-registry", "region-not-listed"],
 )
 async def test_target_outside_the_tenant_is_denied(
-    stub: pb_grpc.RegistryConfigServiceStub, registry_id: str, region: str
+    stub: pb_grpc.RegistryConfigServiceAsyncStub, registry_id: str, region: str
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.DescribeRegistry(
@@ -67,10 +67,13 @@ async def test_target_outside_the_tenant_is_denied(
     err = rich_error(caught.value)
     assert err.code == grpc.StatusCode.PERMISSION_DENIED
     assert err.info.reason == "TARGET_NOT_ALLOWED"
-    assert dict(err.info.metadata).items() >= {
-        "tenant": "payments",
-        "rpc": "DescribeRegistry",
-        "registryId": registry_id,
-        "region": region,
-    }.items()
+    assert (
+        dict(err.info.metadata).items()
+        >= {
+            "tenant": "payments",
+            "rpc": "DescribeRegistry",
+            "registryId": registry_id,
+            "region": region,
+        }.items()
+    )
     assert registry_id in err.message and "DescribeRegistry" in err.message

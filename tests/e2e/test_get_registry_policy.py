@@ -10,7 +10,7 @@ from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from tests.helpers import ACCOUNT, OTHER_KEY, POLICY, metadata, rich_error
 
 
-async def test_no_policy_is_not_found(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_no_policy_is_not_found(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.GetRegistryPolicy(pb.GetRegistryPolicyRequest(), metadata=metadata())
     err = rich_error(caught.value)
@@ -21,7 +21,7 @@ async def test_no_policy_is_not_found(stub: pb_grpc.RegistryConfigServiceStub) -
     assert err.info.metadata["requestId"] == err.trailing["x-request-id"]
 
 
-async def test_reads_the_policy_with_its_etag(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_reads_the_policy_with_its_etag(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:
     put = await stub.PutRegistryPolicy(
         pb.PutRegistryPolicyRequest(policy_text=POLICY), metadata=metadata()
     )

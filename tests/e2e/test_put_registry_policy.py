@@ -18,7 +18,7 @@ def stored_policy() -> str | None:
     return policy
 
 
-async def test_puts_the_policy(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_puts_the_policy(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:
     response = await stub.PutRegistryPolicy(
         pb.PutRegistryPolicyRequest(policy_text=POLICY), metadata=metadata()
     )
@@ -27,7 +27,7 @@ async def test_puts_the_policy(stub: pb_grpc.RegistryConfigServiceStub) -> None:
     assert stored_policy() == POLICY
 
 
-async def test_create_only_with_absent_etag(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_create_only_with_absent_etag(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:
     created = await stub.PutRegistryPolicy(
         pb.PutRegistryPolicyRequest(policy_text=POLICY, etag="absent"), metadata=metadata()
     )
@@ -43,7 +43,7 @@ async def test_create_only_with_absent_etag(stub: pb_grpc.RegistryConfigServiceS
     assert stored_policy() == POLICY
 
 
-async def test_matching_etag_writes(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_matching_etag_writes(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:
     first = await stub.PutRegistryPolicy(
         pb.PutRegistryPolicyRequest(policy_text=POLICY), metadata=metadata()
     )
@@ -54,7 +54,7 @@ async def test_matching_etag_writes(stub: pb_grpc.RegistryConfigServiceStub) -> 
     assert stored_policy() == OTHER_POLICY
 
 
-async def test_validate_only_changes_nothing(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_validate_only_changes_nothing(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:
     response = await stub.PutRegistryPolicy(
         pb.PutRegistryPolicyRequest(policy_text=POLICY, validate_only=True), metadata=metadata()
     )
@@ -64,11 +64,12 @@ async def test_validate_only_changes_nothing(stub: pb_grpc.RegistryConfigService
 
 
 async def test_policy_aws_refuses_is_invalid_argument(
-    stub: pb_grpc.RegistryConfigServiceStub,
+    stub: pb_grpc.RegistryConfigServiceAsyncStub,
 ) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.PutRegistryPolicy(
-            pb.PutRegistryPolicyRequest(policy_text='{"Version": "2012-10-17"}'), metadata=metadata()
+            pb.PutRegistryPolicyRequest(policy_text='{"Version": "2012-10-17"}'),
+            metadata=metadata(),
         )
     err = rich_error(caught.value)
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT
@@ -76,7 +77,7 @@ async def test_policy_aws_refuses_is_invalid_argument(
     assert stored_policy() is None
 
 
-async def test_read_only_tenant_may_not_write(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_read_only_tenant_may_not_write(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.PutRegistryPolicy(
             pb.PutRegistryPolicyRequest(policy_text=POLICY), metadata=metadata(OTHER_KEY)

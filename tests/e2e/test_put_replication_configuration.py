@@ -41,7 +41,7 @@ def several_rules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 async def test_puts_and_answers_the_fresh_configuration(
-    stub: pb_grpc.RegistryConfigServiceStub,
+    stub: pb_grpc.RegistryConfigServiceAsyncStub,
 ) -> None:
     rule = pb.ReplicationRule(
         destinations=[EU],
@@ -57,7 +57,9 @@ async def test_puts_and_answers_the_fresh_configuration(
     ]
 
 
-async def test_empty_filters_mean_all_repositories(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_empty_filters_mean_all_repositories(
+    stub: pb_grpc.RegistryConfigServiceAsyncStub,
+) -> None:
     await stub.PutReplicationConfiguration(
         request(pb.ReplicationRule(destinations=[EU])), metadata=metadata()
     )
@@ -65,14 +67,16 @@ async def test_empty_filters_mean_all_repositories(stub: pb_grpc.RegistryConfigS
     assert stored()["rules"] == [{"destinations": [{"region": "eu-west-1", "registryId": ACCOUNT}]}]
 
 
-async def test_several_rules(stub: pb_grpc.RegistryConfigServiceStub, several_rules: None) -> None:
+async def test_several_rules(
+    stub: pb_grpc.RegistryConfigServiceAsyncStub, several_rules: None
+) -> None:
     rules = [pb.ReplicationRule(destinations=[EU]), pb.ReplicationRule(destinations=[US_WEST])]
     response = await stub.PutReplicationConfiguration(request(*rules), metadata=metadata())
     assert list(response.replication_configuration.rules) == rules
 
 
 async def test_stale_etag_is_aborted_and_changes_nothing(
-    stub: pb_grpc.RegistryConfigServiceStub,
+    stub: pb_grpc.RegistryConfigServiceAsyncStub,
 ) -> None:
     before = await stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=metadata())
     await stub.PutReplicationConfiguration(
@@ -89,7 +93,7 @@ async def test_stale_etag_is_aborted_and_changes_nothing(
     assert stored()["rules"][0]["destinations"][0]["region"] == "eu-west-1"
 
 
-async def test_validate_only_changes_nothing(stub: pb_grpc.RegistryConfigServiceStub) -> None:
+async def test_validate_only_changes_nothing(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:
     response = await stub.PutReplicationConfiguration(
         request(pb.ReplicationRule(destinations=[EU]), validate_only=True), metadata=metadata()
     )
@@ -98,7 +102,7 @@ async def test_validate_only_changes_nothing(stub: pb_grpc.RegistryConfigService
 
 
 async def test_destination_same_as_source_is_invalid(
-    stub: pb_grpc.RegistryConfigServiceStub,
+    stub: pb_grpc.RegistryConfigServiceAsyncStub,
 ) -> None:
     same = pb.ReplicationDestination(region="us-east-1", registry_id=ACCOUNT)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -112,9 +116,11 @@ async def test_destination_same_as_source_is_invalid(
 
 
 async def test_missing_filter_type_is_invalid_before_aws(
-    stub: pb_grpc.RegistryConfigServiceStub,
+    stub: pb_grpc.RegistryConfigServiceAsyncStub,
 ) -> None:
-    rule = pb.ReplicationRule(destinations=[EU], repository_filters=[pb.RepositoryFilter(filter="p")])
+    rule = pb.ReplicationRule(
+        destinations=[EU], repository_filters=[pb.RepositoryFilter(filter="p")]
+    )
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.PutReplicationConfiguration(request(rule), metadata=metadata())
     assert rich_error(caught.value).code == grpc.StatusCode.INVALID_ARGUMENT

@@ -1,0 +1,251 @@
+"""The config file: YAML keys of DESIGN.md, env overrides, and one-line refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.auth.api_keys import hash_key
+from service.config import ConfigError, GatewayConfig, from_mapping, load
+from tests.helpers import ACCOUNT, KEY
+
+MINIMAL = f"""\
+listen: 127.0.0.1:6000
+aws:
+  region: eu-west-1
+tenants:
+  - name: payments
+    api_keys: ["{hash_key(KEY)}"]
+    registries:
+      - registry_id: "{ACCOUNT}"
+        regions: [eu-west-1]
+        operations: [DescribeRegistry, GetRegistryPolicy]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "gateway.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def tenant(**overrides: Any) -> dict[str, Any]:
+    """One valid tenant entry, with some keys replaced."""
+    return {
+        "name": "payments",
+        "api_keys": [hash_key(KEY)],
+        "registries": [{"registry_id": ACCOUNT}],
+        **overrides,
+    }
+
+
+def refusal(raw: dict[str, Any], environ: dict[str, str] | None = None) -> str:
+    """The message of the ConfigError a mapping is refused with; it must be one line."""
+    with pytest.raises(ConfigError) as caught:
+        from_mapping(raw, environ={} if environ is None else environ)
+    message = str(caught.value)
+    assert "\n" not in message, message
+    assert message.startswith("config error:"), message
+    return message
+
+
+def test_minimal_yaml_loads(tmp_path: Path) -> None:
+    config = load(write(tmp_path, MINIMAL), environ={})
+    assert isinstance(config, GatewayConfig)
+    assert config.listen == "127.0.0.1:6000"
+    assert config.aws.region == "eu-west-1"
+    [payments] = config.tenants
+    assert payments.name == "payments"
+    assert payments.api_keys == (hash_key(KEY),)
+    [registry] = payments.registries
+    assert registry.registry_id == ACCOUNT
+    assert registry.operations == ("DescribeRegistry", "GetRegistryPolicy")
+    # Keys not given keep their documented defaults.
+    assert config.aws.max_attempts == 3
+    assert config.server.reflection is True
+    assert config.server.default_deadline_seconds == 10.0
+
+
+def test_env_overrides_apply_with_types(tmp_path: Path) -> None:
+    config = load(
+        write(tmp_path, MINIMAL),
+        environ={
+            "REGISTRY_GATEWAY__AWS__MAX_ATTEMPTS": "5",
+            "REGISTRY_GATEWAY__SERVER__REFLECTION": "false",
+            "UNRELATED": "1",
+        },
+    )
+    assert config.aws.max_attempts == 5
+    assert type(config.aws.max_attempts) is int
+    assert config.server.reflection is False
+    # The rest of the file is untouched by the overrides.
+    assert config.aws.region == "eu-west-1"
+    assert config.tenants[0].name == "payments"
+
+
+def test_env_override_of_a_key_the_file_lacks() -> None:
+    config = from_mapping(
+        {"tenants": [tenant()]}, environ={"REGISTRY_GATEWAY__SERVER__MAX_DEADLINE_SECONDS": "30"}
+    )
+    assert config.server.max_deadline_seconds == 30.0
+
+
+def test_env_override_with_a_wrong_type_names_the_key() -> None:
+    message = refusal({"tenants": [tenant()]}, {"REGISTRY_GATEWAY__AWS__MAX_ATTEMPTS": "many"})
+    assert "aws.max_attempts" in message
+
+
+def test_env_override_is_not_read_from_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An explicit `environ` is the only environment consulted."""
+    monkeypatch.setenv("REGISTRY_GATEWAY__AWS__MAX_ATTEMPTS", "7")
+    assert from_mapping({"tenants": [tenant()]}, environ={}).aws.max_attempts == 3
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"listn": "127.0.0.1:1"}, "listn"),
+        ({"server": {"reflexion": False}}, "server.reflexion"),
+        ({"tenants": [tenant(api_key=hash_key(KEY))]}, "tenants.0.api_key"),
+    ],
+    ids=["top-level", "in-section", "in-tenant"],
+)
+def test_unknown_key_is_refused(raw: dict[str, Any], key: str) -> None:
+    message = refusal(raw)
+    assert message.startswith(f"config error: {key}: "), message
+    assert "unknown key" in message
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"aws": {"max_attempts": "three"}}, "aws.max_attempts"),
+        ({"server": {"reflection": "sometimes"}}, "server.reflection"),
+        ({"server": {"max_concurrent_rpcs": 0}}, "server.max_concurrent_rpcs"),
+        ({"tenants": [tenant(registries=[{"registry_id": "12345"}])]}, "registry_id"),
+        ({"listen": "no-port-here"}, "listen"),
+    ],
+    ids=["string-for-int", "string-for-bool", "out-of-range", "short-account-id", "listen"],
+)
+def test_wrong_type_or_value_is_refused(raw: dict[str, Any], key: str) -> None:
+    message = refusal(raw)
+    assert key in message.split(": ")[1], message
+
+
+@pytest.mark.parametrize("section", ["rate_limit", "cache", "tls", "auth"])
+def test_section_not_yet_supported_is_refused(section: str) -> None:
+    message = refusal({section: {"anything": 1}, "tenants": [tenant()]})
+    assert message.startswith(f"config error: {section}: "), message
+    assert "not supported" in message
+
+
+def test_clear_api_key_is_refused_without_echoing_it() -> None:
+    clear = "pk-live-4f9c2d-clear-text-key"
+    message = refusal({"tenants": [tenant(api_keys=[hash_key(KEY), clear])]})
+    assert "tenants.0.api_keys" in message
+    assert "sha256:" in message  # says what form is expected
+    assert clear not in message
+    assert "4f9c2d" not in message
+
+
+def test_uppercase_hex_digest_is_refused() -> None:
+    """The digest is compared as `hash_key` writes it: lowercase hex."""
+    message = refusal({"tenants": [tenant(api_keys=[hash_key(KEY).upper()])]})
+    assert "tenants.0.api_keys" in message
+
+
+def test_invalid_yaml_names_the_file_and_line(tmp_path: Path) -> None:
+    path = write(tmp_path, "aws:\n  region: us-east-1\nserver: [\n")
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ={})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("config error:")
+    assert str(path) in message
+    assert "not valid YAML" in message
+    assert "line 4" in message
+
+
+def test_missing_file_names_it(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.yaml"
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ={})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("config error:")
+    assert str(path) in message
+
+
+def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(write(tmp_path, "- listen: 127.0.0.1:1\n"), environ={})
+    assert str(caught.value).startswith("config error:")
+    assert "mapping" in str(caught.value)
+
+
+def test_unquoted_registry_id_becomes_a_12_digit_string(tmp_path: Path) -> None:
+    text = MINIMAL.replace(f'registry_id: "{ACCOUNT}"', f"registry_id: {ACCOUNT}")
+    assert f"registry_id: {ACCOUNT}\n" in text
+    config = load(write(tmp_path, text), environ={})
+    assert config.tenants[0].registries[0].registry_id == ACCOUNT
+
+
+def test_unquoted_zero_led_registry_id_is_not_read_as_octal(tmp_path: Path) -> None:
+    text = MINIMAL.replace(f'registry_id: "{ACCOUNT}"', "registry_id: 012345670123")
+    try:
+        config = load(write(tmp_path, text), environ={})
+    except ConfigError as refused:
+        # Refusing ("quote the account id") would be as good as reading it right.
+        assert "registry_id" in str(refused)
+        return
+    assert config.tenants[0].registries[0].registry_id == "012345670123"
+
+
+def test_default_deadline_above_max_is_refused() -> None:
+    message = refusal(
+        {"server": {"default_deadline_seconds": 90, "max_deadline_seconds": 60}},
+    )
+    assert "server" in message
+    assert "default_deadline_seconds" in message
+
+
+def test_default_deadline_equal_to_max_is_allowed() -> None:
+    config = from_mapping(
+        {"server": {"default_deadline_seconds": 60, "max_deadline_seconds": 60}}, environ={}
+    )
+    assert config.server.default_deadline_seconds == config.server.max_deadline_seconds == 60
+
+
+def test_env_override_can_break_the_deadline_rule() -> None:
+    message = refusal(
+        {"server": {"default_deadline_seconds": 10}},
+        {"REGISTRY_GATEWAY__SERVER__MAX_DEADLINE_SECONDS": "5"},
+    )
+    assert "default_deadline_seconds" in message
+
+
+def test_duplicate_tenant_names_are_refused() -> None:
+    other_key = hash_key("another-key")
+    message = refusal({"tenants": [tenant(), tenant(api_keys=[other_key])]})
+    assert "tenant names must be unique" in message
+
+
+def test_env_override_that_is_not_yaml_is_a_config_error() -> None:
+    message = refusal({"tenants": [tenant()]}, {"REGISTRY_GATEWAY__AWS__REGION": "["})
+    assert "REGISTRY_GATEWAY__AWS__REGION" in message
+
+
+def test_one_key_in_two_tenants_is_refused() -> None:
+    message = refusal(
+        {"tenants": [tenant(name="a"), tenant(name="b")]},
+    )
+    assert "tenants" in message and "share an API key" in message
+    assert KEY not in message
+
+
+def test_env_override_into_an_empty_section(tmp_path: Path) -> None:
+    path = write(tmp_path, "server:\n")
+    cfg = load(path, environ={"REGISTRY_GATEWAY__SERVER__REFLECTION": "false"})
+    assert cfg.server.reflection is False

@@ -1,0 +1,35 @@
+"""Every RPC in the service descriptor has an implementation and an end-to-end test."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from ecr.registry.v1 import registry_pb2 as pb
+from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
+
+from service.api import RegistryConfigServicer
+from service.config import OPERATIONS
+
+SERVICE = pb.DESCRIPTOR.services_by_name["RegistryConfigService"]
+RPCS = [m.name for m in SERVICE.methods]
+E2E = Path(__file__).parent / "e2e"
+
+
+def test_the_contract_names() -> None:
+    assert SERVICE.full_name == "ecr.registry.v1.RegistryConfigService"
+    assert set(OPERATIONS) <= set(RPCS)
+
+
+@pytest.mark.parametrize("rpc", RPCS)
+def test_rpc_is_implemented(rpc: str) -> None:
+    base = getattr(pb_grpc.RegistryConfigServiceServicer, rpc)
+    assert getattr(RegistryConfigServicer, rpc) is not base, f"{rpc} is not implemented"
+
+
+@pytest.mark.parametrize("rpc", RPCS)
+def test_rpc_has_an_end_to_end_test(rpc: str) -> None:
+    snake = "".join(f"_{c.lower()}" if c.isupper() else c for c in rpc).lstrip("_")
+    path = E2E / f"test_{snake}.py"
+    assert path.exists(), f"{rpc} needs tests in {path.relative_to(E2E.parent.parent)}"
+    assert f"stub.{rpc}(" in path.read_text()
