@@ -92,16 +92,33 @@ def rich_error(error: grpc.aio.AioRpcError) -> RichError:
     assert raw is not None, f"no rich status on {error.code()}: {error.details()}"
     status = status_pb2.Status.FromString(raw)
     assert status.code == error.code().value[0]
-    infos, bad, retry = [], None, None
+    details = unpack_details(status)
+    bad = details.bad_requests[0] if details.bad_requests else None
+    retry = details.retry_infos[0] if details.retry_infos else None
+    return RichError(error.code(), error.details() or "", details.error_infos, bad, retry, trailing)
+
+
+@dataclass
+class Details:
+    """The google.rpc detail messages of a status, by type."""
+
+    error_infos: list[error_details_pb2.ErrorInfo]
+    bad_requests: list[error_details_pb2.BadRequest]
+    retry_infos: list[error_details_pb2.RetryInfo]
+
+
+def unpack_details(status: status_pb2.Status) -> Details:
+    """Unpack the ErrorInfo, BadRequest and RetryInfo details of a google.rpc.Status."""
+    found = Details([], [], [])
+    kinds: list[tuple[Any, list[Any]]] = [
+        (error_details_pb2.ErrorInfo, found.error_infos),
+        (error_details_pb2.BadRequest, found.bad_requests),
+        (error_details_pb2.RetryInfo, found.retry_infos),
+    ]
     for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            infos.append(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-    return RichError(error.code(), error.details() or "", infos, bad, retry, trailing)
+        for kind, into in kinds:
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                into.append(message)
+    return found

@@ -51,6 +51,17 @@ def refusal(raw: dict[str, Any], environ: dict[str, str] | None = None) -> str:
     return message
 
 
+def load_refusal(path: Path) -> str:
+    """The one-line ConfigError a file is refused with; it names the file."""
+    with pytest.raises(ConfigError) as caught:
+        load(path, environ={})
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.startswith("config error:")
+    assert str(path) in message
+    return message
+
+
 def test_minimal_yaml_loads(tmp_path: Path) -> None:
     config = load(write(tmp_path, MINIMAL), environ={})
     assert isinstance(config, GatewayConfig)
@@ -158,24 +169,14 @@ def test_uppercase_hex_digest_is_refused() -> None:
 
 def test_invalid_yaml_names_the_file_and_line(tmp_path: Path) -> None:
     path = write(tmp_path, "aws:\n  region: us-east-1\nserver: [\n")
-    with pytest.raises(ConfigError) as caught:
-        load(path, environ={})
-    message = str(caught.value)
-    assert "\n" not in message
-    assert message.startswith("config error:")
-    assert str(path) in message
+    message = load_refusal(path)
     assert "not valid YAML" in message
     assert "line 4" in message
 
 
 def test_missing_file_names_it(tmp_path: Path) -> None:
     path = tmp_path / "nowhere.yaml"
-    with pytest.raises(ConfigError) as caught:
-        load(path, environ={})
-    message = str(caught.value)
-    assert "\n" not in message
-    assert message.startswith("config error:")
-    assert str(path) in message
+    load_refusal(path)
 
 
 def test_top_level_must_be_a_mapping(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from service.errors import (
     internal,
     to_status,
 )
+from tests.helpers import unpack_details
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
@@ -46,21 +47,15 @@ def decode(rich: RichStatus) -> Decoded:
     [raw] = [value for key, value in trailers if key == STATUS_DETAILS_KEY]
     assert isinstance(raw, bytes)
     status = status_pb2.Status.FromString(raw)
-    infos, bads, retries = [], [], []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            infos.append(info)
-        elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            bads.append(bad)
-        elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            detail.Unpack(retry)
-            retries.append(retry)
-    return Decoded(status, list(status.details), infos, bads, retries, trailers)
+    found = unpack_details(status)
+    return Decoded(
+        status,
+        list(status.details),
+        found.error_infos,
+        found.bad_requests,
+        found.retry_infos,
+        trailers,
+    )
 
 
 def test_to_status_carries_every_detail() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -124,3 +125,20 @@ async def test_message_over_the_limit_is_refused(gateway_factory: GatewayFactory
                 pb.PutRegistryPolicyRequest(policy_text="x" * 10_000), metadata=metadata()
             )
     assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_logs_hold_no_token_and_no_traceback(
+    stub: pb_grpc.RegistryConfigServiceAsyncStub, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="registry_gateway")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.DescribeRegistry(
+            pb.DescribeRegistryRequest(), metadata=(("authorization", "Bearer leaked-token-1"),)
+        )
+    await stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=metadata())
+    records = [r for r in caplog.records if r.name.startswith("registry_gateway")]
+    assert any(getattr(r, "reason", None) == "INVALID_CREDENTIALS" for r in records)
+    for record in records:
+        text = record.getMessage() + repr(record.__dict__)
+        assert "leaked-token-1" not in text and KEY not in text
+        assert record.exc_info is None

@@ -102,3 +102,20 @@ async def test_sigterm_drains_then_lets_calls_in_flight_finish(
         assert response.registry_id
     await asyncio.wait_for(running, timeout=20)
     assert running.exception() is None
+
+
+async def test_calls_over_max_concurrent_rpcs_are_resource_exhausted(
+    gateway_factory: GatewayFactory, slow_describe: Gate
+) -> None:
+    gateway = await gateway_factory(max_concurrent_rpcs=1)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+        stub = pb_grpc.RegistryConfigServiceStub(channel)
+        held = asyncio.ensure_future(
+            stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=metadata(), timeout=20)
+        )
+        await asyncio.get_running_loop().run_in_executor(None, slow_describe.entered.wait, 10)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.GetRegistryPolicy(pb.GetRegistryPolicyRequest(), metadata=metadata())
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        slow_describe.opened.set()
+        assert (await held).registry_id
