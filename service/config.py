@@ -29,18 +29,13 @@ Operation = Literal[
     "PutReplicationConfiguration",
 ]
 
-# Sections DESIGN.md names whose behaviour this version does not implement yet. A config
-# that asks for rate limits or JWT and silently gets none would be worse than a refusal.
-NOT_YET_SUPPORTED = (
-    "tls",
-    "listeners",
-    "cache",
-    "rate_limit",
-    "audit",
-    "metrics",
-    "tracing",
-    "auth",
+WRITE_OPERATIONS = frozenset(
+    {"PutRegistryPolicy", "DeleteRegistryPolicy", "PutReplicationConfiguration"}
 )
+
+# Sections DESIGN.md names whose behaviour this version does not implement yet. A config
+# that asks for metrics and silently gets none would be worse than a refusal.
+NOT_YET_SUPPORTED = ("metrics", "tracing")
 
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 _KEY_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -85,6 +80,18 @@ class AwsConfig(_Strict):
     read_timeout_seconds: float = Field(10.0, gt=0)
 
 
+class DestinationAllow(_Strict):
+    """Replication destinations a registry entry may replicate to: one registry, some regions."""
+
+    registry_id: str = Field(pattern=r"^[0-9]{12}$")
+    regions: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("registry_id", mode="before")
+    @classmethod
+    def _id_as_string(cls, value: Any) -> Any:
+        return _account_id(value)
+
+
 class RegistryConfig(_Strict):
     """One registry a tenant may act on, and what it may do there."""
 
@@ -94,18 +101,39 @@ class RegistryConfig(_Strict):
     policy_scope: Literal["V1", "V2"] = "V2"
     regions: tuple[str, ...] = ()
     operations: tuple[Operation, ...] = ()
+    # Deny by default: with none listed, PutReplicationConfiguration may only clear replication.
+    replication_destinations: tuple[DestinationAllow, ...] = ()
 
     @field_validator("registry_id", mode="before")
     @classmethod
     def _id_as_string(cls, value: Any) -> Any:
-        # YAML reads an unquoted 111111111111 as an int; an account id is a string. A 0-led
-        # one may have been read as octal (YAML 1.1), so a short int is refused, not padded.
-        if isinstance(value, int) and not isinstance(value, bool):
-            if len(str(value)) != 12:
-                raise ValueError(
-                    "quote account ids in YAML ('012345678901'): unquoted, they are numbers"
-                )
-            return str(value)
+        return _account_id(value)
+
+
+def _account_id(value: Any) -> Any:
+    # YAML reads an unquoted 111111111111 as an int; an account id is a string. A 0-led
+    # one may have been read as octal (YAML 1.1), so a short int is refused, not padded.
+    if isinstance(value, int) and not isinstance(value, bool):
+        if len(str(value)) != 12:
+            raise ValueError(
+                "quote account ids in YAML ('012345678901'): unquoted, they are numbers"
+            )
+        return str(value)
+    return value
+
+
+class PolicyGuardrails(_Strict):
+    """What a tenant's registry policies may grant."""
+
+    allow_wildcard_principal: bool = False
+    # When given, every AWS principal must belong to one of these accounts.
+    principal_accounts: tuple[str, ...] | None = None
+
+    @field_validator("principal_accounts", mode="before")
+    @classmethod
+    def _ids_as_strings(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            return tuple(_account_id(v) for v in value)
         return value
 
 
@@ -114,7 +142,17 @@ class TenantConfig(_Strict):
 
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
     api_keys: tuple[str, ...] = ()
+    spiffe_ids: tuple[str, ...] = ()
+    policy_guardrails: PolicyGuardrails = PolicyGuardrails()
     registries: tuple[RegistryConfig, ...] = Field(min_length=1)
+
+    @field_validator("spiffe_ids")
+    @classmethod
+    def _spiffe(cls, ids: tuple[str, ...]) -> tuple[str, ...]:
+        for spiffe_id in ids:
+            if not re.match(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._-]+)*$", spiffe_id):
+                raise ValueError(f"not a SPIFFE ID: {spiffe_id!r}")
+        return ids
 
     @field_validator("api_keys")
     @classmethod
@@ -126,13 +164,97 @@ class TenantConfig(_Strict):
         return keys
 
 
+class TlsConfig(_Strict):
+    """TLS on a listener; with `client_auth: require`, callers present a certificate (mTLS)."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None
+    # grpcio cannot make client certificates optional on one port: list two listeners.
+    client_auth: Literal["require", "none"] = "none"
+
+    @model_validator(mode="after")
+    def _ca_for_mtls(self) -> TlsConfig:
+        if self.client_auth == "require" and not self.client_ca_file:
+            raise ValueError("client_auth: require needs client_ca_file")
+        return self
+
+
+class ListenerConfig(_Strict):
+    """One address to serve on, plaintext or TLS."""
+
+    listen: str
+    tls: TlsConfig | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+
+class JwtConfig(_Strict):
+    """JWT bearer tokens: who signs them, for whom, and which claim names the tenant."""
+
+    issuer: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    hs256_secret_env: str | None = None
+    jwks_file: str | None = None
+    tenant_claim: str = "tenant"
+    leeway_seconds: float = Field(30.0, ge=0, le=300)
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> JwtConfig:
+        if (self.hs256_secret_env is None) == (self.jwks_file is None):
+            raise ValueError("give exactly one of hs256_secret_env and jwks_file")
+        return self
+
+
+class AuthConfig(_Strict):
+    """The `auth:` section: token kinds beyond API keys."""
+
+    jwt: JwtConfig | None = None
+
+
+class RateLimitConfig(_Strict):
+    """Token buckets per tenant, one for reads and one for writes."""
+
+    reads_per_second: float = Field(gt=0)
+    writes_per_second: float = Field(gt=0)
+    burst: int = Field(ge=1)
+
+
+class AuditConfig(_Strict):
+    """Where the audit trail of writes goes: "-" for stdout, else a file appended to."""
+
+    path: str = "-"
+
+
+class CacheConfig(_Strict):
+    """The shared-state backend. With `redis`, rate limits are shared by every replica."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+
+
 class GatewayConfig(_Strict):
     """The whole configuration file."""
 
     listen: str = "127.0.0.1:50051"
+    tls: TlsConfig | None = None
+    # Several listeners (e.g. mTLS and token-over-TLS side by side); replaces listen/tls.
+    listeners: tuple[ListenerConfig, ...] = ()
     server: ServerConfig = ServerConfig()
     aws: AwsConfig = AwsConfig()
+    auth: AuthConfig = AuthConfig()
+    cache: CacheConfig = CacheConfig()
+    rate_limit: RateLimitConfig | None = None
+    audit: AuditConfig = AuditConfig()
     tenants: tuple[TenantConfig, ...] = ()
+
+    def effective_listeners(self) -> tuple[ListenerConfig, ...]:
+        """The listeners to bind: `listeners`, else one from `listen` and `tls`."""
+        return self.listeners or (ListenerConfig(listen=self.listen, tls=self.tls),)
 
     @field_validator("listen")
     @classmethod
@@ -154,6 +276,10 @@ class GatewayConfig(_Strict):
                 if other != tenant.name:
                     # One key must prove one tenant; otherwise whoever is listed first wins.
                     raise ValueError(f"tenants {other} and {tenant.name} share an API key")
+            for spiffe_id in tenant.spiffe_ids:
+                other = owners.setdefault(spiffe_id, tenant.name)
+                if other != tenant.name:
+                    raise ValueError(f"tenants {other} and {tenant.name} share {spiffe_id}")
         return tenants
 
 

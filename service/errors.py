@@ -29,6 +29,14 @@ class FieldViolation:
     description: str
 
 
+@dataclass(frozen=True)
+class QuotaViolation:
+    """One quota the call ran past: whose (subject) and which limit."""
+
+    subject: str
+    description: str
+
+
 class GatewayError(Exception):
     """Base of every error the gateway answers on purpose."""
 
@@ -43,6 +51,7 @@ class GatewayError(Exception):
         metadata: Mapping[str, str] | None = None,
         field_violations: Sequence[FieldViolation] = (),
         retry_after_seconds: float | None = None,
+        quota_violations: Sequence[QuotaViolation] = (),
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -51,6 +60,7 @@ class GatewayError(Exception):
         self.metadata = dict(metadata or {})
         self.field_violations = tuple(field_violations)
         self.retry_after_seconds = retry_after_seconds
+        self.quota_violations = tuple(quota_violations)
 
 
 class Unauthenticated(GatewayError):
@@ -102,6 +112,13 @@ class Unavailable(GatewayError):
     reason = "UPSTREAM_UNAVAILABLE"
 
 
+class ResourceExhausted(GatewayError):
+    """The tenant is over its rate; carries RetryInfo and a QuotaFailure."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    reason = "RATE_LIMITED"
+
+
 class DeadlineExceeded(GatewayError):
     """The call's deadline was spent."""
 
@@ -140,6 +157,17 @@ def to_status(error: GatewayError, request_id: str) -> RichStatus:
                         field=v.field, description=v.description
                     )
                     for v in error.field_violations
+                ]
+            )
+        )
+    if error.quota_violations:
+        details.append(
+            error_details_pb2.QuotaFailure(
+                violations=[
+                    error_details_pb2.QuotaFailure.Violation(
+                        subject=v.subject, description=v.description
+                    )
+                    for v in error.quota_violations
                 ]
             )
         )

@@ -17,6 +17,8 @@ from service.embedded import session_factory
 from service.server import Gateway
 from tests.helpers import config_dict
 
+pytest_plugins = ["tests.redis_server"]
+
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 

@@ -1,0 +1,1 @@
+"""Placeholder: the Redis fixtures arrive with the rate-limit work."""
