@@ -27,7 +27,7 @@ test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check service tests scripts
 	$(PY) -m mypy
-	$(PY) -m pytest -q
+	scripts/with_redis.sh $(PY) -m pytest -q
 
 generate: $(STAMP)
 	$(PY) scripts/gen_protos.py

@@ -1,7 +1,8 @@
-"""The servicer: one thin method per RPC, composing authorization and the operations.
+"""The servicer: one thin method per RPC, composing authorization, rules and operations.
 
-The wrapper in `middleware` has already authenticated the caller and set the deadline;
-each method reads like the call path of DESIGN.md and decides nothing itself.
+The wrapper in `middleware` has already authenticated the caller, applied its rate limit
+and set the deadline; each method reads like the call path of DESIGN.md: authorize the
+target, (validate), apply the content rules, then read or write.
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ import grpc
 from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
-from service.auth.targets import Target, TargetAuthorizer
-from service.middleware import current_call
+from service.audit import WriteRecord, policy_digest
+from service.auth.content import ContentRules
+from service.auth.targets import Target
+from service.middleware import CallInfo, current_call
 from service.operations import RegistryOperations
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"  # generic only in the stubs
@@ -22,44 +25,66 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"  # generic only in the
 class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
     """ecr.registry.v1.RegistryConfigService."""
 
-    def __init__(self, authorizer: TargetAuthorizer, operations: RegistryOperations) -> None:
-        self._authorizer = authorizer
+    def __init__(self, content: ContentRules, operations: RegistryOperations) -> None:
+        self._content = content
         self._ops = operations
 
-    def _target(self, registry_id: str, region: str) -> Target:
-        call = current_call()
-        return self._authorizer.authorize(call.tenant, call.rpc, registry_id, region)
+    @staticmethod
+    def _target(call: CallInfo, registry_id: str, region: str) -> Target:
+        return call.tenancy.authorizer.authorize(call.tenant, call.rpc, registry_id, region)
+
+    @staticmethod
+    def _write_target(
+        call: CallInfo, registry_id: str, region: str, validate_only: bool
+    ) -> tuple[Target, WriteRecord]:
+        record = call.write if call.write is not None else WriteRecord()
+        record.validate_only = validate_only
+        target = RegistryConfigServicer._target(call, registry_id, region)
+        record.registry_id, record.region = target.registry_id, target.region
+        return target, record
 
     async def DescribeRegistry(
         self, request: pb.DescribeRegistryRequest, context: Context
     ) -> pb.DescribeRegistryResponse:
-        target = self._target(request.registry_id, request.region)
+        target = self._target(current_call(), request.registry_id, request.region)
         return await self._ops.describe_registry(target)
 
     async def GetRegistryPolicy(
         self, request: pb.GetRegistryPolicyRequest, context: Context
     ) -> pb.GetRegistryPolicyResponse:
-        target = self._target(request.registry_id, request.region)
+        target = self._target(current_call(), request.registry_id, request.region)
         return await self._ops.get_registry_policy(target)
 
     async def PutRegistryPolicy(
         self, request: pb.PutRegistryPolicyRequest, context: Context
     ) -> pb.PutRegistryPolicyResponse:
-        target = self._target(request.registry_id, request.region)
+        call = current_call()
+        target, record = self._write_target(
+            call, request.registry_id, request.region, request.validate_only
+        )
+        record.policy_sha256 = policy_digest(request.policy_text)
+        self._content.check_policy(target, call.tenant.policy_guardrails, request.policy_text)
         return await self._ops.put_registry_policy(
-            target, request.policy_text, request.etag, request.validate_only
+            target, request.policy_text, request.etag, request.validate_only, record
         )
 
     async def DeleteRegistryPolicy(
         self, request: pb.DeleteRegistryPolicyRequest, context: Context
     ) -> pb.DeleteRegistryPolicyResponse:
-        target = self._target(request.registry_id, request.region)
-        return await self._ops.delete_registry_policy(target, request.etag, request.validate_only)
+        target, record = self._write_target(
+            current_call(), request.registry_id, request.region, request.validate_only
+        )
+        return await self._ops.delete_registry_policy(
+            target, request.etag, request.validate_only, record
+        )
 
     async def PutReplicationConfiguration(
         self, request: pb.PutReplicationConfigurationRequest, context: Context
     ) -> pb.PutReplicationConfigurationResponse:
-        target = self._target(request.registry_id, request.region)
+        target, record = self._write_target(
+            current_call(), request.registry_id, request.region, request.validate_only
+        )
+        self._content.check_destinations(target, request.replication_configuration)
         return await self._ops.put_replication_configuration(
-            target, request.replication_configuration, request.etag, request.validate_only
+            target, request.replication_configuration, request.etag, request.validate_only, record
         )

@@ -37,9 +37,16 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _serve(config: GatewayConfig, listen: str | None, embedded_key: str | None) -> None:
+async def _serve(
+    config: GatewayConfig,
+    listen: str | None,
+    embedded_key: str | None,
+    config_path: str | None = None,
+) -> None:
     gateway = Gateway(
-        config, session_factory=embedded.session_factory if embedded_key else aioboto3.Session
+        config,
+        session_factory=embedded.session_factory if embedded_key else aioboto3.Session,
+        config_path=config_path,
     )
     port = await gateway.start(listen)
     if embedded_key is not None:
@@ -79,7 +86,7 @@ def _run_serve(opts: argparse.Namespace) -> int:
             config = embedded.demo_config(moto.endpoint_url, key)
             asyncio.run(_serve(config, opts.listen, key))
         else:
-            asyncio.run(_serve(load(str(config_path)), opts.listen, None))
+            asyncio.run(_serve(load(str(config_path)), opts.listen, None, str(config_path)))
     except (ConfigError, BindError) as exc:
         print(str(exc), file=sys.stderr)
         return 2

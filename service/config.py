@@ -235,6 +235,8 @@ class CacheConfig(_Strict):
 
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # Every key the gateway writes starts with this: several deployments can share a Redis.
+    key_prefix: str = Field("registry-gateway:", min_length=1)
 
 
 class GatewayConfig(_Strict):

@@ -81,6 +81,9 @@ def demo_config(
                         "registry_id": DEMO_ACCOUNT,
                         "regions": list(DEMO_REGIONS),
                         "operations": list(OPERATIONS),
+                        "replication_destinations": [
+                            {"registry_id": DEMO_ACCOUNT, "regions": list(DEMO_REGIONS)}
+                        ],
                     }
                 ],
             }

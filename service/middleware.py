@@ -20,8 +20,9 @@ from typing import Any, TypeAlias, cast
 import grpc
 from google.protobuf.message import DecodeError
 
-from service.auth.api_keys import ApiKeyAuthenticator
-from service.config import ServerConfig, TenantConfig
+from service.audit import AuditLog, WriteRecord
+from service.auth.identity import Identity
+from service.config import WRITE_OPERATIONS, ServerConfig, TenantConfig
 from service.errors import (
     REQUEST_ID_KEY,
     DeadlineExceeded,
@@ -31,6 +32,8 @@ from service.errors import (
     internal,
     to_status,
 )
+from service.ratelimit import RateKind, RateLimiter
+from service.tenancy import Tenancy, TenancyHolder
 
 log = logging.getLogger("registry_gateway.calls")
 
@@ -48,12 +51,20 @@ class CallInfo:
     """What the wrapper learned about the call in flight; read by the servicer and upstream."""
 
     request_id: str
-    tenant: TenantConfig
+    identity: Identity
     rpc: str
     deadline: float  # loop.time() by which the call must be answered
+    tenancy: Tenancy  # the snapshot this call runs under, even if a reload swaps it
+    # Filled in by the servicer and the operations for the audit line of a write.
+    write: WriteRecord | None = None
     # Per-call facts for the caller (x-cache, ...) go in trailers, which are nearly free,
     # unlike initial metadata; the wrapper sends them all at once with the request id.
     trailers: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def tenant(self) -> TenantConfig:
+        """The calling tenant."""
+        return self.identity.tenant
 
 
 _current: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("registry_gateway_call")
@@ -108,12 +119,21 @@ _Unary: TypeAlias = "Callable[[Any, Context], Awaitable[Any]]"
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
-    """Request id, deadline budget, authentication and error-to-status for every gateway RPC."""
+    """Request id, deadline, authentication, rate limit, error-to-status and audit, per call."""
 
-    def __init__(self, server: ServerConfig, authenticator: ApiKeyAuthenticator) -> None:
+    def __init__(
+        self,
+        server: ServerConfig,
+        tenancy: TenancyHolder,
+        *,
+        rate_limiter: RateLimiter | None = None,
+        audit: AuditLog | None = None,
+    ) -> None:
         self._default_deadline = server.default_deadline_seconds
         self._max_deadline = server.max_deadline_seconds
-        self._authenticator = authenticator
+        self._tenancy = tenancy
+        self._rate_limiter = rate_limiter
+        self._audit = audit
         self._wrapped: dict[str, Handler] = {}
 
     async def intercept_service(
@@ -148,64 +168,100 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         return min(remaining, self._max_deadline)
 
     def _wrap(self, rpc: str, inner: _Unary) -> _Unary:
+        is_write = rpc in WRITE_OPERATIONS
+        kind: RateKind = "write" if is_write else "read"
+
         async def handle(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             metadata = context.invocation_metadata()
             request_id = _request_id(metadata)
-            tenant_name = "-"
-            code = grpc.StatusCode.OK
+            tenancy = self._tenancy.current
+            identity: Identity | None = None
+            record = WriteRecord() if is_write else None
+            code: grpc.StatusCode = grpc.StatusCode.CANCELLED
+            reason: str | None = "CANCELLED"
             loop = asyncio.get_running_loop()
             budget = self._budget(context)
             try:
                 try:
-                    tenant = self._authenticator.authenticate(metadata)
-                    tenant_name = tenant.name
-                    if isinstance(request, _Undecodable):
-                        raise InvalidArgument(
-                            "the request bytes are not a valid message of this RPC",
-                            reason="UNDECODABLE_REQUEST",
-                            field_violations=[FieldViolation("", "undecodable protobuf bytes")],
-                        )
-                    call = CallInfo(request_id, tenant, rpc, loop.time() + budget)
-                    _current.set(call)
                     async with asyncio.timeout(budget):
+                        identity = tenancy.authenticator.authenticate(
+                            metadata, context.auth_context()
+                        )
+                        if self._rate_limiter is not None:
+                            await self._rate_limiter.acquire(identity.tenant.name, kind)
+                        if isinstance(request, _Undecodable):
+                            raise InvalidArgument(
+                                "the request bytes are not a valid message of this RPC",
+                                reason="UNDECODABLE_REQUEST",
+                                field_violations=[FieldViolation("", "undecodable protobuf bytes")],
+                            )
+                        call = CallInfo(
+                            request_id, identity, rpc, loop.time() + budget, tenancy, record
+                        )
+                        _current.set(call)
                         response = await inner(request, context)
+                        code, reason = grpc.StatusCode.OK, None
                 except TimeoutError:
                     raise DeadlineExceeded(
                         f"deadline of {budget:.3g}s exceeded", metadata={"rpc": rpc}
                     ) from None
             except GatewayError as exc:
-                code = exc.code
+                code, reason = exc.code, exc.reason
                 log.info(
-                    "call failed",
-                    extra=_fields(request_id, tenant_name, rpc, code, started, exc.reason),
+                    "call failed", extra=_fields(request_id, identity, rpc, code, started, reason)
                 )
                 status = to_status(exc, request_id)
                 await context.abort(status.code, status.message, status.trailing_metadata)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                code = grpc.StatusCode.INTERNAL
+                code, reason = grpc.StatusCode.INTERNAL, "INTERNAL"
                 # The type only: a traceback or exception text may carry secrets.
                 log.error(
                     "unexpected error",
                     extra={
-                        **_fields(request_id, tenant_name, rpc, code, started, "INTERNAL"),
+                        **_fields(request_id, identity, rpc, code, started, reason),
                         "error_type": type(exc).__name__,
                     },
                 )
                 status = to_status(internal(request_id), request_id)
                 await context.abort(status.code, status.message, status.trailing_metadata)
+            finally:
+                # Exactly one line per write attempt, whatever its end (CANCELLED when the
+                # caller went away or grpc.aio cancelled it at the deadline).
+                if record is not None and self._audit is not None:
+                    self._audit_write(request_id, identity, rpc, code, reason, record)
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), *call.trailers))
-            log.debug("call ok", extra=_fields(request_id, tenant_name, rpc, code, started, None))
+            log.debug("call ok", extra=_fields(request_id, identity, rpc, code, started, None))
             return response
 
         return handle
 
+    def _audit_write(
+        self,
+        request_id: str,
+        identity: Identity | None,
+        rpc: str,
+        code: grpc.StatusCode,
+        reason: str | None,
+        record: WriteRecord,
+    ) -> None:
+        assert self._audit is not None
+        self._audit.write(
+            request_id=request_id,
+            tenant=identity.tenant.name if identity else None,
+            identity=f"{identity.kind}:{identity.subject}" if identity else None,
+            rpc=rpc,
+            outcome=code.name,
+            reason=reason,
+            record=record,
+        )
+
 
 def _fields(
     request_id: str,
-    tenant: str,
+    identity: Identity | None,
     rpc: str,
     code: grpc.StatusCode,
     started: float,
@@ -213,7 +269,7 @@ def _fields(
 ) -> dict[str, Any]:
     return {
         "request_id": request_id,
-        "tenant": tenant,
+        "tenant": identity.tenant.name if identity else None,
         "rpc": rpc,
         "code": code.name,
         "reason": reason,

@@ -1,8 +1,8 @@
 """The five ECR operations as the gateway performs them: reads, and writes under the lock.
 
-A write takes the registry's lock, checks the caller's etag precondition against a fresh
-read, calls AWS (unless validate_only), and answers with a fresh read taken inside the lock,
-so the etag it returns is the one the next reader sees.
+A write takes the registry's lock, reads the current value fresh (for the caller's etag
+precondition and the audit trail), calls AWS (unless validate_only), and answers with a
+fresh read taken inside the lock, so the etag it returns is the one the next reader sees.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from ecr.registry.v1 import registry_pb2 as pb
 
 from service import convert, etags
+from service.audit import WriteRecord
 from service.auth.targets import Target
 from service.errors import EtagMismatch, NotFound
 from service.locks import RegistryLocks
@@ -37,49 +38,46 @@ class RegistryOperations:
         )
 
     async def put_registry_policy(
-        self, target: Target, policy_text: str, etag: str, validate_only: bool
+        self, target: Target, policy_text: str, etag: str, validate_only: bool, record: WriteRecord
     ) -> pb.PutRegistryPolicyResponse:
         """Set the registry policy if `etag` (when given) still holds."""
         async with self._locks.hold(target.registry_id, target.region):
-            if etag or validate_only:
-                current = etags.of_policy(await self._current_policy(target))
-                _check(etag, current, target)
-                if validate_only:
-                    return pb.PutRegistryPolicyResponse(
-                        registry_id=target.registry_id, policy_text=policy_text, etag=current
-                    )
+            current = record.etag_before = etags.of_policy(await self._current_policy(target))
+            _check(etag, current, target)
+            if validate_only:
+                return pb.PutRegistryPolicyResponse(
+                    registry_id=target.registry_id, policy_text=policy_text, etag=current
+                )
             aws = await self._upstream.call(target, "put_registry_policy", policyText=policy_text)
-            after = await self._current_policy(target)
+            after = record.etag_after = etags.of_policy(await self._current_policy(target))
             return pb.PutRegistryPolicyResponse(
                 registry_id=aws.get("registryId", target.registry_id),
                 policy_text=aws.get("policyText", policy_text),
-                etag=etags.of_policy(after),
+                etag=after,
             )
 
     async def delete_registry_policy(
-        self, target: Target, etag: str, validate_only: bool
+        self, target: Target, etag: str, validate_only: bool, record: WriteRecord
     ) -> pb.DeleteRegistryPolicyResponse:
         """Delete the registry policy if `etag` (when given) still holds; NotFound if none."""
         async with self._locks.hold(target.registry_id, target.region):
-            if etag or validate_only:
-                policy = await self._current_policy(target)
-                _check(etag, etags.of_policy(policy), target)
-                if policy is None:
-                    raise NotFound(
-                        "the registry has no registry policy", reason="REGISTRY_POLICY_NOT_FOUND"
-                    )
-                if validate_only:
-                    return pb.DeleteRegistryPolicyResponse(
-                        registry_id=target.registry_id,
-                        policy_text=policy,
-                        etag=etags.of_policy(policy),
-                    )
+            policy = await self._current_policy(target)
+            current = record.etag_before = etags.of_policy(policy)
+            _check(etag, current, target)
+            if policy is None:
+                raise NotFound(
+                    "the registry has no registry policy", reason="REGISTRY_POLICY_NOT_FOUND"
+                )
+            if validate_only:
+                return pb.DeleteRegistryPolicyResponse(
+                    registry_id=target.registry_id, policy_text=policy, etag=current
+                )
             aws = await self._upstream.call(target, "delete_registry_policy")
-            after = await self._current_policy(target)
+            after = record.etag_after = etags.of_policy(await self._current_policy(target))
             return pb.DeleteRegistryPolicyResponse(
                 registry_id=aws.get("registryId", target.registry_id),
                 policy_text=aws.get("policyText", ""),
-                etag=etags.of_policy(after),
+                etag=after,
             )
 
     async def put_replication_configuration(
@@ -88,24 +86,26 @@ class RegistryOperations:
         configuration: pb.ReplicationConfiguration,
         etag: str,
         validate_only: bool,
+        record: WriteRecord,
     ) -> pb.PutReplicationConfigurationResponse:
         """Replace the replication configuration if `etag` (when given) still holds."""
         async with self._locks.hold(target.registry_id, target.region):
-            if etag or validate_only:
-                current = await self.describe_registry(target)
-                _check(etag, current.etag, target)
-                if validate_only:
-                    return pb.PutReplicationConfigurationResponse(
-                        replication_configuration=configuration,
-                        etag=current.etag,
-                        registry_id=current.registry_id or target.registry_id,
-                    )
+            current = await self.describe_registry(target)
+            record.etag_before = current.etag
+            _check(etag, current.etag, target)
+            if validate_only:
+                return pb.PutReplicationConfigurationResponse(
+                    replication_configuration=configuration,
+                    etag=current.etag,
+                    registry_id=current.registry_id or target.registry_id,
+                )
             await self._upstream.call(
                 target,
                 "put_replication_configuration",
                 replicationConfiguration=convert.replication_to_aws(configuration),
             )
             after = await self.describe_registry(target)
+            record.etag_after = after.etag
             return pb.PutReplicationConfigurationResponse(
                 replication_configuration=after.replication_configuration,
                 etag=after.etag,

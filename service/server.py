@@ -1,24 +1,34 @@
-"""Builds the gRPC server from config and runs it: reflection, health, limits, shutdown."""
+"""Builds the gRPC server from config and runs it: listeners, reflection, health, shutdown."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Mapping
+from pathlib import Path
 
 import aioboto3
 import grpc
+import redis.asyncio as redis
 from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from service import middleware, reflection
 from service.api import RegistryConfigServicer
-from service.auth import ApiKeyAuthenticator, TargetAuthorizer
-from service.config import GatewayConfig, parse_listen
+from service.audit import AuditLog
+from service.auth.content import ContentRules
+from service.config import GatewayConfig, ListenerConfig, parse_listen
 from service.locks import RegistryLocks
 from service.operations import RegistryOperations
+from service.ratelimit import build_rate_limiter
+from service.reload import Reloader
+from service.tenancy import TenancyHolder, build_tenancy
+from service.tls import TlsCredentials
 from service.upstream import SessionFactory, Upstream
 
 log = logging.getLogger("registry_gateway.server")
@@ -58,25 +68,48 @@ class Gateway:
         *,
         session_factory: SessionFactory = aioboto3.Session,
         environ: Mapping[str, str] | None = None,
+        config_path: str | Path | None = None,
         reuse_port: bool = False,
     ) -> None:
         self.config = config
+        self._environ = os.environ if environ is None else environ
+        self.tenancy = TenancyHolder(build_tenancy(config, self._environ))
         self.upstream = Upstream(
             config.aws,
             session_factory=session_factory,
-            environ=environ,
+            environ=self._environ,
             time_left=middleware.time_left,
         )
+        # No client-side retries: the rate limiter fails open at once when Redis is away
+        # (redis-py would otherwise retry a refused connection with backoff on every call).
+        self.redis = (
+            redis.Redis.from_url(
+                config.cache.redis_url,
+                socket_timeout=1.0,
+                socket_connect_timeout=1.0,
+                retry=Retry(NoBackoff(), 0),
+            )
+            if config.cache.backend == "redis"
+            else None
+        )
+        self.audit = AuditLog(config.audit)
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             interceptors=[
-                middleware.GatewayInterceptor(config.server, ApiKeyAuthenticator(config.tenants))
+                middleware.GatewayInterceptor(
+                    config.server,
+                    self.tenancy,
+                    rate_limiter=build_rate_limiter(
+                        config.rate_limit, self.redis, config.cache.key_prefix
+                    ),
+                    audit=self.audit,
+                )
             ],
             options=_channel_options(config, reuse_port),
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
         servicer = RegistryConfigServicer(
-            TargetAuthorizer(config), RegistryOperations(self.upstream, RegistryLocks())
+            ContentRules(), RegistryOperations(self.upstream, RegistryLocks())
         )
         pb_grpc.add_RegistryConfigServiceServicer_to_server(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -85,24 +118,51 @@ class Gateway:
                 self.server,
                 [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
             )
-        self.port = 0
-        self._stopped = asyncio.Event()
+        self.tls = [TlsCredentials(lst.tls) for lst in config.effective_listeners() if lst.tls]
+        self.reloader = (
+            Reloader(config_path, self.tenancy, self.tls, self._environ) if config_path else None
+        )
+        self.ports: list[int] = []
+
+    @property
+    def port(self) -> int:
+        """The first bound port (useful with port 0)."""
+        return self.ports[0]
 
     async def start(self, listen: str | None = None) -> int:
-        """Bind and start serving; returns the bound port (useful with port 0)."""
-        address = listen or self.config.listen
-        host, port = parse_listen(address)
-        try:
-            self.port = self.server.add_insecure_port(f"{host}:{port}")
-        except RuntimeError:
-            self.port = 0
-        if self.port == 0:
-            raise BindError(f"cannot listen on {address}: address in use or not available")
+        """Bind every listener and start serving; `listen` replaces the first one's address."""
+        listeners = list(self.config.effective_listeners())
+        if listen:
+            listeners[0] = ListenerConfig(listen=listen, tls=listeners[0].tls)
+        tls = iter(self.tls)
+        for listener in listeners:
+            credentials = next(tls).server_credentials() if listener.tls else None
+            self.ports.append(self._bind(listener.listen, credentials))
         await self.server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving", extra={"listen": f"{host}:{self.port}"})
+        for listener, port in zip(listeners, self.ports, strict=True):
+            host = parse_listen(listener.listen)[0]
+            kind = (
+                "plaintext"
+                if listener.tls is None
+                else f"tls client_auth={listener.tls.client_auth}"
+            )
+            log.info("serving %s", kind, extra={"listen": f"{host}:{port}"})
         return self.port
+
+    def _bind(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
+        host, port = parse_listen(address)
+        try:
+            if credentials is None:
+                bound = self.server.add_insecure_port(f"{host}:{port}")
+            else:
+                bound = self.server.add_secure_port(f"{host}:{port}", credentials)
+        except RuntimeError:
+            bound = 0
+        if bound == 0:
+            raise BindError(f"cannot listen on {address}: address in use or not available")
+        return bound
 
     async def shutdown(self) -> None:
         """NOT_SERVING at once, keep serving for drain_seconds, then stop with grace."""
@@ -114,22 +174,31 @@ class Gateway:
         await asyncio.sleep(s.drain_seconds)
         log.info("stopping: calls in flight get up to grace_seconds")
         await self.server.stop(s.grace_seconds)
-        await self.upstream.close()
-        self._stopped.set()
+        await self._close()
 
     async def stop_now(self) -> None:
         """Stop without draining (tests, second signal)."""
         await self.server.stop(0)
+        await self._close()
+
+    async def _close(self) -> None:
         await self.upstream.close()
-        self._stopped.set()
+        if self.redis is not None:
+            await self.redis.aclose()
+        self.audit.close()
 
     async def run_until_signal(self) -> None:
-        """Serve until SIGTERM/SIGINT, then shut down gracefully; a second signal stops at once."""
+        """Serve until SIGTERM/SIGINT, then shut down gracefully; a second signal stops at once.
+
+        SIGHUP reloads the config file (tenants, keys, JWKS, TLS certificates).
+        """
         loop = asyncio.get_running_loop()
         first = asyncio.Event()
         signals = (signal.SIGTERM, signal.SIGINT)
         for sig in signals:
             loop.add_signal_handler(sig, first.set)
+        if self.reloader is not None:
+            loop.add_signal_handler(signal.SIGHUP, self.reloader.reload)
         try:
             await first.wait()
             shutdown = asyncio.ensure_future(self.shutdown())
@@ -144,5 +213,5 @@ class Gateway:
                 await self.stop_now()
             waiter.cancel()
         finally:
-            for sig in signals:
+            for sig in (*signals, signal.SIGHUP):
                 loop.remove_signal_handler(sig)

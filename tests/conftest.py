@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -47,9 +48,21 @@ async def gateway_factory(aws: str) -> AsyncIterator[GatewayFactory]:
     """Builds and starts gateways (several per test if needed); stops them all afterwards."""
     started: list[Gateway] = []
 
-    async def build(raw: dict[str, Any] | None = None, **server: Any) -> Gateway:
-        cfg = config_mod.from_mapping(raw or config_dict(aws, **server), environ={})
-        gateway = Gateway(cfg, session_factory=session_factory)
+    async def build(
+        raw: dict[str, Any] | None = None,
+        *,
+        environ: dict[str, str] | None = None,
+        config_path: Path | None = None,
+        **server: Any,
+    ) -> Gateway:
+        env = environ or {}
+        if config_path is not None:
+            cfg = config_mod.load(config_path, environ=env)
+        else:
+            cfg = config_mod.from_mapping(raw or config_dict(aws, **server), environ=env)
+        gateway = Gateway(
+            cfg, session_factory=session_factory, environ=env, config_path=config_path
+        )
         await gateway.start()
         started.append(gateway)
         return gateway
@@ -106,3 +119,21 @@ def slow_describe(monkeypatch: pytest.MonkeyPatch) -> Iterator[Gate]:
     monkeypatch.setattr(ECRBackend, "describe_registry", held)
     yield gate
     gate.opened.set()
+
+
+@pytest.fixture
+def aws_state() -> Callable[[], dict[str, Any]]:
+    """A snapshot function of every registry's policy and replication config in moto."""
+    from moto.ecr.models import ecr_backends
+
+    def snapshot() -> dict[str, Any]:
+        state: dict[str, Any] = {}
+        for account, regions in ecr_backends.items():
+            for region, backend in regions.items():
+                state[f"{account}/{region}"] = (
+                    backend.registry_policy,
+                    repr(backend.replication_config),
+                )
+        return state
+
+    return snapshot

@@ -13,6 +13,7 @@ from service.config import OPERATIONS
 
 ACCOUNT = "123456789012"  # moto's default account: what the test credentials reach
 OTHER_ACCOUNT = "111111111111"
+PARTNER_ACCOUNT = "210987654321"  # a replication destination outside the gateway
 KEY = "test-key-payments"
 OTHER_KEY = "test-key-readonly"
 POLICY = (
@@ -49,6 +50,11 @@ def config_dict(endpoint_url: str, **server: Any) -> dict[str, Any]:
                         "registry_id": ACCOUNT,
                         "regions": ["us-east-1", "eu-west-1"],
                         "operations": list(OPERATIONS),
+                        "replication_destinations": [
+                            # us-east-1 too, so that AWS's own same-source refusal is reachable.
+                            {"registry_id": ACCOUNT, "regions": ["us-east-1", "eu-west-1"]},
+                            {"registry_id": PARTNER_ACCOUNT, "regions": ["us-west-2"]},
+                        ],
                     }
                 ],
             },

@@ -43,23 +43,25 @@ def test_each_key_maps_to_its_tenant(
     authenticator: ApiKeyAuthenticator, key: str, tenant: str
 ) -> None:
     found = authenticator.authenticate((("x-request-id", "r1"), ("authorization", f"Bearer {key}")))
-    assert found.name == tenant
+    assert found.tenant.name == tenant
 
 
 def test_scheme_is_case_insensitive_and_bytes_are_accepted(
     authenticator: ApiKeyAuthenticator,
 ) -> None:
-    assert authenticator.authenticate((("authorization", f"bearer {KEY}"),)).name == "payments"
+    assert (
+        authenticator.authenticate((("authorization", f"bearer {KEY}"),)).tenant.name == "payments"
+    )
     raw = f"Bearer {OTHER_KEY}".encode()
-    assert authenticator.authenticate((("authorization", raw),)).name == "readonly"
+    assert authenticator.authenticate((("authorization", raw),)).tenant.name == "readonly"
 
 
 def test_a_tenant_may_hold_several_keys() -> None:
     raw = config_dict("http://127.0.0.1:1")
     raw["tenants"][0]["api_keys"] = [hash_key("old-key"), hash_key("new-key")]
     auth = ApiKeyAuthenticator(from_mapping(raw, environ={}).tenants)
-    assert auth.authenticate((("authorization", "Bearer old-key"),)).name == "payments"
-    assert auth.authenticate((("authorization", "Bearer new-key"),)).name == "payments"
+    assert auth.authenticate((("authorization", "Bearer old-key"),)).tenant.name == "payments"
+    assert auth.authenticate((("authorization", "Bearer new-key"),)).tenant.name == "payments"
     assert refused(auth, (("authorization", f"Bearer {KEY}"),)).reason == "INVALID_CREDENTIALS"
 
 

@@ -1,0 +1,81 @@
+"""The audit trail: one JSON line per write attempt, on its own sink.
+
+Allowed, denied, failed or validate-only, every write leaves exactly one line with who,
+what, where, the outcome and the etags around it. Never a key, a token or a policy text:
+the identity is a digest prefix, a JWT subject or a SPIFFE ID, and a policy is its digest.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import sys
+import threading
+from dataclasses import asdict, dataclass
+from typing import IO, Any
+
+from service.config import AuditConfig
+
+
+@dataclass
+class WriteRecord:
+    """What a write call learned on its way, filled in by the servicer and the operations."""
+
+    registry_id: str | None = None
+    region: str | None = None
+    validate_only: bool = False
+    etag_before: str | None = None
+    etag_after: str | None = None
+    policy_sha256: str | None = None
+
+
+def policy_digest(policy_text: str) -> str:
+    """The digest the audit trail records instead of a policy's text."""
+    return hashlib.sha256(policy_text.encode("utf-8")).hexdigest()
+
+
+class AuditLog:
+    """Appends audit lines to a file, or to stdout for `path: "-"`."""
+
+    def __init__(self, config: AuditConfig) -> None:
+        self._stream: IO[str]
+        if config.path == "-":
+            self._stream, self._owned = sys.stdout, False
+        else:
+            # Line-buffered append: each line reaches the file whole, in order.
+            self._stream = open(config.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
+            self._owned = True
+        self._lock = threading.Lock()
+
+    def write(
+        self,
+        *,
+        request_id: str,
+        tenant: str | None,
+        identity: str | None,
+        rpc: str,
+        outcome: str,
+        reason: str | None,
+        record: WriteRecord,
+    ) -> None:
+        """Append one line for one write attempt."""
+        line: dict[str, Any] = {
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+            "request_id": request_id,
+            "tenant": tenant,
+            "identity": identity,
+            "rpc": rpc,
+            "outcome": outcome,
+            "reason": reason,
+            **asdict(record),
+        }
+        text = json.dumps(line, separators=(",", ":"), ensure_ascii=False)
+        with self._lock:
+            self._stream.write(text + "\n")
+            self._stream.flush()
+
+    def close(self) -> None:
+        """Close the file (not stdout)."""
+        if self._owned:
+            self._stream.close()
