@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from ecr.registry.v1 import registry_pb2 as pb
+from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from service.auth.api_keys import hash_key
@@ -128,3 +130,14 @@ def unpack_details(status: status_pb2.Status) -> Details:
                 detail.Unpack(message)
                 into.append(message)
     return found
+
+
+async def describe_status(port: int, key: str = KEY) -> grpc.StatusCode:
+    """The status of a DescribeRegistry with `key` on a gateway's port."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = pb_grpc.RegistryConfigServiceStub(ch)
+        try:
+            await stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=metadata(key))
+        except grpc.aio.AioRpcError as exc:
+            return exc.code()
+    return grpc.StatusCode.OK

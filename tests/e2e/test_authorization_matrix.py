@@ -7,6 +7,8 @@ AWS (moto) was left exactly as it was.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -64,29 +66,21 @@ def _b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
+def _unsigned(alg: str) -> tuple[str, str]:
+    """Header and payload segments of an otherwise valid token claiming `alg`."""
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "tenant": "payments", "exp": int(time.time()) + 300}
+    header = _b64(json.dumps({"alg": alg, "typ": "JWT", "kid": KID}).encode())
+    return header, _b64(json.dumps(claims).encode())
+
+
 def alg_none_token() -> str:
-    now = int(time.time())
-    header = _b64(json.dumps({"alg": "none", "typ": "JWT", "kid": KID}).encode())
-    payload = _b64(
-        json.dumps(
-            {"iss": ISSUER, "aud": AUDIENCE, "tenant": "payments", "exp": now + 300}
-        ).encode()
-    )
+    header, payload = _unsigned("none")
     return f"{header}.{payload}."
 
 
 def confused_token(signer: Signer) -> str:
     """HS256 signed with the RS256 public key as the secret: the classic confusion attack."""
-    import hashlib
-    import hmac
-
-    now = int(time.time())
-    header = _b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": KID}).encode())
-    payload = _b64(
-        json.dumps(
-            {"iss": ISSUER, "aud": AUDIENCE, "tenant": "payments", "exp": now + 300}
-        ).encode()
-    )
+    header, payload = _unsigned("HS256")
     signing_input = f"{header}.{payload}".encode()
     signature = hmac.new(signer.public_pem, signing_input, hashlib.sha256).digest()
     return f"{header}.{payload}.{_b64(signature)}"

@@ -16,7 +16,7 @@ from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from service.server import Gateway
 from tests.conftest import GatewayFactory
-from tests.helpers import KEY, OTHER_KEY, config_dict, metadata, rich_error
+from tests.helpers import OTHER_KEY, config_dict, describe_status, metadata, rich_error
 
 BIN = Path(sys.executable).parent
 
@@ -30,14 +30,7 @@ def limited(aws: str, **cache: Any) -> dict[str, Any]:
     return raw
 
 
-async def describe(port: int, key: str = KEY) -> grpc.StatusCode:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = pb_grpc.RegistryConfigServiceStub(ch)
-        try:
-            await stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=metadata(key))
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
-    return grpc.StatusCode.OK
+describe = describe_status
 
 
 async def test_burst_past_the_bucket_is_resource_exhausted(

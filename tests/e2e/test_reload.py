@@ -19,7 +19,7 @@ from service.auth.api_keys import hash_key
 from service.server import Gateway
 from tests.certs import client_cert, make_pki
 from tests.conftest import Gate, GatewayFactory
-from tests.helpers import KEY, OTHER_KEY, config_dict, metadata
+from tests.helpers import KEY, OTHER_KEY, config_dict, describe_status, metadata
 
 NEW_KEY = "test-key-added-by-reload"
 
@@ -29,14 +29,8 @@ def write(path: Path, raw: dict[str, Any]) -> Path:
     return path
 
 
-async def status_of(gateway: Gateway, key: str, port_index: int = 0) -> grpc.StatusCode:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.ports[port_index]}") as ch:
-        stub = pb_grpc.RegistryConfigServiceStub(ch)
-        try:
-            await stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=metadata(key))
-        except grpc.aio.AioRpcError as exc:
-            return exc.code()
-    return grpc.StatusCode.OK
+async def status_of(gateway: Gateway, key: str) -> grpc.StatusCode:
+    return await describe_status(gateway.port, key)
 
 
 @pytest.fixture
