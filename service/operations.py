@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ecr.registry.v1 import registry_pb2 as pb
 
-from service import convert, etags
+from service import convert, etags, plan
 from service.audit import WriteRecord
 from service.auth.targets import Target
 from service.errors import EtagMismatch, NotFound
@@ -42,11 +42,15 @@ class RegistryOperations:
     ) -> pb.PutRegistryPolicyResponse:
         """Set the registry policy if `etag` (when given) still holds."""
         async with self._locks.hold(target.registry_id, target.region):
-            current = record.etag_before = etags.of_policy(await self._current_policy(target))
+            policy = await self._current_policy(target)
+            current = record.etag_before = etags.of_policy(policy)
             _check(etag, current, target)
             if validate_only:
                 return pb.PutRegistryPolicyResponse(
-                    registry_id=target.registry_id, policy_text=policy_text, etag=current
+                    registry_id=target.registry_id,
+                    policy_text=policy_text,
+                    etag=current,
+                    changes=plan.policy_changes(policy, policy_text),
                 )
             aws = await self._upstream.call(target, "put_registry_policy", policyText=policy_text)
             after = record.etag_after = etags.of_policy(await self._current_policy(target))
@@ -70,7 +74,10 @@ class RegistryOperations:
                 )
             if validate_only:
                 return pb.DeleteRegistryPolicyResponse(
-                    registry_id=target.registry_id, policy_text=policy, etag=current
+                    registry_id=target.registry_id,
+                    policy_text=policy,
+                    etag=current,
+                    changes=plan.policy_changes(policy, None),
                 )
             aws = await self._upstream.call(target, "delete_registry_policy")
             after = record.etag_after = etags.of_policy(await self._current_policy(target))
@@ -98,6 +105,9 @@ class RegistryOperations:
                     replication_configuration=configuration,
                     etag=current.etag,
                     registry_id=current.registry_id or target.registry_id,
+                    changes=plan.replication_changes(
+                        current.replication_configuration, configuration
+                    ),
                 )
             await self._upstream.call(
                 target,

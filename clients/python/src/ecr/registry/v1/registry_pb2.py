@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65\x63r/registry/v1/registry.proto\x12\x0f\x65\x63r.registry.v1\"7\n\x10RepositoryFilter\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x13\n\x0b\x66ilter_type\x18\x02 \x01(\t\"=\n\x16ReplicationDestination\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x13\n\x0bregistry_id\x18\x02 \x01(\t\"\x8f\x01\n\x0fReplicationRule\x12=\n\x0c\x64\x65stinations\x18\x01 \x03(\x0b\x32\'.ecr.registry.v1.ReplicationDestination\x12=\n\x12repository_filters\x18\x02 \x03(\x0b\x32!.ecr.registry.v1.RepositoryFilter\"K\n\x18ReplicationConfiguration\x12/\n\x05rules\x18\x01 \x03(\x0b\x32 .ecr.registry.v1.ReplicationRule\">\n\x17\x44\x65scribeRegistryRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"\x8b\x01\n\x18\x44\x65scribeRegistryResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12L\n\x19replication_configuration\x18\x02 \x01(\x0b\x32).ecr.registry.v1.ReplicationConfiguration\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"?\n\x18GetRegistryPolicyRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"S\n\x19GetRegistryPolicyResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_text\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"y\n\x18PutRegistryPolicyRequest\x12\x13\n\x0bpolicy_text\x18\x01 \x01(\t\x12\x13\n\x0bregistry_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"S\n\x19PutRegistryPolicyResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_text\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"g\n\x1b\x44\x65leteRegistryPolicyRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\"V\n\x1c\x44\x65leteRegistryPolicyResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_text\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"\xbc\x01\n\"PutReplicationConfigurationRequest\x12L\n\x19replication_configuration\x18\x01 \x01(\x0b\x32).ecr.registry.v1.ReplicationConfiguration\x12\x13\n\x0bregistry_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"\x96\x01\n#PutReplicationConfigurationResponse\x12L\n\x19replication_configuration\x18\x01 \x01(\x0b\x32).ecr.registry.v1.ReplicationConfiguration\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x13\n\x0bregistry_id\x18\x03 \x01(\t2\xd8\x04\n\x15RegistryConfigService\x12g\n\x10\x44\x65scribeRegistry\x12(.ecr.registry.v1.DescribeRegistryRequest\x1a).ecr.registry.v1.DescribeRegistryResponse\x12j\n\x11GetRegistryPolicy\x12).ecr.registry.v1.GetRegistryPolicyRequest\x1a*.ecr.registry.v1.GetRegistryPolicyResponse\x12j\n\x11PutRegistryPolicy\x12).ecr.registry.v1.PutRegistryPolicyRequest\x1a*.ecr.registry.v1.PutRegistryPolicyResponse\x12s\n\x14\x44\x65leteRegistryPolicy\x12,.ecr.registry.v1.DeleteRegistryPolicyRequest\x1a-.ecr.registry.v1.DeleteRegistryPolicyResponse\x12\x88\x01\n\x1bPutReplicationConfiguration\x12\x33.ecr.registry.v1.PutReplicationConfigurationRequest\x1a\x34.ecr.registry.v1.PutReplicationConfigurationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65\x63r/registry/v1/registry.proto\x12\x0f\x65\x63r.registry.v1\"7\n\x10RepositoryFilter\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x13\n\x0b\x66ilter_type\x18\x02 \x01(\t\"=\n\x16ReplicationDestination\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x13\n\x0bregistry_id\x18\x02 \x01(\t\"\x8f\x01\n\x0fReplicationRule\x12=\n\x0c\x64\x65stinations\x18\x01 \x03(\x0b\x32\'.ecr.registry.v1.ReplicationDestination\x12=\n\x12repository_filters\x18\x02 \x03(\x0b\x32!.ecr.registry.v1.RepositoryFilter\"K\n\x18ReplicationConfiguration\x12/\n\x05rules\x18\x01 \x03(\x0b\x32 .ecr.registry.v1.ReplicationRule\";\n\x06\x43hange\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\">\n\x17\x44\x65scribeRegistryRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"\x8b\x01\n\x18\x44\x65scribeRegistryResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12L\n\x19replication_configuration\x18\x02 \x01(\x0b\x32).ecr.registry.v1.ReplicationConfiguration\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"?\n\x18GetRegistryPolicyRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"S\n\x19GetRegistryPolicyResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_text\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"y\n\x18PutRegistryPolicyRequest\x12\x13\n\x0bpolicy_text\x18\x01 \x01(\t\x12\x13\n\x0bregistry_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"}\n\x19PutRegistryPolicyResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_text\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12(\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x17.ecr.registry.v1.Change\"g\n\x1b\x44\x65leteRegistryPolicyRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\"\x80\x01\n\x1c\x44\x65leteRegistryPolicyResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_text\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12(\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x17.ecr.registry.v1.Change\"\xbc\x01\n\"PutReplicationConfigurationRequest\x12L\n\x19replication_configuration\x18\x01 \x01(\x0b\x32).ecr.registry.v1.ReplicationConfiguration\x12\x13\n\x0bregistry_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"\xc0\x01\n#PutReplicationConfigurationResponse\x12L\n\x19replication_configuration\x18\x01 \x01(\x0b\x32).ecr.registry.v1.ReplicationConfiguration\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x13\n\x0bregistry_id\x18\x03 \x01(\t\x12(\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x17.ecr.registry.v1.Change2\xd8\x04\n\x15RegistryConfigService\x12g\n\x10\x44\x65scribeRegistry\x12(.ecr.registry.v1.DescribeRegistryRequest\x1a).ecr.registry.v1.DescribeRegistryResponse\x12j\n\x11GetRegistryPolicy\x12).ecr.registry.v1.GetRegistryPolicyRequest\x1a*.ecr.registry.v1.GetRegistryPolicyResponse\x12j\n\x11PutRegistryPolicy\x12).ecr.registry.v1.PutRegistryPolicyRequest\x1a*.ecr.registry.v1.PutRegistryPolicyResponse\x12s\n\x14\x44\x65leteRegistryPolicy\x12,.ecr.registry.v1.DeleteRegistryPolicyRequest\x1a-.ecr.registry.v1.DeleteRegistryPolicyResponse\x12\x88\x01\n\x1bPutReplicationConfiguration\x12\x33.ecr.registry.v1.PutReplicationConfigurationRequest\x1a\x34.ecr.registry.v1.PutReplicationConfigurationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,26 +39,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLICATIONRULE']._serialized_end=315
   _globals['_REPLICATIONCONFIGURATION']._serialized_start=317
   _globals['_REPLICATIONCONFIGURATION']._serialized_end=392
-  _globals['_DESCRIBEREGISTRYREQUEST']._serialized_start=394
-  _globals['_DESCRIBEREGISTRYREQUEST']._serialized_end=456
-  _globals['_DESCRIBEREGISTRYRESPONSE']._serialized_start=459
-  _globals['_DESCRIBEREGISTRYRESPONSE']._serialized_end=598
-  _globals['_GETREGISTRYPOLICYREQUEST']._serialized_start=600
-  _globals['_GETREGISTRYPOLICYREQUEST']._serialized_end=663
-  _globals['_GETREGISTRYPOLICYRESPONSE']._serialized_start=665
-  _globals['_GETREGISTRYPOLICYRESPONSE']._serialized_end=748
-  _globals['_PUTREGISTRYPOLICYREQUEST']._serialized_start=750
-  _globals['_PUTREGISTRYPOLICYREQUEST']._serialized_end=871
-  _globals['_PUTREGISTRYPOLICYRESPONSE']._serialized_start=873
-  _globals['_PUTREGISTRYPOLICYRESPONSE']._serialized_end=956
-  _globals['_DELETEREGISTRYPOLICYREQUEST']._serialized_start=958
-  _globals['_DELETEREGISTRYPOLICYREQUEST']._serialized_end=1061
-  _globals['_DELETEREGISTRYPOLICYRESPONSE']._serialized_start=1063
-  _globals['_DELETEREGISTRYPOLICYRESPONSE']._serialized_end=1149
-  _globals['_PUTREPLICATIONCONFIGURATIONREQUEST']._serialized_start=1152
-  _globals['_PUTREPLICATIONCONFIGURATIONREQUEST']._serialized_end=1340
-  _globals['_PUTREPLICATIONCONFIGURATIONRESPONSE']._serialized_start=1343
-  _globals['_PUTREPLICATIONCONFIGURATIONRESPONSE']._serialized_end=1493
-  _globals['_REGISTRYCONFIGSERVICE']._serialized_start=1496
-  _globals['_REGISTRYCONFIGSERVICE']._serialized_end=2096
+  _globals['_CHANGE']._serialized_start=394
+  _globals['_CHANGE']._serialized_end=453
+  _globals['_DESCRIBEREGISTRYREQUEST']._serialized_start=455
+  _globals['_DESCRIBEREGISTRYREQUEST']._serialized_end=517
+  _globals['_DESCRIBEREGISTRYRESPONSE']._serialized_start=520
+  _globals['_DESCRIBEREGISTRYRESPONSE']._serialized_end=659
+  _globals['_GETREGISTRYPOLICYREQUEST']._serialized_start=661
+  _globals['_GETREGISTRYPOLICYREQUEST']._serialized_end=724
+  _globals['_GETREGISTRYPOLICYRESPONSE']._serialized_start=726
+  _globals['_GETREGISTRYPOLICYRESPONSE']._serialized_end=809
+  _globals['_PUTREGISTRYPOLICYREQUEST']._serialized_start=811
+  _globals['_PUTREGISTRYPOLICYREQUEST']._serialized_end=932
+  _globals['_PUTREGISTRYPOLICYRESPONSE']._serialized_start=934
+  _globals['_PUTREGISTRYPOLICYRESPONSE']._serialized_end=1059
+  _globals['_DELETEREGISTRYPOLICYREQUEST']._serialized_start=1061
+  _globals['_DELETEREGISTRYPOLICYREQUEST']._serialized_end=1164
+  _globals['_DELETEREGISTRYPOLICYRESPONSE']._serialized_start=1167
+  _globals['_DELETEREGISTRYPOLICYRESPONSE']._serialized_end=1295
+  _globals['_PUTREPLICATIONCONFIGURATIONREQUEST']._serialized_start=1298
+  _globals['_PUTREPLICATIONCONFIGURATIONREQUEST']._serialized_end=1486
+  _globals['_PUTREPLICATIONCONFIGURATIONRESPONSE']._serialized_start=1489
+  _globals['_PUTREPLICATIONCONFIGURATIONRESPONSE']._serialized_end=1681
+  _globals['_REGISTRYCONFIGSERVICE']._serialized_start=1684
+  _globals['_REGISTRYCONFIGSERVICE']._serialized_end=2284
 # @@protoc_insertion_point(module_scope)

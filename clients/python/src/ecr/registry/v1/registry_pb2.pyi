@@ -136,6 +136,40 @@ class ReplicationConfiguration(_message.Message):
 Global___ReplicationConfiguration: _TypeAlias = ReplicationConfiguration  # noqa: Y015
 
 @_typing.final
+class Change(_message.Message):
+    """One difference between the current configuration and what a write would make it: the
+    plan a validate_only write answers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    PATH_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    action: _builtins.str
+    """"add", "remove" or "change"."""
+    path: _builtins.str
+    """Where: a proto field path ("replication_configuration.rules[1].destinations[0]") or a
+    policy statement ("policy_text.Statement[Sid=ReplicateFromPartner]").
+    """
+    description: _builtins.str
+    """What, for a person: "destination 111111111111 eu-west-1", "filter prod/ (PREFIX_MATCH)"."""
+    def __init__(
+        self,
+        *,
+        action: _builtins.str = ...,
+        path: _builtins.str = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "description", b"description", "path", b"path"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Change: _TypeAlias = Change  # noqa: Y015
+
+@_typing.final
 class DescribeRegistryRequest(_message.Message):
     """Request of DescribeRegistry. AWS takes no input; the gateway adds the target."""
 
@@ -302,22 +336,28 @@ class PutRegistryPolicyResponse(_message.Message):
     REGISTRY_ID_FIELD_NUMBER: _builtins.int
     POLICY_TEXT_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     registry_id: _builtins.str
     """The registry whose policy was set (AWS `registryId`)."""
     policy_text: _builtins.str
     """The policy as written (AWS `policyText`)."""
     etag: _builtins.str
     """The etag of the policy as read back after the write (with validate_only: the current one)."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]:
+        """With validate_only: what the write would change against the current policy."""
+
     def __init__(
         self,
         *,
         registry_id: _builtins.str = ...,
         policy_text: _builtins.str = ...,
         etag: _builtins.str = ...,
+        changes: _abc.Iterable[Global___Change] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "policy_text", b"policy_text", "registry_id", b"registry_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "etag", b"etag", "policy_text", b"policy_text", "registry_id", b"registry_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -366,22 +406,28 @@ class DeleteRegistryPolicyResponse(_message.Message):
     REGISTRY_ID_FIELD_NUMBER: _builtins.int
     POLICY_TEXT_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     registry_id: _builtins.str
     """The registry whose policy was deleted (AWS `registryId`)."""
     policy_text: _builtins.str
     """The policy that was deleted (AWS `policyText`)."""
     etag: _builtins.str
     """The etag after the delete: "absent" (with validate_only: the current one)."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]:
+        """With validate_only: what the delete would change (every statement removed)."""
+
     def __init__(
         self,
         *,
         registry_id: _builtins.str = ...,
         policy_text: _builtins.str = ...,
         etag: _builtins.str = ...,
+        changes: _abc.Iterable[Global___Change] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "policy_text", b"policy_text", "registry_id", b"registry_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "etag", b"etag", "policy_text", b"policy_text", "registry_id", b"registry_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -442,6 +488,7 @@ class PutReplicationConfigurationResponse(_message.Message):
     REPLICATION_CONFIGURATION_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     REGISTRY_ID_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
     etag: _builtins.str
     """The etag of the configuration as read back after the write (with validate_only: the current one)."""
     registry_id: _builtins.str
@@ -450,16 +497,21 @@ class PutReplicationConfigurationResponse(_message.Message):
     def replication_configuration(self) -> Global___ReplicationConfiguration:
         """The replication configuration as written (AWS `replicationConfiguration`)."""
 
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]:
+        """With validate_only: what the write would change against the current configuration."""
+
     def __init__(
         self,
         *,
         replication_configuration: Global___ReplicationConfiguration | None = ...,
         etag: _builtins.str = ...,
         registry_id: _builtins.str = ...,
+        changes: _abc.Iterable[Global___Change] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["replication_configuration", b"replication_configuration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "registry_id", b"registry_id", "replication_configuration", b"replication_configuration"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "etag", b"etag", "registry_id", b"registry_id", "replication_configuration", b"replication_configuration"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
