@@ -78,6 +78,9 @@ class AwsConfig(_Strict):
     max_attempts: int = Field(3, ge=1, le=10)
     connect_timeout_seconds: float = Field(2.0, gt=0)
     read_timeout_seconds: float = Field(10.0, gt=0)
+    # Region names are checked against botocore's endpoint data; private partitions
+    # (ISO, sovereign clouds) have regions it does not list.
+    allow_unknown_regions: bool = False
 
 
 class DestinationAllow(_Strict):
@@ -231,9 +234,13 @@ class AuditConfig(_Strict):
 
 
 class CacheConfig(_Strict):
-    """The shared-state backend. With `redis`, rate limits are shared by every replica."""
+    """The read cache and shared state. With `redis`, replicas share values, locks and limits."""
 
     backend: Literal["memory", "redis"] = "memory"
+    ttl_seconds: float = Field(30.0, gt=0)
+    negative_ttl_seconds: float = Field(10.0, ge=0)  # "no registry policy"
+    max_stale_seconds: float = Field(300.0, ge=0)  # serve stale while AWS is unavailable
+    max_entries: int = Field(10_000, ge=1)  # in-process copies (LRU)
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every key the gateway writes starts with this: several deployments can share a Redis.
     key_prefix: str = Field("registry-gateway:", min_length=1)
