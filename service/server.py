@@ -23,8 +23,9 @@ from service.api import RegistryConfigServicer
 from service.audit import AuditLog
 from service.auth.content import ContentRules
 from service.config import GatewayConfig, ListenerConfig, parse_listen
-from service.locks import RegistryLocks
-from service.operations import RegistryOperations
+from service.cache import MemoryStore, ReadCache, RedisStore, Store
+from service.locks import RedisRegistryLocks, RegistryLocks
+from service.operations import Locks, RegistryOperations
 from service.ratelimit import build_rate_limiter
 from service.reload import Reloader
 from service.tenancy import TenancyHolder, build_tenancy
@@ -34,6 +35,9 @@ from service.upstream import SessionFactory, Upstream
 log = logging.getLogger("registry_gateway.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RegistryConfigService"].full_name
+# Health entry that tells whether the shared Redis cache is reachable.
+REDIS_HEALTH = "registry-gateway.redis"
+LOCK_EXPIRY_MARGIN_SECONDS = 5.0
 
 
 class BindError(Exception):
@@ -109,7 +113,7 @@ class Gateway:
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
         servicer = RegistryConfigServicer(
-            ContentRules(), RegistryOperations(self.upstream, RegistryLocks())
+            ContentRules(), RegistryOperations(self.upstream, self._locks(), self._cache())
         )
         pb_grpc.add_RegistryConfigServiceServicer_to_server(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -123,6 +127,42 @@ class Gateway:
             Reloader(config_path, self.tenancy, self.tls, self._environ) if config_path else None
         )
         self.ports: list[int] = []
+        self._background: set[asyncio.Task[None]] = set()
+
+    def _cache(self) -> ReadCache:
+        cache = self.config.cache
+        store: Store
+        if self.redis is not None:
+            store = RedisStore(
+                self.redis,
+                cache.key_prefix,
+                cache.max_entries,
+                on_availability=self._redis_health,
+            )
+        else:
+            store = MemoryStore(cache.max_entries)
+        return ReadCache(cache, store)
+
+    def _locks(self) -> Locks:
+        if self.redis is None:
+            return RegistryLocks()
+        # Longer than any call may last, so a live writer never loses its lock to expiry.
+        expiry = self.config.server.max_deadline_seconds + LOCK_EXPIRY_MARGIN_SECONDS
+        return RedisRegistryLocks(
+            self.redis, self.config.cache.key_prefix, expiry, middleware.time_left
+        )
+
+    def _redis_health(self, available: bool) -> None:
+        # Reported as its own health entry: the gateway keeps serving without Redis, so
+        # the overall status stays SERVING while operators can still see the cache is away.
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if available
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        task = asyncio.get_running_loop().create_task(self.health.set(REDIS_HEALTH, status))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     @property
     def port(self) -> int:
