@@ -46,14 +46,20 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
     async def DescribeRegistry(
         self, request: pb.DescribeRegistryRequest, context: Context
     ) -> pb.DescribeRegistryResponse:
-        target = self._target(current_call(), request.registry_id, request.region)
-        return await self._ops.describe_registry(target)
+        call = current_call()
+        target = self._target(call, request.registry_id, request.region)
+        return await self._ops.describe_registry(
+            target, fresh=call.no_cache, on_outcome=call.cache_outcome
+        )
 
     async def GetRegistryPolicy(
         self, request: pb.GetRegistryPolicyRequest, context: Context
     ) -> pb.GetRegistryPolicyResponse:
-        target = self._target(current_call(), request.registry_id, request.region)
-        return await self._ops.get_registry_policy(target)
+        call = current_call()
+        target = self._target(call, request.registry_id, request.region)
+        return await self._ops.get_registry_policy(
+            target, fresh=call.no_cache, on_outcome=call.cache_outcome
+        )
 
     async def PutRegistryPolicy(
         self, request: pb.PutRegistryPolicyRequest, context: Context

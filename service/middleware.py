@@ -44,6 +44,8 @@ EXEMPT_PREFIXES = (
     "/grpc.reflection.v1.ServerReflection/",
 )
 _MAX_REQUEST_ID = 128
+CACHE_OUTCOME_KEY = "x-cache"
+CACHE_CONTROL_KEY = "cache-control"
 
 
 @dataclass(frozen=True)
@@ -57,9 +59,15 @@ class CallInfo:
     tenancy: Tenancy  # the snapshot this call runs under, even if a reload swaps it
     # Filled in by the servicer and the operations for the audit line of a write.
     write: WriteRecord | None = None
+    # `cache-control: no-cache` from the caller: read fresh from AWS.
+    no_cache: bool = False
     # Per-call facts for the caller (x-cache, ...) go in trailers, which are nearly free,
     # unlike initial metadata; the wrapper sends them all at once with the request id.
     trailers: list[tuple[str, str]] = field(default_factory=list)
+
+    def cache_outcome(self, outcome: str) -> None:
+        """Tell the caller how its read was served: `x-cache: hit|miss|stale`."""
+        self.trailers.append((CACHE_OUTCOME_KEY, outcome))
 
     @property
     def tenant(self) -> TenantConfig:
@@ -99,6 +107,13 @@ def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], 
             return _Undecodable()
 
     return parse
+
+
+def _no_cache(metadata: Any) -> bool:
+    for key, value in metadata or ():
+        if key == CACHE_CONTROL_KEY and isinstance(value, str):
+            return "no-cache" in value.lower()
+    return False
 
 
 def _request_id(metadata: Any) -> str:
@@ -177,6 +192,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             request_id = _request_id(metadata)
             tenancy = self._tenancy.current
             identity: Identity | None = None
+            call: CallInfo | None = None
             record = WriteRecord() if is_write else None
             code: grpc.StatusCode = grpc.StatusCode.CANCELLED
             reason: str | None = "CANCELLED"
@@ -197,7 +213,13 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                                 field_violations=[FieldViolation("", "undecodable protobuf bytes")],
                             )
                         call = CallInfo(
-                            request_id, identity, rpc, loop.time() + budget, tenancy, record
+                            request_id,
+                            identity,
+                            rpc,
+                            loop.time() + budget,
+                            tenancy,
+                            record,
+                            no_cache=not is_write and _no_cache(metadata),
                         )
                         _current.set(call)
                         response = await inner(request, context)
@@ -212,7 +234,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                     "call failed", extra=_fields(request_id, identity, rpc, code, started, reason)
                 )
                 status = to_status(exc, request_id)
-                await context.abort(status.code, status.message, status.trailing_metadata)
+                trailers = (*status.trailing_metadata, *(call.trailers if call else ()))
+                await context.abort(status.code, status.message, trailers)
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
@@ -232,6 +255,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 # caller went away or grpc.aio cancelled it at the deadline).
                 if record is not None and self._audit is not None:
                     self._audit_write(request_id, identity, rpc, code, reason, record)
+            assert call is not None
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), *call.trailers))
             log.debug("call ok", extra=_fields(request_id, identity, rpc, code, started, None))
             return response
