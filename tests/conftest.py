@@ -16,6 +16,7 @@ from moto.server import ThreadedMotoServer
 from service import config as config_mod
 from service.embedded import session_factory
 from service.server import Gateway
+from tests.aws_proxy import CountingProxy
 from tests.helpers import config_dict
 
 pytest_plugins = ["tests.redis_server"]
@@ -137,3 +138,12 @@ def aws_state() -> Callable[[], dict[str, Any]]:
         return state
 
     return snapshot
+
+
+@pytest.fixture
+def proxy(aws: str) -> Iterator[CountingProxy]:
+    """A counting proxy in front of moto (give the gateway `proxy.url` as its endpoint)."""
+    counting = CountingProxy(aws)
+    counting.start()
+    yield counting
+    counting.stop()

@@ -129,6 +129,8 @@ class ReadCache:
         self, key: CacheKey, loader: Callable[[], Awaitable[Message]], previous: Entry | None
     ) -> _Loaded:
         not_found = None
+        # Staleness is judged when the load began: a slow failure must not use up the window.
+        started = self._clock()
         try:
             value: Message | None = await loader()
         except NotFound as exc:
@@ -137,7 +139,7 @@ class ReadCache:
                 raise
         except (Unavailable, DeadlineExceeded):
             previous = previous or await self._store.get(key)
-            if previous is not None and self._clock() < previous.stale_until:
+            if previous is not None and started < previous.stale_until:
                 return previous, "stale", None
             raise
         entry = self._entry(value)

@@ -1,0 +1,88 @@
+"""A counting HTTP proxy in front of moto: counts AWS calls outside the code under test,
+and can go down and come back on the same port (AWS unreachable, then recovered)."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import urllib.parse
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+_HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
+
+
+def operation_of(headers: Any, body: bytes) -> str:
+    """`ecr:DescribeRegistry` (JSON protocol target) or `sts:GetCallerIdentity` (query)."""
+    target = headers.get("X-Amz-Target")
+    if target:
+        return "ecr:" + str(target).rsplit(".", 1)[-1]
+    action = urllib.parse.parse_qs(body.decode("utf-8", "replace")).get("Action", ["?"])[0]
+    return f"sts:{action}"
+
+
+class CountingProxy:
+    """Forwards every request to moto and counts it by AWS operation."""
+
+    def __init__(self, upstream_url: str) -> None:
+        parsed = urllib.parse.urlsplit(upstream_url)
+        self._upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.port = 0
+
+    @property
+    def url(self) -> str:
+        """The endpoint to give the gateway instead of moto's."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Listen (on the same port as before, after a stop)."""
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with proxy._lock:
+                    proxy.counts[operation_of(self.headers, body)] += 1
+                conn = http.client.HTTPConnection(*proxy._upstream, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
+                conn.request("POST", self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in _HOP_BY_HOP:
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return None
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop listening: connections are refused, as when AWS is unreachable."""
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def count(self, operation: str) -> int:
+        """How many requests of `operation` (e.g. `ecr:DescribeRegistry`) went through."""
+        with self._lock:
+            return self.counts[operation]

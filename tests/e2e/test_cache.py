@@ -1,0 +1,147 @@
+"""The read cache through the real server, with AWS calls counted by a proxy in front of moto."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import grpc
+import pytest
+from ecr.registry.v1 import registry_pb2 as pb
+from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
+
+from service.server import Gateway
+from tests.aws_proxy import CountingProxy
+from tests.conftest import GatewayFactory
+from tests.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
+
+DESCRIBE = "ecr:DescribeRegistry"
+GET_POLICY = "ecr:GetRegistryPolicy"
+
+
+def cached_config(proxy: CountingProxy, **cache: Any) -> dict[str, Any]:
+    raw = config_dict(proxy.url)
+    raw["cache"] = {"ttl_seconds": 30, "negative_ttl_seconds": 30, **cache}
+    return raw
+
+
+async def read(
+    gateway: Gateway, rpc: str = "DescribeRegistry", md: Any = None
+) -> tuple[grpc.StatusCode, str | None, Any]:
+    """(status, x-cache trailer, response) of one read."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
+        stub = pb_grpc.RegistryConfigServiceStub(ch)
+        call = getattr(stub, rpc)(getattr(pb, f"{rpc}Request")(), metadata=md or metadata())
+        try:
+            response = await call
+            code = grpc.StatusCode.OK
+        except grpc.aio.AioRpcError:
+            response, code = None, await call.code()
+        trailers = dict(await call.trailing_metadata() or ())
+    return code, trailers.get("x-cache"), response
+
+
+async def test_cold_storm_makes_one_aws_call(
+    gateway_factory: GatewayFactory, proxy: CountingProxy
+) -> None:
+    gateway = await gateway_factory(cached_config(proxy))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
+        stub = pb_grpc.RegistryConfigServiceStub(ch)
+        calls = [
+            stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=metadata(), timeout=30)
+            for _ in range(500)
+        ]
+        responses = await asyncio.gather(*calls)
+        outcomes = [dict(await c.trailing_metadata())["x-cache"] for c in calls]
+    assert {r.registry_id for r in responses} == {ACCOUNT}
+    assert proxy.count(DESCRIBE) == 1
+    # The coalesced callers waited for the one load: all misses, none a separate call.
+    assert set(outcomes) <= {"miss", "hit"} and outcomes.count("miss") >= 1
+
+
+async def test_hit_after_miss_and_ttl_expiry(
+    gateway_factory: GatewayFactory, proxy: CountingProxy
+) -> None:
+    gateway = await gateway_factory(cached_config(proxy, ttl_seconds=0.2))
+    assert (await read(gateway))[1] == "miss"
+    assert (await read(gateway))[1] == "hit"
+    assert proxy.count(DESCRIBE) == 1
+    # TTL (with ±10% jitter) is the behaviour under test: wait it out.
+    await asyncio.sleep(0.3)
+    assert (await read(gateway))[1] == "miss"
+    assert proxy.count(DESCRIBE) == 2
+
+
+async def test_no_cache_forces_a_fresh_read(
+    gateway_factory: GatewayFactory, proxy: CountingProxy
+) -> None:
+    gateway = await gateway_factory(cached_config(proxy))
+    await read(gateway)
+    _, outcome, _ = await read(gateway, md=(*metadata(), ("cache-control", "no-cache")))
+    assert outcome == "miss"
+    assert proxy.count(DESCRIBE) == 2
+
+
+async def test_no_policy_is_cached_as_not_found(
+    gateway_factory: GatewayFactory, proxy: CountingProxy
+) -> None:
+    gateway = await gateway_factory(cached_config(proxy))
+    first = await read(gateway, "GetRegistryPolicy")
+    second = await read(gateway, "GetRegistryPolicy")
+    assert (first[0], first[1]) == (grpc.StatusCode.NOT_FOUND, "miss")
+    assert (second[0], second[1]) == (grpc.StatusCode.NOT_FOUND, "hit")
+    assert proxy.count(GET_POLICY) == 1
+
+
+async def test_read_after_write_is_served_from_the_write(
+    gateway_factory: GatewayFactory, proxy: CountingProxy
+) -> None:
+    gateway = await gateway_factory(cached_config(proxy))
+    assert (await read(gateway, "GetRegistryPolicy"))[0] == grpc.StatusCode.NOT_FOUND
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
+        stub = pb_grpc.RegistryConfigServiceStub(ch)
+        put = await stub.PutRegistryPolicy(
+            pb.PutRegistryPolicyRequest(policy_text=POLICY), metadata=metadata()
+        )
+    reads_before = proxy.count(GET_POLICY)
+    code, outcome, response = await read(gateway, "GetRegistryPolicy")
+    assert (code, outcome) == (grpc.StatusCode.OK, "hit")
+    assert response.policy_text == POLICY and response.etag == put.etag
+    assert proxy.count(GET_POLICY) == reads_before  # no AWS call for the read
+
+
+async def test_stale_if_error_then_unavailable_then_recovery(
+    gateway_factory: GatewayFactory, proxy: CountingProxy
+) -> None:
+    gateway = await gateway_factory(cached_config(proxy, ttl_seconds=0.1, max_stale_seconds=1.0))
+    assert (await read(gateway))[1] == "miss"
+    proxy.stop()  # AWS unreachable from here on
+    try:
+        await asyncio.sleep(0.15)  # past the TTL, within max-stale
+        code, outcome, response = await read(gateway)
+        assert (code, outcome) == (grpc.StatusCode.OK, "stale")
+        assert response.registry_id == ACCOUNT
+        # Writes fail cleanly while AWS is away.
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
+            stub = pb_grpc.RegistryConfigServiceStub(ch)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.PutRegistryPolicy(
+                    pb.PutRegistryPolicyRequest(policy_text=POLICY), metadata=metadata()
+                )
+        assert rich_error(caught.value).code == grpc.StatusCode.UNAVAILABLE
+        await asyncio.sleep(1.1)  # past max-stale
+        assert (await read(gateway))[0] == grpc.StatusCode.UNAVAILABLE
+    finally:
+        proxy.start()  # AWS is back, on the same address
+    code, outcome, _ = await read(gateway)
+    assert (code, outcome) == (grpc.StatusCode.OK, "miss")
+    assert (await read(gateway, "GetRegistryPolicy"))[0] == grpc.StatusCode.NOT_FOUND
+
+
+async def test_authorization_runs_before_the_cache(
+    gateway_factory: GatewayFactory, proxy: CountingProxy
+) -> None:
+    gateway = await gateway_factory(cached_config(proxy))
+    assert (await read(gateway))[0] == grpc.StatusCode.OK
+    code, outcome, _ = await read(gateway, md=(("authorization", "Bearer nobody"),))
+    assert code == grpc.StatusCode.UNAUTHENTICATED and outcome is None
