@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
-import yaml
 from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from service.server import Gateway
 from tests.conftest import GatewayFactory
 from tests.helpers import OTHER_KEY, config_dict, describe_status, metadata, rich_error
+from tests.processes import gateway_process
 
 BIN = Path(sys.executable).parent
 
@@ -77,39 +76,13 @@ async def test_two_gateway_processes_on_one_redis_share_the_budget(
 ) -> None:
     raw = limited(aws, backend="redis", redis_url=redis_url, key_prefix=redis_prefix)
     here = await gateway_factory(raw)
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(raw))
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_GATEWAY")},
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        str(BIN / "registry-gateway"),
-        "serve",
-        "--config",
-        str(path),
-        stderr=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.DEVNULL,
-        env=env,
-    )
-    assert proc.stderr is not None
-    try:
-        port = None
-        while port is None:
-            line = (await asyncio.wait_for(proc.stderr.readline(), timeout=60)).decode()
-            assert line, "the second gateway exited before serving"
-            if "serving" in line and "listen=" in line:
-                port = int(line.rsplit(":", 1)[1])
+    async with gateway_process(raw, tmp_path / "gateway.yaml") as (port,):
         # Two calls here, one there: the shared bucket of 3 is empty for both.
         assert [await describe(here.port), await describe(port), await describe(here.port)] == [
             grpc.StatusCode.OK
         ] * 3
         assert await describe(port) == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert await describe(here.port) == grpc.StatusCode.RESOURCE_EXHAUSTED
-    finally:
-        proc.terminate()
-        await asyncio.wait_for(proc.wait(), timeout=30)
 
 
 async def test_redis_down_fails_open(gateway_factory: GatewayFactory, aws: str) -> None:
