@@ -16,6 +16,7 @@ from service.auth.api_keys import hash_key
 from service.config import ENV_CONFIG_PATH, ConfigError, GatewayConfig, load, parse_listen
 from service.observability import configure_logging
 from service.server import BindError, Gateway
+from service.workers import run_workers
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
         "--embedded", action="store_true", help="moto as AWS and a demo tenant (for trying it out)"
     )
     serve.add_argument("--listen", metavar="HOST:PORT", help="overrides `listen` of the config")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="serve from N processes on one port (SO_REUSEPORT); needs a fixed port",
+    )
     hashing = commands.add_parser(
         "hash-key", help="print the config form (sha256:<hex>) of an API key"
     )
@@ -42,14 +50,18 @@ async def _serve(
     listen: str | None,
     embedded_key: str | None,
     config_path: str | None = None,
+    *,
+    reuse_port: bool = False,
+    announce: bool = True,
 ) -> None:
     gateway = Gateway(
         config,
         session_factory=embedded.session_factory if embedded_key else aioboto3.Session,
         config_path=config_path,
+        reuse_port=reuse_port,
     )
     port = await gateway.start(listen)
-    if embedded_key is not None:
+    if embedded_key is not None and announce:
         host = (listen or config.listen).rsplit(":", 1)[0]
         print(
             embedded.banner(
@@ -77,23 +89,46 @@ def _run_serve(opts: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"error: --listen: {exc}", file=sys.stderr)
             return 2
+    if opts.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
     configure_logging()
     moto = None
     try:
+        key = None
         if opts.embedded:
+            # In the parent: with several workers, they all share this one fake AWS.
             moto = embedded.start_moto()
             key = embedded.demo_key()
             config = embedded.demo_config(moto.endpoint_url, key)
-            asyncio.run(_serve(config, opts.listen, key))
+            path = None
         else:
-            asyncio.run(_serve(load(str(config_path)), opts.listen, None, str(config_path)))
+            path = str(config_path)
+            config = load(path)
+        if opts.workers == 1:
+            asyncio.run(_serve(config, opts.listen, key, path))
+            return 0
+        listen = opts.listen or config.listen
+        if parse_listen(listen)[1] == 0 or len(config.effective_listeners()) > 1:
+            print("error: --workers needs one listener on a fixed port", file=sys.stderr)
+            return 2
+
+        def work(index: int) -> int:
+            try:
+                coroutine = _serve(config, listen, key, path, reuse_port=True, announce=index == 0)
+                asyncio.run(coroutine)
+            except (ConfigError, BindError) as exc:
+                print(str(exc), file=sys.stderr)
+                return 2
+            return 0
+
+        return run_workers(opts.workers, work)
     except (ConfigError, BindError) as exc:
         print(str(exc), file=sys.stderr)
         return 2
     finally:
         if moto is not None:
             moto.stop()
-    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -14,6 +14,7 @@ precondition, checked against a fresh read inside the lock, narrows it to that m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Protocol
@@ -118,7 +119,6 @@ class RedisRegistryLocks:
             try:
                 yield _RedisHold(lock, registry_id)
             finally:
-                try:
+                # Expired or Redis away: it is no longer ours to release.
+                with contextlib.suppress(LockError, redis.RedisError, OSError):
                     await lock.release()
-                except (LockError, redis.RedisError, OSError):
-                    pass  # expired or Redis away: it is no longer ours to release

@@ -35,7 +35,9 @@ class KeyValueFormatter(logging.Formatter):
 def configure_logging(level: int = logging.INFO) -> None:
     """Send the gateway's logs to stderr, one line each."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(KeyValueFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    handler.setFormatter(
+        KeyValueFormatter("%(asctime)s %(levelname)s %(name)s[%(process)d] %(message)s")
+    )
     root = logging.getLogger("registry_gateway")
     root.handlers[:] = [handler]
     root.setLevel(level)

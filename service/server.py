@@ -22,8 +22,8 @@ from service import middleware, reflection
 from service.api import RegistryConfigServicer
 from service.audit import AuditLog
 from service.auth.content import ContentRules
-from service.config import GatewayConfig, ListenerConfig, parse_listen
 from service.cache import MemoryStore, ReadCache, RedisStore, Store
+from service.config import GatewayConfig, ListenerConfig, parse_listen
 from service.locks import RedisRegistryLocks, RegistryLocks
 from service.operations import Locks, RegistryOperations
 from service.ratelimit import build_rate_limiter
