@@ -81,6 +81,14 @@ class AwsConfig(_Strict):
     # Region names are checked against botocore's endpoint data; private partitions
     # (ISO, sovereign clouds) have regions it does not list.
     allow_unknown_regions: bool = False
+    # Circuit breaker per (account, region): opens after this many consecutive failures,
+    # stays open this long, then lets a probe through.
+    breaker_threshold: int = Field(5, ge=1)
+    breaker_open_seconds: float = Field(30.0, gt=0)
+    # Bulkhead: AWS calls in flight per (account, region); a call waits for a slot until
+    # this margin before its deadline.
+    max_concurrent_calls: int = Field(64, ge=1)
+    bulkhead_margin_seconds: float = Field(0.05, ge=0)
 
 
 class DestinationAllow(_Strict):

@@ -10,9 +10,10 @@ fails or is abandoned after calling AWS invalidates the cache: its outcome is un
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 from ecr.registry.v1 import registry_pb2 as pb
 
@@ -99,8 +100,10 @@ class RegistryOperations:
                     changes=plan.policy_changes(policy, policy_text),
                 )
             async with self._writing(_policy_key(target), held):
-                aws = await self._upstream.call(
-                    target, "put_registry_policy", policyText=policy_text
+                aws = await _sent(
+                    self._upstream.call(
+                        target, "put_registry_policy", finish_once_sent=True, policyText=policy_text
+                    )
                 )
                 after = await self._read_back_policy(target)
             record.etag_after = etags.of_policy(after.policy_text if after else None)
@@ -130,7 +133,9 @@ class RegistryOperations:
                     changes=plan.policy_changes(policy, None),
                 )
             async with self._writing(_policy_key(target), held):
-                aws = await self._upstream.call(target, "delete_registry_policy")
+                aws = await _sent(
+                    self._upstream.call(target, "delete_registry_policy", finish_once_sent=True)
+                )
                 after = await self._read_back_policy(target)
             record.etag_after = etags.of_policy(after.policy_text if after else None)
             return pb.DeleteRegistryPolicyResponse(
@@ -162,10 +167,13 @@ class RegistryOperations:
                     ),
                 )
             async with self._writing(_registry_key(target), held):
-                await self._upstream.call(
-                    target,
-                    "put_replication_configuration",
-                    replicationConfiguration=convert.replication_to_aws(configuration),
+                await _sent(
+                    self._upstream.call(
+                        target,
+                        "put_replication_configuration",
+                        finish_once_sent=True,
+                        replicationConfiguration=convert.replication_to_aws(configuration),
+                    )
                 )
                 after = await self._describe_from_aws(target)
                 await self._cache.put(_registry_key(target), after)
@@ -213,6 +221,19 @@ class RegistryOperations:
             after = None
         await self._cache.put(_policy_key(target), after)
         return after
+
+
+async def _sent(write: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+    """A write sent to AWS is not abandoned half-way: if the caller leaves (its deadline
+    passed), the write still finishes, under the registry lock, before the cancellation goes
+    on; `_writing` then forgets the key, and the audit line says CANCELLED (outcome unknown
+    to the caller)."""
+    task = asyncio.ensure_future(write)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await asyncio.wait([task])
+        raise
 
 
 def _check(expected: str, current: str, target: Target) -> None:

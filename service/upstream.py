@@ -13,9 +13,9 @@ import contextlib
 import functools
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import aioboto3
 from aiobotocore.credentials import (
@@ -44,10 +44,12 @@ from service.errors import (
     Unavailable,
     from_aws,
 )
+from service.resilience import Resilience
 
 log = logging.getLogger("registry_gateway.upstream")
 
 SessionFactory = Callable[[], aioboto3.Session]
+T = TypeVar("T")
 ROLE_SESSION_NAME = "registry-gateway"
 
 
@@ -69,6 +71,7 @@ class Upstream:
         session_factory: SessionFactory = aioboto3.Session,
         environ: Mapping[str, str] | None = None,
         time_left: Callable[[], float] = lambda: float("inf"),
+        resilience: Resilience | None = None,
     ) -> None:
         self._aws = aws
         self._session_factory = session_factory
@@ -86,17 +89,44 @@ class Upstream:
         self._creating: dict[_ClientKey, asyncio.Lock] = {}
         self._base_session: aioboto3.Session | None = None
         self._role_sessions: dict[tuple[str, str | None], aioboto3.Session] = {}
+        self._resilience = resilience or Resilience(aws, time_left)
 
-    async def call(self, target: Target, operation: str, **params: Any) -> dict[str, Any]:
-        """Run one ECR operation (snake_case name) on the target, mapping AWS errors."""
+    async def call(
+        self, target: Target, operation: str, *, finish_once_sent: bool = False, **params: Any
+    ) -> dict[str, Any]:
+        """Run one ECR operation (snake_case name) on the target, mapping AWS errors.
+
+        Bounded by what remains of the call's deadline, except a write once sent
+        (`finish_once_sent`): abandoning it half-way would leave its outcome unknown, so
+        only botocore's own timeouts bound it.
+        """
         remaining = self._time_left()
         if remaining <= 0:
             raise DeadlineExceeded("deadline exceeded before AWS was called")
+        async with self._resilience.guard(target.registry_id, target.region):
+            client = await self._bounded(
+                self._mapped(self._client(target), operation), remaining, operation
+            )
+            request: Awaitable[dict[str, Any]] = getattr(client, operation)(**params)
+            if finish_once_sent:
+                return await self._mapped(request, operation)
+            return await self._bounded(
+                self._mapped(request, operation), self._time_left(), operation
+            )
+
+    async def _bounded(self, awaitable: Awaitable[T], remaining: float, operation: str) -> T:
         try:
             async with asyncio.timeout(None if remaining == float("inf") else remaining):
-                client = await self._client(target)
-                response: dict[str, Any] = await getattr(client, operation)(**params)
-                return response
+                return await awaitable
+        except TimeoutError:
+            raise DeadlineExceeded(
+                f"deadline exceeded waiting for AWS ECR {operation}",
+                metadata={"operation": operation},
+            ) from None
+
+    async def _mapped(self, request: Awaitable[T], operation: str) -> T:
+        try:
+            return await request
         except TimeoutError:
             raise DeadlineExceeded(
                 f"deadline exceeded waiting for AWS ECR {operation}",
