@@ -256,9 +256,12 @@ class Upstream:
 def _from_client_error(exc: ClientError, operation: str) -> GatewayError:
     error = exc.response.get("Error", {})
     request_id = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
-    return from_aws(
-        str(error.get("Code", "Unknown")), str(error.get("Message", "")), request_id, operation
-    )
+    code = str(error.get("Code", "Unknown"))
+    if code.isdigit() and (int(code) >= 500 or int(code) == 429):
+        # A bare 5xx or 429 (no ECR error body, e.g. from a load balancer): botocore names
+        # the error by its HTTP status. AWS is unwell, not the request.
+        code = "ServiceUnavailable"
+    return from_aws(code, str(error.get("Message", "")), request_id, operation)
 
 
 def _from_botocore_error(exc: BotoCoreError, operation: str) -> GatewayError:

@@ -1,12 +1,16 @@
-"""A counting HTTP proxy in front of moto: counts AWS calls outside the code under test,
-and can go down and come back on the same port (AWS unreachable, then recovered)."""
+"""A counting, fault-injecting HTTP proxy in front of moto: counts AWS calls outside the code
+under test, answers chosen calls with faults (5xx, ECR error bodies, resets, delays), and
+can go down and come back on the same port (AWS unreachable, then recovered)."""
 
 from __future__ import annotations
 
 import http.client
+import json
+import socket
 import threading
 import urllib.parse
 from collections import Counter
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -22,6 +26,25 @@ def operation_of(headers: Any, body: bytes) -> str:
     return f"sts:{action}"
 
 
+@dataclass
+class Fault:
+    """What the proxy does instead of (or before) forwarding a matching call."""
+
+    operations: frozenset[str]  # e.g. {"ecr:DescribeRegistry"}; empty: every call
+    status: int = 0  # answer this HTTP status (0: forward to moto)
+    body: bytes = b""
+    reset: bool = False  # close the connection without an answer
+    delay_seconds: float = 0.0  # wait before answering (a slow AWS)
+
+    def matches(self, operation: str) -> bool:
+        return not self.operations or operation in self.operations
+
+
+def ecr_error(code: str, message: str = "injected fault") -> bytes:
+    """The JSON body ECR answers an error with."""
+    return json.dumps({"__type": code, "message": message}).encode()
+
+
 class CountingProxy:
     """Forwards every request to moto and counts it by AWS operation."""
 
@@ -29,6 +52,8 @@ class CountingProxy:
         parsed = urllib.parse.urlsplit(upstream_url)
         self._upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
         self.counts: Counter[str] = Counter()
+        self.fault: Fault | None = None
+        self.released = threading.Event()  # a delayed answer returns early once this is set
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -46,8 +71,24 @@ class CountingProxy:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                operation = operation_of(self.headers, body)
                 with proxy._lock:
-                    proxy.counts[operation_of(self.headers, body)] += 1
+                    proxy.counts[operation] += 1
+                fault = proxy.fault
+                if fault is not None and fault.matches(operation):
+                    if fault.delay_seconds:
+                        proxy.released.wait(fault.delay_seconds)
+                    if fault.reset:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        self.close_connection = True
+                        return
+                    if fault.status:
+                        self.send_response(fault.status)
+                        self.send_header("Content-Type", "application/x-amz-json-1.1")
+                        self.send_header("Content-Length", str(len(fault.body)))
+                        self.end_headers()
+                        self.wfile.write(fault.body)
+                        return
                 conn = http.client.HTTPConnection(*proxy._upstream, timeout=30)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 conn.request("POST", self.path, body=body, headers=headers)
