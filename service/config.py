@@ -62,6 +62,16 @@ class ServerConfig(_Strict):
     keepalive_time_seconds: float = Field(60.0, gt=0)
     keepalive_timeout_seconds: float = Field(20.0, gt=0)
     reflection: bool = True
+    # A plaintext listener serving only grpc.health.v1.Health: Kubernetes' gRPC probe does
+    # not speak TLS, so with mTLS on, probes need a port of their own (pod-local).
+    health_listen: str | None = None
+
+    @field_validator("health_listen")
+    @classmethod
+    def _health_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
 
     @model_validator(mode="after")
     def _default_within_cap(self) -> ServerConfig:

@@ -127,6 +127,19 @@ class Gateway:
             Reloader(config_path, self.tenancy, self.tls, self._environ) if config_path else None
         )
         self.ports: list[int] = []
+        self.health_server: grpc.aio.Server | None = None
+        self.health_port = 0
+        if config.server.health_listen is not None:
+            # Same HealthServicer: the probe port sees exactly what the API ports report.
+            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
+            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
+            host, port = parse_listen(config.server.health_listen)
+            try:
+                self.health_port = self.health_server.add_insecure_port(f"{host}:{port}")
+            except RuntimeError:
+                self.health_port = 0
+            if self.health_port == 0:
+                raise BindError(f"cannot listen on {config.server.health_listen} (health)")
         self._background: set[asyncio.Task[None]] = set()
 
     def _cache(self) -> ReadCache:
@@ -179,6 +192,8 @@ class Gateway:
             credentials = next(tls).server_credentials() if listener.tls else None
             self.ports.append(self._bind(listener.listen, credentials))
         await self.server.start()
+        if self.health_server is not None:
+            await self.health_server.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         for listener, port in zip(listeners, self.ports, strict=True):
@@ -214,11 +229,15 @@ class Gateway:
         await asyncio.sleep(s.drain_seconds)
         log.info("stopping: calls in flight get up to grace_seconds")
         await self.server.stop(s.grace_seconds)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self._close()
 
     async def stop_now(self) -> None:
         """Stop without draining (tests, second signal)."""
         await self.server.stop(0)
+        if self.health_server is not None:
+            await self.health_server.stop(0)
         await self._close()
 
     async def _close(self) -> None:

@@ -119,3 +119,16 @@ async def test_calls_over_max_concurrent_rpcs_are_resource_exhausted(
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         slow_describe.opened.set()
         assert (await held).registry_id
+
+
+async def test_health_only_listener_for_probes(gateway_factory: GatewayFactory) -> None:
+    gateway = await gateway_factory(health_listen="127.0.0.1:0")
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.health_port}") as channel:
+        health: Any = health_pb2_grpc.HealthStub(channel)
+        response = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert response.status == SERVING
+        # Only health: the API is not reachable through the probe port.
+        stub = pb_grpc.RegistryConfigServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=metadata())
+        assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
