@@ -2,7 +2,7 @@
 
 The wrapper in `middleware` has already authenticated the caller, applied its rate limit
 and set the deadline; each method reads like the call path of DESIGN.md: authorize the
-target, (validate), apply the content rules, then read or write.
+target, validate the request, apply the content rules, then read or write.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from service.auth.content import ContentRules
 from service.auth.targets import Target
 from service.middleware import CallInfo, current_call
 from service.operations import RegistryOperations
+from service.validation import RequestValidator
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"  # generic only in the stubs
 
@@ -25,9 +26,16 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"  # generic only in the
 class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
     """ecr.registry.v1.RegistryConfigService."""
 
-    def __init__(self, content: ContentRules, operations: RegistryOperations) -> None:
+    def __init__(
+        self,
+        content: ContentRules,
+        operations: RegistryOperations,
+        validator: RequestValidator | None = None,
+    ) -> None:
         self._content = content
         self._ops = operations
+        # Default: the installed AWS model and botocore's known regions.
+        self._validator = validator if validator is not None else RequestValidator()
 
     @staticmethod
     def _target(call: CallInfo, registry_id: str, region: str) -> Target:
@@ -48,6 +56,7 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
     ) -> pb.DescribeRegistryResponse:
         call = current_call()
         target = self._target(call, request.registry_id, request.region)
+        self._validator.check(request, target)
         return await self._ops.describe_registry(
             target, fresh=call.no_cache, on_outcome=call.cache_outcome
         )
@@ -57,6 +66,7 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
     ) -> pb.GetRegistryPolicyResponse:
         call = current_call()
         target = self._target(call, request.registry_id, request.region)
+        self._validator.check(request, target)
         return await self._ops.get_registry_policy(
             target, fresh=call.no_cache, on_outcome=call.cache_outcome
         )
@@ -69,6 +79,7 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
             call, request.registry_id, request.region, request.validate_only
         )
         record.policy_sha256 = policy_digest(request.policy_text)
+        self._validator.check(request, target)
         self._content.check_policy(target, call.tenant.policy_guardrails, request.policy_text)
         return await self._ops.put_registry_policy(
             target, request.policy_text, request.etag, request.validate_only, record
@@ -80,6 +91,7 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         target, record = self._write_target(
             current_call(), request.registry_id, request.region, request.validate_only
         )
+        self._validator.check(request, target)
         return await self._ops.delete_registry_policy(
             target, request.etag, request.validate_only, record
         )
@@ -90,6 +102,7 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         target, record = self._write_target(
             current_call(), request.registry_id, request.region, request.validate_only
         )
+        self._validator.check(request, target)
         self._content.check_destinations(target, request.replication_configuration)
         return await self._ops.put_replication_configuration(
             target, request.replication_configuration, request.etag, request.validate_only, record

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any, TypeAlias, cast
 
 import grpc
+from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 
+from service import wire
 from service.audit import AuditLog, WriteRecord
 from service.auth.identity import Identity
 from service.config import WRITE_OPERATIONS, ServerConfig, TenantConfig
@@ -91,20 +93,28 @@ def time_left() -> float:
     return call.deadline - asyncio.get_running_loop().time()
 
 
+@dataclass(frozen=True)
 class _Undecodable:
     """Stands for a request whose bytes did not parse, so the handler can answer cleanly."""
+
+    violation: FieldViolation  # the first field the bytes break, as far as it can be told
 
 
 def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
     if deserializer is None:
         return None
+    # Generated code passes `Message.FromString`, bound to the message class.
+    descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
 
     def parse(data: bytes) -> Any:
         try:
             return deserializer(data)
         except (DecodeError, ValueError, RuntimeError):
-            # grpcio would answer INTERNAL for this; it is the caller's bytes that are wrong.
-            return _Undecodable()
+            # grpcio would answer UNKNOWN for this before any of our code ran; it is the
+            # caller's bytes that are wrong (random, truncated, invalid UTF-8 in a string).
+            if isinstance(descriptor, Descriptor):
+                return _Undecodable(wire.locate(descriptor, data))
+            return _Undecodable(FieldViolation("", "undecodable protobuf bytes"))
 
     return parse
 
@@ -207,10 +217,12 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                         if self._rate_limiter is not None:
                             await self._rate_limiter.acquire(identity.tenant.name, kind)
                         if isinstance(request, _Undecodable):
+                            at = request.violation.field
                             raise InvalidArgument(
-                                "the request bytes are not a valid message of this RPC",
+                                f"the request bytes are not a valid {rpc} request"
+                                f"{f' at {at}' if at else ''}: {request.violation.description}",
                                 reason="UNDECODABLE_REQUEST",
-                                field_violations=[FieldViolation("", "undecodable protobuf bytes")],
+                                field_violations=[request.violation],
                             )
                         call = CallInfo(
                             request_id,

@@ -31,6 +31,7 @@ from service.reload import Reloader
 from service.tenancy import TenancyHolder, build_tenancy
 from service.tls import TlsCredentials
 from service.upstream import SessionFactory, Upstream
+from service.validation import RequestValidator
 
 log = logging.getLogger("registry_gateway.server")
 
@@ -113,7 +114,9 @@ class Gateway:
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
         servicer = RegistryConfigServicer(
-            ContentRules(), RegistryOperations(self.upstream, self._locks(), self._cache())
+            ContentRules(),
+            RegistryOperations(self.upstream, self._locks(), self._cache()),
+            RequestValidator(allow_unknown_regions=config.aws.allow_unknown_regions),
         )
         pb_grpc.add_RegistryConfigServiceServicer_to_server(servicer, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

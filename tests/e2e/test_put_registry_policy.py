@@ -66,13 +66,16 @@ async def test_validate_only_changes_nothing(stub: pb_grpc.RegistryConfigService
 async def test_policy_aws_refuses_is_invalid_argument(
     stub: pb_grpc.RegistryConfigServiceAsyncStub,
 ) -> None:
+    # Valid for the gateway (ECR allows this action in any scope); moto refuses every action
+    # but CreateRepository and ReplicateImage: a stand-in for a rule only AWS knows.
+    policy = POLICY.replace("ecr:ReplicateImage", "ecr:BatchImportUpstreamImage")
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.PutRegistryPolicy(
-            pb.PutRegistryPolicyRequest(policy_text='{"Version": "2012-10-17"}'),
-            metadata=metadata(),
+            pb.PutRegistryPolicyRequest(policy_text=policy), metadata=metadata()
         )
     err = rich_error(caught.value)
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.info.reason == "AWS_INVALID_PARAMETER"
     assert err.info.metadata["awsErrorCode"] == "InvalidParameterException"
     assert stored_policy() is None
 

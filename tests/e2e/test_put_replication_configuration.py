@@ -101,17 +101,19 @@ async def test_validate_only_changes_nothing(stub: pb_grpc.RegistryConfigService
     assert stored() == {"rules": []}
 
 
-async def test_destination_same_as_source_is_invalid(
+async def test_a_rule_only_aws_knows_is_invalid_argument(
     stub: pb_grpc.RegistryConfigServiceAsyncStub,
 ) -> None:
-    same = pb.ReplicationDestination(region="us-east-1", registry_id=ACCOUNT)
+    # Two rules are valid for the gateway (ECR takes 10); unpatched moto refuses more than
+    # one: a stand-in for a rule only AWS knows. (The gateway itself refuses the source
+    # registry as a destination: tests/e2e/test_validation.py.)
+    rules = [pb.ReplicationRule(destinations=[EU]), pb.ReplicationRule(destinations=[US_WEST])]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await stub.PutReplicationConfiguration(
-            request(pb.ReplicationRule(destinations=[same])), metadata=metadata()
-        )
+        await stub.PutReplicationConfiguration(request(*rules), metadata=metadata())
     err = rich_error(caught.value)
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.info.metadata["awsErrorCode"] == "InvalidParameterException"
+    assert err.info.reason == "AWS_INVALID_PARAMETER"
+    assert err.info.metadata["awsErrorCode"] == "ValidationException"
     assert stored() == {"rules": []}
 
 
