@@ -53,7 +53,7 @@ def config_dict(endpoint_url: str, **server: Any) -> dict[str, Any]:
                         "regions": ["us-east-1", "eu-west-1"],
                         "operations": list(OPERATIONS),
                         "replication_destinations": [
-                            # us-east-1 too, so that AWS's own same-source refusal is reachable.
+                            # us-east-1 too: validation refuses same-source, not the allow-list.
                             {"registry_id": ACCOUNT, "regions": ["us-east-1", "eu-west-1"]},
                             {"registry_id": PARTNER_ACCOUNT, "regions": ["us-west-2"]},
                         ],
