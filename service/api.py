@@ -39,7 +39,9 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
 
     @staticmethod
     def _target(call: CallInfo, registry_id: str, region: str) -> Target:
-        return call.tenancy.authorizer.authorize(call.tenant, call.rpc, registry_id, region)
+        target = call.tenancy.authorizer.authorize(call.tenant, call.rpc, registry_id, region)
+        call.where.update(registry_id=target.registry_id, region=target.region)
+        return target
 
     @staticmethod
     def _write_target(

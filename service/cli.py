@@ -105,6 +105,7 @@ def _run_serve(opts: argparse.Namespace) -> int:
         else:
             path = str(config_path)
             config = load(path)
+        configure_logging(config.logs)
         if opts.workers == 1:
             asyncio.run(_serve(config, opts.listen, key, path))
             return 0

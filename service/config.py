@@ -35,7 +35,7 @@ WRITE_OPERATIONS = frozenset(
 
 # Sections DESIGN.md names whose behaviour this version does not implement yet. A config
 # that asks for metrics and silently gets none would be worse than a refusal.
-NOT_YET_SUPPORTED = ("metrics", "tracing")
+NOT_YET_SUPPORTED = ("tracing",)
 
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 _KEY_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -251,6 +251,28 @@ class AuditConfig(_Strict):
     path: str = "-"
 
 
+class MetricsConfig(_Strict):
+    """Prometheus text at http://<listen>/metrics."""
+
+    listen: str
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        parse_listen(value)
+        return value
+
+
+class LogsConfig(_Strict):
+    """How the gateway logs: JSON lines, or text for a person at a terminal."""
+
+    format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, else JSON
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Successful reads served from the cache are logged by sample: a line per hit costs
+    # more than the hit. Writes and errors are always logged.
+    hit_sample_rate: float = Field(0.01, ge=0, le=1)
+
+
 class CacheConfig(_Strict):
     """The read cache and shared state. With `redis`, replicas share values, locks and limits."""
 
@@ -277,6 +299,8 @@ class GatewayConfig(_Strict):
     cache: CacheConfig = CacheConfig()
     rate_limit: RateLimitConfig | None = None
     audit: AuditConfig = AuditConfig()
+    metrics: MetricsConfig | None = None
+    logs: LogsConfig = LogsConfig()
     tenants: tuple[TenantConfig, ...] = ()
 
     def effective_listeners(self) -> tuple[ListenerConfig, ...]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from service.errors import (
     internal,
     to_status,
 )
+from service.metrics import Metrics
 from service.ratelimit import RateKind, RateLimiter
 from service.tenancy import Tenancy, TenancyHolder
 
@@ -47,6 +49,7 @@ EXEMPT_PREFIXES = (
 )
 _MAX_REQUEST_ID = 128
 CACHE_OUTCOME_KEY = "x-cache"
+_DENIED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 CACHE_CONTROL_KEY = "cache-control"
 
 
@@ -66,10 +69,14 @@ class CallInfo:
     # Per-call facts for the caller (x-cache, ...) go in trailers, which are nearly free,
     # unlike initial metadata; the wrapper sends them all at once with the request id.
     trailers: list[tuple[str, str]] = field(default_factory=list)
+    # The registry and region acted on, once authorized (for the log line).
+    where: dict[str, str] = field(default_factory=dict)
+    cache_result: list[str] = field(default_factory=list)
 
     def cache_outcome(self, outcome: str) -> None:
         """Tell the caller how its read was served: `x-cache: hit|miss|stale`."""
         self.trailers.append((CACHE_OUTCOME_KEY, outcome))
+        self.cache_result.append(outcome)
 
     @property
     def tenant(self) -> TenantConfig:
@@ -153,7 +160,13 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         *,
         rate_limiter: RateLimiter | None = None,
         audit: AuditLog | None = None,
+        metrics: Metrics | None = None,
+        hit_log_sample_rate: float = 0.01,
+        sample: Callable[[], float] = random.random,
     ) -> None:
+        self._metrics = metrics or Metrics()
+        self._hit_log_sample_rate = hit_log_sample_rate
+        self._sample = sample
         self._default_deadline = server.default_deadline_seconds
         self._max_deadline = server.max_deadline_seconds
         self._tenancy = tenancy
@@ -179,7 +192,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             # Fail closed: a streaming RPC added without thought for auth is refused outright.
             raise RuntimeError(f"{method}: only unary RPCs are wrapped")
         wrapped = grpc.unary_unary_rpc_method_handler(
-            self._wrap(method.rsplit("/", 1)[-1], cast(_Unary, handler.unary_unary)),
+            self._wrap(method, cast(_Unary, handler.unary_unary)),
             request_deserializer=_tolerant(handler.request_deserializer),
             response_serializer=handler.response_serializer,
         )
@@ -192,12 +205,16 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             return self._default_deadline
         return min(remaining, self._max_deadline)
 
-    def _wrap(self, rpc: str, inner: _Unary) -> _Unary:
+    def _wrap(self, method: str, inner: _Unary) -> _Unary:
+        rpc = method.rsplit("/", 1)[-1]
         is_write = rpc in WRITE_OPERATIONS
         kind: RateKind = "write" if is_write else "read"
+        measured = self._metrics.for_method(method)
 
         async def handle(request: Any, context: Context) -> Any:
             started = time.perf_counter()
+            measured.started.inc()
+            error_type: str | None = None
             metadata = context.invocation_metadata()
             request_id = _request_id(metadata)
             tenancy = self._tenancy.current
@@ -242,9 +259,6 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                     ) from None
             except GatewayError as exc:
                 code, reason = exc.code, exc.reason
-                log.info(
-                    "call failed", extra=_fields(request_id, identity, rpc, code, started, reason)
-                )
                 status = to_status(exc, request_id)
                 trailers = (*status.trailing_metadata, *(call.trailers if call else ()))
                 await context.abort(status.code, status.message, trailers)
@@ -253,26 +267,57 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             except Exception as exc:
                 code, reason = grpc.StatusCode.INTERNAL, "INTERNAL"
                 # The type only: a traceback or exception text may carry secrets.
-                log.error(
-                    "unexpected error",
-                    extra={
-                        **_fields(request_id, identity, rpc, code, started, reason),
-                        "error_type": type(exc).__name__,
-                    },
-                )
+                error_type = type(exc).__name__
                 status = to_status(internal(request_id), request_id)
                 await context.abort(status.code, status.message, status.trailing_metadata)
             finally:
+                seconds = time.perf_counter() - started
+                measured.handled(code, seconds)
+                if code in _DENIED:
+                    self._metrics.denied.labels(reason or code.name).inc()
                 # Exactly one line per write attempt, whatever its end (CANCELLED when the
                 # caller went away or grpc.aio cancelled it at the deadline).
                 if record is not None and self._audit is not None:
                     self._audit_write(request_id, identity, rpc, code, reason, record)
+                self._log(request_id, identity, rpc, code, reason, seconds, call, error_type)
             assert call is not None
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), *call.trailers))
-            log.debug("call ok", extra=_fields(request_id, identity, rpc, code, started, None))
             return response
 
         return handle
+
+    def _log(
+        self,
+        request_id: str,
+        identity: Identity | None,
+        rpc: str,
+        code: grpc.StatusCode,
+        reason: str | None,
+        seconds: float,
+        call: CallInfo | None,
+        error_type: str | None,
+    ) -> None:
+        """Every error and every write; reads served from the cache only by sample, because
+        a log line per hit costs more than the hit itself."""
+        cache = call.cache_result[0] if call is not None and call.cache_result else None
+        sampled_out = self._sample() >= self._hit_log_sample_rate
+        if code == grpc.StatusCode.OK and cache == "hit" and sampled_out:
+            return
+        fields: dict[str, Any] = {
+            "request_id": request_id,
+            "tenant": identity.tenant.name if identity else None,
+            "rpc": rpc,
+            "code": code.name,
+            "reason": reason,
+            "duration_ms": round(seconds * 1000, 2),
+            "cache": cache,
+            "error_type": error_type,
+            **(call.where if call is not None else {}),
+        }
+        if code == grpc.StatusCode.INTERNAL:
+            log.error("unexpected error", extra=fields)
+        else:
+            log.info("call ok" if code == grpc.StatusCode.OK else "call failed", extra=fields)
 
     def _audit_write(
         self,
@@ -293,21 +338,3 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             reason=reason,
             record=record,
         )
-
-
-def _fields(
-    request_id: str,
-    identity: Identity | None,
-    rpc: str,
-    code: grpc.StatusCode,
-    started: float,
-    reason: str | None,
-) -> dict[str, Any]:
-    return {
-        "request_id": request_id,
-        "tenant": identity.tenant.name if identity else None,
-        "rpc": rpc,
-        "code": code.name,
-        "reason": reason,
-        "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-    }

@@ -25,6 +25,7 @@ from service.auth.content import ContentRules
 from service.cache import MemoryStore, ReadCache, RedisStore, Store
 from service.config import GatewayConfig, ListenerConfig, parse_listen
 from service.locks import RedisRegistryLocks, RegistryLocks
+from service.metrics import Metrics
 from service.operations import Locks, RegistryOperations
 from service.ratelimit import build_rate_limiter
 from service.reload import Reloader
@@ -77,6 +78,7 @@ class Gateway:
         reuse_port: bool = False,
     ) -> None:
         self.config = config
+        self.metrics = Metrics()
         self._environ = os.environ if environ is None else environ
         self.tenancy = TenancyHolder(build_tenancy(config, self._environ))
         self.upstream = Upstream(
@@ -84,6 +86,7 @@ class Gateway:
             session_factory=session_factory,
             environ=self._environ,
             time_left=middleware.time_left,
+            metrics=self.metrics,
         )
         # No client-side retries: the rate limiter fails open at once when Redis is away
         # (redis-py would otherwise retry a refused connection with backoff on every call).
@@ -108,6 +111,8 @@ class Gateway:
                         config.rate_limit, self.redis, config.cache.key_prefix
                     ),
                     audit=self.audit,
+                    metrics=self.metrics,
+                    hit_log_sample_rate=config.logs.hit_sample_rate,
                 )
             ],
             options=_channel_options(config, reuse_port),
@@ -130,6 +135,7 @@ class Gateway:
             Reloader(config_path, self.tenancy, self.tls, self._environ) if config_path else None
         )
         self.ports: list[int] = []
+        self.metrics_port = 0
         self.health_server: grpc.aio.Server | None = None
         self.health_port = 0
         if config.server.health_listen is not None:
@@ -157,7 +163,7 @@ class Gateway:
             )
         else:
             store = MemoryStore(cache.max_entries)
-        return ReadCache(cache, store)
+        return ReadCache(cache, store, count=lambda result: self.metrics.cache.labels(result).inc())
 
     def _locks(self) -> Locks:
         if self.redis is None:
@@ -169,6 +175,7 @@ class Gateway:
         )
 
     def _redis_health(self, available: bool) -> None:
+        self.metrics.redis_available(available)
         # Reported as its own health entry: the gateway keeps serving without Redis, so
         # the overall status stays SERVING while operators can still see the cache is away.
         status = (
@@ -195,6 +202,8 @@ class Gateway:
             credentials = next(tls).server_credentials() if listener.tls else None
             self.ports.append(self._bind(listener.listen, credentials))
         await self.server.start()
+        if self.config.metrics is not None:
+            self.metrics_port = self.metrics.serve(self.config.metrics.listen)
         if self.health_server is not None:
             await self.health_server.start()
         for name in ("", SERVICE_NAME):
@@ -245,6 +254,7 @@ class Gateway:
 
     async def _close(self) -> None:
         await self.upstream.close()
+        self.metrics.close()
         if self.redis is not None:
             await self.redis.aclose()
         self.audit.close()

@@ -13,6 +13,7 @@ import contextlib
 import functools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -44,6 +45,7 @@ from service.errors import (
     Unavailable,
     from_aws,
 )
+from service.metrics import Metrics
 from service.resilience import Resilience
 
 log = logging.getLogger("registry_gateway.upstream")
@@ -72,7 +74,9 @@ class Upstream:
         environ: Mapping[str, str] | None = None,
         time_left: Callable[[], float] = lambda: float("inf"),
         resilience: Resilience | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._aws = aws
         self._session_factory = session_factory
         self._environ = os.environ if environ is None else environ
@@ -89,7 +93,9 @@ class Upstream:
         self._creating: dict[_ClientKey, asyncio.Lock] = {}
         self._base_session: aioboto3.Session | None = None
         self._role_sessions: dict[tuple[str, str | None], aioboto3.Session] = {}
-        self._resilience = resilience or Resilience(aws, time_left)
+        self._resilience = resilience or Resilience(
+            aws, time_left, metrics.breaker_changed if metrics else None
+        )
 
     async def call(
         self, target: Target, operation: str, *, finish_once_sent: bool = False, **params: Any
@@ -107,12 +113,30 @@ class Upstream:
             client = await self._bounded(
                 self._mapped(self._client(target), operation), remaining, operation
             )
-            request: Awaitable[dict[str, Any]] = getattr(client, operation)(**params)
+            request = self._measured(getattr(client, operation)(**params), operation)
             if finish_once_sent:
                 return await self._mapped(request, operation)
             return await self._bounded(
                 self._mapped(request, operation), self._time_left(), operation
             )
+
+    async def _measured(self, request: Awaitable[dict[str, Any]], operation: str) -> dict[str, Any]:
+        started = time.perf_counter()
+        error_code = ""
+        try:
+            return await request
+        except ClientError as exc:
+            error_code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
+            raise
+        except BaseException as exc:
+            error_code = type(exc).__name__
+            raise
+        finally:
+            if self._metrics is not None:
+                self._metrics.upstream.labels(operation, error_code).inc()
+                self._metrics.upstream_seconds.labels(operation).observe(
+                    time.perf_counter() - started
+                )
 
     async def _bounded(self, awaitable: Awaitable[T], remaining: float, operation: str) -> T:
         try:

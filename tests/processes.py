@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import AsyncIterator
@@ -46,8 +47,9 @@ async def gateway_process(
         while len(ports) < expected:
             line = (await asyncio.wait_for(proc.stderr.readline(), timeout=60)).decode()
             assert line, "the gateway process exited before serving"
-            if " serving " in line and "listen=" in line:
-                ports.append(int(line.rsplit(":", 1)[1]))
+            event = serving_event(line)
+            if event is not None:
+                ports.append(event[1])
         # Keep reading its log, so that a full pipe never blocks it.
         drain = asyncio.ensure_future(_drain(proc.stderr))
         yield ports
@@ -56,6 +58,17 @@ async def gateway_process(
             proc.terminate()
         await asyncio.wait_for(proc.wait(), timeout=30)
     drain.cancel()
+
+
+def serving_event(line: str) -> tuple[int, int] | None:
+    """(pid, port) of a "serving" log line (JSON: the log of a process without a terminal)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not str(record.get("message", "")).startswith("serving"):
+        return None
+    return int(record["pid"]), int(str(record["listen"]).rsplit(":", 1)[1])
 
 
 async def _drain(stream: asyncio.StreamReader) -> None:

@@ -74,7 +74,9 @@ class ReadCache:
         *,
         clock: Callable[[], float] = time.time,
         jitter: Callable[[], float] = lambda: random.uniform(0.9, 1.1),  # noqa: S311
+        count: Callable[[str], None] | None = None,
     ) -> None:
+        self._count = count
         self._config = config
         self._store = store
         self._clock = clock
@@ -93,10 +95,12 @@ class ReadCache:
         cached = None if fresh else await self._store.get(key)
         outcome: Outcome
         not_found: NotFound | None = None
+        coalesced = False
         if cached is not None and self._clock() < cached.fresh_until:
             entry, outcome = cached, "hit"
         else:
             flight = self._flights.get(key)
+            coalesced = flight is not None
             if flight is None:
                 # The load belongs to no caller: an empty context, so no caller's deadline
                 # bounds it, and shielded, so a caller leaving does not cancel it.
@@ -108,6 +112,9 @@ class ReadCache:
             entry, outcome, not_found = await asyncio.shield(flight)
         if on_outcome is not None:
             on_outcome(outcome)
+        if self._count is not None:
+            # "coalesced": a miss that waited for another caller's load instead of its own.
+            self._count("coalesced" if outcome == "miss" and coalesced else outcome)
         if entry.value is None:
             # A miss answers AWS's own error (its request id); a hit, the cached fact.
             raise not_found or NotFound(

@@ -49,7 +49,7 @@ async def test_serve_without_config_or_embedded_refuses() -> None:
         ("server:\n  max_deadline_seconds: soon\n", "server.max_deadline_seconds"),
         ("tenants:\n  - name: a\n    registries: [{registry_id: '12'}]\n", "registry_id"),
         ("listen: [not, an, address\n", "not valid YAML"),
-        ("metrics:\n  listen: 127.0.0.1:9464\n", "metrics"),
+        ("tracing:\n  otlp_endpoint: http://127.0.0.1:4317\n", "tracing"),
     ],
     ids=["wrong-type", "bad-registry-id", "broken-yaml", "not-yet-supported"],
 )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import socket
 import sys
@@ -14,6 +13,7 @@ import yaml
 
 from tests.conftest import GatewayFactory
 from tests.helpers import config_dict, describe_status
+from tests.processes import serving_event
 
 BIN = Path(sys.executable).parent
 
@@ -50,10 +50,10 @@ async def test_two_workers_share_one_port_and_stop_together(
         while len(pids) < 2:
             line = (await asyncio.wait_for(proc.stderr.readline(), timeout=60)).decode()
             assert line, "the workers exited before serving"
-            match = re.search(r"\[(\d+)\] serving .*listen=127\.0\.0\.1:(\d+)", line)
-            if match:
-                assert int(match.group(2)) == port
-                pids.add(int(match.group(1)))
+            event = serving_event(line)
+            if event is not None:
+                assert event[1] == port
+                pids.add(event[0])
         assert proc.pid not in pids  # the parent only supervises
         codes = await asyncio.gather(*(describe_status(port) for _ in range(20)))
         assert set(codes) == {grpc.StatusCode.OK}
