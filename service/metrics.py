@@ -19,6 +19,11 @@ from service.config import parse_listen
 # Latency buckets for a service whose cached answers take ~0.3 ms and AWS calls ~50-500 ms.
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BREAKER_STATES = {"closed": 0, "half-opened": 1, "opened": 2}
+# grpc_code values as go-grpc-middleware writes them (Go's codes.Code.String()), so that
+# existing dashboards and alerts work unchanged.
+GO_CODE_NAMES = {
+    code: "".join(part.capitalize() for part in code.name.split("_")) for code in grpc.StatusCode
+} | {grpc.StatusCode.OK: "OK", grpc.StatusCode.CANCELLED: "Canceled"}
 
 
 class Metrics:
@@ -126,6 +131,8 @@ class MethodMetrics:
         """Count a completed call with its code and latency."""
         child = self._handled_by_code.get(code)
         if child is None:
-            child = self._handled_by_code[code] = self._handled.labels(*self._labels, code.name)
+            child = self._handled_by_code[code] = self._handled.labels(
+                *self._labels, GO_CODE_NAMES[code]
+            )
         child.inc()
         self.handling.observe(seconds)

@@ -56,7 +56,7 @@ async def test_metrics_count_calls_cache_upstream_and_denials(
     describe = {**method, "grpc_method": "DescribeRegistry"}
     assert value(samples, "grpc_server_started_total", **describe) == 4
     assert value(samples, "grpc_server_handled_total", **describe, grpc_code="OK") == 3
-    assert value(samples, "grpc_server_handled_total", **describe, grpc_code="UNAUTHENTICATED") == 1
+    assert value(samples, "grpc_server_handled_total", **describe, grpc_code="Unauthenticated") == 1
     assert value(samples, "grpc_server_handling_seconds_count", **describe) == 4
     assert value(samples, "registry_gateway_cache_requests_total", result="miss") == 1
     assert value(samples, "registry_gateway_cache_requests_total", result="hit") == 2
