@@ -6,8 +6,9 @@ import asyncio
 import logging
 import os
 import signal
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
+from typing import Any
 
 import aioboto3
 import grpc
@@ -22,8 +23,9 @@ from service import middleware, reflection
 from service.api import RegistryConfigServicer
 from service.audit import AuditLog
 from service.auth.content import ContentRules
+from service.auth.targets import Target
 from service.cache import MemoryStore, ReadCache, RedisStore, Store
-from service.config import GatewayConfig, ListenerConfig, parse_listen
+from service.config import GatewayConfig, ListenerConfig, parse_listen, registry_regions
 from service.locks import RedisRegistryLocks, RegistryLocks
 from service.metrics import Metrics
 from service.operations import Locks, RegistryOperations
@@ -174,6 +176,36 @@ class Gateway:
             self.redis, self.config.cache.key_prefix, expiry, middleware.time_left
         )
 
+    def _targets(self) -> list[Target]:
+        seen: dict[tuple[str, str], Target] = {}
+        for tenant in self.config.tenants:
+            for registry in tenant.registries:
+                region = registry_regions(self.config, registry)[0]
+                seen.setdefault(
+                    (registry.registry_id, region), Target(tenant.name, registry, region)
+                )
+        return list(seen.values())
+
+    async def _any_upstream_reachable(self) -> bool:
+        targets = self._targets()
+        if not targets:
+            return True
+        results = await asyncio.gather(*(self.upstream.reachable(t) for t in targets))
+        return any(results)
+
+    async def _until_reachable(self) -> None:
+        delay = 1.0
+        while not await self._any_upstream_reachable():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        log.info("an AWS account answers: SERVING")
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     def _redis_health(self, available: bool) -> None:
         self.metrics.redis_available(available)
         # Reported as its own health entry: the gateway keeps serving without Redis, so
@@ -183,9 +215,7 @@ class Gateway:
             if available
             else health_pb2.HealthCheckResponse.NOT_SERVING
         )
-        task = asyncio.get_running_loop().create_task(self.health.set(REDIS_HEALTH, status))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self._spawn(self.health.set(REDIS_HEALTH, status))
 
     @property
     def port(self) -> int:
@@ -206,8 +236,15 @@ class Gateway:
             self.metrics_port = self.metrics.serve(self.config.metrics.listen)
         if self.health_server is not None:
             await self.health_server.start()
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+        # Ready only once some AWS account answers: a gateway that can reach none cannot
+        # serve at all. A later outage does not flip it (stale reads ride that out).
+        if await self._any_upstream_reachable():
+            await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+        else:
+            await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+            log.error("no AWS account reachable yet; NOT_SERVING until one answers")
+            self._spawn(self._until_reachable())
         for listener, port in zip(listeners, self.ports, strict=True):
             host = parse_listen(listener.listen)[0]
             kind = (
@@ -253,6 +290,8 @@ class Gateway:
         await self._close()
 
     async def _close(self) -> None:
+        for task in list(self._background):
+            task.cancel()
         await self.upstream.close()
         self.metrics.close()
         if self.redis is not None:

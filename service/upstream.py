@@ -161,6 +161,17 @@ class Upstream:
         except BotoCoreError as exc:
             raise _from_botocore_error(exc, operation) from None
 
+    async def reachable(self, target: Target) -> bool:
+        """Whether AWS answers for the target (STS, when its client is made); a refusal for
+        another account counts as an answer, unreachable or timed out does not."""
+        try:
+            await asyncio.wait_for(self._client(target), self._aws.connect_timeout_seconds * 3)
+        except (TimeoutError, BotoCoreError):
+            return False
+        except (ClientError, GatewayError):
+            return True
+        return True
+
     async def close(self) -> None:
         """Close every client (at shutdown)."""
         await self._stack.aclose()

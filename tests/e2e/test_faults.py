@@ -156,3 +156,24 @@ async def test_slow_read_past_the_deadline(
     finally:
         proxy.released.set()
     assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+async def test_not_ready_until_some_aws_account_answers(
+    gateway_factory: GatewayFactory, proxy: CountingProxy
+) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    proxy.stop()  # AWS unreachable when the gateway starts
+    gateway = await gateway_factory(faulty_config(proxy))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
+        health: Any = health_pb2_grpc.HealthStub(ch)
+        live = await health.Check(health_pb2.HealthCheckRequest(service=""))
+        assert live.status == health_pb2.HealthCheckResponse.SERVING  # alive, not ready
+        watch = health.Watch(
+            health_pb2.HealthCheckRequest(service="ecr.registry.v1.RegistryConfigService")
+        )
+        assert (await watch.read()).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        proxy.start()  # AWS answers: ready without a restart
+        update = await asyncio.wait_for(watch.read(), timeout=20)
+        assert update.status == health_pb2.HealthCheckResponse.SERVING
+        watch.cancel()
