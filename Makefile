@@ -3,8 +3,13 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TS_DIR := clients/typescript
+TS_STAMP := $(TS_DIR)/node_modules/.installed
+# The image of the last released contract: `buf breaking` compares proto/ with it.
+RELEASED := proto/released/registry.binpb
 
-.PHONY: serve test install generate check-generated lint typecheck lock clean
+.PHONY: serve test install generate check-generated lint typecheck lock clean \
+	ts-deps ts go-deps breaking release-contract
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,24 +23,61 @@ $(STAMP): $(PY) requirements/dev.lock pyproject.toml clients/python/pyproject.to
 
 install: $(STAMP)
 
+# The TypeScript client's tools (protoc-gen-es, tsc) from its committed lock. A failing
+# `npm ci` (no Node.js 20+, registry unreachable) fails `make test`: there is no skipping.
+$(TS_STAMP): $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
+	cd $(TS_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(TS_STAMP)
+
+ts-deps: $(TS_STAMP)
+
+# Type-check and compile the TypeScript client, its example and its test into dist/.
+ts: $(TS_STAMP)
+	cd $(TS_DIR) && npm run --silent build
+
+# Debian's Go toolchain, protoc plugins and Go sources: clients/go is generated and built
+# offline (GOPATH mode), so they come from apt, not the module proxy. Quick when present.
+go-deps:
+	scripts/go_toolchain.sh
+
+breaking: $(STAMP)
+	$(VENV)/bin/buf breaking --against $(RELEASED)
+
+# Only on a release: the contract as it is now becomes the one `breaking` protects.
+release-contract: $(STAMP)
+	$(VENV)/bin/buf build --exclude-source-info -o $(RELEASED)
+
 serve: $(STAMP)
 	$(PY) -m service serve --embedded
 
-test: $(STAMP)
+test: $(STAMP) $(TS_STAMP) go-deps
 	$(PY) scripts/gen_protos.py --check
 	$(VENV)/bin/buf lint
+	$(VENV)/bin/buf breaking --against $(RELEASED)
 	$(PY) -m ruff check .
-	$(PY) -m ruff format --check service tests scripts
+	$(PY) -m ruff format --check service tests scripts clients/python/src/registry_gateway_client
 	$(PY) -m mypy
+	cd $(TS_DIR) && npm run --silent build
 	scripts/with_redis.sh $(PY) -m pytest -q
 
-generate: $(STAMP)
+generate: $(STAMP) $(TS_STAMP) go-deps
 	$(PY) scripts/gen_protos.py
 
 lock: $(PY)
 	$(PY) -m pip install --quiet pip-tools
 	cd requirements && ../$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
 	  --strip-extras --no-emit-index-url --no-emit-find-links -o dev.lock dev.in
+	cd requirements && ../$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --strip-extras --no-emit-index-url --no-emit-find-links -o runtime.lock runtime.in
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(TS_DIR)/node_modules $(TS_DIR)/dist
+
+# Benchmarks (bench/, not part of `make test`): the full run writes bench/results/latest.json,
+# docs/performance.md and its chart; the quick one (under a minute) only bench/results/quick.json.
+.PHONY: bench bench-quick
+bench: $(STAMP)
+	scripts/with_redis.sh $(PY) -m bench
+
+bench-quick: $(STAMP)
+	scripts/with_redis.sh $(PY) -m bench --quick

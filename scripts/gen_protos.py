@@ -1,9 +1,17 @@
-"""Regenerate the committed Python code for proto/ into clients/python/src.
+"""Regenerate the committed code for proto/: Python into clients/python/src, TypeScript
+into clients/typescript/src/gen, Go into clients/go/ecr.
 
-One command (`make generate`) and one place: the stubs, their typed .pyi (mypy-protobuf)
-and a descriptor set with source info, which the server's reflection serves so that
-`grpcurl describe` shows the proto comments. `--check` regenerates into a temporary
-folder and fails when the committed files differ.
+One command (`make generate`) and one place per language:
+- Python: the stubs, their typed .pyi (mypy-protobuf) and a descriptor set with source
+  info, which the server's reflection serves so that `grpcurl describe` shows the proto
+  comments.
+- TypeScript: `buf generate` with buf.gen.yaml and the locally installed protoc-gen-es
+  (`npm ci` in clients/typescript first; no Buf Schema Registry), for proto/ and for
+  google/rpc/error_details.proto (taken from googleapis-common-protos, pinned in the lock),
+  which the client needs to decode the gateway's ErrorInfo, BadRequest and RetryInfo.
+- Go: `buf generate --template buf.gen.go.yaml` with Debian's protoc-gen-go and
+  protoc-gen-go-grpc (scripts/go_toolchain.sh installs them).
+`--check` regenerates into a temporary folder and fails when the committed files differ.
 """
 
 from __future__ import annotations
@@ -11,10 +19,12 @@ from __future__ import annotations
 import argparse
 import filecmp
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from google.rpc import error_details_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -22,6 +32,13 @@ PROTO_ROOT = ROOT / "proto"
 OUT = ROOT / "clients" / "python" / "src"
 PACKAGE_DIR = Path("ecr") / "registry" / "v1"
 DESCRIPTOR_NAME = "registry_descriptor.binpb"
+BUF = Path(sys.executable).parent / "buf"
+TS_GEN = Path("clients") / "typescript" / "src" / "gen"  # `out` in buf.gen.yaml
+PROTOC_GEN_ES = ROOT / "clients" / "typescript" / "node_modules" / ".bin" / "protoc-gen-es"
+GO_GEN = Path("clients") / "go" / "ecr"  # `out` in buf.gen.go.yaml, plus the package path
+GO_PLUGINS = ("protoc-gen-go", "protoc-gen-go-grpc")
+# The proto of google.rpc's error details, as shipped beside its Python module.
+ERROR_DETAILS_PROTO = Path(error_details_pb2.__file__).parent / "error_details.proto"
 
 
 def generate(out: Path) -> None:
@@ -53,8 +70,45 @@ def generate(out: Path) -> None:
     (out / "ecr" / "py.typed").write_text("")
 
 
+def generate_typescript(out: Path) -> None:
+    """Run `buf generate` (buf.gen.yaml) for proto/ and google.rpc's error details; the
+    template's `out` paths land under `out` (the repository root for real)."""
+    if not PROTOC_GEN_ES.exists():
+        raise SystemExit(
+            f"{PROTOC_GEN_ES.relative_to(ROOT)} missing: run `make ts-deps` "
+            "(npm ci in clients/typescript) first"
+        )
+    if not BUF.exists():
+        raise SystemExit(f"{BUF} missing: install the dev extra (buf-bin)")
+    with tempfile.TemporaryDirectory() as tmp:
+        # Only the one file: the rest of googleapis-common-protos is not needed.
+        rpc = Path(tmp) / "google" / "rpc"
+        rpc.mkdir(parents=True)
+        shutil.copy(ERROR_DETAILS_PROTO, rpc / "error_details.proto")
+        for input_args in ([], [tmp]):
+            subprocess.run(
+                [str(BUF), "generate", *input_args, "--template", "buf.gen.yaml", "-o", str(out)],
+                cwd=ROOT,
+                check=True,
+                timeout=300,
+            )
+
+
+def generate_go(out: Path) -> None:
+    """Run `buf generate --template buf.gen.go.yaml`; its `out` lands under `out`."""
+    missing = [name for name in GO_PLUGINS if shutil.which(name) is None]
+    if missing:
+        raise SystemExit(f"{', '.join(missing)} missing: run scripts/go_toolchain.sh first")
+    subprocess.run(
+        [str(BUF), "generate", "--template", "buf.gen.go.yaml", "-o", str(out)],
+        cwd=ROOT,
+        check=True,
+        timeout=300,
+    )
+
+
 def stale_files(committed: Path, fresh: Path) -> list[str]:
-    """Names of files that differ between the committed tree and a fresh generation."""
+    """Names of files that differ between a committed tree and a fresh generation of it."""
     problems: list[str] = []
     for path in sorted(fresh.rglob("*")):
         if path.is_dir():
@@ -63,7 +117,7 @@ def stale_files(committed: Path, fresh: Path) -> list[str]:
         other = committed / rel
         if not other.exists() or not filecmp.cmp(path, other, shallow=False):
             problems.append(str(rel))
-    for path in sorted((committed / "ecr").rglob("*")):
+    for path in sorted(committed.rglob("*")):
         generated = fresh / path.relative_to(committed)
         if path.is_file() and "__pycache__" not in path.parts and not generated.exists():
             problems.append(f"{path.relative_to(committed)} (not generated any more)")
@@ -76,16 +130,27 @@ def main() -> int:
     opts = parser.parse_args()
     if opts.check:
         with tempfile.TemporaryDirectory() as tmp:
-            generate(Path(tmp))
-            problems = stale_files(OUT, Path(tmp))
+            python, typescript, go = (Path(tmp) / lang for lang in ("python", "ts", "go"))
+            generate(python)
+            generate_typescript(typescript)
+            generate_go(go)
+            problems = [
+                *(f"clients/python/src/ecr/{n}" for n in stale_files(OUT / "ecr", python / "ecr")),
+                *(f"{TS_GEN}/{n}" for n in stale_files(ROOT / TS_GEN, typescript / TS_GEN)),
+                *(f"{GO_GEN}/{n}" for n in stale_files(ROOT / GO_GEN, go / GO_GEN)),
+            ]
         if problems:
             print("generated code is stale; run `make generate`:", *problems, sep="\n  ")
             return 1
-        print("generated code is up to date")
+        print("generated code is up to date (Python, TypeScript, Go)")
         return 0
     shutil.rmtree(OUT / "ecr", ignore_errors=True)
     generate(OUT)
-    print(f"generated into {OUT.relative_to(ROOT)}")
+    shutil.rmtree(ROOT / TS_GEN, ignore_errors=True)
+    generate_typescript(ROOT)
+    shutil.rmtree(ROOT / GO_GEN, ignore_errors=True)
+    generate_go(ROOT)
+    print(f"generated into {OUT.relative_to(ROOT)}, {TS_GEN} and {GO_GEN}")
     return 0
 
 

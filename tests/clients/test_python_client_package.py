@@ -1,0 +1,142 @@
+"""`clients/python` installs and imports on its own: grpcio, protobuf and google.rpc only.
+
+The wheel is built for real (setuptools, no network: `--no-build-isolation`), unpacked, and
+imported by a fresh interpreter that sees nothing but that wheel, grpc and google/
+(protobuf and googleapis-common-protos): not the server, not grpcio-status, not the venv.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+import zipfile
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CLIENT = ROOT / "clients" / "python"
+PACKAGE = CLIENT / "src" / "registry_gateway_client"
+ALLOWED_DISTRIBUTIONS = {"grpcio", "protobuf", "googleapis-common-protos"}
+# Top-level imports the client may use: the stdlib, its deps' modules, and its own stubs.
+ALLOWED_THIRD_PARTY = {"grpc", "google", "ecr", "registry_gateway_client"}
+
+
+def requirement_name(requirement: str) -> str:
+    """`grpcio>=1.85,<2 ; extra == "x"` -> `grpcio`."""
+    match = re.match(r"[A-Za-z0-9_.-]+", requirement.strip())
+    assert match, requirement
+    return match.group(0).lower().replace("_", "-")
+
+
+def installed_closure(names: set[str]) -> set[str]:
+    """The distributions `names` need when installed, theirs included (extras left out)."""
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        for requirement in metadata.requires(name) or ():
+            if "extra ==" not in requirement:
+                todo.append(requirement_name(requirement))
+    return seen
+
+
+def top_level_paths(distribution: str) -> set[Path]:
+    """The top-level modules and packages a distribution installed into site-packages."""
+    dist = metadata.distribution(distribution)
+    tops: set[Path] = set()
+    for file in dist.files or ():
+        first = file.parts[0]
+        if first.endswith((".dist-info", ".pth")) or first in {"..", "__pycache__"}:
+            continue
+        tops.add(Path(str(dist.locate_file(first))))
+    return tops
+
+
+def test_dependencies_are_only_grpcio_protobuf_and_google_rpc() -> None:
+    project = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]
+    names = {requirement_name(dep) for dep in project["dependencies"]}
+    assert names == ALLOWED_DISTRIBUTIONS
+
+
+def test_the_client_imports_nothing_else() -> None:
+    found: set[str] = set()
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                found.add(node.module.split(".")[0])
+    third_party = found - set(sys.stdlib_module_names) - {"__future__"}
+    assert third_party <= ALLOWED_THIRD_PARTY, third_party - ALLOWED_THIRD_PARTY
+
+
+def test_the_wheel_imports_with_only_its_dependencies(tmp_path: Path) -> None:
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path / "dist"),
+            str(CLIENT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = (tmp_path / "dist").glob("registry_gateway_client-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        archive.extractall(tmp_path / "site")
+    for needed in (
+        "registry_gateway_client/py.typed",
+        "registry_gateway_client/_aio.py",
+        "ecr/py.typed",
+        "ecr/registry/v1/registry_pb2.pyi",
+        "ecr/registry/v1/registry_pb2_grpc.pyi",
+        "ecr/registry/v1/registry_descriptor.binpb",
+    ):
+        assert needed in names, f"{needed} missing from {wheel.name}"
+
+    # A directory holding only what the declared dependencies install, linked from this
+    # venv. google/ is shared by protobuf and googleapis-common-protos: one link holds both.
+    deps = tmp_path / "deps"
+    deps.mkdir()
+    for distribution in sorted(installed_closure(ALLOWED_DISTRIBUTIONS)):
+        for top in top_level_paths(distribution):
+            link = deps / top.name
+            if not link.exists():
+                link.symlink_to(top)
+    assert not (deps / "grpc_status").exists() and not (deps / "service").exists()
+    probe = (
+        "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]];"
+        "import registry_gateway_client as c, ecr.registry.v1.registry_pb2 as pb;"
+        "assert c.__file__.startswith(sys.argv[1]), c.__file__;"
+        "from google.rpc import error_details_pb2;"
+        "bad = [m for m in ('service', 'grpc_status', 'moto') if m in sys.modules];"
+        "assert not bad, bad;"
+        "print(c.RegistryConfigClient.__name__, pb.DescribeRegistryRequest.DESCRIPTOR.full_name)"
+    )
+    ran = subprocess.run(
+        # -S: no site-packages; -E: no PYTHON* variables; -s: no user site.
+        [sys.executable, "-S", "-E", "-s", "-c", probe, str(tmp_path / "site"), str(deps)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.split() == ["RegistryConfigClient", "ecr.registry.v1.DescribeRegistryRequest"]
