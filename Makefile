@@ -73,6 +73,12 @@ lock: $(PY)
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(TS_DIR)/node_modules $(TS_DIR)/dist
 
+# Minutes of mixed load; also checks memory growth between two windows after warm-up.
+.PHONY: soak
+soak: $(STAMP)
+	REGISTRY_GATEWAY_SOAK_CALLS=20000 scripts/with_redis.sh $(PY) -m pytest -q -p no:logging \
+	  tests/e2e/test_soak.py
+
 # Benchmarks (bench/, not part of `make test`): the full run writes bench/results/latest.json,
 # docs/performance.md and its chart; the quick one (under a minute) only bench/results/quick.json.
 .PHONY: bench bench-quick

@@ -82,7 +82,7 @@ class Upstream:
         self._environ = os.environ if environ is None else environ
         self._time_left = time_left
         self._botocore_config = Config(
-            # total_max_attempts counts the first attempt too; botocore's max_attempts counts retries.
+            # total_max_attempts counts the first attempt; botocore's max_attempts, retries.
             retries={"mode": "standard", "total_max_attempts": aws.max_attempts},
             connect_timeout=aws.connect_timeout_seconds,
             read_timeout=aws.read_timeout_seconds,
