@@ -13,11 +13,13 @@ import grpc
 from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
+from service import slices
 from service.audit import WriteRecord, policy_digest
 from service.auth.content import ContentRules
 from service.auth.targets import Target
+from service.errors import NotFound
 from service.middleware import CallInfo, current_call
-from service.operations import RegistryOperations
+from service.operations import RegistryOperations, check_etag
 from service.validation import RequestValidator
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"  # generic only in the stubs
@@ -109,3 +111,97 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         return await self._ops.put_replication_configuration(
             target, request.replication_configuration, request.etag, request.validate_only, record
         )
+
+    # --- tenant-owned slices of a shared registry (service/slices.py) ----------------------
+
+    async def GetReplicationRules(
+        self, request: pb.GetReplicationRulesRequest, context: Context
+    ) -> pb.GetReplicationRulesResponse:
+        call = current_call()
+        target = self._target(call, request.registry_id, request.region)
+        self._validator.check(request, target)
+        described = await self._ops.describe_registry(
+            target, fresh=call.no_cache, on_outcome=call.cache_outcome
+        )
+        return slices.rules_response(target, slices.Ownership.of(target), described)
+
+    async def PutReplicationRules(
+        self, request: pb.PutReplicationRulesRequest, context: Context
+    ) -> pb.PutReplicationRulesResponse:
+        call = current_call()
+        target, record = self._write_target(
+            call, request.registry_id, request.region, request.validate_only
+        )
+        self._validator.check(request, target)
+        owner = slices.Ownership.of(target)
+        owner.check_rules(target, request.rules)
+        # Only the caller's rules: the others' destinations were allowed to them, not to it.
+        self._content.check_destinations(
+            target, pb.ReplicationConfiguration(rules=request.rules), rpc=call.rpc, field="rules"
+        )
+        mine = list(request.rules)
+
+        def merge(current: pb.DescribeRegistryResponse) -> pb.ReplicationConfiguration:
+            # Runs under the registry's lock, on the configuration read fresh from AWS.
+            existing = owner.rules_in(current.replication_configuration)
+            check_etag(
+                request.etag, slices.rules_etag(existing), target, f"the rules of {target.tenant}"
+            )
+            merged = owner.merge_rules(current.replication_configuration, mine)
+            slices.check_quotas(target, owner, merged, mine)
+            self._validator.check(
+                pb.PutReplicationConfigurationRequest(replication_configuration=merged), target
+            )
+            return merged
+
+        update = await self._ops.update_replication(target, merge, request.validate_only, record)
+        return slices.put_rules_response(target, owner, update)
+
+    async def GetPolicyStatements(
+        self, request: pb.GetPolicyStatementsRequest, context: Context
+    ) -> pb.GetPolicyStatementsResponse:
+        call = current_call()
+        target = self._target(call, request.registry_id, request.region)
+        self._validator.check(request, target)
+        try:
+            policy = await self._ops.get_registry_policy(
+                target, fresh=call.no_cache, on_outcome=call.cache_outcome
+            )
+            text: str | None = policy.policy_text
+        except NotFound:
+            text = None  # no policy: an empty slice, not an error
+        return slices.statements_response(target, slices.Ownership.of(target), text)
+
+    async def PutPolicyStatements(
+        self, request: pb.PutPolicyStatementsRequest, context: Context
+    ) -> pb.PutPolicyStatementsResponse:
+        call = current_call()
+        target, record = self._write_target(
+            call, request.registry_id, request.region, request.validate_only
+        )
+        record.policy_sha256 = policy_digest(request.statements_json)
+        self._validator.check(request, target)
+        owner = slices.Ownership.of(target)
+        mine = slices.parse_statements(request.statements_json)
+        owner.check_statements(target, mine)
+
+        def merge(current: str | None) -> str | None:
+            # Runs under the registry's lock, on the policy read fresh from AWS.
+            existing = owner.statements_in(current)
+            check_etag(
+                request.etag,
+                slices.statements_etag(existing),
+                target,
+                f"the statements of {target.tenant}",
+            )
+            merged = owner.merge_policy(current, mine)
+            if merged is not None:
+                # The whole document must be valid and within the caller's guardrails.
+                self._validator.check(pb.PutRegistryPolicyRequest(policy_text=merged), target)
+                self._content.check_policy(
+                    target, call.tenant.policy_guardrails, merged, rpc=call.rpc
+                )
+            return merged
+
+        update = await self._ops.update_policy(target, merge, request.validate_only, record)
+        return slices.put_statements_response(target, owner, update)

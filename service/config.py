@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -14,23 +14,43 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 ENV_CONFIG_PATH = "REGISTRY_GATEWAY_CONFIG"
 ENV_OVERRIDE_PREFIX = "REGISTRY_GATEWAY__"
 
-OPERATIONS = (
+# The five ECR operations the gateway proxies (each is an AWS API action of the same name).
+ECR_OPERATIONS = (
     "DescribeRegistry",
     "GetRegistryPolicy",
     "PutRegistryPolicy",
     "DeleteRegistryPolicy",
     "PutReplicationConfiguration",
 )
+# The gateway's own operations on a tenant's slice of a shared registry (service/slices.py);
+# they reach AWS through the five above, so an IAM policy never names them.
+SLICE_OPERATIONS = (
+    "GetReplicationRules",
+    "PutReplicationRules",
+    "GetPolicyStatements",
+    "PutPolicyStatements",
+)
+OPERATIONS = ECR_OPERATIONS + SLICE_OPERATIONS
 Operation = Literal[
     "DescribeRegistry",
     "GetRegistryPolicy",
     "PutRegistryPolicy",
     "DeleteRegistryPolicy",
     "PutReplicationConfiguration",
+    "GetReplicationRules",
+    "PutReplicationRules",
+    "GetPolicyStatements",
+    "PutPolicyStatements",
 ]
 
 WRITE_OPERATIONS = frozenset(
-    {"PutRegistryPolicy", "DeleteRegistryPolicy", "PutReplicationConfiguration"}
+    {
+        "PutRegistryPolicy",
+        "DeleteRegistryPolicy",
+        "PutReplicationConfiguration",
+        "PutReplicationRules",
+        "PutPolicyStatements",
+    }
 )
 
 # Sections DESIGN.md names whose behaviour this version does not implement yet. A config
@@ -124,6 +144,15 @@ class RegistryConfig(_Strict):
     operations: tuple[Operation, ...] = ()
     # Deny by default: with none listed, PutReplicationConfiguration may only clear replication.
     replication_destinations: tuple[DestinationAllow, ...] = ()
+    # This tenant's slice of a shared registry (PutReplicationRules): the rules whose every
+    # repository filter starts with one of these. Repository names are lowercase.
+    owned_repository_prefixes: tuple[
+        Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[a-z0-9][a-z0-9._/-]*$")],
+        ...,
+    ] = ()
+    # Its slice of the registry policy (PutPolicyStatements): statements whose Sid starts
+    # with this. IAM Sids are alphanumeric, so the prefix is too.
+    owned_statement_sid_prefix: str | None = Field(None, pattern=r"^[A-Za-z0-9]{1,100}$")
 
     @field_validator("registry_id", mode="before")
     @classmethod
@@ -331,7 +360,37 @@ class GatewayConfig(_Strict):
                 other = owners.setdefault(spiffe_id, tenant.name)
                 if other != tenant.name:
                     raise ValueError(f"tenants {other} and {tenant.name} share {spiffe_id}")
+        _unambiguous_ownership(tenants)
         return tenants
+
+
+def _unambiguous_ownership(tenants: tuple[TenantConfig, ...]) -> None:
+    """Refuse two tenants owning overlapping slices of one registry.
+
+    Overlap is one prefix starting with the other ("payments/" and "payments/eu/"): a rule
+    or statement could then belong to both, and either could replace the other's.
+    """
+    claims: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for tenant in tenants:
+        for registry in tenant.registries:
+            for prefix in registry.owned_repository_prefixes:
+                claims.setdefault(("repository", registry.registry_id), []).append(
+                    (tenant.name, prefix)
+                )
+            if registry.owned_statement_sid_prefix:
+                claims.setdefault(("statement Sid", registry.registry_id), []).append(
+                    (tenant.name, registry.owned_statement_sid_prefix)
+                )
+    for (kind, registry_id), owned in claims.items():
+        for i, (tenant_a, prefix_a) in enumerate(owned):
+            for tenant_b, prefix_b in owned[i + 1 :]:
+                if tenant_a != tenant_b and (
+                    prefix_a.startswith(prefix_b) or prefix_b.startswith(prefix_a)
+                ):
+                    raise ValueError(
+                        f"tenants {tenant_a} and {tenant_b} own overlapping {kind} prefixes "
+                        f"{prefix_a!r} and {prefix_b!r} on registry {registry_id}"
+                    )
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -1,5 +1,6 @@
 """The five ECR operations as the gateway performs them: reads through the cache, writes
-under the registry's lock.
+under the registry's lock. The slice operations (service/slices.py) write through the same
+read-modify-write methods, `update_replication` and `update_policy`.
 
 A write takes the lock, reads the current value fresh from AWS (for the caller's etag
 precondition, the plan and the audit trail), re-checks it still owns the lock, calls AWS
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ecr.registry.v1 import registry_pb2 as pb
@@ -24,6 +26,25 @@ from service.cache import CacheKey, Outcome, ReadCache
 from service.errors import EtagMismatch, NotFound
 from service.locks import HeldLock
 from service.upstream import Upstream
+
+
+@dataclass(frozen=True)
+class ReplicationUpdate:
+    """A read-modify-write of the replication configuration: before, asked, after."""
+
+    before: pb.DescribeRegistryResponse  # read fresh from AWS inside the lock
+    proposed: pb.ReplicationConfiguration
+    after: pb.DescribeRegistryResponse | None  # read back after the write; None: validate_only
+
+
+@dataclass(frozen=True)
+class PolicyUpdate:
+    """A read-modify-write of the registry policy: before, asked, after (None: no policy)."""
+
+    before: str | None  # read fresh from AWS inside the lock
+    proposed: str | None
+    after: str | None  # read back after the write (validate_only: the current one)
+    done: bool  # False with validate_only
 
 
 class Locks(Protocol):
@@ -91,7 +112,7 @@ class RegistryOperations:
         async with self._locks.hold(target.registry_id, target.region) as held:
             policy = await self._current_policy(target)
             current = record.etag_before = etags.of_policy(policy)
-            _check(etag, current, target)
+            check_etag(etag, current, target)
             if validate_only:
                 return pb.PutRegistryPolicyResponse(
                     registry_id=target.registry_id,
@@ -120,7 +141,7 @@ class RegistryOperations:
         async with self._locks.hold(target.registry_id, target.region) as held:
             policy = await self._current_policy(target)
             current = record.etag_before = etags.of_policy(policy)
-            _check(etag, current, target)
+            check_etag(etag, current, target)
             if policy is None:
                 raise NotFound(
                     "the registry has no registry policy", reason="REGISTRY_POLICY_NOT_FOUND"
@@ -153,36 +174,97 @@ class RegistryOperations:
         record: WriteRecord,
     ) -> pb.PutReplicationConfigurationResponse:
         """Replace the replication configuration if `etag` (when given) still holds."""
+
+        def replace(current: pb.DescribeRegistryResponse) -> pb.ReplicationConfiguration:
+            check_etag(etag, current.etag, target)
+            return configuration
+
+        update = await self.update_replication(target, replace, validate_only, record)
+        if update.after is None:
+            return pb.PutReplicationConfigurationResponse(
+                replication_configuration=configuration,
+                etag=update.before.etag,
+                registry_id=update.before.registry_id or target.registry_id,
+                changes=plan.replication_changes(
+                    update.before.replication_configuration, configuration
+                ),
+            )
+        return pb.PutReplicationConfigurationResponse(
+            replication_configuration=update.after.replication_configuration,
+            etag=update.after.etag,
+            registry_id=update.after.registry_id or target.registry_id,
+        )
+
+    async def update_replication(
+        self,
+        target: Target,
+        change: Callable[[pb.DescribeRegistryResponse], pb.ReplicationConfiguration],
+        validate_only: bool,
+        record: WriteRecord,
+    ) -> ReplicationUpdate:
+        """Read-modify-write of the replication configuration under the registry's lock.
+
+        `change` sees the configuration read fresh from AWS inside the lock and answers the
+        one to write, or raises (etag, quota, validation) to write nothing. With
+        validate_only nothing is written and `after` is None.
+        """
         async with self._locks.hold(target.registry_id, target.region) as held:
             current = await self._describe_from_aws(target)
             record.etag_before = current.etag
-            _check(etag, current.etag, target)
+            proposed = change(current)
             if validate_only:
-                return pb.PutReplicationConfigurationResponse(
-                    replication_configuration=configuration,
-                    etag=current.etag,
-                    registry_id=current.registry_id or target.registry_id,
-                    changes=plan.replication_changes(
-                        current.replication_configuration, configuration
-                    ),
-                )
+                return ReplicationUpdate(current, proposed, None)
             async with self._writing(_registry_key(target), held):
                 await _sent(
                     self._upstream.call(
                         target,
                         "put_replication_configuration",
                         finish_once_sent=True,
-                        replicationConfiguration=convert.replication_to_aws(configuration),
+                        replicationConfiguration=convert.replication_to_aws(proposed),
                     )
                 )
                 after = await self._describe_from_aws(target)
                 await self._cache.put(_registry_key(target), after)
             record.etag_after = after.etag
-            return pb.PutReplicationConfigurationResponse(
-                replication_configuration=after.replication_configuration,
-                etag=after.etag,
-                registry_id=after.registry_id or target.registry_id,
-            )
+            return ReplicationUpdate(current, proposed, after)
+
+    async def update_policy(
+        self,
+        target: Target,
+        change: Callable[[str | None], str | None],
+        validate_only: bool,
+        record: WriteRecord,
+    ) -> PolicyUpdate:
+        """Read-modify-write of the registry policy under the registry's lock.
+
+        `change` sees the policy read fresh from AWS inside the lock (None: there is none)
+        and answers the one to write, None to have none (DeleteRegistryPolicy, or nothing
+        when there is none already), or raises to write nothing.
+        """
+        async with self._locks.hold(target.registry_id, target.region) as held:
+            current = await self._current_policy(target)
+            record.etag_before = etags.of_policy(current)
+            proposed = change(current)
+            if validate_only:
+                return PolicyUpdate(current, proposed, current, done=False)
+            if proposed is None and current is None:
+                # Nothing to delete: AWS would answer RegistryPolicyNotFoundException.
+                record.etag_after = etags.ABSENT
+                return PolicyUpdate(current, proposed, None, done=True)
+            async with self._writing(_policy_key(target), held):
+                if proposed is None:
+                    write = self._upstream.call(
+                        target, "delete_registry_policy", finish_once_sent=True
+                    )
+                else:
+                    write = self._upstream.call(
+                        target, "put_registry_policy", finish_once_sent=True, policyText=proposed
+                    )
+                await _sent(write)
+                after = await self._read_back_policy(target)
+            after_text = after.policy_text if after else None
+            record.etag_after = etags.of_policy(after_text)
+            return PolicyUpdate(current, proposed, after_text, done=True)
 
     @asynccontextmanager
     async def _writing(self, key: CacheKey, held: HeldLock) -> AsyncIterator[None]:
@@ -236,10 +318,15 @@ async def _sent(write: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
         raise
 
 
-def _check(expected: str, current: str, target: Target) -> None:
+def check_etag(expected: str, current: str, target: Target, what: str = "") -> None:
+    """EtagMismatch (ABORTED) when the caller's precondition `expected` (if any) fails.
+
+    `what` names a slice ("the rules of tenant payments") when the etag is of one.
+    """
     if expected and expected != current:
         raise EtagMismatch(
-            f"etag {expected[:64]!r} does not match the current etag {current!r} of registry "
+            f"etag {expected[:64]!r} does not match the current etag {current!r} of "
+            f"{what + ' in ' if what else ''}registry "
             f"{target.registry_id} in {target.region}; read again, reapply your change, retry",
             metadata={
                 "currentEtag": current,

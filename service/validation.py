@@ -20,6 +20,7 @@ is refused too, naming them: applying it without them would silently drop what w
 from __future__ import annotations
 
 import functools
+import json
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 
 from service import policy_grammar, regions
 from service.auth.targets import Target
-from service.config import OPERATIONS, WRITE_OPERATIONS
+from service.config import ECR_OPERATIONS, SLICE_OPERATIONS, WRITE_OPERATIONS
 from service.errors import FieldViolation, InvalidArgument
 
 REASON = "INVALID_REQUEST"
@@ -222,8 +223,15 @@ class RequestValidator:
         )
         self._registry_id = _compile(model.shape_for("RegistryId"), None)
         self._region = _compile(model.shape_for("Region"), None)
+        # The slice RPCs' rules are AWS's ReplicationRule shapes, checked as the rules of a
+        # ReplicationConfiguration (list of at most 10).
+        replication = _compile(
+            model.shape_for("ReplicationConfiguration"), pb.ReplicationConfiguration.DESCRIPTOR
+        )
+        assert isinstance(replication, _Struct)
+        self._replication_shape = replication
         self._inputs: dict[str, _Struct] = {}
-        for rpc in OPERATIONS:
+        for rpc in ECR_OPERATIONS:
             descriptor = _request_descriptor(rpc)
             node = _compile(model.operation_model(rpc).input_shape, descriptor)
             assert isinstance(node, _Struct)
@@ -243,12 +251,21 @@ class RequestValidator:
                 assert isinstance(node, _Scalar)
                 self._scalar(node, value, name, problems)
         model_input = self._inputs.get(rpc)
-        if model_input is None:
+        if model_input is not None:
+            self._struct(model_input, request, "", problems)
+        elif rpc not in SLICE_OPERATIONS:
             # Fail loudly: an RPC added without an AWS operation needs its rules written here.
             raise LookupError(f"no validation rules for {rpc}")
-        self._struct(model_input, request, "", problems)
         if isinstance(request, pb.PutReplicationConfigurationRequest):
             self._replication(request.replication_configuration, target, problems)
+        elif isinstance(request, pb.PutReplicationRulesRequest):
+            rules = pb.ReplicationConfiguration(rules=request.rules)
+            self._struct(self._replication_shape, rules, "", problems)
+            self._replication(rules, target, problems, field="rules")
+        elif isinstance(request, pb.PutPolicyStatementsRequest):
+            # The statements' grammar is checked on the merged policy, under the lock; here
+            # only that they are a JSON array of objects with Sids.
+            problems.extend(_statement_problems(request.statements_json))
         elif (
             isinstance(request, pb.PutRegistryPolicyRequest)
             and request.policy_text
@@ -327,13 +344,17 @@ class RequestValidator:
     # --- rules the model does not hold -----------------------------------------------
 
     def _replication(
-        self, configuration: pb.ReplicationConfiguration, target: Target, out: _Problems
+        self,
+        configuration: pb.ReplicationConfiguration,
+        target: Target,
+        out: _Problems,
+        field: str = "replication_configuration.rules",
     ) -> None:
         unique: set[tuple[str, str]] = set()
         for i, rule in enumerate(configuration.rules[:_SCAN_LIMIT]):
             seen: dict[tuple[str, str], int] = {}
             for j, destination in enumerate(rule.destinations[:_SCAN_LIMIT]):
-                here = f"replication_configuration.rules[{i}].destinations[{j}]"
+                here = f"{field}[{i}].destinations[{j}]"
                 key = (destination.registry_id, destination.region)
                 if not all(key):
                     continue  # reported as required; as a destination it means nothing yet
@@ -353,10 +374,41 @@ class RequestValidator:
                 unique.add(key)
         if len(unique) > MAX_UNIQUE_DESTINATIONS:
             out.add(
-                "replication_configuration.rules",
+                field,
                 f"must name at most {MAX_UNIQUE_DESTINATIONS} unique destinations across all "
                 f"rules (an ECR quota), got {len(unique)}",
             )
+
+
+def _statement_problems(statements_json: str) -> list[FieldViolation]:
+    """What is wrong with `statements_json` as a JSON array of policy statements with Sids."""
+    field = "statements_json"
+    if len(statements_json) > _GRAMMAR_LIMIT:
+        return [FieldViolation(field, f"must be at most {_GRAMMAR_LIMIT} characters")]
+    try:
+        statements = json.loads(statements_json)
+    except ValueError:
+        # An empty string too: "no statements" is "[]", said explicitly, so that a client
+        # that forgot the field does not delete its slice.
+        return [FieldViolation(field, 'must be a JSON array of statements ("[]" for none)')]
+    if not isinstance(statements, list):
+        return [FieldViolation(field, f"must be a JSON array, got {type(statements).__name__}")]
+    problems: list[FieldViolation] = []
+    sids: dict[str, int] = {}
+    for i, statement in enumerate(statements[:_SCAN_LIMIT]):
+        here = f"{field}[{i}]"
+        if not isinstance(statement, dict):
+            problems.append(FieldViolation(here, "must be a JSON object (a policy statement)"))
+            continue
+        sid = statement.get("Sid")
+        if not isinstance(sid, str) or not sid:
+            # Ownership goes by Sid: a statement without one would belong to nobody.
+            problems.append(FieldViolation(f"{here}.Sid", "is required"))
+        elif sid in sids:
+            problems.append(FieldViolation(f"{here}.Sid", f"duplicates [{sids[sid]}] ({sid})"))
+        else:
+            sids[sid] = i
+    return problems
 
 
 def _request_descriptor(rpc: str) -> Descriptor:

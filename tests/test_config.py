@@ -250,3 +250,55 @@ def test_env_override_into_an_empty_section(tmp_path: Path) -> None:
     path = write(tmp_path, "server:\n")
     cfg = load(path, environ={"REGISTRY_GATEWAY__SERVER__REFLECTION": "false"})
     assert cfg.server.reflection is False
+
+
+def owning(name: str, key: str, *, prefixes: list[str], sid: str | None = None) -> dict[str, Any]:
+    """A tenant owning a slice of ACCOUNT's registry."""
+    registry: dict[str, Any] = {"registry_id": ACCOUNT, "owned_repository_prefixes": prefixes}
+    if sid is not None:
+        registry["owned_statement_sid_prefix"] = sid
+    return {"name": name, "api_keys": [hash_key(key)], "registries": [registry]}
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "kind"),
+    [
+        ({"prefixes": ["payments/"]}, {"prefixes": ["billing/", "payments/eu/"]}, "repository"),
+        ({"prefixes": ["team"]}, {"prefixes": ["team/"]}, "repository"),
+        ({"prefixes": [], "sid": "Pay"}, {"prefixes": [], "sid": "Payments"}, "statement Sid"),
+    ],
+    ids=["nested", "shorter", "sid"],
+)
+def test_overlapping_ownership_is_refused_naming_both_tenants(
+    a: dict[str, Any], b: dict[str, Any], kind: str
+) -> None:
+    message = refusal({"tenants": [owning("a", "key-a", **a), owning("b", "key-b", **b)]})
+    assert "\n" not in message
+    assert f"tenants a and b own overlapping {kind} prefixes" in message
+    assert ACCOUNT in message
+
+
+def test_disjoint_ownership_and_other_registries_load() -> None:
+    other = owning("b", "key-b", prefixes=["payments/"], sid="Payments")
+    other["registries"][0]["registry_id"] = "111111111111"  # the same prefix, elsewhere
+    config = from_mapping(
+        {
+            "tenants": [
+                owning("a", "key-a", prefixes=["payments/", "pay/"], sid="Payments"),
+                owning("c", "key-c", prefixes=["billing/"], sid="Billing"),
+                other,
+            ]
+        },
+        environ={},
+    )
+    assert config.tenants[0].registries[0].owned_statement_sid_prefix == "Payments"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("owned_statement_sid_prefix", "Pay-ments"), ("owned_repository_prefixes", ["Payments/"])],
+)
+def test_ownership_values_are_checked(key: str, value: Any) -> None:
+    registry = {"registry_id": ACCOUNT, key: value}
+    message = refusal({"tenants": [tenant(registries=[registry])]})
+    assert key in message

@@ -122,8 +122,8 @@ ADDITIVE = {
     "new-rpc": edit(
         "service RegistryConfigService {\n",
         "service RegistryConfigService {\n"
-        "  // Lists the rules.\n"
-        "  rpc GetReplicationRules(DescribeRegistryRequest) returns (DescribeRegistryResponse);\n",
+        "  // Lists the repositories.\n"
+        "  rpc ListRepositories(DescribeRegistryRequest) returns (DescribeRegistryResponse);\n",
     ),
 }
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.config import OPERATIONS, from_mapping
+from service.config import ECR_OPERATIONS, from_mapping
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -76,7 +76,7 @@ def test_iam_policy_is_least_privilege() -> None:
         found = statement["Action"]
         actions |= {found} if isinstance(found, str) else set(found)
     assert actions == {
-        *(f"ecr:{op}" for op in OPERATIONS),
+        *(f"ecr:{op}" for op in ECR_OPERATIONS),
         "sts:GetCallerIdentity",
         "sts:AssumeRole",
         "iam:CreateServiceLinkedRole",

@@ -26,9 +26,17 @@ class ContentRules:
     """The tenant's allow-list and guardrails, applied to a write's content."""
 
     def check_destinations(
-        self, target: Target, configuration: pb.ReplicationConfiguration
+        self,
+        target: Target,
+        configuration: pb.ReplicationConfiguration,
+        *,
+        rpc: str = "PutReplicationConfiguration",
+        field: str = "replication_configuration.rules",
     ) -> None:
-        """PermissionDenied naming the first destination outside the registry's allow-list."""
+        """PermissionDenied naming the first destination outside the registry's allow-list.
+
+        `rpc` and `field` (the path of the rules in the request) name what the caller sent.
+        """
         allowed = {
             (d.registry_id, region)
             for d in target.registry.replication_destinations
@@ -37,17 +45,24 @@ class ContentRules:
         for i, rule in enumerate(configuration.rules):
             for j, destination in enumerate(rule.destinations):
                 if (destination.registry_id, destination.region) not in allowed:
-                    path = f"replication_configuration.rules[{i}].destinations[{j}]"
+                    path = f"{field}[{i}].destinations[{j}]"
                     raise _denied(
                         target,
-                        "PutReplicationConfiguration",
+                        rpc,
                         "DESTINATION_NOT_ALLOWED",
                         f"{path}: tenant {target.tenant} may not replicate to registry "
                         f"{destination.registry_id} in {destination.region}",
                         path,
                     )
 
-    def check_policy(self, target: Target, guardrails: PolicyGuardrails, policy_text: str) -> None:
+    def check_policy(
+        self,
+        target: Target,
+        guardrails: PolicyGuardrails,
+        policy_text: str,
+        *,
+        rpc: str = "PutRegistryPolicy",
+    ) -> None:
         """PermissionDenied when the policy grants what the tenant's guardrails forbid."""
         statements = _statements(policy_text)
         for i, statement in enumerate(statements):
@@ -59,7 +74,7 @@ class ContentRules:
                 if not guardrails.allow_wildcard_principal:
                     raise _denied(
                         target,
-                        "PutRegistryPolicy",
+                        rpc,
                         "WILDCARD_PRINCIPAL",
                         f"{path}: Allow with NotPrincipal grants nearly everyone; "
                         f"tenant {target.tenant} may not grant a wildcard principal",
@@ -72,7 +87,7 @@ class ContentRules:
                         continue
                     raise _denied(
                         target,
-                        "PutRegistryPolicy",
+                        rpc,
                         "WILDCARD_PRINCIPAL",
                         f"{path}: tenant {target.tenant} may not grant a wildcard principal",
                         path,
@@ -83,7 +98,7 @@ class ContentRules:
                 if match is None or match.group(1) not in guardrails.principal_accounts:
                     raise _denied(
                         target,
-                        "PutRegistryPolicy",
+                        rpc,
                         "PRINCIPAL_NOT_ALLOWED",
                         f"{path}: principal {principal[:120]!r} is outside the accounts tenant "
                         f"{target.tenant} may grant to",

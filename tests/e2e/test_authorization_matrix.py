@@ -135,6 +135,18 @@ def valid_request(rpc: str, **target: Any) -> Any:
         return pb.PutReplicationConfigurationRequest(
             replication_configuration=pb.ReplicationConfiguration(rules=[rule]), **target
         )
+    if rpc == "PutReplicationRules":
+        rule = pb.ReplicationRule(
+            destinations=[pb.ReplicationDestination(region="eu-west-1", registry_id=ACCOUNT)],
+            repository_filters=[
+                pb.RepositoryFilter(filter="payments/", filter_type="PREFIX_MATCH")
+            ],
+        )
+        return pb.PutReplicationRulesRequest(rules=[rule], **target)
+    if rpc == "PutPolicyStatements":
+        statement = json.loads(POLICY)["Statement"][0]
+        statement["Sid"] = "PaymentsReplication"  # payments owns the Sids starting "Payments"
+        return pb.PutPolicyStatementsRequest(statements_json=json.dumps([statement]), **target)
     return getattr(pb, f"{rpc}Request")(**target)
 
 
@@ -225,7 +237,16 @@ async def test_target_outside_the_tenant_is_denied(
 
 
 @pytest.mark.parametrize(
-    "rpc", ["PutRegistryPolicy", "DeleteRegistryPolicy", "PutReplicationConfiguration"]
+    "rpc",
+    [
+        "PutRegistryPolicy",
+        "DeleteRegistryPolicy",
+        "PutReplicationConfiguration",
+        "GetReplicationRules",
+        "PutReplicationRules",
+        "GetPolicyStatements",
+        "PutPolicyStatements",
+    ],
 )
 async def test_operation_not_listed_is_denied(
     call: Caller, aws_state: Callable[[], dict[str, Any]], rpc: str

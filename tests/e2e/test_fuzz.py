@@ -7,6 +7,7 @@ field, unknown fields of every wire type, and huge repeated fields (under the 4 
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -47,6 +48,31 @@ FULL: dict[str, Message] = {
                     ],
                 )
             ]
+        ),
+        registry_id=ACCOUNT,
+        region="us-east-1",
+        etag="e",
+        validate_only=True,
+    ),
+    "GetReplicationRules": pb.GetReplicationRulesRequest(registry_id=ACCOUNT, region="us-east-1"),
+    "PutReplicationRules": pb.PutReplicationRulesRequest(
+        rules=[
+            pb.ReplicationRule(
+                destinations=[EU],
+                repository_filters=[
+                    pb.RepositoryFilter(filter="payments/", filter_type="PREFIX_MATCH")
+                ],
+            )
+        ],
+        registry_id=ACCOUNT,
+        region="us-east-1",
+        etag="e",
+        validate_only=True,
+    ),
+    "GetPolicyStatements": pb.GetPolicyStatementsRequest(registry_id=ACCOUNT, region="us-east-1"),
+    "PutPolicyStatements": pb.PutPolicyStatementsRequest(
+        statements_json=json.dumps(
+            [dict(json.loads(POLICY)["Statement"][0], Sid="PaymentsReplication")]
         ),
         registry_id=ACCOUNT,
         region="us-east-1",

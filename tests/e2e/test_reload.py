@@ -16,6 +16,7 @@ from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from service.auth.api_keys import hash_key
+from service.config import ConfigError
 from service.server import Gateway
 from tests.certs import client_cert, make_pki
 from tests.conftest import Gate, GatewayFactory
@@ -74,7 +75,14 @@ async def test_added_tenant_via_sighup(
     gateway.reloader.reload = observed  # type: ignore[method-assign]
     running = asyncio.ensure_future(gateway.run_until_signal())
     await asyncio.sleep(0)  # one loop turn: run_until_signal installs its handlers first
-    tenant = dict(raw["tenants"][0], name="newcomer", api_keys=[hash_key(NEW_KEY)])
+    # A copy of payments without its slice: two owners of one slice would be refused.
+    registries = [
+        {k: v for k, v in r.items() if not k.startswith("owned_")}
+        for r in raw["tenants"][0]["registries"]
+    ]
+    tenant = dict(
+        raw["tenants"][0], name="newcomer", api_keys=[hash_key(NEW_KEY)], registries=registries
+    )
     raw["tenants"].append(tenant)
     write(path, raw)
     os.kill(os.getpid(), signal.SIGHUP)
@@ -164,3 +172,23 @@ async def test_reload_picks_up_a_new_client_ca(
     ca_file.write_bytes(new.ca_cert.read_bytes())
     assert gateway.reloader is not None and gateway.reloader.reload()
     assert await call() == grpc.StatusCode.OK
+
+
+async def test_overlapping_ownership_is_refused_at_start_and_at_reload(
+    gateway_factory: GatewayFactory,
+    config_file: tuple[Path, dict[str, Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    path, raw = config_file
+    gateway = await gateway_factory(config_path=path)
+    # The readonly tenant now claims part of payments' slice (payments owns payments/).
+    raw["tenants"][1]["registries"][0]["owned_repository_prefixes"] = ["payments/eu/"]
+    write(path, raw)
+    caplog.set_level(logging.INFO, logger="registry_gateway")
+    assert gateway.reloader is not None and not gateway.reloader.reload()
+    (refusal,) = [r.getMessage() for r in caplog.records if "reload refused" in r.getMessage()]
+    assert "tenants payments and readonly own overlapping repository prefixes" in refusal
+    assert await status_of(gateway, KEY) == grpc.StatusCode.OK  # the old config serves on
+    # And a gateway cannot start on it: the same loader refuses it.
+    with pytest.raises(ConfigError, match="tenants payments and readonly own overlapping"):
+        await gateway_factory(config_path=path)

@@ -27,6 +27,18 @@ type RegistryConfigServiceClient interface {
 	DeleteRegistryPolicy(ctx context.Context, in *DeleteRegistryPolicyRequest, opts ...grpc.CallOption) (*DeleteRegistryPolicyResponse, error)
 	// Replaces the registry's replication configuration (ECR PutReplicationConfiguration).
 	PutReplicationConfiguration(ctx context.Context, in *PutReplicationConfigurationRequest, opts ...grpc.CallOption) (*PutReplicationConfigurationResponse, error)
+	// Returns the caller's slice of the registry's replication rules: the rules whose every
+	// repository filter starts with one of the tenant's owned repository prefixes.
+	GetReplicationRules(ctx context.Context, in *GetReplicationRulesRequest, opts ...grpc.CallOption) (*GetReplicationRulesResponse, error)
+	// Replaces the caller's slice of the replication rules, keeping every other rule, with one
+	// ECR PutReplicationConfiguration under the registry's write lock.
+	PutReplicationRules(ctx context.Context, in *PutReplicationRulesRequest, opts ...grpc.CallOption) (*PutReplicationRulesResponse, error)
+	// Returns the caller's slice of the registry policy: the statements whose Sid starts with
+	// the tenant's owned statement Sid prefix.
+	GetPolicyStatements(ctx context.Context, in *GetPolicyStatementsRequest, opts ...grpc.CallOption) (*GetPolicyStatementsResponse, error)
+	// Replaces the caller's slice of the registry policy's statements, keeping every other
+	// statement; deletes the policy when no statement is left.
+	PutPolicyStatements(ctx context.Context, in *PutPolicyStatementsRequest, opts ...grpc.CallOption) (*PutPolicyStatementsResponse, error)
 }
 
 type registryConfigServiceClient struct {
@@ -82,6 +94,42 @@ func (c *registryConfigServiceClient) PutReplicationConfiguration(ctx context.Co
 	return out, nil
 }
 
+func (c *registryConfigServiceClient) GetReplicationRules(ctx context.Context, in *GetReplicationRulesRequest, opts ...grpc.CallOption) (*GetReplicationRulesResponse, error) {
+	out := new(GetReplicationRulesResponse)
+	err := c.cc.Invoke(ctx, "/ecr.registry.v1.RegistryConfigService/GetReplicationRules", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryConfigServiceClient) PutReplicationRules(ctx context.Context, in *PutReplicationRulesRequest, opts ...grpc.CallOption) (*PutReplicationRulesResponse, error) {
+	out := new(PutReplicationRulesResponse)
+	err := c.cc.Invoke(ctx, "/ecr.registry.v1.RegistryConfigService/PutReplicationRules", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryConfigServiceClient) GetPolicyStatements(ctx context.Context, in *GetPolicyStatementsRequest, opts ...grpc.CallOption) (*GetPolicyStatementsResponse, error) {
+	out := new(GetPolicyStatementsResponse)
+	err := c.cc.Invoke(ctx, "/ecr.registry.v1.RegistryConfigService/GetPolicyStatements", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *registryConfigServiceClient) PutPolicyStatements(ctx context.Context, in *PutPolicyStatementsRequest, opts ...grpc.CallOption) (*PutPolicyStatementsResponse, error) {
+	out := new(PutPolicyStatementsResponse)
+	err := c.cc.Invoke(ctx, "/ecr.registry.v1.RegistryConfigService/PutPolicyStatements", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RegistryConfigServiceServer is the server API for RegistryConfigService service.
 // All implementations must embed UnimplementedRegistryConfigServiceServer
 // for forward compatibility
@@ -96,6 +144,18 @@ type RegistryConfigServiceServer interface {
 	DeleteRegistryPolicy(context.Context, *DeleteRegistryPolicyRequest) (*DeleteRegistryPolicyResponse, error)
 	// Replaces the registry's replication configuration (ECR PutReplicationConfiguration).
 	PutReplicationConfiguration(context.Context, *PutReplicationConfigurationRequest) (*PutReplicationConfigurationResponse, error)
+	// Returns the caller's slice of the registry's replication rules: the rules whose every
+	// repository filter starts with one of the tenant's owned repository prefixes.
+	GetReplicationRules(context.Context, *GetReplicationRulesRequest) (*GetReplicationRulesResponse, error)
+	// Replaces the caller's slice of the replication rules, keeping every other rule, with one
+	// ECR PutReplicationConfiguration under the registry's write lock.
+	PutReplicationRules(context.Context, *PutReplicationRulesRequest) (*PutReplicationRulesResponse, error)
+	// Returns the caller's slice of the registry policy: the statements whose Sid starts with
+	// the tenant's owned statement Sid prefix.
+	GetPolicyStatements(context.Context, *GetPolicyStatementsRequest) (*GetPolicyStatementsResponse, error)
+	// Replaces the caller's slice of the registry policy's statements, keeping every other
+	// statement; deletes the policy when no statement is left.
+	PutPolicyStatements(context.Context, *PutPolicyStatementsRequest) (*PutPolicyStatementsResponse, error)
 	mustEmbedUnimplementedRegistryConfigServiceServer()
 }
 
@@ -117,6 +177,18 @@ func (UnimplementedRegistryConfigServiceServer) DeleteRegistryPolicy(context.Con
 }
 func (UnimplementedRegistryConfigServiceServer) PutReplicationConfiguration(context.Context, *PutReplicationConfigurationRequest) (*PutReplicationConfigurationResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method PutReplicationConfiguration not implemented")
+}
+func (UnimplementedRegistryConfigServiceServer) GetReplicationRules(context.Context, *GetReplicationRulesRequest) (*GetReplicationRulesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetReplicationRules not implemented")
+}
+func (UnimplementedRegistryConfigServiceServer) PutReplicationRules(context.Context, *PutReplicationRulesRequest) (*PutReplicationRulesResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PutReplicationRules not implemented")
+}
+func (UnimplementedRegistryConfigServiceServer) GetPolicyStatements(context.Context, *GetPolicyStatementsRequest) (*GetPolicyStatementsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetPolicyStatements not implemented")
+}
+func (UnimplementedRegistryConfigServiceServer) PutPolicyStatements(context.Context, *PutPolicyStatementsRequest) (*PutPolicyStatementsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method PutPolicyStatements not implemented")
 }
 func (UnimplementedRegistryConfigServiceServer) mustEmbedUnimplementedRegistryConfigServiceServer() {}
 
@@ -221,6 +293,78 @@ func _RegistryConfigService_PutReplicationConfiguration_Handler(srv interface{},
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RegistryConfigService_GetReplicationRules_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetReplicationRulesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryConfigServiceServer).GetReplicationRules(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/ecr.registry.v1.RegistryConfigService/GetReplicationRules",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryConfigServiceServer).GetReplicationRules(ctx, req.(*GetReplicationRulesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RegistryConfigService_PutReplicationRules_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutReplicationRulesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryConfigServiceServer).PutReplicationRules(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/ecr.registry.v1.RegistryConfigService/PutReplicationRules",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryConfigServiceServer).PutReplicationRules(ctx, req.(*PutReplicationRulesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RegistryConfigService_GetPolicyStatements_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetPolicyStatementsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryConfigServiceServer).GetPolicyStatements(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/ecr.registry.v1.RegistryConfigService/GetPolicyStatements",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryConfigServiceServer).GetPolicyStatements(ctx, req.(*GetPolicyStatementsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _RegistryConfigService_PutPolicyStatements_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PutPolicyStatementsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryConfigServiceServer).PutPolicyStatements(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/ecr.registry.v1.RegistryConfigService/PutPolicyStatements",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryConfigServiceServer).PutPolicyStatements(ctx, req.(*PutPolicyStatementsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _RegistryConfigService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "ecr.registry.v1.RegistryConfigService",
 	HandlerType: (*RegistryConfigServiceServer)(nil),
@@ -244,6 +388,22 @@ var _RegistryConfigService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PutReplicationConfiguration",
 			Handler:    _RegistryConfigService_PutReplicationConfiguration_Handler,
+		},
+		{
+			MethodName: "GetReplicationRules",
+			Handler:    _RegistryConfigService_GetReplicationRules_Handler,
+		},
+		{
+			MethodName: "PutReplicationRules",
+			Handler:    _RegistryConfigService_PutReplicationRules_Handler,
+		},
+		{
+			MethodName: "GetPolicyStatements",
+			Handler:    _RegistryConfigService_GetPolicyStatements_Handler,
+		},
+		{
+			MethodName: "PutPolicyStatements",
+			Handler:    _RegistryConfigService_PutPolicyStatements_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -516,3 +516,302 @@ class PutReplicationConfigurationResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PutReplicationConfigurationResponse: _TypeAlias = PutReplicationConfigurationResponse  # noqa: Y015
+
+@_typing.final
+class GetReplicationRulesRequest(_message.Message):
+    """Request of GetReplicationRules: which registry's rules to read the caller's slice of."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    registry_id: _builtins.str
+    """The registry (12-digit account id) to read; default: the caller's only registry."""
+    region: _builtins.str
+    """The AWS Region of the registry; default: the gateway's configured default region."""
+    def __init__(
+        self,
+        *,
+        registry_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region", "registry_id", b"registry_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReplicationRulesRequest: _TypeAlias = GetReplicationRulesRequest  # noqa: Y015
+
+@_typing.final
+class GetReplicationRulesResponse(_message.Message):
+    """Response of GetReplicationRules: the caller's rules, their etag, and the shared limits' use."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_ID_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    RULES_USED_FIELD_NUMBER: _builtins.int
+    RULES_LIMIT_FIELD_NUMBER: _builtins.int
+    UNIQUE_DESTINATIONS_USED_FIELD_NUMBER: _builtins.int
+    UNIQUE_DESTINATIONS_LIMIT_FIELD_NUMBER: _builtins.int
+    registry_id: _builtins.str
+    """The registry read (the 12-digit account id)."""
+    etag: _builtins.str
+    """A digest of the caller's rules; pass it as `etag` to PutReplicationRules to write only
+    if nobody changed them in between (changes to other tenants' rules do not move it).
+    """
+    rules_used: _builtins.int
+    """Read-only: the rules of the whole configuration, every tenant's and unowned ones."""
+    rules_limit: _builtins.int
+    """Read-only: the most rules a registry's configuration may hold (ECR: 10)."""
+    unique_destinations_used: _builtins.int
+    """Read-only: the unique destinations (registry and region) across all rules."""
+    unique_destinations_limit: _builtins.int
+    """Read-only: the most unique destinations across all rules (ECR: 25)."""
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicationRule]:
+        """The caller's rules, in the order they stand in the registry's configuration."""
+
+    def __init__(
+        self,
+        *,
+        registry_id: _builtins.str = ...,
+        rules: _abc.Iterable[Global___ReplicationRule] | None = ...,
+        etag: _builtins.str = ...,
+        rules_used: _builtins.int = ...,
+        rules_limit: _builtins.int = ...,
+        unique_destinations_used: _builtins.int = ...,
+        unique_destinations_limit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "registry_id", b"registry_id", "rules", b"rules", "rules_limit", b"rules_limit", "rules_used", b"rules_used", "unique_destinations_limit", b"unique_destinations_limit", "unique_destinations_used", b"unique_destinations_used"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReplicationRulesResponse: _TypeAlias = GetReplicationRulesResponse  # noqa: Y015
+
+@_typing.final
+class PutReplicationRulesRequest(_message.Message):
+    """Request of PutReplicationRules: the caller's whole new slice of the replication rules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULES_FIELD_NUMBER: _builtins.int
+    REGISTRY_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    registry_id: _builtins.str
+    """The registry (12-digit account id) to change; default: the caller's only registry."""
+    region: _builtins.str
+    """The AWS Region of the registry; default: the gateway's configured default region."""
+    etag: _builtins.str
+    """Precondition: write only if the caller's current rules have this etag (from
+    GetReplicationRules); empty means no precondition.
+    """
+    validate_only: _builtins.bool
+    """Run every check a real call would, change nothing, and answer what would be written."""
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicationRule]:
+        """The caller's rules, replacing all its current ones; empty removes them. Each rule needs
+        at least one repository filter, every filter inside the tenant's owned prefixes.
+        """
+
+    def __init__(
+        self,
+        *,
+        rules: _abc.Iterable[Global___ReplicationRule] | None = ...,
+        registry_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "region", b"region", "registry_id", b"registry_id", "rules", b"rules", "validate_only", b"validate_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutReplicationRulesRequest: _TypeAlias = PutReplicationRulesRequest  # noqa: Y015
+
+@_typing.final
+class PutReplicationRulesResponse(_message.Message):
+    """Response of PutReplicationRules."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_ID_FIELD_NUMBER: _builtins.int
+    RULES_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    registry_id: _builtins.str
+    """The registry that was changed (the 12-digit account id)."""
+    etag: _builtins.str
+    """The etag of the caller's rules after the write (with validate_only: the current one)."""
+    @_builtins.property
+    def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicationRule]:
+        """The caller's rules as read back after the write (with validate_only: as they would be)."""
+
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]:
+        """With validate_only: what the write would change in the whole merged configuration."""
+
+    def __init__(
+        self,
+        *,
+        registry_id: _builtins.str = ...,
+        rules: _abc.Iterable[Global___ReplicationRule] | None = ...,
+        etag: _builtins.str = ...,
+        changes: _abc.Iterable[Global___Change] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "etag", b"etag", "registry_id", b"registry_id", "rules", b"rules"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutReplicationRulesResponse: _TypeAlias = PutReplicationRulesResponse  # noqa: Y015
+
+@_typing.final
+class GetPolicyStatementsRequest(_message.Message):
+    """Request of GetPolicyStatements: which registry's policy to read the caller's slice of."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    registry_id: _builtins.str
+    """The registry (12-digit account id) to read; default: the caller's only registry."""
+    region: _builtins.str
+    """The AWS Region of the registry; default: the gateway's configured default region."""
+    def __init__(
+        self,
+        *,
+        registry_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region", "registry_id", b"registry_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPolicyStatementsRequest: _TypeAlias = GetPolicyStatementsRequest  # noqa: Y015
+
+@_typing.final
+class GetPolicyStatementsResponse(_message.Message):
+    """Response of GetPolicyStatements: the caller's statements and their etag."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_ID_FIELD_NUMBER: _builtins.int
+    STATEMENTS_JSON_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    registry_id: _builtins.str
+    """The registry read (the 12-digit account id)."""
+    statements_json: _builtins.str
+    """The caller's statements as a JSON array, in the order they stand in the policy;
+    "[]" when it has none (or the registry has no policy).
+    """
+    etag: _builtins.str
+    """A digest of the caller's statements; pass it as `etag` to PutPolicyStatements to write
+    only if nobody changed them in between.
+    """
+    def __init__(
+        self,
+        *,
+        registry_id: _builtins.str = ...,
+        statements_json: _builtins.str = ...,
+        etag: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "registry_id", b"registry_id", "statements_json", b"statements_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPolicyStatementsResponse: _TypeAlias = GetPolicyStatementsResponse  # noqa: Y015
+
+@_typing.final
+class PutPolicyStatementsRequest(_message.Message):
+    """Request of PutPolicyStatements: the caller's whole new slice of the registry policy."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATEMENTS_JSON_FIELD_NUMBER: _builtins.int
+    REGISTRY_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    VALIDATE_ONLY_FIELD_NUMBER: _builtins.int
+    statements_json: _builtins.str
+    """The caller's statements as a JSON array of IAM policy statements, replacing all its
+    current ones; "[]" removes them. Every statement needs a Sid starting with the tenant's
+    owned statement Sid prefix.
+    """
+    registry_id: _builtins.str
+    """The registry (12-digit account id) to change; default: the caller's only registry."""
+    region: _builtins.str
+    """The AWS Region of the registry; default: the gateway's configured default region."""
+    etag: _builtins.str
+    """Precondition: write only if the caller's current statements have this etag (from
+    GetPolicyStatements); empty means no precondition.
+    """
+    validate_only: _builtins.bool
+    """Run every check a real call would, change nothing, and answer what would be written."""
+    def __init__(
+        self,
+        *,
+        statements_json: _builtins.str = ...,
+        registry_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        validate_only: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "region", b"region", "registry_id", b"registry_id", "statements_json", b"statements_json", "validate_only", b"validate_only"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutPolicyStatementsRequest: _TypeAlias = PutPolicyStatementsRequest  # noqa: Y015
+
+@_typing.final
+class PutPolicyStatementsResponse(_message.Message):
+    """Response of PutPolicyStatements."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_ID_FIELD_NUMBER: _builtins.int
+    STATEMENTS_JSON_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    CHANGES_FIELD_NUMBER: _builtins.int
+    registry_id: _builtins.str
+    """The registry that was changed (the 12-digit account id)."""
+    statements_json: _builtins.str
+    """The caller's statements as read back after the write, a JSON array (with
+    validate_only: as they would be).
+    """
+    etag: _builtins.str
+    """The etag of the caller's statements after the write (with validate_only: the current one)."""
+    @_builtins.property
+    def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]:
+        """With validate_only: what the write would change in the whole merged policy."""
+
+    def __init__(
+        self,
+        *,
+        registry_id: _builtins.str = ...,
+        statements_json: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        changes: _abc.Iterable[Global___Change] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "etag", b"etag", "registry_id", b"registry_id", "statements_json", b"statements_json"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PutPolicyStatementsResponse: _TypeAlias = PutPolicyStatementsResponse  # noqa: Y015

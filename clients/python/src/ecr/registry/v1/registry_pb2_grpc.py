@@ -63,6 +63,26 @@ class RegistryConfigServiceStub:
                 request_serializer=ecr_dot_registry_dot_v1_dot_registry__pb2.PutReplicationConfigurationRequest.SerializeToString,
                 response_deserializer=ecr_dot_registry_dot_v1_dot_registry__pb2.PutReplicationConfigurationResponse.FromString,
                 _registered_method=True)
+        self.GetReplicationRules = channel.unary_unary(
+                '/ecr.registry.v1.RegistryConfigService/GetReplicationRules',
+                request_serializer=ecr_dot_registry_dot_v1_dot_registry__pb2.GetReplicationRulesRequest.SerializeToString,
+                response_deserializer=ecr_dot_registry_dot_v1_dot_registry__pb2.GetReplicationRulesResponse.FromString,
+                _registered_method=True)
+        self.PutReplicationRules = channel.unary_unary(
+                '/ecr.registry.v1.RegistryConfigService/PutReplicationRules',
+                request_serializer=ecr_dot_registry_dot_v1_dot_registry__pb2.PutReplicationRulesRequest.SerializeToString,
+                response_deserializer=ecr_dot_registry_dot_v1_dot_registry__pb2.PutReplicationRulesResponse.FromString,
+                _registered_method=True)
+        self.GetPolicyStatements = channel.unary_unary(
+                '/ecr.registry.v1.RegistryConfigService/GetPolicyStatements',
+                request_serializer=ecr_dot_registry_dot_v1_dot_registry__pb2.GetPolicyStatementsRequest.SerializeToString,
+                response_deserializer=ecr_dot_registry_dot_v1_dot_registry__pb2.GetPolicyStatementsResponse.FromString,
+                _registered_method=True)
+        self.PutPolicyStatements = channel.unary_unary(
+                '/ecr.registry.v1.RegistryConfigService/PutPolicyStatements',
+                request_serializer=ecr_dot_registry_dot_v1_dot_registry__pb2.PutPolicyStatementsRequest.SerializeToString,
+                response_deserializer=ecr_dot_registry_dot_v1_dot_registry__pb2.PutPolicyStatementsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryConfigServiceServicer:
@@ -107,6 +127,38 @@ class RegistryConfigServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReplicationRules(self, request, context):
+        """Returns the caller's slice of the registry's replication rules: the rules whose every
+        repository filter starts with one of the tenant's owned repository prefixes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutReplicationRules(self, request, context):
+        """Replaces the caller's slice of the replication rules, keeping every other rule, with one
+        ECR PutReplicationConfiguration under the registry's write lock.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPolicyStatements(self, request, context):
+        """Returns the caller's slice of the registry policy: the statements whose Sid starts with
+        the tenant's owned statement Sid prefix.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PutPolicyStatements(self, request, context):
+        """Replaces the caller's slice of the registry policy's statements, keeping every other
+        statement; deletes the policy when no statement is left.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryConfigServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -134,6 +186,26 @@ def add_RegistryConfigServiceServicer_to_server(servicer, server):
                     servicer.PutReplicationConfiguration,
                     request_deserializer=ecr_dot_registry_dot_v1_dot_registry__pb2.PutReplicationConfigurationRequest.FromString,
                     response_serializer=ecr_dot_registry_dot_v1_dot_registry__pb2.PutReplicationConfigurationResponse.SerializeToString,
+            ),
+            'GetReplicationRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReplicationRules,
+                    request_deserializer=ecr_dot_registry_dot_v1_dot_registry__pb2.GetReplicationRulesRequest.FromString,
+                    response_serializer=ecr_dot_registry_dot_v1_dot_registry__pb2.GetReplicationRulesResponse.SerializeToString,
+            ),
+            'PutReplicationRules': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutReplicationRules,
+                    request_deserializer=ecr_dot_registry_dot_v1_dot_registry__pb2.PutReplicationRulesRequest.FromString,
+                    response_serializer=ecr_dot_registry_dot_v1_dot_registry__pb2.PutReplicationRulesResponse.SerializeToString,
+            ),
+            'GetPolicyStatements': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicyStatements,
+                    request_deserializer=ecr_dot_registry_dot_v1_dot_registry__pb2.GetPolicyStatementsRequest.FromString,
+                    response_serializer=ecr_dot_registry_dot_v1_dot_registry__pb2.GetPolicyStatementsResponse.SerializeToString,
+            ),
+            'PutPolicyStatements': grpc.unary_unary_rpc_method_handler(
+                    servicer.PutPolicyStatements,
+                    request_deserializer=ecr_dot_registry_dot_v1_dot_registry__pb2.PutPolicyStatementsRequest.FromString,
+                    response_serializer=ecr_dot_registry_dot_v1_dot_registry__pb2.PutPolicyStatementsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -275,6 +347,114 @@ class RegistryConfigService:
             '/ecr.registry.v1.RegistryConfigService/PutReplicationConfiguration',
             ecr_dot_registry_dot_v1_dot_registry__pb2.PutReplicationConfigurationRequest.SerializeToString,
             ecr_dot_registry_dot_v1_dot_registry__pb2.PutReplicationConfigurationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReplicationRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecr.registry.v1.RegistryConfigService/GetReplicationRules',
+            ecr_dot_registry_dot_v1_dot_registry__pb2.GetReplicationRulesRequest.SerializeToString,
+            ecr_dot_registry_dot_v1_dot_registry__pb2.GetReplicationRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutReplicationRules(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecr.registry.v1.RegistryConfigService/PutReplicationRules',
+            ecr_dot_registry_dot_v1_dot_registry__pb2.PutReplicationRulesRequest.SerializeToString,
+            ecr_dot_registry_dot_v1_dot_registry__pb2.PutReplicationRulesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicyStatements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecr.registry.v1.RegistryConfigService/GetPolicyStatements',
+            ecr_dot_registry_dot_v1_dot_registry__pb2.GetPolicyStatementsRequest.SerializeToString,
+            ecr_dot_registry_dot_v1_dot_registry__pb2.GetPolicyStatementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutPolicyStatements(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecr.registry.v1.RegistryConfigService/PutPolicyStatements',
+            ecr_dot_registry_dot_v1_dot_registry__pb2.PutPolicyStatementsRequest.SerializeToString,
+            ecr_dot_registry_dot_v1_dot_registry__pb2.PutPolicyStatementsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -54,6 +54,22 @@ class RegistryConfigServiceStub:
     """Deletes the registry's permissions policy (ECR DeleteRegistryPolicy); NOT_FOUND when it has none."""
     PutReplicationConfiguration: _grpc.UnaryUnaryMultiCallable[_registry_pb2.PutReplicationConfigurationRequest, _registry_pb2.PutReplicationConfigurationResponse]
     """Replaces the registry's replication configuration (ECR PutReplicationConfiguration)."""
+    GetReplicationRules: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetReplicationRulesRequest, _registry_pb2.GetReplicationRulesResponse]
+    """Returns the caller's slice of the registry's replication rules: the rules whose every
+    repository filter starts with one of the tenant's owned repository prefixes.
+    """
+    PutReplicationRules: _grpc.UnaryUnaryMultiCallable[_registry_pb2.PutReplicationRulesRequest, _registry_pb2.PutReplicationRulesResponse]
+    """Replaces the caller's slice of the replication rules, keeping every other rule, with one
+    ECR PutReplicationConfiguration under the registry's write lock.
+    """
+    GetPolicyStatements: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetPolicyStatementsRequest, _registry_pb2.GetPolicyStatementsResponse]
+    """Returns the caller's slice of the registry policy: the statements whose Sid starts with
+    the tenant's owned statement Sid prefix.
+    """
+    PutPolicyStatements: _grpc.UnaryUnaryMultiCallable[_registry_pb2.PutPolicyStatementsRequest, _registry_pb2.PutPolicyStatementsResponse]
+    """Replaces the caller's slice of the registry policy's statements, keeping every other
+    statement; deletes the policy when no statement is left.
+    """
 
 @_typing.type_check_only
 class RegistryConfigServiceAsyncStub(RegistryConfigServiceStub):
@@ -74,6 +90,22 @@ class RegistryConfigServiceAsyncStub(RegistryConfigServiceStub):
     """Deletes the registry's permissions policy (ECR DeleteRegistryPolicy); NOT_FOUND when it has none."""
     PutReplicationConfiguration: _aio.UnaryUnaryMultiCallable[_registry_pb2.PutReplicationConfigurationRequest, _registry_pb2.PutReplicationConfigurationResponse]  # type: ignore[assignment]
     """Replaces the registry's replication configuration (ECR PutReplicationConfiguration)."""
+    GetReplicationRules: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetReplicationRulesRequest, _registry_pb2.GetReplicationRulesResponse]  # type: ignore[assignment]
+    """Returns the caller's slice of the registry's replication rules: the rules whose every
+    repository filter starts with one of the tenant's owned repository prefixes.
+    """
+    PutReplicationRules: _aio.UnaryUnaryMultiCallable[_registry_pb2.PutReplicationRulesRequest, _registry_pb2.PutReplicationRulesResponse]  # type: ignore[assignment]
+    """Replaces the caller's slice of the replication rules, keeping every other rule, with one
+    ECR PutReplicationConfiguration under the registry's write lock.
+    """
+    GetPolicyStatements: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetPolicyStatementsRequest, _registry_pb2.GetPolicyStatementsResponse]  # type: ignore[assignment]
+    """Returns the caller's slice of the registry policy: the statements whose Sid starts with
+    the tenant's owned statement Sid prefix.
+    """
+    PutPolicyStatements: _aio.UnaryUnaryMultiCallable[_registry_pb2.PutPolicyStatementsRequest, _registry_pb2.PutPolicyStatementsResponse]  # type: ignore[assignment]
+    """Replaces the caller's slice of the registry policy's statements, keeping every other
+    statement; deletes the policy when no statement is left.
+    """
 
 class RegistryConfigServiceServicer(metaclass=_abc_1.ABCMeta):
     """Reads and changes the registry-level configuration of ECR registries on behalf of
@@ -121,5 +153,45 @@ class RegistryConfigServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.PutReplicationConfigurationResponse, _abc.Awaitable[_registry_pb2.PutReplicationConfigurationResponse]]:
         """Replaces the registry's replication configuration (ECR PutReplicationConfiguration)."""
+
+    @_abc_1.abstractmethod
+    def GetReplicationRules(
+        self,
+        request: _registry_pb2.GetReplicationRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetReplicationRulesResponse, _abc.Awaitable[_registry_pb2.GetReplicationRulesResponse]]:
+        """Returns the caller's slice of the registry's replication rules: the rules whose every
+        repository filter starts with one of the tenant's owned repository prefixes.
+        """
+
+    @_abc_1.abstractmethod
+    def PutReplicationRules(
+        self,
+        request: _registry_pb2.PutReplicationRulesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.PutReplicationRulesResponse, _abc.Awaitable[_registry_pb2.PutReplicationRulesResponse]]:
+        """Replaces the caller's slice of the replication rules, keeping every other rule, with one
+        ECR PutReplicationConfiguration under the registry's write lock.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPolicyStatements(
+        self,
+        request: _registry_pb2.GetPolicyStatementsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetPolicyStatementsResponse, _abc.Awaitable[_registry_pb2.GetPolicyStatementsResponse]]:
+        """Returns the caller's slice of the registry policy: the statements whose Sid starts with
+        the tenant's owned statement Sid prefix.
+        """
+
+    @_abc_1.abstractmethod
+    def PutPolicyStatements(
+        self,
+        request: _registry_pb2.PutPolicyStatementsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.PutPolicyStatementsResponse, _abc.Awaitable[_registry_pb2.PutPolicyStatementsResponse]]:
+        """Replaces the caller's slice of the registry policy's statements, keeping every other
+        statement; deletes the policy when no statement is left.
+        """
 
 def add_RegistryConfigServiceServicer_to_server(servicer: RegistryConfigServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -18,7 +18,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file ecr/registry/v1/registry.proto.
  */
 export const file_ecr_registry_v1_registry: GenFile = /*@__PURE__*/
-  fileDesc("Ch5lY3IvcmVnaXN0cnkvdjEvcmVnaXN0cnkucHJvdG8SD2Vjci5yZWdpc3RyeS52MSI3ChBSZXBvc2l0b3J5RmlsdGVyEg4KBmZpbHRlchgBIAEoCRITCgtmaWx0ZXJfdHlwZRgCIAEoCSI9ChZSZXBsaWNhdGlvbkRlc3RpbmF0aW9uEg4KBnJlZ2lvbhgBIAEoCRITCgtyZWdpc3RyeV9pZBgCIAEoCSKPAQoPUmVwbGljYXRpb25SdWxlEj0KDGRlc3RpbmF0aW9ucxgBIAMoCzInLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvbkRlc3RpbmF0aW9uEj0KEnJlcG9zaXRvcnlfZmlsdGVycxgCIAMoCzIhLmVjci5yZWdpc3RyeS52MS5SZXBvc2l0b3J5RmlsdGVyIksKGFJlcGxpY2F0aW9uQ29uZmlndXJhdGlvbhIvCgVydWxlcxgBIAMoCzIgLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvblJ1bGUiOwoGQ2hhbmdlEg4KBmFjdGlvbhgBIAEoCRIMCgRwYXRoGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJIj4KF0Rlc2NyaWJlUmVnaXN0cnlSZXF1ZXN0EhMKC3JlZ2lzdHJ5X2lkGAEgASgJEg4KBnJlZ2lvbhgCIAEoCSKLAQoYRGVzY3JpYmVSZWdpc3RyeVJlc3BvbnNlEhMKC3JlZ2lzdHJ5X2lkGAEgASgJEkwKGXJlcGxpY2F0aW9uX2NvbmZpZ3VyYXRpb24YAiABKAsyKS5lY3IucmVnaXN0cnkudjEuUmVwbGljYXRpb25Db25maWd1cmF0aW9uEgwKBGV0YWcYAyABKAkiPwoYR2V0UmVnaXN0cnlQb2xpY3lSZXF1ZXN0EhMKC3JlZ2lzdHJ5X2lkGAEgASgJEg4KBnJlZ2lvbhgCIAEoCSJTChlHZXRSZWdpc3RyeVBvbGljeVJlc3BvbnNlEhMKC3JlZ2lzdHJ5X2lkGAEgASgJEhMKC3BvbGljeV90ZXh0GAIgASgJEgwKBGV0YWcYAyABKAkieQoYUHV0UmVnaXN0cnlQb2xpY3lSZXF1ZXN0EhMKC3BvbGljeV90ZXh0GAEgASgJEhMKC3JlZ2lzdHJ5X2lkGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRIMCgRldGFnGAQgASgJEhUKDXZhbGlkYXRlX29ubHkYBSABKAgifQoZUHV0UmVnaXN0cnlQb2xpY3lSZXNwb25zZRITCgtyZWdpc3RyeV9pZBgBIAEoCRITCgtwb2xpY3lfdGV4dBgCIAEoCRIMCgRldGFnGAMgASgJEigKB2NoYW5nZXMYBCADKAsyFy5lY3IucmVnaXN0cnkudjEuQ2hhbmdlImcKG0RlbGV0ZVJlZ2lzdHJ5UG9saWN5UmVxdWVzdBITCgtyZWdpc3RyeV9pZBgBIAEoCRIOCgZyZWdpb24YAiABKAkSDAoEZXRhZxgDIAEoCRIVCg12YWxpZGF0ZV9vbmx5GAQgASgIIoABChxEZWxldGVSZWdpc3RyeVBvbGljeVJlc3BvbnNlEhMKC3JlZ2lzdHJ5X2lkGAEgASgJEhMKC3BvbGljeV90ZXh0GAIgASgJEgwKBGV0YWcYAyABKAkSKAoHY2hhbmdlcxgEIAMoCzIXLmVjci5yZWdpc3RyeS52MS5DaGFuZ2UivAEKIlB1dFJlcGxpY2F0aW9uQ29uZmlndXJhdGlvblJlcXVlc3QSTAoZcmVwbGljYXRpb25fY29uZmlndXJhdGlvbhgBIAEoCzIpLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvbkNvbmZpZ3VyYXRpb24SEwoLcmVnaXN0cnlfaWQYAiABKAkSDgoGcmVnaW9uGAMgASgJEgwKBGV0YWcYBCABKAkSFQoNdmFsaWRhdGVfb25seRgFIAEoCCLAAQojUHV0UmVwbGljYXRpb25Db25maWd1cmF0aW9uUmVzcG9uc2USTAoZcmVwbGljYXRpb25fY29uZmlndXJhdGlvbhgBIAEoCzIpLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvbkNvbmZpZ3VyYXRpb24SDAoEZXRhZxgCIAEoCRITCgtyZWdpc3RyeV9pZBgDIAEoCRIoCgdjaGFuZ2VzGAQgAygLMhcuZWNyLnJlZ2lzdHJ5LnYxLkNoYW5nZTLYBAoVUmVnaXN0cnlDb25maWdTZXJ2aWNlEmcKEERlc2NyaWJlUmVnaXN0cnkSKC5lY3IucmVnaXN0cnkudjEuRGVzY3JpYmVSZWdpc3RyeVJlcXVlc3QaKS5lY3IucmVnaXN0cnkudjEuRGVzY3JpYmVSZWdpc3RyeVJlc3BvbnNlEmoKEUdldFJlZ2lzdHJ5UG9saWN5EikuZWNyLnJlZ2lzdHJ5LnYxLkdldFJlZ2lzdHJ5UG9saWN5UmVxdWVzdBoqLmVjci5yZWdpc3RyeS52MS5HZXRSZWdpc3RyeVBvbGljeVJlc3BvbnNlEmoKEVB1dFJlZ2lzdHJ5UG9saWN5EikuZWNyLnJlZ2lzdHJ5LnYxLlB1dFJlZ2lzdHJ5UG9saWN5UmVxdWVzdBoqLmVjci5yZWdpc3RyeS52MS5QdXRSZWdpc3RyeVBvbGljeVJlc3BvbnNlEnMKFERlbGV0ZVJlZ2lzdHJ5UG9saWN5EiwuZWNyLnJlZ2lzdHJ5LnYxLkRlbGV0ZVJlZ2lzdHJ5UG9saWN5UmVxdWVzdBotLmVjci5yZWdpc3RyeS52MS5EZWxldGVSZWdpc3RyeVBvbGljeVJlc3BvbnNlEogBChtQdXRSZXBsaWNhdGlvbkNvbmZpZ3VyYXRpb24SMy5lY3IucmVnaXN0cnkudjEuUHV0UmVwbGljYXRpb25Db25maWd1cmF0aW9uUmVxdWVzdBo0LmVjci5yZWdpc3RyeS52MS5QdXRSZXBsaWNhdGlvbkNvbmZpZ3VyYXRpb25SZXNwb25zZWIGcHJvdG8z");
+  fileDesc("Ch5lY3IvcmVnaXN0cnkvdjEvcmVnaXN0cnkucHJvdG8SD2Vjci5yZWdpc3RyeS52MSI3ChBSZXBvc2l0b3J5RmlsdGVyEg4KBmZpbHRlchgBIAEoCRITCgtmaWx0ZXJfdHlwZRgCIAEoCSI9ChZSZXBsaWNhdGlvbkRlc3RpbmF0aW9uEg4KBnJlZ2lvbhgBIAEoCRITCgtyZWdpc3RyeV9pZBgCIAEoCSKPAQoPUmVwbGljYXRpb25SdWxlEj0KDGRlc3RpbmF0aW9ucxgBIAMoCzInLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvbkRlc3RpbmF0aW9uEj0KEnJlcG9zaXRvcnlfZmlsdGVycxgCIAMoCzIhLmVjci5yZWdpc3RyeS52MS5SZXBvc2l0b3J5RmlsdGVyIksKGFJlcGxpY2F0aW9uQ29uZmlndXJhdGlvbhIvCgVydWxlcxgBIAMoCzIgLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvblJ1bGUiOwoGQ2hhbmdlEg4KBmFjdGlvbhgBIAEoCRIMCgRwYXRoGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJIj4KF0Rlc2NyaWJlUmVnaXN0cnlSZXF1ZXN0EhMKC3JlZ2lzdHJ5X2lkGAEgASgJEg4KBnJlZ2lvbhgCIAEoCSKLAQoYRGVzY3JpYmVSZWdpc3RyeVJlc3BvbnNlEhMKC3JlZ2lzdHJ5X2lkGAEgASgJEkwKGXJlcGxpY2F0aW9uX2NvbmZpZ3VyYXRpb24YAiABKAsyKS5lY3IucmVnaXN0cnkudjEuUmVwbGljYXRpb25Db25maWd1cmF0aW9uEgwKBGV0YWcYAyABKAkiPwoYR2V0UmVnaXN0cnlQb2xpY3lSZXF1ZXN0EhMKC3JlZ2lzdHJ5X2lkGAEgASgJEg4KBnJlZ2lvbhgCIAEoCSJTChlHZXRSZWdpc3RyeVBvbGljeVJlc3BvbnNlEhMKC3JlZ2lzdHJ5X2lkGAEgASgJEhMKC3BvbGljeV90ZXh0GAIgASgJEgwKBGV0YWcYAyABKAkieQoYUHV0UmVnaXN0cnlQb2xpY3lSZXF1ZXN0EhMKC3BvbGljeV90ZXh0GAEgASgJEhMKC3JlZ2lzdHJ5X2lkGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRIMCgRldGFnGAQgASgJEhUKDXZhbGlkYXRlX29ubHkYBSABKAgifQoZUHV0UmVnaXN0cnlQb2xpY3lSZXNwb25zZRITCgtyZWdpc3RyeV9pZBgBIAEoCRITCgtwb2xpY3lfdGV4dBgCIAEoCRIMCgRldGFnGAMgASgJEigKB2NoYW5nZXMYBCADKAsyFy5lY3IucmVnaXN0cnkudjEuQ2hhbmdlImcKG0RlbGV0ZVJlZ2lzdHJ5UG9saWN5UmVxdWVzdBITCgtyZWdpc3RyeV9pZBgBIAEoCRIOCgZyZWdpb24YAiABKAkSDAoEZXRhZxgDIAEoCRIVCg12YWxpZGF0ZV9vbmx5GAQgASgIIoABChxEZWxldGVSZWdpc3RyeVBvbGljeVJlc3BvbnNlEhMKC3JlZ2lzdHJ5X2lkGAEgASgJEhMKC3BvbGljeV90ZXh0GAIgASgJEgwKBGV0YWcYAyABKAkSKAoHY2hhbmdlcxgEIAMoCzIXLmVjci5yZWdpc3RyeS52MS5DaGFuZ2UivAEKIlB1dFJlcGxpY2F0aW9uQ29uZmlndXJhdGlvblJlcXVlc3QSTAoZcmVwbGljYXRpb25fY29uZmlndXJhdGlvbhgBIAEoCzIpLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvbkNvbmZpZ3VyYXRpb24SEwoLcmVnaXN0cnlfaWQYAiABKAkSDgoGcmVnaW9uGAMgASgJEgwKBGV0YWcYBCABKAkSFQoNdmFsaWRhdGVfb25seRgFIAEoCCLAAQojUHV0UmVwbGljYXRpb25Db25maWd1cmF0aW9uUmVzcG9uc2USTAoZcmVwbGljYXRpb25fY29uZmlndXJhdGlvbhgBIAEoCzIpLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvbkNvbmZpZ3VyYXRpb24SDAoEZXRhZxgCIAEoCRITCgtyZWdpc3RyeV9pZBgDIAEoCRIoCgdjaGFuZ2VzGAQgAygLMhcuZWNyLnJlZ2lzdHJ5LnYxLkNoYW5nZSJBChpHZXRSZXBsaWNhdGlvblJ1bGVzUmVxdWVzdBITCgtyZWdpc3RyeV9pZBgBIAEoCRIOCgZyZWdpb24YAiABKAki3wEKG0dldFJlcGxpY2F0aW9uUnVsZXNSZXNwb25zZRITCgtyZWdpc3RyeV9pZBgBIAEoCRIvCgVydWxlcxgCIAMoCzIgLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvblJ1bGUSDAoEZXRhZxgDIAEoCRISCgpydWxlc191c2VkGAQgASgFEhMKC3J1bGVzX2xpbWl0GAUgASgFEiAKGHVuaXF1ZV9kZXN0aW5hdGlvbnNfdXNlZBgGIAEoBRIhChl1bmlxdWVfZGVzdGluYXRpb25zX2xpbWl0GAcgASgFIpcBChpQdXRSZXBsaWNhdGlvblJ1bGVzUmVxdWVzdBIvCgVydWxlcxgBIAMoCzIgLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvblJ1bGUSEwoLcmVnaXN0cnlfaWQYAiABKAkSDgoGcmVnaW9uGAMgASgJEgwKBGV0YWcYBCABKAkSFQoNdmFsaWRhdGVfb25seRgFIAEoCCKbAQobUHV0UmVwbGljYXRpb25SdWxlc1Jlc3BvbnNlEhMKC3JlZ2lzdHJ5X2lkGAEgASgJEi8KBXJ1bGVzGAIgAygLMiAuZWNyLnJlZ2lzdHJ5LnYxLlJlcGxpY2F0aW9uUnVsZRIMCgRldGFnGAMgASgJEigKB2NoYW5nZXMYBCADKAsyFy5lY3IucmVnaXN0cnkudjEuQ2hhbmdlIkEKGkdldFBvbGljeVN0YXRlbWVudHNSZXF1ZXN0EhMKC3JlZ2lzdHJ5X2lkGAEgASgJEg4KBnJlZ2lvbhgCIAEoCSJZChtHZXRQb2xpY3lTdGF0ZW1lbnRzUmVzcG9uc2USEwoLcmVnaXN0cnlfaWQYASABKAkSFwoPc3RhdGVtZW50c19qc29uGAIgASgJEgwKBGV0YWcYAyABKAkifwoaUHV0UG9saWN5U3RhdGVtZW50c1JlcXVlc3QSFwoPc3RhdGVtZW50c19qc29uGAEgASgJEhMKC3JlZ2lzdHJ5X2lkGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRIMCgRldGFnGAQgASgJEhUKDXZhbGlkYXRlX29ubHkYBSABKAgigwEKG1B1dFBvbGljeVN0YXRlbWVudHNSZXNwb25zZRITCgtyZWdpc3RyeV9pZBgBIAEoCRIXCg9zdGF0ZW1lbnRzX2pzb24YAiABKAkSDAoEZXRhZxgDIAEoCRIoCgdjaGFuZ2VzGAQgAygLMhcuZWNyLnJlZ2lzdHJ5LnYxLkNoYW5nZTKgCAoVUmVnaXN0cnlDb25maWdTZXJ2aWNlEmcKEERlc2NyaWJlUmVnaXN0cnkSKC5lY3IucmVnaXN0cnkudjEuRGVzY3JpYmVSZWdpc3RyeVJlcXVlc3QaKS5lY3IucmVnaXN0cnkudjEuRGVzY3JpYmVSZWdpc3RyeVJlc3BvbnNlEmoKEUdldFJlZ2lzdHJ5UG9saWN5EikuZWNyLnJlZ2lzdHJ5LnYxLkdldFJlZ2lzdHJ5UG9saWN5UmVxdWVzdBoqLmVjci5yZWdpc3RyeS52MS5HZXRSZWdpc3RyeVBvbGljeVJlc3BvbnNlEmoKEVB1dFJlZ2lzdHJ5UG9saWN5EikuZWNyLnJlZ2lzdHJ5LnYxLlB1dFJlZ2lzdHJ5UG9saWN5UmVxdWVzdBoqLmVjci5yZWdpc3RyeS52MS5QdXRSZWdpc3RyeVBvbGljeVJlc3BvbnNlEnMKFERlbGV0ZVJlZ2lzdHJ5UG9saWN5EiwuZWNyLnJlZ2lzdHJ5LnYxLkRlbGV0ZVJlZ2lzdHJ5UG9saWN5UmVxdWVzdBotLmVjci5yZWdpc3RyeS52MS5EZWxldGVSZWdpc3RyeVBvbGljeVJlc3BvbnNlEogBChtQdXRSZXBsaWNhdGlvbkNvbmZpZ3VyYXRpb24SMy5lY3IucmVnaXN0cnkudjEuUHV0UmVwbGljYXRpb25Db25maWd1cmF0aW9uUmVxdWVzdBo0LmVjci5yZWdpc3RyeS52MS5QdXRSZXBsaWNhdGlvbkNvbmZpZ3VyYXRpb25SZXNwb25zZRJwChNHZXRSZXBsaWNhdGlvblJ1bGVzEisuZWNyLnJlZ2lzdHJ5LnYxLkdldFJlcGxpY2F0aW9uUnVsZXNSZXF1ZXN0GiwuZWNyLnJlZ2lzdHJ5LnYxLkdldFJlcGxpY2F0aW9uUnVsZXNSZXNwb25zZRJwChNQdXRSZXBsaWNhdGlvblJ1bGVzEisuZWNyLnJlZ2lzdHJ5LnYxLlB1dFJlcGxpY2F0aW9uUnVsZXNSZXF1ZXN0GiwuZWNyLnJlZ2lzdHJ5LnYxLlB1dFJlcGxpY2F0aW9uUnVsZXNSZXNwb25zZRJwChNHZXRQb2xpY3lTdGF0ZW1lbnRzEisuZWNyLnJlZ2lzdHJ5LnYxLkdldFBvbGljeVN0YXRlbWVudHNSZXF1ZXN0GiwuZWNyLnJlZ2lzdHJ5LnYxLkdldFBvbGljeVN0YXRlbWVudHNSZXNwb25zZRJwChNQdXRQb2xpY3lTdGF0ZW1lbnRzEisuZWNyLnJlZ2lzdHJ5LnYxLlB1dFBvbGljeVN0YXRlbWVudHNSZXF1ZXN0GiwuZWNyLnJlZ2lzdHJ5LnYxLlB1dFBvbGljeVN0YXRlbWVudHNSZXNwb25zZWIGcHJvdG8z");
 
 /**
  * Selects the repositories a replication rule applies to (AWS shape RepositoryFilter).
@@ -563,6 +563,351 @@ export const PutReplicationConfigurationResponseSchema: GenMessage<PutReplicatio
   messageDesc(file_ecr_registry_v1_registry, 14);
 
 /**
+ * Request of GetReplicationRules: which registry's rules to read the caller's slice of.
+ *
+ * @generated from message ecr.registry.v1.GetReplicationRulesRequest
+ */
+export type GetReplicationRulesRequest = Message<"ecr.registry.v1.GetReplicationRulesRequest"> & {
+  /**
+   * The registry (12-digit account id) to read; default: the caller's only registry.
+   *
+   * @generated from field: string registry_id = 1;
+   */
+  registryId: string;
+
+  /**
+   * The AWS Region of the registry; default: the gateway's configured default region.
+   *
+   * @generated from field: string region = 2;
+   */
+  region: string;
+};
+
+/**
+ * Describes the message ecr.registry.v1.GetReplicationRulesRequest.
+ * Use `create(GetReplicationRulesRequestSchema)` to create a new message.
+ */
+export const GetReplicationRulesRequestSchema: GenMessage<GetReplicationRulesRequest> = /*@__PURE__*/
+  messageDesc(file_ecr_registry_v1_registry, 15);
+
+/**
+ * Response of GetReplicationRules: the caller's rules, their etag, and the shared limits' use.
+ *
+ * @generated from message ecr.registry.v1.GetReplicationRulesResponse
+ */
+export type GetReplicationRulesResponse = Message<"ecr.registry.v1.GetReplicationRulesResponse"> & {
+  /**
+   * The registry read (the 12-digit account id).
+   *
+   * @generated from field: string registry_id = 1;
+   */
+  registryId: string;
+
+  /**
+   * The caller's rules, in the order they stand in the registry's configuration.
+   *
+   * @generated from field: repeated ecr.registry.v1.ReplicationRule rules = 2;
+   */
+  rules: ReplicationRule[];
+
+  /**
+   * A digest of the caller's rules; pass it as `etag` to PutReplicationRules to write only
+   * if nobody changed them in between (changes to other tenants' rules do not move it).
+   *
+   * @generated from field: string etag = 3;
+   */
+  etag: string;
+
+  /**
+   * Read-only: the rules of the whole configuration, every tenant's and unowned ones.
+   *
+   * @generated from field: int32 rules_used = 4;
+   */
+  rulesUsed: number;
+
+  /**
+   * Read-only: the most rules a registry's configuration may hold (ECR: 10).
+   *
+   * @generated from field: int32 rules_limit = 5;
+   */
+  rulesLimit: number;
+
+  /**
+   * Read-only: the unique destinations (registry and region) across all rules.
+   *
+   * @generated from field: int32 unique_destinations_used = 6;
+   */
+  uniqueDestinationsUsed: number;
+
+  /**
+   * Read-only: the most unique destinations across all rules (ECR: 25).
+   *
+   * @generated from field: int32 unique_destinations_limit = 7;
+   */
+  uniqueDestinationsLimit: number;
+};
+
+/**
+ * Describes the message ecr.registry.v1.GetReplicationRulesResponse.
+ * Use `create(GetReplicationRulesResponseSchema)` to create a new message.
+ */
+export const GetReplicationRulesResponseSchema: GenMessage<GetReplicationRulesResponse> = /*@__PURE__*/
+  messageDesc(file_ecr_registry_v1_registry, 16);
+
+/**
+ * Request of PutReplicationRules: the caller's whole new slice of the replication rules.
+ *
+ * @generated from message ecr.registry.v1.PutReplicationRulesRequest
+ */
+export type PutReplicationRulesRequest = Message<"ecr.registry.v1.PutReplicationRulesRequest"> & {
+  /**
+   * The caller's rules, replacing all its current ones; empty removes them. Each rule needs
+   * at least one repository filter, every filter inside the tenant's owned prefixes.
+   *
+   * @generated from field: repeated ecr.registry.v1.ReplicationRule rules = 1;
+   */
+  rules: ReplicationRule[];
+
+  /**
+   * The registry (12-digit account id) to change; default: the caller's only registry.
+   *
+   * @generated from field: string registry_id = 2;
+   */
+  registryId: string;
+
+  /**
+   * The AWS Region of the registry; default: the gateway's configured default region.
+   *
+   * @generated from field: string region = 3;
+   */
+  region: string;
+
+  /**
+   * Precondition: write only if the caller's current rules have this etag (from
+   * GetReplicationRules); empty means no precondition.
+   *
+   * @generated from field: string etag = 4;
+   */
+  etag: string;
+
+  /**
+   * Run every check a real call would, change nothing, and answer what would be written.
+   *
+   * @generated from field: bool validate_only = 5;
+   */
+  validateOnly: boolean;
+};
+
+/**
+ * Describes the message ecr.registry.v1.PutReplicationRulesRequest.
+ * Use `create(PutReplicationRulesRequestSchema)` to create a new message.
+ */
+export const PutReplicationRulesRequestSchema: GenMessage<PutReplicationRulesRequest> = /*@__PURE__*/
+  messageDesc(file_ecr_registry_v1_registry, 17);
+
+/**
+ * Response of PutReplicationRules.
+ *
+ * @generated from message ecr.registry.v1.PutReplicationRulesResponse
+ */
+export type PutReplicationRulesResponse = Message<"ecr.registry.v1.PutReplicationRulesResponse"> & {
+  /**
+   * The registry that was changed (the 12-digit account id).
+   *
+   * @generated from field: string registry_id = 1;
+   */
+  registryId: string;
+
+  /**
+   * The caller's rules as read back after the write (with validate_only: as they would be).
+   *
+   * @generated from field: repeated ecr.registry.v1.ReplicationRule rules = 2;
+   */
+  rules: ReplicationRule[];
+
+  /**
+   * The etag of the caller's rules after the write (with validate_only: the current one).
+   *
+   * @generated from field: string etag = 3;
+   */
+  etag: string;
+
+  /**
+   * With validate_only: what the write would change in the whole merged configuration.
+   *
+   * @generated from field: repeated ecr.registry.v1.Change changes = 4;
+   */
+  changes: Change[];
+};
+
+/**
+ * Describes the message ecr.registry.v1.PutReplicationRulesResponse.
+ * Use `create(PutReplicationRulesResponseSchema)` to create a new message.
+ */
+export const PutReplicationRulesResponseSchema: GenMessage<PutReplicationRulesResponse> = /*@__PURE__*/
+  messageDesc(file_ecr_registry_v1_registry, 18);
+
+/**
+ * Request of GetPolicyStatements: which registry's policy to read the caller's slice of.
+ *
+ * @generated from message ecr.registry.v1.GetPolicyStatementsRequest
+ */
+export type GetPolicyStatementsRequest = Message<"ecr.registry.v1.GetPolicyStatementsRequest"> & {
+  /**
+   * The registry (12-digit account id) to read; default: the caller's only registry.
+   *
+   * @generated from field: string registry_id = 1;
+   */
+  registryId: string;
+
+  /**
+   * The AWS Region of the registry; default: the gateway's configured default region.
+   *
+   * @generated from field: string region = 2;
+   */
+  region: string;
+};
+
+/**
+ * Describes the message ecr.registry.v1.GetPolicyStatementsRequest.
+ * Use `create(GetPolicyStatementsRequestSchema)` to create a new message.
+ */
+export const GetPolicyStatementsRequestSchema: GenMessage<GetPolicyStatementsRequest> = /*@__PURE__*/
+  messageDesc(file_ecr_registry_v1_registry, 19);
+
+/**
+ * Response of GetPolicyStatements: the caller's statements and their etag.
+ *
+ * @generated from message ecr.registry.v1.GetPolicyStatementsResponse
+ */
+export type GetPolicyStatementsResponse = Message<"ecr.registry.v1.GetPolicyStatementsResponse"> & {
+  /**
+   * The registry read (the 12-digit account id).
+   *
+   * @generated from field: string registry_id = 1;
+   */
+  registryId: string;
+
+  /**
+   * The caller's statements as a JSON array, in the order they stand in the policy;
+   * "[]" when it has none (or the registry has no policy).
+   *
+   * @generated from field: string statements_json = 2;
+   */
+  statementsJson: string;
+
+  /**
+   * A digest of the caller's statements; pass it as `etag` to PutPolicyStatements to write
+   * only if nobody changed them in between.
+   *
+   * @generated from field: string etag = 3;
+   */
+  etag: string;
+};
+
+/**
+ * Describes the message ecr.registry.v1.GetPolicyStatementsResponse.
+ * Use `create(GetPolicyStatementsResponseSchema)` to create a new message.
+ */
+export const GetPolicyStatementsResponseSchema: GenMessage<GetPolicyStatementsResponse> = /*@__PURE__*/
+  messageDesc(file_ecr_registry_v1_registry, 20);
+
+/**
+ * Request of PutPolicyStatements: the caller's whole new slice of the registry policy.
+ *
+ * @generated from message ecr.registry.v1.PutPolicyStatementsRequest
+ */
+export type PutPolicyStatementsRequest = Message<"ecr.registry.v1.PutPolicyStatementsRequest"> & {
+  /**
+   * The caller's statements as a JSON array of IAM policy statements, replacing all its
+   * current ones; "[]" removes them. Every statement needs a Sid starting with the tenant's
+   * owned statement Sid prefix.
+   *
+   * @generated from field: string statements_json = 1;
+   */
+  statementsJson: string;
+
+  /**
+   * The registry (12-digit account id) to change; default: the caller's only registry.
+   *
+   * @generated from field: string registry_id = 2;
+   */
+  registryId: string;
+
+  /**
+   * The AWS Region of the registry; default: the gateway's configured default region.
+   *
+   * @generated from field: string region = 3;
+   */
+  region: string;
+
+  /**
+   * Precondition: write only if the caller's current statements have this etag (from
+   * GetPolicyStatements); empty means no precondition.
+   *
+   * @generated from field: string etag = 4;
+   */
+  etag: string;
+
+  /**
+   * Run every check a real call would, change nothing, and answer what would be written.
+   *
+   * @generated from field: bool validate_only = 5;
+   */
+  validateOnly: boolean;
+};
+
+/**
+ * Describes the message ecr.registry.v1.PutPolicyStatementsRequest.
+ * Use `create(PutPolicyStatementsRequestSchema)` to create a new message.
+ */
+export const PutPolicyStatementsRequestSchema: GenMessage<PutPolicyStatementsRequest> = /*@__PURE__*/
+  messageDesc(file_ecr_registry_v1_registry, 21);
+
+/**
+ * Response of PutPolicyStatements.
+ *
+ * @generated from message ecr.registry.v1.PutPolicyStatementsResponse
+ */
+export type PutPolicyStatementsResponse = Message<"ecr.registry.v1.PutPolicyStatementsResponse"> & {
+  /**
+   * The registry that was changed (the 12-digit account id).
+   *
+   * @generated from field: string registry_id = 1;
+   */
+  registryId: string;
+
+  /**
+   * The caller's statements as read back after the write, a JSON array (with
+   * validate_only: as they would be).
+   *
+   * @generated from field: string statements_json = 2;
+   */
+  statementsJson: string;
+
+  /**
+   * The etag of the caller's statements after the write (with validate_only: the current one).
+   *
+   * @generated from field: string etag = 3;
+   */
+  etag: string;
+
+  /**
+   * With validate_only: what the write would change in the whole merged policy.
+   *
+   * @generated from field: repeated ecr.registry.v1.Change changes = 4;
+   */
+  changes: Change[];
+};
+
+/**
+ * Describes the message ecr.registry.v1.PutPolicyStatementsResponse.
+ * Use `create(PutPolicyStatementsResponseSchema)` to create a new message.
+ */
+export const PutPolicyStatementsResponseSchema: GenMessage<PutPolicyStatementsResponse> = /*@__PURE__*/
+  messageDesc(file_ecr_registry_v1_registry, 22);
+
+/**
  * Reads and changes the registry-level configuration of ECR registries on behalf of
  * authenticated tenants. Credentials travel as `authorization: Bearer <key or JWT>`
  * metadata or as an mTLS client certificate. Reads answer `x-cache: hit|miss|stale`
@@ -620,6 +965,50 @@ export const RegistryConfigService: GenService<{
     methodKind: "unary";
     input: typeof PutReplicationConfigurationRequestSchema;
     output: typeof PutReplicationConfigurationResponseSchema;
+  },
+  /**
+   * Returns the caller's slice of the registry's replication rules: the rules whose every
+   * repository filter starts with one of the tenant's owned repository prefixes.
+   *
+   * @generated from rpc ecr.registry.v1.RegistryConfigService.GetReplicationRules
+   */
+  getReplicationRules: {
+    methodKind: "unary";
+    input: typeof GetReplicationRulesRequestSchema;
+    output: typeof GetReplicationRulesResponseSchema;
+  },
+  /**
+   * Replaces the caller's slice of the replication rules, keeping every other rule, with one
+   * ECR PutReplicationConfiguration under the registry's write lock.
+   *
+   * @generated from rpc ecr.registry.v1.RegistryConfigService.PutReplicationRules
+   */
+  putReplicationRules: {
+    methodKind: "unary";
+    input: typeof PutReplicationRulesRequestSchema;
+    output: typeof PutReplicationRulesResponseSchema;
+  },
+  /**
+   * Returns the caller's slice of the registry policy: the statements whose Sid starts with
+   * the tenant's owned statement Sid prefix.
+   *
+   * @generated from rpc ecr.registry.v1.RegistryConfigService.GetPolicyStatements
+   */
+  getPolicyStatements: {
+    methodKind: "unary";
+    input: typeof GetPolicyStatementsRequestSchema;
+    output: typeof GetPolicyStatementsResponseSchema;
+  },
+  /**
+   * Replaces the caller's slice of the registry policy's statements, keeping every other
+   * statement; deletes the policy when no statement is left.
+   *
+   * @generated from rpc ecr.registry.v1.RegistryConfigService.PutPolicyStatements
+   */
+  putPolicyStatements: {
+    methodKind: "unary";
+    input: typeof PutPolicyStatementsRequestSchema;
+    output: typeof PutPolicyStatementsResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_ecr_registry_v1_registry, 0);
