@@ -55,7 +55,7 @@ WRITE_OPERATIONS = frozenset(
 
 # Sections DESIGN.md names whose behaviour this version does not implement yet. A config
 # that asks for metrics and silently gets none would be worse than a refusal.
-NOT_YET_SUPPORTED = ("tracing",)
+NOT_YET_SUPPORTED: tuple[str, ...] = ()
 
 _HOST_PORT = re.compile(r"^(\[[0-9a-fA-F:]+\]|[A-Za-z0-9.\-]+):(\d{1,5})$")
 _KEY_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
@@ -302,6 +302,15 @@ class LogsConfig(_Strict):
     hit_sample_rate: float = Field(0.01, ge=0, le=1)
 
 
+class TracingConfig(_Strict):
+    """OpenTelemetry spans, exported over OTLP/gRPC; off unless this section is given."""
+
+    otlp_endpoint: str = Field(min_length=1)  # e.g. http://otel-collector:4317
+    insecure: bool = True  # plaintext to a collector beside the pod
+    service_name: str = "registry-gateway"
+    sample_ratio: float = Field(1.0, ge=0, le=1)
+
+
 class CacheConfig(_Strict):
     """The read cache and shared state. With `redis`, replicas share values, locks and limits."""
 
@@ -329,6 +338,7 @@ class GatewayConfig(_Strict):
     rate_limit: RateLimitConfig | None = None
     audit: AuditConfig = AuditConfig()
     metrics: MetricsConfig | None = None
+    tracing: TracingConfig | None = None
     logs: LogsConfig = LogsConfig()
     tenants: tuple[TenantConfig, ...] = ()
 

@@ -38,6 +38,7 @@ from service.errors import (
 from service.metrics import Metrics
 from service.ratelimit import RateKind, RateLimiter
 from service.tenancy import Tenancy, TenancyHolder
+from service.tracing import Tracing, end_rpc
 
 log = logging.getLogger("registry_gateway.calls")
 
@@ -161,10 +162,12 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         rate_limiter: RateLimiter | None = None,
         audit: AuditLog | None = None,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
         hit_log_sample_rate: float = 0.01,
         sample: Callable[[], float] = random.random,
     ) -> None:
         self._metrics = metrics or Metrics()
+        self._tracing = tracing or Tracing(None)
         self._hit_log_sample_rate = hit_log_sample_rate
         self._sample = sample
         self._default_deadline = server.default_deadline_seconds
@@ -214,6 +217,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         async def handle(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             measured.started.inc()
+            traced = self._tracing.rpc(method, context.invocation_metadata())
+            span = traced.__enter__()
             error_type: str | None = None
             metadata = context.invocation_metadata()
             request_id = _request_id(metadata)
@@ -280,6 +285,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 if record is not None and self._audit is not None:
                     self._audit_write(request_id, identity, rpc, code, reason, record)
                 self._log(request_id, identity, rpc, code, reason, seconds, call, error_type)
+                end_rpc(span, code, reason)
+                traced.__exit__(None, None, None)
             assert call is not None
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), *call.trailers))
             return response

@@ -16,6 +16,7 @@ import redis.asyncio as redis
 from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from opentelemetry.sdk.trace.export import SpanExporter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -33,6 +34,7 @@ from service.ratelimit import build_rate_limiter
 from service.reload import Reloader
 from service.tenancy import TenancyHolder, build_tenancy
 from service.tls import TlsCredentials
+from service.tracing import Tracing
 from service.upstream import SessionFactory, Upstream
 from service.validation import RequestValidator
 
@@ -78,9 +80,11 @@ class Gateway:
         environ: Mapping[str, str] | None = None,
         config_path: str | Path | None = None,
         reuse_port: bool = False,
+        span_exporter: SpanExporter | None = None,
     ) -> None:
         self.config = config
         self.metrics = Metrics()
+        self.tracing = Tracing(config.tracing, span_exporter)
         self._environ = os.environ if environ is None else environ
         self.tenancy = TenancyHolder(build_tenancy(config, self._environ))
         self.upstream = Upstream(
@@ -89,6 +93,7 @@ class Gateway:
             environ=self._environ,
             time_left=middleware.time_left,
             metrics=self.metrics,
+            tracing=self.tracing,
         )
         # No client-side retries: the rate limiter fails open at once when Redis is away
         # (redis-py would otherwise retry a refused connection with backoff on every call).
@@ -114,6 +119,7 @@ class Gateway:
                     ),
                     audit=self.audit,
                     metrics=self.metrics,
+                    tracing=self.tracing,
                     hit_log_sample_rate=config.logs.hit_sample_rate,
                 )
             ],
@@ -294,6 +300,7 @@ class Gateway:
             task.cancel()
         await self.upstream.close()
         self.metrics.close()
+        self.tracing.shutdown()
         if self.redis is not None:
             await self.redis.aclose()
         self.audit.close()

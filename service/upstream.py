@@ -33,6 +33,7 @@ from botocore.exceptions import (
     NoCredentialsError,
     ParamValidationError,
 )
+from opentelemetry.trace import Status, StatusCode
 
 from service.auth.targets import Target
 from service.config import AwsConfig, RegistryConfig
@@ -47,6 +48,7 @@ from service.errors import (
 )
 from service.metrics import Metrics
 from service.resilience import Resilience
+from service.tracing import Tracing
 
 log = logging.getLogger("registry_gateway.upstream")
 
@@ -75,8 +77,10 @@ class Upstream:
         time_left: Callable[[], float] = lambda: float("inf"),
         resilience: Resilience | None = None,
         metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self._metrics = metrics
+        self._tracing = tracing or Tracing(None)
         self._aws = aws
         self._session_factory = session_factory
         self._environ = os.environ if environ is None else environ
@@ -114,18 +118,26 @@ class Upstream:
             client = await self._bounded(
                 self._mapped(self._client(target), operation), remaining, operation
             )
-            request = self._measured(getattr(client, operation)(**params), operation)
+            request = self._measured(getattr(client, operation)(**params), operation, target.region)
             if finish_once_sent:
                 return await self._mapped(request, operation)
             return await self._bounded(
                 self._mapped(request, operation), self._time_left(), operation
             )
 
-    async def _measured(self, request: Awaitable[dict[str, Any]], operation: str) -> dict[str, Any]:
+    async def _measured(
+        self, request: Awaitable[dict[str, Any]], operation: str, region: str
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         error_code = ""
         try:
-            return await request
+            with self._tracing.aws(operation, region) as span:
+                try:
+                    return await request
+                except BaseException as exc:
+                    if span is not None:
+                        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
+                    raise
         except ClientError as exc:
             error_code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
             raise

@@ -54,6 +54,7 @@ async def gateway_factory(aws: str) -> AsyncIterator[GatewayFactory]:
         *,
         environ: dict[str, str] | None = None,
         config_path: Path | None = None,
+        span_exporter: Any = None,
         **server: Any,
     ) -> Gateway:
         env = environ or {}
@@ -62,7 +63,11 @@ async def gateway_factory(aws: str) -> AsyncIterator[GatewayFactory]:
         else:
             cfg = config_mod.from_mapping(raw or config_dict(aws, **server), environ=env)
         gateway = Gateway(
-            cfg, session_factory=session_factory, environ=env, config_path=config_path
+            cfg,
+            session_factory=session_factory,
+            environ=env,
+            config_path=config_path,
+            span_exporter=span_exporter,
         )
         await gateway.start()
         started.append(gateway)

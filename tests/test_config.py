@@ -145,11 +145,11 @@ def test_wrong_type_or_value_is_refused(raw: dict[str, Any], key: str) -> None:
     assert key in message.split(": ")[1], message
 
 
-@pytest.mark.parametrize("section", ["tracing"])
-def test_section_not_yet_supported_is_refused(section: str) -> None:
+@pytest.mark.parametrize("section", ["tracings", "metric"])
+def test_unknown_section_is_refused(section: str) -> None:
     message = refusal({section: {"anything": 1}, "tenants": [tenant()]})
     assert message.startswith(f"config error: {section}: "), message
-    assert "not supported" in message
+    assert "unknown key" in message
 
 
 def test_clear_api_key_is_refused_without_echoing_it() -> None:

@@ -49,9 +49,9 @@ async def test_serve_without_config_or_embedded_refuses() -> None:
         ("server:\n  max_deadline_seconds: soon\n", "server.max_deadline_seconds"),
         ("tenants:\n  - name: a\n    registries: [{registry_id: '12'}]\n", "registry_id"),
         ("listen: [not, an, address\n", "not valid YAML"),
-        ("tracing:\n  otlp_endpoint: http://127.0.0.1:4317\n", "tracing"),
+        ("tracing:\n  otlp_endpoint: ''\n", "tracing.otlp_endpoint"),
     ],
-    ids=["wrong-type", "bad-registry-id", "broken-yaml", "not-yet-supported"],
+    ids=["wrong-type", "bad-registry-id", "broken-yaml", "empty-endpoint"],
 )
 async def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, text: str, key: str) -> None:
     path = tmp_path / "gateway.yaml"
