@@ -87,6 +87,14 @@ class Metrics:
         )
         self._server: Any = None
         self._thread: threading.Thread | None = None
+        self._cache_children: dict[str, Any] = {}
+
+    def count_cache(self, result: str) -> None:
+        """Count one read by how the cache served it (label child bound once per result)."""
+        child = self._cache_children.get(result)
+        if child is None:
+            child = self._cache_children[result] = self.cache.labels(result)
+        child.inc()
 
     def for_method(self, full_method: str) -> MethodMetrics:
         """The pre-bound metrics of one unary method (`/package.Service/Method`)."""

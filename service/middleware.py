@@ -12,8 +12,8 @@ import asyncio
 import contextvars
 import logging
 import random
+import secrets
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, cast
@@ -54,7 +54,9 @@ _DENIED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION
 CACHE_CONTROL_KEY = "cache-control"
 
 
-@dataclass(frozen=True)
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, which doubles the
+# cost of building one per call; nothing hashes or replaces it.
+@dataclass(slots=True)
 class CallInfo:
     """What the wrapper learned about the call in flight; read by the servicer and upstream."""
 
@@ -140,7 +142,8 @@ def _request_id(metadata: Any) -> str:
             value = value.strip()
             if 0 < len(value) <= _MAX_REQUEST_ID and value.isprintable():
                 return value
-    return uuid.uuid4().hex
+    # The same 32 hex digits as uuid4().hex, without building a UUID object (~2 us a call).
+    return secrets.token_hex(16)
 
 
 # Strings: grpcio's classes are generic only in typeshed's stubs, not at run time.

@@ -12,6 +12,7 @@ fails or is abandoned after calling AWS invalidates the cache: its outcome is un
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from service import convert, etags, plan
 from service.audit import WriteRecord
 from service.auth.targets import Target
 from service.cache import CacheKey, Outcome, ReadCache
+from service.cache.base import Resource
 from service.errors import EtagMismatch, NotFound
 from service.locks import HeldLock
 from service.upstream import Upstream
@@ -55,12 +57,18 @@ class Locks(Protocol):
         ...
 
 
+@functools.lru_cache(maxsize=4096)
+def _key(registry_id: str, region: str, resource: Resource) -> CacheKey:
+    # One key object per resource, not one per call (a frozen dataclass is slow to build).
+    return CacheKey(registry_id, region, resource)
+
+
 def _registry_key(target: Target) -> CacheKey:
-    return CacheKey(target.registry_id, target.region, "registry")
+    return _key(target.registry_id, target.region, "registry")
 
 
 def _policy_key(target: Target) -> CacheKey:
-    return CacheKey(target.registry_id, target.region, "policy")
+    return _key(target.registry_id, target.region, "policy")
 
 
 class RegistryOperations:

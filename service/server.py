@@ -171,7 +171,7 @@ class Gateway:
             )
         else:
             store = MemoryStore(cache.max_entries)
-        return ReadCache(cache, store, count=lambda result: self.metrics.cache.labels(result).inc())
+        return ReadCache(cache, store, count=self.metrics.count_cache)
 
     def _locks(self) -> Locks:
         if self.redis is None:

@@ -51,6 +51,18 @@ class ApiKeyAuthenticator:
             for tenant in tenants
             for digest in tenant.api_keys
         ]
+        # Each key's Identity is built once, not per call.
+        self._identities: list[tuple[bytes, Identity]] = [
+            (
+                digest,
+                Identity(
+                    tenant=tenant,
+                    kind="api_key",
+                    subject="sha256:" + digest.hex()[:SUBJECT_DIGEST_CHARS],
+                ),
+            )
+            for digest, tenant in self._digests
+        ]
 
     def authenticate(self, metadata: Iterable[tuple[str, str | bytes]] | None) -> Identity:
         """The identity whose key the call carries; Unauthenticated otherwise."""
@@ -61,13 +73,11 @@ class ApiKeyAuthenticator:
         presented = hashlib.sha256(token.encode("utf-8")).digest()
         found = None
         # Compare against every digest, in constant time each, so timing tells nothing.
-        for digest, tenant in self._digests:
+        for digest, identity in self._identities:
             if hmac.compare_digest(presented, digest) and found is None:
-                found = tenant
+                found = identity
         if found is None:
             raise Unauthenticated(
                 "the credentials presented are not valid", reason="INVALID_CREDENTIALS"
             )
-        return Identity(
-            tenant=found, kind="api_key", subject="sha256:" + presented.hex()[:SUBJECT_DIGEST_CHARS]
-        )
+        return found

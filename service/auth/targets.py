@@ -32,9 +32,20 @@ class TargetAuthorizer:
 
     def __init__(self, config: GatewayConfig) -> None:
         self._config = config
+        # Allowed targets, remembered: the answer depends only on this snapshot's config.
+        # Bounded by the config (only allowed combinations are kept); a reload builds a new
+        # authorizer, so nothing outlives the config it came from.
+        self._allowed: dict[tuple[str, str, str, str], Target] = {}
 
     def authorize(self, tenant: TenantConfig, rpc: str, registry_id: str, region: str) -> Target:
         """The target of the call, or PermissionDenied / InvalidArgument."""
+        key = (tenant.name, rpc, registry_id, region)
+        target = self._allowed.get(key)
+        if target is None:
+            target = self._allowed[key] = self._authorize(tenant, rpc, registry_id, region)
+        return target
+
+    def _authorize(self, tenant: TenantConfig, rpc: str, registry_id: str, region: str) -> Target:
         region = region or self._config.aws.region
         if not registry_id:
             if len(tenant.registries) != 1:

@@ -1,0 +1,108 @@
+"""`python -m bench`: run the benchmark, print the table, write the JSON and the docs page.
+
+    python -m bench            full run (make bench): bench/results/latest.json,
+                               docs/performance.md, docs/performance-latency.png
+    python -m bench --quick    under a minute (make bench-quick): bench/results/quick.json
+                               only; the published page is left alone
+    python -m bench --only reads,storm       some scenarios: reads cold storm writes scale
+                                             ablation (the last is not in --quick by default)
+    python -m bench --profile                py-spy profiles of the cached-read hot path
+    python -m bench --hotpath                the gateway's Python work per hit, step by step
+    python -m bench --render bench/results/latest.json   re-render the docs page only
+
+Exit status 1 when a correctness check fails (the storm's single upstream call, the final
+state after writes, calls that should not fail); performance targets are reported, not
+enforced (this machine is shared: a noisy minute must not fail a build).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.harness import FULL, QUICK, ROOT, running
+
+RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs"
+CHART = "performance-latency.png"
+SCENARIOS = ("reads", "cold", "storm", "writes", "scale", "ablation")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
+    parser.add_argument(
+        "--only", metavar="NAMES", help=f"comma-separated scenarios of {', '.join(SCENARIOS)}"
+    )
+    parser.add_argument(
+        "--no-pin", action="store_true", help="do not pin server and load to different cores"
+    )
+    parser.add_argument("--out", metavar="PATH", help="results JSON (default by mode)")
+    parser.add_argument(
+        "--docs",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write docs/performance.md and the chart (default: on for full runs)",
+    )
+    parser.add_argument(
+        "--render",
+        metavar="JSON",
+        help="only re-render docs/performance.md and the chart from a results JSON",
+    )
+    parser.add_argument(
+        "--hotpath",
+        action="store_true",
+        help="time the gateway's own Python work per cached read, in-process, step by step",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile the gateway and the baseline under cached-read load (py-spy)",
+    )
+    return parser
+
+
+def _write_docs(doc: dict[str, Any]) -> None:
+    report.chart(doc, DOCS / CHART)
+    (DOCS / "performance.md").write_text(report.markdown(doc, CHART))
+    print(f"wrote docs/performance.md and docs/{CHART}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run, report, write; the exit status tells whether the correctness checks held."""
+    opts = _parser().parse_args(argv)
+    plan = QUICK if opts.quick else FULL
+    if opts.render:
+        _write_docs(json.loads(Path(opts.render).read_text()))
+        return 0
+    if opts.hotpath:
+        from bench.hotpath import main as hotpath
+
+        return hotpath(2000 if opts.quick else 20000)
+    if opts.profile:
+        from bench.profile import profile
+
+        return int(profile(plan, pin=not opts.no_pin))
+    only = set(opts.only.split(",")) if opts.only else None
+    unknown = (only or set()) - set(SCENARIOS)
+    if unknown:
+        print(f"unknown scenarios: {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    with running(plan, pin=not opts.no_pin, only=only) as run:
+        doc = run.execute()
+    print()
+    print(report.table(doc))
+    out = Path(opts.out) if opts.out else RESULTS / ("quick.json" if opts.quick else "latest.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    if opts.docs if opts.docs is not None else not opts.quick:
+        _write_docs(doc)
+    failed = [v for v in doc["verdicts"] if v["kind"] == "check" and not v["ok"]]
+    failed += [v for v in doc["verdicts"] if v["name"].startswith("cold storm") and not v["ok"]]
+    return 1 if failed else 0

@@ -1,0 +1,409 @@
+"""The load generator: long-lived client processes that run fixed-count jobs on command.
+
+Each client process (multiprocessing `spawn`: a fresh interpreter, no inherited gRPC state)
+runs one event loop for its whole life and takes jobs from a pipe. A job goes in three
+steps, so the parent can read the server's CPU time around the timed part only:
+
+1. prepare: open the job's channels, wait until they are connected, make warm-up calls;
+   answer `ready`;
+2. on `go`: make exactly the job's number of calls with its concurrency, timing each one;
+3. answer `done` with the latencies, status codes, `x-cache` trailers and the process's
+   own CPU time during step 2.
+
+gRPC calls are made with raw bytes (no serializer): the client pays no protobuf cost, so
+more of the one client core goes to driving load.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import contextlib
+import multiprocessing
+import os
+import time
+import traceback
+from collections import Counter
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, TypeAlias
+
+import grpc
+
+# Each channel its own TCP connection: grpcio otherwise shares one subchannel between
+# channels to the same target with the same arguments.
+_CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
+_PROTOCOL_TIMEOUT_SECONDS = 600.0
+CACHE_TRAILER = "x-cache"
+SERVICE = "/ecr.registry.v1.RegistryConfigService/"
+
+Metadata: TypeAlias = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True)
+class UnaryJob:
+    """Unary gRPC calls of one method with one request, from one client process."""
+
+    targets: tuple[str, ...]  # host:port; channels are spread over them round-robin
+    method: str  # full method path
+    request: bytes  # serialized request
+    metadata: Metadata
+    calls: int
+    concurrency: int  # calls in flight at once; `calls` at once when `burst`
+    channels: int
+    warmup: int = 0
+    trailers: bool = False  # read trailing metadata (x-cache) of each call
+    burst: bool = False  # fire every call at once (a storm)
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class WriteJob:
+    """Writers doing read-etag-then-PutReplicationConfiguration loops on one registry."""
+
+    targets: tuple[str, ...]
+    metadata: Metadata
+    writers: int
+    attempts: int  # per writer
+    first_writer: int  # writer numbers are global across processes (labels stay unique)
+    registry_id: str
+    destination_region: str
+    label: str  # run label, part of every written filter (so each write's content is unique)
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class AwsJob:
+    """The same reads straight to AWS (the stand-in) with aioboto3: one long-lived client."""
+
+    endpoint_url: str
+    region: str
+    operation: str  # describe_registry | get_registry_policy
+    calls: int
+    concurrency: int
+    warmup: int = 0
+
+
+Job: TypeAlias = UnaryJob | WriteJob | AwsJob
+
+
+@dataclass
+class JobResult:
+    """What one client process measured in the timed part of a job."""
+
+    latencies: bytes  # array('d') of seconds, one per timed call
+    started: float  # time.perf_counter() (CLOCK_MONOTONIC: comparable across processes)
+    finished: float
+    codes: dict[str, int]
+    cache: dict[str, int] = field(default_factory=dict)  # x-cache trailer values
+    client_cpu_seconds: float = 0.0
+    # Writes that succeeded: (etag sent as precondition, etag answered, filter written).
+    writes: list[tuple[str, str, str]] = field(default_factory=list)
+
+    def latency_list(self) -> list[float]:
+        """The latencies as floats (seconds)."""
+        values = array.array("d")
+        values.frombytes(self.latencies)
+        return values.tolist()
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.latencies = array.array("d")
+        self.codes: Counter[str] = Counter()
+        self.cache: Counter[str] = Counter()
+        self.writes: list[tuple[str, str, str]] = []
+
+    def result(self, started: float, finished: float, cpu: float) -> JobResult:
+        return JobResult(
+            latencies=self.latencies.tobytes(),
+            started=started,
+            finished=finished,
+            codes=dict(self.codes),
+            cache=dict(self.cache),
+            client_cpu_seconds=cpu,
+            writes=self.writes,
+        )
+
+
+async def _run_unary(job: UnaryJob, go: Callable[[], Awaitable[None]]) -> JobResult:
+    channels = [
+        grpc.aio.insecure_channel(job.targets[i % len(job.targets)], options=_CHANNEL_OPTIONS)
+        for i in range(job.channels)
+    ]
+    try:
+        await asyncio.gather(*(ch.channel_ready() for ch in channels))
+        stubs: list[Any] = [
+            ch.unary_unary(job.method, request_serializer=None, response_deserializer=None)
+            for ch in channels
+        ]
+        recorder = _Recorder()
+        left = [0]
+
+        async def one(stub: Any) -> None:
+            t0 = time.perf_counter()
+            try:
+                call = stub(job.request, metadata=job.metadata, timeout=job.timeout)
+                await call
+                code = "OK"
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code().name
+            if job.trailers:
+                for key, value in await call.trailing_metadata() or ():
+                    if key == CACHE_TRAILER:
+                        recorder.cache[str(value)] += 1
+            recorder.latencies.append(time.perf_counter() - t0)
+            recorder.codes[code] += 1
+
+        async def worker(index: int) -> None:
+            stub = stubs[index % len(stubs)]
+            while left[0] > 0:
+                left[0] -= 1
+                await one(stub)
+
+        async def run(calls: int, concurrency: int) -> None:
+            left[0] = calls
+            if job.burst:
+                await asyncio.gather(*(one(stubs[i % len(stubs)]) for i in range(calls)))
+            else:
+                await asyncio.gather(*(worker(i) for i in range(min(concurrency, calls))))
+
+        if job.warmup:
+            await run(job.warmup, job.concurrency)
+            recorder = _Recorder()
+        await go()
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await run(job.calls, job.concurrency)
+        t1, cpu1 = time.perf_counter(), time.process_time()
+        return recorder.result(t0, t1, cpu1 - cpu0)
+    finally:
+        for ch in channels:
+            await ch.close()
+
+
+def _replication_request(registry_id: str, region: str, filter_value: str, etag: str) -> bytes:
+    from ecr.registry.v1 import registry_pb2 as pb
+
+    rule = pb.ReplicationRule(
+        destinations=[pb.ReplicationDestination(region=region, registry_id=registry_id)],
+        repository_filters=[pb.RepositoryFilter(filter=filter_value, filter_type="PREFIX_MATCH")],
+    )
+    return pb.PutReplicationConfigurationRequest(
+        replication_configuration=pb.ReplicationConfiguration(rules=[rule]), etag=etag
+    ).SerializeToString()
+
+
+async def _run_writes(job: WriteJob, go: Callable[[], Awaitable[None]]) -> JobResult:
+    from ecr.registry.v1 import registry_pb2 as pb
+
+    channels = [
+        grpc.aio.insecure_channel(job.targets[i % len(job.targets)], options=_CHANNEL_OPTIONS)
+        for i in range(max(1, min(job.writers, 4)))
+    ]
+    try:
+        await asyncio.gather(*(ch.channel_ready() for ch in channels))
+        describe: list[Any] = [
+            ch.unary_unary(
+                SERVICE + "DescribeRegistry",
+                request_serializer=None,
+                response_deserializer=pb.DescribeRegistryResponse.FromString,
+            )
+            for ch in channels
+        ]
+        put: list[Any] = [
+            ch.unary_unary(
+                SERVICE + "PutReplicationConfiguration",
+                request_serializer=None,
+                response_deserializer=pb.PutReplicationConfigurationResponse.FromString,
+            )
+            for ch in channels
+        ]
+        recorder = _Recorder()
+        empty = pb.DescribeRegistryRequest().SerializeToString()
+
+        async def writer(index: int) -> None:
+            number = job.first_writer + index
+            read, write = describe[index % len(channels)], put[index % len(channels)]
+            for attempt in range(job.attempts):
+                current = await read(empty, metadata=job.metadata, timeout=job.timeout)
+                label = f"bench-{job.label}-w{number}-n{attempt}"
+                request = _replication_request(
+                    job.registry_id, job.destination_region, label, current.etag
+                )
+                t0 = time.perf_counter()
+                try:
+                    answer = await write(request, metadata=job.metadata, timeout=job.timeout)
+                    recorder.writes.append((current.etag, answer.etag, label))
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                recorder.latencies.append(time.perf_counter() - t0)
+                recorder.codes[code] += 1
+
+        await go()
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(writer(i) for i in range(job.writers)))
+        t1, cpu1 = time.perf_counter(), time.process_time()
+        return recorder.result(t0, t1, cpu1 - cpu0)
+    finally:
+        for ch in channels:
+            await ch.close()
+
+
+async def _run_aws(job: AwsJob, go: Callable[[], Awaitable[None]]) -> JobResult:
+    import aioboto3
+    from botocore.exceptions import ClientError
+
+    session = aioboto3.Session(
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",  # noqa: S106 - moto's placeholder
+    )
+    async with session.client(
+        "ecr", region_name=job.region, endpoint_url=job.endpoint_url
+    ) as client:
+        operation = getattr(client, job.operation)
+        recorder = _Recorder()
+        left = [0]
+
+        async def worker() -> None:
+            while left[0] > 0:
+                left[0] -= 1
+                t0 = time.perf_counter()
+                try:
+                    await operation()
+                    code = "OK"
+                except ClientError as exc:
+                    code = str(exc.response.get("Error", {}).get("Code", "ClientError"))
+                recorder.latencies.append(time.perf_counter() - t0)
+                recorder.codes[code] += 1
+
+        async def run(calls: int) -> None:
+            left[0] = calls
+            await asyncio.gather(*(worker() for _ in range(min(job.concurrency, calls))))
+
+        if job.warmup:
+            await run(job.warmup)
+            recorder = _Recorder()
+        await go()
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await run(job.calls)
+        t1, cpu1 = time.perf_counter(), time.process_time()
+        return recorder.result(t0, t1, cpu1 - cpu0)
+
+
+async def _serve_jobs(conn: Connection) -> None:
+    async def receive() -> Any:
+        return await asyncio.to_thread(conn.recv)
+
+    while True:
+        job = await receive()
+        if job is None:
+            return
+
+        async def go() -> None:
+            conn.send(("ready", None))
+            command = await receive()
+            if command != "go":
+                raise RuntimeError(f"expected 'go', got {command!r}")
+
+        try:
+            result: JobResult
+            if isinstance(job, UnaryJob):
+                result = await _run_unary(job, go)
+            elif isinstance(job, WriteJob):
+                result = await _run_writes(job, go)
+            else:
+                result = await _run_aws(job, go)
+            conn.send(("done", result))
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+
+
+def _client_main(conn: Connection, cpus: set[int] | None) -> None:
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    asyncio.run(_serve_jobs(conn))
+
+
+class LoadError(RuntimeError):
+    """A client process failed a job (its traceback is the message)."""
+
+
+class LoadPool:
+    """Client processes kept for the whole run (spawning one costs ~0.5 s of imports)."""
+
+    def __init__(self, processes: int, cpus: set[int] | None) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conns: list[Connection] = []
+        self._procs: list[Any] = []
+        for index in range(processes):
+            parent, child = context.Pipe()
+            proc = context.Process(
+                target=_client_main, args=(child, cpus), name=f"bench-client-{index}", daemon=True
+            )
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+
+    @property
+    def size(self) -> int:
+        """How many client processes there are."""
+        return len(self._conns)
+
+    @property
+    def pids(self) -> list[int]:
+        """The client processes' pids."""
+        return [int(p.pid) for p in self._procs]
+
+    def run(
+        self,
+        jobs: Sequence[Job],
+        on_ready: Callable[[], None] = lambda: None,
+        on_done: Callable[[], None] = lambda: None,
+    ) -> list[JobResult]:
+        """Run one job per client process (the first len(jobs)); all start timing together.
+
+        `on_ready` runs when every process is prepared, just before `go`; `on_done` as soon
+        as every process has finished its timed calls.
+        """
+        if len(jobs) > self.size:
+            raise ValueError(f"{len(jobs)} jobs for {self.size} client processes")
+        conns = self._conns[: len(jobs)]
+        for conn, job in zip(conns, jobs, strict=True):
+            conn.send(job)
+        for conn in conns:
+            self._expect(conn, "ready")
+        on_ready()
+        for conn in conns:
+            conn.send("go")
+        results = [self._expect(conn, "done") for conn in conns]
+        on_done()
+        return [r for r in results if isinstance(r, JobResult)]
+
+    def _expect(self, conn: Connection, kind: str) -> Any:
+        if not conn.poll(_PROTOCOL_TIMEOUT_SECONDS):
+            raise LoadError(f"a client process did not answer {kind!r} in time")
+        answer, payload = conn.recv()
+        if answer == "error":
+            raise LoadError(str(payload))
+        if answer != kind:
+            raise LoadError(f"expected {kind!r} from a client process, got {answer!r}")
+        return payload
+
+    def close(self) -> None:
+        """Stop every client process."""
+        for conn in self._conns:
+            with contextlib.suppress(BrokenPipeError, OSError):
+                conn.send(None)
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.terminate()
+
+
+def split(total: int, parts: int) -> list[int]:
+    """`total` split into `parts` near-equal non-negative integers."""
+    base, extra = divmod(total, parts)
+    return [base + (1 if i < extra else 0) for i in range(parts)]

@@ -1,0 +1,222 @@
+"""The results as a terminal table, a Markdown page with a latency chart, and a JSON file."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+FINDINGS = ROOT / "bench" / "findings.md"
+
+_COLUMNS = (
+    ("scenario", "title", "{}"),
+    ("conc", "concurrency", "{}"),
+    ("calls", "calls", "{}"),
+    ("calls/s", "calls_per_s", "{:.0f}"),
+    ("p50 ms", "p50_ms", "{:.2f}"),
+    ("p90 ms", "p90_ms", "{:.2f}"),
+    ("p99 ms", "p99_ms", "{:.2f}"),
+    ("srv CPU s/1k", "server_cpu_per_1k", "{:.3f}"),
+    ("srv busy", "server_busy", "{:.0%}"),
+    ("cli CPU s/1k", "client_cpu_per_1k", "{:.3f}"),
+)
+
+
+def _cell(row: dict[str, Any], field: str, fmt: str) -> str:
+    value = row.get(field)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return fmt.format(value)
+
+
+def _upstream(row: dict[str, Any]) -> str:
+    counts = row.get("upstream") or {}
+    return ", ".join(f"{k.split(':', 1)[1]} {v}" for k, v in sorted(counts.items())) or "0"
+
+
+def _remark(row: dict[str, Any]) -> str:
+    parts = []
+    x = row.get("extra", {})
+    if "calls_per_s_vs_baseline" in x:
+        parts.append(
+            f"{x['calls_per_s_vs_baseline']:.2f}x calls/s, "
+            f"{x['cpu_per_call_vs_baseline']:.2f}x CPU, {x['p99_vs_baseline']:.2f}x p99"
+        )
+    if row["group"] == "writes":
+        parts.append(f"{x['successful_writes']} ok, {x['aborted']} ABORTED")
+    if row["group"] == "storm":
+        parts.append(f"x-cache {x.get('x_cache')}")
+    if "redis_cpu_s_per_1k" in x:
+        parts.append(f"redis-server {x['redis_cpu_s_per_1k']:.3f} s/1k")
+    bound = row.get("bound", "server")
+    if bound != "server" and row["group"] in ("baseline", "cached", "scale", "ablation"):
+        parts.append(f"{bound}-bound")
+    cores = x.get("core_busy") or []
+    if "cpu0" in row.get("setup", "") and cores:
+        other = cores[0] - row["server_busy"]
+        if other > 0.15:
+            parts.append(f"other work took {other:.0%} of the server's core")
+    if "added_us_per_call_min" in x:
+        parts.append(f"+{x['added_us_per_call_min']:.0f} us/call (best round vs bare)")
+    return "; ".join(parts)
+
+
+def table(doc: dict[str, Any]) -> str:
+    """A fixed-width table for the terminal."""
+    headers = [c[0] for c in _COLUMNS] + ["upstream", "remarks"]
+    lines = [
+        [_cell(row, field, fmt) for _, field, fmt in _COLUMNS] + [_upstream(row), _remark(row)]
+        for row in doc["rows"]
+    ]
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(headers)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True))]
+    out.append("  ".join("-" * w for w in widths))
+    for line in lines:
+        out.append("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)))
+    out.append("")
+    for v in doc["verdicts"]:
+        mark = "MET " if v["ok"] else "MISS"
+        if v["kind"] == "check":
+            mark = "OK  " if v["ok"] else "FAIL"
+        out.append(f"[{mark}] {v['name']}: {v['value']} (goal {v['goal']})")
+    return "\n".join(out)
+
+
+def markdown_table(doc: dict[str, Any]) -> str:
+    """The results as a Markdown table."""
+    headers = [c[0] for c in _COLUMNS] + ["upstream calls", "remarks"]
+    out = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in doc["rows"]:
+        cells = [_cell(row, field, fmt) for _, field, fmt in _COLUMNS]
+        cells += [_upstream(row), _remark(row)]
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(out)
+
+
+def verdicts_markdown(doc: dict[str, Any]) -> str:
+    """Targets and checks as a Markdown list."""
+    out = []
+    for v in doc["verdicts"]:
+        if v["kind"] == "target":
+            mark = "**met**" if v["ok"] else "**missed**"
+        else:
+            mark = "ok" if v["ok"] else "**FAILED**"
+        out.append(f"- {mark}: {v['name']}: {v['value']} (goal {v['goal']})")
+    return "\n".join(out)
+
+
+def chart(doc: dict[str, Any], path: Path) -> None:
+    """Latency chart: p50/p90/p99 per scenario, and the baseline vs cached curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    rows = doc["rows"]
+    fig, (bars, curves) = plt.subplots(
+        1, 2, figsize=(15, 6.5), gridspec_kw={"width_ratios": [1.6, 1]}
+    )
+    names = [r["title"] for r in rows]
+    ys = range(len(rows))
+    height = 0.27
+    for i, (label, field, color) in enumerate(
+        (("p50", "p50_ms", "#4c72b0"), ("p90", "p90_ms", "#dd8452"), ("p99", "p99_ms", "#c44e52"))
+    ):
+        bars.barh(
+            [y + (i - 1) * height for y in ys],
+            [r[field] for r in rows],
+            height=height,
+            label=label,
+            color=color,
+        )
+    bars.set_yticks(list(ys), names, fontsize=8)
+    bars.invert_yaxis()
+    bars.set_xscale("log")
+    bars.set_xlabel("latency, ms (log scale)")
+    bars.set_title("Latency per scenario")
+    bars.grid(axis="x", which="both", alpha=0.3)
+    bars.legend(loc="lower right")
+
+    styles = {"baseline": "--", "cached": "-"}
+    for row in rows:
+        if row["group"] not in styles:
+            continue
+        qs = [q / 100 for q, _ in row["curve_ms"]]  # logit scale: fractions in (0, 1)
+        ms = [v for _, v in row["curve_ms"]]
+        curves.plot(qs, ms, styles[row["group"]], marker="o", markersize=3, label=row["title"])
+    curves.set_xscale("logit")
+    curves.xaxis.set_major_formatter(
+        matplotlib.ticker.FuncFormatter(lambda q, _pos: f"p{q * 100:g}")
+    )
+    curves.set_xlabel("percentile")
+    curves.set_ylabel("latency, ms")
+    curves.set_title(f"Cached reads vs baseline, {_read_concurrency(rows)} concurrent calls")
+    curves.grid(alpha=0.3)
+    curves.legend(fontsize=8)
+    m = doc["machine"]
+    fig.suptitle(
+        f"Registry Config Gateway, {doc['mode']} run {doc['started']} - {m['cpu_model']}, "
+        f"{m['cores']} cores",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _read_concurrency(rows: list[dict[str, Any]]) -> int:
+    return next((int(r["concurrency"]) for r in rows if r["group"] == "cached"), 0)
+
+
+def markdown(doc: dict[str, Any], chart_name: str) -> str:
+    """docs/performance.md: how it was measured, the table, the targets, the findings."""
+    m = doc["machine"]
+    s = doc["setup"]
+    v = m["versions"]
+    versions = ", ".join(f"{k} {val}" for k, val in v.items() if val)
+    findings = FINDINGS.read_text() if FINDINGS.exists() else ""
+    pinning = (
+        f"server on cpu {s['server_cpus']}, load generator and AWS stand-in on cpu "
+        f"{s['client_cpus']} (taskset / sched_setaffinity)"
+        if s["pinned"]
+        else "nothing pinned"
+    )
+    return f"""# Performance
+
+Generated by `make bench` (`python -m bench`) from `bench/results/latest.json`; edit
+`bench/findings.md` for the prose at the end, not this file.
+
+- **Run**: {doc["mode"]}, {doc["started"]}, {doc["duration_s"]} s, commit
+  `{m["git_commit"]}`{" (with uncommitted changes)" if m["git_dirty"] else ""}
+- **Machine**: {m["cpu_model"]}, {m["cores"]} cores, Linux {m["kernel"]}; load average
+  at the end {m["load_average_1m_5m_at_end"][0]} (1 min) — the machine is shared
+- **Versions**: {versions}
+- **Pinning**: {pinning}; {s["client_processes"]} client processes,
+  {s["channels_per_process"]} channels each (one TCP connection per channel)
+
+## Results
+
+{markdown_table(doc)}
+
+Columns: calls/s over the timed part (after warm-up); latency as the client saw it;
+**srv CPU s/1k** = CPU seconds of the server process(es) (all threads, from the kernel's
+per-process CPU clock, as `clock_getcpuclockid(3)` gives it; workers summed) per 1,000
+calls; **srv busy** = server CPU seconds per wall second (100% = one core); **cli CPU s/1k**
+= the load generator's own CPU per 1,000 calls. When the server was busy under
+{s["client_bound_below_busy"]:.0%} of a core, its calls/s is not the server's limit, and
+the remarks say what was: **client-bound** (the load
+generator's core was full), **other work-bound** (the server's core was taken by other
+processes on this shared machine), **latency-bound** (the calls waited, e.g. on AWS).
+Compare such rows by CPU per call, which holds steadier.
+
+![latency per scenario]({chart_name})
+
+## Targets and checks
+
+{verdicts_markdown(doc)}
+
+{findings}
+"""
