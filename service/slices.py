@@ -26,8 +26,8 @@ from typing import Any
 from ecr.registry.v1 import registry_pb2 as pb
 
 from service import convert, etags, plan
-from service.auth.targets import Target
-from service.errors import FailedPrecondition, PermissionDenied, QuotaViolation
+from service.auth.targets import Target, denied
+from service.errors import FailedPrecondition, QuotaViolation
 from service.operations import PolicyUpdate, ReplicationUpdate
 from service.validation import MAX_UNIQUE_DESTINATIONS
 
@@ -73,7 +73,7 @@ class Ownership:
         """PermissionDenied naming the first new rule the tenant could not own."""
         for i, rule in enumerate(rules):
             if not rule.repository_filters:
-                raise _denied(
+                raise denied(
                     target,
                     "PutReplicationRules",
                     "RULE_WITHOUT_FILTER",
@@ -85,7 +85,7 @@ class Ownership:
             for j, repository_filter in enumerate(rule.repository_filters):
                 if not self.owns_filter(repository_filter.filter):
                     owned = ", ".join(self.repository_prefixes) or "none"
-                    raise _denied(
+                    raise denied(
                         target,
                         "PutReplicationRules",
                         "RULE_NOT_OWNED",
@@ -131,7 +131,7 @@ class Ownership:
             if not self.owns_statement(statement):
                 sid = statement.get("Sid") if isinstance(statement, dict) else None
                 owned = f"'{self.sid_prefix}'" if self.sid_prefix else "none"
-                raise _denied(
+                raise denied(
                     target,
                     "PutPolicyStatements",
                     "STATEMENT_NOT_OWNED",
@@ -320,17 +320,3 @@ def _statements(policy_text: str | None) -> list[Any]:
         return []
     statements = _document(policy_text).get("Statement", [])
     return [statements] if isinstance(statements, dict) else list(statements or [])
-
-
-def _denied(target: Target, rpc: str, reason: str, message: str, field: str) -> PermissionDenied:
-    return PermissionDenied(
-        message,
-        reason=reason,
-        metadata={
-            "tenant": target.tenant,
-            "rpc": rpc,
-            "registryId": target.registry_id,
-            "region": target.region,
-            "field": field,
-        },
-    )

@@ -14,9 +14,9 @@ from typing import Any
 
 from ecr.registry.v1 import registry_pb2 as pb
 
-from service.auth.targets import Target
+from service.auth.targets import Target, denied
 from service.config import PolicyGuardrails
-from service.errors import FieldViolation, InvalidArgument, PermissionDenied
+from service.errors import FieldViolation, InvalidArgument
 
 # An AWS principal names its account either bare or inside an IAM/STS ARN.
 _ACCOUNT_IN_PRINCIPAL = re.compile(r"^(?:arn:aws[a-z-]*:(?:iam|sts)::)?([0-9]{12})(?::|$)")
@@ -46,7 +46,7 @@ class ContentRules:
             for j, destination in enumerate(rule.destinations):
                 if (destination.registry_id, destination.region) not in allowed:
                     path = f"{field}[{i}].destinations[{j}]"
-                    raise _denied(
+                    raise denied(
                         target,
                         rpc,
                         "DESTINATION_NOT_ALLOWED",
@@ -72,7 +72,7 @@ class ContentRules:
             if "NotPrincipal" in statement:
                 # Allow + NotPrincipal grants everyone but a few: as wide as a wildcard.
                 if not guardrails.allow_wildcard_principal:
-                    raise _denied(
+                    raise denied(
                         target,
                         rpc,
                         "WILDCARD_PRINCIPAL",
@@ -85,7 +85,7 @@ class ContentRules:
                 if "*" in principal:
                     if guardrails.allow_wildcard_principal:
                         continue
-                    raise _denied(
+                    raise denied(
                         target,
                         rpc,
                         "WILDCARD_PRINCIPAL",
@@ -96,7 +96,7 @@ class ContentRules:
                     continue
                 match = _ACCOUNT_IN_PRINCIPAL.match(principal)
                 if match is None or match.group(1) not in guardrails.principal_accounts:
-                    raise _denied(
+                    raise denied(
                         target,
                         rpc,
                         "PRINCIPAL_NOT_ALLOWED",
@@ -134,17 +134,3 @@ def _principals(value: Any) -> Iterator[str]:
     elif isinstance(value, list):
         for item in value:
             yield from _principals(item)
-
-
-def _denied(target: Target, rpc: str, reason: str, message: str, field: str) -> PermissionDenied:
-    return PermissionDenied(
-        message,
-        reason=reason,
-        metadata={
-            "tenant": target.tenant,
-            "rpc": rpc,
-            "registryId": target.registry_id,
-            "region": target.region,
-            "field": field,
-        },
-    )

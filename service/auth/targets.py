@@ -27,6 +27,22 @@ class Target:
         return self.registry.registry_id
 
 
+def denied(target: Target, rpc: str, reason: str, message: str, field: str) -> PermissionDenied:
+    """PermissionDenied for what a write holds (a destination, a principal, a rule), with
+    the metadata of every denial and the proto field path of the refused part."""
+    return PermissionDenied(
+        message,
+        reason=reason,
+        metadata={
+            "tenant": target.tenant,
+            "rpc": rpc,
+            "registryId": target.registry_id,
+            "region": target.region,
+            "field": field,
+        },
+    )
+
+
 class TargetAuthorizer:
     """Resolves a request's (registry_id, region) defaults and checks the tenant may act there."""
 
