@@ -1,4 +1,4 @@
-"""Every grpcurl command of the README's "Debugging with grpcurl" section, run as written.
+"""Every grpcurl command of the README's "Debugging with grpcurl" and slices sections, as written.
 
 The commands are taken from the README's `sh` blocks, in order, and run by bash against a
 live gateway, as a person following the README would:
@@ -36,6 +36,8 @@ ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 README = (ROOT / "README.md").read_text()
 SECTION = "## Debugging with grpcurl"
+# Run after it, with its variables: the four slice calls against the same demo gateway.
+SLICES = "## Shared registries: tenant-owned slices"
 DEMO_KEY = "readme-demo-key"
 SPIFFE_ID = "spiffe://corp.example/ns/payments/sa/deployer"
 FIVE = (
@@ -56,9 +58,9 @@ class Step:
     name: str = ""
 
 
-def section(text: str) -> str:
-    """The README section, up to the next `## ` heading."""
-    start = text.index(f"\n{SECTION}\n")
+def section(text: str, heading: str = SECTION) -> str:
+    """A README section, up to the next `## ` heading."""
+    start = text.index(f"\n{heading}\n")
     end = text.find("\n## ", start + 1)
     return text[start : end if end != -1 else len(text)]
 
@@ -66,7 +68,12 @@ def section(text: str) -> str:
 def steps(text: str) -> list[Step]:
     """The `sh` blocks of the section as steps, in order."""
     found: list[Step] = []
-    for block in re.findall(r"```sh\n(.*?)```", section(text), flags=re.S):
+    blocks = [
+        block
+        for heading in (SECTION, SLICES)
+        for block in re.findall(r"```sh\n(.*?)```", section(text, heading), flags=re.S)
+    ]
+    for block in blocks:
         lines = block.splitlines()
         i = 0
         while i < len(lines):
