@@ -572,3 +572,28 @@ def test_the_sync_twin_has_the_same_methods_and_arguments() -> None:
     async_surface = surface(RegistryConfigClient)
     assert len(async_surface) >= 7
     assert surface(SyncRegistryConfigClient) == async_surface
+
+
+async def test_slices_of_a_shared_registry(gateway: Gateway) -> None:
+    rule = {
+        "destinations": [{"region": "eu-west-1", "registryId": ACCOUNT}],
+        "repositoryFilters": [{"filter": "payments/api", "filterType": "PREFIX_MATCH"}],
+    }
+    statement = json.loads(POLICY)["Statement"][0] | {"Sid": "PaymentsPartnerPull"}
+    async with RegistryConfigClient(target(gateway), api_key=KEY) as client:
+        empty = await client.get_replication_rules()
+        assert list(empty.rules) == []
+        written = await client.put_replication_rules(rules=[rule], etag=empty.etag)
+        mine = await client.get_replication_rules()
+        assert [r.repository_filters[0].filter for r in mine.rules] == ["payments/api"]
+        assert mine.etag == written.etag != empty.etag
+        assert mine.rules_used == 1
+
+        await client.put_policy_statements(statements=[statement])
+        got = await client.get_policy_statements()
+        assert [s["Sid"] for s in json.loads(got.statements_json)] == ["PaymentsPartnerPull"]
+        with pytest.raises(EtagMismatch):
+            await client.put_policy_statements(statements=[], etag=empty.etag)
+        await client.put_policy_statements(statements=[], etag=got.etag)
+        with pytest.raises(NotFound):  # nobody's statement left: the policy was deleted
+            await client.get_registry_policy()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -237,6 +237,123 @@ class RegistryConfigClient:
         return await self._call(
             "PutReplicationConfiguration",
             self._stub.PutReplicationConfiguration,
+            message,
+            False,
+            timeout,
+            retry,
+            info,
+        )
+
+    async def get_replication_rules(
+        self,
+        request: pb.GetReplicationRulesRequest | None = None,
+        *,
+        registry_id: str | None = None,
+        region: str | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        info: CallInfo | None = None,
+    ) -> pb.GetReplicationRulesResponse:
+        """Your replication rules in a shared registry (your slice), its etag, and the
+        registry's use of the shared limits (10 rules, 25 unique destinations)."""
+        message = self._prepare(
+            pb.GetReplicationRulesRequest, request, registry_id=registry_id, region=region
+        )
+        return await self._call(
+            "GetReplicationRules",
+            self._stub.GetReplicationRules,
+            message,
+            False,
+            timeout,
+            retry,
+            info,
+        )
+
+    async def put_replication_rules(
+        self,
+        request: pb.PutReplicationRulesRequest | None = None,
+        *,
+        rules: Sequence[pb.ReplicationRule | Mapping[str, Any]] | None = None,
+        registry_id: str | None = None,
+        region: str | None = None,
+        etag: str | None = None,
+        validate_only: bool | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        info: CallInfo | None = None,
+    ) -> pb.PutReplicationRulesResponse:
+        """Replace your slice of the replication rules (messages or AWS-shaped JSON rules;
+        `[]` removes them); the gateway keeps everyone else's rules and writes the merge."""
+        message = self._prepare(
+            pb.PutReplicationRulesRequest,
+            request,
+            rules=rules,
+            registry_id=registry_id,
+            region=region,
+            etag=etag,
+            validate_only=validate_only,
+        )
+        return await self._call(
+            "PutReplicationRules",
+            self._stub.PutReplicationRules,
+            message,
+            False,
+            timeout,
+            retry,
+            info,
+        )
+
+    async def get_policy_statements(
+        self,
+        request: pb.GetPolicyStatementsRequest | None = None,
+        *,
+        registry_id: str | None = None,
+        region: str | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        info: CallInfo | None = None,
+    ) -> pb.GetPolicyStatementsResponse:
+        """Your statements of the registry policy (`statements_json`) and their etag."""
+        message = self._prepare(
+            pb.GetPolicyStatementsRequest, request, registry_id=registry_id, region=region
+        )
+        return await self._call(
+            "GetPolicyStatements",
+            self._stub.GetPolicyStatements,
+            message,
+            False,
+            timeout,
+            retry,
+            info,
+        )
+
+    async def put_policy_statements(
+        self,
+        request: pb.PutPolicyStatementsRequest | None = None,
+        *,
+        statements: Sequence[Mapping[str, Any]] | str | None = None,
+        registry_id: str | None = None,
+        region: str | None = None,
+        etag: str | None = None,
+        validate_only: bool | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        info: CallInfo | None = None,
+    ) -> pb.PutPolicyStatementsResponse:
+        """Replace your statements of the registry policy (dicts or a JSON array; `[]`
+        removes them); the gateway keeps everyone else's and writes the merged policy."""
+        message = self._prepare(
+            pb.PutPolicyStatementsRequest,
+            request,
+            statements_json=statements,
+            registry_id=registry_id,
+            region=region,
+            etag=etag,
+            validate_only=validate_only,
+        )
+        return await self._call(
+            "PutPolicyStatements",
+            self._stub.PutPolicyStatements,
             message,
             False,
             timeout,

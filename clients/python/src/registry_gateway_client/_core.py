@@ -27,7 +27,15 @@ CACHE_CONTROL_KEY = "cache-control"
 USER_AGENT = f"registry-gateway-client-python/{__version__}"
 
 # The writes: retried only when safe (an etag or validate_only), see _retry.
-WRITE_RPCS = frozenset({"PutRegistryPolicy", "DeleteRegistryPolicy", "PutReplicationConfiguration"})
+WRITE_RPCS = frozenset(
+    {
+        "PutRegistryPolicy",
+        "DeleteRegistryPolicy",
+        "PutReplicationConfiguration",
+        "PutReplicationRules",
+        "PutPolicyStatements",
+    }
+)
 
 M = TypeVar("M", bound=Message)
 
@@ -144,6 +152,19 @@ def prepare(
         if name == "replication_configuration":
             getattr(message, name).CopyFrom(replication_configuration(value))
             continue
+        if name == "rules":
+            # Messages or AWS-shaped JSON rules ({"destinations": [...], "repositoryFilters": ...}).
+            del message.rules[:]  # type: ignore[attr-defined]
+            for rule in value:
+                parsed = (
+                    rule
+                    if isinstance(rule, pb.ReplicationRule)
+                    else json_format.ParseDict(dict(rule), pb.ReplicationRule())
+                )
+                message.rules.append(parsed)  # type: ignore[attr-defined]
+            continue
+        if name == "statements_json" and not isinstance(value, str):
+            value = json.dumps(list(value), separators=(",", ":"))
         setattr(message, name, value)
     target = cast(_Targeted, message)
     if registry_id and not target.registry_id:
