@@ -6,6 +6,7 @@ is never in the production image.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 from collections.abc import Mapping
@@ -47,6 +48,8 @@ def start_moto() -> EmbeddedAws:
         raise SystemExit(
             "--embedded needs moto: install the 'embedded' extra (pip install '.[embedded]')"
         ) from exc
+    # werkzeug logs a line per request moto serves: noise beside the gateway's own log.
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
