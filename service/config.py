@@ -85,6 +85,9 @@ class ServerConfig(_Strict):
     # A plaintext listener serving only grpc.health.v1.Health: Kubernetes' gRPC probe does
     # not speak TLS, so with mTLS on, probes need a port of their own (pod-local).
     health_listen: str | None = None
+    # Reload when the config file changes (checked this often; 0: only on SIGHUP). Follows
+    # symlinks, so a Kubernetes ConfigMap update (an atomic symlink swap) is seen.
+    watch_config_seconds: float = Field(0.0, ge=0)
 
     @field_validator("health_listen")
     @classmethod

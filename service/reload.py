@@ -9,6 +9,7 @@ keeps their running values and logs which ones differ.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -35,6 +36,14 @@ class Reloader:
         self._holder = holder
         self._tls = tls
         self._environ = environ
+
+    def stamp(self) -> tuple[int, int, int] | None:
+        """What identifies the file's current version (inode, size, mtime); None if absent."""
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return None
+        return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     def reload(self) -> bool:
         """Apply the file's current content; False (and the old config kept) if it is broken."""

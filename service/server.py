@@ -199,6 +199,17 @@ class Gateway:
         results = await asyncio.gather(*(self.upstream.reachable(t) for t in targets))
         return any(results)
 
+    async def _watch_config(self, every: float) -> None:
+        """Reload whenever the config file's identity or content stamp changes."""
+        assert self.reloader is not None
+        seen = self.reloader.stamp()
+        while True:
+            await asyncio.sleep(every)
+            stamp = self.reloader.stamp()
+            if stamp != seen:
+                seen = stamp
+                self.reloader.reload()
+
     async def _until_reachable(self) -> None:
         delay = 1.0
         while not await self._any_upstream_reachable():
@@ -238,6 +249,8 @@ class Gateway:
             credentials = next(tls).server_credentials() if listener.tls else None
             self.ports.append(self._bind(listener.listen, credentials))
         await self.server.start()
+        if self.reloader is not None and self.config.server.watch_config_seconds > 0:
+            self._spawn(self._watch_config(self.config.server.watch_config_seconds))
         if self.config.metrics is not None:
             self.metrics_port = self.metrics.serve(self.config.metrics.listen)
         if self.health_server is not None:

@@ -192,3 +192,26 @@ async def test_overlapping_ownership_is_refused_at_start_and_at_reload(
     # And a gateway cannot start on it: the same loader refuses it.
     with pytest.raises(ConfigError, match="tenants payments and readonly own overlapping"):
         await gateway_factory(config_path=path)
+
+
+async def test_a_changed_file_is_reloaded_when_watched(
+    gateway_factory: GatewayFactory, config_file: tuple[Path, dict[str, Any]]
+) -> None:
+    path, raw = config_file
+    raw["server"]["watch_config_seconds"] = 0.05
+    write(path, raw)
+    gateway = await gateway_factory(config_path=path)
+    assert gateway.reloader is not None
+    reloaded = asyncio.Event()
+    real_reload = gateway.reloader.reload
+
+    def observed() -> bool:
+        result = real_reload()
+        reloaded.set()
+        return result
+
+    gateway.reloader.reload = observed  # type: ignore[method-assign]
+    raw["tenants"][0]["api_keys"].append(hash_key(NEW_KEY))
+    write(path, raw)
+    await asyncio.wait_for(reloaded.wait(), timeout=10)
+    assert await status_of(gateway, NEW_KEY) == grpc.StatusCode.OK
