@@ -226,10 +226,10 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         async def handle(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             measured.started.inc()
-            traced = self._tracing.rpc(method, context.invocation_metadata())
+            metadata = context.invocation_metadata()
+            traced = self._tracing.rpc(method, metadata)
             span = traced.__enter__()
             error_type: str | None = None
-            metadata = context.invocation_metadata()
             request_id = _request_id(metadata)
             tenancy = self._tenancy.current
             identity: Identity | None = None
@@ -316,8 +316,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         """Every error and every write; reads served from the cache only by sample, because
         a log line per hit costs more than the hit itself."""
         cache = call.cache_result[0] if call is not None and call.cache_result else None
-        sampled_out = self._sample() >= self._hit_log_sample_rate
-        if code == grpc.StatusCode.OK and cache == "hit" and sampled_out:
+        hit = code == grpc.StatusCode.OK and cache == "hit"
+        if hit and self._sample() >= self._hit_log_sample_rate:
             return
         fields: dict[str, Any] = {
             "request_id": request_id,
