@@ -17,7 +17,7 @@ from service import slices
 from service.audit import WriteRecord, policy_digest
 from service.auth.content import ContentRules
 from service.auth.targets import Target
-from service.errors import NotFound
+from service.errors import GatewayError, NotFound
 from service.middleware import CallInfo, current_call
 from service.operations import RegistryOperations, check_etag
 from service.validation import RequestValidator
@@ -51,7 +51,15 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
     ) -> tuple[Target, WriteRecord]:
         record = call.write if call.write is not None else WriteRecord()
         record.validate_only = validate_only
-        target = RegistryConfigServicer._target(call, registry_id, region)
+        # What was asked for, as sent (the audit bounds it): a refused attempt's line must
+        # say what the tenant tried to touch; the defaults it resolved to, if it sent none.
+        record.registry_id, record.region = registry_id or None, region or None
+        try:
+            target = RegistryConfigServicer._target(call, registry_id, region)
+        except GatewayError as exc:
+            record.registry_id = record.registry_id or exc.metadata.get("registryId")
+            record.region = record.region or exc.metadata.get("region")
+            raise
         record.registry_id, record.region = target.registry_id, target.region
         return target, record
 
@@ -140,6 +148,7 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
             target, pb.ReplicationConfiguration(rules=request.rules), rpc=call.rpc, field="rules"
         )
         mine = list(request.rules)
+        slices.check_rule_share(target, mine)
 
         def merge(current: pb.DescribeRegistryResponse) -> pb.ReplicationConfiguration:
             # Runs under the registry's lock, on the configuration read fresh from AWS.
@@ -148,13 +157,22 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
                 request.etag, slices.rules_etag(existing), target, f"the rules of {target.tenant}"
             )
             merged = owner.merge_rules(current.replication_configuration, mine)
-            slices.check_quotas(target, owner, merged, mine)
-            self._validator.check(
-                pb.PutReplicationConfigurationRequest(replication_configuration=merged), target
+            slices.check_registry_rules(target, merged, mine)
+            # The caller's rules were validated alone; what fails now is the others' part.
+            slices.merged_must_validate(
+                target,
+                "replication configuration",
+                "REPLICATION_NOT_MERGEABLE",
+                lambda: self._validator.check(
+                    pb.PutReplicationConfigurationRequest(replication_configuration=merged), target
+                ),
             )
             return merged
 
-        update = await self._ops.update_replication(target, merge, request.validate_only, record)
+        with slices.aws_refusals_withheld(target):
+            update = await self._ops.update_replication(
+                target, merge, request.validate_only, record
+            )
         return slices.put_rules_response(target, owner, update)
 
     async def GetPolicyStatements(
@@ -183,7 +201,14 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         self._validator.check(request, target)
         owner = slices.Ownership.of(target)
         mine = slices.parse_statements(request.statements_json)
+        slices.check_statement_grammar(target, request.statements_json, len(mine))
         owner.check_statements(target, mine)
+        # The caller's statements alone, against its own guardrails: the others' were judged
+        # against theirs when they wrote them, and must never decide this write.
+        self._content.check_slice_statements(
+            target, call.tenant.policy_guardrails, mine, rpc=call.rpc
+        )
+        slices.check_statement_share(target, mine)
 
         def merge(current: str | None) -> str | None:
             # Runs under the registry's lock, on the policy read fresh from AWS.
@@ -196,12 +221,18 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
             )
             merged = owner.merge_policy(current, mine)
             if merged is not None:
-                # The whole document must be valid and within the caller's guardrails.
-                self._validator.check(pb.PutRegistryPolicyRequest(policy_text=merged), target)
-                self._content.check_policy(
-                    target, call.tenant.policy_guardrails, merged, rpc=call.rpc
+                # Only what no single statement decides: the size, and the document's validity.
+                slices.check_policy_size(target, merged, mine)
+                slices.merged_must_validate(
+                    target,
+                    "registry policy",
+                    "POLICY_NOT_MERGEABLE",
+                    lambda: self._validator.check(
+                        pb.PutRegistryPolicyRequest(policy_text=merged), target
+                    ),
                 )
             return merged
 
-        update = await self._ops.update_policy(target, merge, request.validate_only, record)
+        with slices.aws_refusals_withheld(target):
+            update = await self._ops.update_policy(target, merge, request.validate_only, record)
         return slices.put_statements_response(target, owner, update)

@@ -3,6 +3,7 @@
 Allowed, denied, failed or validate-only, every write leaves exactly one line with who,
 what, where, the outcome and the etags around it. Never a key, a token or a policy text:
 the identity is a digest prefix, a JWT subject or a SPIFFE ID, and a policy is its digest.
+Every text field is passed through `echo`: at most 128 characters, nothing unprintable.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import asdict, dataclass
 from typing import IO, Any
 
 from service.config import AuditConfig
+from service.echo import echo
 
 
 @dataclass
@@ -28,6 +30,15 @@ class WriteRecord:
     etag_before: str | None = None
     etag_after: str | None = None
     policy_sha256: str | None = None
+
+
+def _bounded(value: object) -> object:
+    # The registry and region of a refused write are the caller's, as sent: bounded and
+    # escaped so one line stays one readable line (and a lone surrogate cannot make the
+    # UTF-8 write fail and lose the line).
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    return echo(value)
 
 
 def policy_digest(policy_text: str) -> str:
@@ -60,8 +71,7 @@ class AuditLog:
         record: WriteRecord,
     ) -> None:
         """Append one line for one write attempt."""
-        line: dict[str, Any] = {
-            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+        fields: dict[str, Any] = {
             "request_id": request_id,
             "tenant": tenant,
             "identity": identity,
@@ -69,6 +79,10 @@ class AuditLog:
             "outcome": outcome,
             "reason": reason,
             **asdict(record),
+        }
+        line: dict[str, Any] = {
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+            **{k: _bounded(v) for k, v in fields.items()},
         }
         text = json.dumps(line, separators=(",", ":"), ensure_ascii=False)
         with self._lock:

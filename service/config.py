@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from service import ecr_limits
+
 ENV_CONFIG_PATH = "REGISTRY_GATEWAY_CONFIG"
 ENV_OVERRIDE_PREFIX = "REGISTRY_GATEWAY__"
 
@@ -122,6 +124,9 @@ class AwsConfig(_Strict):
     # this margin before its deadline.
     max_concurrent_calls: int = Field(64, ge=1)
     bulkhead_margin_seconds: float = Field(0.05, ge=0)
+    # The most of those slots one tenant may hold at once (a fraction; at least one slot),
+    # so a tenant flooding AWS with calls cannot starve the others of the same account.
+    max_tenant_share: float = Field(0.5, gt=0, le=1)
 
 
 class DestinationAllow(_Strict):
@@ -156,6 +161,11 @@ class RegistryConfig(_Strict):
     # Its slice of the registry policy (PutPolicyStatements): statements whose Sid starts
     # with this. IAM Sids are alphanumeric, so the prefix is too.
     owned_statement_sid_prefix: str | None = Field(None, pattern=r"^[A-Za-z0-9]{1,100}$")
+    # This slice's share of ECR's registry-wide limits (service/ecr_limits.py); absent, an
+    # equal part of what the other slices' explicit shares leave.
+    max_rules: int | None = Field(None, ge=1, le=ecr_limits.MAX_RULES)
+    max_destinations: int | None = Field(None, ge=1, le=ecr_limits.MAX_UNIQUE_DESTINATIONS)
+    max_policy_chars: int | None = Field(None, ge=1, le=ecr_limits.POLICY_STATEMENT_CHARS)
 
     @field_validator("registry_id", mode="before")
     @classmethod
@@ -264,9 +274,14 @@ class JwtConfig(_Strict):
 
 
 class AuthConfig(_Strict):
-    """The `auth:` section: token kinds beyond API keys."""
+    """The `auth:` section: token kinds beyond API keys, and failed-authentication limits."""
 
     jwt: JwtConfig | None = None
+    # Failed authentications per peer address (service/auth/failures.py): past this rate
+    # the answer is RESOURCE_EXHAUSTED and only a sample is logged. Valid credentials are
+    # never refused because of it.
+    failures_per_second: float = Field(1.0, gt=0)
+    failures_burst: int = Field(20, ge=1)
 
 
 class RateLimitConfig(_Strict):
@@ -325,6 +340,11 @@ class CacheConfig(_Strict):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every key the gateway writes starts with this: several deployments can share a Redis.
     key_prefix: str = Field("registry-gateway:", min_length=1)
+    # Reads with `cache-control: no-cache` go to AWS: a per-tenant budget of them, always on
+    # (service/ratelimit.py FreshReadBudget), so one tenant cannot bring AWS throttling, and
+    # with it the shared breaker, on everyone.
+    fresh_reads_per_second: float = Field(1.0, gt=0)
+    fresh_reads_burst: int = Field(5, ge=1)
 
 
 class GatewayConfig(_Strict):
@@ -374,6 +394,8 @@ class GatewayConfig(_Strict):
                 if other != tenant.name:
                     raise ValueError(f"tenants {other} and {tenant.name} share {spiffe_id}")
         _unambiguous_ownership(tenants)
+        _slice_writers_own_slices(tenants)
+        ecr_limits.effective_shares(tenants)  # the shares of each registry fit ECR's limits
         return tenants
 
 
@@ -403,6 +425,29 @@ def _unambiguous_ownership(tenants: tuple[TenantConfig, ...]) -> None:
                     raise ValueError(
                         f"tenants {tenant_a} and {tenant_b} own overlapping {kind} prefixes "
                         f"{prefix_a!r} and {prefix_b!r} on registry {registry_id}"
+                    )
+
+
+def _slice_writers_own_slices(tenants: tuple[TenantConfig, ...]) -> None:
+    """Refuse a slice write granted to a tenant owning nothing it could write to.
+
+    A slice statement may act only on the tenant's own repositories (its Resource lies
+    under an owned repository prefix), so PutPolicyStatements needs repository prefixes as
+    well as a Sid prefix; a rule is the tenant's only inside its repository prefixes.
+    """
+    needs = {
+        "PutReplicationRules": ("owned_repository_prefixes",),
+        "PutPolicyStatements": ("owned_repository_prefixes", "owned_statement_sid_prefix"),
+    }
+    for tenant in tenants:
+        for registry in tenant.registries:
+            for rpc, keys in needs.items():
+                missing = [key for key in keys if not getattr(registry, key)]
+                if rpc in registry.operations and missing:
+                    raise ValueError(
+                        f"tenant {tenant.name} may call {rpc} on registry "
+                        f"{registry.registry_id} but has no {' and no '.join(missing)}: "
+                        f"it would own nothing to write"
                     )
 
 

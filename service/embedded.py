@@ -85,7 +85,7 @@ def demo_config(
                         "regions": list(DEMO_REGIONS),
                         "operations": list(OPERATIONS),
                         # A slice for trying the slice RPCs (README, "Shared registries").
-                        "owned_repository_prefixes": ["prod"],
+                        "owned_repository_prefixes": ["prod/"],
                         "owned_statement_sid_prefix": "Demo",
                         "replication_destinations": [
                             {"registry_id": DEMO_ACCOUNT, "regions": list(DEMO_REGIONS)}

@@ -4,18 +4,23 @@ AIP-193: a code, a clear message, exactly one ErrorInfo in domain `registry-gate
 with an UPPER_SNAKE_CASE reason and lowerCamelCase metadata keys, plus the detail types
 the error table of DESIGN.md names (BadRequest, RetryInfo, QuotaFailure). Messages never
 hold a stack trace, a credential or an AWS key: they are written here, from fields, not
-copied from exceptions.
+copied from exceptions. Whatever an error holds, its answer is escaped and bounded to fit
+gRPC's metadata limit (`to_status`).
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+
+from service.echo import echo
 
 DOMAIN = "registry-gateway"
 REQUEST_ID_KEY = "x-request-id"
@@ -112,6 +117,14 @@ class Unavailable(GatewayError):
     reason = "UPSTREAM_UNAVAILABLE"
 
 
+class UpstreamFailure(Unavailable):
+    """AWS itself failed: a 5xx, throttling, a connection failure or botocore's own timeout.
+
+    The only errors the circuit breaker counts (service/resilience.py): a caller's deadline
+    or departure, a full bulkhead, a refused or invalid request say nothing of AWS's health.
+    """
+
+
 class ResourceExhausted(GatewayError):
     """The tenant is over its rate; carries RetryInfo and a QuotaFailure."""
 
@@ -142,48 +155,173 @@ class RichStatus:
     trailing_metadata: tuple[tuple[str, str | bytes], ...] = field(default_factory=tuple)
 
 
-def to_status(error: GatewayError, request_id: str) -> RichStatus:
-    """Build the google.rpc.Status of an error: exactly one ErrorInfo, then other details."""
-    info = error_details_pb2.ErrorInfo(
-        reason=error.reason, domain=DOMAIN, metadata={**error.metadata, "requestId": request_id}
-    )
-    details = [info]
-    details.append(error_details_pb2.RequestInfo(request_id=request_id))
-    if error.field_violations:
-        details.append(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
-                    for v in error.field_violations
-                ]
-            )
+# Bounds of what an answer may carry. grpc-message percent-encodes every byte outside
+# printable ASCII (and `%`) to three; grpc-status-details-bin is base64 (4/3). With the
+# message at most MESSAGE_LIMIT on the wire and the whole serialized google.rpc.Status
+# (message included) under DETAILS_LIMIT, the trailers stay near 6.5 KiB, under gRPC's
+# default 8 KiB metadata limit, so the caller gets its error and not RESOURCE_EXHAUSTED.
+MESSAGE_LIMIT = 1024
+DETAILS_LIMIT = 4096
+_REASON_LIMIT = 64
+_KEY_LIMIT = 64  # AIP-193's bound on an ErrorInfo metadata key
+_FIELD_LIMIT = 256
+_DESCRIPTION_LIMIT = 512
+# The length prefixes of ErrorInfo / BadRequest / QuotaFailure, their Any and the details
+# entry each grow by a byte or so as the greedy fill adds entries; the exact size is then
+# checked by serializing, this only keeps that check from having to drop more than once.
+_SLACK = 16
+_WRAPPER = len("type.googleapis.com/google.rpc.QuotaFailure") + 8  # Any and its lengths
+_ASCII = bytes(range(0x80))
+# Errors with at most this many metadata entries and violations are first built whole.
+_FEW = 16
+
+
+def _wire_size(text: str) -> int:
+    """Bytes of `text` as grpc-message sends it (percent-encoded UTF-8)."""
+    raw = text.encode("utf-8")
+    return len(raw) + 2 * (len(raw.translate(None, _ASCII)) + raw.count(b"%"))
+
+
+def _bounded_message(message: str, limit: int) -> str:
+    text = echo(message, limit)
+    size = _wire_size(text)
+    # Only text with `%` or non-ASCII runs over: shrink by the ratio seen until it fits.
+    while size > limit and len(text) > 1:
+        text = echo(message, max(1, min(len(text) - 1, len(text) * limit // size)))
+        size = _wire_size(text)
+    return text
+
+
+def _entry_size(size: int) -> int:
+    """A length-delimited protobuf field of `size` bytes: tag, length, payload."""
+    return 1 + max(1, (size.bit_length() + 6) // 7) + size
+
+
+@dataclass
+class _Kept:
+    """The droppable parts of an error that fit, each already bounded."""
+
+    metadata: list[tuple[str, str]] = field(default_factory=list)
+    fields: list[error_details_pb2.BadRequest.FieldViolation] = field(default_factory=list)
+    quotas: list[error_details_pb2.QuotaFailure.Violation] = field(default_factory=list)
+
+    def pop(self) -> bool:
+        """Drop the last part kept (quotas, then fields, then metadata); False if none."""
+        for parts in (self.quotas, self.fields, self.metadata):
+            if parts:
+                parts.pop()
+                return True
+        return False
+
+    def left_out(self, error: GatewayError) -> str:
+        """What the message says when parts were dropped: how many of each."""
+        counts = (
+            (len(error.metadata), len(self.metadata), "metadata entries"),
+            (len(error.field_violations), len(self.fields), "field violations"),
+            (len(error.quota_violations), len(self.quotas), "quota violations"),
         )
-    if error.quota_violations:
-        details.append(
-            error_details_pb2.QuotaFailure(
-                violations=[
-                    error_details_pb2.QuotaFailure.Violation(
-                        subject=v.subject, description=v.description
-                    )
-                    for v in error.quota_violations
-                ]
-            )
+        parts = [
+            f"{total - kept} of {total} {what}" for total, kept, what in counts if total > kept
+        ]
+        return f" ({', '.join(parts)} left out)" if parts else ""
+
+
+def _fill(error: GatewayError, room: int) -> _Kept:
+    """Keep metadata entries, then field violations, then quota violations, in order, while
+    they fit in `room` bytes; bound each as it comes so a huge error costs no more."""
+    kept = _Kept()
+    for key, value in error.metadata.items():
+        pair = (echo(key, _KEY_LIMIT), echo(value))
+        room -= _entry_size(_entry_size(len(pair[0].encode())) + _entry_size(len(pair[1].encode())))
+        if room < 0:
+            return kept
+        kept.metadata.append(pair)
+    for v in error.field_violations:
+        violation = error_details_pb2.BadRequest.FieldViolation(
+            field=echo(v.field, _FIELD_LIMIT), description=echo(v.description, _DESCRIPTION_LIMIT)
         )
+        room -= _entry_size(violation.ByteSize())
+        if room < 0:
+            return kept
+        kept.fields.append(violation)
+    for q in error.quota_violations:
+        quota = error_details_pb2.QuotaFailure.Violation(
+            subject=echo(q.subject, _FIELD_LIMIT),
+            description=echo(q.description, _DESCRIPTION_LIMIT),
+        )
+        room -= _entry_size(quota.ByteSize())
+        if room < 0:
+            return kept
+        kept.quotas.append(quota)
+    return kept
+
+
+def _status(error: GatewayError, message: str, request_id: str, kept: _Kept) -> status_pb2.Status:
+    # requestId last: the gateway's, whatever a caller put under that key.
+    metadata = {**dict(kept.metadata), "requestId": request_id}
+    details: list[Message] = [
+        error_details_pb2.ErrorInfo(
+            reason=echo(error.reason, _REASON_LIMIT), domain=DOMAIN, metadata=metadata
+        ),
+        error_details_pb2.RequestInfo(request_id=request_id),
+    ]
+    if kept.fields:
+        details.append(error_details_pb2.BadRequest(field_violations=kept.fields))
+    if kept.quotas:
+        details.append(error_details_pb2.QuotaFailure(violations=kept.quotas))
     if error.retry_after_seconds is not None:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(error.retry_after_seconds * 1e9))
         details.append(error_details_pb2.RetryInfo(retry_delay=delay))
-    status = status_pb2.Status(code=error.code.value[0], message=error.message)
+    status = status_pb2.Status(code=error.code.value[0], message=message)
     for detail in details:
         packed = any_pb2.Any()
         packed.Pack(detail)
         status.details.append(packed)
+    return status
+
+
+def _fitted(error: GatewayError, request_id: str, message: str) -> tuple[status_pb2.Status, str]:
+    """The Status of an error too large to answer whole: what fits, and the new message."""
+    empty = _status(error, message, request_id, _Kept()).ByteSize()
+    kept = _fill(error, DETAILS_LIMIT - 1 - empty - 2 * _entry_size(_WRAPPER) - _SLACK)
+    while True:
+        note = kept.left_out(error)
+        if note:
+            message = _bounded_message(error.message, MESSAGE_LIMIT - len(note)) + note
+        status = _status(error, message, request_id, kept)
+        if status.ByteSize() < DETAILS_LIMIT or not kept.pop():
+            return status, message
+
+
+def to_status(error: GatewayError, request_id: str) -> RichStatus:
+    """Build the google.rpc.Status of an error: exactly one ErrorInfo, then other details.
+
+    The last line of defence for whatever the error holds. Every text is escaped and cut
+    with `echo`: ErrorInfo metadata values to 128 characters, its keys and the reason to
+    64, field paths and quota subjects to 256, descriptions to 512, the request id to 128.
+    The message is cut to MESSAGE_LIMIT bytes as grpc-message sends them (so at most
+    1,024 characters); each caller value echoed inside it should already be at most 128
+    characters, so this cut only catches the careless. The serialized Status, message
+    included, stays under DETAILS_LIMIT: metadata entries, then field violations, then
+    quota violations that would not fit are left out from the end, and the message says
+    how many of each. ErrorInfo (with the request id) and RequestInfo are always there.
+    """
+    request_id = echo(request_id)
+    message = _bounded_message(error.message, MESSAGE_LIMIT)
+    parts = len(error.metadata) + len(error.field_violations) + len(error.quota_violations)
+    status: status_pb2.Status | None = None
+    if parts <= _FEW:
+        # Nearly every error: build it whole once (each part bounded) and keep it if it fits.
+        whole = _status(error, message, request_id, _fill(error, sys.maxsize))
+        if whole.ByteSize() < DETAILS_LIMIT:
+            status = whole
+    if status is None:
+        status, message = _fitted(error, request_id, message)
     grpc_status = rpc_status.to_status(status)
     return RichStatus(
         code=error.code,
-        message=error.message,
+        message=message,
         trailing_metadata=(*grpc_status.trailing_metadata, (REQUEST_ID_KEY, request_id)),
     )
 
@@ -244,7 +382,7 @@ def from_aws(aws_code: str, aws_message: str, aws_request_id: str, operation: st
             metadata=metadata,
         )
     if aws_code in _AWS_UNAVAILABLE:
-        return Unavailable(
+        return UpstreamFailure(
             f"AWS ECR is unavailable ({aws_code}); retry later",
             metadata=metadata,
             retry_after_seconds=UPSTREAM_RETRY_AFTER_SECONDS,

@@ -74,6 +74,20 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.auth_failures = Counter(
+            "registry_gateway_auth_failures",
+            "Failed authentications, by reason (every one counted; log lines are sampled "
+            "past a peer's budget).",
+            ["reason"],
+            registry=r,
+        )
+        self.unowned_slices = Counter(
+            "registry_gateway_unowned_slices",
+            "Slice prefixes (kind: repository or statement_sid) a reload left without an "
+            "owner on a registry; what they held is kept, changed only by full writes.",
+            ["registry_id", "kind"],
+            registry=r,
+        )
         self.breaker = Gauge(
             "registry_gateway_breaker_state",
             "Circuit breaker per (account, region): 0 closed, 1 half-open, 2 open.",

@@ -4,6 +4,11 @@ Wrapping interceptors cost about 15% of a bare call each in Python, so the per-c
 concerns live in this one. It wraps the handler (not just `intercept_service`) to see the
 request and the context. It fails closed: every method not explicitly exempt (health,
 reflection) requires credentials.
+
+Bounded work before authentication: the handler takes the request as raw bytes (grpc.aio
+would otherwise parse it on the event loop before any gateway code runs, for anyone), and
+parses it only once the caller is authenticated and the bytes are within the RPC's limit
+(service/request_limits.py). Bytes that do not parse are diagnosed within a fixed budget.
 """
 
 from __future__ import annotations
@@ -24,19 +29,23 @@ from google.protobuf.message import DecodeError
 
 from service import wire
 from service.audit import AuditLog, WriteRecord
+from service.auth.failures import AuthFailures
 from service.auth.identity import Identity
 from service.config import WRITE_OPERATIONS, ServerConfig, TenantConfig
+from service.echo import safe_request_id
 from service.errors import (
     REQUEST_ID_KEY,
     DeadlineExceeded,
     FieldViolation,
     GatewayError,
     InvalidArgument,
+    Unauthenticated,
     internal,
     to_status,
 )
 from service.metrics import Metrics
-from service.ratelimit import RateKind, RateLimiter
+from service.ratelimit import FreshReadBudget, RateKind, RateLimiter
+from service.request_limits import max_request_bytes
 from service.tenancy import Tenancy, TenancyHolder
 from service.tracing import Tracing, end_rpc
 
@@ -48,7 +57,6 @@ EXEMPT_PREFIXES = (
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
 )
-_MAX_REQUEST_ID = 128
 CACHE_OUTCOME_KEY = "x-cache"
 _DENIED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 CACHE_CONTROL_KEY = "cache-control"
@@ -103,30 +111,46 @@ def time_left() -> float:
     return call.deadline - asyncio.get_running_loop().time()
 
 
-@dataclass(frozen=True)
-class _Undecodable:
-    """Stands for a request whose bytes did not parse, so the handler can answer cleanly."""
-
-    violation: FieldViolation  # the first field the bytes break, as far as it can be told
+Deserializer: TypeAlias = "Callable[[bytes], Any]"
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def _decoder(rpc: str, deserializer: Deserializer | None, limit: int) -> Deserializer:
+    """Parses an authenticated caller's raw request bytes, within the RPC's byte limit."""
     if deserializer is None:
-        return None
+        raise RuntimeError(f"{rpc}: no request deserializer")
     # Generated code passes `Message.FromString`, bound to the message class.
     descriptor = getattr(getattr(deserializer, "__self__", None), "DESCRIPTOR", None)
 
-    def parse(data: bytes) -> Any:
+    def decode(data: bytes) -> Any:
+        if len(data) > limit:
+            raise InvalidArgument(
+                f"the request is {len(data)} bytes; the largest valid {rpc} request is "
+                f"{limit} bytes (ECR's own limits), so it was not read",
+                reason="REQUEST_TOO_LARGE",
+                metadata={"rpc": rpc, "limitBytes": str(limit)},
+                field_violations=[
+                    FieldViolation("", f"request of {len(data)} bytes; at most {limit}")
+                ],
+            )
         try:
             return deserializer(data)
         except (DecodeError, ValueError, RuntimeError):
-            # grpcio would answer UNKNOWN for this before any of our code ran; it is the
-            # caller's bytes that are wrong (random, truncated, invalid UTF-8 in a string).
-            if isinstance(descriptor, Descriptor):
-                return _Undecodable(wire.locate(descriptor, data))
-            return _Undecodable(FieldViolation("", "undecodable protobuf bytes"))
+            # grpcio would answer UNKNOWN for this; it is the caller's bytes that are wrong
+            # (random, truncated, invalid UTF-8 in a string).
+            violation = (
+                wire.locate(descriptor, data)
+                if isinstance(descriptor, Descriptor)
+                else FieldViolation("", "undecodable protobuf bytes")
+            )
+            at = violation.field
+            raise InvalidArgument(
+                f"the request bytes are not a valid {rpc} request"
+                f"{f' at {at}' if at else ''}: {violation.description}",
+                reason="UNDECODABLE_REQUEST",
+                field_violations=[violation],
+            ) from None
 
-    return parse
+    return decode
 
 
 def _no_cache(metadata: Any) -> bool:
@@ -140,10 +164,20 @@ def _request_id(metadata: Any) -> str:
     for key, value in metadata or ():
         if key == REQUEST_ID_KEY and isinstance(value, str):
             value = value.strip()
-            if 0 < len(value) <= _MAX_REQUEST_ID and value.isprintable():
+            # Anything else is replaced, not repeated: it goes into log fields and trailers.
+            if safe_request_id(value):
                 return value
     # The same 32 hex digits as uuid4().hex, without building a UUID object (~2 us a call).
     return secrets.token_hex(16)
+
+
+class _FailedAuthentication(Exception):
+    """A failed authentication, with the error to answer and whether to log (by sample)."""
+
+    def __init__(self, error: GatewayError, log: bool) -> None:
+        super().__init__(error.message)
+        self.error = error
+        self.log = log
 
 
 # Strings: grpcio's classes are generic only in typeshed's stubs, not at run time.
@@ -163,6 +197,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         tenancy: TenancyHolder,
         *,
         rate_limiter: RateLimiter | None = None,
+        fresh_reads: FreshReadBudget | None = None,
+        auth_failures: AuthFailures | None = None,
         audit: AuditLog | None = None,
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
@@ -175,8 +211,11 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         self._sample = sample
         self._default_deadline = server.default_deadline_seconds
         self._max_deadline = server.max_deadline_seconds
+        self._max_message_bytes = server.max_message_bytes
         self._tenancy = tenancy
         self._rate_limiter = rate_limiter
+        self._fresh_reads = fresh_reads
+        self._auth_failures = auth_failures
         self._audit = audit
         self._wrapped: dict[str, Handler] = {}
 
@@ -197,9 +236,16 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_unary is None:
             # Fail closed: a streaming RPC added without thought for auth is refused outright.
             raise RuntimeError(f"{method}: only unary RPCs are wrapped")
-        wrapped = grpc.unary_unary_rpc_method_handler(
-            self._wrap(method, cast(_Unary, handler.unary_unary)),
-            request_deserializer=_tolerant(handler.request_deserializer),
+        rpc = method.rsplit("/", 1)[-1]
+        decode = _decoder(
+            rpc,
+            handler.request_deserializer,
+            min(max_request_bytes(rpc), self._max_message_bytes),
+        )
+        wrapped: Handler = grpc.unary_unary_rpc_method_handler(
+            self._wrap(method, cast(_Unary, handler.unary_unary), decode),
+            # None: the behaviour gets the raw bytes, parsed only after authentication.
+            request_deserializer=None,
             response_serializer=handler.response_serializer,
         )
         self._wrapped[method] = wrapped
@@ -217,13 +263,23 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             return self._max_deadline, True
         return remaining, False
 
-    def _wrap(self, method: str, inner: _Unary) -> _Unary:
+    def _authenticate(self, tenancy: Tenancy, metadata: Any, context: Context) -> Identity:
+        try:
+            return tenancy.authenticator.authenticate(metadata, context.auth_context())
+        except Unauthenticated as exc:
+            self._metrics.auth_failures.labels(exc.reason).inc()
+            if self._auth_failures is None:
+                raise
+            verdict = self._auth_failures.failed(context.peer())
+            raise _FailedAuthentication(verdict.refuse or exc, verdict.log) from None
+
+    def _wrap(self, method: str, inner: _Unary, decode: Deserializer) -> _Unary:
         rpc = method.rsplit("/", 1)[-1]
         is_write = rpc in WRITE_OPERATIONS
         kind: RateKind = "write" if is_write else "read"
         measured = self._metrics.for_method(method)
 
-        async def handle(request: Any, context: Context) -> Any:
+        async def handle(raw: bytes, context: Context) -> Any:
             started = time.perf_counter()
             measured.started.inc()
             metadata = context.invocation_metadata()
@@ -239,22 +295,18 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             reason: str | None = "CANCELLED"
             loop = asyncio.get_running_loop()
             budget, own_timer = self._budget(context)
+            # Past a peer's budget of failed authentications, their lines are sampled.
+            quiet = False
             try:
                 try:
                     async with asyncio.timeout(budget if own_timer else None):
-                        identity = tenancy.authenticator.authenticate(
-                            metadata, context.auth_context()
-                        )
+                        identity = self._authenticate(tenancy, metadata, context)
                         if self._rate_limiter is not None:
                             await self._rate_limiter.acquire(identity.tenant.name, kind)
-                        if isinstance(request, _Undecodable):
-                            at = request.violation.field
-                            raise InvalidArgument(
-                                f"the request bytes are not a valid {rpc} request"
-                                f"{f' at {at}' if at else ''}: {request.violation.description}",
-                                reason="UNDECODABLE_REQUEST",
-                                field_violations=[request.violation],
-                            )
+                        no_cache = not is_write and _no_cache(metadata)
+                        if no_cache and self._fresh_reads is not None:
+                            await self._fresh_reads.acquire(identity.tenant.name)
+                        request = decode(raw)
                         call = CallInfo(
                             request_id,
                             identity,
@@ -262,7 +314,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                             loop.time() + budget,
                             tenancy,
                             record,
-                            no_cache=not is_write and _no_cache(metadata),
+                            no_cache=no_cache,
                         )
                         _current.set(call)
                         response = await inner(request, context)
@@ -271,7 +323,10 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                     raise DeadlineExceeded(
                         f"deadline of {budget:.3g}s exceeded", metadata={"rpc": rpc}
                     ) from None
-            except GatewayError as exc:
+            except (GatewayError, _FailedAuthentication) as exc:
+                if isinstance(exc, _FailedAuthentication):
+                    quiet = not exc.log
+                    exc = exc.error
                 code, reason = exc.code, exc.reason
                 status = to_status(exc, request_id)
                 trailers = (*status.trailing_metadata, *(call.trailers if call else ()))
@@ -291,9 +346,14 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                     self._metrics.denied.labels(reason or code.name).inc()
                 # Exactly one line per write attempt, whatever its end (CANCELLED when the
                 # caller went away or grpc.aio cancelled it at the deadline).
-                if record is not None and self._audit is not None:
+                if record is not None and self._audit is not None and not quiet:
                     self._audit_write(request_id, identity, rpc, code, reason, record)
-                self._log(request_id, identity, rpc, code, reason, seconds, call, error_type)
+                if not quiet:
+                    # Who failed to authenticate is known only by address.
+                    peer = context.peer() if identity is None else None
+                    self._log(
+                        request_id, identity, rpc, code, reason, seconds, call, error_type, peer
+                    )
                 end_rpc(span, code, reason)
                 traced.__exit__(None, None, None)
             assert call is not None
@@ -312,6 +372,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         seconds: float,
         call: CallInfo | None,
         error_type: str | None,
+        peer: str | None = None,
     ) -> None:
         """Every error and every write; reads served from the cache only by sample, because
         a log line per hit costs more than the hit itself."""
@@ -328,6 +389,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             "duration_ms": round(seconds * 1000, 2),
             "cache": cache,
             "error_type": error_type,
+            "peer": peer,
             **(call.where if call is not None else {}),
         }
         if code == grpc.StatusCode.INTERNAL:

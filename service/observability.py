@@ -5,10 +5,17 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import re
 import sys
 from typing import IO, Any
 
 from service.config import LogsConfig
+from service.echo import echo
+
+# A field value printed bare in the text format; anything else is quoted.
+_PLAIN = re.compile(r"[A-Za-z0-9._:/@+-]+")
+# Longest message a log line carries, after escaping.
+MESSAGE_LIMIT = 4096
 
 # Fields the gateway attaches to its log records with `extra=`.
 _FIELDS = (
@@ -24,6 +31,7 @@ _FIELDS = (
     "error_type",
     "account",
     "listen",
+    "peer",
 )
 
 
@@ -31,12 +39,34 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k in _FIELDS if (v := getattr(record, k, None)) is not None}
 
 
+def _message(message: str) -> str:
+    # Bounded too: a message may quote caller text, and one line must stay one line.
+    return echo(message, MESSAGE_LIMIT)
+
+
+def _token(value: object) -> str:
+    """A field value for the text format: bare when a plain token, else a JSON string, so
+    no caller text (spaces, `=`, quotes) can pass for a field of its own."""
+    text = echo(value)
+    if _PLAIN.fullmatch(text):
+        return text
+    # echo already escaped what is not printable; JSON quoting handles `"` and `\\`.
+    return json.dumps(text, ensure_ascii=False)
+
+
 class KeyValueFormatter(logging.Formatter):
-    """`<time> <level> <logger>[pid] <message> key=value ...` for the fields a record carries."""
+    """`<time> <level> <logger>[pid] <message> key=value ...` for the fields a record carries;
+    a value that is not a plain token is quoted as a JSON string."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        # Formatter.format has just set record.message from getMessage(); every formatter
+        # sets it afresh, so replacing it here reaches no other handler.
+        record.message = _message(record.message)
+        return super().formatMessage(record)
 
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
-        return " ".join([base, *(f"{k}={v}" for k, v in _fields(record).items())])
+        return " ".join([base, *(f"{k}={_token(v)}" for k, v in _fields(record).items())])
 
 
 class JsonFormatter(logging.Formatter):
@@ -50,8 +80,8 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname,
             "logger": record.name,
             "pid": record.process,
-            "message": record.getMessage(),
-            **_fields(record),
+            "message": _message(record.getMessage()),
+            **{k: echo(v) if isinstance(v, str) else v for k, v in _fields(record).items()},
         }
         return json.dumps(line, separators=(",", ":"), default=str)
 

@@ -3,7 +3,8 @@
 The new config is read and built whole before anything changes; a broken one is refused
 with one log line and the old one stays in force. Keys that shape the process itself
 (listeners, server limits, AWS, cache, rate limits, audit sink) need a restart: a reload
-keeps their running values and logs which ones differ.
+keeps their running values and logs which ones differ. A reload that leaves a slice prefix
+of a shared registry without an owner warns and counts it (nothing is deleted).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from service.config import ConfigError, GatewayConfig, load
+from service.metrics import Metrics
 from service.tenancy import TenancyHolder, build_tenancy
 from service.tls import TlsCredentials
 
@@ -31,11 +33,13 @@ class Reloader:
         holder: TenancyHolder,
         tls: Sequence[TlsCredentials],
         environ: Mapping[str, str],
+        metrics: Metrics | None = None,
     ) -> None:
         self._path = path
         self._holder = holder
         self._tls = tls
         self._environ = environ
+        self._metrics = metrics
 
     def stamp(self) -> tuple[int, int, int] | None:
         """What identifies the file's current version (inode, size, mtime); None if absent."""
@@ -62,6 +66,7 @@ class Reloader:
         for credentials, prepared in zip(self._tls, certificates, strict=True):
             credentials.use(prepared)
         self._holder.swap(tenancy)
+        self._report_unowned(running, kept)
         differ = [key for key in RESTART_ONLY if getattr(new, key) != getattr(running, key)]
         log.info(
             "config reloaded: %d tenants%s",
@@ -69,3 +74,53 @@ class Reloader:
             f"; restart to apply {', '.join(differ)}" if differ else "",
         )
         return True
+
+    def _report_unowned(self, running: GatewayConfig, new: GatewayConfig) -> None:
+        """Warn about (and count) prefixes that no tenant owns any more on a registry.
+
+        Nothing is deleted: a merge keeps every rule and statement its writer does not own,
+        so what they held stays in AWS, now changed only by a full write. An operator who
+        moved or dropped a slice by mistake sees it here rather than in an incident.
+        """
+        for registry_id, kind, prefix in sorted(unowned_prefixes(running, new)):
+            log.warning(
+                "reload: %s prefix %r on registry %s is owned by no tenant any more; what it "
+                "held stays in AWS and only a full %s changes it",
+                kind.replace("_", " "),
+                prefix,
+                registry_id,
+                "PutReplicationConfiguration" if kind == "repository" else "PutRegistryPolicy",
+            )
+            if self._metrics is not None:
+                self._metrics.unowned_slices.labels(registry_id, kind).inc()
+
+
+def unowned_prefixes(old: GatewayConfig, new: GatewayConfig) -> set[tuple[str, str, str]]:
+    """(registry_id, kind, prefix) owned in `old` and by nobody in `new`.
+
+    A prefix is still owned when some new prefix of its kind on its registry starts it
+    ("payments/" covers an old "payments/eu/"), whoever owns it now.
+    """
+    before, after = _claims(old), _claims(new)
+    return {
+        (registry_id, kind, prefix)
+        for registry_id, kind, prefix in before
+        if not any(
+            prefix.startswith(other)
+            for other_registry, other_kind, other in after
+            if (other_registry, other_kind) == (registry_id, kind)
+        )
+    }
+
+
+def _claims(config: GatewayConfig) -> set[tuple[str, str, str]]:
+    claims: set[tuple[str, str, str]] = set()
+    for tenant in config.tenants:
+        for registry in tenant.registries:
+            for prefix in registry.owned_repository_prefixes:
+                claims.add((registry.registry_id, "repository", prefix))
+            if registry.owned_statement_sid_prefix:
+                claims.add(
+                    (registry.registry_id, "statement_sid", registry.owned_statement_sid_prefix)
+                )
+    return claims

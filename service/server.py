@@ -24,14 +24,16 @@ from service import middleware, reflection
 from service.api import RegistryConfigServicer
 from service.audit import AuditLog
 from service.auth.content import ContentRules
+from service.auth.failures import AuthFailures
 from service.auth.targets import Target
 from service.cache import MemoryStore, ReadCache, RedisStore, Store
 from service.config import GatewayConfig, ListenerConfig, parse_listen, registry_regions
 from service.locks import RedisRegistryLocks, RegistryLocks
 from service.metrics import Metrics
 from service.operations import Locks, RegistryOperations
-from service.ratelimit import build_rate_limiter
+from service.ratelimit import build_fresh_read_budget, build_rate_limiter
 from service.reload import Reloader
+from service.request_limits import largest_request_bytes
 from service.tenancy import TenancyHolder, build_tenancy
 from service.tls import TlsCredentials
 from service.tracing import Tracing
@@ -56,7 +58,9 @@ def _channel_options(config: GatewayConfig, reuse_port: bool) -> list[tuple[str,
         # grpcio turns SO_REUSEPORT on by default, so a second server on a taken port would
         # bind silently; only `--workers` wants it.
         ("grpc.so_reuseport", 1 if reuse_port else 0),
-        ("grpc.max_receive_message_length", s.max_message_bytes),
+        # No legitimate request is larger than the largest RPC's bound under ECR's limits
+        # (~340 KB): grpc's core refuses anything larger before a byte of it reaches Python.
+        ("grpc.max_receive_message_length", min(s.max_message_bytes, largest_request_bytes())),
         ("grpc.max_send_message_length", s.max_message_bytes),
         ("grpc.keepalive_time_ms", int(s.keepalive_time_seconds * 1000)),
         ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout_seconds * 1000)),
@@ -117,6 +121,15 @@ class Gateway:
                     rate_limiter=build_rate_limiter(
                         config.rate_limit, self.redis, config.cache.key_prefix
                     ),
+                    fresh_reads=build_fresh_read_budget(
+                        config.cache.fresh_reads_per_second,
+                        config.cache.fresh_reads_burst,
+                        self.redis,
+                        config.cache.key_prefix,
+                    ),
+                    auth_failures=AuthFailures(
+                        config.auth.failures_per_second, config.auth.failures_burst
+                    ),
                     audit=self.audit,
                     metrics=self.metrics,
                     tracing=self.tracing,
@@ -140,7 +153,9 @@ class Gateway:
             )
         self.tls = [TlsCredentials(lst.tls) for lst in config.effective_listeners() if lst.tls]
         self.reloader = (
-            Reloader(config_path, self.tenancy, self.tls, self._environ) if config_path else None
+            Reloader(config_path, self.tenancy, self.tls, self._environ, metrics=self.metrics)
+            if config_path
+            else None
         )
         self.ports: list[int] = []
         self.metrics_port = 0

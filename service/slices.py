@@ -14,25 +14,43 @@ new part standing where its old one stood (appended when it had none). The merge
 inside `RegistryOperations.update_*`, on the configuration read fresh under the registry's
 write lock, so two tenants writing at once both keep their parts. Config loading refuses
 overlapping prefixes of two tenants (service/config.py), so ownership is never ambiguous.
+
+Isolation: one tenant's part never decides another's write, nor shows in its answers.
+The caller's rules and statements are judged alone (grammar, ownership, confinement to its
+repositories, its guardrails, its share of ECR's limits in service/ecr_limits.py) before
+the merge; the merged whole is judged only for what no single part decides (ECR's own
+limits, the document's validity), and a failure there names counts, never content. Plans
+and responses show the caller's slice only.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from ecr.registry.v1 import registry_pb2 as pb
 
-from service import convert, etags, plan
+from service import convert, etags, plan, policy_grammar
 from service.auth.targets import Target, denied
-from service.errors import FailedPrecondition, QuotaViolation
+from service.ecr_limits import (
+    MAX_POLICY_CHARS,
+    MAX_RULES,
+    MAX_UNIQUE_DESTINATIONS,
+    statement_chars,
+)
+from service.errors import (
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    QuotaViolation,
+)
 from service.operations import PolicyUpdate, ReplicationUpdate
-from service.validation import MAX_UNIQUE_DESTINATIONS
+from service.validation import MAX_VIOLATIONS
+from service.validation import REASON as INVALID_REQUEST
 
-# ECR quota: "a maximum of 10 rules" per replication configuration (the model's list max).
-MAX_RULES = 10
 # A registry without a policy gets this Version when a tenant adds the first statement.
 POLICY_VERSION = "2012-10-17"
 
@@ -182,53 +200,222 @@ def unique_destinations(rules: Sequence[pb.ReplicationRule]) -> set[tuple[str, s
     return {(d.registry_id, d.region) for rule in rules for d in rule.destinations}
 
 
-def check_quotas(
-    target: Target,
-    owner: Ownership,
-    merged: pb.ReplicationConfiguration,
-    mine: Sequence[pb.ReplicationRule],
-) -> None:
-    """FailedPrecondition with a QuotaFailure when the merge passes ECR's shared limits.
+def _where(target: Target) -> str:
+    return f"registry {target.registry_id} in {target.region}"
 
-    Each violation names the limit, the registry's use without the caller and the caller's
-    share, so a team sees whether to shrink its slice or to talk to the others.
+
+def _quota_error(
+    target: Target, reason: str, message: str, violations: list[QuotaViolation]
+) -> FailedPrecondition:
+    return FailedPrecondition(
+        message,
+        reason=reason,
+        metadata={
+            "tenant": target.tenant,
+            "registryId": target.registry_id,
+            "region": target.region,
+        },
+        quota_violations=violations,
+    )
+
+
+def check_rule_share(target: Target, mine: Sequence[pb.ReplicationRule]) -> None:
+    """FailedPrecondition with a QuotaFailure when the caller's rules pass its own share.
+
+    Judged on the caller's rules alone, so what other slices hold never decides it.
     """
-    where = f"registry {target.registry_id} in {target.region}"
-    others = [rule for rule in merged.rules if not owner.owns_rule(rule)]
+    share, where = target.share, _where(target)
+    violations: list[QuotaViolation] = []
+    if len(mine) > share.rules:
+        violations.append(
+            QuotaViolation(
+                f"tenant {target.tenant} on {where}: replication rules",
+                f"the share of tenant {target.tenant} is {share.rules} of the {MAX_RULES} "
+                f"rules of the registry; its rules would number {len(mine)}",
+            )
+        )
+    own = unique_destinations(mine)
+    if len(own) > share.destinations:
+        violations.append(
+            QuotaViolation(
+                f"tenant {target.tenant} on {where}: unique replication destinations",
+                f"the share of tenant {target.tenant} is {share.destinations} of the "
+                f"{MAX_UNIQUE_DESTINATIONS} unique destinations of the registry; its rules "
+                f"would name {len(own)}",
+            )
+        )
+    if violations:
+        raise _quota_error(
+            target,
+            "REPLICATION_QUOTA_EXCEEDED",
+            f"the replication rules of tenant {target.tenant} would pass its share of "
+            f"{where}: {violations[0].description}",
+            violations,
+        )
+
+
+def check_registry_rules(
+    target: Target, merged: pb.ReplicationConfiguration, mine: Sequence[pb.ReplicationRule]
+) -> None:
+    """The backstop: FailedPrecondition with a QuotaFailure when the merge passes ECR's own
+    limits although the caller keeps to its share (rules no slice owns, written by a full
+    PutReplicationConfiguration, count too). Only counts are said: what fills the rest of
+    the registry is not the caller's to see.
+    """
+    where = _where(target)
     violations: list[QuotaViolation] = []
     if len(merged.rules) > MAX_RULES:
         violations.append(
             QuotaViolation(
                 f"{where}: replication rules",
                 f"at most {MAX_RULES} rules per registry; the merge would hold "
-                f"{len(merged.rules)}: {len(others)} used by others, {len(mine)} of tenant "
-                f"{owner.tenant}",
+                f"{len(merged.rules)}: {len(mine)} of tenant {target.tenant} (within its share "
+                f"of {target.share.rules}), {len(merged.rules) - len(mine)} outside its slice",
             )
         )
     used = unique_destinations(merged.rules)
     if len(used) > MAX_UNIQUE_DESTINATIONS:
-        theirs = unique_destinations(others)
-        own = unique_destinations(mine)
         violations.append(
             QuotaViolation(
                 f"{where}: unique replication destinations",
                 f"at most {MAX_UNIQUE_DESTINATIONS} unique destinations across all rules; the "
-                f"merge would name {len(used)}: {len(theirs)} used by others, {len(own)} by "
-                f"tenant {owner.tenant} ({len(own - theirs)} of them not used by others)",
+                f"merge would name {len(used)}, {len(unique_destinations(mine))} of them in the "
+                f"rules of tenant {target.tenant} (within its share of "
+                f"{target.share.destinations})",
             )
         )
     if violations:
+        raise _quota_error(
+            target,
+            "REPLICATION_QUOTA_EXCEEDED",
+            f"{where} has no room for the rules of tenant {target.tenant}, although they keep "
+            f"to its share: {violations[0].description}; rules outside the slices fill it, "
+            f"ask the registry's administrators",
+            violations,
+        )
+
+
+def check_statement_share(target: Target, mine: Sequence[Any]) -> None:
+    """FailedPrecondition with a QuotaFailure when the caller's statements pass its share of
+    the policy's characters (judged on its statements alone)."""
+    chars, share, where = statement_chars(mine), target.share.policy_chars, _where(target)
+    if chars <= share:
+        return
+    violation = QuotaViolation(
+        f"tenant {target.tenant} on {where}: registry policy characters",
+        f"the share of tenant {target.tenant} is {share} of the {MAX_POLICY_CHARS} characters "
+        f"of the registry policy; its statements would take {chars} (as compact JSON, one "
+        f"comma each)",
+    )
+    raise _quota_error(
+        target,
+        "POLICY_QUOTA_EXCEEDED",
+        f"the statements of tenant {target.tenant} would pass its share of {where}: "
+        f"{violation.description}",
+        [violation],
+    )
+
+
+def check_policy_size(target: Target, merged: str, mine: Sequence[Any]) -> None:
+    """The backstop: FailedPrecondition with a QuotaFailure when the merged policy passes
+    ECR's 10,240 characters although the caller keeps to its share; counts only."""
+    if len(merged) <= MAX_POLICY_CHARS:
+        return
+    where = _where(target)
+    violation = QuotaViolation(
+        f"{where}: registry policy characters",
+        f"at most {MAX_POLICY_CHARS} characters per registry policy; the merged policy would "
+        f"hold {len(merged)}, {statement_chars(mine)} of them for the statements of tenant "
+        f"{target.tenant} (within its share of {target.share.policy_chars})",
+    )
+    raise _quota_error(
+        target,
+        "POLICY_QUOTA_EXCEEDED",
+        f"the registry policy of {where} has no room for the statements of tenant "
+        f"{target.tenant}, although they keep to its share: {violation.description}; "
+        f"statements outside the slices fill it, ask the registry's administrators",
+        [violation],
+    )
+
+
+def check_statement_grammar(target: Target, statements_json: str, count: int) -> None:
+    """InvalidArgument listing how the caller's statements break the policy grammar (under
+    the registry's policy scope), with paths into `statements_json`.
+
+    Checked on the caller's statements alone, before the merge: the merged document is then
+    judged only for what no single statement decides.
+    """
+    if not count:
+        return  # "[]": nothing to judge (a policy of no statements is no policy)
+    # The text as sent, inside a policy: the strict reading (duplicate keys) sees the bytes.
+    text = f'{{"Version":"{POLICY_VERSION}","Statement":{statements_json}}}'
+    found = policy_grammar.check_policy(text, target.registry.policy_scope, "statements_json")
+    if not found:
+        return
+    violations = [
+        FieldViolation(
+            v.field.replace("statements_json.Statement", "statements_json", 1), v.description
+        )
+        for v in found
+    ]
+    first = violations[0]
+    more = len(violations) - 1
+    summary = f"{first.field}: {first.description}"
+    if more:
+        summary += f"; and {more} more problem{'s' if more != 1 else ''}"
+    raise InvalidArgument(
+        f"invalid PutPolicyStatements request: {summary}",
+        reason=INVALID_REQUEST,
+        metadata={"rpc": "PutPolicyStatements", "violations": str(len(violations))},
+        field_violations=violations[:MAX_VIOLATIONS],
+    )
+
+
+def merged_must_validate(target: Target, what: str, reason: str, check: Callable[[], None]) -> None:
+    """Run `check` (the validation of a merged document); its failure, which the caller's
+    own part cannot cause (checked alone before), is FailedPrecondition naming only how
+    many problems there are: the others' content is not the caller's to see."""
+    try:
+        check()
+    except InvalidArgument as exc:
+        count = exc.metadata.get("violations", str(len(exc.field_violations) or 1))
         raise FailedPrecondition(
-            f"the replication rules of tenant {owner.tenant} would pass a shared limit of "
-            f"{where}: {violations[0].description}",
-            reason="REPLICATION_QUOTA_EXCEEDED",
+            f"the {what} of {_where(target)} breaks {count} validation rule(s) outside the "
+            f"slice of tenant {target.tenant}; it cannot be merged into until the registry's "
+            f"administrators repair it",
+            reason=reason,
             metadata={
-                "tenant": owner.tenant,
+                "tenant": target.tenant,
                 "registryId": target.registry_id,
                 "region": target.region,
+                "violations": count,
             },
-            quota_violations=violations,
-        )
+        ) from None
+
+
+# AWS's and botocore's texts about a request may quote it, and a slice write's request is
+# the merged whole: other slices included.
+_AWS_REFUSALS = frozenset({"AWS_INVALID_PARAMETER", "AWS_PARAM_VALIDATION"})
+
+
+@contextmanager
+def aws_refusals_withheld(target: Target) -> Iterator[None]:
+    """Around a slice write's call to AWS: AWS refusing the merged document answers its
+    error code and request id (for the operators), never its text, which could quote
+    another slice."""
+    try:
+        yield
+    except InvalidArgument as exc:
+        if exc.reason not in _AWS_REFUSALS:
+            raise
+        raise InvalidArgument(
+            f"AWS refused the merged configuration of {_where(target)} "
+            f"({exc.metadata.get('awsErrorCode', 'parameter validation')}); its text is "
+            f"withheld from slice writes, as it may quote other tenants' slices; the "
+            f"registry's operators can look up awsRequestId",
+            reason=exc.reason,
+            metadata=exc.metadata,
+        ) from None
 
 
 # --- responses -----------------------------------------------------------------------------
@@ -238,16 +425,17 @@ def rules_response(
     target: Target, owner: Ownership, described: pb.DescribeRegistryResponse
 ) -> pb.GetReplicationRulesResponse:
     """GetReplicationRules: the tenant's rules, their etag and the shared limits' use."""
-    configuration = described.replication_configuration
-    mine = owner.rules_in(configuration)
+    mine = owner.rules_in(described.replication_configuration)
+    # Use and limits are the caller's own: its rules against its share. That is what a team
+    # can act on (its share is all it may fill), and the other slices' use is not its to see.
     return pb.GetReplicationRulesResponse(
         registry_id=described.registry_id or target.registry_id,
         rules=mine,
         etag=rules_etag(mine),
-        rules_used=len(configuration.rules),
-        rules_limit=MAX_RULES,
-        unique_destinations_used=len(unique_destinations(configuration.rules)),
-        unique_destinations_limit=MAX_UNIQUE_DESTINATIONS,
+        rules_used=len(mine),
+        rules_limit=target.share.rules,
+        unique_destinations_used=len(unique_destinations(mine)),
+        unique_destinations_limit=target.share.destinations,
     )
 
 
@@ -256,13 +444,14 @@ def put_rules_response(
 ) -> pb.PutReplicationRulesResponse:
     """PutReplicationRules: the slice after the write, or the plan of a validate_only call."""
     if update.after is None:
+        current = owner.rules_in(update.before.replication_configuration)
+        proposed = owner.rules_in(update.proposed)
         return pb.PutReplicationRulesResponse(
             registry_id=update.before.registry_id or target.registry_id,
-            rules=owner.rules_in(update.proposed),
-            etag=rules_etag(owner.rules_in(update.before.replication_configuration)),
-            changes=plan.replication_changes(
-                update.before.replication_configuration, update.proposed
-            ),
+            rules=proposed,
+            etag=rules_etag(current),
+            # The caller's slice only: the others' rules are not its to see, nor its change.
+            changes=plan.rule_changes(current, proposed, "rules"),
         )
     mine = owner.rules_in(update.after.replication_configuration)
     return pb.PutReplicationRulesResponse(
@@ -287,11 +476,13 @@ def put_statements_response(
 ) -> pb.PutPolicyStatementsResponse:
     """PutPolicyStatements: the slice after the write, or the plan of a validate_only call."""
     if not update.done:
+        current = owner.statements_in(update.before)
+        proposed = owner.statements_in(update.proposed)
         return pb.PutPolicyStatementsResponse(
             registry_id=target.registry_id,
-            statements_json=json.dumps(owner.statements_in(update.proposed)),
-            etag=statements_etag(owner.statements_in(update.before)),
-            changes=plan.policy_changes(update.before, update.proposed),
+            statements_json=json.dumps(proposed),
+            etag=statements_etag(current),
+            changes=plan.statement_changes(current, proposed),
         )
     mine = owner.statements_in(update.after)
     return pb.PutPolicyStatementsResponse(

@@ -43,7 +43,7 @@ from service.errors import (
     FailedPrecondition,
     GatewayError,
     InvalidArgument,
-    Unavailable,
+    UpstreamFailure,
     from_aws,
 )
 from service.metrics import Metrics
@@ -114,7 +114,7 @@ class Upstream:
         remaining = self._time_left()
         if remaining <= 0:
             raise DeadlineExceeded("deadline exceeded before AWS was called")
-        async with self._resilience.guard(target.registry_id, target.region):
+        async with self._resilience.guard(target.registry_id, target.region, target.tenant):
             client = await self._bounded(
                 self._mapped(self._client(target), operation), remaining, operation
             )
@@ -327,13 +327,15 @@ def _from_botocore_error(exc: BotoCoreError, operation: str) -> GatewayError:
             metadata={"operation": operation},
         )
     if isinstance(exc, ConnectionError | HTTPClientError):
-        return Unavailable(
+        return UpstreamFailure(
             f"AWS ECR could not be reached for {operation}; retry later",
             reason="UPSTREAM_UNREACHABLE",
             metadata={"operation": operation},
             retry_after_seconds=UPSTREAM_RETRY_AFTER_SECONDS,
         )
-    return Unavailable(
+    # botocore's own timeouts (ReadTimeoutError, ConnectTimeoutError) land here: AWS did
+    # not answer within the gateway's upstream timeout.
+    return UpstreamFailure(
         f"AWS ECR call {operation} failed ({type(exc).__name__}); retry later",
         reason="UPSTREAM_UNAVAILABLE",
         metadata={"operation": operation},

@@ -20,9 +20,8 @@ is refused too, naming them: applying it without them would silently drop what w
 from __future__ import annotations
 
 import functools
-import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias
 
@@ -30,29 +29,24 @@ import botocore.session
 from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
-from google.protobuf.unknown_fields import UnknownFieldSet
 
-from service import policy_grammar, regions
+from service import policy_grammar, regions, wire
 from service.auth.targets import Target
 from service.config import ECR_OPERATIONS, SLICE_OPERATIONS, WRITE_OPERATIONS
+from service.ecr_limits import MAX_UNIQUE_DESTINATIONS
 from service.errors import FieldViolation, InvalidArgument
 
 REASON = "INVALID_REQUEST"
 # Enough to fix a request by, and small enough that the status details stay well inside
 # the 8 KiB of trailing metadata a gRPC client accepts by default.
 MAX_VIOLATIONS = 25
-# AWS quota: "a maximum of 25 unique destinations across all rules" (Private image
-# replication in Amazon ECR, considerations:
-# https://docs.aws.amazon.com/AmazonECR/latest/userguide/replication.html). The model's
-# 100 per rule is not the real limit.
-MAX_UNIQUE_DESTINATIONS = 25
 # Bounds on the work one request can cause: a 4 MiB message of empty destinations must not
 # cost seconds. A list longer than the model's maximum is refused for its length, so only
 # its first `max` items (or _SCAN_LIMIT, for a list the model does not bound) are looked at.
 _SCAN_LIMIT = 100
-# Messages the unknown-field scan visits: a request within every list maximum has at most
-# 1 + 1 + 10 rules x (100 destinations + 100 filters) = 2,012 of them.
-_UNKNOWN_SCAN_BUDGET = 2500
+# Unknown fields named: enough to show what a newer client sent, never a walk of every
+# field a flood holds (the walk also stops after wire.MAX_FIELDS fields read).
+_UNKNOWN_FIELD_BUDGET = 100
 # Policies longer than this get only their length reported: parsing and walking megabytes
 # of JSON for a policy refused anyway would hand a caller a cheap way to burn CPU.
 _GRAMMAR_LIMIT = 64 * 1024
@@ -65,13 +59,6 @@ _PATTERN_MEANING = {
         "must be a repository name prefix: lowercase letters and digits, separated by "
         "single '.', '_', '-' or '/'"
     ),
-}
-_WIRE_TYPES = {
-    0: "varint",
-    1: "64-bit",
-    2: "length-delimited",
-    3: "group",
-    5: "32-bit",
 }
 
 
@@ -247,9 +234,18 @@ class RequestValidator:
             # region): once one empty request of this read passed, every other one does.
             return
         problems = _Problems()
-        if rpc in WRITE_OPERATIONS:
-            for path, description in _unknown_fields(request, "", [_UNKNOWN_SCAN_BUDGET]):
-                problems.add(path, description)
+        if rpc in WRITE_OPERATIONS and _has_unknown_fields(request):
+            found, more = wire.unknown_fields(
+                _request_descriptor(rpc), request.SerializeToString(), _UNKNOWN_FIELD_BUDGET
+            )
+            # Outermost first: a field the request itself lacks says most about the client.
+            problems.extend(sorted(found, key=lambda v: v.field.count(".")))
+            if more:
+                problems.add(
+                    "",
+                    f"holds more than {_UNKNOWN_FIELD_BUDGET} fields this gateway's contract "
+                    "does not know; not all are listed",
+                )
         # The gateway's own target fields, checked against the model's shapes for them.
         for name, node in (("registry_id", self._registry_id), ("region", self._region)):
             value = getattr(request, name, "")
@@ -393,12 +389,15 @@ def _statement_problems(statements_json: str) -> list[FieldViolation]:
     field = "statements_json"
     if len(statements_json) > _GRAMMAR_LIMIT:
         return [FieldViolation(field, f"must be at most {_GRAMMAR_LIMIT} characters")]
-    try:
-        statements = json.loads(statements_json)
-    except ValueError:
-        # An empty string too: "no statements" is "[]", said explicitly, so that a client
-        # that forgot the field does not delete its slice.
+    if not statements_json.strip():
+        # "no statements" is "[]", said explicitly, so that a client that forgot the field
+        # does not delete its slice.
         return [FieldViolation(field, 'must be a JSON array of statements ("[]" for none)')]
+    # Strictly, as a policy is read: duplicate keys, and nesting past the grammar's depth
+    # limit, are refused here (a deep nest would otherwise reach recursive walks later).
+    statements, parse_problems = policy_grammar.parse(statements_json, field)
+    if parse_problems:
+        return parse_problems[:MAX_VIOLATIONS]
     if not isinstance(statements, list):
         return [FieldViolation(field, f"must be a JSON array, got {type(statements).__name__}")]
     problems: list[FieldViolation] = []
@@ -424,44 +423,16 @@ def _request_descriptor(rpc: str) -> Descriptor:
     return descriptor
 
 
-def _unknown_fields(message: Message, path: str, budget: list[int]) -> Iterator[tuple[str, str]]:
-    """Every field of `message` (and the messages in it) the contract does not define.
+def _has_unknown_fields(message: Message) -> bool:
+    """Whether `message` (or a message inside it) carries fields the contract lacks.
 
-    `budget` (one mutable count) bounds the messages visited; see _UNKNOWN_SCAN_BUDGET.
+    All in C (upb): a copy without them is smaller. Only then are the bytes read, by a
+    bounded walk (service/wire.py), to name them.
     """
-    if budget[0] <= 0:
-        return
-    budget[0] -= 1
-    numbers = {f.number: f for f in message.DESCRIPTOR.fields}
-    unknowns = UnknownFieldSet(message)
-    for unknown in (unknowns[i] for i in range(len(unknowns))):
-        known = numbers.get(unknown.field_number)
-        wire = _WIRE_TYPES.get(unknown.wire_type, str(unknown.wire_type))
-        if known is not None:
-            # A known number with the wrong wire type lands among the unknown fields too.
-            yield (
-                _path(path, known.name),
-                f"was sent as a {wire} value, which is not how this field is encoded; "
-                "is the client's proto the same as the server's?",
-            )
-        else:
-            yield (
-                _path(path, str(unknown.field_number)),
-                f"unknown field {unknown.field_number} ({wire}): this gateway's contract "
-                "has no such field; a write is refused rather than applied without it",
-            )
-    for field in message.DESCRIPTOR.fields:
-        if field.type != FieldDescriptor.TYPE_MESSAGE:
-            continue
-        here = _path(path, field.name)
-        if field.is_repeated:
-            items = getattr(message, field.name)
-            for i in range(len(items)):
-                if budget[0] <= 0:
-                    return
-                yield from _unknown_fields(items[i], f"{here}[{i}]", budget)
-        elif message.HasField(field.name):
-            yield from _unknown_fields(getattr(message, field.name), here, budget)
+    known = type(message)()
+    known.CopyFrom(message)
+    known.DiscardUnknownFields()
+    return known.ByteSize() != message.ByteSize()
 
 
 def _one_of(values: Sequence[str]) -> str:

@@ -96,14 +96,25 @@ def stored_rules() -> list[dict[str, Any]]:
     return rules
 
 
+# The repositories a statement of each tenant's Sid prefix acts on: a slice statement must
+# stay inside its owner's repositories; other Sids (nobody's) act on every repository.
+OWNED_REPOSITORIES = {"Payments": "payments/", "Billing": "billing/"}
+
+
+def repositories(prefix: str) -> str:
+    """The ARN pattern of the shared registry's repositories starting with `prefix`."""
+    return f"arn:aws:ecr:us-east-1:{ACCOUNT}:repository/{prefix}*"
+
+
 def statement(sid: str, account: str = PARTNER_ACCOUNT) -> dict[str, Any]:
-    """A statement granting `account` replication into the registry."""
+    """A statement granting `account` replication into the repositories of the Sid's owner."""
+    owned = next((p for s, p in OWNED_REPOSITORIES.items() if sid.startswith(s)), "")
     return {
         "Sid": sid,
         "Effect": "Allow",
         "Principal": {"AWS": f"arn:aws:iam::{account}:root"},
         "Action": ["ecr:CreateRepository", "ecr:ReplicateImage"],
-        "Resource": f"arn:aws:ecr:us-east-1:{ACCOUNT}:repository/*",
+        "Resource": repositories(owned),
     }
 
 
@@ -131,3 +142,92 @@ def quota_failure(error: grpc.aio.AioRpcError) -> error_details_pb2.QuotaFailure
             detail.Unpack(found)
             return found
     raise AssertionError("no QuotaFailure in the status")
+
+
+# --- isolation: what billing holds that payments must never see nor change ----------------
+
+BILLING_PARTNER = "444455556666"  # the account billing grants to; payments may not
+BILLING_FAR = pb.ReplicationDestination(region="ap-southeast-2", registry_id="999999999999")
+BILLING_SID = "BillingSecretPull"
+BILLING_FILTERS = ("billing/ledger", "invoices/2024")
+# Strings only billing's slice holds: none may show in what payments is answered or logs.
+BILLING_SECRETS = (
+    BILLING_PARTNER,
+    BILLING_FAR.registry_id,
+    BILLING_FAR.region,
+    *BILLING_FILTERS,
+    "BillingSecret",
+)
+
+
+def isolation_config(endpoint_url: str) -> dict[str, Any]:
+    """shared_config with guardrails that tell the two apart: payments may grant only to
+    PARTNER_ACCOUNT, billing only to BILLING_PARTNER, and billing may replicate far away."""
+    raw = shared_config(endpoint_url)
+    payments, billing = raw["tenants"][0], raw["tenants"][2]
+    assert (payments["name"], billing["name"]) == ("payments", "billing")
+    payments["policy_guardrails"] = {"principal_accounts": [PARTNER_ACCOUNT]}
+    billing["policy_guardrails"] = {"principal_accounts": [BILLING_PARTNER]}
+    billing["registries"][0]["replication_destinations"].append(
+        {"registry_id": BILLING_FAR.registry_id, "regions": [BILLING_FAR.region]}
+    )
+    return raw
+
+
+def billing_rules() -> list[pb.ReplicationRule]:
+    """Billing's slice of rules, naming what only billing uses."""
+    return [rule(BILLING_FILTERS[0], to=BILLING_FAR), rule(BILLING_FILTERS[1])]
+
+
+def billing_statement() -> dict[str, Any]:
+    """Billing's statement: its partner, its repositories."""
+    return statement(BILLING_SID, account=BILLING_PARTNER)
+
+
+def seed_billing() -> None:
+    """Billing's slice straight into moto (rules and policy), as its own writes leave it."""
+    seed_rules(
+        aws_rule(
+            BILLING_FILTERS[0], registry_id=BILLING_FAR.registry_id, region=BILLING_FAR.region
+        ),
+        aws_rule(BILLING_FILTERS[1]),
+    )
+    seed_policy(billing_statement())
+
+
+def billing_slice() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Billing's rules and statements as moto holds them now."""
+    rules = [
+        r
+        for r in stored_rules()
+        if r.get("repositoryFilters")
+        and all(f["filter"].startswith(("billing/", "invoices/")) for f in r["repositoryFilters"])
+    ]
+    text = ecr_backends[ACCOUNT]["us-east-1"].registry_policy
+    statements = json.loads(text)["Statement"] if text else []
+    return rules, [s for s in statements if s.get("Sid", "").startswith("Billing")]
+
+
+def exposed(answer: Any) -> str:
+    """Everything a caller sees of an answer: a response's fields, or an error's message and
+    every byte of its trailers (ErrorInfo metadata, BadRequest, QuotaFailure)."""
+    if isinstance(answer, grpc.aio.AioRpcError):
+        trailers = answer.trailing_metadata() or ()
+        raw = b"".join(
+            value if isinstance(value, bytes) else str(value).encode() for _, value in trailers
+        )
+        return f"{answer.details()}\n{raw.decode('utf-8', 'replace')}"
+    return str(answer)
+
+
+def leaked(answer: Any) -> list[str]:
+    """Billing's strings found in what an answer exposes."""
+    text = exposed(answer)
+    return [secret for secret in BILLING_SECRETS if secret in text]
+
+
+def clear_registry() -> None:
+    """No replication rules and no policy in the shared registry."""
+    backend = ecr_backends[ACCOUNT]["us-east-1"]
+    backend.replication_config = {"rules": []}
+    backend.registry_policy = None

@@ -1,13 +1,35 @@
-"""The benchmark harness's own arithmetic and parsing (bench/): fast, no servers started."""
+"""The benchmark harness's own arithmetic and parsing (bench/): fast, no server processes
+started (the attack scenario's client loops run against one in-process grpc.aio server on
+loopback, at tiny sizes)."""
 
 from __future__ import annotations
 
+import argparse
 import array
+import asyncio
+import copy
 import math
 from typing import Any
 
-from bench import report
-from bench.loadgen import JobResult, split
+import grpc
+import pytest
+from ecr.registry.v1 import registry_pb2 as pb
+from google.protobuf.message import DecodeError
+from google.protobuf.unknown_fields import UnknownFieldSet
+
+from bench import cli, report
+from bench.harness import attacker_summary
+from bench.loadgen import (
+    AttackJob,
+    JobResult,
+    UnaryJob,
+    _run_attack,
+    _run_unary,
+    loopback_only,
+    split,
+    undecodable_request,
+    unknown_field_flood,
+)
 from bench.processes import _serving_ports
 from bench.profile import summarize
 from bench.stats import measure, median_of, percentile
@@ -164,3 +186,227 @@ def test_report_table_and_page_carry_the_figures_and_verdicts() -> None:
     assert "Test CPU, 2 cores" in page
     assert "| cached read: gateway hit, DescribeRegistry | 50 | 1000 | 2500 |" in page
     assert "**missed**" in page
+
+
+# ---- bystander under attack -------------------------------------------------------------
+
+
+def test_attack_payloads_fit_the_size_and_are_what_they_claim() -> None:
+    undecodable = undecodable_request(1001)
+    assert 990 < len(undecodable) <= 1001
+    for message in (pb.DescribeRegistryRequest, pb.PutReplicationConfigurationRequest):
+        with pytest.raises(DecodeError):
+            message.FromString(undecodable)
+
+    flood = unknown_field_flood(64)
+    assert len(flood) == 64
+    request = pb.PutReplicationConfigurationRequest.FromString(flood)
+    assert request.validate_only
+    assert request.HasField("replication_configuration")
+    assert not request.replication_configuration.rules
+    unknown = UnknownFieldSet(request)
+    assert len(unknown) == (64 - 4) // 3
+    assert {unknown[i].field_number for i in range(len(unknown))} == {127}
+
+
+def test_attacks_go_to_loopback_only() -> None:
+    for target in ("127.0.0.1:5001", "127.3.4.5:1", "[::1]:5001", "localhost:5001"):
+        assert loopback_only(target) == target
+    for target in ("10.0.0.1:5001", "[2001:db8::1]:443", "example.com:443", "5001"):
+        with pytest.raises(ValueError, match="loopback"):
+            loopback_only(target)
+
+
+async def _tiny_gateway() -> tuple[grpc.aio.Server, int, list[tuple[str, int]]]:
+    """Answers DescribeRegistry with credentials (a hit); refuses everything else."""
+    seen: list[tuple[str, int]] = []
+
+    def handler(rpc: str) -> Any:
+        async def handle(request: bytes, context: Any) -> bytes:
+            seen.append((rpc, len(request)))
+            if not any(k == "authorization" for k, _ in context.invocation_metadata()):
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no credentials")
+            if rpc != "DescribeRegistry":
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "unknown fields")
+            context.set_trailing_metadata((("x-cache", "hit"),))
+            return b""
+
+        return grpc.unary_unary_rpc_method_handler(handle)
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "ecr.registry.v1.RegistryConfigService",
+                {rpc: handler(rpc) for rpc in ("DescribeRegistry", "PutReplicationConfiguration")},
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return server, port, seen
+
+
+async def _go() -> None:
+    return None
+
+
+async def test_attack_scenario_client_loops_at_tiny_sizes() -> None:
+    server, port, seen = await _tiny_gateway()
+    target = f"127.0.0.1:{port}"
+    service = "/ecr.registry.v1.RegistryConfigService/"
+    try:
+        attacker = AttackJob(
+            target=target,
+            undecodable_method=service + "DescribeRegistry",
+            flood_method=service + "PutReplicationConfiguration",
+            flood_metadata=(("authorization", "Bearer attacker"),),
+            message_bytes=256,
+            seconds=5.0,
+            max_calls=4,  # the count ends it, long before the time
+            timeout=5.0,
+        )
+        bystander = UnaryJob(
+            targets=(target,),
+            method=service + "DescribeRegistry",
+            request=b"",
+            metadata=(("authorization", "Bearer bystander"),),
+            calls=10,
+            concurrency=2,
+            channels=1,
+            warmup=2,
+            trailers=True,
+            rate=200.0,
+            timeout=5.0,
+        )
+        attacked, read = await asyncio.gather(
+            _run_attack(attacker, _go), _run_unary(bystander, _go)
+        )
+        with pytest.raises(ValueError, match="loopback"):
+            await _run_attack(AttackJob(**{**attacker.__dict__, "target": "10.0.0.1:1"}), _go)
+    finally:
+        await server.stop(None)
+
+    assert attacked.codes == {"undecodable UNAUTHENTICATED": 4, "flood INVALID_ARGUMENT": 4}
+    sizes = {rpc: size for rpc, size in seen if size > 0}
+    assert 250 <= sizes["DescribeRegistry"] <= 256
+    assert sizes["PutReplicationConfiguration"] == 256
+    summary = attacker_summary([attacked], seconds=1.0)
+    assert {k: v["calls"] for k, v in summary.items()} == {"undecodable": 4, "flood": 4}
+    assert summary["flood"]["codes"] == {"INVALID_ARGUMENT": 4}
+    assert summary["undecodable"]["calls_per_s"] == 4.0
+    # The bystander: its timed calls only (warm-up dropped), paced, every one a hit.
+    assert read.codes == {"OK": 10}
+    assert read.cache == {"hit": 10}
+    assert len(read.latency_list()) == 10
+    assert read.finished - read.started >= 9 / 200
+
+
+def _attack_doc() -> dict[str, Any]:
+    doc = _doc()
+    doc["scenarios"] = ["attack"]
+    doc["started"] = "2026-01-02T00:00:00"
+    base = doc["rows"][0]
+    rows = []
+    for key, title, p99, extra in (
+        ("attack.quiet", "bystander: cached DescribeRegistry, no attack", 2.0, {}),
+        (
+            "attack.attacked",
+            "bystander: cached DescribeRegistry, under attack",
+            3000.0,
+            {
+                "p99_vs_no_attack": 1500.0,
+                "p99_goal": 2.0,
+                "message_bytes": 4194304,
+                "attacker": {
+                    "undecodable": {
+                        "calls": 2,
+                        "calls_per_s": 0.8,
+                        "codes": {"UNAUTHENTICATED": 2},
+                        "p50_ms": 2900.0,
+                        "p99_ms": 2950.0,
+                        "max_ms": 2950.0,
+                    }
+                },
+            },
+        ),
+    ):
+        row = copy.deepcopy(base)
+        row.update(
+            key=key,
+            group="attack",
+            title=title,
+            p99_ms=p99,
+            max_ms=p99,
+            rounds=1,
+            scenario="attack",
+        )
+        row["extra"] = {"rate_per_s": 250.0, "p99_ms_per_round": [p99], **extra}
+        row["codes"] = {"OK": 950, "CANCELLED": 50} if extra else {"OK": 1000}
+        rows.append(row)
+    doc["rows"] = rows
+    doc["verdicts"] = [
+        {
+            "name": "bystander under attack: cached-read p99 vs no attack",
+            "ok": False,
+            "value": "1500.00x",
+            "goal": "<= 2.00x",
+            "kind": "target",
+            "scenario": "attack",
+        }
+    ]
+    doc["setup"]["gateway_source"] = {"rev": "HEAD", "commit": "cd4c7c13b9da", "path": "/x"}
+    return doc
+
+
+def test_attack_rows_in_table_and_page() -> None:
+    doc = _attack_doc()
+    table = report.table(doc)
+    assert "250/s" in table  # open loop: the rate, not a concurrency
+    assert "1500.00x p99 vs no attack" in table
+    assert "attacker undecodable: 2 calls (UNAUTHENTICATED 2)" in table
+    page = report.markdown(doc, "chart.png")
+    assert "## Bystander under attack" in page
+    assert "**p99 under attack / p99 alone: 1500.00x** (goal <= 2.00x: missed)" in page
+    assert "| under attack | 1000 | CANCELLED 50, OK 950 | 15.00 | 3000.00 |" in page
+    assert "| undecodable bytes, no credentials | 2 | 0.8 | UNAUTHENTICATED 2 |" in page
+    assert "service/` of `HEAD` (cd4c7c13b9da" in page
+
+
+def test_merge_puts_a_partial_run_in_place_of_its_scenarios_rows() -> None:
+    base = _doc()
+    part = _attack_doc()
+    merged = report.merge(base, part)
+    assert [r["key"] for r in merged["rows"]] == [
+        "cached.describe",
+        "attack.quiet",
+        "attack.attacked",
+    ]
+    assert len(merged["verdicts"]) == 2
+    assert merged["started"] == base["started"]  # the full run's, not the part's
+    assert merged["merged"][0]["scenarios"] == ["attack"]
+    again = report.merge(merged, part)  # a second merge replaces, never adds
+    assert [r["key"] for r in again["rows"]] == [r["key"] for r in merged["rows"]]
+    assert len(again["verdicts"]) == 2 and len(again["merged"]) == 1
+    page = report.markdown(again, "chart.png")
+    assert "- **Merged in**: the attack rows and verdicts come from a later quick run" in page
+    assert base == _doc()  # the inputs are left alone
+    with pytest.raises(ValueError):
+        report.merge(base, {**part, "scenarios": []})
+
+
+def test_partial_runs_never_write_the_full_runs_results_or_page() -> None:
+    assert cli._default_out(False, None).name == "latest.json"
+    assert cli._default_out(True, None).name == "quick.json"
+    assert cli._default_out(False, {"attack"}).name == "full-attack.json"
+    assert cli._default_out(True, {"storm", "reads"}).name == "quick-reads+storm.json"
+
+    def problem(only: set[str] | None, **opts: Any) -> str | None:
+        defaults = {"merge": False, "quick": False, "docs": None}
+        return cli._partial_problem(argparse.Namespace(**{**defaults, **opts}), only)
+
+    assert problem({"attack"}) is None
+    assert problem({"attack"}, docs=True) is not None
+    assert problem({"reads"}, merge=True) is not None
+    assert problem(None, merge=True) is not None
+    assert problem({"attack"}, merge=True, quick=True) is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import re
 from dataclasses import dataclass
 
 import grpc
@@ -9,6 +11,7 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from service.echo import echo
 from service.errors import (
     DOMAIN,
     REQUEST_ID_KEY,
@@ -19,8 +22,10 @@ from service.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    QuotaViolation,
+    ResourceExhausted,
     RichStatus,
-    Unavailable,
+    UpstreamFailure,
     from_aws,
     internal,
     to_status,
@@ -136,13 +141,14 @@ def test_to_status_keys_follow_aip_193() -> None:
             grpc.StatusCode.INVALID_ARGUMENT,
             "AWS_INVALID_PARAMETER",
         ),
+        # UpstreamFailure: what AWS itself did, the only errors the breaker counts.
         (
             "ThrottlingException",
-            Unavailable,
+            UpstreamFailure,
             grpc.StatusCode.UNAVAILABLE,
             "UPSTREAM_UNAVAILABLE",
         ),
-        ("ServerException", Unavailable, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
+        ("ServerException", UpstreamFailure, grpc.StatusCode.UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
         (
             "AccessDeniedException",
             FailedPrecondition,
@@ -230,3 +236,151 @@ def test_internal_holds_the_request_id_and_nothing_else() -> None:
     [info] = decoded.error_infos
     assert dict(info.metadata) == {"requestId": "req-1111"}
     assert decoded.bad_requests == [] and decoded.retry_infos == []
+
+
+# --- Bounds: whatever an error holds, the answer fits in gRPC's metadata and shows no
+# --- raw control character.
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _wire(message: str) -> int:
+    """Bytes of a message as grpc-message carries it (percent-encoded UTF-8)."""
+    return sum(1 if 0x20 <= b < 0x7F and b != 0x25 else 3 for b in message.encode())
+
+
+def _raw_details(rich: RichStatus) -> bytes:
+    [raw] = [value for key, value in rich.trailing_metadata if key == STATUS_DETAILS_KEY]
+    assert isinstance(raw, bytes)
+    return raw
+
+
+def _quota_failures(status: status_pb2.Status) -> list[error_details_pb2.QuotaFailure]:
+    found = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.QuotaFailure.DESCRIPTOR):
+            failure = error_details_pb2.QuotaFailure()
+            detail.Unpack(failure)
+            found.append(failure)
+    return found
+
+
+def _left_out(message: str, what: str) -> tuple[int, int]:
+    match = re.search(rf"(\d+) of (\d+) {what}", message)
+    assert match is not None, message
+    return int(match[1]), int(match[2])
+
+
+def test_a_huge_error_is_bounded_and_says_what_it_left_out() -> None:
+    error = InvalidArgument(
+        "bad\x00request\n" + "m" * 20_000,
+        metadata={"registryId": "1" * 20_000, "region": "us-east-1\x00\x1b[2J\u202e"},
+        field_violations=[
+            FieldViolation(f"rules[{i}]\n" + "f" * 990, "\x1b[31m" + "d" * 995)
+            for i in range(1_000)
+        ],
+    )
+    rich = to_status(error, "req-huge")
+    raw = _raw_details(rich)
+    assert len(raw) < 4096
+    decoded = decode(rich)
+    assert decoded.status.message == rich.message
+    assert _wire(rich.message) <= 1024
+
+    [info] = decoded.error_infos
+    assert all(len(v) <= 128 for v in info.metadata.values())
+    assert info.metadata["registryId"] == "1" * 127 + "…"
+    assert info.metadata["region"] == "us-east-1\\x00\\x1b[2J\\u202e"
+    assert info.metadata["requestId"] == "req-huge"
+
+    [bad] = decoded.bad_requests
+    kept = list(bad.field_violations)
+    assert 0 < len(kept) < 1_000
+    # The trailing ones are dropped, in order, and the message counts them.
+    assert [v.field.split("\\")[0] for v in kept] == [f"rules[{i}]" for i in range(len(kept))]
+    assert _left_out(rich.message, "field violations") == (1_000 - len(kept), 1_000)
+    for v in kept:
+        assert v.field.startswith(f"rules[{kept.index(v)}]\\x0a")
+        assert v.description.startswith("\\x1b[31m")
+        assert len(v.field) <= 256 and len(v.description) <= 512
+
+    assert rich.message.startswith("bad\\x00request\\x0amm")
+    for text in (rich.message, *info.metadata.values(), *(v.field for v in kept)):
+        assert not _CONTROL.search(text), text
+    assert not any(_CONTROL.search(v.description) for v in kept)
+
+
+@pytest.mark.parametrize("count", [5, 7, 16, 17, 40])
+def test_a_few_long_violations_are_bounded_too(count: int) -> None:
+    error = InvalidArgument(
+        "bad", field_violations=[FieldViolation(f"f{i}", "d" * 2_000) for i in range(count)]
+    )
+    rich = to_status(error, "r")
+    assert len(_raw_details(rich)) < 4096
+    [bad] = decode(rich).bad_requests
+    kept = len(bad.field_violations)
+    assert [v.field for v in bad.field_violations] == [f"f{i}" for i in range(kept)]
+    assert all(v.description == "d" * 511 + "…" for v in bad.field_violations)
+    if kept == count:
+        assert rich.message == "bad"
+    else:
+        assert _left_out(rich.message, "field violations") == (count - kept, count)
+
+
+def test_quota_violations_are_bounded_too() -> None:
+    error = ResourceExhausted(
+        "over",
+        quota_violations=[QuotaViolation("tenant:\n" + "s" * 900, "q" * 900)] * 300,
+        retry_after_seconds=2,
+    )
+    rich = to_status(error, "r")
+    raw = _raw_details(rich)
+    assert len(raw) < 4096
+    status = status_pb2.Status.FromString(raw)
+    [failure] = _quota_failures(status)
+    assert 0 < len(failure.violations) < 300
+    assert all(v.subject.startswith("tenant:\\x0a") for v in failure.violations)
+    assert _left_out(rich.message, "quota violations") == (300 - len(failure.violations), 300)
+    [retry] = decode(rich).retry_infos  # what tells the caller when to retry is never dropped
+    assert retry.retry_delay.seconds == 2
+
+
+def test_many_metadata_entries_leave_one_error_info_with_the_request_id() -> None:
+    metadata = {f"key{i:03d}": "東" * 500 for i in range(100)}
+    metadata["requestId"] = "forged"
+    rich = to_status(PermissionDenied("no", metadata=metadata), "req-1")
+    assert len(_raw_details(rich)) < 4096
+    [info] = decode(rich).error_infos
+    assert info.metadata["requestId"] == "req-1"
+    assert 1 < len(info.metadata) < 100
+    assert all(len(v) <= 128 for v in info.metadata.values())
+    left, total = _left_out(rich.message, "metadata entries")
+    assert left + len(info.metadata) - 1 == total == 101
+
+
+@pytest.mark.parametrize("unit", ["東", "%", "\x00", "é%\u2028"])
+def test_the_message_fits_grpc_message_whatever_its_characters(unit: str) -> None:
+    rich = to_status(PermissionDenied(unit * 5_000), "r")
+    assert 0 < _wire(rich.message) <= 1024
+    assert rich.message.endswith("…")
+    assert not _CONTROL.search(rich.message)
+    # The whole trailer set stays well under gRPC's default 8 KiB metadata limit.
+    details = base64.b64encode(_raw_details(rich))
+    assert len(details) + _wire(rich.message) + len(STATUS_DETAILS_KEY) < 7 * 1024
+
+
+def test_escaping_an_already_echoed_value_changes_nothing() -> None:
+    shown = echo("1" * 20_000 + "\x00")
+    error = PermissionDenied(f"registry {shown}", metadata={"registryId": shown})
+    rich = to_status(error, "r")
+    [info] = decode(rich).error_infos
+    assert info.metadata["registryId"] == shown
+    assert rich.message == f"registry {shown}"
+
+
+def test_hostile_reason_and_request_id_are_bounded() -> None:
+    error = PermissionDenied("no", reason="X\n" * 100)
+    rich = to_status(error, "r\n" * 1_000)
+    [info] = decode(rich).error_infos
+    assert len(info.reason) <= 64 and "\n" not in info.reason
+    assert len(info.metadata["requestId"]) <= 128 and "\n" not in info.metadata["requestId"]

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from service import ecr_limits
 from service.config import GatewayConfig, RegistryConfig, TenantConfig, registry_regions
+from service.echo import echo
 from service.errors import FieldViolation, InvalidArgument, PermissionDenied
 
 
@@ -20,6 +22,8 @@ class Target:
     tenant: str
     registry: RegistryConfig
     region: str
+    # The tenant's share of ECR's registry-wide limits for its slice (service/ecr_limits.py).
+    share: ecr_limits.Share = ecr_limits.WHOLE_REGISTRY
 
     @property
     def registry_id(self) -> str:
@@ -52,6 +56,8 @@ class TargetAuthorizer:
         # Bounded by the config (only allowed combinations are kept); a reload builds a new
         # authorizer, so nothing outlives the config it came from.
         self._allowed: dict[tuple[str, str, str, str], Target] = {}
+        # Once per config: the loader has already checked that they fit.
+        self._shares = ecr_limits.effective_shares(config.tenants)
 
     def authorize(self, tenant: TenantConfig, rpc: str, registry_id: str, region: str) -> Target:
         """The target of the call, or PermissionDenied / InvalidArgument."""
@@ -83,14 +89,18 @@ class TargetAuthorizer:
                 and region in registry_regions(self._config, registry)
                 and rpc in registry.operations
             ):
-                return Target(tenant=tenant.name, registry=registry, region=region)
+                share = self._shares.get((tenant.name, registry_id), ecr_limits.NOTHING)
+                return Target(tenant=tenant.name, registry=registry, region=region, share=share)
+        # The registry and region are the caller's, unchecked: echoed bounded and escaped,
+        # or a 20,000-character id makes the answer too large to send.
+        shown_id, shown_region = echo(registry_id), echo(region)
         raise PermissionDenied(
-            f"tenant {tenant.name} may not call {rpc} on registry {registry_id} in {region}",
+            f"tenant {tenant.name} may not call {rpc} on registry {shown_id} in {shown_region}",
             reason="TARGET_NOT_ALLOWED",
             metadata={
                 "tenant": tenant.name,
                 "rpc": rpc,
-                "registryId": registry_id,
-                "region": region,
+                "registryId": shown_id,
+                "region": shown_region,
             },
         )

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from service.auth.targets import Target, TargetAuthorizer
+from service import ecr_limits
+from service.auth.targets import TargetAuthorizer
 from service.config import GatewayConfig, TenantConfig, from_mapping
 from service.errors import InvalidArgument, PermissionDenied
 
@@ -73,9 +74,12 @@ def denied(
 def test_defaults_to_the_only_registry_and_the_default_region() -> None:
     cfg = config(default_region="eu-west-1")
     target = TargetAuthorizer(cfg).authorize(tenant(cfg, "solo"), "DescribeRegistry", "", "")
-    assert target == Target(
-        tenant="solo", registry=cfg.tenants[0].registries[0], region="eu-west-1"
+    assert (target.tenant, target.registry, target.region) == (
+        "solo",
+        cfg.tenants[0].registries[0],
+        "eu-west-1",
     )
+    assert target.share == ecr_limits.NOTHING  # it holds no slice of the registry
     assert target.registry_id == PAYMENTS_PROD
 
 

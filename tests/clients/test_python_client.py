@@ -579,7 +579,11 @@ async def test_slices_of_a_shared_registry(gateway: Gateway) -> None:
         "destinations": [{"region": "eu-west-1", "registryId": ACCOUNT}],
         "repositoryFilters": [{"filter": "payments/api", "filterType": "PREFIX_MATCH"}],
     }
-    statement = json.loads(POLICY)["Statement"][0] | {"Sid": "PaymentsPartnerPull"}
+    # A slice statement acts only on the tenant's own repositories (payments/).
+    statement = json.loads(POLICY)["Statement"][0] | {
+        "Sid": "PaymentsPartnerPull",
+        "Resource": f"arn:aws:ecr:us-east-1:{ACCOUNT}:repository/payments/*",
+    }
     async with RegistryConfigClient(target(gateway), api_key=KEY) as client:
         empty = await client.get_replication_rules()
         assert list(empty.rules) == []

@@ -25,7 +25,15 @@ def with_registries(aws: str, *registries: dict[str, Any]) -> dict[str, Any]:
             "name": "payments",
             "api_keys": [hash_key(KEY)],
             "registries": [
-                {"regions": ["us-east-1"], "operations": list(OPERATIONS), **r} for r in registries
+                # The slice writes need a slice: they may act on nothing else.
+                {
+                    "regions": ["us-east-1"],
+                    "operations": list(OPERATIONS),
+                    "owned_repository_prefixes": ["payments/"],
+                    "owned_statement_sid_prefix": "Payments",
+                    **r,
+                }
+                for r in registries
             ],
         }
     ]

@@ -116,6 +116,9 @@ async def matrix_gateway(
                     "role_arn": f"arn:aws:iam::{OTHER_ACCOUNT}:role/registry-gateway",
                     "regions": ["us-east-1"],
                     "operations": list(OPERATIONS),
+                    # The slice writes need a slice: they may act on nothing else.
+                    "owned_repository_prefixes": ["other/"],
+                    "owned_statement_sid_prefix": "Other",
                 }
             ],
         }
@@ -146,6 +149,8 @@ def valid_request(rpc: str, **target: Any) -> Any:
     if rpc == "PutPolicyStatements":
         statement = json.loads(POLICY)["Statement"][0]
         statement["Sid"] = "PaymentsReplication"  # payments owns the Sids starting "Payments"
+        # ... and a slice statement acts only on its own repositories.
+        statement["Resource"] = f"arn:aws:ecr:us-east-1:{ACCOUNT}:repository/payments/*"
         return pb.PutPolicyStatementsRequest(statements_json=json.dumps([statement]), **target)
     return getattr(pb, f"{rpc}Request")(**target)
 

@@ -1,5 +1,5 @@
-"""GetReplicationRules: a tenant reads its own rules of a shared registry, and the limits' use;
-an admin's full PutReplicationConfiguration and the slices coexist."""
+"""GetReplicationRules: a tenant reads its own rules of a shared registry, and its use of its
+share of the limits; an admin's full PutReplicationConfiguration and the slices coexist."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ async def rules_of(stub: Any, key: str) -> pb.GetReplicationRulesResponse:
     return response
 
 
-async def test_each_tenant_reads_only_its_rules_and_the_shared_counts(stub: Any) -> None:
+async def test_each_tenant_reads_only_its_rules_and_its_share(stub: Any) -> None:
     seed_rules(
         aws_rule("billing/api"),
         aws_rule("payments/api", registry_id=PARTNER_ACCOUNT, region="us-west-2"),
@@ -58,9 +58,12 @@ async def test_each_tenant_reads_only_its_rules_and_the_shared_counts(stub: Any)
     assert list(payments.rules) == [rule("payments/api", to=PARTNER)]
     billing = await rules_of(stub, BILLING_KEY)
     assert list(billing.rules) == [rule("billing/api"), rule("invoices/z")]
-    for response in (payments, billing):
-        assert (response.rules_used, response.rules_limit) == (5, 10)
-        assert (response.unique_destinations_used, response.unique_destinations_limit) == (2, 25)
+    # Its own use of its own share: ECR's 10 rules and 25 destinations split between the
+    # two tenants holding slices (platform holds none).
+    assert (payments.rules_used, payments.rules_limit) == (1, 5)
+    assert (payments.unique_destinations_used, payments.unique_destinations_limit) == (1, 12)
+    assert (billing.rules_used, billing.rules_limit) == (2, 5)
+    assert (billing.unique_destinations_used, billing.unique_destinations_limit) == (1, 12)
     assert payments.etag != billing.etag
 
 

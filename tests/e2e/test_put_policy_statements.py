@@ -73,7 +73,7 @@ async def test_first_statement_creates_the_policy_and_the_last_deletes_it(
     [
         ([statement("BillingPull")], "STATEMENT_NOT_OWNED"),  # another tenant's Sid
         ([statement("Shared")], "STATEMENT_NOT_OWNED"),  # nobody's Sid
-        # The guardrails apply to the merged document: no wildcard principal.
+        # The caller's guardrails apply to its own statements: no wildcard principal.
         ([statement("PaymentsA", account="*")], "WILDCARD_PRINCIPAL"),
     ],
     ids=["other-tenant", "unowned", "guardrail"],
@@ -119,8 +119,8 @@ async def test_validate_only_and_the_slice_etag(stub: Any, writes: MotoWrites) -
         metadata=metadata(KEY),
     )
     assert sorted((c.action, c.path) for c in plan.changes) == [
-        ("add", "policy_text.Statement[Sid=PaymentsNew]"),
-        ("remove", "policy_text.Statement[Sid=PaymentsOld]"),
+        ("add", "statements_json[Sid=PaymentsNew]"),
+        ("remove", "statements_json[Sid=PaymentsOld]"),
     ]
     assert plan.etag == current.etag
     assert writes.total == 0

@@ -126,8 +126,31 @@ async def test_destination_outside_the_allow_list_is_denied(stub: Any, writes: M
     assert writes.total == 0
 
 
-async def test_shared_rule_limit_gives_quota_failure(stub: Any, writes: MotoWrites) -> None:
-    others = [aws_rule(f"billing/r{i}") for i in range(8)] + [aws_rule("payments/a")]
+async def test_own_share_of_rules_gives_quota_failure(stub: Any, writes: MotoWrites) -> None:
+    # payments and billing hold slices and give no shares: 5 of ECR's 10 rules each.
+    seed_rules(aws_rule("payments/a"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.PutReplicationRules(
+            pb.PutReplicationRulesRequest(rules=[rule(f"payments/{n}") for n in "uvwxyz"]),
+            metadata=metadata(KEY),
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert rich_error(caught.value).info.reason == "REPLICATION_QUOTA_EXCEEDED"
+    (violation,) = quota_failure(caught.value).violations
+    assert violation.subject == (
+        f"tenant payments on registry {ACCOUNT} in us-east-1: replication rules"
+    )
+    assert "share of tenant payments is 5 of the 10 rules" in violation.description
+    assert "would number 6" in violation.description
+    assert stored_rules() == [aws_rule("payments/a")]
+    assert writes.total == 0
+
+
+async def test_a_registry_full_of_unowned_rules_refuses_with_counts_only(
+    stub: Any, writes: MotoWrites
+) -> None:
+    # An admin's full write left 8 rules no slice owns; payments keeps to its share of 5.
+    others = [aws_rule(f"shared/r{i}") for i in range(8)] + [aws_rule("payments/a")]
     seed_rules(*others)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.PutReplicationRules(
@@ -139,7 +162,8 @@ async def test_shared_rule_limit_gives_quota_failure(stub: Any, writes: MotoWrit
     (violation,) = quota_failure(caught.value).violations
     assert violation.subject == f"registry {ACCOUNT} in us-east-1: replication rules"
     assert "at most 10 rules" in violation.description
-    assert "11: 8 used by others, 3 of tenant payments" in violation.description
+    assert "11: 3 of tenant payments (within its share of 5), 8 outside" in violation.description
+    assert "shared/" not in violation.description + (caught.value.details() or "")
     assert stored_rules() == others
     assert writes.total == 0
 
@@ -170,26 +194,28 @@ async def test_shared_destination_limit_gives_quota_failure(stub: Any, writes: M
         )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     (violation,) = quota_failure(caught.value).violations
-    assert violation.subject.endswith("unique replication destinations")
-    assert "would name 26: 24 used by others, 2 by tenant payments" in violation.description
+    assert violation.subject == f"registry {ACCOUNT} in us-east-1: unique replication destinations"
+    assert "would name 26, 2 of them in the rules of tenant payments" in violation.description
+    assert "30000000000" not in violation.description + (caught.value.details() or "")
     assert stored_rules() == folded
     assert writes.total == 0
 
 
-async def test_validate_only_answers_the_plan_of_the_whole_configuration(
+async def test_validate_only_answers_the_plan_of_the_callers_slice(
     stub: Any, writes: MotoWrites
 ) -> None:
     seed_rules(aws_rule("billing/api"), aws_rule("payments/old"))
     response = await stub.PutReplicationRules(
         pb.PutReplicationRulesRequest(
-            rules=[rule("payments/old"), rule("payments/new")], validate_only=True
+            rules=[rule("payments/new"), rule("payments/old")], validate_only=True
         ),
         metadata=metadata(KEY),
     )
-    assert [(c.action, c.path) for c in response.changes] == [
-        ("add", "replication_configuration.rules[2]")
-    ]
+    # By identity, in the caller's slice: payments/old is kept though it moved, and
+    # payments/new is the request's rules[0]; billing's rule is not in the plan.
+    assert [(c.action, c.path) for c in response.changes] == [("add", "rules[0]")]
     assert "filter payments/new" in response.changes[0].description
+    assert not any("billing" in c.description for c in response.changes)
     assert writes.total == 0
     assert stored_rules() == [aws_rule("billing/api"), aws_rule("payments/old")]
 

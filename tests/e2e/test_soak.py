@@ -69,6 +69,9 @@ async def test_soak(gateway_factory: GatewayFactory, aws: str) -> None:
                     "role_arn": f"arn:aws:iam::{OTHER_ACCOUNT}:role/registry-gateway",
                     "regions": ["us-east-1"],
                     "operations": list(OPERATIONS),
+                    # The slice writes need a slice: they may act on nothing else.
+                    "owned_repository_prefixes": ["other/"],
+                    "owned_statement_sid_prefix": "Other",
                 }
             ],
         }

@@ -89,9 +89,21 @@ async def test_replication_plan_lists_additions(
         pb.ReplicationRule(destinations=[EU], repository_filters=[prefix("base")]),
     )
     response = await dry_run_replication(stub, proposed)
+    # Rules are matched by what they are: the rule to PARTNER is kept; the first rule,
+    # changed, is another rule (removed at its current index, added at the request's).
     assert changes(response) == [
-        ("add", f"{RULES}[0].destinations[1]", f"destination {PARTNER_ACCOUNT} us-west-2"),
-        ("add", f"{RULES}[0].repository_filters[2]", "filter infra/ (PREFIX_MATCH)"),
+        (
+            "remove",
+            f"{RULES}[0]",
+            f"rule: destination {ACCOUNT} eu-west-1, filter prod (PREFIX_MATCH), "
+            "filter team (PREFIX_MATCH)",
+        ),
+        (
+            "add",
+            f"{RULES}[0]",
+            f"rule: destination {ACCOUNT} eu-west-1, destination {PARTNER_ACCOUNT} us-west-2, "
+            "filter prod (PREFIX_MATCH), filter team (PREFIX_MATCH), filter infra/ (PREFIX_MATCH)",
+        ),
         (
             "add",
             f"{RULES}[2]",
@@ -114,11 +126,21 @@ async def test_replication_plan_lists_removals(
     proposed = config(pb.ReplicationRule(destinations=[EU], repository_filters=[prefix("team")]))
     response = await dry_run_replication(stub, proposed)
     assert changes(response) == [
-        ("remove", f"{RULES}[0].repository_filters[0]", "filter prod (PREFIX_MATCH)"),
+        (
+            "remove",
+            f"{RULES}[0]",
+            f"rule: destination {ACCOUNT} eu-west-1, filter prod (PREFIX_MATCH), "
+            "filter team (PREFIX_MATCH)",
+        ),
         (
             "remove",
             f"{RULES}[1]",
             f"rule: destination {PARTNER_ACCOUNT} us-west-2, all repositories",
+        ),
+        (
+            "add",
+            f"{RULES}[0]",
+            f"rule: destination {ACCOUNT} eu-west-1, filter team (PREFIX_MATCH)",
         ),
     ]
     cleared = await dry_run_replication(stub, config())
@@ -126,6 +148,28 @@ async def test_replication_plan_lists_removals(
         ("remove", f"{RULES}[0]"),
         ("remove", f"{RULES}[1]"),
     ]
+    assert writes.total == 0
+    assert configured(aws_state()) == before
+
+
+async def test_replication_plan_matches_rules_by_identity_not_position(
+    stub: Stub, ecr_like: None, writes: MotoWrites, aws_state: Callable[[], dict[str, Any]]
+) -> None:
+    await set_current(stub, writes)
+    before = configured(aws_state())
+    first, second = CURRENT.rules
+    # A rule inserted in front moves both: neither is removed, re-added or changed.
+    new = pb.ReplicationRule(destinations=[EU], repository_filters=[prefix("base")])
+    inserted = await dry_run_replication(stub, config(new, first, second))
+    assert [(a, p) for a, p, _ in changes(inserted)] == [("add", f"{RULES}[0]")]
+    # Filters and destinations in another order: the same rule.
+    shuffled = pb.ReplicationRule(
+        destinations=list(first.destinations), repository_filters=first.repository_filters[::-1]
+    )
+    assert changes(await dry_run_replication(stub, config(shuffled, second))) == []
+    # The same rules in another order: one change, and nothing added or removed.
+    swapped = await dry_run_replication(stub, config(second, first))
+    assert changes(swapped) == [("change", RULES, "rule order: [1] to [0], [0] to [1]")]
     assert writes.total == 0
     assert configured(aws_state()) == before
 

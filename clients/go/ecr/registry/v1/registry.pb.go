@@ -1123,13 +1123,14 @@ type GetReplicationRulesResponse struct {
 	// A digest of the caller's rules; pass it as `etag` to PutReplicationRules to write only
 	// if nobody changed them in between (changes to other tenants' rules do not move it).
 	Etag string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
-	// Read-only: the rules of the whole configuration, every tenant's and unowned ones.
+	// Read-only: the caller's rules (other tenants' use is theirs to see, not the caller's).
 	RulesUsed int32 `protobuf:"varint,4,opt,name=rules_used,json=rulesUsed,proto3" json:"rules_used,omitempty"`
-	// Read-only: the most rules a registry's configuration may hold (ECR: 10).
+	// Read-only: the caller's share of ECR's 10 rules per registry (config `max_rules`, else
+	// an equal split among the tenants holding slices of the registry).
 	RulesLimit int32 `protobuf:"varint,5,opt,name=rules_limit,json=rulesLimit,proto3" json:"rules_limit,omitempty"`
-	// Read-only: the unique destinations (registry and region) across all rules.
+	// Read-only: the unique destinations (registry and region) across the caller's rules.
 	UniqueDestinationsUsed int32 `protobuf:"varint,6,opt,name=unique_destinations_used,json=uniqueDestinationsUsed,proto3" json:"unique_destinations_used,omitempty"`
-	// Read-only: the most unique destinations across all rules (ECR: 25).
+	// Read-only: the caller's share of ECR's 25 unique destinations (`max_destinations`).
 	UniqueDestinationsLimit int32 `protobuf:"varint,7,opt,name=unique_destinations_limit,json=uniqueDestinationsLimit,proto3" json:"unique_destinations_limit,omitempty"`
 }
 
@@ -1313,7 +1314,8 @@ type PutReplicationRulesResponse struct {
 	Rules []*ReplicationRule `protobuf:"bytes,2,rep,name=rules,proto3" json:"rules,omitempty"`
 	// The etag of the caller's rules after the write (with validate_only: the current one).
 	Etag string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
-	// With validate_only: what the write would change in the whole merged configuration.
+	// With validate_only: what the write would change in the caller's own rules, each rule
+	// matched by its filters and destinations (other tenants' rules never appear).
 	Changes []*Change `protobuf:"bytes,4,rep,name=changes,proto3" json:"changes,omitempty"`
 }
 
@@ -1605,7 +1607,8 @@ type PutPolicyStatementsResponse struct {
 	StatementsJson string `protobuf:"bytes,2,opt,name=statements_json,json=statementsJson,proto3" json:"statements_json,omitempty"`
 	// The etag of the caller's statements after the write (with validate_only: the current one).
 	Etag string `protobuf:"bytes,3,opt,name=etag,proto3" json:"etag,omitempty"`
-	// With validate_only: what the write would change in the whole merged policy.
+	// With validate_only: what the write would change in the caller's own statements, matched
+	// by Sid (other tenants' statements never appear).
 	Changes []*Change `protobuf:"bytes,4,rep,name=changes,proto3" json:"changes,omitempty"`
 }
 

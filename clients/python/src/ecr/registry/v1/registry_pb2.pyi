@@ -563,13 +563,15 @@ class GetReplicationRulesResponse(_message.Message):
     if nobody changed them in between (changes to other tenants' rules do not move it).
     """
     rules_used: _builtins.int
-    """Read-only: the rules of the whole configuration, every tenant's and unowned ones."""
+    """Read-only: the caller's rules (other tenants' use is theirs to see, not the caller's)."""
     rules_limit: _builtins.int
-    """Read-only: the most rules a registry's configuration may hold (ECR: 10)."""
+    """Read-only: the caller's share of ECR's 10 rules per registry (config `max_rules`, else
+    an equal split among the tenants holding slices of the registry).
+    """
     unique_destinations_used: _builtins.int
-    """Read-only: the unique destinations (registry and region) across all rules."""
+    """Read-only: the unique destinations (registry and region) across the caller's rules."""
     unique_destinations_limit: _builtins.int
-    """Read-only: the most unique destinations across all rules (ECR: 25)."""
+    """Read-only: the caller's share of ECR's 25 unique destinations (`max_destinations`)."""
     @_builtins.property
     def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicationRule]:
         """The caller's rules, in the order they stand in the registry's configuration."""
@@ -657,7 +659,9 @@ class PutReplicationRulesResponse(_message.Message):
 
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]:
-        """With validate_only: what the write would change in the whole merged configuration."""
+        """With validate_only: what the write would change in the caller's own rules, each rule
+        matched by its filters and destinations (other tenants' rules never appear).
+        """
 
     def __init__(
         self,
@@ -798,7 +802,9 @@ class PutPolicyStatementsResponse(_message.Message):
     """The etag of the caller's statements after the write (with validate_only: the current one)."""
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]:
-        """With validate_only: what the write would change in the whole merged policy."""
+        """With validate_only: what the write would change in the caller's own statements, matched
+        by Sid (other tenants' statements never appear).
+        """
 
     def __init__(
         self,

@@ -619,28 +619,29 @@ export type GetReplicationRulesResponse = Message<"ecr.registry.v1.GetReplicatio
   etag: string;
 
   /**
-   * Read-only: the rules of the whole configuration, every tenant's and unowned ones.
+   * Read-only: the caller's rules (other tenants' use is theirs to see, not the caller's).
    *
    * @generated from field: int32 rules_used = 4;
    */
   rulesUsed: number;
 
   /**
-   * Read-only: the most rules a registry's configuration may hold (ECR: 10).
+   * Read-only: the caller's share of ECR's 10 rules per registry (config `max_rules`, else
+   * an equal split among the tenants holding slices of the registry).
    *
    * @generated from field: int32 rules_limit = 5;
    */
   rulesLimit: number;
 
   /**
-   * Read-only: the unique destinations (registry and region) across all rules.
+   * Read-only: the unique destinations (registry and region) across the caller's rules.
    *
    * @generated from field: int32 unique_destinations_used = 6;
    */
   uniqueDestinationsUsed: number;
 
   /**
-   * Read-only: the most unique destinations across all rules (ECR: 25).
+   * Read-only: the caller's share of ECR's 25 unique destinations (`max_destinations`).
    *
    * @generated from field: int32 unique_destinations_limit = 7;
    */
@@ -733,7 +734,8 @@ export type PutReplicationRulesResponse = Message<"ecr.registry.v1.PutReplicatio
   etag: string;
 
   /**
-   * With validate_only: what the write would change in the whole merged configuration.
+   * With validate_only: what the write would change in the caller's own rules, each rule
+   * matched by its filters and destinations (other tenants' rules never appear).
    *
    * @generated from field: repeated ecr.registry.v1.Change changes = 4;
    */
@@ -893,7 +895,8 @@ export type PutPolicyStatementsResponse = Message<"ecr.registry.v1.PutPolicyStat
   etag: string;
 
   /**
-   * With validate_only: what the write would change in the whole merged policy.
+   * With validate_only: what the write would change in the caller's own statements, matched
+   * by Sid (other tenants' statements never appear).
    *
    * @generated from field: repeated ecr.registry.v1.Change changes = 4;
    */
