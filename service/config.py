@@ -9,53 +9,42 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
-from service import ecr_limits
+from service import catalog, ecr_limits
 
 ENV_CONFIG_PATH = "REGISTRY_GATEWAY_CONFIG"
 ENV_OVERRIDE_PREFIX = "REGISTRY_GATEWAY__"
 
-# The five ECR operations the gateway proxies (each is an AWS API action of the same name).
-ECR_OPERATIONS = (
-    "DescribeRegistry",
-    "GetRegistryPolicy",
-    "PutRegistryPolicy",
-    "DeleteRegistryPolicy",
-    "PutReplicationConfiguration",
-)
-# The gateway's own operations on a tenant's slice of a shared registry (service/slices.py);
-# they reach AWS through the five above, so an IAM policy never names them.
-SLICE_OPERATIONS = (
-    "GetReplicationRules",
-    "PutReplicationRules",
-    "GetPolicyStatements",
-    "PutPolicyStatements",
-)
-OPERATIONS = ECR_OPERATIONS + SLICE_OPERATIONS
-Operation = Literal[
-    "DescribeRegistry",
-    "GetRegistryPolicy",
-    "PutRegistryPolicy",
-    "DeleteRegistryPolicy",
-    "PutReplicationConfiguration",
-    "GetReplicationRules",
-    "PutReplicationRules",
-    "GetPolicyStatements",
-    "PutPolicyStatements",
+# The RPCs, from the contract's descriptor (service/catalog.py); re-exported here because
+# the config names them (`operations:`).
+ECR_OPERATIONS = catalog.ECR_OPERATIONS
+SLICE_OPERATIONS = catalog.SLICE_OPERATIONS
+OPERATIONS = catalog.RPCS
+WRITE_OPERATIONS = catalog.WRITES
+
+
+def _known_operation(name: str) -> str:
+    if name not in OPERATIONS:
+        raise ValueError(f"unknown operation {name!r}; expected one of {', '.join(OPERATIONS)}")
+    return name
+
+
+# An RPC of the service; the JSON schema lists them, so editors can complete them.
+Operation = Annotated[
+    str, AfterValidator(_known_operation), WithJsonSchema({"enum": list(OPERATIONS)})
 ]
 
-WRITE_OPERATIONS = frozenset(
-    {
-        "PutRegistryPolicy",
-        "DeleteRegistryPolicy",
-        "PutReplicationConfiguration",
-        "PutReplicationRules",
-        "PutPolicyStatements",
-    }
-)
-
-# Sections DESIGN.md names whose behaviour this version does not implement yet. A config
+# Sections of the design whose behaviour this version does not implement yet. A config
 # that asks for metrics and silently gets none would be worse than a refusal.
 NOT_YET_SUPPORTED: tuple[str, ...] = ()
 

@@ -14,27 +14,26 @@ from typing import Any, Protocol, TypeVar, cast
 import grpc
 from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf import json_format
+from google.protobuf.descriptor_pb2 import MethodOptions
 from google.protobuf.message import Message
 
 from registry_gateway_client._errors import REQUEST_ID_KEY
 from registry_gateway_client._retry import RetryPolicy
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 DEFAULT_TIMEOUT = 10.0
 CACHE_KEY = "x-cache"
 CACHE_CONTROL_KEY = "cache-control"
 USER_AGENT = f"registry-gateway-client-python/{__version__}"
 
-# The writes: retried only when safe (an etag or validate_only), see _retry.
+# The writes: every RPC the contract does not mark `idempotency_level = NO_SIDE_EFFECTS`.
+# Retried only when safe (an etag or validate_only), see _retry.
+_SERVICE = pb.DESCRIPTOR.services_by_name["RegistryConfigService"]
 WRITE_RPCS = frozenset(
-    {
-        "PutRegistryPolicy",
-        "DeleteRegistryPolicy",
-        "PutReplicationConfiguration",
-        "PutReplicationRules",
-        "PutPolicyStatements",
-    }
+    method.name
+    for method in _SERVICE.methods
+    if method.GetOptions().idempotency_level != MethodOptions.NO_SIDE_EFFECTS
 )
 
 M = TypeVar("M", bound=Message)

@@ -29,7 +29,9 @@ class RegistryConfigServiceStub:
     """Reads and changes the registry-level configuration of ECR registries on behalf of
     authenticated tenants. Credentials travel as `authorization: Bearer <key or JWT>`
     metadata or as an mTLS client certificate. Reads answer `x-cache: hit|miss|stale`
-    and every call answers `x-request-id` in trailing metadata.
+    and every call answers `x-request-id` in trailing metadata. Reads are marked
+    `idempotency_level = NO_SIDE_EFFECTS`: the gateway's catalog of reads and writes, and the
+    clients' retry rules, come from that mark.
     """
 
     def __init__(self, channel):
@@ -89,7 +91,9 @@ class RegistryConfigServiceServicer:
     """Reads and changes the registry-level configuration of ECR registries on behalf of
     authenticated tenants. Credentials travel as `authorization: Bearer <key or JWT>`
     metadata or as an mTLS client certificate. Reads answer `x-cache: hit|miss|stale`
-    and every call answers `x-request-id` in trailing metadata.
+    and every call answers `x-request-id` in trailing metadata. Reads are marked
+    `idempotency_level = NO_SIDE_EFFECTS`: the gateway's catalog of reads and writes, and the
+    clients' retry rules, come from that mark.
     """
 
     def DescribeRegistry(self, request, context):
@@ -219,7 +223,9 @@ class RegistryConfigService:
     """Reads and changes the registry-level configuration of ECR registries on behalf of
     authenticated tenants. Credentials travel as `authorization: Bearer <key or JWT>`
     metadata or as an mTLS client certificate. Reads answer `x-cache: hit|miss|stale`
-    and every call answers `x-request-id` in trailing metadata.
+    and every call answers `x-request-id` in trailing metadata. Reads are marked
+    `idempotency_level = NO_SIDE_EFFECTS`: the gateway's catalog of reads and writes, and the
+    clients' retry rules, come from that mark.
     """
 
     @staticmethod

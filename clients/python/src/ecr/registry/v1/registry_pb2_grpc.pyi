@@ -37,7 +37,9 @@ class RegistryConfigServiceStub:
     """Reads and changes the registry-level configuration of ECR registries on behalf of
     authenticated tenants. Credentials travel as `authorization: Bearer <key or JWT>`
     metadata or as an mTLS client certificate. Reads answer `x-cache: hit|miss|stale`
-    and every call answers `x-request-id` in trailing metadata.
+    and every call answers `x-request-id` in trailing metadata. Reads are marked
+    `idempotency_level = NO_SIDE_EFFECTS`: the gateway's catalog of reads and writes, and the
+    clients' retry rules, come from that mark.
     """
 
     @_typing.overload
@@ -76,7 +78,9 @@ class RegistryConfigServiceAsyncStub(RegistryConfigServiceStub):
     """Reads and changes the registry-level configuration of ECR registries on behalf of
     authenticated tenants. Credentials travel as `authorization: Bearer <key or JWT>`
     metadata or as an mTLS client certificate. Reads answer `x-cache: hit|miss|stale`
-    and every call answers `x-request-id` in trailing metadata.
+    and every call answers `x-request-id` in trailing metadata. Reads are marked
+    `idempotency_level = NO_SIDE_EFFECTS`: the gateway's catalog of reads and writes, and the
+    clients' retry rules, come from that mark.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -111,7 +115,9 @@ class RegistryConfigServiceServicer(metaclass=_abc_1.ABCMeta):
     """Reads and changes the registry-level configuration of ECR registries on behalf of
     authenticated tenants. Credentials travel as `authorization: Bearer <key or JWT>`
     metadata or as an mTLS client certificate. Reads answer `x-cache: hit|miss|stale`
-    and every call answers `x-request-id` in trailing metadata.
+    and every call answers `x-request-id` in trailing metadata. Reads are marked
+    `idempotency_level = NO_SIDE_EFFECTS`: the gateway's catalog of reads and writes, and the
+    clients' retry rules, come from that mark.
     """
 
     @_abc_1.abstractmethod
