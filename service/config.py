@@ -76,6 +76,10 @@ class ServerConfig(_Strict):
     # A plaintext listener serving only grpc.health.v1.Health: Kubernetes' gRPC probe does
     # not speak TLS, so with mTLS on, probes need a port of their own (pod-local).
     health_listen: str | None = None
+    # Writes of one tenant on one registry at once (waiting for its write lock or holding
+    # it): past this, RESOURCE_EXHAUSTED, so one tenant's queue of writes cannot make
+    # another's wait past its deadline.
+    max_writes_in_flight_per_tenant: int = Field(4, ge=1)
     # Reload when the config file changes (checked this often; 0: only on SIGHUP). Follows
     # symlinks, so a Kubernetes ConfigMap update (an atomic symlink swap) is seen.
     watch_config_seconds: float = Field(0.0, ge=0)
@@ -116,6 +120,11 @@ class AwsConfig(_Strict):
     # The most of those slots one tenant may hold at once (a fraction; at least one slot),
     # so a tenant flooding AWS with calls cannot starve the others of the same account.
     max_tenant_share: float = Field(0.5, gt=0, le=1)
+    # Calls past the cache (no-cache reads, every write) per tenant, always on
+    # (service/ratelimit.py UpstreamBudget), so one tenant cannot bring AWS throttling, and
+    # with it the shared breaker, on everyone.
+    tenant_upstream_per_second: float = Field(5.0, gt=0)
+    tenant_upstream_burst: int = Field(20, ge=1)
 
 
 class DestinationAllow(_Strict):
@@ -329,11 +338,6 @@ class CacheConfig(_Strict):
     redis_url: str = "redis://127.0.0.1:6379/0"
     # Every key the gateway writes starts with this: several deployments can share a Redis.
     key_prefix: str = Field("registry-gateway:", min_length=1)
-    # Reads with `cache-control: no-cache` go to AWS: a per-tenant budget of them, always on
-    # (service/ratelimit.py FreshReadBudget), so one tenant cannot bring AWS throttling, and
-    # with it the shared breaker, on everyone.
-    fresh_reads_per_second: float = Field(1.0, gt=0)
-    fresh_reads_burst: int = Field(5, ge=1)
 
 
 class GatewayConfig(_Strict):
@@ -383,6 +387,7 @@ class GatewayConfig(_Strict):
                 if other != tenant.name:
                     raise ValueError(f"tenants {other} and {tenant.name} share {spiffe_id}")
         _unambiguous_ownership(tenants)
+        _one_policy_scope_per_registry(tenants)
         _slice_writers_own_slices(tenants)
         ecr_limits.effective_shares(tenants)  # the shares of each registry fit ECR's limits
         return tenants
@@ -415,6 +420,25 @@ def _unambiguous_ownership(tenants: tuple[TenantConfig, ...]) -> None:
                         f"tenants {tenant_a} and {tenant_b} own overlapping {kind} prefixes "
                         f"{prefix_a!r} and {prefix_b!r} on registry {registry_id}"
                     )
+
+
+def _one_policy_scope_per_registry(tenants: tuple[TenantConfig, ...]) -> None:
+    """Refuse two entries of one registry naming different policy scopes.
+
+    ECR's registry policy scope is one setting of the account (GetAccountSetting
+    REGISTRY_POLICY_SCOPE); a merged policy is checked under it, so entries that disagree
+    would let one tenant's statements, valid under its scope, refuse another's writes.
+    """
+    scopes: dict[str, tuple[str, str]] = {}
+    for tenant in tenants:
+        for registry in tenant.registries:
+            seen = scopes.setdefault(registry.registry_id, (registry.policy_scope, tenant.name))
+            if seen[0] != registry.policy_scope:
+                raise ValueError(
+                    f"registry {registry.registry_id} has one policy scope, but tenant "
+                    f"{seen[1]} names {seen[0]} and tenant {tenant.name} names "
+                    f"{registry.policy_scope}"
+                )
 
 
 def _slice_writers_own_slices(tenants: tuple[TenantConfig, ...]) -> None:

@@ -44,7 +44,7 @@ from service.errors import (
     to_status,
 )
 from service.metrics import Metrics
-from service.ratelimit import FreshReadBudget, RateKind, RateLimiter
+from service.ratelimit import RateKind, RateLimiter, UpstreamBudget
 from service.request_limits import max_request_bytes
 from service.tenancy import Tenancy, TenancyHolder
 from service.tracing import Tracing, end_rpc
@@ -197,7 +197,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         tenancy: TenancyHolder,
         *,
         rate_limiter: RateLimiter | None = None,
-        fresh_reads: FreshReadBudget | None = None,
+        upstream_budget: UpstreamBudget | None = None,
         auth_failures: AuthFailures | None = None,
         audit: AuditLog | None = None,
         metrics: Metrics | None = None,
@@ -214,7 +214,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         self._max_message_bytes = server.max_message_bytes
         self._tenancy = tenancy
         self._rate_limiter = rate_limiter
-        self._fresh_reads = fresh_reads
+        self._upstream_budget = upstream_budget
         self._auth_failures = auth_failures
         self._audit = audit
         self._wrapped: dict[str, Handler] = {}
@@ -304,8 +304,8 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                         if self._rate_limiter is not None:
                             await self._rate_limiter.acquire(identity.tenant.name, kind)
                         no_cache = not is_write and _no_cache(metadata)
-                        if no_cache and self._fresh_reads is not None:
-                            await self._fresh_reads.acquire(identity.tenant.name)
+                        if (is_write or no_cache) and self._upstream_budget is not None:
+                            await self._upstream_budget.acquire(identity.tenant.name)
                         request = decode(raw)
                         call = CallInfo(
                             request_id,

@@ -25,7 +25,7 @@ from service.audit import WriteRecord
 from service.auth.targets import Target
 from service.cache import CacheKey, Outcome, ReadCache
 from service.cache.base import Resource
-from service.errors import EtagMismatch, NotFound
+from service.errors import EtagMismatch, NotFound, QuotaViolation, ResourceExhausted
 from service.locks import HeldLock
 from service.upstream import Upstream
 
@@ -74,10 +74,55 @@ def _policy_key(target: Target) -> CacheKey:
 class RegistryOperations:
     """Reads and writes of registry configuration through the cache and the upstream."""
 
-    def __init__(self, upstream: Upstream, locks: Locks, cache: ReadCache) -> None:
+    def __init__(
+        self,
+        upstream: Upstream,
+        locks: Locks,
+        cache: ReadCache,
+        *,
+        max_writes_per_tenant: int = 4,
+    ) -> None:
         self._upstream = upstream
         self._locks = locks
         self._cache = cache
+        self._max_writes_per_tenant = max_writes_per_tenant
+        self._in_flight: dict[tuple[str, str, str], int] = {}
+
+    @asynccontextmanager
+    async def _hold(self, target: Target) -> AsyncIterator[HeldLock]:
+        """The registry's write lock, for at most `max_writes_per_tenant` writes of one tenant
+        at once (waiting or holding): the lock is a queue every tenant of the registry waits
+        in, and one tenant's flood of writes must not push another's past its deadline."""
+        key = (target.tenant, target.registry_id, target.region)
+        if self._in_flight.get(key, 0) >= self._max_writes_per_tenant:
+            raise ResourceExhausted(
+                f"tenant {target.tenant} already has {self._max_writes_per_tenant} writes in "
+                f"flight on registry {target.registry_id} in {target.region}; they run one "
+                "at a time: retry when one has finished",
+                reason="WRITES_IN_FLIGHT",
+                metadata={
+                    "tenant": target.tenant,
+                    "registryId": target.registry_id,
+                    "region": target.region,
+                },
+                retry_after_seconds=0.5,
+                quota_violations=(
+                    QuotaViolation(
+                        subject=f"tenant:{target.tenant}",
+                        description=f"writes in flight per registry: {self._max_writes_per_tenant}",
+                    ),
+                ),
+            )
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        try:
+            async with self._locks.hold(target.registry_id, target.region) as held:
+                yield held
+        finally:
+            left = self._in_flight[key] - 1
+            if left:
+                self._in_flight[key] = left
+            else:
+                del self._in_flight[key]
 
     async def describe_registry(
         self,
@@ -89,7 +134,7 @@ class RegistryOperations:
         """DescribeRegistry of the target through the cache, with the configuration's etag."""
         response = await self._cache.get_or_load(
             _registry_key(target),
-            lambda: self._describe_from_aws(target),
+            lambda: self._describe_from_aws(target, shared=True),
             fresh=fresh,
             on_outcome=on_outcome,
         )
@@ -106,7 +151,7 @@ class RegistryOperations:
         """GetRegistryPolicy of the target through the cache; NotFound (cached too) if none."""
         response = await self._cache.get_or_load(
             _policy_key(target),
-            lambda: self._policy_from_aws(target),
+            lambda: self._policy_from_aws(target, shared=True),
             fresh=fresh,
             on_outcome=on_outcome,
         )
@@ -117,7 +162,7 @@ class RegistryOperations:
         self, target: Target, policy_text: str, etag: str, validate_only: bool, record: WriteRecord
     ) -> pb.PutRegistryPolicyResponse:
         """Set the registry policy if `etag` (when given) still holds."""
-        async with self._locks.hold(target.registry_id, target.region) as held:
+        async with self._hold(target) as held:
             policy = await self._current_policy(target)
             current = record.etag_before = etags.of_policy(policy)
             check_etag(etag, current, target)
@@ -146,7 +191,7 @@ class RegistryOperations:
         self, target: Target, etag: str, validate_only: bool, record: WriteRecord
     ) -> pb.DeleteRegistryPolicyResponse:
         """Delete the registry policy if `etag` (when given) still holds; NotFound if none."""
-        async with self._locks.hold(target.registry_id, target.region) as held:
+        async with self._hold(target) as held:
             policy = await self._current_policy(target)
             current = record.etag_before = etags.of_policy(policy)
             check_etag(etag, current, target)
@@ -216,7 +261,7 @@ class RegistryOperations:
         one to write, or raises (etag, quota, validation) to write nothing. With
         validate_only nothing is written and `after` is None.
         """
-        async with self._locks.hold(target.registry_id, target.region) as held:
+        async with self._hold(target) as held:
             current = await self._describe_from_aws(target)
             record.etag_before = current.etag
             proposed = change(current)
@@ -249,7 +294,7 @@ class RegistryOperations:
         and answers the one to write, None to have none (DeleteRegistryPolicy, or nothing
         when there is none already), or raises to write nothing.
         """
-        async with self._locks.hold(target.registry_id, target.region) as held:
+        async with self._hold(target) as held:
             current = await self._current_policy(target)
             record.etag_before = etags.of_policy(current)
             proposed = change(current)
@@ -286,11 +331,19 @@ class RegistryOperations:
             await self._cache.invalidate(key)
             raise
 
-    async def _describe_from_aws(self, target: Target) -> pb.DescribeRegistryResponse:
-        return convert.describe_response(await self._upstream.call(target, "describe_registry"))
+    # `shared`: a cache load, which every caller of the key waits for (single flight). It is
+    # nobody's: it takes no tenant's share of the AWS call slots (a tenant could otherwise
+    # stall another on its own full share), only the account's.
+    async def _describe_from_aws(
+        self, target: Target, *, shared: bool = False
+    ) -> pb.DescribeRegistryResponse:
+        aws = await self._upstream.call(target, "describe_registry", shared=shared)
+        return convert.describe_response(aws)
 
-    async def _policy_from_aws(self, target: Target) -> pb.GetRegistryPolicyResponse:
-        aws = await self._upstream.call(target, "get_registry_policy")
+    async def _policy_from_aws(
+        self, target: Target, *, shared: bool = False
+    ) -> pb.GetRegistryPolicyResponse:
+        aws = await self._upstream.call(target, "get_registry_policy", shared=shared)
         return pb.GetRegistryPolicyResponse(
             registry_id=aws.get("registryId", target.registry_id),
             policy_text=aws["policyText"],

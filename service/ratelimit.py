@@ -250,14 +250,15 @@ def build_rate_limiter(
     return LocalRateLimiter(config)
 
 
-class FreshReadBudget:
-    """Per-tenant budget of reads that bypass the cache (`cache-control: no-cache`).
+class UpstreamBudget:
+    """Per-tenant budget of the calls that go past the cache to AWS: reads with
+    `cache-control: no-cache`, and every write (each reads AWS fresh under the registry's
+    lock, validate_only and a stale etag included, before it can refuse).
 
-    Each such read goes to AWS (single-flighted per key, but one after another without
-    end), and AWS throttling an account opens the breaker for every tenant of it. So fresh
-    reads draw from a budget of their own, on by default even where `rate_limit` is not
-    configured; past it the caller gets RESOURCE_EXHAUSTED with RetryInfo (reason
-    FRESH_READ_BUDGET_EXHAUSTED) and may read through the cache instead. Same token buckets
+    AWS throttling an account opens the breaker for every tenant of it, so no tenant may
+    spend the account's AWS quota without bound. On by default, even where `rate_limit` is
+    not configured; past it the caller gets RESOURCE_EXHAUSTED with RetryInfo (reason
+    UPSTREAM_BUDGET_EXHAUSTED); reads through the cache are not affected. Same token buckets
     as the rate limits (in Redis when the cache is there, so replicas share one budget).
     """
 
@@ -267,35 +268,37 @@ class FreshReadBudget:
         self._limiter = limiter
 
     async def acquire(self, tenant: str) -> None:
-        """Take one fresh read from the tenant's budget, or raise ResourceExhausted."""
+        """Take one call from the tenant's budget, or raise ResourceExhausted."""
         try:
             await self._limiter.acquire(tenant, "read")
         except ResourceExhausted as exc:
             limit = f"{self._per_second:g} per second, burst {self._burst}"
             raise ResourceExhausted(
-                f"tenant {tenant!r} is over its budget of fresh reads (cache-control: "
-                f"no-cache, {limit}); read without no-cache, or retry in "
-                f"{exc.retry_after_seconds or 0:.3f}s",
-                reason="FRESH_READ_BUDGET_EXHAUSTED",
+                f"tenant {tenant!r} is over its budget of calls that reach AWS (writes and "
+                f"no-cache reads, {limit}); retry in {exc.retry_after_seconds or 0:.3f}s, "
+                "or read without no-cache",
+                reason="UPSTREAM_BUDGET_EXHAUSTED",
                 metadata={"tenant": tenant},
                 retry_after_seconds=exc.retry_after_seconds,
                 quota_violations=(
-                    QuotaViolation(subject=f"tenant:{tenant}", description=f"fresh reads: {limit}"),
+                    QuotaViolation(
+                        subject=f"tenant:{tenant}", description=f"calls reaching AWS: {limit}"
+                    ),
                 ),
             ) from None
 
 
-def build_fresh_read_budget(
+def build_upstream_budget(
     per_second: float,
     burst: int,
     redis_client: redis.asyncio.Redis | None,
     key_prefix: str = "registry-gateway:",
-) -> FreshReadBudget:
-    """The fresh-read budget: in Redis when the cache is, else in this process."""
+) -> UpstreamBudget:
+    """The per-tenant upstream budget: in Redis when the cache is, else in this process."""
     config = RateLimitConfig(reads_per_second=per_second, writes_per_second=per_second, burst=burst)
     limiter: RateLimiter
     if redis_client is not None:
-        limiter = RedisRateLimiter(config, redis_client, f"{key_prefix}fresh-reads:")
+        limiter = RedisRateLimiter(config, redis_client, f"{key_prefix}upstream-budget:")
     else:
         limiter = LocalRateLimiter(config)
-    return FreshReadBudget(per_second, burst, limiter)
+    return UpstreamBudget(per_second, burst, limiter)

@@ -34,6 +34,17 @@ from service.errors import Unavailable, UpstreamFailure
 BREAKER_OPEN = "opened"
 
 
+async def _acquire(slots: asyncio.Semaphore, wait: float) -> None:
+    """A free slot at once, else one that frees up within `wait` seconds (TimeoutError).
+
+    Taken at once when free: `wait_for` with no time left times out even then, which would
+    call a half-empty bulkhead full for every caller whose deadline is near."""
+    if not slots.locked():
+        await slots.acquire()  # does not wait: a slot is free and nothing runs in between
+        return
+    await asyncio.wait_for(slots.acquire(), timeout=wait)
+
+
 class Resilience:
     """Breaker and bulkhead around each AWS call."""
 
@@ -62,16 +73,19 @@ class Resilience:
         self._per_tenant = max(1, math.floor(aws.max_concurrent_calls * aws.max_tenant_share))
 
     @asynccontextmanager
-    async def guard(self, account: str, region: str, tenant: str = "") -> AsyncIterator[None]:
-        """Enter only through free bulkhead slots (the tenant's, then the account's) and a
-        closed (or probing) breaker; only an `UpstreamFailure` inside counts against AWS."""
+    async def guard(
+        self, account: str, region: str, tenant: str | None = None
+    ) -> AsyncIterator[None]:
+        """Enter only through free bulkhead slots (the tenant's, when on behalf of one, then
+        the account's) and a closed (or probing) breaker; only an `UpstreamFailure` inside
+        counts against AWS."""
         circuit = f"{account}:{region}"
         breaker = await self._breakers.get_breaker(circuit)
         if self._open_for(breaker.context) > 0:
             # Fail fast without queueing for a slot behind calls that would fail too.
             self._raise_open(breaker.context, account, region)
         async with AsyncExitStack() as slots:
-            if self._per_tenant < self._aws.max_concurrent_calls:
+            if tenant is not None and self._per_tenant < self._aws.max_concurrent_calls:
                 await slots.enter_async_context(self._tenant_slot(circuit, tenant))
             await slots.enter_async_context(self._slot(circuit))
             try:
@@ -118,7 +132,7 @@ class Resilience:
         if slots is None:
             slots = self._tenant_slots[(circuit, tenant)] = asyncio.Semaphore(self._per_tenant)
         try:
-            await asyncio.wait_for(slots.acquire(), timeout=self._wait_seconds())
+            await _acquire(slots, self._wait_seconds())
         except TimeoutError:
             raise Unavailable(
                 f"tenant {tenant} has {self._per_tenant} AWS calls in flight for {circuit}, "
@@ -136,7 +150,7 @@ class Resilience:
     async def _slot(self, circuit: str) -> AsyncIterator[None]:
         slots = self._slots.setdefault(circuit, asyncio.Semaphore(self._aws.max_concurrent_calls))
         try:
-            await asyncio.wait_for(slots.acquire(), timeout=self._wait_seconds())
+            await _acquire(slots, self._wait_seconds())
         except TimeoutError:
             raise Unavailable(
                 f"too many AWS calls in flight for {circuit}; retry shortly",

@@ -31,7 +31,7 @@ from service.config import GatewayConfig, ListenerConfig, parse_listen, registry
 from service.locks import RedisRegistryLocks, RegistryLocks
 from service.metrics import Metrics
 from service.operations import Locks, RegistryOperations
-from service.ratelimit import build_fresh_read_budget, build_rate_limiter
+from service.ratelimit import build_rate_limiter, build_upstream_budget
 from service.reload import Reloader
 from service.request_limits import largest_request_bytes
 from service.tenancy import TenancyHolder, build_tenancy
@@ -121,9 +121,9 @@ class Gateway:
                     rate_limiter=build_rate_limiter(
                         config.rate_limit, self.redis, config.cache.key_prefix
                     ),
-                    fresh_reads=build_fresh_read_budget(
-                        config.cache.fresh_reads_per_second,
-                        config.cache.fresh_reads_burst,
+                    upstream_budget=build_upstream_budget(
+                        config.aws.tenant_upstream_per_second,
+                        config.aws.tenant_upstream_burst,
                         self.redis,
                         config.cache.key_prefix,
                     ),
@@ -141,7 +141,12 @@ class Gateway:
         )
         servicer = RegistryConfigServicer(
             ContentRules(),
-            RegistryOperations(self.upstream, self._locks(), self._cache()),
+            RegistryOperations(
+                self.upstream,
+                self._locks(),
+                self._cache(),
+                max_writes_per_tenant=config.server.max_writes_in_flight_per_tenant,
+            ),
             RequestValidator(allow_unknown_regions=config.aws.allow_unknown_regions),
         )
         pb_grpc.add_RegistryConfigServiceServicer_to_server(servicer, self.server)

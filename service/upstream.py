@@ -103,18 +103,26 @@ class Upstream:
         )
 
     async def call(
-        self, target: Target, operation: str, *, finish_once_sent: bool = False, **params: Any
+        self,
+        target: Target,
+        operation: str,
+        *,
+        finish_once_sent: bool = False,
+        shared: bool = False,
+        **params: Any,
     ) -> dict[str, Any]:
         """Run one ECR operation (snake_case name) on the target, mapping AWS errors.
 
         Bounded by what remains of the call's deadline, except a write once sent
         (`finish_once_sent`): abandoning it half-way would leave its outcome unknown, so
-        only botocore's own timeouts bound it.
+        only botocore's own timeouts bound it. `shared`: on behalf of no one tenant (a
+        cache load), so it takes none of the target tenant's share of the AWS call slots.
         """
         remaining = self._time_left()
         if remaining <= 0:
             raise DeadlineExceeded("deadline exceeded before AWS was called")
-        async with self._resilience.guard(target.registry_id, target.region, target.tenant):
+        tenant = None if shared else target.tenant
+        async with self._resilience.guard(target.registry_id, target.region, tenant):
             client = await self._bounded(
                 self._mapped(self._client(target), operation), remaining, operation
             )

@@ -35,13 +35,22 @@ def config_dict(endpoint_url: str, **server: Any) -> dict[str, Any]:
     """A config with tenant `payments` (everything on ACCOUNT) and `readonly` (reads only)."""
     return {
         "listen": "127.0.0.1:0",
-        "server": {"drain_seconds": 0, "grace_seconds": 1, **server},
+        # The suite calls far faster than a tenant would: the per-tenant upstream budget and
+        # writes-in-flight cap are tested at their defaults in tests/adversarial/.
+        "server": {
+            "drain_seconds": 0,
+            "grace_seconds": 1,
+            "max_writes_in_flight_per_tenant": 1000,
+            **server,
+        },
         "aws": {
             "region": "us-east-1",
             "endpoint_url": endpoint_url,
             "max_attempts": 1,
             "connect_timeout_seconds": 1,
             "read_timeout_seconds": 5,
+            "tenant_upstream_per_second": 10_000,
+            "tenant_upstream_burst": 10_000,
         },
         "tenants": [
             {

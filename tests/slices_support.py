@@ -16,7 +16,7 @@ from tests.helpers import ACCOUNT, PARTNER_ACCOUNT, config_dict
 
 BILLING_KEY = "test-key-billing"
 ADMIN_KEY = "test-key-platform-admin"
-SLICE_READS = ["DescribeRegistry", "GetReplicationRules", "GetPolicyStatements"]
+SLICE_READS = ["GetReplicationRules", "GetPolicyStatements"]
 SLICE_WRITES = ["PutReplicationRules", "PutPolicyStatements"]
 EU = pb.ReplicationDestination(region="eu-west-1", registry_id=ACCOUNT)
 PARTNER = pb.ReplicationDestination(region="us-west-2", registry_id=PARTNER_ACCOUNT)

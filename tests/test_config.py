@@ -302,3 +302,16 @@ def test_ownership_values_are_checked(key: str, value: Any) -> None:
     registry = {"registry_id": ACCOUNT, key: value}
     message = refusal({"tenants": [tenant(registries=[registry])]})
     assert key in message
+
+
+def test_one_registry_has_one_policy_scope() -> None:
+    # ECR's scope is a setting of the account: entries that disagree would let one tenant's
+    # statements, valid under its scope, fail another's merged policy.
+    first = tenant(name="payments")
+    second = tenant(name="billing", api_keys=[hash_key("billing-key")])
+    first["registries"][0]["policy_scope"] = "V2"
+    second["registries"][0]["policy_scope"] = "V1"
+    message = refusal({"tenants": [first, second]})
+    assert "has one policy scope" in message and "payments" in message and "billing" in message
+    second["registries"][0]["policy_scope"] = "V2"
+    assert from_mapping({"tenants": [first, second]}, environ={})

@@ -8,6 +8,7 @@ from service.auth.api_keys import ApiKeyAuthenticator, bearer_token
 from service.auth.identity import Identity
 from service.auth.jwt_tokens import JwtVerifier, looks_like_jwt
 from service.config import TenantConfig
+from service.echo import echo
 from service.errors import Unauthenticated
 
 AuthContext = Mapping[str, Iterable[bytes]]
@@ -51,7 +52,7 @@ class Authenticator:
         tenant = self._by_spiffe.get(ids[0])
         if tenant is None:
             raise Unauthenticated(
-                f"no tenant is mapped to the client certificate's SPIFFE ID {ids[0][:200]}",
+                f"no tenant is mapped to the client certificate's SPIFFE ID {echo(ids[0])}",
                 reason="UNKNOWN_SPIFFE_ID",
             )
         return Identity(tenant=tenant, kind="spiffe", subject=ids[0])

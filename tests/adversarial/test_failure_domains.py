@@ -16,7 +16,7 @@ from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from service.server import Gateway
 from tests.aws_proxy import CountingProxy, Fault
 from tests.conftest import GatewayFactory
-from tests.helpers import KEY, OTHER_KEY, POLICY, metadata, rich_error
+from tests.helpers import KEY, OTHER_KEY, metadata, rich_error
 from tests.moto_writes import behave_like_ecr
 from tests.slices_support import BILLING_KEY, EU, rule, shared_config
 
@@ -108,46 +108,39 @@ async def test_aws_failures_still_open_the_breaker(
     assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "BREAKER_OPEN")
 
 
-async def test_one_tenant_cannot_hold_every_upstream_slot(
+async def test_a_shared_cache_load_never_stalls_or_names_another_tenant(
     gateway_factory: GatewayFactory, proxy: CountingProxy
 ) -> None:
-    # Two slots per (account, region); each tenant may hold one.
-    gateway = await gateway_factory(config(proxy, max_concurrent_calls=2, max_tenant_share=0.5))
-    proxy.fault = Fault(SLOW_READS, delay_seconds=20)
+    # One slot per tenant. payments' slow write holds its slot; a cache load it starts
+    # belongs to nobody, so billing, waiting on the same load, is not refused for payments'
+    # full share, and hears nothing of payments.
+    gateway = await gateway_factory(config(proxy, max_concurrent_calls=4, max_tenant_share=0.25))
+    proxy.fault = Fault(frozenset({"ecr:GetRegistryPolicy"}), delay_seconds=20)
     try:
-        # payments' slow load holds its one slot...
-        slow = asyncio.ensure_future(
-            call(gateway, "DescribeRegistry", pb.DescribeRegistryRequest(), timeout=30)
-        )
-        while proxy.count("ecr:DescribeRegistry") < 1:
-            await asyncio.sleep(0.01)
-        # ...so its next AWS call (a write's fresh read, inside its deadline) waits for its
-        # own share, not for everyone's slots.
-        code, reason = await call(
-            gateway,
-            "PutRegistryPolicy",
-            pb.PutRegistryPolicyRequest(policy_text=POLICY),
-            timeout=0.5,
-        )
-        assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "TENANT_BULKHEAD_FULL")
-        assert proxy.count("ecr:GetRegistryPolicy") == 0
-        # billing still gets the other slot: its read reaches AWS.
-        billing = asyncio.ensure_future(
+        write = asyncio.ensure_future(
             call(
                 gateway,
-                "GetPolicyStatements",
-                pb.GetPolicyStatementsRequest(),
-                key=BILLING_KEY,
+                "PutPolicyStatements",
+                pb.PutPolicyStatementsRequest(statements_json="[]"),
                 timeout=30,
             )
         )
         while proxy.count("ecr:GetRegistryPolicy") < 1:
             await asyncio.sleep(0.01)
+        # payments starts a cache load of the replication configuration (fast on AWS) and
+        # leaves; billing reads through the same key.
+        await call(gateway, "DescribeRegistry", pb.DescribeRegistryRequest(), timeout=0.05)
+        code, reason = await call(
+            gateway,
+            "GetReplicationRules",
+            pb.GetReplicationRulesRequest(),
+            key=BILLING_KEY,
+            timeout=10,
+        )
+        assert (code, reason) == (grpc.StatusCode.OK, None)
     finally:
         proxy.released.set()
-    assert (await slow)[0] == grpc.StatusCode.OK
-    assert (await billing)[0] in (grpc.StatusCode.OK, grpc.StatusCode.NOT_FOUND)
-    assert breaker_state(gateway) != BREAKER_OPEN
+    assert (await write)[0] == grpc.StatusCode.OK
 
 
 async def test_fresh_reads_draw_from_a_per_tenant_budget_on_by_default(
@@ -155,13 +148,13 @@ async def test_fresh_reads_draw_from_a_per_tenant_budget_on_by_default(
 ) -> None:
     raw = config(proxy)
     assert "rate_limit" not in raw  # the budget needs no rate_limit section
-    raw["cache"] = {"fresh_reads_per_second": 0.01, "fresh_reads_burst": 3}
+    raw["aws"].update(tenant_upstream_per_second=0.01, tenant_upstream_burst=3)
     gateway = await gateway_factory(raw)
     fresh = (("cache-control", "no-cache"),)
     request = pb.DescribeRegistryRequest()
     results = [await call(gateway, "DescribeRegistry", request, headers=fresh) for _ in range(6)]
     assert results[:3] == [(grpc.StatusCode.OK, None)] * 3
-    assert results[3:] == [(grpc.StatusCode.RESOURCE_EXHAUSTED, "FRESH_READ_BUDGET_EXHAUSTED")] * 3
+    assert results[3:] == [(grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_BUDGET_EXHAUSTED")] * 3
     assert proxy.count("ecr:DescribeRegistry") == 3  # the refused ones never reached AWS
     # Reads through the cache go on, and another tenant's budget is its own.
     assert await call(gateway, "DescribeRegistry", request) == (grpc.StatusCode.OK, None)
@@ -191,8 +184,69 @@ async def test_failed_logins_are_limited_per_address_but_never_lock_out_a_valid_
     assert len(failed_lines) == 3
     # The same address (every caller behind one proxy) with a valid key is served.
     assert await call(gateway, "DescribeRegistry", request) == (grpc.StatusCode.OK, None)
-    assert await call(gateway, "DescribeRegistry", request, key=BILLING_KEY) == (
+    assert await call(
+        gateway, "GetReplicationRules", pb.GetReplicationRulesRequest(), key=BILLING_KEY
+    ) == (grpc.StatusCode.OK, None)
+    assert "guess" not in repr(results)
+
+
+async def test_writes_draw_from_the_upstream_budget_too(
+    gateway_factory: GatewayFactory, proxy: CountingProxy
+) -> None:
+    # Every write reads AWS fresh under the lock (validate_only and a stale etag included)
+    # before it can refuse: they spend the same per-tenant budget as no-cache reads.
+    raw = config(proxy)
+    raw["aws"].update(tenant_upstream_per_second=0.01, tenant_upstream_burst=4)
+    gateway = await gateway_factory(raw)
+    dry_run = pb.PutReplicationRulesRequest(rules=[rule("payments/api")], validate_only=True)
+    stale = pb.PutPolicyStatementsRequest(statements_json="[]", etag="stale")
+    described = proxy.count("ecr:DescribeRegistry")
+    results = [
+        await call(gateway, rpc, request)
+        for rpc, request in [("PutReplicationRules", dry_run), ("PutPolicyStatements", stale)] * 5
+    ]
+    assert (
+        results[:4]
+        == [
+            (grpc.StatusCode.OK, None),
+            (grpc.StatusCode.ABORTED, "ETAG_MISMATCH"),
+        ]
+        * 2
+    )
+    assert set(results[4:]) == {(grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_BUDGET_EXHAUSTED")}
+    assert proxy.count("ecr:DescribeRegistry") - described == 2  # the two dry runs, no more
+    # billing's budget is its own.
+    billing = pb.PutReplicationRulesRequest(rules=[rule("billing/api")], validate_only=True)
+    assert await call(gateway, "PutReplicationRules", billing, key=BILLING_KEY) == (
         grpc.StatusCode.OK,
         None,
     )
-    assert "guess" not in repr(results)
+
+
+async def test_one_tenant_s_queue_of_writes_cannot_push_another_past_its_deadline(
+    gateway_factory: GatewayFactory, proxy: CountingProxy
+) -> None:
+    raw = config(proxy)
+    raw["server"]["max_writes_in_flight_per_tenant"] = 2
+    gateway = await gateway_factory(raw)
+    dry_run = pb.PutReplicationRulesRequest(rules=[rule("payments/api")], validate_only=True)
+    proxy.fault = Fault(DESCRIBE, delay_seconds=0.3)  # each write's fresh read takes 0.3 s
+    try:
+        flood = [
+            asyncio.ensure_future(call(gateway, "PutReplicationRules", dry_run, timeout=60))
+            for _ in range(30)
+        ]
+        while proxy.count("ecr:DescribeRegistry") < 1:
+            await asyncio.sleep(0.01)
+        billing = pb.PutReplicationRulesRequest(rules=[rule("billing/api", to=EU)])
+        # Behind at most payments' two writes (~0.6 s), not thirty (~9 s).
+        assert await call(gateway, "PutReplicationRules", billing, key=BILLING_KEY, timeout=5) == (
+            grpc.StatusCode.OK,
+            None,
+        )
+        results = await asyncio.gather(*flood)
+    finally:
+        proxy.fault = None
+    refused = [r for r in results if r != (grpc.StatusCode.OK, None)]
+    assert set(refused) == {(grpc.StatusCode.RESOURCE_EXHAUSTED, "WRITES_IN_FLIGHT")}
+    assert len(refused) == 28

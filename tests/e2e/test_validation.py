@@ -392,7 +392,8 @@ async def test_v1_scope_registry_refuses_other_actions(
     gateway_factory: GatewayFactory, aws: str, writes: MotoWrites
 ) -> None:
     raw_config = config_dict(aws)
-    raw_config["tenants"][0]["registries"][0]["policy_scope"] = "V1"
+    for tenant in raw_config["tenants"]:  # one scope per registry, whoever names it
+        tenant["registries"][0]["policy_scope"] = "V1"
     gateway = await gateway_factory(raw_config)
     text = policy(grant(Action=["ecr:ReplicateImage", "ecr:BatchGetImage"]))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
