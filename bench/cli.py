@@ -5,7 +5,16 @@
     python -m bench --quick    under a minute (make bench-quick): bench/results/quick.json
                                only; the published page is left alone
     python -m bench --only reads,storm       some scenarios: reads cold storm writes scale
-                                             ablation (the last is not in --quick by default)
+                                             ablation attack (ablation is not in --quick by
+                                             default); writes bench/results/<mode>-<names>.json
+                                             only, never latest.json or the page
+    python -m bench --quick --only attack --gateway-rev HEAD
+                                             the gateway from a commit's service/, not the
+                                             working tree's (a before figure)
+    python -m bench --only attack --merge    a full run of a self-contained scenario (attack),
+                                             its rows and verdicts put in place of that
+                                             scenario's in bench/results/latest.json (the page
+                                             says so), and the page re-rendered from it
     python -m bench --profile                py-spy profiles of the cached-read hot path
     python -m bench --hotpath                the gateway's Python work per hit, step by step
     python -m bench --render bench/results/latest.json   re-render the docs page only
@@ -25,12 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.harness import FULL, QUICK, ROOT, running
+from bench.harness import FULL, QUICK, ROOT, SELF_CONTAINED, running
 
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
 CHART = "performance-latency.png"
-SCENARIOS = ("reads", "cold", "storm", "writes", "scale", "ablation")
+SCENARIOS = ("reads", "cold", "storm", "writes", "scale", "ablation", "attack")
+LATEST = RESULTS / "latest.json"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +53,18 @@ def _parser() -> argparse.ArgumentParser:
         "--no-pin", action="store_true", help="do not pin server and load to different cores"
     )
     parser.add_argument("--out", metavar="PATH", help="results JSON (default by mode)")
+    parser.add_argument(
+        "--gateway-rev",
+        metavar="REV",
+        help="run the gateway processes on another commit's service/ (git archive REV, "
+        "read-only; the generated client stays this tree's), e.g. HEAD for a before figure",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help=f"with --only of {', '.join(sorted(SELF_CONTAINED))} (full mode): also put the "
+        "results in place of that scenario's in bench/results/latest.json and re-render the page",
+    )
     parser.add_argument(
         "--docs",
         action=argparse.BooleanOptionalAction,
@@ -73,6 +95,40 @@ def _write_docs(doc: dict[str, Any]) -> None:
     print(f"wrote docs/performance.md and docs/{CHART}")
 
 
+def _default_out(quick: bool, only: set[str] | None) -> Path:
+    if only is None:
+        return RESULTS / ("quick.json" if quick else "latest.json")
+    # A partial run never replaces the full run's results the page is made from.
+    names = "+".join(name for name in SCENARIOS if name in only) or "none"
+    return RESULTS / f"{'quick' if quick else 'full'}-{names}.json"
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1) + "\n")
+    print(f"\nwrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
+def _partial_problem(opts: argparse.Namespace, only: set[str] | None) -> str | None:
+    """Why the page cannot be written from this run, if it cannot."""
+    if opts.merge:
+        if not only or only - SELF_CONTAINED:
+            names = ", ".join(sorted(SELF_CONTAINED))
+            return (
+                f"--merge takes --only of self-contained scenarios ({names}): the others' "
+                "figures compare with rows of the same run"
+            )
+        if opts.quick:
+            return "--merge puts results in a full run's: run it without --quick"
+        if not LATEST.exists():
+            return f"--merge: no {LATEST.relative_to(ROOT)} to merge into; run `make bench`"
+        if json.loads(LATEST.read_text()).get("mode") != "full":
+            return f"--merge: {LATEST.relative_to(ROOT)} is not a full run's"
+    elif only is not None and opts.docs:
+        return "--docs with --only would publish a partial page: use --merge or a full run"
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run, report, write; the exit status tells whether the correctness checks held."""
     opts = _parser().parse_args(argv)
@@ -93,15 +149,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"unknown scenarios: {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    with running(plan, pin=not opts.no_pin, only=only) as run:
+    problem = _partial_problem(opts, only)
+    if problem:
+        print(problem, file=sys.stderr)
+        return 2
+    with running(plan, pin=not opts.no_pin, only=only, gateway_rev=opts.gateway_rev) as run:
         doc = run.execute()
     print()
     print(report.table(doc))
-    out = Path(opts.out) if opts.out else RESULTS / ("quick.json" if opts.quick else "latest.json")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=1) + "\n")
-    print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
-    if opts.docs if opts.docs is not None else not opts.quick:
+    out = Path(opts.out) if opts.out else _default_out(opts.quick, only)
+    _write_json(out, doc)
+    if opts.merge:
+        base = json.loads(LATEST.read_text())
+        merged = report.merge(base, doc)
+        _write_json(LATEST, merged)
+        if opts.docs is not False:
+            _write_docs(merged)
+    elif opts.docs if opts.docs is not None else not opts.quick and only is None:
         _write_docs(doc)
     failed = [v for v in doc["verdicts"] if v["kind"] == "check" and not v["ok"]]
     failed += [v for v in doc["verdicts"] if v["name"].startswith("cold storm") and not v["ok"]]

@@ -10,6 +10,9 @@ steps, so the parent can read the server's CPU time around the timed part only:
 3. answer `done` with the latencies, status codes, `x-cache` trailers and the process's
    own CPU time during step 2.
 
+Jobs run in several pools at once start together too (`run_together`): the attack scenario
+runs its bystander in the run's pool and its attacker in a process of its own.
+
 gRPC calls are made with raw bytes (no serializer): the client pays no protobuf cost, so
 more of the one client core goes to driving load.
 """
@@ -26,7 +29,9 @@ import traceback
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from ipaddress import ip_address
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import Any, TypeAlias
 
 import grpc
@@ -56,6 +61,10 @@ class UnaryJob:
     trailers: bool = False  # read trailing metadata (x-cache) of each call
     burst: bool = False  # fire every call at once (a storm)
     timeout: float = 30.0
+    # Open loop: call i starts at i / rate seconds whatever the others are doing, and its
+    # latency counts from then (a stalled server is not let off by a waiting client).
+    # `concurrency` then applies to the warm-up only.
+    rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -85,7 +94,28 @@ class AwsJob:
     warmup: int = 0
 
 
-Job: TypeAlias = UnaryJob | WriteJob | AwsJob
+@dataclass(frozen=True)
+class AttackJob:
+    """One connection sending, as fast as it can, messages a gateway must refuse.
+
+    Two loops share the one channel: max-size bytes that are no valid request, without
+    credentials, to `undecodable_method`; and, with the attacker tenant's own credentials, a
+    valid validate_only write followed by as many unknown fields as fit, to `flood_method`.
+    Each loop makes one call at a time, the next as soon as the last one failed; it stops
+    after `max_calls` or once `seconds` have passed, whichever comes first.
+    """
+
+    target: str  # host:port, on loopback only
+    undecodable_method: str
+    flood_method: str
+    flood_metadata: Metadata
+    message_bytes: int  # each message's size: at most the server's max_message_bytes
+    seconds: float
+    max_calls: int  # per loop
+    timeout: float = 30.0
+
+
+Job: TypeAlias = UnaryJob | WriteJob | AwsJob | AttackJob
 
 
 @dataclass
@@ -100,6 +130,10 @@ class JobResult:
     client_cpu_seconds: float = 0.0
     # Writes that succeeded: (etag sent as precondition, etag answered, filter written).
     writes: list[tuple[str, str, str]] = field(default_factory=list)
+    # An attack's calls per loop ("undecodable", "flood"): array('d') of seconds each.
+    kind_latencies: dict[str, bytes] = field(default_factory=dict)
+    # The first status message seen per failed code (what made a call fail, in its words).
+    details: dict[str, str] = field(default_factory=dict)
 
     def latency_list(self) -> list[float]:
         """The latencies as floats (seconds)."""
@@ -114,6 +148,15 @@ class _Recorder:
         self.codes: Counter[str] = Counter()
         self.cache: Counter[str] = Counter()
         self.writes: list[tuple[str, str, str]] = []
+        self.details: dict[str, str] = {}
+
+    def failed(self, exc: grpc.aio.AioRpcError, started: float, label: str = "") -> str:
+        """The code's name; the first message of each code kept, with when it came."""
+        code: str = exc.code().name
+        if (label or code) not in self.details:
+            after = time.perf_counter() - started
+            self.details[label or code] = f"{str(exc.details() or '')[:300]} (after {after:.3f} s)"
+        return code
 
     def result(self, started: float, finished: float, cpu: float) -> JobResult:
         return JobResult(
@@ -124,6 +167,7 @@ class _Recorder:
             cache=dict(self.cache),
             client_cpu_seconds=cpu,
             writes=self.writes,
+            details=self.details,
         )
 
 
@@ -141,14 +185,14 @@ async def _run_unary(job: UnaryJob, go: Callable[[], Awaitable[None]]) -> JobRes
         recorder = _Recorder()
         left = [0]
 
-        async def one(stub: Any) -> None:
-            t0 = time.perf_counter()
+        async def one(stub: Any, due: float | None = None) -> None:
+            t0 = time.perf_counter() if due is None else due
             try:
                 call = stub(job.request, metadata=job.metadata, timeout=job.timeout)
                 await call
                 code = "OK"
             except grpc.aio.AioRpcError as exc:
-                code = exc.code().name
+                code = recorder.failed(exc, t0)
             if job.trailers:
                 for key, value in await call.trailing_metadata() or ():
                     if key == CACHE_TRAILER:
@@ -169,12 +213,26 @@ async def _run_unary(job: UnaryJob, go: Callable[[], Awaitable[None]]) -> JobRes
             else:
                 await asyncio.gather(*(worker(i) for i in range(min(concurrency, calls))))
 
+        async def paced(calls: int) -> None:
+            start = time.perf_counter()
+            tasks = []
+            for i in range(calls):
+                due = start + i / job.rate
+                wait = due - time.perf_counter()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                tasks.append(asyncio.ensure_future(one(stubs[i % len(stubs)], due)))
+            await asyncio.gather(*tasks)
+
         if job.warmup:
             await run(job.warmup, job.concurrency)
             recorder = _Recorder()
         await go()
         cpu0, t0 = time.process_time(), time.perf_counter()
-        await run(job.calls, job.concurrency)
+        if job.rate > 0:
+            await paced(job.calls)
+        else:
+            await run(job.calls, job.concurrency)
         t1, cpu1 = time.perf_counter(), time.process_time()
         return recorder.result(t0, t1, cpu1 - cpu0)
     finally:
@@ -292,6 +350,98 @@ async def _run_aws(job: AwsJob, go: Callable[[], Awaitable[None]]) -> JobResult:
         return recorder.result(t0, t1, cpu1 - cpu0)
 
 
+def undecodable_request(size: int) -> bytes:
+    """At most `size` bytes that are no valid request of any of the service's RPCs.
+
+    Field 10 (a varint, unknown to every request) repeated, then field 1 declaring 5 bytes
+    where 2 remain: the parser reads all the way to the end before it can refuse.
+    """
+    tail = b"\x0a\x05ab"
+    return b"\x50\x00" * max(0, (size - len(tail)) // 2) + tail
+
+
+FLOOD_FIELD = b"\xf8\x07\x00"  # field 127, varint 0: unknown to every message, 3 bytes
+
+
+def unknown_field_flood(size: int) -> bytes:
+    """At most `size` bytes: a valid validate_only PutReplicationConfiguration request (an
+    empty configuration), then as many unknown fields as fit."""
+    from ecr.registry.v1 import registry_pb2 as pb
+
+    head = pb.PutReplicationConfigurationRequest(
+        replication_configuration=pb.ReplicationConfiguration(), validate_only=True
+    ).SerializeToString()
+    return head + FLOOD_FIELD * max(0, (size - len(head)) // len(FLOOD_FIELD))
+
+
+def loopback_only(target: str) -> str:
+    """`target` (host:port) when its host is a loopback address; ValueError otherwise."""
+    host = target.rpartition(":")[0].strip("[]")
+    try:
+        loopback = host == "localhost" or ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        raise ValueError(f"an attack goes to a loopback address only, not {target!r}")
+    return target
+
+
+async def _run_attack(job: AttackJob, go: Callable[[], Awaitable[None]]) -> JobResult:
+    channel = grpc.aio.insecure_channel(loopback_only(job.target), options=_CHANNEL_OPTIONS)
+    try:
+        await channel.channel_ready()
+        loops: list[tuple[str, Any, bytes, Metadata]] = [
+            (
+                "undecodable",
+                channel.unary_unary(
+                    job.undecodable_method, request_serializer=None, response_deserializer=None
+                ),
+                undecodable_request(job.message_bytes),
+                (),
+            ),
+            (
+                "flood",
+                channel.unary_unary(
+                    job.flood_method, request_serializer=None, response_deserializer=None
+                ),
+                unknown_field_flood(job.message_bytes),
+                job.flood_metadata,
+            ),
+        ]
+        recorder = _Recorder()
+        kinds = {name: array.array("d") for name, *_ in loops}
+
+        async def attack(
+            end: float, name: str, stub: Any, payload: bytes, metadata: Metadata
+        ) -> None:
+            for _ in range(job.max_calls):
+                if time.perf_counter() >= end:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    await stub(payload, metadata=metadata, timeout=job.timeout)
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    # Expected: the point is what refusing costs the server, not the answer.
+                    code = recorder.failed(exc, t0, f"{name} {exc.code().name}")
+                elapsed = time.perf_counter() - t0
+                recorder.latencies.append(elapsed)
+                kinds[name].append(elapsed)
+                recorder.codes[f"{name} {code}"] += 1
+                if code == "UNAVAILABLE":
+                    await asyncio.sleep(0.01)  # the connection is being re-made: do not spin
+
+        await go()
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(attack(t0 + job.seconds, *loop) for loop in loops))
+        t1, cpu1 = time.perf_counter(), time.process_time()
+        result = recorder.result(t0, t1, cpu1 - cpu0)
+        result.kind_latencies = {name: values.tobytes() for name, values in kinds.items()}
+        return result
+    finally:
+        await channel.close()
+
+
 async def _serve_jobs(conn: Connection) -> None:
     async def receive() -> Any:
         return await asyncio.to_thread(conn.recv)
@@ -313,6 +463,8 @@ async def _serve_jobs(conn: Connection) -> None:
                 result = await _run_unary(job, go)
             elif isinstance(job, WriteJob):
                 result = await _run_writes(job, go)
+            elif isinstance(job, AttackJob):
+                result = await _run_attack(job, go)
             else:
                 result = await _run_aws(job, go)
             conn.send(("done", result))
@@ -320,9 +472,14 @@ async def _serve_jobs(conn: Connection) -> None:
             conn.send(("error", traceback.format_exc()))
 
 
-def _client_main(conn: Connection, cpus: set[int] | None) -> None:
+def _client_main(conn: Connection, cpus: set[int] | None, nice: int = 0) -> None:
     if cpus:
         os.sched_setaffinity(0, cpus)
+    if nice:
+        # Per thread on Linux: every thread there is now, and those made later inherit it.
+        for task in Path("/proc/self/task").iterdir():
+            with contextlib.suppress(OSError):
+                os.setpriority(os.PRIO_PROCESS, int(task.name), nice)
     asyncio.run(_serve_jobs(conn))
 
 
@@ -333,14 +490,17 @@ class LoadError(RuntimeError):
 class LoadPool:
     """Client processes kept for the whole run (spawning one costs ~0.5 s of imports)."""
 
-    def __init__(self, processes: int, cpus: set[int] | None) -> None:
+    def __init__(self, processes: int, cpus: set[int] | None, *, nice: int = 0) -> None:
         context = multiprocessing.get_context("spawn")
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
         for index in range(processes):
             parent, child = context.Pipe()
             proc = context.Process(
-                target=_client_main, args=(child, cpus), name=f"bench-client-{index}", daemon=True
+                target=_client_main,
+                args=(child, cpus, nice),
+                name=f"bench-client-{index}",
+                daemon=True,
             )
             proc.start()
             child.close()
@@ -368,21 +528,18 @@ class LoadPool:
         `on_ready` runs when every process is prepared, just before `go`; `on_done` as soon
         as every process has finished its timed calls.
         """
+        return run_together([(self, jobs)], on_ready, on_done)[0]
+
+    def _send(self, jobs: Sequence[Job]) -> list[Connection]:
         if len(jobs) > self.size:
             raise ValueError(f"{len(jobs)} jobs for {self.size} client processes")
         conns = self._conns[: len(jobs)]
         for conn, job in zip(conns, jobs, strict=True):
             conn.send(job)
-        for conn in conns:
-            self._expect(conn, "ready")
-        on_ready()
-        for conn in conns:
-            conn.send("go")
-        results = [self._expect(conn, "done") for conn in conns]
-        on_done()
-        return [r for r in results if isinstance(r, JobResult)]
+        return conns
 
-    def _expect(self, conn: Connection, kind: str) -> Any:
+    @staticmethod
+    def _expect(conn: Connection, kind: str) -> Any:
         if not conn.poll(_PROTOCOL_TIMEOUT_SECONDS):
             raise LoadError(f"a client process did not answer {kind!r} in time")
         answer, payload = conn.recv()
@@ -401,6 +558,23 @@ class LoadPool:
             proc.join(timeout=5)
             if proc.is_alive():
                 proc.terminate()
+
+
+def run_together(
+    groups: Sequence[tuple[LoadPool, Sequence[Job]]],
+    on_ready: Callable[[], None] = lambda: None,
+    on_done: Callable[[], None] = lambda: None,
+) -> list[list[JobResult]]:
+    """Jobs in several pools, all timing from the same `go`; the results per pool."""
+    conns = [pool._send(jobs) for pool, jobs in groups]
+    for conn in (c for group in conns for c in group):
+        LoadPool._expect(conn, "ready")
+    on_ready()
+    for conn in (c for group in conns for c in group):
+        conn.send("go")
+    results = [[LoadPool._expect(conn, "done") for conn in group] for group in conns]
+    on_done()
+    return [[r for r in group if isinstance(r, JobResult)] for group in results]
 
 
 def split(total: int, parts: int) -> list[int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ def _cell(row: dict[str, Any], field: str, fmt: str) -> str:
     value = row.get(field)
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if field == "concurrency" and "rate_per_s" in row.get("extra", {}):
+        return f"{row['extra']['rate_per_s']:g}/s"  # open loop: a rate, not a concurrency
     return fmt.format(value)
 
 
@@ -49,6 +52,13 @@ def _remark(row: dict[str, Any]) -> str:
         parts.append(f"x-cache {x.get('x_cache')}")
     if "redis_cpu_s_per_1k" in x:
         parts.append(f"redis-server {x['redis_cpu_s_per_1k']:.3f} s/1k")
+    if "p99_vs_no_attack" in x:
+        parts.append(f"{x['p99_vs_no_attack']:.2f}x p99 vs no attack")
+        for kind, entry in sorted(x.get("attacker", {}).items()):
+            codes = ", ".join(f"{c} {n}" for c, n in sorted(entry["codes"].items()))
+            parts.append(
+                f"attacker {kind}: {entry['calls']} calls ({codes}), p50 {entry['p50_ms']} ms"
+            )
     bound = row.get("bound", "server")
     if bound != "server" and row["group"] in ("baseline", "cached", "scale", "ablation"):
         parts.append(f"{bound}-bound")
@@ -137,7 +147,7 @@ def chart(doc: dict[str, Any], path: Path) -> None:
     bars.set_xlabel("latency, ms (log scale)")
     bars.set_title("Latency per scenario")
     bars.grid(axis="x", which="both", alpha=0.3)
-    bars.legend(loc="lower right")
+    bars.legend(loc="upper right")  # the top rows are short; the attack rows last are long
 
     styles = {"baseline": "--", "cached": "-"}
     for row in rows:
@@ -171,6 +181,108 @@ def _read_concurrency(rows: list[dict[str, Any]]) -> int:
     return next((int(r["concurrency"]) for r in rows if r["group"] == "cached"), 0)
 
 
+def merge(base: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
+    """`base` (a full run's results) with the rows and verdicts of `part`'s scenarios in place
+    of its own for them; `merged` in the result says which came from which run."""
+    scenarios = set(part.get("scenarios") or ())
+    if not scenarios:
+        raise ValueError("the partial results name no scenario")
+    doc = copy.deepcopy(base)
+
+    def kept(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [item for item in items if item.get("scenario") not in scenarios]
+
+    doc["rows"] = kept(doc["rows"]) + copy.deepcopy(part["rows"])
+    doc["verdicts"] = kept(doc["verdicts"]) + copy.deepcopy(part["verdicts"])
+    m = part["machine"]
+    earlier = [e for e in doc.get("merged", []) if not scenarios & set(e["scenarios"])]
+    doc["merged"] = [
+        *earlier,
+        {
+            "scenarios": [name for name in part["scenarios"] if name in scenarios],
+            "mode": part["mode"],
+            "started": part["started"],
+            "duration_s": part["duration_s"],
+            "git_commit": m["git_commit"],
+            "git_dirty": m["git_dirty"],
+            "load_average_1m_5m_at_end": m["load_average_1m_5m_at_end"],
+            "gateway_source": part["setup"].get("gateway_source"),
+        },
+    ]
+    return doc
+
+
+def _source(source: dict[str, str] | None) -> str:
+    if not source:
+        return ""
+    return (
+        f"; the gateway ran `service/` of `{source['rev']}` ({source['commit']}, "
+        "`--gateway-rev`), not the working tree's"
+    )
+
+
+def _merged_lines(doc: dict[str, Any]) -> str:
+    lines = []
+    for e in doc.get("merged", []):
+        lines.append(
+            f"- **Merged in**: the {', '.join(e['scenarios'])} rows and verdicts come from a "
+            f"later {e['mode']} run of just that (`python -m bench --only "
+            f"{','.join(e['scenarios'])} --merge`), {e['started']}, {e['duration_s']} s, commit "
+            f"`{e['git_commit']}`{' (with uncommitted changes)' if e['git_dirty'] else ''}"
+            f"{_source(e.get('gateway_source'))}; load average at its end "
+            f"{e['load_average_1m_5m_at_end'][0]}"
+        )
+    return "".join(line + "\n" for line in lines)
+
+
+def attack_markdown(doc: dict[str, Any]) -> str:
+    """The bystander-under-attack section: the two p99s, their ratio, what the attacker did."""
+    rows = {r["key"]: r for r in doc["rows"] if r["group"] == "attack"}
+    quiet, attacked = rows.get("attack.quiet"), rows.get("attack.attacked")
+    if quiet is None or attacked is None:
+        return ""
+    x = attacked["extra"]
+    ratio = x["p99_vs_no_attack"]
+    goal = x.get("p99_goal", 2.0)
+    out = [
+        "## Bystander under attack",
+        "",
+        f"One tenant's cached DescribeRegistry reads at {x['rate_per_s']:g}/s (open loop), "
+        f"alone and while one connection sends {x['message_bytes']:,}-byte messages the "
+        "gateway must refuse; the median of "
+        f"{attacked['rounds']} round{'s' * (attacked['rounds'] > 1)} each.",
+        "",
+        "| bystander | calls | answers | p50 ms | p99 ms | max ms | p99 per round, ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for label, row in (("no attack", quiet), ("under attack", attacked)):
+        rounds = ", ".join(f"{v:.2f}" for v in row["extra"].get("p99_ms_per_round", []))
+        codes = ", ".join(f"{c} {n}" for c, n in sorted(row.get("codes", {}).items()))
+        out.append(
+            f"| {label} | {row['calls']} | {codes} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f} "
+            f"| {row['max_ms']:.2f} | {rounds} |"
+        )
+    out += [
+        "",
+        f"**p99 under attack / p99 alone: {ratio:.2f}x** (goal <= {goal:.2f}x: "
+        f"{'met' if ratio <= goal else 'missed'}).",
+        "",
+        "| attacker loop | calls | calls/s | answers | refused in p50 ms | p99 ms | max ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    names = {
+        "undecodable": "undecodable bytes, no credentials",
+        "flood": "validate_only write + unknown fields, as a tenant",
+    }
+    for kind, e in sorted(x.get("attacker", {}).items(), reverse=True):
+        codes = ", ".join(f"{c} {n}" for c, n in sorted(e["codes"].items()))
+        out.append(
+            f"| {names.get(kind, kind)} | {e['calls']} | {e['calls_per_s']} | {codes} "
+            f"| {e['p50_ms']} | {e['p99_ms']} | {e['max_ms']} |"
+        )
+    return "\n".join(out) + "\n"
+
+
 def markdown(doc: dict[str, Any], chart_name: str) -> str:
     """docs/performance.md: how it was measured, the table, the targets, the findings."""
     m = doc["machine"]
@@ -178,6 +290,9 @@ def markdown(doc: dict[str, Any], chart_name: str) -> str:
     v = m["versions"]
     versions = ", ".join(f"{k} {val}" for k, val in v.items() if val)
     findings = FINDINGS.read_text() if FINDINGS.exists() else ""
+    source = _source(s.get("gateway_source"))
+    attack = attack_markdown(doc)
+    attack += "\n" if attack else ""
     pinning = (
         f"server on cpu {s['server_cpus']}, load generator and AWS stand-in on cpu "
         f"{s['client_cpus']} (taskset / sched_setaffinity)"
@@ -190,13 +305,13 @@ Generated by `make bench` (`python -m bench`) from `bench/results/latest.json`; 
 `bench/findings.md` for the prose at the end, not this file.
 
 - **Run**: {doc["mode"]}, {doc["started"]}, {doc["duration_s"]} s, commit
-  `{m["git_commit"]}`{" (with uncommitted changes)" if m["git_dirty"] else ""}
+  `{m["git_commit"]}`{" (with uncommitted changes)" if m["git_dirty"] else ""}{source}
 - **Machine**: {m["cpu_model"]}, {m["cores"]} cores, Linux {m["kernel"]}; load average
   at the end {m["load_average_1m_5m_at_end"][0]} (1 min) — the machine is shared
 - **Versions**: {versions}
 - **Pinning**: {pinning}; {s["client_processes"]} client processes,
   {s["channels_per_process"]} channels each (one TCP connection per channel)
-
+{_merged_lines(doc)}
 ## Results
 
 {markdown_table(doc)}
@@ -218,5 +333,5 @@ Compare such rows by CPU per call, which holds steadier.
 
 {verdicts_markdown(doc)}
 
-{findings}
+{attack}{findings}
 """

@@ -45,6 +45,7 @@ class Measurement:
     client_cpu_per_1k: float  # the load generator's CPU seconds per 1,000 calls
     codes: dict[str, int]
     cache: dict[str, int] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)  # first message per failed code
     curve_ms: list[tuple[float, float]] = field(default_factory=list)
     rounds: int = 1
 
@@ -73,9 +74,12 @@ def measure(results: Sequence[JobResult], server_cpu_s: float) -> Measurement:
     calls = len(latencies)
     codes: Counter[str] = Counter()
     cache: Counter[str] = Counter()
+    details: dict[str, str] = {}
     for r in results:
         codes.update(r.codes)
         cache.update(r.cache)
+        for code, text in r.details.items():
+            details.setdefault(code, text)
     client_cpu = sum(r.client_cpu_seconds for r in results)
     per_1k = 1000 / calls if calls else math.nan
     return Measurement(
@@ -92,6 +96,7 @@ def measure(results: Sequence[JobResult], server_cpu_s: float) -> Measurement:
         client_cpu_per_1k=client_cpu * per_1k,
         codes=dict(codes),
         cache=dict(cache),
+        details=details,
         curve_ms=[(q, percentile(latencies, q) * 1000) for q in CURVE_PERCENTILES],
     )
 
@@ -108,9 +113,12 @@ def median_of(rounds: Sequence[Measurement]) -> Measurement:
     middle = sorted(rounds, key=lambda r: r.calls_per_s)[len(rounds) // 2]
     codes: Counter[str] = Counter()
     cache: Counter[str] = Counter()
+    details: dict[str, str] = {}
     for r in rounds:
         codes.update(r.codes)
         cache.update(r.cache)
+        for code, text in r.details.items():
+            details.setdefault(code, text)
     return Measurement(
         calls=sum(r.calls for r in rounds),
         seconds=sum(r.seconds for r in rounds),
@@ -125,6 +133,7 @@ def median_of(rounds: Sequence[Measurement]) -> Measurement:
         client_cpu_per_1k=med("client_cpu_per_1k"),
         codes=dict(codes),
         cache=dict(cache),
+        details=details,
         curve_ms=middle.curve_ms,
         rounds=len(rounds),
     )
