@@ -381,13 +381,13 @@ def _codes_and_cache(m: Measurement) -> str:
 def max_message_bytes(env: dict[str, str]) -> int:
     """The largest message the gateway that `env` runs accepts: the default
     `server.max_message_bytes` (the bench configs keep it), or less where the gateway's
-    transport takes only as much as its largest valid request (service/request_limits.py).
+    transport takes only as much as its largest valid request (service/rpc/request_limits.py).
     Asked of its own code, which may be another commit's: the strongest attack on each."""
     code = (
         "from service.config import ServerConfig\n"
         "limit = ServerConfig.model_fields['max_message_bytes'].default\n"
         "try:\n"
-        "    from service.request_limits import largest_request_bytes\n"
+        "    from service.rpc.request_limits import largest_request_bytes\n"
         "    limit = min(limit, largest_request_bytes())\n"
         "except ImportError:\n"
         "    pass\n"

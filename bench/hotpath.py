@@ -2,8 +2,8 @@
 
 The end-to-end figures say how much more server CPU a cached read costs than a bare call;
 this says where that difference goes, without a network or a second process (so without
-the noise of a shared machine): the real wrapper (`service.middleware`) and servicer
-(`service.api`) built as `service.server.Gateway` builds them, driven in one event loop
+the noise of a shared machine): the real wrapper (`service.rpc.interceptor`) and servicer
+(`service.rpc.servicer`) built as `service.app.server.Gateway` builds them, driven in one event loop
 with a stand-in for grpc.aio's servicer context, and each step of the call path timed on
 its own. What grpcio itself does per call (HTTP/2, HPACK, the trailers on the wire, the
 poller thread) is not here: the end-to-end ablations in docs/performance.md cover that.
@@ -27,10 +27,10 @@ import grpc
 from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
-from service import middleware
-from service.cache import CacheKey
+from service.app.server import Gateway as Server
 from service.config import GatewayConfig, from_mapping
-from service.server import Gateway as Server
+from service.rpc import interceptor as pipeline
+from service.state.cache import CacheKey
 
 ACCOUNT = "123456789012"
 REGION = "us-east-1"
@@ -158,7 +158,7 @@ async def measure(calls: int = 20000) -> tuple[list[tuple[str, float]], str]:
     raw = request.SerializeToString()
     handle = handler.unary_unary
     tenancy = interceptor._tenancy.current
-    call = middleware.CallInfo(
+    call = pipeline.CallInfo(
         "r" * 32,
         tenancy.authenticator.authenticate(metadata, None),
         "DescribeRegistry",
@@ -166,7 +166,7 @@ async def measure(calls: int = 20000) -> tuple[list[tuple[str, float]], str]:
         tenancy,
     )
     target = tenancy.authorizer.authorize(call.tenant, call.rpc, "", "")
-    hit_call = middleware.CallInfo("r", call.identity, "DescribeRegistry", call.deadline, tenancy)
+    hit_call = pipeline.CallInfo("r", call.identity, "DescribeRegistry", call.deadline, tenancy)
     hit_call.cache_outcome("hit")
     ops = servicer._ops
     validator = servicer._validator
@@ -175,7 +175,7 @@ async def measure(calls: int = 20000) -> tuple[list[tuple[str, float]], str]:
         return await handle(handler.request_deserializer(raw), context)
 
     async def servicer_only() -> Any:
-        middleware._current.set(call)
+        pipeline._current.set(call)
         return await servicer.DescribeRegistry(request, context)
 
     async def timeout_only() -> None:
@@ -201,12 +201,12 @@ async def measure(calls: int = 20000) -> tuple[list[tuple[str, float]], str]:
         ),
         (
             "  request id (uuid4 when the caller sends none)",
-            lambda: middleware._request_id(metadata),
+            lambda: pipeline._request_id(metadata),
         ),
         ("  asyncio.timeout(budget) enter + exit", timeout_only),
         (
             "  CallInfo(...) dataclass",
-            lambda: middleware.CallInfo("r", call.identity, "DescribeRegistry", 0.0, tenancy),
+            lambda: pipeline.CallInfo("r", call.identity, "DescribeRegistry", 0.0, tenancy),
         ),
         (
             "  request deserializer (the wrapper's tolerant parse)",

@@ -26,13 +26,13 @@ RESULTS = ROOT / "bench" / "results"
 RATE = 997  # samples/s; prime, so it does not beat against periodic work
 # Parts of the call path, by where a frame's code lives; the first match names a frame.
 PARTS = (
-    ("gateway wrapper (service/middleware.py)", "middleware.py"),
-    ("servicer (service/api.py)", "service/api.py"),
-    ("validation (service/validation.py)", "validation.py"),
-    ("target authorization (service/auth/targets.py)", "targets.py"),
+    ("gateway wrapper (service/rpc/interceptor.py)", "service/rpc/interceptor.py"),
+    ("servicer (service/rpc/servicer.py)", "service/rpc/servicer.py"),
+    ("validation (service/registry/validation.py)", "service/registry/validation.py"),
+    ("target authorization (service/auth/targets.py)", "service/auth/targets.py"),
     ("authentication (service/auth/)", "service/auth/"),
-    ("read cache (service/cache/)", "service/cache/"),
-    ("operations (service/operations.py)", "operations.py"),
+    ("read cache (service/state/cache/)", "service/state/cache/"),
+    ("operations (service/registry/operations.py)", "service/registry/operations.py"),
     ("logging", "logging/"),
     ("protobuf", "google/protobuf"),
 )

@@ -20,7 +20,8 @@ from pydantic import (
     model_validator,
 )
 
-from service import catalog, ecr_limits
+from service import catalog
+from service.registry import limits as ecr_limits
 
 ENV_CONFIG_PATH = "REGISTRY_GATEWAY_CONFIG"
 ENV_OVERRIDE_PREFIX = "REGISTRY_GATEWAY__"
@@ -121,7 +122,7 @@ class AwsConfig(_Strict):
     # so a tenant flooding AWS with calls cannot starve the others of the same account.
     max_tenant_share: float = Field(0.5, gt=0, le=1)
     # Calls past the cache (no-cache reads, every write) per tenant, always on
-    # (service/ratelimit.py UpstreamBudget), so one tenant cannot bring AWS throttling, and
+    # (service/state/ratelimit.py UpstreamBudget), so one tenant cannot bring AWS throttling, and
     # with it the shared breaker, on everyone.
     tenant_upstream_per_second: float = Field(5.0, gt=0)
     tenant_upstream_burst: int = Field(20, ge=1)
@@ -159,7 +160,7 @@ class RegistryConfig(_Strict):
     # Its slice of the registry policy (PutPolicyStatements): statements whose Sid starts
     # with this. IAM Sids are alphanumeric, so the prefix is too.
     owned_statement_sid_prefix: str | None = Field(None, pattern=r"^[A-Za-z0-9]{1,100}$")
-    # This slice's share of ECR's registry-wide limits (service/ecr_limits.py); absent, an
+    # This slice's share of ECR's registry-wide limits (service/registry/limits.py); absent, an
     # equal part of what the other slices' explicit shares leave.
     max_rules: int | None = Field(None, ge=1, le=ecr_limits.MAX_RULES)
     max_destinations: int | None = Field(None, ge=1, le=ecr_limits.MAX_UNIQUE_DESTINATIONS)

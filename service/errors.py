@@ -120,7 +120,7 @@ class Unavailable(GatewayError):
 class UpstreamFailure(Unavailable):
     """AWS itself failed: a 5xx, throttling, a connection failure or botocore's own timeout.
 
-    The only errors the circuit breaker counts (service/resilience.py): a caller's deadline
+    The only errors the circuit breaker counts (service/aws/resilience.py): a caller's deadline
     or departure, a full bulkhead, a refused or invalid request say nothing of AWS's health.
     """
 

@@ -14,8 +14,8 @@ from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from moto.server import ThreadedMotoServer
 
 from service import config as config_mod
-from service.embedded import session_factory
-from service.server import Gateway
+from service.app.embedded import session_factory
+from service.app.server import Gateway
 from tests.aws_proxy import CountingProxy
 from tests.helpers import config_dict
 

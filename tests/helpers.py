@@ -61,7 +61,7 @@ def config_dict(endpoint_url: str, **server: Any) -> dict[str, Any]:
                         "registry_id": ACCOUNT,
                         "regions": ["us-east-1", "eu-west-1"],
                         "operations": list(OPERATIONS),
-                        # Its slice of the registry for the slice RPCs (service/slices.py).
+                        # Its slice of the registry for the slice RPCs (service/registry/slices.py).
                         "owned_repository_prefixes": ["payments/"],
                         "owned_statement_sid_prefix": "Payments",
                         "replication_destinations": [

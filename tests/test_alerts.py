@@ -34,7 +34,7 @@ def test_a_broken_rule_is_caught(tmp_path: Path) -> None:
 
 
 def test_every_metric_in_the_rules_is_exported() -> None:
-    from service.metrics import Metrics
+    from service.observability.metrics import Metrics
 
     exported = {m.name for m in Metrics().registry.collect()}
     text = (RULES / "alerts.yaml").read_text()

@@ -105,7 +105,7 @@ def test_serving_ports_read_json_and_key_value_log_lines() -> None:
 def test_profile_summary_counts_parts_and_own_samples() -> None:
     raw = "\n".join(
         [
-            "run (asyncio/runners.py:1);handle (/w/service/middleware.py:9);"
+            "run (asyncio/runners.py:1);handle (/w/service/rpc/interceptor.py:9);"
             "identify (/w/service/auth/api_keys.py:3) 3",
             "run (asyncio/runners.py:1);Handle._run (asyncio/events.py:80) 5",
             "Thread.run (threading.py:982) 2",
@@ -113,10 +113,10 @@ def test_profile_summary_counts_parts_and_own_samples() -> None:
     )
     text = summarize(raw)
     assert text.startswith("10 samples")
-    assert "30.0%  gateway wrapper (service/middleware.py)" in text
+    assert "30.0%  gateway wrapper (service/rpc/interceptor.py)" in text
     # A stack counts under every part it passes through: the key check runs inside the wrapper.
     assert "30.0%  authentication (service/auth/)" in text
-    assert "0.0%  read cache (service/cache/)" in text
+    assert "0.0%  read cache (service/state/cache/)" in text
     assert "50.0%  Handle._run (asyncio/events.py)" in text
 
 

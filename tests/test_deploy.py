@@ -100,7 +100,7 @@ def test_image_install_steps_work_in_a_clean_venv(tmp_path: Path) -> None:
     check = run(
         py,
         "-c",
-        "import importlib.util as u, service.server; assert u.find_spec('moto') is None",
+        "import importlib.util as u, service.app.server; assert u.find_spec('moto') is None",
         cwd=tmp_path,
     )
     assert check.returncode == 0, check.stderr[-2000:]

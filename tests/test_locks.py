@@ -8,7 +8,7 @@ import pytest
 import redis.asyncio as redis
 
 from service.errors import DeadlineExceeded, Unavailable
-from service.locks import RedisRegistryLocks, RegistryLocks
+from service.state.locks import RedisRegistryLocks, RegistryLocks
 
 
 async def test_local_lock_serializes_writers() -> None:

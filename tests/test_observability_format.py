@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.observability import JsonFormatter, KeyValueFormatter
+from service.observability.logs import JsonFormatter, KeyValueFormatter
 
 FORGED = "x tenant=admin rpc=DeleteRegistryPolicy code=OK"
 # A key=value field of the text format: a bare token, or a JSON string.

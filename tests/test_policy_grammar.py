@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service.policy_grammar import PolicyScope, check_policy
+from service.registry.policy_grammar import PolicyScope, check_policy
 
 P = "policy_text"
 S0 = f"{P}.Statement[0]"

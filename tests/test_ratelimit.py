@@ -22,7 +22,7 @@ from redis.backoff import NoBackoff
 
 from service.config import RateLimitConfig
 from service.errors import ResourceExhausted, to_status
-from service.ratelimit import (
+from service.state.ratelimit import (
     LocalRateLimiter,
     RedisRateLimiter,
     build_rate_limiter,

@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
+from service.aws.resilience import Resilience
 from service.config import AwsConfig
 from service.errors import DeadlineExceeded, InvalidArgument, Unavailable, UpstreamFailure
-from service.resilience import Resilience
 
 
 def resilience(time_left: float = 10.0, **aws: float) -> Resilience:

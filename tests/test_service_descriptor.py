@@ -8,8 +8,8 @@ import pytest
 from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
-from service.api import RegistryConfigServicer
 from service.config import OPERATIONS
+from service.rpc.servicer import RegistryConfigServicer
 
 SERVICE = pb.DESCRIPTOR.services_by_name["RegistryConfigService"]
 RPCS = [m.name for m in SERVICE.methods]

@@ -12,12 +12,12 @@ from google.protobuf.message import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from service import regions
 from service.auth.targets import Target
 from service.config import ECR_OPERATIONS, RegistryConfig
 from service.errors import InvalidArgument
-from service.policy_grammar import show
-from service.validation import MAX_VIOLATIONS, REASON, RequestValidator
+from service.registry import regions
+from service.registry.policy_grammar import show
+from service.registry.validation import MAX_VIOLATIONS, REASON, RequestValidator
 from tests.helpers import ACCOUNT, POLICY
 
 PARTNER = "210987654321"

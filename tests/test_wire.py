@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.errors import FieldViolation
-from service.wire import locate
+from service.rpc.wire import locate
 
 PUT = pb.PutReplicationConfigurationRequest.DESCRIPTOR
 

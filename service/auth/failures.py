@@ -11,7 +11,7 @@ Valid credentials are never refused because of failures: the caller is always au
 first, and this is consulted only when that failed. Behind a proxy many callers share one
 address; one of them failing cannot lock out the others.
 
-Hand-written rather than `limits`/`aiolimiter` for the reason service/ratelimit.py gives (a
+Hand-written rather than `limits`/`aiolimiter` for the reason service/state/ratelimit.py gives (a
 refusal must answer at once with its retry delay); the table of peers is a bounded LRU
 (cachetools), so a flood from many addresses costs a fixed amount of memory.
 """

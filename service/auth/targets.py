@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service import ecr_limits
 from service.config import GatewayConfig, RegistryConfig, TenantConfig, registry_regions
 from service.echo import echo
 from service.errors import FieldViolation, InvalidArgument, PermissionDenied
+from service.registry import limits as ecr_limits
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Target:
     tenant: str
     registry: RegistryConfig
     region: str
-    # The tenant's share of ECR's registry-wide limits for its slice (service/ecr_limits.py).
+    # The tenant's share of ECR's registry-wide limits for its slice (service/registry/limits.py).
     share: ecr_limits.Share = ecr_limits.WHOLE_REGISTRY
 
     @property

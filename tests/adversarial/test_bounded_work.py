@@ -14,10 +14,10 @@ import pytest
 from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.descriptor import Descriptor
 
-from service import wire
+from service.app.server import Gateway
 from service.errors import FieldViolation
-from service.request_limits import largest_request_bytes, max_request_bytes
-from service.server import Gateway
+from service.rpc import wire
+from service.rpc.request_limits import largest_request_bytes, max_request_bytes
 from tests.conftest import GatewayFactory
 from tests.helpers import KEY, OTHER_ACCOUNT, POLICY, config_dict, metadata, rich_error
 from tests.moto_writes import MotoWrites, behave_like_ecr, count_writes

@@ -20,13 +20,13 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from service import config as config_mod
-from service.audit import AuditLog, WriteRecord
+from service.app.server import Gateway
 from service.auth.targets import TargetAuthorizer
 from service.config import AuditConfig, LogsConfig
 from service.echo import echo
 from service.errors import PermissionDenied, RichStatus, to_status
-from service.observability import configure_logging
-from service.server import Gateway
+from service.observability.audit import AuditLog, WriteRecord
+from service.observability.logs import configure_logging
 from tests.conftest import GatewayFactory
 from tests.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
 
@@ -221,7 +221,7 @@ async def test_a_forged_request_id_cannot_forge_log_fields(
     assert not CONTROL.search(text_log.getvalue().replace("\n", ""))
 
 
-# PENDING the middleware change (service/middleware.py `_request_id` through
+# PENDING the middleware change (service/rpc/interceptor.py `_request_id` through
 # `safe_request_id`, another engineer's work): an unsafe x-request-id is replaced, not
 # repeated. Expected to fail until that change is in the tree.
 async def test_an_unsafe_request_id_is_replaced_not_repeated(

@@ -23,12 +23,12 @@ from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from moto.ecr.exceptions import InvalidParameterException
 from moto.ecr.models import ECRBackend
 
-from service import ecr_limits
+from service.app.embedded import demo_config
+from service.app.server import Gateway
 from service.auth.api_keys import hash_key
 from service.auth.targets import TargetAuthorizer
 from service.config import ConfigError, from_mapping
-from service.embedded import demo_config
-from service.server import Gateway
+from service.registry import limits as ecr_limits
 from tests.conftest import GatewayFactory
 from tests.helpers import ACCOUNT, KEY, PARTNER_ACCOUNT, config_dict, metadata, rich_error
 from tests.moto_writes import MotoWrites, behave_like_ecr, count_writes

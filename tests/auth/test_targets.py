@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from service import ecr_limits
 from service.auth.targets import TargetAuthorizer
 from service.config import GatewayConfig, TenantConfig, from_mapping
 from service.errors import InvalidArgument, PermissionDenied
+from service.registry import limits as ecr_limits
 
 PAYMENTS_PROD = "111111111111"
 PAYMENTS_DEV = "222222222222"

@@ -8,9 +8,9 @@ import pytest
 from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.message import Message
 
-from service.cache import CacheKey, MemoryStore, Outcome, ReadCache
 from service.config import CacheConfig
 from service.errors import NotFound, Unavailable
+from service.state.cache import CacheKey, MemoryStore, Outcome, ReadCache
 
 KEY = CacheKey("123456789012", "us-east-1", "registry")
 CONFIG = CacheConfig(ttl_seconds=10, negative_ttl_seconds=5, max_stale_seconds=60)

@@ -7,7 +7,7 @@ from ecr.registry.v1 import registry_pb2 as pb
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from service.cache import CacheKey, Entry, RedisStore
+from service.state.cache import CacheKey, Entry, RedisStore
 
 KEY = CacheKey("123456789012", "us-east-1", "policy")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from service.server import Gateway
+from service.app.server import Gateway
 from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT
 
 GO_CLIENT = Path(__file__).resolve().parents[2] / "clients" / "go"

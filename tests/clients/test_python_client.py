@@ -38,7 +38,7 @@ from registry_gateway_client import (
 )
 from registry_gateway_client._retry import Attempts
 
-from service.server import Gateway
+from service.app.server import Gateway
 from tests.certs import client_cert, make_pki
 from tests.conftest import GatewayFactory
 from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, OTHER_KEY, PARTNER_ACCOUNT, POLICY

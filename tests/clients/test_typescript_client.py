@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from service.server import Gateway
+from service.app.server import Gateway
 from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT
 
 TS = Path(__file__).resolve().parents[2] / "clients" / "typescript"

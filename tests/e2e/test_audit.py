@@ -11,8 +11,8 @@ import pytest
 from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
-from service.audit import policy_digest
-from service.server import Gateway
+from service.app.server import Gateway
+from service.observability.audit import policy_digest
 from tests.conftest import GatewayFactory
 from tests.helpers import ACCOUNT, KEY, OTHER_KEY, POLICY, config_dict, metadata
 

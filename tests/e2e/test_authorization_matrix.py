@@ -25,9 +25,9 @@ from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from moto.ecr.models import ecr_backends
 
+from service.app.server import Gateway
 from service.auth.api_keys import hash_key
 from service.config import OPERATIONS
-from service.server import Gateway
 from tests.conftest import GatewayFactory
 from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, OTHER_KEY, POLICY, config_dict, rich_error
 

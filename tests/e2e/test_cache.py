@@ -10,7 +10,7 @@ import pytest
 from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
-from service.server import Gateway
+from service.app.server import Gateway
 from tests.aws_proxy import CountingProxy
 from tests.conftest import GatewayFactory
 from tests.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error

@@ -17,7 +17,7 @@ from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from moto.ecr.models import ECRBackend, ecr_backends
 
-from service.server import REDIS_HEALTH
+from service.app.server import REDIS_HEALTH
 from tests.conftest import GatewayFactory
 from tests.helpers import ACCOUNT, POLICY, config_dict, metadata
 from tests.processes import gateway_process

@@ -13,7 +13,7 @@ from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from moto.ecr.models import ecr_backends
 
-from service.server import Gateway
+from service.app.server import Gateway
 from tests.aws_proxy import CountingProxy, Fault, ecr_error
 from tests.conftest import GatewayFactory
 from tests.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from moto.ecr.models import ecr_backends
 
-from service.embedded import session_factory
-from service.server import Gateway
+from service.app.embedded import session_factory
+from service.app.server import Gateway
 from tests.conftest import GatewayFactory
 from tests.helpers import ACCOUNT, KEY, POLICY
 

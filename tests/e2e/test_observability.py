@@ -16,7 +16,7 @@ from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import LogsConfig
-from service.observability import configure_logging
+from service.observability.logs import configure_logging
 from tests.conftest import GatewayFactory
 from tests.helpers import POLICY, config_dict, describe_status, metadata
 

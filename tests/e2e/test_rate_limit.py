@@ -12,7 +12,7 @@ import pytest
 from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
-from service.server import Gateway
+from service.app.server import Gateway
 from tests.conftest import GatewayFactory
 from tests.helpers import OTHER_KEY, config_dict, describe_status, metadata, rich_error
 from tests.processes import gateway_process

@@ -20,8 +20,8 @@ from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from service import config as config_mod
+from service.app.server import Gateway
 from service.auth.api_keys import hash_key
-from service.server import Gateway
 from tests.helpers import config_dict
 
 SENTINEL_KEY = "sentinel-api-key-7f3a9c"

@@ -14,7 +14,7 @@ from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from service.server import BindError, Gateway
+from service.app.server import BindError, Gateway
 from tests.conftest import Gate, GatewayFactory
 from tests.helpers import metadata
 

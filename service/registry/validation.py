@@ -11,7 +11,7 @@ content rules, the cache and AWS. The rules come from three places:
 - **Rules the model does not hold** (each cited where it is applied): the source registry
   as its own destination, duplicate destinations, the 25-destination quota, and region
   names unknown to botocore's endpoint data (`aws.allow_unknown_regions` lifts that).
-- **The registry policy grammar** of `service.policy_grammar`, under the registry's scope.
+- **The registry policy grammar** of `service.registry.policy_grammar`, under the registry's scope.
 
 A write carrying fields this gateway's contract does not know (a client on a newer proto)
 is refused too, naming them: applying it without them would silently drop what was asked.
@@ -30,11 +30,12 @@ from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
-from service import policy_grammar, regions, wire
 from service.auth.targets import Target
 from service.config import ECR_OPERATIONS, SLICE_OPERATIONS, WRITE_OPERATIONS
-from service.ecr_limits import MAX_UNIQUE_DESTINATIONS
 from service.errors import FieldViolation, InvalidArgument
+from service.registry import policy_grammar, regions
+from service.registry.limits import MAX_UNIQUE_DESTINATIONS
+from service.rpc import wire
 
 REASON = "INVALID_REQUEST"
 # Enough to fix a request by, and small enough that the status details stay well inside
@@ -427,7 +428,7 @@ def _has_unknown_fields(message: Message) -> bool:
     """Whether `message` (or a message inside it) carries fields the contract lacks.
 
     All in C (upb): a copy without them is smaller. Only then are the bytes read, by a
-    bounded walk (service/wire.py), to name them.
+    bounded walk (service/rpc/wire.py), to name them.
     """
     known = type(message)()
     known.CopyFrom(message)

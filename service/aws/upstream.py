@@ -36,6 +36,7 @@ from botocore.exceptions import (
 from opentelemetry.trace import Status, StatusCode
 
 from service.auth.targets import Target
+from service.aws.resilience import Resilience
 from service.config import AwsConfig, RegistryConfig
 from service.errors import (
     UPSTREAM_RETRY_AFTER_SECONDS,
@@ -46,9 +47,8 @@ from service.errors import (
     UpstreamFailure,
     from_aws,
 )
-from service.metrics import Metrics
-from service.resilience import Resilience
-from service.tracing import Tracing
+from service.observability.metrics import Metrics
+from service.observability.tracing import Tracing
 
 log = logging.getLogger("registry_gateway.upstream")
 

@@ -1,5 +1,5 @@
 """The five ECR operations as the gateway performs them: reads through the cache, writes
-under the registry's lock. The slice operations (service/slices.py) write through the same
+under the registry's lock. The slice operations (service/registry/slices.py) write through the same
 read-modify-write methods, `update_replication` and `update_policy`.
 
 A write takes the lock, reads the current value fresh from AWS (for the caller's etag
@@ -20,14 +20,14 @@ from typing import Any, Protocol
 
 from ecr.registry.v1 import registry_pb2 as pb
 
-from service import convert, etags, plan
-from service.audit import WriteRecord
 from service.auth.targets import Target
-from service.cache import CacheKey, Outcome, ReadCache
-from service.cache.base import Resource
+from service.aws.upstream import Upstream
 from service.errors import EtagMismatch, NotFound, QuotaViolation, ResourceExhausted
-from service.locks import HeldLock
-from service.upstream import Upstream
+from service.observability.audit import WriteRecord
+from service.registry import convert, etags, plan
+from service.state.cache import CacheKey, Outcome, ReadCache
+from service.state.cache.base import Resource
+from service.state.locks import HeldLock
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,12 @@ from collections.abc import Sequence
 
 import aioboto3
 
-from service import embedded
+from service.app import embedded
+from service.app.server import BindError, Gateway
+from service.app.workers import run_workers
 from service.auth.api_keys import hash_key
 from service.config import ENV_CONFIG_PATH, ConfigError, GatewayConfig, load, parse_listen
-from service.observability import configure_logging
-from service.server import BindError, Gateway
-from service.workers import run_workers
+from service.observability.logs import configure_logging
 
 
 def _parser() -> argparse.ArgumentParser:

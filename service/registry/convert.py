@@ -7,7 +7,7 @@ from typing import Any
 from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf import json_format
 
-from service import etags
+from service.registry import etags
 
 
 def replication_to_aws(config: pb.ReplicationConfiguration) -> dict[str, Any]:

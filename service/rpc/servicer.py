@@ -13,14 +13,14 @@ import grpc
 from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
-from service import slices
-from service.audit import WriteRecord, policy_digest
 from service.auth.content import ContentRules
 from service.auth.targets import Target
 from service.errors import GatewayError, NotFound
-from service.middleware import CallInfo, current_call
-from service.operations import RegistryOperations, check_etag
-from service.validation import RequestValidator
+from service.observability.audit import WriteRecord, policy_digest
+from service.registry import slices
+from service.registry.operations import RegistryOperations, check_etag
+from service.registry.validation import RequestValidator
+from service.rpc.interceptor import CallInfo, current_call
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"  # generic only in the stubs
 
@@ -120,7 +120,7 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
             target, request.replication_configuration, request.etag, request.validate_only, record
         )
 
-    # --- tenant-owned slices of a shared registry (service/slices.py) ----------------------
+    # --- tenant-owned slices of a shared registry (service/registry/slices.py) ------------
 
     async def GetReplicationRules(
         self, request: pb.GetReplicationRulesRequest, context: Context

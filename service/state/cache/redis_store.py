@@ -23,7 +23,7 @@ from cachetools import LRUCache
 from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.message import Message
 
-from service.cache.base import CacheKey, Entry
+from service.state.cache.base import CacheKey, Entry
 
 log = logging.getLogger("registry_gateway.cache")
 

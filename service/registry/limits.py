@@ -1,7 +1,7 @@
 """ECR's registry-wide limits, and each tenant's share of them on a shared registry.
 
 One registry has one replication configuration and one policy, so ECR's limits on them are
-shared by every tenant holding a slice (service/slices.py). Each slice gets its own share,
+shared by every tenant holding a slice (service/registry/slices.py). Each slice gets its own share,
 so that one team filling its part never refuses another team's write:
 
 - configured per registry entry (`max_rules`, `max_destinations`, `max_policy_chars`), or
@@ -32,7 +32,7 @@ MAX_RULES = 10
 MAX_UNIQUE_DESTINATIONS = 25
 # `policyText` is at most 10,240 characters (the service model's maximum length).
 MAX_POLICY_CHARS = 10_240
-# What a merged policy holds besides its statements (service/slices.py writes it compact).
+# What a merged policy holds besides its statements (service/registry/slices.py writes it compact).
 POLICY_ENVELOPE = '{"Version":"2012-10-17","Statement":[]}'
 # What the statements of every slice together may take: each statement costs its compact
 # JSON plus one comma, which over-counts the whole document by one character at most.

@@ -8,7 +8,7 @@ reflection) requires credentials.
 Bounded work before authentication: the handler takes the request as raw bytes (grpc.aio
 would otherwise parse it on the event loop before any gateway code runs, for anyone), and
 parses it only once the caller is authenticated and the bytes are within the RPC's limit
-(service/request_limits.py). Bytes that do not parse are diagnosed within a fixed budget.
+(service/rpc/request_limits.py). Bytes that do not parse are diagnosed within a fixed budget.
 """
 
 from __future__ import annotations
@@ -27,10 +27,9 @@ import grpc
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 
-from service import wire
-from service.audit import AuditLog, WriteRecord
 from service.auth.failures import AuthFailures
 from service.auth.identity import Identity
+from service.auth.tenancy import Tenancy, TenancyHolder
 from service.config import WRITE_OPERATIONS, ServerConfig, TenantConfig
 from service.echo import safe_request_id
 from service.errors import (
@@ -43,11 +42,12 @@ from service.errors import (
     internal,
     to_status,
 )
-from service.metrics import Metrics
-from service.ratelimit import RateKind, RateLimiter, UpstreamBudget
-from service.request_limits import max_request_bytes
-from service.tenancy import Tenancy, TenancyHolder
-from service.tracing import Tracing, end_rpc
+from service.observability.audit import AuditLog, WriteRecord
+from service.observability.metrics import Metrics
+from service.observability.tracing import Tracing, end_rpc
+from service.rpc import wire
+from service.rpc.request_limits import max_request_bytes
+from service.state.ratelimit import RateKind, RateLimiter, UpstreamBudget
 
 log = logging.getLogger("registry_gateway.calls")
 

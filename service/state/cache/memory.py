@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cachetools import LRUCache
 
-from service.cache.base import CacheKey, Entry
+from service.state.cache.base import CacheKey, Entry
 
 
 class MemoryStore:

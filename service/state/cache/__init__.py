@@ -4,8 +4,8 @@ One interface (`ReadCache`) over two stores: in-process (`MemoryStore`) and Redi
 every replica (`RedisStore`, with versioned in-process copies for read-your-writes).
 """
 
-from service.cache.base import CacheKey, Entry, Outcome, ReadCache, Store
-from service.cache.memory import MemoryStore
-from service.cache.redis_store import RedisStore
+from service.state.cache.base import CacheKey, Entry, Outcome, ReadCache, Store
+from service.state.cache.memory import MemoryStore
+from service.state.cache.redis_store import RedisStore
 
 __all__ = ["CacheKey", "Entry", "MemoryStore", "Outcome", "ReadCache", "RedisStore", "Store"]

@@ -17,7 +17,7 @@ overlapping prefixes of two tenants (service/config.py), so ownership is never a
 
 Isolation: one tenant's part never decides another's write, nor shows in its answers.
 The caller's rules and statements are judged alone (grammar, ownership, confinement to its
-repositories, its guardrails, its share of ECR's limits in service/ecr_limits.py) before
+repositories, its guardrails, its share of ECR's limits in service/registry/limits.py) before
 the merge; the merged whole is judged only for what no single part decides (ECR's own
 limits, the document's validity), and a failure there names counts, never content. Plans
 and responses show the caller's slice only.
@@ -33,23 +33,23 @@ from typing import Any
 
 from ecr.registry.v1 import registry_pb2 as pb
 
-from service import convert, etags, plan, policy_grammar
 from service.auth.targets import Target, denied
-from service.ecr_limits import (
-    MAX_POLICY_CHARS,
-    MAX_RULES,
-    MAX_UNIQUE_DESTINATIONS,
-    statement_chars,
-)
 from service.errors import (
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     QuotaViolation,
 )
-from service.operations import PolicyUpdate, ReplicationUpdate
-from service.validation import MAX_VIOLATIONS
-from service.validation import REASON as INVALID_REQUEST
+from service.registry import convert, etags, plan, policy_grammar
+from service.registry.limits import (
+    MAX_POLICY_CHARS,
+    MAX_RULES,
+    MAX_UNIQUE_DESTINATIONS,
+    statement_chars,
+)
+from service.registry.operations import PolicyUpdate, ReplicationUpdate
+from service.registry.validation import MAX_VIOLATIONS
+from service.registry.validation import REASON as INVALID_REQUEST
 
 # A registry without a policy gets this Version when a tenant adds the first statement.
 POLICY_VERSION = "2012-10-17"

@@ -20,25 +20,25 @@ from opentelemetry.sdk.trace.export import SpanExporter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from service import middleware, reflection
-from service.api import RegistryConfigServicer
-from service.audit import AuditLog
+from service.app.reload import Reloader
 from service.auth.content import ContentRules
 from service.auth.failures import AuthFailures
 from service.auth.targets import Target
-from service.cache import MemoryStore, ReadCache, RedisStore, Store
+from service.auth.tenancy import TenancyHolder, build_tenancy
+from service.aws.upstream import SessionFactory, Upstream
 from service.config import GatewayConfig, ListenerConfig, parse_listen, registry_regions
-from service.locks import RedisRegistryLocks, RegistryLocks
-from service.metrics import Metrics
-from service.operations import Locks, RegistryOperations
-from service.ratelimit import build_rate_limiter, build_upstream_budget
-from service.reload import Reloader
-from service.request_limits import largest_request_bytes
-from service.tenancy import TenancyHolder, build_tenancy
-from service.tls import TlsCredentials
-from service.tracing import Tracing
-from service.upstream import SessionFactory, Upstream
-from service.validation import RequestValidator
+from service.observability.audit import AuditLog
+from service.observability.metrics import Metrics
+from service.observability.tracing import Tracing
+from service.registry.operations import Locks, RegistryOperations
+from service.registry.validation import RequestValidator
+from service.rpc import interceptor, reflection
+from service.rpc.request_limits import largest_request_bytes
+from service.rpc.servicer import RegistryConfigServicer
+from service.rpc.tls import TlsCredentials
+from service.state.cache import MemoryStore, ReadCache, RedisStore, Store
+from service.state.locks import RedisRegistryLocks, RegistryLocks
+from service.state.ratelimit import build_rate_limiter, build_upstream_budget
 
 log = logging.getLogger("registry_gateway.server")
 
@@ -95,7 +95,7 @@ class Gateway:
             config.aws,
             session_factory=session_factory,
             environ=self._environ,
-            time_left=middleware.time_left,
+            time_left=interceptor.time_left,
             metrics=self.metrics,
             tracing=self.tracing,
         )
@@ -115,7 +115,7 @@ class Gateway:
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(
             interceptors=[
-                middleware.GatewayInterceptor(
+                interceptor.GatewayInterceptor(
                     config.server,
                     self.tenancy,
                     rate_limiter=build_rate_limiter(
@@ -199,7 +199,7 @@ class Gateway:
         # Longer than any call may last, so a live writer never loses its lock to expiry.
         expiry = self.config.server.max_deadline_seconds + LOCK_EXPIRY_MARGIN_SECONDS
         return RedisRegistryLocks(
-            self.redis, self.config.cache.key_prefix, expiry, middleware.time_left
+            self.redis, self.config.cache.key_prefix, expiry, interceptor.time_left
         )
 
     def _targets(self) -> list[Target]:

@@ -14,10 +14,10 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from service.auth.tenancy import TenancyHolder, build_tenancy
 from service.config import ConfigError, GatewayConfig, load
-from service.metrics import Metrics
-from service.tenancy import TenancyHolder, build_tenancy
-from service.tls import TlsCredentials
+from service.observability.metrics import Metrics
+from service.rpc.tls import TlsCredentials
 
 log = logging.getLogger("registry_gateway.reload")
 

@@ -1,0 +1,3 @@
+"""Wiring and lifecycle: building the server from config, running it (CLI, workers, embedded
+mode), reloading config.
+"""

@@ -1,0 +1,3 @@
+"""AWS behind the gateway: the ECR client per (account, region), credentials, and the breaker
+and bulkheads in front of it.
+"""

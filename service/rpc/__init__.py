@@ -1,0 +1,3 @@
+"""The gRPC side: the call pipeline (interceptor), the servicer, wire-level checks, reflection,
+TLS.
+"""
