@@ -28,6 +28,7 @@ from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from service.app.server import Gateway as Server
+from service.call import Call, begin
 from service.config import GatewayConfig, from_mapping
 from service.rpc import interceptor as pipeline
 from service.state.cache import CacheKey
@@ -158,7 +159,7 @@ async def measure(calls: int = 20000) -> tuple[list[tuple[str, float]], str]:
     raw = request.SerializeToString()
     handle = handler.unary_unary
     tenancy = interceptor._tenancy.current
-    call = pipeline.CallInfo(
+    call = Call(
         "r" * 32,
         tenancy.authenticator.authenticate(metadata, None),
         "DescribeRegistry",
@@ -166,7 +167,7 @@ async def measure(calls: int = 20000) -> tuple[list[tuple[str, float]], str]:
         tenancy,
     )
     target = tenancy.authorizer.authorize(call.tenant, call.rpc, "", "")
-    hit_call = pipeline.CallInfo("r", call.identity, "DescribeRegistry", call.deadline, tenancy)
+    hit_call = Call("r", call.identity, "DescribeRegistry", call.deadline, tenancy)
     hit_call.cache_outcome("hit")
     ops = servicer._ops
     validator = servicer._validator
@@ -175,7 +176,7 @@ async def measure(calls: int = 20000) -> tuple[list[tuple[str, float]], str]:
         return await handle(handler.request_deserializer(raw), context)
 
     async def servicer_only() -> Any:
-        pipeline._current.set(call)
+        begin(call)
         return await servicer.DescribeRegistry(request, context)
 
     async def timeout_only() -> None:
@@ -206,7 +207,7 @@ async def measure(calls: int = 20000) -> tuple[list[tuple[str, float]], str]:
         ("  asyncio.timeout(budget) enter + exit", timeout_only),
         (
             "  CallInfo(...) dataclass",
-            lambda: pipeline.CallInfo("r", call.identity, "DescribeRegistry", 0.0, tenancy),
+            lambda: Call("r", call.identity, "DescribeRegistry", 0.0, tenancy),
         ),
         (
             "  request deserializer (the wrapper's tolerant parse)",

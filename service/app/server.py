@@ -26,6 +26,7 @@ from service.auth.failures import AuthFailures
 from service.auth.targets import Target
 from service.auth.tenancy import TenancyHolder, build_tenancy
 from service.aws.upstream import SessionFactory, Upstream
+from service.call import time_left
 from service.config import GatewayConfig, ListenerConfig, parse_listen, registry_regions
 from service.observability.audit import AuditLog
 from service.observability.metrics import Metrics
@@ -95,7 +96,7 @@ class Gateway:
             config.aws,
             session_factory=session_factory,
             environ=self._environ,
-            time_left=interceptor.time_left,
+            time_left=time_left,
             metrics=self.metrics,
             tracing=self.tracing,
         )
@@ -198,9 +199,7 @@ class Gateway:
             return RegistryLocks()
         # Longer than any call may last, so a live writer never loses its lock to expiry.
         expiry = self.config.server.max_deadline_seconds + LOCK_EXPIRY_MARGIN_SECONDS
-        return RedisRegistryLocks(
-            self.redis, self.config.cache.key_prefix, expiry, interceptor.time_left
-        )
+        return RedisRegistryLocks(self.redis, self.config.cache.key_prefix, expiry, time_left)
 
     def _targets(self) -> list[Target]:
         seen: dict[tuple[str, str], Target] = {}

@@ -14,13 +14,11 @@ parses it only once the caller is authenticated and the bytes are within the RPC
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import logging
 import random
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, TypeAlias, cast
 
 import grpc
@@ -30,7 +28,8 @@ from google.protobuf.message import DecodeError
 from service.auth.failures import AuthFailures
 from service.auth.identity import Identity
 from service.auth.tenancy import Tenancy, TenancyHolder
-from service.config import WRITE_OPERATIONS, ServerConfig, TenantConfig
+from service.call import Call, begin
+from service.config import WRITE_OPERATIONS, ServerConfig
 from service.echo import safe_request_id
 from service.errors import (
     REQUEST_ID_KEY,
@@ -57,58 +56,8 @@ EXEMPT_PREFIXES = (
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
 )
-CACHE_OUTCOME_KEY = "x-cache"
 _DENIED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 CACHE_CONTROL_KEY = "cache-control"
-
-
-# Not frozen: a frozen dataclass sets each field through object.__setattr__, which doubles the
-# cost of building one per call; nothing hashes or replaces it.
-@dataclass(slots=True)
-class CallInfo:
-    """What the wrapper learned about the call in flight; read by the servicer and upstream."""
-
-    request_id: str
-    identity: Identity
-    rpc: str
-    deadline: float  # loop.time() by which the call must be answered
-    tenancy: Tenancy  # the snapshot this call runs under, even if a reload swaps it
-    # Filled in by the servicer and the operations for the audit line of a write.
-    write: WriteRecord | None = None
-    # `cache-control: no-cache` from the caller: read fresh from AWS.
-    no_cache: bool = False
-    # Per-call facts for the caller (x-cache, ...) go in trailers, which are nearly free,
-    # unlike initial metadata; the wrapper sends them all at once with the request id.
-    trailers: list[tuple[str, str]] = field(default_factory=list)
-    # The registry and region acted on, once authorized (for the log line).
-    where: dict[str, str] = field(default_factory=dict)
-    cache_result: list[str] = field(default_factory=list)
-
-    def cache_outcome(self, outcome: str) -> None:
-        """Tell the caller how its read was served: `x-cache: hit|miss|stale`."""
-        self.trailers.append((CACHE_OUTCOME_KEY, outcome))
-        self.cache_result.append(outcome)
-
-    @property
-    def tenant(self) -> TenantConfig:
-        """The calling tenant."""
-        return self.identity.tenant
-
-
-_current: contextvars.ContextVar[CallInfo] = contextvars.ContextVar("registry_gateway_call")
-
-
-def current_call() -> CallInfo:
-    """The call this task serves (grpc.aio runs each RPC in its own task)."""
-    return _current.get()
-
-
-def time_left() -> float:
-    """Seconds left of the current call's deadline (the whole default when outside a call)."""
-    call = _current.get(None)
-    if call is None:
-        return float("inf")
-    return call.deadline - asyncio.get_running_loop().time()
 
 
 Deserializer: TypeAlias = "Callable[[bytes], Any]"
@@ -289,7 +238,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             request_id = _request_id(metadata)
             tenancy = self._tenancy.current
             identity: Identity | None = None
-            call: CallInfo | None = None
+            call: Call | None = None
             record = WriteRecord() if is_write else None
             code: grpc.StatusCode = grpc.StatusCode.CANCELLED
             reason: str | None = "CANCELLED"
@@ -307,7 +256,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                         if (is_write or no_cache) and self._upstream_budget is not None:
                             await self._upstream_budget.acquire(identity.tenant.name)
                         request = decode(raw)
-                        call = CallInfo(
+                        call = Call(
                             request_id,
                             identity,
                             rpc,
@@ -316,7 +265,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                             record,
                             no_cache=no_cache,
                         )
-                        _current.set(call)
+                        begin(call)
                         response = await inner(request, context)
                         code, reason = grpc.StatusCode.OK, None
                 except TimeoutError:
@@ -370,7 +319,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         code: grpc.StatusCode,
         reason: str | None,
         seconds: float,
-        call: CallInfo | None,
+        call: Call | None,
         error_type: str | None,
         peer: str | None = None,
     ) -> None:

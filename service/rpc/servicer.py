@@ -15,12 +15,12 @@ from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from service.auth.content import ContentRules
 from service.auth.targets import Target
+from service.call import Call, current_call
 from service.errors import GatewayError, NotFound
 from service.observability.audit import WriteRecord, policy_digest
 from service.registry import slices
 from service.registry.operations import RegistryOperations, check_etag
 from service.registry.validation import RequestValidator
-from service.rpc.interceptor import CallInfo, current_call
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"  # generic only in the stubs
 
@@ -40,14 +40,14 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         self._validator = validator if validator is not None else RequestValidator()
 
     @staticmethod
-    def _target(call: CallInfo, registry_id: str, region: str) -> Target:
+    def _target(call: Call, registry_id: str, region: str) -> Target:
         target = call.tenancy.authorizer.authorize(call.tenant, call.rpc, registry_id, region)
         call.where.update(registry_id=target.registry_id, region=target.region)
         return target
 
     @staticmethod
     def _write_target(
-        call: CallInfo, registry_id: str, region: str, validate_only: bool
+        call: Call, registry_id: str, region: str, validate_only: bool
     ) -> tuple[Target, WriteRecord]:
         record = call.write if call.write is not None else WriteRecord()
         record.validate_only = validate_only

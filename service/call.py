@@ -1,0 +1,78 @@
+"""The call in flight, independent of the transport that carries it.
+
+The pipeline (service/rpc/interceptor.py today; an HTTP transport could be another) builds
+one `Call` per request once the caller is authenticated, and makes it current for the task
+that serves the request. The servicer reads it (who, which tenancy snapshot, `no-cache`) and
+records what the domain returned for the caller and the reporters: trailers (`x-cache`), the
+registry acted on, the audit fields of a write. Below the servicer nothing writes into it:
+the domain returns results, and the AWS client sees only the deadline, through `time_left`,
+passed in when the server is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from dataclasses import dataclass, field
+
+from service.auth.identity import Identity
+from service.auth.tenancy import Tenancy
+from service.config import TenantConfig
+from service.observability.audit import WriteRecord
+
+CACHE_OUTCOME_KEY = "x-cache"
+
+
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, which doubles the
+# cost of building one per call; nothing hashes or replaces it.
+@dataclass(slots=True)
+class Call:
+    """What the pipeline learned about the call in flight, and what the servicer records."""
+
+    request_id: str
+    identity: Identity
+    rpc: str
+    deadline: float  # loop.time() by which the call must be answered
+    tenancy: Tenancy  # the snapshot this call runs under, even if a reload swaps it
+    # The audit fields of a write, recorded by the servicer from what the domain returned.
+    write: WriteRecord | None = None
+    # `cache-control: no-cache` from the caller: read fresh from AWS.
+    no_cache: bool = False
+    # Per-call facts for the caller (x-cache, ...) go in trailers, which are nearly free,
+    # unlike initial metadata; the pipeline sends them all at once with the request id.
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+    # The registry and region acted on, once authorized (for the log line).
+    where: dict[str, str] = field(default_factory=dict)
+    cache_result: list[str] = field(default_factory=list)
+
+    def cache_outcome(self, outcome: str) -> None:
+        """Tell the caller how its read was served: `x-cache: hit|miss|stale`."""
+        self.trailers.append((CACHE_OUTCOME_KEY, outcome))
+        self.cache_result.append(outcome)
+
+    @property
+    def tenant(self) -> TenantConfig:
+        """The calling tenant."""
+        return self.identity.tenant
+
+
+_current: contextvars.ContextVar[Call] = contextvars.ContextVar("registry_gateway_call")
+
+
+def begin(call: Call) -> None:
+    """Make `call` the current one for this task (grpc.aio runs each RPC in its own task)."""
+    _current.set(call)
+
+
+def current_call() -> Call:
+    """The call this task serves."""
+    return _current.get()
+
+
+def time_left() -> float:
+    """Seconds left of the current call's deadline (unbounded outside a call: cache loads
+    run in an empty context and are bounded by the AWS client's own timeouts)."""
+    call = _current.get(None)
+    if call is None:
+        return float("inf")
+    return call.deadline - asyncio.get_running_loop().time()
