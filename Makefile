@@ -52,6 +52,7 @@ serve: $(STAMP)
 
 test: $(STAMP) $(TS_STAMP) go-deps
 	$(PY) scripts/gen_protos.py --check
+	$(PY) scripts/unasync.py --check
 	$(VENV)/bin/buf lint
 	$(VENV)/bin/buf breaking --against $(RELEASED)
 	$(PY) -m ruff check .

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -44,6 +46,7 @@ from tests.conftest import GatewayFactory
 from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, OTHER_KEY, PARTNER_ACCOUNT, POLICY
 from tests.helpers import config_dict as base_config
 
+ROOT = Path(__file__).resolve().parents[2]
 EU = pb.ReplicationDestination(registry_id=ACCOUNT, region="eu-west-1")
 PARTNER = pb.ReplicationDestination(registry_id=PARTNER_ACCOUNT, region="us-west-2")
 # The body of `aws ecr put-replication-configuration --cli-input-json`, as a dict.
@@ -562,9 +565,11 @@ def test_attempts_stop_at_max_attempts_and_at_the_deadline() -> None:
 
 
 def test_the_sync_twin_has_the_same_methods_and_arguments() -> None:
-    def surface(cls: type) -> dict[str, list[str]]:
+    def surface(cls: type) -> dict[str, list[tuple[str, Any, Any]]]:
         return {
-            name: list(inspect.signature(member).parameters)
+            name: [
+                (p.name, p.kind, p.default) for p in inspect.signature(member).parameters.values()
+            ]
             for name, member in vars(cls).items()
             if callable(member) and not name.startswith("_")
         }
@@ -572,6 +577,20 @@ def test_the_sync_twin_has_the_same_methods_and_arguments() -> None:
     async_surface = surface(RegistryConfigClient)
     assert len(async_surface) >= 7
     assert surface(SyncRegistryConfigClient) == async_surface
+    assert inspect.iscoroutinefunction(RegistryConfigClient.describe_registry)
+    assert not inspect.iscoroutinefunction(SyncRegistryConfigClient.describe_registry)
+
+
+def test_the_sync_twin_is_generated_from_the_async_client() -> None:
+    """_sync.py is what `scripts/unasync.py` makes of _aio.py (no hand edits, not stale)."""
+    checked = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "unasync.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 async def test_slices_of_a_shared_registry(gateway: Gateway) -> None:

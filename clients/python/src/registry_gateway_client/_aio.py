@@ -1,10 +1,14 @@
-"""`RegistryConfigClient`: the asyncio client, on grpc.aio."""
+"""`RegistryConfigClient`: the asyncio client, on grpc.aio.
+
+Its blocking twin, `_sync.py`, is generated from this file: edit here, then run
+`python scripts/unasync.py` (`--check`, run by `make test`, fails when the twin is stale).
+What cannot be rewritten word for word lives in `_aio_only` (see there).
+"""
 
 from __future__ import annotations
 
 import asyncio
-import inspect
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -13,6 +17,7 @@ from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from google.protobuf.message import Message
 
+from registry_gateway_client._aio_only import MaybeAwaitable, maybe_await, with_call
 from registry_gateway_client._core import (
     DEFAULT_TIMEOUT,
     CallInfo,
@@ -30,11 +35,10 @@ Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
 
 #: Gets a bearer token (a JWT) for each attempt; may be a coroutine function.
-AsyncTokenProvider = Callable[[], str | Awaitable[str]]
+AsyncTokenProvider = Callable[[], MaybeAwaitable[str]]
 #: Changes a replication configuration in place (returning None) or returns a new one.
 AsyncConfigChange = Callable[
-    [pb.ReplicationConfiguration],
-    pb.ReplicationConfiguration | Awaitable[pb.ReplicationConfiguration | None] | None,
+    [pb.ReplicationConfiguration], MaybeAwaitable[pb.ReplicationConfiguration | None]
 ]
 
 
@@ -390,9 +394,7 @@ class RegistryConfigClient:
             )
             config = pb.ReplicationConfiguration()
             config.CopyFrom(current.replication_configuration)
-            changed = change(config)
-            if inspect.isawaitable(changed):
-                changed = await changed
+            changed = await maybe_await(change(config))
             desired = config if changed is None else changed
             if desired == current.replication_configuration:
                 return pb.PutReplicationConfigurationResponse(
@@ -421,10 +423,7 @@ class RegistryConfigClient:
     async def _token(self) -> str | None:
         if self._token_provider is None:
             return self._api_key
-        token = self._token_provider()
-        if inspect.isawaitable(token):
-            token = await token
-        return token
+        return await maybe_await(self._token_provider())
 
     async def _call(
         self,
@@ -445,9 +444,10 @@ class RegistryConfigClient:
         while True:
             attempt_timeout = attempts.start()
             metadata = bearer_metadata(await self._token(), no_cache)
-            call = method(request, timeout=attempt_timeout, metadata=metadata)
             try:
-                response = await call
+                response, call = await with_call(
+                    method, request, timeout=attempt_timeout, metadata=metadata
+                )
             except grpc.aio.AioRpcError as exc:
                 trailing = exc.trailing_metadata()
                 error = from_rpc_error(exc.code(), exc.details(), trailing)
