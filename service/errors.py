@@ -2,10 +2,12 @@
 
 AIP-193: a code, a clear message, exactly one ErrorInfo in domain `registry-gateway`
 with an UPPER_SNAKE_CASE reason and lowerCamelCase metadata keys, plus the detail types
-the error table of DESIGN.md names (BadRequest, RetryInfo, QuotaFailure). Messages never
-hold a stack trace, a credential or an AWS key: they are written here, from fields, not
-copied from exceptions. Whatever an error holds, its answer is escaped and bounded to fit
-gRPC's metadata limit (`to_status`).
+the README's error table names (BadRequest, RetryInfo, QuotaFailure; docs/architecture.md,
+"Error model"). Messages never hold a stack trace, a credential or an AWS key: they are
+written here, from fields, not copied from exceptions. Whatever an error holds, its answer
+is escaped and bounded to fit gRPC's metadata limit (`to_status`).
+
+AWS's own errors are mapped into these next to the AWS client, in service/aws/errors.py.
 """
 
 from __future__ import annotations
@@ -329,77 +331,3 @@ def to_status(error: GatewayError, request_id: str) -> RichStatus:
 def internal(request_id: str) -> Internal:
     """The only thing an unexpected failure tells the caller: that it happened, and its id."""
     return Internal(f"internal error; quote request id {request_id} to the operators")
-
-
-# AWS error codes of the ECR model and the transport, mapped as DESIGN.md's table says.
-_AWS_UNAVAILABLE = frozenset(
-    {
-        "ServerException",
-        "ThrottlingException",
-        "Throttling",
-        "ThrottledException",
-        "TooManyRequestsException",
-        "RequestLimitExceeded",
-        "ServiceUnavailable",
-        "ServiceUnavailableException",
-        "InternalFailure",
-        "InternalError",
-    }
-)
-_AWS_INVALID = frozenset(
-    {"InvalidParameterException", "ValidationException", "LimitExceededException"}
-)
-_AWS_NOT_FOUND = frozenset({"RegistryPolicyNotFoundException"})
-_AWS_ACCESS = frozenset(
-    {
-        "AccessDeniedException",
-        "AccessDenied",
-        "UnrecognizedClientException",
-        "InvalidClientTokenId",
-        "ExpiredTokenException",
-        "SignatureDoesNotMatch",
-    }
-)
-
-# How long a caller should wait before retrying after AWS said it is unavailable.
-UPSTREAM_RETRY_AFTER_SECONDS = 1.0
-
-
-def from_aws(aws_code: str, aws_message: str, aws_request_id: str, operation: str) -> GatewayError:
-    """Map an AWS error (code, message, request id) of `operation` to a gateway error."""
-    metadata = {"awsErrorCode": aws_code, "awsRequestId": aws_request_id, "operation": operation}
-    if aws_code in _AWS_NOT_FOUND:
-        return NotFound(
-            "the registry has no registry policy",
-            reason="REGISTRY_POLICY_NOT_FOUND",
-            metadata=metadata,
-        )
-    if aws_code in _AWS_INVALID:
-        # AWS's own message names the parameter and constraint; it holds no secrets.
-        return InvalidArgument(
-            f"AWS refused the request: {_clip(aws_message)}",
-            reason="AWS_INVALID_PARAMETER",
-            metadata=metadata,
-        )
-    if aws_code in _AWS_UNAVAILABLE:
-        return UpstreamFailure(
-            f"AWS ECR is unavailable ({aws_code}); retry later",
-            metadata=metadata,
-            retry_after_seconds=UPSTREAM_RETRY_AFTER_SECONDS,
-        )
-    if aws_code in _AWS_ACCESS:
-        # The gateway's own AWS credentials are refused: an operator's problem, not the
-        # caller's permission, so not PERMISSION_DENIED (which names what the tenant may not do).
-        return FailedPrecondition(
-            "the gateway's AWS credentials were refused for this registry; tell the operators",
-            reason="UPSTREAM_ACCESS_DENIED",
-            metadata=metadata,
-        )
-    return Internal(
-        f"AWS answered an unexpected error ({aws_code})", reason="UPSTREAM_ERROR", metadata=metadata
-    )
-
-
-def _clip(text: str, limit: int = 300) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -11,6 +11,7 @@ import pytest
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
+from service.aws.errors import from_aws
 from service.echo import echo
 from service.errors import (
     DOMAIN,
@@ -26,7 +27,6 @@ from service.errors import (
     ResourceExhausted,
     RichStatus,
     UpstreamFailure,
-    from_aws,
     internal,
     to_status,
 )

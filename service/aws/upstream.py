@@ -1,4 +1,4 @@
-"""AWS behind the gateway: one aioboto3 ECR client per (account, region), reused and verified.
+"""The ECR port on aioboto3: one ECR client per (account, region), reused and verified.
 
 Each client is created once, on first use, and closed at shutdown (never one per request).
 When it is created, STS GetCallerIdentity with the same credentials must name the
@@ -21,34 +21,25 @@ from typing import Any, TypeVar
 import aioboto3
 from aiobotocore.credentials import (
     AioAssumeRoleCredentialFetcher,
+    AioCredentialResolver,
     AioDeferredRefreshableCredentials,
 )
 from aiobotocore.session import AioSession
 from botocore.config import Config
-from botocore.exceptions import (
-    BotoCoreError,
-    ClientError,
-    ConnectionError,
-    HTTPClientError,
-    NoCredentialsError,
-    ParamValidationError,
-)
+from botocore.credentials import CredentialProvider
+from botocore.exceptions import BotoCoreError, ClientError
+from ecr.registry.v1 import registry_pb2 as pb
 from opentelemetry.trace import Status, StatusCode
 
 from service.auth.targets import Target
+from service.aws.errors import aws_errors_mapped, error_code
+from service.aws.port import NoPolicy
 from service.aws.resilience import Resilience
 from service.config import AwsConfig, RegistryConfig
-from service.errors import (
-    UPSTREAM_RETRY_AFTER_SECONDS,
-    DeadlineExceeded,
-    FailedPrecondition,
-    GatewayError,
-    InvalidArgument,
-    UpstreamFailure,
-    from_aws,
-)
+from service.errors import DeadlineExceeded, FailedPrecondition, GatewayError, NotFound
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
+from service.registry import convert
 
 log = logging.getLogger("registry_gateway.upstream")
 
@@ -66,7 +57,9 @@ class _ClientKey:
 
 
 class Upstream:
-    """Calls ECR for a target with the client of its (account, region), mapping AWS errors."""
+    """The ECR port (service/aws/port.py) on aioboto3: each call with the client of its
+    target's (account, region), behind the breaker and bulkheads, traced and measured,
+    and its AWS errors mapped (service/aws/errors.py)."""
 
     def __init__(
         self,
@@ -102,7 +95,58 @@ class Upstream:
             aws, time_left, metrics.breaker_changed if metrics else None
         )
 
-    async def call(
+    # --- the port (service/aws/port.py) -----------------------------------------------------
+
+    async def describe_registry(
+        self, target: Target, *, shared: bool = False
+    ) -> pb.DescribeRegistryResponse:
+        """DescribeRegistry: the replication configuration, with its etag."""
+        aws = await self._call(target, "describe_registry", shared=shared)
+        return convert.describe_response(aws)
+
+    async def get_registry_policy(self, target: Target, *, shared: bool = False) -> str | NoPolicy:
+        """GetRegistryPolicy: the policy text, or NoPolicy (RegistryPolicyNotFoundException)."""
+        try:
+            aws = await self._call(target, "get_registry_policy", shared=shared)
+        except NotFound as exc:
+            return NoPolicy(exc.metadata.get("awsRequestId", ""))
+        return str(aws["policyText"])
+
+    async def put_registry_policy(
+        self, target: Target, policy_text: str, *, finish_once_sent: bool = False
+    ) -> str:
+        """PutRegistryPolicy; answers the policy text AWS took."""
+        aws = await self._call(
+            target, "put_registry_policy", finish_once_sent=finish_once_sent, policyText=policy_text
+        )
+        return str(aws.get("policyText", policy_text))
+
+    async def delete_registry_policy(
+        self, target: Target, *, finish_once_sent: bool = False
+    ) -> str:
+        """DeleteRegistryPolicy; answers the policy text AWS deleted (NotFound if none)."""
+        aws = await self._call(target, "delete_registry_policy", finish_once_sent=finish_once_sent)
+        return str(aws.get("policyText", ""))
+
+    async def put_replication_configuration(
+        self,
+        target: Target,
+        configuration: pb.ReplicationConfiguration,
+        *,
+        finish_once_sent: bool = False,
+    ) -> pb.ReplicationConfiguration:
+        """PutReplicationConfiguration; answers the configuration AWS took."""
+        aws = await self._call(
+            target,
+            "put_replication_configuration",
+            finish_once_sent=finish_once_sent,
+            replicationConfiguration=convert.replication_to_aws(configuration),
+        )
+        return convert.replication_from_aws(aws.get("replicationConfiguration"))
+
+    # --- one AWS call ------------------------------------------------------------------------
+
+    async def _call(
         self,
         target: Target,
         operation: str,
@@ -137,7 +181,7 @@ class Upstream:
         self, request: Awaitable[dict[str, Any]], operation: str, region: str
     ) -> dict[str, Any]:
         started = time.perf_counter()
-        error_code = ""
+        aws_error_code = ""
         try:
             with self._tracing.aws(operation, region) as span:
                 try:
@@ -146,15 +190,12 @@ class Upstream:
                     if span is not None:
                         span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
                     raise
-        except ClientError as exc:
-            error_code = str(exc.response.get("Error", {}).get("Code", "Unknown"))
-            raise
         except BaseException as exc:
-            error_code = type(exc).__name__
+            aws_error_code = error_code(exc)
             raise
         finally:
             if self._metrics is not None:
-                self._metrics.upstream.labels(operation, error_code).inc()
+                self._metrics.upstream.labels(operation, aws_error_code).inc()
                 self._metrics.upstream_seconds.labels(operation).observe(
                     time.perf_counter() - started
                 )
@@ -171,16 +212,13 @@ class Upstream:
 
     async def _mapped(self, request: Awaitable[T], operation: str) -> T:
         try:
-            return await request
+            with aws_errors_mapped(operation):
+                return await request
         except TimeoutError:
             raise DeadlineExceeded(
                 f"deadline exceeded waiting for AWS ECR {operation}",
                 metadata={"operation": operation},
             ) from None
-        except ClientError as exc:
-            raise _from_client_error(exc, operation) from None
-        except BotoCoreError as exc:
-            raise _from_botocore_error(exc, operation) from None
 
     async def reachable(self, target: Target) -> bool:
         """Whether AWS answers for the target (STS, when its client is made); a refusal for
@@ -271,9 +309,15 @@ class Upstream:
         # botocore's own AssumeRoleProvider needs a profile; this is the same fetcher and
         # deferred refreshable credentials it builds, fed from the base session's chain, so
         # the role is assumed on first use and re-assumed before the credentials expire.
+        #
+        # Public API only: the base session is used through boto3's Session methods
+        # (`get_credentials`, `client`); the role's session is an AioSession of our own
+        # whose "credential_provider" component, one of the components botocore exposes
+        # through the public `Session.register_component`/`get_component` (unlike its
+        # `_internal_components`), is a resolver holding only the role's provider, handed
+        # to aioboto3 through its documented `botocore_session` parameter.
         assert self._base_session is not None and registry.role_arn is not None
-        base_core: AioSession = self._base_session._session
-        source = await base_core.get_credentials()
+        source = await self._base_session.get_credentials()
         if source is None:
             raise FailedPrecondition(
                 "the gateway has no AWS credentials to assume the registry's role with",
@@ -293,7 +337,7 @@ class Upstream:
             extra_args["ExternalId"] = external_id
         fetcher = AioAssumeRoleCredentialFetcher(
             client_creator=functools.partial(
-                base_core.create_client,
+                self._base_session.client,
                 region_name=region,
                 endpoint_url=self._aws.endpoint_url,
                 config=self._botocore_config,
@@ -302,50 +346,26 @@ class Upstream:
             role_arn=registry.role_arn,
             extra_args=extra_args,
         )
-        core = AioSession()
-        core._credentials = AioDeferredRefreshableCredentials(
-            refresh_using=fetcher.fetch_credentials, method="assume-role"
+        role = _AssumedRole(
+            AioDeferredRefreshableCredentials(
+                refresh_using=fetcher.fetch_credentials, method=_AssumedRole.METHOD
+            )
         )
+        core = AioSession()
+        core.register_component("credential_provider", AioCredentialResolver(providers=[role]))
         return aioboto3.Session(botocore_session=core)
 
 
-def _from_client_error(exc: ClientError, operation: str) -> GatewayError:
-    error = exc.response.get("Error", {})
-    request_id = exc.response.get("ResponseMetadata", {}).get("RequestId", "")
-    code = str(error.get("Code", "Unknown"))
-    if code.isdigit() and (int(code) >= 500 or int(code) == 429):
-        # A bare 5xx or 429 (no ECR error body, e.g. from a load balancer): botocore names
-        # the error by its HTTP status. AWS is unwell, not the request.
-        code = "ServiceUnavailable"
-    return from_aws(code, str(error.get("Message", "")), request_id, operation)
+class _AssumedRole(CredentialProvider):  # type: ignore[misc]  # botocore is untyped
+    """A credential provider answering the role's refreshable credentials: the only
+    provider of a role session's resolver, so nothing falls back to the default chain."""
 
+    METHOD = "assume-role"
 
-def _from_botocore_error(exc: BotoCoreError, operation: str) -> GatewayError:
-    if isinstance(exc, ParamValidationError):
-        # botocore's text names the parameter and the constraint, never a credential.
-        return InvalidArgument(
-            f"invalid parameters for AWS: {' '.join(str(exc).split())}",
-            reason="AWS_PARAM_VALIDATION",
-            metadata={"operation": operation},
-        )
-    if isinstance(exc, NoCredentialsError):
-        return FailedPrecondition(
-            "the gateway has no AWS credentials; tell the operators",
-            reason="NO_AWS_CREDENTIALS",
-            metadata={"operation": operation},
-        )
-    if isinstance(exc, ConnectionError | HTTPClientError):
-        return UpstreamFailure(
-            f"AWS ECR could not be reached for {operation}; retry later",
-            reason="UPSTREAM_UNREACHABLE",
-            metadata={"operation": operation},
-            retry_after_seconds=UPSTREAM_RETRY_AFTER_SECONDS,
-        )
-    # botocore's own timeouts (ReadTimeoutError, ConnectTimeoutError) land here: AWS did
-    # not answer within the gateway's upstream timeout.
-    return UpstreamFailure(
-        f"AWS ECR call {operation} failed ({type(exc).__name__}); retry later",
-        reason="UPSTREAM_UNAVAILABLE",
-        metadata={"operation": operation},
-        retry_after_seconds=UPSTREAM_RETRY_AFTER_SECONDS,
-    )
+    def __init__(self, credentials: AioDeferredRefreshableCredentials) -> None:
+        super().__init__()
+        self._credentials = credentials
+
+    async def load(self) -> AioDeferredRefreshableCredentials:
+        """What AioCredentialResolver awaits: the role's credentials (refreshed lazily)."""
+        return self._credentials

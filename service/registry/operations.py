@@ -1,33 +1,74 @@
 """The five ECR operations as the gateway performs them: reads through the cache, writes
-under the registry's lock. The slice operations (service/registry/slices.py) write through the same
-read-modify-write methods, `update_replication` and `update_policy`.
+under the registry's lock. Every write is a read-modify-write of one resource through
+`update_replication` or `update_policy`, with a change function: the full writes
+(PutRegistryPolicy, DeleteRegistryPolicy, PutReplicationConfiguration) here, the slice
+writes in service/registry/slice_operations.py.
 
 A write takes the lock, reads the current value fresh from AWS (for the caller's etag
 precondition, the plan and the audit trail), re-checks it still owns the lock, calls AWS
 (unless validate_only), then reads back inside the lock and writes that through to the
 cache, so the etag it returns is the one every replica's next read sees. A write that
 fails or is abandoned after calling AWS invalidates the cache: its outcome is unknown.
+
+Operations return what happened and write into nothing: a read answers a `Read` (the value
+and how the cache served it), a write a `WriteResult` (the response and the etags around
+it). A write that fails after its fresh read says which etag it read
+(`etag_read_before(error)`), so the audit trail records it for failed writes too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from ecr.registry.v1 import registry_pb2 as pb
+from google.protobuf.message import Message
 
 from service.auth.targets import Target
-from service.aws.upstream import Upstream
+from service.aws.port import EcrPort, NoPolicy
 from service.errors import EtagMismatch, NotFound, QuotaViolation, ResourceExhausted
-from service.observability.audit import WriteRecord
-from service.registry import convert, etags, plan
+from service.registry import etags, plan
 from service.state.cache import CacheKey, Outcome, ReadCache
 from service.state.cache.base import Resource
 from service.state.locks import HeldLock
+
+T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+E = TypeVar("E", bound=BaseException)
+
+
+@dataclass(frozen=True)
+class Read(Generic[T]):
+    """A read through the cache: what it found, and how the cache served it (`x-cache`)."""
+
+    value: T | None  # None: there is none (a registry without a policy)
+    cache_outcome: Outcome | None  # None: not served by the cache (negative caching off)
+    not_found: NotFound | None = None  # what a caller asking for the missing value is told
+
+    def answer(self) -> T:
+        """The value, or the NotFound a caller asking for it is answered."""
+        if self.value is None:
+            assert self.not_found is not None
+            raise self.not_found
+        return self.value
+
+
+@dataclass(frozen=True)
+class WriteResult(Generic[T]):
+    """What a write did: its response, and the etags around it for the audit trail."""
+
+    response: T
+    etag_before: str  # of the configuration read fresh inside the lock
+    etag_after: str | None  # of the configuration read back; None: validate_only wrote nothing
+
+    @classmethod
+    def of(cls, response: T, update: ReplicationUpdate | PolicyUpdate) -> WriteResult[T]:
+        """The result of a write that answers `response`, built from its update."""
+        return cls(response, update.etag_before, update.etag_after)
 
 
 @dataclass(frozen=True)
@@ -38,6 +79,16 @@ class ReplicationUpdate:
     proposed: pb.ReplicationConfiguration
     after: pb.DescribeRegistryResponse | None  # read back after the write; None: validate_only
 
+    @property
+    def etag_before(self) -> str:
+        """The etag of the configuration the change saw."""
+        return self.before.etag
+
+    @property
+    def etag_after(self) -> str | None:
+        """The etag of the configuration read back; None with validate_only."""
+        return None if self.after is None else self.after.etag
+
 
 @dataclass(frozen=True)
 class PolicyUpdate:
@@ -47,6 +98,37 @@ class PolicyUpdate:
     proposed: str | None
     after: str | None  # read back after the write (validate_only: the current one)
     done: bool  # False with validate_only
+    # What AWS answered the write: the policy it took, or the one it deleted; None: no call.
+    answered: str | None = None
+
+    @property
+    def etag_before(self) -> str:
+        """The etag of the policy the change saw."""
+        return etags.of_policy(self.before)
+
+    @property
+    def etag_after(self) -> str | None:
+        """The etag of the policy read back; None with validate_only."""
+        return etags.of_policy(self.after) if self.done else None
+
+
+# The attribute naming, on the exception a write failed with, the etag it had read.
+_ETAG_READ_BEFORE = "registry_gateway_etag_read_before"
+
+
+def etag_read_before(error: BaseException) -> str | None:
+    """The etag a write read inside the lock before it failed with `error`; None when it
+    failed before reading (refused, lock unavailable, AWS unreachable on the read)."""
+    etag = getattr(error, _ETAG_READ_BEFORE, None)
+    return etag if isinstance(etag, str) else None
+
+
+def keep_etag_read_before(error: E, cause: BaseException) -> E:
+    """`error`, raised in place of the `cause` a write failed with, saying the same etag."""
+    etag = etag_read_before(cause)
+    if etag is not None:
+        setattr(error, _ETAG_READ_BEFORE, etag)
+    return error
 
 
 class Locks(Protocol):
@@ -71,22 +153,251 @@ def _policy_key(target: Target) -> CacheKey:
     return _key(target.registry_id, target.region, "policy")
 
 
+def _policy_response(target: Target, policy_text: str) -> pb.GetRegistryPolicyResponse:
+    return pb.GetRegistryPolicyResponse(
+        registry_id=target.registry_id, policy_text=policy_text, etag=etags.of_policy(policy_text)
+    )
+
+
+@dataclass
+class _Attempt:
+    """What a write has read so far, for its failure to say."""
+
+    etag_before: str | None = None
+
+
 class RegistryOperations:
-    """Reads and writes of registry configuration through the cache and the upstream."""
+    """Reads and writes of registry configuration through the cache and the ECR port."""
 
     def __init__(
         self,
-        upstream: Upstream,
+        ecr: EcrPort,
         locks: Locks,
         cache: ReadCache,
         *,
         max_writes_per_tenant: int = 4,
     ) -> None:
-        self._upstream = upstream
+        self._ecr = ecr
         self._locks = locks
         self._cache = cache
         self._max_writes_per_tenant = max_writes_per_tenant
         self._in_flight: dict[tuple[str, str, str], int] = {}
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def describe_registry(
+        self, target: Target, *, fresh: bool = False
+    ) -> Read[pb.DescribeRegistryResponse]:
+        """DescribeRegistry of the target through the cache, with the configuration's etag."""
+        return await self._read(
+            _registry_key(target),
+            # A cache load is shared: see `shared` in service/aws/port.py.
+            lambda: self._ecr.describe_registry(target, shared=True),
+            fresh,
+            pb.DescribeRegistryResponse,
+        )
+
+    async def get_registry_policy(
+        self, target: Target, *, fresh: bool = False
+    ) -> Read[pb.GetRegistryPolicyResponse]:
+        """GetRegistryPolicy of the target through the cache; no policy (cached too) is a
+        Read without a value, whose `answer()` is NotFound."""
+        return await self._read(
+            _policy_key(target),
+            lambda: self._load_policy(target),
+            fresh,
+            pb.GetRegistryPolicyResponse,
+        )
+
+    async def _read(
+        self, key: CacheKey, load: Callable[[], Awaitable[M]], fresh: bool, kind: type[M]
+    ) -> Read[M]:
+        outcomes: list[Outcome] = []
+        try:
+            value = await self._cache.get_or_load(
+                key, load, fresh=fresh, on_outcome=outcomes.append
+            )
+        except NotFound as exc:
+            # Served from the cache (a negative entry) or not (negative caching off).
+            return Read(None, outcomes[0] if outcomes else None, exc)
+        assert isinstance(value, kind)
+        return Read(value, outcomes[0])
+
+    async def _load_policy(self, target: Target) -> pb.GetRegistryPolicyResponse:
+        policy = await self._ecr.get_registry_policy(target, shared=True)
+        if isinstance(policy, NoPolicy):
+            raise policy.not_found()  # kept by the cache as a negative entry
+        return _policy_response(target, policy)
+
+    # --- the full writes ---------------------------------------------------------------------
+
+    async def put_registry_policy(
+        self, target: Target, policy_text: str, etag: str, validate_only: bool
+    ) -> WriteResult[pb.PutRegistryPolicyResponse]:
+        """Set the registry policy if `etag` (when given; "absent": none yet) still holds."""
+
+        def replace(current: str | None) -> str:
+            check_etag(etag, etags.of_policy(current), target)
+            return policy_text
+
+        update = await self.update_policy(target, replace, validate_only)
+        if not update.done:
+            return WriteResult.of(
+                pb.PutRegistryPolicyResponse(
+                    registry_id=target.registry_id,
+                    policy_text=policy_text,
+                    etag=update.etag_before,
+                    changes=plan.policy_changes(update.before, policy_text),
+                ),
+                update,
+            )
+        return WriteResult.of(
+            pb.PutRegistryPolicyResponse(
+                registry_id=target.registry_id,
+                policy_text=policy_text if update.answered is None else update.answered,
+                etag=etags.of_policy(update.after),
+            ),
+            update,
+        )
+
+    async def delete_registry_policy(
+        self, target: Target, etag: str, validate_only: bool
+    ) -> WriteResult[pb.DeleteRegistryPolicyResponse]:
+        """Delete the registry policy if `etag` (when given) still holds; NotFound if none."""
+
+        def remove(current: str | None) -> None:
+            check_etag(etag, etags.of_policy(current), target)
+            if current is None:
+                raise NotFound(
+                    "the registry has no registry policy", reason="REGISTRY_POLICY_NOT_FOUND"
+                )
+
+        update = await self.update_policy(target, remove, validate_only)
+        if not update.done:
+            return WriteResult.of(
+                pb.DeleteRegistryPolicyResponse(
+                    registry_id=target.registry_id,
+                    policy_text=update.before or "",
+                    etag=update.etag_before,
+                    changes=plan.policy_changes(update.before, None),
+                ),
+                update,
+            )
+        return WriteResult.of(
+            pb.DeleteRegistryPolicyResponse(
+                registry_id=target.registry_id,
+                policy_text=update.answered or "",
+                etag=etags.of_policy(update.after),
+            ),
+            update,
+        )
+
+    async def put_replication_configuration(
+        self,
+        target: Target,
+        configuration: pb.ReplicationConfiguration,
+        etag: str,
+        validate_only: bool,
+    ) -> WriteResult[pb.PutReplicationConfigurationResponse]:
+        """Replace the replication configuration if `etag` (when given) still holds."""
+
+        def replace(current: pb.DescribeRegistryResponse) -> pb.ReplicationConfiguration:
+            check_etag(etag, current.etag, target)
+            return configuration
+
+        update = await self.update_replication(target, replace, validate_only)
+        if update.after is None:
+            return WriteResult.of(
+                pb.PutReplicationConfigurationResponse(
+                    replication_configuration=configuration,
+                    etag=update.before.etag,
+                    registry_id=update.before.registry_id or target.registry_id,
+                    changes=plan.replication_changes(
+                        update.before.replication_configuration, configuration
+                    ),
+                ),
+                update,
+            )
+        return WriteResult.of(
+            pb.PutReplicationConfigurationResponse(
+                replication_configuration=update.after.replication_configuration,
+                etag=update.after.etag,
+                registry_id=update.after.registry_id or target.registry_id,
+            ),
+            update,
+        )
+
+    # --- the read-modify-write primitives, one per resource ----------------------------------
+
+    async def update_replication(
+        self,
+        target: Target,
+        change: Callable[[pb.DescribeRegistryResponse], pb.ReplicationConfiguration],
+        validate_only: bool,
+    ) -> ReplicationUpdate:
+        """Read-modify-write of the replication configuration under the registry's lock.
+
+        `change` sees the configuration read fresh from AWS inside the lock and answers the
+        one to write, or raises (etag, quota, validation) to write nothing. With
+        validate_only nothing is written and `after` is None.
+        """
+        async with self._update(target) as (held, attempt):
+            current = await self._ecr.describe_registry(target)
+            attempt.etag_before = current.etag
+            proposed = change(current)
+            if validate_only:
+                return ReplicationUpdate(current, proposed, None)
+            async with self._writing(_registry_key(target), held):
+                await _sent(
+                    self._ecr.put_replication_configuration(target, proposed, finish_once_sent=True)
+                )
+                after = await self._ecr.describe_registry(target)
+                await self._cache.put(_registry_key(target), after)
+            return ReplicationUpdate(current, proposed, after)
+
+    async def update_policy(
+        self,
+        target: Target,
+        change: Callable[[str | None], str | None],
+        validate_only: bool,
+    ) -> PolicyUpdate:
+        """Read-modify-write of the registry policy under the registry's lock.
+
+        `change` sees the policy read fresh from AWS inside the lock (None: there is none)
+        and answers the one to write, None to have none (DeleteRegistryPolicy, or nothing
+        when there is none already), or raises to write nothing.
+        """
+        async with self._update(target) as (held, attempt):
+            current = await self._current_policy(target)
+            attempt.etag_before = etags.of_policy(current)
+            proposed = change(current)
+            if validate_only:
+                return PolicyUpdate(current, proposed, current, done=False)
+            if proposed is None and current is None:
+                # Nothing to delete: AWS would answer RegistryPolicyNotFoundException.
+                return PolicyUpdate(current, proposed, None, done=True)
+            async with self._writing(_policy_key(target), held):
+                if proposed is None:
+                    write = self._ecr.delete_registry_policy(target, finish_once_sent=True)
+                else:
+                    write = self._ecr.put_registry_policy(target, proposed, finish_once_sent=True)
+                answered = await _sent(write)
+                after = await self._read_back_policy(target)
+            return PolicyUpdate(current, proposed, after, done=True, answered=answered)
+
+    @asynccontextmanager
+    async def _update(self, target: Target) -> AsyncIterator[tuple[HeldLock, _Attempt]]:
+        """The registry's lock for one read-modify-write; a failure (once the write has
+        read the current value) says the etag it read (`etag_read_before`)."""
+        attempt = _Attempt()
+        try:
+            async with self._hold(target) as held:
+                yield held, attempt
+        except BaseException as exc:
+            # BaseException: a cancelled (abandoned) write is audited with its etag too.
+            if attempt.etag_before is not None:
+                setattr(exc, _ETAG_READ_BEFORE, attempt.etag_before)
+            raise
 
     @asynccontextmanager
     async def _hold(self, target: Target) -> AsyncIterator[HeldLock]:
@@ -124,201 +435,6 @@ class RegistryOperations:
             else:
                 del self._in_flight[key]
 
-    async def describe_registry(
-        self,
-        target: Target,
-        *,
-        fresh: bool = False,
-        on_outcome: Callable[[Outcome], None] | None = None,
-    ) -> pb.DescribeRegistryResponse:
-        """DescribeRegistry of the target through the cache, with the configuration's etag."""
-        response = await self._cache.get_or_load(
-            _registry_key(target),
-            lambda: self._describe_from_aws(target, shared=True),
-            fresh=fresh,
-            on_outcome=on_outcome,
-        )
-        assert isinstance(response, pb.DescribeRegistryResponse)
-        return response
-
-    async def get_registry_policy(
-        self,
-        target: Target,
-        *,
-        fresh: bool = False,
-        on_outcome: Callable[[Outcome], None] | None = None,
-    ) -> pb.GetRegistryPolicyResponse:
-        """GetRegistryPolicy of the target through the cache; NotFound (cached too) if none."""
-        response = await self._cache.get_or_load(
-            _policy_key(target),
-            lambda: self._policy_from_aws(target, shared=True),
-            fresh=fresh,
-            on_outcome=on_outcome,
-        )
-        assert isinstance(response, pb.GetRegistryPolicyResponse)
-        return response
-
-    async def put_registry_policy(
-        self, target: Target, policy_text: str, etag: str, validate_only: bool, record: WriteRecord
-    ) -> pb.PutRegistryPolicyResponse:
-        """Set the registry policy if `etag` (when given) still holds."""
-        async with self._hold(target) as held:
-            policy = await self._current_policy(target)
-            current = record.etag_before = etags.of_policy(policy)
-            check_etag(etag, current, target)
-            if validate_only:
-                return pb.PutRegistryPolicyResponse(
-                    registry_id=target.registry_id,
-                    policy_text=policy_text,
-                    etag=current,
-                    changes=plan.policy_changes(policy, policy_text),
-                )
-            async with self._writing(_policy_key(target), held):
-                aws = await _sent(
-                    self._upstream.call(
-                        target, "put_registry_policy", finish_once_sent=True, policyText=policy_text
-                    )
-                )
-                after = await self._read_back_policy(target)
-            record.etag_after = etags.of_policy(after.policy_text if after else None)
-            return pb.PutRegistryPolicyResponse(
-                registry_id=aws.get("registryId", target.registry_id),
-                policy_text=aws.get("policyText", policy_text),
-                etag=record.etag_after,
-            )
-
-    async def delete_registry_policy(
-        self, target: Target, etag: str, validate_only: bool, record: WriteRecord
-    ) -> pb.DeleteRegistryPolicyResponse:
-        """Delete the registry policy if `etag` (when given) still holds; NotFound if none."""
-        async with self._hold(target) as held:
-            policy = await self._current_policy(target)
-            current = record.etag_before = etags.of_policy(policy)
-            check_etag(etag, current, target)
-            if policy is None:
-                raise NotFound(
-                    "the registry has no registry policy", reason="REGISTRY_POLICY_NOT_FOUND"
-                )
-            if validate_only:
-                return pb.DeleteRegistryPolicyResponse(
-                    registry_id=target.registry_id,
-                    policy_text=policy,
-                    etag=current,
-                    changes=plan.policy_changes(policy, None),
-                )
-            async with self._writing(_policy_key(target), held):
-                aws = await _sent(
-                    self._upstream.call(target, "delete_registry_policy", finish_once_sent=True)
-                )
-                after = await self._read_back_policy(target)
-            record.etag_after = etags.of_policy(after.policy_text if after else None)
-            return pb.DeleteRegistryPolicyResponse(
-                registry_id=aws.get("registryId", target.registry_id),
-                policy_text=aws.get("policyText", ""),
-                etag=record.etag_after,
-            )
-
-    async def put_replication_configuration(
-        self,
-        target: Target,
-        configuration: pb.ReplicationConfiguration,
-        etag: str,
-        validate_only: bool,
-        record: WriteRecord,
-    ) -> pb.PutReplicationConfigurationResponse:
-        """Replace the replication configuration if `etag` (when given) still holds."""
-
-        def replace(current: pb.DescribeRegistryResponse) -> pb.ReplicationConfiguration:
-            check_etag(etag, current.etag, target)
-            return configuration
-
-        update = await self.update_replication(target, replace, validate_only, record)
-        if update.after is None:
-            return pb.PutReplicationConfigurationResponse(
-                replication_configuration=configuration,
-                etag=update.before.etag,
-                registry_id=update.before.registry_id or target.registry_id,
-                changes=plan.replication_changes(
-                    update.before.replication_configuration, configuration
-                ),
-            )
-        return pb.PutReplicationConfigurationResponse(
-            replication_configuration=update.after.replication_configuration,
-            etag=update.after.etag,
-            registry_id=update.after.registry_id or target.registry_id,
-        )
-
-    async def update_replication(
-        self,
-        target: Target,
-        change: Callable[[pb.DescribeRegistryResponse], pb.ReplicationConfiguration],
-        validate_only: bool,
-        record: WriteRecord,
-    ) -> ReplicationUpdate:
-        """Read-modify-write of the replication configuration under the registry's lock.
-
-        `change` sees the configuration read fresh from AWS inside the lock and answers the
-        one to write, or raises (etag, quota, validation) to write nothing. With
-        validate_only nothing is written and `after` is None.
-        """
-        async with self._hold(target) as held:
-            current = await self._describe_from_aws(target)
-            record.etag_before = current.etag
-            proposed = change(current)
-            if validate_only:
-                return ReplicationUpdate(current, proposed, None)
-            async with self._writing(_registry_key(target), held):
-                await _sent(
-                    self._upstream.call(
-                        target,
-                        "put_replication_configuration",
-                        finish_once_sent=True,
-                        replicationConfiguration=convert.replication_to_aws(proposed),
-                    )
-                )
-                after = await self._describe_from_aws(target)
-                await self._cache.put(_registry_key(target), after)
-            record.etag_after = after.etag
-            return ReplicationUpdate(current, proposed, after)
-
-    async def update_policy(
-        self,
-        target: Target,
-        change: Callable[[str | None], str | None],
-        validate_only: bool,
-        record: WriteRecord,
-    ) -> PolicyUpdate:
-        """Read-modify-write of the registry policy under the registry's lock.
-
-        `change` sees the policy read fresh from AWS inside the lock (None: there is none)
-        and answers the one to write, None to have none (DeleteRegistryPolicy, or nothing
-        when there is none already), or raises to write nothing.
-        """
-        async with self._hold(target) as held:
-            current = await self._current_policy(target)
-            record.etag_before = etags.of_policy(current)
-            proposed = change(current)
-            if validate_only:
-                return PolicyUpdate(current, proposed, current, done=False)
-            if proposed is None and current is None:
-                # Nothing to delete: AWS would answer RegistryPolicyNotFoundException.
-                record.etag_after = etags.ABSENT
-                return PolicyUpdate(current, proposed, None, done=True)
-            async with self._writing(_policy_key(target), held):
-                if proposed is None:
-                    write = self._upstream.call(
-                        target, "delete_registry_policy", finish_once_sent=True
-                    )
-                else:
-                    write = self._upstream.call(
-                        target, "put_registry_policy", finish_once_sent=True, policyText=proposed
-                    )
-                await _sent(write)
-                after = await self._read_back_policy(target)
-            after_text = after.policy_text if after else None
-            record.etag_after = etags.of_policy(after_text)
-            return PolicyUpdate(current, proposed, after_text, done=True)
-
     @asynccontextmanager
     async def _writing(self, key: CacheKey, held: HeldLock) -> AsyncIterator[None]:
         """Around the AWS write: lock ownership checked first; on failure, the key forgotten."""
@@ -331,42 +447,20 @@ class RegistryOperations:
             await self._cache.invalidate(key)
             raise
 
-    # `shared`: a cache load, which every caller of the key waits for (single flight). It is
-    # nobody's: it takes no tenant's share of the AWS call slots (a tenant could otherwise
-    # stall another on its own full share), only the account's.
-    async def _describe_from_aws(
-        self, target: Target, *, shared: bool = False
-    ) -> pb.DescribeRegistryResponse:
-        aws = await self._upstream.call(target, "describe_registry", shared=shared)
-        return convert.describe_response(aws)
-
-    async def _policy_from_aws(
-        self, target: Target, *, shared: bool = False
-    ) -> pb.GetRegistryPolicyResponse:
-        aws = await self._upstream.call(target, "get_registry_policy", shared=shared)
-        return pb.GetRegistryPolicyResponse(
-            registry_id=aws.get("registryId", target.registry_id),
-            policy_text=aws["policyText"],
-            etag=etags.of_policy(aws["policyText"]),
-        )
-
     async def _current_policy(self, target: Target) -> str | None:
-        try:
-            return (await self._policy_from_aws(target)).policy_text
-        except NotFound:
-            return None
+        policy = await self._ecr.get_registry_policy(target)
+        return None if isinstance(policy, NoPolicy) else policy
 
-    async def _read_back_policy(self, target: Target) -> pb.GetRegistryPolicyResponse | None:
+    async def _read_back_policy(self, target: Target) -> str | None:
         """The policy as AWS now holds it (it rewrites what it stores), written through."""
-        try:
-            after: pb.GetRegistryPolicyResponse | None = await self._policy_from_aws(target)
-        except NotFound:
-            after = None
-        await self._cache.put(_policy_key(target), after)
+        after = await self._current_policy(target)
+        await self._cache.put(
+            _policy_key(target), None if after is None else _policy_response(target, after)
+        )
         return after
 
 
-async def _sent(write: Coroutine[Any, Any, dict[str, Any]]) -> dict[str, Any]:
+async def _sent(write: Coroutine[Any, Any, T]) -> T:
     """A write sent to AWS is not abandoned half-way: if the caller leaves (its deadline
     passed), the write still finishes, under the registry lock, before the cancellation goes
     on; `_writing` then forgets the key, and the audit line says CANCELLED (outcome unknown

@@ -47,7 +47,7 @@ from service.registry.limits import (
     MAX_UNIQUE_DESTINATIONS,
     statement_chars,
 )
-from service.registry.operations import PolicyUpdate, ReplicationUpdate
+from service.registry.operations import PolicyUpdate, ReplicationUpdate, keep_etag_read_before
 from service.registry.validation import MAX_VIOLATIONS
 from service.registry.validation import REASON as INVALID_REQUEST
 
@@ -408,14 +408,15 @@ def aws_refusals_withheld(target: Target) -> Iterator[None]:
     except InvalidArgument as exc:
         if exc.reason not in _AWS_REFUSALS:
             raise
-        raise InvalidArgument(
+        withheld = InvalidArgument(
             f"AWS refused the merged configuration of {_where(target)} "
             f"({exc.metadata.get('awsErrorCode', 'parameter validation')}); its text is "
             f"withheld from slice writes, as it may quote other tenants' slices; the "
             f"registry's operators can look up awsRequestId",
             reason=exc.reason,
             metadata=exc.metadata,
-        ) from None
+        )
+        raise keep_etag_read_before(withheld, exc) from None
 
 
 # --- responses -----------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Request validation: every problem with a request, in one answer, before AWS sees it.
 
-Runs where DESIGN.md puts it: after authentication and the target check, before the
-content rules, the cache and AWS. The rules come from three places:
+Runs where the call path puts it (docs/architecture.md): after authentication and the
+target check, before the content rules, the cache and AWS. The rules come from three places:
 
 - **The AWS ECR service model botocore ships** (required members, list min/max, string
   min/max, patterns, enums), walked generically and mapped onto the proto messages by

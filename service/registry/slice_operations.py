@@ -1,0 +1,137 @@
+"""The four slice RPCs as the gateway performs them, on RegistryOperations.
+
+Reads answer the caller's slice of what the cache holds. A slice write judges the
+caller's part alone (ownership, its destinations or guardrails, its share of ECR's
+limits), then merges it, under the registry's lock, into the configuration read fresh from
+AWS (`RegistryOperations.update_*`): the caller's etag is checked against its slice, the
+merged whole only for what no single part decides, and AWS's refusal of the merged whole
+never shows its text. The rules of ownership and merging are in service/registry/slices.py.
+
+Like RegistryOperations, these return what happened (`Read`, `WriteResult`): the servicer
+records it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ecr.registry.v1 import registry_pb2 as pb
+
+from service.auth.content import ContentRules
+from service.auth.targets import Target
+from service.config import PolicyGuardrails
+from service.registry import slices
+from service.registry.operations import Read, RegistryOperations, WriteResult, check_etag
+from service.registry.validation import RequestValidator
+
+PUT_RULES = "PutReplicationRules"
+PUT_STATEMENTS = "PutPolicyStatements"
+
+
+class SliceOperations:
+    """GetReplicationRules, PutReplicationRules, GetPolicyStatements, PutPolicyStatements."""
+
+    def __init__(
+        self, operations: RegistryOperations, content: ContentRules, validator: RequestValidator
+    ) -> None:
+        self._ops = operations
+        self._content = content
+        self._validator = validator
+
+    async def get_rules(
+        self, target: Target, *, fresh: bool = False
+    ) -> Read[pb.GetReplicationRulesResponse]:
+        """The caller's rules, their etag and its use of its share."""
+        read = await self._ops.describe_registry(target, fresh=fresh)
+        owner = slices.Ownership.of(target)
+        return Read(slices.rules_response(target, owner, read.answer()), read.cache_outcome)
+
+    async def get_statements(
+        self, target: Target, *, fresh: bool = False
+    ) -> Read[pb.GetPolicyStatementsResponse]:
+        """The caller's statements and their etag; no policy is an empty slice."""
+        read = await self._ops.get_registry_policy(target, fresh=fresh)
+        text = None if read.value is None else read.value.policy_text
+        owner = slices.Ownership.of(target)
+        return Read(slices.statements_response(target, owner, text), read.cache_outcome)
+
+    async def put_rules(
+        self,
+        target: Target,
+        rules: Sequence[pb.ReplicationRule],
+        etag: str,
+        validate_only: bool,
+    ) -> WriteResult[pb.PutReplicationRulesResponse]:
+        """Replace the caller's rules, keeping everyone else's in place."""
+        owner = slices.Ownership.of(target)
+        owner.check_rules(target, rules)
+        # Only the caller's rules: the others' destinations were allowed to them, not to it.
+        self._content.check_destinations(
+            target, pb.ReplicationConfiguration(rules=rules), rpc=PUT_RULES, field="rules"
+        )
+        mine = list(rules)
+        slices.check_rule_share(target, mine)
+
+        def merge(current: pb.DescribeRegistryResponse) -> pb.ReplicationConfiguration:
+            # Runs under the registry's lock, on the configuration read fresh from AWS.
+            existing = owner.rules_in(current.replication_configuration)
+            check_etag(etag, slices.rules_etag(existing), target, f"the rules of {target.tenant}")
+            merged = owner.merge_rules(current.replication_configuration, mine)
+            slices.check_registry_rules(target, merged, mine)
+            # The caller's rules were validated alone; what fails now is the others' part.
+            slices.merged_must_validate(
+                target,
+                "replication configuration",
+                "REPLICATION_NOT_MERGEABLE",
+                lambda: self._validator.check(
+                    pb.PutReplicationConfigurationRequest(replication_configuration=merged), target
+                ),
+            )
+            return merged
+
+        with slices.aws_refusals_withheld(target):
+            update = await self._ops.update_replication(target, merge, validate_only)
+        return WriteResult.of(slices.put_rules_response(target, owner, update), update)
+
+    async def put_statements(
+        self,
+        target: Target,
+        guardrails: PolicyGuardrails,
+        statements_json: str,
+        etag: str,
+        validate_only: bool,
+    ) -> WriteResult[pb.PutPolicyStatementsResponse]:
+        """Replace the caller's policy statements, keeping everyone else's in place; when
+        no statement is left, the policy is deleted. `guardrails`: the caller's own."""
+        owner = slices.Ownership.of(target)
+        mine = slices.parse_statements(statements_json)
+        slices.check_statement_grammar(target, statements_json, len(mine))
+        owner.check_statements(target, mine)
+        # The caller's statements alone, against its own guardrails: the others' were judged
+        # against theirs when they wrote them, and must never decide this write.
+        self._content.check_slice_statements(target, guardrails, mine, rpc=PUT_STATEMENTS)
+        slices.check_statement_share(target, mine)
+
+        def merge(current: str | None) -> str | None:
+            # Runs under the registry's lock, on the policy read fresh from AWS.
+            existing = owner.statements_in(current)
+            check_etag(
+                etag, slices.statements_etag(existing), target, f"the statements of {target.tenant}"
+            )
+            merged = owner.merge_policy(current, mine)
+            if merged is not None:
+                # Only what no single statement decides: the size, and the document's validity.
+                slices.check_policy_size(target, merged, mine)
+                slices.merged_must_validate(
+                    target,
+                    "registry policy",
+                    "POLICY_NOT_MERGEABLE",
+                    lambda: self._validator.check(
+                        pb.PutRegistryPolicyRequest(policy_text=merged), target
+                    ),
+                )
+            return merged
+
+        with slices.aws_refusals_withheld(target):
+            update = await self._ops.update_policy(target, merge, validate_only)
+        return WriteResult.of(slices.put_statements_response(target, owner, update), update)
