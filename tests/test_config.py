@@ -1,4 +1,4 @@
-"""The config file: YAML keys of DESIGN.md, env overrides, and one-line refusals."""
+"""The config file: the YAML keys the README documents, env overrides, one-line refusals."""
 
 from __future__ import annotations
 

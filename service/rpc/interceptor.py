@@ -1,9 +1,12 @@
-"""The one wrapper on the hot path: request id, deadline, authentication, error mapping, log.
+"""The gRPC transport of the call pipeline: one wrapper on the hot path.
 
-Wrapping interceptors cost about 15% of a bare call each in Python, so the per-call
-concerns live in this one. It wraps the handler (not just `intercept_service`) to see the
-request and the context. It fails closed: every method not explicitly exempt (health,
-reflection) requires credentials.
+Wrapping interceptors cost about 15% of a bare call each in Python, so there is one. It
+adapts a gRPC call to the transport-neutral pipeline (service/pipeline/): request id and
+deadline, then the gates (authenticate, admit), the decode check, the servicer; the error
+becomes a rich status; the outcome goes to each reporter (metrics, tracing, access log,
+audit). It wraps the handler (not just `intercept_service`) to see the request and the
+context. It fails closed: every method not explicitly exempt (health, reflection) requires
+credentials.
 
 Bounded work before authentication: the handler takes the request as raw bytes (grpc.aio
 would otherwise parse it on the event loop before any gateway code runs, for anyone), and
@@ -14,7 +17,6 @@ parses it only once the caller is authenticated and the bytes are within the RPC
 from __future__ import annotations
 
 import asyncio
-import logging
 import random
 import secrets
 import time
@@ -26,8 +28,7 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 
 from service.auth.failures import AuthFailures
-from service.auth.identity import Identity
-from service.auth.tenancy import Tenancy, TenancyHolder
+from service.auth.tenancy import TenancyHolder
 from service.call import Call, begin
 from service.config import WRITE_OPERATIONS, ServerConfig
 from service.echo import safe_request_id
@@ -37,18 +38,24 @@ from service.errors import (
     FieldViolation,
     GatewayError,
     InvalidArgument,
-    Unauthenticated,
     internal,
     to_status,
 )
 from service.observability.audit import AuditLog, WriteRecord
 from service.observability.metrics import Metrics
-from service.observability.tracing import Tracing, end_rpc
+from service.observability.tracing import Tracing
+from service.pipeline.gates import Admit, Authenticate, FailedAuthentication
+from service.pipeline.reporters import (
+    AccessLogReporter,
+    AuditReporter,
+    MetricsReporter,
+    Outcome,
+    Reporter,
+    TracingReporter,
+)
 from service.rpc import wire
 from service.rpc.request_limits import max_request_bytes
-from service.state.ratelimit import RateKind, RateLimiter, UpstreamBudget
-
-log = logging.getLogger("registry_gateway.calls")
+from service.state.ratelimit import RateLimiter, UpstreamBudget
 
 # Services that need no credentials: load balancers and grpcurl must reach them bare.
 EXEMPT_PREFIXES = (
@@ -56,7 +63,6 @@ EXEMPT_PREFIXES = (
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
 )
-_DENIED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 CACHE_CONTROL_KEY = "cache-control"
 
 
@@ -120,15 +126,6 @@ def _request_id(metadata: Any) -> str:
     return secrets.token_hex(16)
 
 
-class _FailedAuthentication(Exception):
-    """A failed authentication, with the error to answer and whether to log (by sample)."""
-
-    def __init__(self, error: GatewayError, log: bool) -> None:
-        super().__init__(error.message)
-        self.error = error
-        self.log = log
-
-
 # Strings: grpcio's classes are generic only in typeshed's stubs, not at run time.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -138,7 +135,7 @@ _Unary: TypeAlias = "Callable[[Any, Context], Awaitable[Any]]"
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
-    """Request id, deadline, authentication, rate limit, error-to-status and audit, per call."""
+    """The pipeline's gates and reporters around each unary call of the service."""
 
     def __init__(
         self,
@@ -154,18 +151,23 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         hit_log_sample_rate: float = 0.01,
         sample: Callable[[], float] = random.random,
     ) -> None:
-        self._metrics = metrics or Metrics()
+        metrics = metrics or Metrics()
+        self._metrics = MetricsReporter(metrics)
         self._tracing = tracing or Tracing(None)
-        self._hit_log_sample_rate = hit_log_sample_rate
-        self._sample = sample
+        self._authenticate = Authenticate(metrics, auth_failures)
+        self._admit = Admit(rate_limiter, upstream_budget)
+        reporters: list[Reporter] = [
+            self._metrics,
+            TracingReporter(),
+            AccessLogReporter(hit_log_sample_rate, sample),
+        ]
+        if audit is not None:
+            reporters.append(AuditReporter(audit))
+        self._reporters = tuple(reporters)
         self._default_deadline = server.default_deadline_seconds
         self._max_deadline = server.max_deadline_seconds
         self._max_message_bytes = server.max_message_bytes
         self._tenancy = tenancy
-        self._rate_limiter = rate_limiter
-        self._upstream_budget = upstream_budget
-        self._auth_failures = auth_failures
-        self._audit = audit
         self._wrapped: dict[str, Handler] = {}
 
     async def intercept_service(
@@ -212,156 +214,85 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             return self._max_deadline, True
         return remaining, False
 
-    def _authenticate(self, tenancy: Tenancy, metadata: Any, context: Context) -> Identity:
-        try:
-            return tenancy.authenticator.authenticate(metadata, context.auth_context())
-        except Unauthenticated as exc:
-            self._metrics.auth_failures.labels(exc.reason).inc()
-            if self._auth_failures is None:
-                raise
-            verdict = self._auth_failures.failed(context.peer())
-            raise _FailedAuthentication(verdict.refuse or exc, verdict.log) from None
-
     def _wrap(self, method: str, inner: _Unary, decode: Deserializer) -> _Unary:
         rpc = method.rsplit("/", 1)[-1]
         is_write = rpc in WRITE_OPERATIONS
-        kind: RateKind = "write" if is_write else "read"
-        measured = self._metrics.for_method(method)
+        started_counter = self._metrics.for_method(method).started
+        reporters = self._reporters
 
         async def handle(raw: bytes, context: Context) -> Any:
             started = time.perf_counter()
-            measured.started.inc()
+            started_counter.inc()
             metadata = context.invocation_metadata()
             traced = self._tracing.rpc(method, metadata)
             span = traced.__enter__()
-            error_type: str | None = None
             request_id = _request_id(metadata)
             tenancy = self._tenancy.current
-            identity: Identity | None = None
-            call: Call | None = None
-            record = WriteRecord() if is_write else None
-            code: grpc.StatusCode = grpc.StatusCode.CANCELLED
-            reason: str | None = "CANCELLED"
-            loop = asyncio.get_running_loop()
+            outcome = Outcome(
+                method,
+                rpc,
+                request_id,
+                None,
+                None,
+                WriteRecord() if is_write else None,
+                grpc.StatusCode.CANCELLED,
+                "CANCELLED",
+                0.0,
+                span=span,
+                traced=traced,
+            )
             budget, own_timer = self._budget(context)
-            # Past a peer's budget of failed authentications, their lines are sampled.
-            quiet = False
             try:
                 try:
                     async with asyncio.timeout(budget if own_timer else None):
-                        identity = self._authenticate(tenancy, metadata, context)
-                        if self._rate_limiter is not None:
-                            await self._rate_limiter.acquire(identity.tenant.name, kind)
+                        identity = outcome.identity = self._authenticate(
+                            tenancy, metadata, context.auth_context(), context.peer
+                        )
                         no_cache = not is_write and _no_cache(metadata)
-                        if (is_write or no_cache) and self._upstream_budget is not None:
-                            await self._upstream_budget.acquire(identity.tenant.name)
+                        await self._admit(identity.tenant.name, is_write, no_cache)
                         request = decode(raw)
-                        call = Call(
+                        call = outcome.call = Call(
                             request_id,
                             identity,
                             rpc,
-                            loop.time() + budget,
+                            asyncio.get_running_loop().time() + budget,
                             tenancy,
-                            record,
+                            outcome.record,
                             no_cache=no_cache,
                         )
                         begin(call)
                         response = await inner(request, context)
-                        code, reason = grpc.StatusCode.OK, None
+                        outcome.code, outcome.reason = grpc.StatusCode.OK, None
                 except TimeoutError:
                     raise DeadlineExceeded(
                         f"deadline of {budget:.3g}s exceeded", metadata={"rpc": rpc}
                     ) from None
-            except (GatewayError, _FailedAuthentication) as exc:
-                if isinstance(exc, _FailedAuthentication):
-                    quiet = not exc.log
+            except (GatewayError, FailedAuthentication) as exc:
+                if isinstance(exc, FailedAuthentication):
+                    outcome.quiet = not exc.log
+                    # Who failed to authenticate is known only by address.
+                    outcome.peer = context.peer()
                     exc = exc.error
-                code, reason = exc.code, exc.reason
+                outcome.code, outcome.reason = exc.code, exc.reason
                 status = to_status(exc, request_id)
-                trailers = (*status.trailing_metadata, *(call.trailers if call else ()))
-                await context.abort(status.code, status.message, trailers)
+                call_trailers = outcome.call.trailers if outcome.call else ()
+                await context.abort(
+                    status.code, status.message, (*status.trailing_metadata, *call_trailers)
+                )
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                code, reason = grpc.StatusCode.INTERNAL, "INTERNAL"
+                outcome.code, outcome.reason = grpc.StatusCode.INTERNAL, "INTERNAL"
                 # The type only: a traceback or exception text may carry secrets.
-                error_type = type(exc).__name__
+                outcome.error_type = type(exc).__name__
                 status = to_status(internal(request_id), request_id)
                 await context.abort(status.code, status.message, status.trailing_metadata)
             finally:
-                seconds = time.perf_counter() - started
-                measured.handled(code, seconds)
-                if code in _DENIED:
-                    self._metrics.denied.labels(reason or code.name).inc()
-                # Exactly one line per write attempt, whatever its end (CANCELLED when the
-                # caller went away or grpc.aio cancelled it at the deadline).
-                if record is not None and self._audit is not None and not quiet:
-                    self._audit_write(request_id, identity, rpc, code, reason, record)
-                if not quiet:
-                    # Who failed to authenticate is known only by address.
-                    peer = context.peer() if identity is None else None
-                    self._log(
-                        request_id, identity, rpc, code, reason, seconds, call, error_type, peer
-                    )
-                end_rpc(span, code, reason)
-                traced.__exit__(None, None, None)
-            assert call is not None
-            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), *call.trailers))
+                outcome.seconds = time.perf_counter() - started
+                for reporter in reporters:
+                    reporter.post_call(outcome)
+            assert outcome.call is not None
+            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), *outcome.call.trailers))
             return response
 
         return handle
-
-    def _log(
-        self,
-        request_id: str,
-        identity: Identity | None,
-        rpc: str,
-        code: grpc.StatusCode,
-        reason: str | None,
-        seconds: float,
-        call: Call | None,
-        error_type: str | None,
-        peer: str | None = None,
-    ) -> None:
-        """Every error and every write; reads served from the cache only by sample, because
-        a log line per hit costs more than the hit itself."""
-        cache = call.cache_result[0] if call is not None and call.cache_result else None
-        hit = code == grpc.StatusCode.OK and cache == "hit"
-        if hit and self._sample() >= self._hit_log_sample_rate:
-            return
-        fields: dict[str, Any] = {
-            "request_id": request_id,
-            "tenant": identity.tenant.name if identity else None,
-            "rpc": rpc,
-            "code": code.name,
-            "reason": reason,
-            "duration_ms": round(seconds * 1000, 2),
-            "cache": cache,
-            "error_type": error_type,
-            "peer": peer,
-            **(call.where if call is not None else {}),
-        }
-        if code == grpc.StatusCode.INTERNAL:
-            log.error("unexpected error", extra=fields)
-        else:
-            log.info("call ok" if code == grpc.StatusCode.OK else "call failed", extra=fields)
-
-    def _audit_write(
-        self,
-        request_id: str,
-        identity: Identity | None,
-        rpc: str,
-        code: grpc.StatusCode,
-        reason: str | None,
-        record: WriteRecord,
-    ) -> None:
-        assert self._audit is not None
-        self._audit.write(
-            request_id=request_id,
-            tenant=identity.tenant.name if identity else None,
-            identity=f"{identity.kind}:{identity.subject}" if identity else None,
-            rpc=rpc,
-            outcome=code.name,
-            reason=reason,
-            record=record,
-        )

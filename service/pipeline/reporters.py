@@ -1,0 +1,151 @@
+"""Reporters: how a call ended, observed, each on its own (go-grpc-middleware's reporter:
+the pipeline times the call, reporters only observe it through one `post_call`).
+
+The pipeline builds one `Outcome` per call, whatever its end, and hands it to each
+reporter in turn; a reporter never changes the answer and never raises into the call.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import grpc
+from opentelemetry.trace import Span
+
+from service.auth.identity import Identity
+from service.call import Call
+from service.observability.audit import AuditLog, WriteRecord
+from service.observability.metrics import MethodMetrics, Metrics
+from service.observability.tracing import end_rpc
+
+log = logging.getLogger("registry_gateway.calls")
+
+_DENIED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+
+
+# Not frozen, slots: one per call on the hot path (see service/call.py).
+@dataclass(slots=True)
+class Outcome:
+    """How one call ended, for the reporters."""
+
+    method: str  # /package.Service/Method
+    rpc: str
+    request_id: str
+    identity: Identity | None  # None: authentication did not succeed
+    call: Call | None  # None: the call never reached the servicer
+    record: WriteRecord | None  # a write's audit fields (None for reads)
+    code: grpc.StatusCode
+    reason: str | None
+    seconds: float
+    error_type: str | None = None  # INTERNAL: the exception's type, never its text
+    peer: str | None = None  # only for failed authentication: who, by address
+    quiet: bool = False  # a failed authentication past its peer's budget: not logged
+    span: Span | None = None
+    traced: contextlib.AbstractContextManager[Span | None] | None = None
+
+
+class Reporter(Protocol):
+    """Observes how calls end."""
+
+    def post_call(self, outcome: Outcome) -> None:
+        """Record one call's outcome."""
+        ...
+
+
+class MetricsReporter:
+    """grpc_server_handled_total / handling_seconds per method and code, and denials."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+        self._methods: dict[str, MethodMetrics] = {}
+
+    def for_method(self, method: str) -> MethodMetrics:
+        """The pre-bound metrics of a method (bound once, on its first call)."""
+        measured = self._methods.get(method)
+        if measured is None:
+            measured = self._methods[method] = self._metrics.for_method(method)
+        return measured
+
+    def post_call(self, outcome: Outcome) -> None:
+        """Count the call by code, with its latency."""
+        self.for_method(outcome.method).handled(outcome.code, outcome.seconds)
+        if outcome.code in _DENIED:
+            self._metrics.denied.labels(outcome.reason or outcome.code.name).inc()
+
+
+class TracingReporter:
+    """Ends the call's span with the real code (OpenTelemetry's aio instrumentation would
+    record an abort as OK)."""
+
+    def post_call(self, outcome: Outcome) -> None:
+        """Set the span's status and close it."""
+        end_rpc(outcome.span, outcome.code, outcome.reason)
+        if outcome.traced is not None:
+            outcome.traced.__exit__(None, None, None)
+
+
+class AccessLogReporter:
+    """Every error and every write; reads served from the cache only by sample, because a
+    log line per hit costs more than the hit itself."""
+
+    def __init__(
+        self, hit_sample_rate: float = 0.01, sample: Callable[[], float] = random.random
+    ) -> None:
+        self._hit_sample_rate = hit_sample_rate
+        self._sample = sample
+
+    def post_call(self, outcome: Outcome) -> None:
+        """Write the call's line (or not, for a hit off the sample or a quiet failure)."""
+        if outcome.quiet:
+            return
+        call = outcome.call
+        cache = call.cache_result[0] if call is not None and call.cache_result else None
+        hit = outcome.code == grpc.StatusCode.OK and cache == "hit"
+        if hit and self._sample() >= self._hit_sample_rate:
+            return
+        identity = outcome.identity
+        fields: dict[str, Any] = {
+            "request_id": outcome.request_id,
+            "tenant": identity.tenant.name if identity else None,
+            "rpc": outcome.rpc,
+            "code": outcome.code.name,
+            "reason": outcome.reason,
+            "duration_ms": round(outcome.seconds * 1000, 2),
+            "cache": cache,
+            "error_type": outcome.error_type,
+            "peer": outcome.peer,
+            **(call.where if call is not None else {}),
+        }
+        if outcome.code == grpc.StatusCode.INTERNAL:
+            log.error("unexpected error", extra=fields)
+        else:
+            ok = outcome.code == grpc.StatusCode.OK
+            log.info("call ok" if ok else "call failed", extra=fields)
+
+
+class AuditReporter:
+    """Exactly one audit line per write attempt, whatever its end (CANCELLED when the
+    caller went away or its deadline passed)."""
+
+    def __init__(self, audit: AuditLog) -> None:
+        self._audit = audit
+
+    def post_call(self, outcome: Outcome) -> None:
+        """Append the write's line; reads leave none."""
+        if outcome.record is None or outcome.quiet:
+            return
+        identity = outcome.identity
+        self._audit.write(
+            request_id=outcome.request_id,
+            tenant=identity.tenant.name if identity else None,
+            identity=f"{identity.kind}:{identity.subject}" if identity else None,
+            rpc=outcome.rpc,
+            outcome=outcome.code.name,
+            reason=outcome.reason,
+            record=outcome.record,
+        )
