@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import threading
 import urllib.request
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -108,6 +110,29 @@ class Gate:
         self.entered.set()
         # Bounded so a failing test cannot hang moto's thread forever.
         self.opened.wait(timeout=30)
+
+
+async def wait_until(
+    condition: Callable[[], Any],
+    *,
+    timeout: float = 10.0,
+    interval: float = 0.02,
+    what: str = "the condition",
+) -> Any:
+    """Poll `condition` (a function or a coroutine function) until it answers something
+    truthy, and return that. A wait on a real event, bounded generously: a loaded machine
+    makes it slow, never wrong. Fails the test after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = condition()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        if loop.time() >= deadline:
+            raise AssertionError(f"still waiting for {what} after {timeout} s")
+        await asyncio.sleep(interval)
 
 
 @pytest.fixture

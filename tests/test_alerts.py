@@ -5,9 +5,15 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 PROMTOOL = ROOT / "scripts" / "promtool.sh"
 RULES = ROOT / "deploy" / "prometheus"
+
+# promtool may first be installed (apt-get), each run bounded at 300 s: past pytest's global
+# 120 s, which is for ordinary tests.
+pytestmark = pytest.mark.timeout(600)
 
 
 def promtool(*args: str, cwd: Path = RULES) -> subprocess.CompletedProcess[str]:

@@ -27,6 +27,10 @@ from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT
 TS = Path(__file__).resolve().parents[2] / "clients" / "typescript"
 LIVE_TEST = TS / "test" / "live.test.ts"
 
+# tsc (bounded at 300 s itself) runs in the first test's setup, and each node run at 120 s:
+# past pytest's global 120 s, which is for the calls.
+pytestmark = pytest.mark.timeout(600)
+
 
 @dataclass(frozen=True)
 class Ran:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from service.app.server import Gateway
 from service.observability.audit import policy_digest
-from tests.conftest import GatewayFactory
+from tests.conftest import Gate, GatewayFactory, wait_until
 from tests.helpers import ACCOUNT, KEY, OTHER_KEY, POLICY, config_dict, metadata
 
 FIELDS = {
@@ -48,6 +50,14 @@ def lines(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+async def only_line(path: Path) -> dict[str, Any]:
+    """The one audit line of the one write. Waited for: a refused write's status reaches the
+    caller before the gateway writes its line (the line is written as the handler ends)."""
+    written: list[dict[str, Any]] = await wait_until(lambda: lines(path), what="the audit line")
+    [line] = written
+    return line
+
+
 async def put_policy(
     gateway: Gateway, key: str = KEY, **fields: Any
 ) -> tuple[grpc.StatusCode, pb.PutRegistryPolicyResponse | None]:
@@ -66,7 +76,7 @@ async def test_allowed_write(audited: tuple[Gateway, Path]) -> None:
     gateway, path = audited
     code, response = await put_policy(gateway)
     assert code == grpc.StatusCode.OK and response is not None
-    [line] = lines(path)
+    line = await only_line(path)
     assert set(line) == FIELDS
     assert line["outcome"] == "OK" and line["reason"] is None
     assert line["tenant"] == "payments"
@@ -83,7 +93,7 @@ async def test_denied_write(audited: tuple[Gateway, Path]) -> None:
     gateway, path = audited
     code, _ = await put_policy(gateway, key=OTHER_KEY)
     assert code == grpc.StatusCode.PERMISSION_DENIED
-    [line] = lines(path)
+    line = await only_line(path)
     assert line["outcome"] == "PERMISSION_DENIED"
     assert line["reason"] == "TARGET_NOT_ALLOWED"
     assert line["tenant"] == "readonly"
@@ -94,7 +104,7 @@ async def test_unauthenticated_write(audited: tuple[Gateway, Path]) -> None:
     gateway, path = audited
     code, _ = await put_policy(gateway, key="no-such-key")
     assert code == grpc.StatusCode.UNAUTHENTICATED
-    [line] = lines(path)
+    line = await only_line(path)
     assert line["outcome"] == "UNAUTHENTICATED" and line["tenant"] is None
 
 
@@ -102,7 +112,7 @@ async def test_failed_write(audited: tuple[Gateway, Path]) -> None:
     gateway, path = audited
     code, _ = await put_policy(gateway, etag="0" * 32)
     assert code == grpc.StatusCode.ABORTED
-    [line] = lines(path)
+    line = await only_line(path)
     assert line["outcome"] == "ABORTED" and line["reason"] == "ETAG_MISMATCH"
     assert line["etag_before"] == "absent" and line["etag_after"] is None
 
@@ -111,7 +121,7 @@ async def test_validate_only_write(audited: tuple[Gateway, Path]) -> None:
     gateway, path = audited
     code, _ = await put_policy(gateway, validate_only=True)
     assert code == grpc.StatusCode.OK
-    [line] = lines(path)
+    line = await only_line(path)
     assert line["validate_only"] is True and line["etag_after"] is None
 
 
@@ -127,3 +137,54 @@ async def test_reads_are_not_audited_and_no_secret_is_written(
     text = path.read_text()
     assert KEY not in text
     assert "ReplicateFromPartner" not in text  # the policy text itself never appears
+
+
+async def test_write_whose_caller_leaves_is_audited_as_cancelled(
+    audited: tuple[Gateway, Path],
+    slow_describe: Gate,
+    aws_state: Callable[[], dict[str, Any]],
+) -> None:
+    gateway, path = audited
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
+        # moto makes a region's registry on first use: compare AWS from then on (a read
+        # that DescribeRegistry's gate does not hold).
+        stub = pb_grpc.RegistryConfigServiceStub(ch)
+        with pytest.raises(grpc.aio.AioRpcError) as no_policy:
+            await stub.GetRegistryPolicy(pb.GetRegistryPolicyRequest(), metadata=metadata())
+        assert no_policy.value.code() == grpc.StatusCode.NOT_FOUND
+    before = aws_state()
+    eu = pb.ReplicationDestination(region="eu-west-1", registry_id=ACCOUNT)
+    configuration = pb.ReplicationConfiguration(rules=[pb.ReplicationRule(destinations=[eu])])
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
+        stub = pb_grpc.RegistryConfigServiceStub(ch)
+        leaving = stub.PutReplicationConfiguration(
+            pb.PutReplicationConfigurationRequest(replication_configuration=configuration),
+            metadata=metadata(),
+            timeout=60,
+        )
+        # The write holds the registry's lock and waits for its fresh read (moto holds it).
+        held = await asyncio.get_running_loop().run_in_executor(
+            None, slow_describe.entered.wait, 30
+        )
+        assert held, "the write never reached AWS"
+        assert lines(path) == []  # nothing is audited before the write ends
+        leaving.cancel()  # the caller leaves
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        line = await only_line(path)
+        assert line["outcome"] == "CANCELLED" and line["reason"] == "CANCELLED"
+        assert line["rpc"] == "PutReplicationConfiguration" and line["tenant"] == "payments"
+        assert (line["registry_id"], line["region"]) == (ACCOUNT, "us-east-1")
+        assert line["etag_before"] is None and line["etag_after"] is None
+        slow_describe.opened.set()
+        # The registry's lock is free again (the abandoned write ended, and wrote nothing):
+        # another write, a validate-only one, takes it and is audited after it.
+        await stub.PutReplicationConfiguration(
+            pb.PutReplicationConfigurationRequest(
+                replication_configuration=configuration, validate_only=True
+            ),
+            metadata=metadata(),
+            timeout=30,
+        )
+    assert [line["outcome"] for line in lines(path)] == ["CANCELLED", "OK"]
+    assert aws_state() == before  # AWS is unchanged

@@ -8,6 +8,7 @@ import json
 import logging
 import urllib.request
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -17,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import LogsConfig
 from service.observability.logs import configure_logging
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, wait_until
 from tests.helpers import POLICY, config_dict, describe_status, metadata
 
 
@@ -51,9 +52,20 @@ async def test_metrics_count_calls_cache_upstream_and_denials(
     for _ in range(3):
         await describe_status(gateway.port)
     await describe_status(gateway.port, "not-a-key")
-    samples = await scrape(gateway.metrics_port)
     method = {"grpc_type": "unary", "grpc_service": "ecr.registry.v1.RegistryConfigService"}
     describe = {**method, "grpc_method": "DescribeRegistry"}
+
+    async def all_counted() -> dict[tuple[str, tuple[tuple[str, str], ...]], float] | None:
+        # A refused call's status reaches the caller before the gateway counts it (as the
+        # handler ends): wait for the last call to be counted, bounded.
+        samples = await scrape(gateway.metrics_port)
+        return (
+            samples
+            if value(samples, "grpc_server_handling_seconds_count", **describe) >= 4
+            else None
+        )
+
+    samples = await wait_until(all_counted, what="the four calls to be counted")
     assert value(samples, "grpc_server_started_total", **describe) == 4
     assert value(samples, "grpc_server_handled_total", **describe, grpc_code="OK") == 3
     assert value(samples, "grpc_server_handled_total", **describe, grpc_code="Unauthenticated") == 1
@@ -96,8 +108,15 @@ async def test_logs_every_miss_write_and_error_but_sample_hits(
             pb.PutRegistryPolicyRequest(policy_text=POLICY, validate_only=True),
             metadata=metadata(),
         )
-    lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
-    calls = [line for line in lines if line.get("rpc")]
+
+    def logged_calls() -> list[dict[str, Any]] | None:
+        # The refused call's line is written as its handler ends, after the caller has its
+        # status: wait for the three lines, bounded.
+        lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
+        calls = [line for line in lines if line.get("rpc")]
+        return calls if len(calls) >= 3 else None
+
+    calls = await wait_until(logged_calls, what="the three call log lines")
     assert [(c["rpc"], c["code"], c.get("cache")) for c in calls] == [
         ("DescribeRegistry", "OK", "miss"),
         ("DescribeRegistry", "UNAUTHENTICATED", None),

@@ -20,10 +20,14 @@ from tests.processes import gateway_process
 BIN = Path(sys.executable).parent
 
 
+# A token every 100 s: the bucket cannot refill while a test drains it, however slowly the
+# test runs (a cold gateway process, a loaded machine); bursts of 3.
+SLOW_RATE = 0.01
+
+
 def limited(aws: str, **cache: Any) -> dict[str, Any]:
     raw = config_dict(aws)
-    # Slow refill so the bucket cannot refill while a test drains it; bursts of 3.
-    raw["rate_limit"] = {"reads_per_second": 0.5, "writes_per_second": 0.5, "burst": 3}
+    raw["rate_limit"] = {"reads_per_second": SLOW_RATE, "writes_per_second": SLOW_RATE, "burst": 3}
     if cache:
         raw["cache"] = cache
     return raw
@@ -46,23 +50,29 @@ async def test_burst_past_the_bucket_is_resource_exhausted(
     assert err.code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert err.info.reason == "RATE_LIMITED" and err.info.metadata["tenant"] == "payments"
     assert err.retry_info is not None
-    assert 0 < err.retry_info.retry_delay.ToNanoseconds() <= 2_000_000_000
+    # The time to the next token: at most one token's worth (1 / rate).
+    assert 0 < err.retry_info.retry_delay.ToNanoseconds() / 1e9 <= 1 / SLOW_RATE
     # Another tenant has its own bucket.
     assert await describe(gateway.port, OTHER_KEY) == grpc.StatusCode.OK
 
 
 async def test_recovers_after_the_retry_delay(gateway_factory: GatewayFactory, aws: str) -> None:
     raw = config_dict(aws)
-    raw["rate_limit"] = {"reads_per_second": 2, "writes_per_second": 2, "burst": 1}
+    # A token every 2 s: the second call, one round trip on an open channel after the first
+    # (a cache hit), comes well within that; the test then waits out the advertised delay.
+    raw["rate_limit"] = {"reads_per_second": 0.5, "writes_per_second": 0.5, "burst": 1}
     gateway = await gateway_factory(raw)
-    assert await describe(gateway.port) == grpc.StatusCode.OK
+    # The cold read (AWS) on another tenant's bucket: the two below are answered from cache.
+    assert await describe(gateway.port, OTHER_KEY) == grpc.StatusCode.OK
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
         stub = pb_grpc.RegistryConfigServiceStub(ch)
+        await stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=metadata())
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=metadata())
     retry = rich_error(caught.value).retry_info
     assert retry is not None
-    # Waiting out the advertised delay is the behaviour under test (at most 500 ms at 2/s).
+    # Waiting out the advertised delay is the behaviour under test (at most 2 s at 0.5/s); a
+    # late timer only waits longer, which cannot make the next call fail.
     await asyncio.sleep(retry.retry_delay.ToNanoseconds() / 1e9 + 0.01)
     assert await describe(gateway.port) == grpc.StatusCode.OK
 
@@ -77,6 +87,10 @@ async def test_two_gateway_processes_on_one_redis_share_the_budget(
     raw = limited(aws, backend="redis", redis_url=redis_url, key_prefix=redis_prefix)
     here = await gateway_factory(raw)
     async with gateway_process(raw, tmp_path / "gateway.yaml") as (port,):
+        # Warm up each gateway on another tenant's bucket: its Redis connection and script
+        # (a cold round trip slower than the limiter's Redis timeout would fail open).
+        assert await describe(here.port, OTHER_KEY) == grpc.StatusCode.OK
+        assert await describe(port, OTHER_KEY) == grpc.StatusCode.OK
         # Two calls here, one there: the shared bucket of 3 is empty for both.
         assert [await describe(here.port), await describe(port), await describe(here.port)] == [
             grpc.StatusCode.OK

@@ -20,6 +20,15 @@ from tests.helpers import metadata
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+# Long enough for the round trips the test makes during the drain, however loaded the
+# machine; the test then waits for stop() to begin (an event), not for a time.
+DRAIN_SECONDS = 4.0
+
+
+async def entered(gate: Gate) -> None:
+    """Wait (in a thread: moto's handler sets it from its own) until the gate holds a call."""
+    held = await asyncio.get_running_loop().run_in_executor(None, gate.entered.wait, 30)
+    assert held, "the call never reached moto"
 
 
 async def test_health_answers_serving_without_credentials(channel: grpc.aio.Channel) -> None:
@@ -61,7 +70,7 @@ async def test_a_taken_port_is_refused(gateway: Gateway) -> None:
 async def test_sigterm_drains_then_lets_calls_in_flight_finish(
     gateway_factory: GatewayFactory, slow_describe: Gate
 ) -> None:
-    gateway = await gateway_factory(drain_seconds=0.5, grace_seconds=10)
+    gateway = await gateway_factory(drain_seconds=DRAIN_SECONDS, grace_seconds=30)
     stop_began = asyncio.Event()
     real_stop = gateway.server.stop
 
@@ -79,9 +88,9 @@ async def test_sigterm_drains_then_lets_calls_in_flight_finish(
 
         # A call in flight: moto holds it until the gate opens.
         in_flight = asyncio.ensure_future(
-            stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=metadata(), timeout=20)
+            stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=metadata(), timeout=45)
         )
-        await asyncio.get_running_loop().run_in_executor(None, slow_describe.entered.wait, 10)
+        await entered(slow_describe)
 
         os.kill(os.getpid(), signal.SIGTERM)
         assert (await watch.read()).status == NOT_SERVING
@@ -96,11 +105,11 @@ async def test_sigterm_drains_then_lets_calls_in_flight_finish(
         assert not stop_began.is_set()
 
         # Once stop(grace) has begun, the call in flight still completes.
-        await asyncio.wait_for(stop_began.wait(), timeout=10)
+        await asyncio.wait_for(stop_began.wait(), timeout=DRAIN_SECONDS + 30)
         slow_describe.opened.set()
         response = await in_flight
         assert response.registry_id
-    await asyncio.wait_for(running, timeout=20)
+    await asyncio.wait_for(running, timeout=30)
     assert running.exception() is None
 
 
@@ -113,7 +122,7 @@ async def test_calls_over_max_concurrent_rpcs_are_resource_exhausted(
         held = asyncio.ensure_future(
             stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=metadata(), timeout=20)
         )
-        await asyncio.get_running_loop().run_in_executor(None, slow_describe.entered.wait, 10)
+        await entered(slow_describe)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.GetRegistryPolicy(pb.GetRegistryPolicyRequest(), metadata=metadata())
         assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
