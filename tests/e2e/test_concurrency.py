@@ -23,6 +23,9 @@ from tests.helpers import ACCOUNT, POLICY, config_dict, metadata
 from tests.processes import gateway_process
 
 POLICY_B = POLICY.replace("ReplicateFromPartner", "ReplicateFromOther")
+# The racers both write something new: a writer that put back the very text already there
+# would leave the etag as it was, and the other writer's precondition would rightly hold.
+POLICY_C = POLICY.replace("ReplicateFromPartner", "ReplicateFromThird")
 
 
 def stub_on(port: int) -> tuple[grpc.aio.Channel, Any]:
@@ -55,9 +58,9 @@ async def test_two_writers_with_one_etag_one_wins(gateway_factory: GatewayFactor
         etag = (
             await stub.GetRegistryPolicy(pb.GetRegistryPolicyRequest(), metadata=metadata())
         ).etag
-        codes = await asyncio.gather(put(stub, POLICY_B, etag), put(stub, POLICY, etag))
+        codes = await asyncio.gather(put(stub, POLICY_B, etag), put(stub, POLICY_C, etag))
     assert sorted(c.name for c in codes) == ["ABORTED", "OK"]
-    winner = POLICY_B if codes[0] == grpc.StatusCode.OK else POLICY
+    winner = POLICY_B if codes[0] == grpc.StatusCode.OK else POLICY_C
     assert stored_policy() == winner
 
 
@@ -89,9 +92,9 @@ async def test_two_processes_on_one_redis_lose_no_update(
             etag = (
                 await two.GetRegistryPolicy(pb.GetRegistryPolicyRequest(), metadata=metadata())
             ).etag
-            codes = await asyncio.gather(put(one, POLICY_B, etag), put(two, POLICY, etag))
+            codes = await asyncio.gather(put(one, POLICY_B, etag), put(two, POLICY_C, etag))
             assert sorted(c.name for c in codes) == ["ABORTED", "OK"]
-            winner = POLICY_B if codes[0] == grpc.StatusCode.OK else POLICY
+            winner = POLICY_B if codes[0] == grpc.StatusCode.OK else POLICY_C
             assert stored_policy() == winner
             # Both replicas read the winner at once (read-your-writes through Redis).
             for stub in (one, two):
