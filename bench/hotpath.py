@@ -30,8 +30,8 @@ from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from service.app.server import Gateway as Server
 from service.call import Call, begin
 from service.config import GatewayConfig, from_mapping
+from service.pipeline.pipeline import request_id
 from service.pipeline.reporters import AccessLogReporter, Outcome
-from service.rpc import interceptor as pipeline
 from service.state.cache import CacheKey
 
 ACCOUNT = "123456789012"
@@ -157,13 +157,13 @@ async def _per_call(
 
 async def measure(calls: int = 20000) -> tuple[list[tuple[str, float]], str]:
     """µs per call of the whole cached read and of each step; a cProfile of the whole."""
-    handler, servicer, interceptor, gateway = await _build()
+    handler, servicer, _interceptor, gateway = await _build()
     metadata = (("authorization", f"Bearer {KEY}"), ("user-agent", "grpc-python/1.85"))
     context = StandInContext(metadata)
     request = pb.DescribeRegistryRequest()
     raw = request.SerializeToString()
     handle = handler.unary_unary
-    tenancy = interceptor._tenancy.current
+    tenancy = gateway.pipeline.tenancy.current
     call = Call(
         "r" * 32,
         tenancy.authenticator.authenticate(metadata, None),
@@ -219,7 +219,7 @@ async def measure(calls: int = 20000) -> tuple[list[tuple[str, float]], str]:
         ),
         (
             "  request id (uuid4 when the caller sends none)",
-            lambda: pipeline._request_id(metadata),
+            lambda: request_id(metadata),
         ),
         ("  asyncio.timeout(budget) enter + exit", timeout_only),
         (

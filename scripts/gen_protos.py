@@ -4,7 +4,9 @@ into clients/typescript/src/gen, Go into clients/go/ecr.
 One command (`make generate`) and one place per language:
 - Python: the stubs, their typed .pyi (mypy-protobuf) and a descriptor set with source
   info, which the server's reflection serves so that `grpcurl describe` shows the proto
-  comments.
+  comments; and `*_connect.py` (protoc-gen-connectrpc, `protobuf=google`: for the same
+  google.protobuf messages), the Connect ASGI application the HTTP listener serves
+  (service/http/) and a Connect client.
 - TypeScript: `buf generate` with buf.gen.yaml and the locally installed protoc-gen-es
   (`npm ci` in clients/typescript first; no Buf Schema Registry), for proto/ and for
   google/rpc/error_details.proto (taken from googleapis-common-protos, pinned in the lock),
@@ -53,10 +55,14 @@ def generate(out: Path) -> None:
         f"-I{include}",
         f"--plugin=protoc-gen-mypy={bindir / 'protoc-gen-mypy'}",
         f"--plugin=protoc-gen-mypy_grpc={bindir / 'protoc-gen-mypy_grpc'}",
+        f"--plugin=protoc-gen-connectrpc={bindir / 'protoc-gen-connectrpc'}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         f"--mypy_out={out}",
         f"--mypy_grpc_out={out}",
+        # google.protobuf messages (registry_pb2), not protobuf-py's: one runtime for both.
+        "--connectrpc_opt=protobuf=google",
+        f"--connectrpc_out={out}",
         f"--descriptor_set_out={out / PACKAGE_DIR / DESCRIPTOR_NAME}",
         "--include_source_info",
         *protos,

@@ -1,4 +1,4 @@
-"""The gateway's configuration: YAML keys of DESIGN.md, env overrides, one-line errors."""
+"""The gateway's configuration: the YAML keys the README documents, env overrides, errors."""
 
 from __future__ import annotations
 
@@ -255,6 +255,46 @@ class ListenerConfig(_Strict):
         return value
 
 
+class HttpTlsConfig(_Strict):
+    """TLS on the HTTP listener: a server certificate only."""
+
+    cert_file: str
+    key_file: str
+    # Refused with a reason rather than as an unknown key: a tenant known only by a SPIFFE
+    # ID (a client certificate) cannot use HTTP; mTLS stays on the gRPC listeners.
+    client_auth: Any = None
+    client_ca_file: Any = None
+
+    @model_validator(mode="after")
+    def _no_client_certificates(self) -> HttpTlsConfig:
+        for key in ("client_auth", "client_ca_file"):
+            if getattr(self, key) is not None:
+                raise ValueError(
+                    f"{key} is not supported on the HTTP listener: client certificates "
+                    "(mTLS, SPIFFE IDs) are served only by the gRPC listeners; HTTP callers "
+                    "authenticate with `authorization: Bearer` (API key or JWT)"
+                )
+        return self
+
+
+class HttpConfig(_Strict):
+    """The `http:` section: the same service over HTTP/1.1 and JSON (the Connect protocol),
+    through the same pipeline, in the same process (service/http/). Off without `listen`."""
+
+    listen: str | None = None
+    tls: HttpTlsConfig | None = None
+    # Browsers (gRPC-Web, connect-web) from these origins may call; none by default.
+    # "*" allows any origin (credentials still travel only in the Authorization header).
+    cors_allowed_origins: tuple[str, ...] = ()
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_listen(value)
+        return value
+
+
 class JwtConfig(_Strict):
     """JWT bearer tokens: who signs them, for whom, and which claim names the tenant."""
 
@@ -357,6 +397,7 @@ class GatewayConfig(_Strict):
     metrics: MetricsConfig | None = None
     tracing: TracingConfig | None = None
     logs: LogsConfig = LogsConfig()
+    http: HttpConfig = HttpConfig()
     tenants: tuple[TenantConfig, ...] = ()
 
     def effective_listeners(self) -> tuple[ListenerConfig, ...]:

@@ -31,11 +31,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--listen", metavar="HOST:PORT", help="overrides `listen` of the config")
     serve.add_argument(
+        "--http-listen",
+        metavar="HOST:PORT",
+        help="serve HTTP/JSON (Connect) here; overrides `http.listen` of the config "
+        "(--embedded: 127.0.0.1:8080, or a free port with `--listen HOST:0`)",
+    )
+    serve.add_argument(
         "--workers",
         type=int,
         default=1,
         metavar="N",
-        help="serve from N processes on one port (SO_REUSEPORT); needs a fixed port",
+        help="serve from N processes on one port (SO_REUSEPORT), the HTTP listener's too; "
+        "needs fixed ports",
     )
     hashing = commands.add_parser(
         "hash-key", help="print the config form (sha256:<hex>) of an API key"
@@ -52,16 +59,22 @@ async def _serve(
     embedded_key: str | None,
     config_path: str | None = None,
     *,
+    http_listen: str | None = None,
     reuse_port: bool = False,
     announce: bool = True,
 ) -> None:
+    if http_listen is not None:
+        # --http-listen turns the HTTP listener on, or moves it.
+        config = config.model_copy(
+            update={"http": config.http.model_copy(update={"listen": http_listen})}
+        )
     gateway = Gateway(
         config,
         session_factory=embedded.session_factory if embedded_key else aioboto3.Session,
         config_path=config_path,
         reuse_port=reuse_port,
     )
-    port = await gateway.start(listen)
+    port = await gateway.start(listen, http_listen)
     # What start-up loaded (botocore's models, the clients, the config) lives as long as the
     # process: moved out of the collector's reach, a full collection scans only what calls
     # allocate, instead of pausing every call for tens of milliseconds under load.
@@ -69,9 +82,12 @@ async def _serve(
     gc.freeze()
     if embedded_key is not None and announce:
         host = (listen or config.listen).rsplit(":", 1)[0]
+        http = None
+        if gateway.http is not None:
+            http = f"{parse_listen(config.http.listen or '')[0]}:{gateway.http_port}"
         print(
             embedded.banner(
-                f"{host}:{port}", embedded_key, bool(os.environ.get(embedded.DEMO_KEY_ENV))
+                f"{host}:{port}", embedded_key, bool(os.environ.get(embedded.DEMO_KEY_ENV)), http
             ),
             flush=True,
         )
@@ -89,12 +105,13 @@ def _run_serve(opts: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if opts.listen:
-        try:
-            parse_listen(opts.listen)
-        except ValueError as exc:
-            print(f"error: --listen: {exc}", file=sys.stderr)
-            return 2
+    for flag, value in (("--listen", opts.listen), ("--http-listen", opts.http_listen)):
+        if value:
+            try:
+                parse_listen(value)
+            except ValueError as exc:
+                print(f"error: {flag}: {exc}", file=sys.stderr)
+                return 2
     if opts.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
@@ -112,17 +129,39 @@ def _run_serve(opts: argparse.Namespace) -> int:
             path = str(config_path)
             config = load(path)
         configure_logging(config.logs)
+        if (
+            opts.embedded
+            and not opts.http_listen
+            and opts.listen
+            and parse_listen(opts.listen)[1] == 0
+        ):
+            # `--listen HOST:0` (tests, several gateways at once): the HTTP listener too
+            # takes a free port rather than the demo's fixed one.
+            opts.http_listen = f"{parse_listen(opts.listen)[0]}:0"
         if opts.workers == 1:
-            asyncio.run(_serve(config, opts.listen, key, path))
+            asyncio.run(_serve(config, opts.listen, key, path, http_listen=opts.http_listen))
             return 0
         listen = opts.listen or config.listen
         if parse_listen(listen)[1] == 0 or len(config.effective_listeners()) > 1:
             print("error: --workers needs one listener on a fixed port", file=sys.stderr)
             return 2
+        # Every worker serves the HTTP listener too, on the same port (SO_REUSEPORT).
+        http_listen = opts.http_listen or config.http.listen
+        if http_listen is not None and parse_listen(http_listen)[1] == 0:
+            print("error: --workers needs the HTTP listener on a fixed port", file=sys.stderr)
+            return 2
 
         def work(index: int) -> int:
             try:
-                coroutine = _serve(config, listen, key, path, reuse_port=True, announce=index == 0)
+                coroutine = _serve(
+                    config,
+                    listen,
+                    key,
+                    path,
+                    http_listen=opts.http_listen,
+                    reuse_port=True,
+                    announce=index == 0,
+                )
                 asyncio.run(coroutine)
             except (ConfigError, BindError) as exc:
                 print(str(exc), file=sys.stderr)

@@ -23,6 +23,9 @@ DEMO_TENANT = "demo"
 # moto's default account: credentials that name no other account act on this one.
 DEMO_ACCOUNT = "123456789012"
 DEMO_REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
+# The HTTP/JSON (Connect) listener of `make serve`, beside gRPC's 127.0.0.1:50051.
+DEMO_HTTP_LISTEN = "127.0.0.1:8080"
+SERVICE_PATH = "ecr.registry.v1.RegistryConfigService"
 # moto accepts any credentials; these keep the embedded gateway off the machine's real ones.
 FAKE_ACCESS_KEY = "testing"
 FAKE_SECRET_KEY = "testing"  # noqa: S105 - a placeholder moto accepts, not a secret
@@ -75,6 +78,7 @@ def demo_config(
     """The embedded config: AWS at `endpoint_url`, one demo tenant allowed everything."""
     raw: dict[str, Any] = {
         "aws": {"region": DEMO_REGIONS[0], "endpoint_url": endpoint_url, "max_attempts": 2},
+        "http": {"listen": DEMO_HTTP_LISTEN},
         "tenants": [
             {
                 "name": DEMO_TENANT,
@@ -98,19 +102,32 @@ def demo_config(
     return from_mapping(raw, environ)
 
 
-def banner(listen: str, key: str, key_from_env: bool) -> str:
-    """What the terminal shows: where it listens, the demo key and a grpcurl to paste."""
+def banner(listen: str, key: str, key_from_env: bool, http_listen: str | None = None) -> str:
+    """What the terminal shows: where it listens, the demo key, and a grpcurl (and, with
+    the HTTP listener, a curl) to paste."""
     origin = (
         f"from ${DEMO_KEY_ENV}" if key_from_env else f"generated; set ${DEMO_KEY_ENV} to fix it"
     )
-    return "\n".join(
-        [
-            "",
-            f"Registry Config Gateway (embedded: moto as AWS, account {DEMO_ACCOUNT}) on {listen}",
-            f"demo tenant API key ({origin}): {key}",
-            "try:",
-            f"  grpcurl -plaintext -H 'authorization: Bearer {key}' {listen} "
-            "ecr.registry.v1.RegistryConfigService/DescribeRegistry",
-            "",
-        ]
+    lines = [
+        "",
+        f"Registry Config Gateway (embedded: moto as AWS, account {DEMO_ACCOUNT}) on {listen}",
+    ]
+    if http_listen is not None:
+        lines.append(f"HTTP/JSON (Connect) on http://{http_listen}")
+    lines += [
+        f"demo tenant API key ({origin}): {key}",
+        "try:",
+        f"  grpcurl -plaintext -H 'authorization: Bearer {key}' {listen} "
+        f"{SERVICE_PATH}/DescribeRegistry",
+    ]
+    if http_listen is not None:
+        lines.append(curl_command(http_listen, key))
+    return "\n".join([*lines, ""])
+
+
+def curl_command(http_listen: str, key: str) -> str:
+    """A curl of DescribeRegistry over the HTTP listener, as pasted from the banner."""
+    return (
+        f"  curl -sS -H 'authorization: Bearer {key}' -H 'content-type: application/json' "
+        f"-d '{{}}' http://{http_listen}/{SERVICE_PATH}/DescribeRegistry"
     )

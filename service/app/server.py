@@ -28,9 +28,12 @@ from service.auth.tenancy import TenancyHolder, build_tenancy
 from service.aws.upstream import SessionFactory, Upstream
 from service.call import time_left
 from service.config import GatewayConfig, ListenerConfig, parse_listen, registry_regions
+from service.http.listener import HttpListener
+from service.http.transport import ConnectPipeline, ConnectService
 from service.observability.audit import AuditLog
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
+from service.pipeline.pipeline import Pipeline
 from service.registry.operations import Locks, RegistryOperations
 from service.registry.validation import RequestValidator
 from service.rpc import interceptor, reflection
@@ -114,29 +117,27 @@ class Gateway:
         )
         self.audit = AuditLog(config.audit)
         self.health = health.aio.HealthServicer()
+        # One pipeline (gates, reporters), built once and run by the gRPC and the HTTP
+        # transport alike: a tenant's rate and upstream budget, an address's failed
+        # authentications, the metrics and the audit are the same over either.
+        self.pipeline = Pipeline(
+            config.server,
+            self.tenancy,
+            rate_limiter=build_rate_limiter(config.rate_limit, self.redis, config.cache.key_prefix),
+            upstream_budget=build_upstream_budget(
+                config.aws.tenant_upstream_per_second,
+                config.aws.tenant_upstream_burst,
+                self.redis,
+                config.cache.key_prefix,
+            ),
+            auth_failures=AuthFailures(config.auth.failures_per_second, config.auth.failures_burst),
+            audit=self.audit,
+            metrics=self.metrics,
+            tracing=self.tracing,
+            hit_log_sample_rate=config.logs.hit_sample_rate,
+        )
         self.server = grpc.aio.server(
-            interceptors=[
-                interceptor.GatewayInterceptor(
-                    config.server,
-                    self.tenancy,
-                    rate_limiter=build_rate_limiter(
-                        config.rate_limit, self.redis, config.cache.key_prefix
-                    ),
-                    upstream_budget=build_upstream_budget(
-                        config.aws.tenant_upstream_per_second,
-                        config.aws.tenant_upstream_burst,
-                        self.redis,
-                        config.cache.key_prefix,
-                    ),
-                    auth_failures=AuthFailures(
-                        config.auth.failures_per_second, config.auth.failures_burst
-                    ),
-                    audit=self.audit,
-                    metrics=self.metrics,
-                    tracing=self.tracing,
-                    hit_log_sample_rate=config.logs.hit_sample_rate,
-                )
-            ],
+            interceptors=[interceptor.GatewayInterceptor(self.pipeline)],
             options=_channel_options(config, reuse_port),
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
@@ -151,6 +152,19 @@ class Gateway:
             RequestValidator(allow_unknown_regions=config.aws.allow_unknown_regions),
         )
         pb_grpc.add_RegistryConfigServiceServicer_to_server(servicer, self.server)
+        # --- HTTP/JSON (Connect) listener, service/http/: the same gates' state, reporters'
+        # sinks and servicer as the gRPC server above; off without `http.listen`.
+        self.http: HttpListener | None = None
+        self.http_port = 0
+        if config.http.listen is not None:
+            self.http = HttpListener(
+                config.http,
+                config.server,
+                ConnectPipeline(self.pipeline),
+                ConnectService(servicer),
+                reuse_port=reuse_port,
+            )
+        # --- end of the HTTP listener
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         if config.server.reflection:
             reflection.enable(
@@ -258,8 +272,9 @@ class Gateway:
         """The first bound port (useful with port 0)."""
         return self.ports[0]
 
-    async def start(self, listen: str | None = None) -> int:
-        """Bind every listener and start serving; `listen` replaces the first one's address."""
+    async def start(self, listen: str | None = None, http_listen: str | None = None) -> int:
+        """Bind every listener and start serving; `listen` replaces the first one's address,
+        `http_listen` the HTTP listener's."""
         listeners = list(self.config.effective_listeners())
         if listen:
             listeners[0] = ListenerConfig(listen=listen, tls=listeners[0].tls)
@@ -267,6 +282,16 @@ class Gateway:
         for listener in listeners:
             credentials = next(tls).server_credentials() if listener.tls else None
             self.ports.append(self._bind(listener.listen, credentials))
+        if self.http is not None:
+            # --- HTTP listener: bound before the gRPC server serves, so a taken port stops
+            # the start-up before anything answers.
+            try:
+                self.http_port = await self.http.start(http_listen)
+            except OSError:
+                where = http_listen or self.config.http.listen
+                raise BindError(
+                    f"cannot listen on {where} (http): address in use or not available"
+                ) from None
         await self.server.start()
         if self.reloader is not None and self.config.server.watch_config_seconds > 0:
             self._spawn(self._watch_config(self.config.server.watch_config_seconds))
@@ -291,6 +316,15 @@ class Gateway:
                 else f"tls client_auth={listener.tls.client_auth}"
             )
             log.info("serving %s", kind, extra={"listen": f"{host}:{port}"})
+        if self.http is not None:
+            host = parse_listen(http_listen or self.config.http.listen or "")[0]
+            kind = "plaintext" if self.config.http.tls is None else "tls"
+            # Not "serving ...": tools count those lines, one per worker, as its readiness.
+            log.info(
+                "listening for HTTP/JSON (Connect), %s",
+                kind,
+                extra={"listen": f"{host}:{self.http_port}"},
+            )
         return self.port
 
     def _bind(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
@@ -315,14 +349,20 @@ class Gateway:
         # never see NOT_SERVING without this window.
         await asyncio.sleep(s.drain_seconds)
         log.info("stopping: calls in flight get up to grace_seconds")
-        await self.server.stop(s.grace_seconds)
+        # Both listeners at once, each giving calls in flight up to grace_seconds.
+        await asyncio.gather(self.server.stop(s.grace_seconds), self._stop_http(grace=True))
         if self.health_server is not None:
             await self.health_server.stop(0)
         await self._close()
 
+    async def _stop_http(self, grace: bool) -> None:
+        if self.http is not None:
+            await self.http.stop(grace=grace)
+
     async def stop_now(self) -> None:
         """Stop without draining (tests, second signal)."""
         await self.server.stop(0)
+        await self._stop_http(grace=False)
         if self.health_server is not None:
             await self.health_server.stop(0)
         await self._close()

@@ -47,6 +47,7 @@ class Outcome:
     quiet: bool = False  # a failed authentication past its peer's budget: not logged
     span: Span | None = None
     traced: contextlib.AbstractContextManager[Span | None] | None = None
+    started: float = 0.0  # time.perf_counter() when the call arrived
 
 
 class Reporter(Protocol):

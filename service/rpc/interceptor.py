@@ -17,9 +17,6 @@ parses it only once the caller is authenticated and the bytes are within the RPC
 from __future__ import annotations
 
 import asyncio
-import random
-import secrets
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeAlias, cast
 
@@ -27,11 +24,8 @@ import grpc
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 
-from service.auth.failures import AuthFailures
-from service.auth.tenancy import TenancyHolder
 from service.call import Call, begin
-from service.config import WRITE_OPERATIONS, ServerConfig
-from service.echo import safe_request_id
+from service.catalog import WRITES
 from service.errors import (
     REQUEST_ID_KEY,
     DeadlineExceeded,
@@ -41,21 +35,10 @@ from service.errors import (
     internal,
     to_status,
 )
-from service.observability.audit import AuditLog, WriteRecord
-from service.observability.metrics import Metrics
-from service.observability.tracing import Tracing
-from service.pipeline.gates import Admit, Authenticate, FailedAuthentication
-from service.pipeline.reporters import (
-    AccessLogReporter,
-    AuditReporter,
-    MetricsReporter,
-    Outcome,
-    Reporter,
-    TracingReporter,
-)
+from service.pipeline.gates import FailedAuthentication
+from service.pipeline.pipeline import Pipeline, no_cache
 from service.rpc import wire
 from service.rpc.request_limits import max_request_bytes
-from service.state.ratelimit import RateLimiter, UpstreamBudget
 
 # Services that need no credentials: load balancers and grpcurl must reach them bare.
 EXEMPT_PREFIXES = (
@@ -63,7 +46,6 @@ EXEMPT_PREFIXES = (
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
 )
-CACHE_CONTROL_KEY = "cache-control"
 
 
 Deserializer: TypeAlias = "Callable[[bytes], Any]"
@@ -108,24 +90,6 @@ def _decoder(rpc: str, deserializer: Deserializer | None, limit: int) -> Deseria
     return decode
 
 
-def _no_cache(metadata: Any) -> bool:
-    for key, value in metadata or ():
-        if key == CACHE_CONTROL_KEY and isinstance(value, str):
-            return "no-cache" in value.lower()
-    return False
-
-
-def _request_id(metadata: Any) -> str:
-    for key, value in metadata or ():
-        if key == REQUEST_ID_KEY and isinstance(value, str):
-            value = value.strip()
-            # Anything else is replaced, not repeated: it goes into log fields and trailers.
-            if safe_request_id(value):
-                return value
-    # The same 32 hex digits as uuid4().hex, without building a UUID object (~2 us a call).
-    return secrets.token_hex(16)
-
-
 # Strings: grpcio's classes are generic only in typeshed's stubs, not at run time.
 Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
@@ -135,39 +99,10 @@ _Unary: TypeAlias = "Callable[[Any, Context], Awaitable[Any]]"
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
-    """The pipeline's gates and reporters around each unary call of the service."""
+    """The pipeline around each unary call of the service, over gRPC."""
 
-    def __init__(
-        self,
-        server: ServerConfig,
-        tenancy: TenancyHolder,
-        *,
-        rate_limiter: RateLimiter | None = None,
-        upstream_budget: UpstreamBudget | None = None,
-        auth_failures: AuthFailures | None = None,
-        audit: AuditLog | None = None,
-        metrics: Metrics | None = None,
-        tracing: Tracing | None = None,
-        hit_log_sample_rate: float = 0.01,
-        sample: Callable[[], float] = random.random,
-    ) -> None:
-        metrics = metrics or Metrics()
-        self._metrics = MetricsReporter(metrics)
-        self._tracing = tracing or Tracing(None)
-        self._authenticate = Authenticate(metrics, auth_failures)
-        self._admit = Admit(rate_limiter, upstream_budget)
-        reporters: list[Reporter] = [
-            self._metrics,
-            TracingReporter(),
-            AccessLogReporter(hit_log_sample_rate, sample),
-        ]
-        if audit is not None:
-            reporters.append(AuditReporter(audit))
-        self._reporters = tuple(reporters)
-        self._default_deadline = server.default_deadline_seconds
-        self._max_deadline = server.max_deadline_seconds
-        self._max_message_bytes = server.max_message_bytes
-        self._tenancy = tenancy
+    def __init__(self, pipeline: Pipeline) -> None:
+        self._pipeline = pipeline
         self._wrapped: dict[str, Handler] = {}
 
     async def intercept_service(
@@ -191,7 +126,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         decode = _decoder(
             rpc,
             handler.request_deserializer,
-            min(max_request_bytes(rpc), self._max_message_bytes),
+            min(max_request_bytes(rpc), self._pipeline.max_message_bytes),
         )
         wrapped: Handler = grpc.unary_unary_rpc_method_handler(
             self._wrap(method, cast(_Unary, handler.unary_unary), decode),
@@ -202,54 +137,26 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped[method] = wrapped
         return wrapped
 
-    def _budget(self, context: Context) -> tuple[float, bool]:
-        """Seconds the call may take, and whether the gateway must enforce them itself.
-
-        grpc.aio already cancels the handler at a deadline the caller sent; an own timer
-        (~20 us a call) is armed only for the default deadline or the cap."""
-        remaining = context.time_remaining()
-        if remaining is None:
-            return self._default_deadline, True
-        if remaining > self._max_deadline:
-            return self._max_deadline, True
-        return remaining, False
-
     def _wrap(self, method: str, inner: _Unary, decode: Deserializer) -> _Unary:
+        pipeline = self._pipeline
         rpc = method.rsplit("/", 1)[-1]
-        is_write = rpc in WRITE_OPERATIONS
-        started_counter = self._metrics.for_method(method).started
-        reporters = self._reporters
+        is_write = rpc in WRITES
 
         async def handle(raw: bytes, context: Context) -> Any:
-            started = time.perf_counter()
-            started_counter.inc()
-            metadata = context.invocation_metadata()
-            traced = self._tracing.rpc(method, metadata)
-            span = traced.__enter__()
-            request_id = _request_id(metadata)
-            tenancy = self._tenancy.current
-            outcome = Outcome(
-                method,
-                rpc,
-                request_id,
-                None,
-                None,
-                WriteRecord() if is_write else None,
-                grpc.StatusCode.CANCELLED,
-                "CANCELLED",
-                0.0,
-                span=span,
-                traced=traced,
-            )
-            budget, own_timer = self._budget(context)
+            metadata = context.invocation_metadata() or ()
+            outcome = pipeline.started(method, metadata)
+            request_id = outcome.request_id
+            tenancy = pipeline.tenancy.current
+            # grpc.aio cancels the handler at a deadline the caller sent itself.
+            budget, own_timer = pipeline.budget(context.time_remaining())
             try:
                 try:
                     async with asyncio.timeout(budget if own_timer else None):
-                        identity = outcome.identity = self._authenticate(
+                        identity = outcome.identity = pipeline.authenticate(
                             tenancy, metadata, context.auth_context(), context.peer
                         )
-                        no_cache = not is_write and _no_cache(metadata)
-                        await self._admit(identity.tenant.name, is_write, no_cache)
+                        fresh = not is_write and no_cache(metadata)
+                        await pipeline.admit(identity.tenant.name, is_write, fresh)
                         request = decode(raw)
                         call = outcome.call = Call(
                             request_id,
@@ -258,7 +165,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                             asyncio.get_running_loop().time() + budget,
                             tenancy,
                             outcome.record,
-                            no_cache=no_cache,
+                            no_cache=fresh,
                         )
                         begin(call)
                         response = await inner(request, context)
@@ -288,9 +195,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 status = to_status(internal(request_id), request_id)
                 await context.abort(status.code, status.message, status.trailing_metadata)
             finally:
-                outcome.seconds = time.perf_counter() - started
-                for reporter in reporters:
-                    reporter.post_call(outcome)
+                pipeline.ended(outcome)
             assert outcome.call is not None
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), *outcome.call.trailers))
             return response
