@@ -31,6 +31,8 @@ from service.auth.api_keys import hash_key
 from tests.certs import make_pki
 from tests.conftest import GatewayFactory
 from tests.helpers import config_dict
+from tests.readme_support import Ran, bash
+from tests.readme_support import section as readme_section
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -63,9 +65,7 @@ class Step:
 
 def section(text: str, heading: str = SECTION) -> str:
     """A README section, up to the next `## ` heading."""
-    start = text.index(f"\n{heading}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else len(text)]
+    return readme_section(text, heading)
 
 
 def steps(text: str) -> list[Step]:
@@ -169,36 +169,6 @@ async def https_gateway(gateway_factory: GatewayFactory, aws: str, tmp_path: Pat
     # The server certificate names localhost: the address a reader would use for theirs.
     (pki.dir / "https").write_text(f"localhost:{gateway.http_port}")
     return pki.dir
-
-
-@dataclass(frozen=True)
-class Ran:
-    """What one bash run left behind."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-async def bash(script: str, cwd: Path, env: dict[str, str]) -> Ran:
-    """Run a bash script without blocking the loop the in-process gateway serves from."""
-    process = await asyncio.create_subprocess_exec(
-        "bash",
-        "-c",
-        script,
-        cwd=cwd,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        raise
-    assert process.returncode is not None
-    return Ran(process.returncode, out.decode(), err.decode())
 
 
 def status_and_body(output: str) -> tuple[int, str]:
