@@ -31,7 +31,7 @@ $(TS_STAMP): $(TS_DIR)/package.json $(TS_DIR)/package-lock.json
 
 ts-deps: $(TS_STAMP)
 
-# Type-check and compile the TypeScript client, its example and its test into dist/.
+# Type-check and compile the TypeScript client: the package into dist/, with its example and test into build/.
 ts: $(TS_STAMP)
 	cd $(TS_DIR) && npm run --silent build
 
@@ -72,7 +72,7 @@ lock: $(PY)
 	  --strip-extras --no-emit-index-url --no-emit-find-links -o runtime.lock runtime.in
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(TS_DIR)/node_modules $(TS_DIR)/dist
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(TS_DIR)/node_modules $(TS_DIR)/dist $(TS_DIR)/build
 
 # Minutes of mixed load; also checks memory growth between two windows after warm-up.
 .PHONY: soak

@@ -1,7 +1,7 @@
 /**
  * The smallest authorized call: DescribeRegistry, printed as AWS-shaped JSON.
  *
- *   GATEWAY_TARGET=127.0.0.1:50051 GATEWAY_API_KEY=<key> node dist/src/example.js
+ *   GATEWAY_TARGET=127.0.0.1:50051 GATEWAY_API_KEY=<key> node build/src/example.js
  */
 import { toJson } from "@bufbuild/protobuf";
 import {
