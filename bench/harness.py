@@ -4,7 +4,9 @@ Scenarios (one run, so the ratios compare like with like on this shared, noisy m
 
 1. baseline: a bare grpc.aio server answering same-sized responses from memory;
 2. cached read: DescribeRegistry / GetRegistryPolicy hits through the full gateway
-   (rounds interleaved with the baseline's, medians reported);
+   (rounds interleaved with the baseline's, medians reported); and DescribeRegistry hits
+   of the same gateway over HTTP/1.1 + JSON (Connect), in the same rounds: a figure beside
+   the gRPC one, not a target;
 3. direct AWS (aioboto3, one long-lived client, to the stand-in) beside the gateway on a
    cold cache (`cache-control: no-cache`) and on a warm one, at the same concurrency;
 4. cold storm: N concurrent reads of one never-read key while the stand-in holds the
@@ -29,6 +31,7 @@ import statistics
 import subprocess
 import tarfile
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -46,6 +49,7 @@ from bench.loadgen import (
     SERVICE,
     AttackJob,
     AwsJob,
+    HttpJob,
     Job,
     JobResult,
     LoadPool,
@@ -277,7 +281,13 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 
 def _gateway_config(
-    proxy_url: str, key: str, *, backend: str = "memory", redis_url: str = "", prefix: str = ""
+    proxy_url: str,
+    key: str,
+    *,
+    backend: str = "memory",
+    redis_url: str = "",
+    prefix: str = "",
+    http: bool = False,
 ) -> dict[str, Any]:
     cache: dict[str, Any] = {
         "backend": backend,
@@ -290,6 +300,8 @@ def _gateway_config(
         cache.update(redis_url=redis_url, key_prefix=prefix)
     return {
         "listen": "127.0.0.1:0",
+        # The same service over HTTP/1.1 + JSON (Connect), on a port of its own choosing.
+        **({"http": {"listen": "127.0.0.1:0"}} if http else {}),
         # A storm of 1,000 concurrent calls must not meet the default limit of 1,000.
         # Concurrent writes of the one tenant queue for the registry's lock by design here.
         "server": {
@@ -405,6 +417,22 @@ def max_message_bytes(env: dict[str, str]) -> int:
     return int(out.strip())
 
 
+def serves_http(env: dict[str, str]) -> bool:
+    """Whether the gateway that `env` runs has an HTTP (Connect) listener to configure:
+    asked of its own code, which may be a commit's from before it had one."""
+    code = "from service.config import GatewayConfig\nprint('http' in GatewayConfig.model_fields)"
+    out = subprocess.run(
+        [str(BIN / "python"), "-c", code],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    return out.strip() == "True"
+
+
 def attacker_summary(results: list[JobResult], seconds: float) -> dict[str, Any]:
     """Per attacker loop, over every attack phase: calls, codes, how long a refusal took.
 
@@ -461,6 +489,9 @@ class Run:
         self.aws: AwsStandIn
         self.gateway: ServerProcess
         self.bare: ServerProcess | None = None
+        # Whether the shared gateway serves HTTP (Connect) too: for the reads scenario's
+        # row over it, when the gateway's code has the listener.
+        self.http = False
         self.pool: LoadPool
         self.redis_url = (
             os.environ.get(REDIS_URL_ENV) or os.environ.get(TEST_REDIS_URL_ENV) or DEFAULT_REDIS_URL
@@ -504,8 +535,13 @@ class Run:
         self._seed()
         # The attack scenario starts a gateway of its own: alone, it needs no shared one.
         if self.only is None or not self.only or self.only - SELF_CONTAINED:
+            self.http = self._wants("reads") and (
+                self.gateway_rev is None or serves_http(self._gateway_env)
+            )
+            if self._wants("reads") and not self.http:
+                self.log("the gateway has no HTTP listener: no Connect+JSON row")
             self.gateway = self._start_gateway(
-                "gateway", _gateway_config(self.aws.proxy_url, self.key)
+                "gateway", _gateway_config(self.aws.proxy_url, self.key, http=self.http)
             )
 
     def _export_gateway(self, rev: str) -> None:
@@ -552,6 +588,7 @@ class Run:
             self.scratch / f"{name}.log",
             ready_lines=ready_lines,
             env=dict(self._gateway_env),
+            http="http" in config,
         )
         self._stack.callback(server.stop)
         if wait:
@@ -598,6 +635,18 @@ class Run:
             )
             answer: bytes = stub(request, metadata=self.metadata, timeout=30)
         return answer
+
+    def _http_call(self, address: str, rpc: str, body: bytes = b"{}") -> bytes:
+        """One Connect call from this process (urllib), for set-up: the answer's body."""
+        request = urllib.request.Request(
+            f"http://{address}{SERVICE}{rpc}",
+            data=body,
+            headers={"content-type": "application/json", **dict(self.metadata)},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 - loopback
+            data: bytes = answer.read()
+        return data
 
     def start_bare(self, layers: str = "") -> ServerProcess:
         """The baseline server (with `layers` of the gateway wrapper's gRPC work, if any),
@@ -707,6 +756,26 @@ class Run:
             )
         ]
 
+    def http_jobs(
+        self, address: str, rpc: str, calls: int, concurrency: int, *, warmup: int = 0
+    ) -> list[Job]:
+        """Connect+JSON calls of `rpc` (an empty request, `{}`) spread over the client
+        processes as `unary_jobs` spreads gRPC calls: one connection per call in flight."""
+        n = self.plan.client_processes
+        return [
+            HttpJob(
+                url=f"http://{address}{SERVICE}{rpc}",
+                body=b"{}",
+                headers=self.metadata,
+                calls=c,
+                concurrency=max(1, k),
+                warmup=w,
+            )
+            for c, k, w in zip(
+                split(calls, n), split(concurrency, n), split(warmup, n), strict=True
+            )
+        ]
+
     def _upstream(self) -> dict[str, int]:
         return self.aws.control("counts")
 
@@ -724,11 +793,16 @@ class Run:
     # ---- scenarios ----------------------------------------------------------------------
 
     def reads(self) -> None:
-        """Baseline and cached reads, rounds interleaved; targets checked on the medians."""
+        """Baseline and cached reads, rounds interleaved; targets checked on the medians.
+
+        With them, in the same rounds, DescribeRegistry hits of the same gateway process over
+        HTTP/1.1 + JSON (Connect): the same calls, concurrency and client processes, one
+        keep-alive connection per call in flight; reported beside the gRPC hits, no target.
+        """
         p = self.plan
         self.log(
-            f"reads: baseline vs gateway hits, {p.read_concurrency} concurrent, "
-            f"{p.read_calls} calls x {p.rounds} rounds"
+            f"reads: baseline vs gateway hits{' (gRPC and Connect+JSON)' * self.http}, "
+            f"{p.read_concurrency} concurrent, {p.read_calls} calls x {p.rounds} rounds"
         )
         self.bare = self.start_bare()
         loads: dict[str, list[Loaded]] = {}
@@ -740,6 +814,15 @@ class Run:
                         (server.address,), method, p.read_calls, p.read_concurrency, warmup=p.warmup
                     )
                     loads.setdefault(f"{kind}.{rpc}", []).append(self.load(jobs, [server.pid]))
+                if rpc == "describe" and self.http:
+                    jobs = self.http_jobs(
+                        self.gateway.http_address,
+                        NAMES[rpc],
+                        p.read_calls,
+                        p.read_concurrency,
+                        warmup=p.warmup,
+                    )
+                    loads.setdefault(f"http.{rpc}", []).append(self.load(jobs, [self.gateway.pid]))
         titles = {
             "baseline": "baseline: bare grpc.aio, {rpc}",
             "cached": "cached read: gateway hit, {rpc}",
@@ -761,7 +844,49 @@ class Run:
                 p99_vs_baseline=round(cached.m.p99_ms / base.m.p99_ms, 3),
             )
             self._reads_verdicts(NAMES[rpc], base, cached)
+            if f"http.{rpc}" in loads:
+                self._http_row(rpc, loads[f"http.{rpc}"], cached)
         self.bare.stop()
+
+    def _http_row(self, rpc: str, loads: list[Loaded], grpc_row: Row) -> None:
+        """The Connect+JSON hits' row, its ratios to the gRPC hits' and its check."""
+        p = self.plan
+        body = self._http_call(self.gateway.http_address, NAMES[rpc])
+        per_process = split(p.read_concurrency, p.client_processes)
+        where = "server cpu0, clients cpu1" if self.pin else "unpinned (both cores shared)"
+        row = self._row_of(
+            f"http.{rpc}",
+            "http",
+            f"cached read, Connect+JSON: gateway hit, {NAMES[rpc]}",
+            p.read_concurrency,
+            loads,
+            f"{p.client_processes} client procs x {max(per_process)} keep-alive HTTP/1.1 "
+            f"connections (httpcore, one call at a time each); {where}",
+        )
+        g = grpc_row.m
+        row.extra.update(
+            response_bytes=len(body),
+            grpc_row=grpc_row.key,
+            calls_per_s_vs_grpc=round(row.m.calls_per_s / g.calls_per_s, 3),
+            cpu_per_call_vs_grpc=round(row.m.server_cpu_per_1k / g.server_cpu_per_1k, 3),
+            p50_vs_grpc=round(row.m.p50_ms / g.p50_ms, 3),
+            p99_vs_grpc=round(row.m.p99_ms / g.p99_ms, 3),
+        )
+        row.notes.append(
+            "POST application/json, body {}; the gateway process of the gRPC hits, its HTTP "
+            "listener; every answer 200 with x-cache: hit (checked)"
+        )
+        self._add(row)
+        all_hits = _all_hits(row.m) and sum(row.m.cache.values()) == row.m.calls
+        self.verdicts.append(
+            Verdict(
+                f"{NAMES[rpc]} hits over Connect+JSON: all 200 with x-cache hit, no upstream call",
+                all_hits and not row.upstream,
+                f"{_codes_and_cache(row.m)}, upstream {row.upstream or 0}",
+                "all 200, all hits, 0 upstream",
+                "check",
+            )
+        )
 
     def _row_of(
         self,

@@ -14,7 +14,10 @@ Jobs run in several pools at once start together too (`run_together`): the attac
 runs its bystander in the run's pool and its attacker in a process of its own.
 
 gRPC calls are made with raw bytes (no serializer): the client pays no protobuf cost, so
-more of the one client core goes to driving load.
+more of the one client core goes to driving load. Connect calls (HTTP/1.1 + JSON, `HttpJob`)
+go over httpcore, the keep-alive HTTP/1.1 client under httpx: one connection per call in
+flight (HTTP/1.1 carries one call at a time), each driven by its own loop, with no pool in
+between; the JSON body is sent as it is and the answer's body read, not parsed.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import grpc
+import httpcore
 
 # Each channel its own TCP connection: grpcio otherwise shares one subchannel between
 # channels to the same target with the same arguments.
@@ -65,6 +69,24 @@ class UnaryJob:
     # latency counts from then (a stalled server is not let off by a waiting client).
     # `concurrency` then applies to the warm-up only.
     rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class HttpJob:
+    """Unary Connect calls (HTTP/1.1 POST, JSON) of one method with one request, from one
+    client process: `concurrency` keep-alive connections, one call at a time on each.
+
+    Each answer's status (200 is `OK`, else `HTTP <status>`) and `x-cache` header (`none`
+    when it has none) are counted, as a gRPC call's code and trailer are.
+    """
+
+    url: str  # http://host:port/<package.Service>/<Method>
+    body: bytes  # the request as JSON
+    headers: Metadata  # besides content-type (application/json)
+    calls: int
+    concurrency: int  # calls in flight at once: connections
+    warmup: int = 0  # after one call on each connection (which opens it)
+    timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +137,7 @@ class AttackJob:
     timeout: float = 30.0
 
 
-Job: TypeAlias = UnaryJob | WriteJob | AwsJob | AttackJob
+Job: TypeAlias = UnaryJob | HttpJob | WriteJob | AwsJob | AttackJob
 
 
 @dataclass
@@ -238,6 +260,82 @@ async def _run_unary(job: UnaryJob, go: Callable[[], Awaitable[None]]) -> JobRes
     finally:
         for ch in channels:
             await ch.close()
+
+
+# What a call can fail with short of an answer: connect, read or write errors, timeouts, a
+# connection the server closed or answered garbage on.
+_HTTP_FAILURES = (
+    httpcore.NetworkError,
+    httpcore.TimeoutException,
+    httpcore.ProtocolError,
+    httpcore.ConnectionNotAvailable,
+)
+
+
+def _http_connection(url: httpcore.URL) -> httpcore.AsyncHTTPConnection:
+    # A connection of its own, not httpcore's pool: the pool scans every connection and
+    # makes a lock and an event per request, which would cost the client more than the
+    # call itself.
+    return httpcore.AsyncHTTPConnection(httpcore.Origin(url.scheme, url.host, url.port or 80))
+
+
+async def _run_http(job: HttpJob, go: Callable[[], Awaitable[None]]) -> JobResult:
+    url = httpcore.URL(job.url)
+    headers = [
+        (b"content-type", b"application/json"),
+        *((k.encode("latin-1"), v.encode("latin-1")) for k, v in job.headers),
+    ]
+    timeouts = {"timeout": dict.fromkeys(("connect", "read", "write", "pool"), job.timeout)}
+    connections = [_http_connection(url) for _ in range(max(1, job.concurrency))]
+    recorder = _Recorder()
+    left = [0]
+
+    async def one(index: int) -> None:
+        t0 = time.perf_counter()
+        try:
+            response = await connections[index].request(
+                b"POST", url, headers=headers, content=job.body, extensions=timeouts
+            )
+        except _HTTP_FAILURES as exc:
+            code = type(exc).__name__
+            recorder.details.setdefault(
+                code, f"{str(exc)[:300]} (after {time.perf_counter() - t0:.3f} s)"
+            )
+            # A failed connection takes no more calls: the next one opens a new one.
+            await connections[index].aclose()
+            connections[index] = _http_connection(url)
+        else:
+            code = "OK" if response.status == 200 else f"HTTP {response.status}"
+            if code != "OK" and code not in recorder.details:
+                recorder.details[code] = response.content[:300].decode("utf-8", "replace")
+            cache = next((v for k, v in response.headers if k.lower() == b"x-cache"), b"none")
+            recorder.cache[cache.decode("latin-1")] += 1
+        recorder.latencies.append(time.perf_counter() - t0)
+        recorder.codes[code] += 1
+
+    async def worker(index: int) -> None:
+        while left[0] > 0:
+            left[0] -= 1
+            await one(index)
+
+    async def run(calls: int) -> None:
+        left[0] = calls
+        await asyncio.gather(*(worker(i) for i in range(min(len(connections), calls))))
+
+    try:
+        # Every connection open (and the server's first answer on it) before the timing.
+        await asyncio.gather(*(one(i) for i in range(len(connections))))
+        if job.warmup:
+            await run(job.warmup)
+        recorder = _Recorder()
+        await go()
+        cpu0, t0 = time.process_time(), time.perf_counter()
+        await run(job.calls)
+        t1, cpu1 = time.perf_counter(), time.process_time()
+        return recorder.result(t0, t1, cpu1 - cpu0)
+    finally:
+        for connection in connections:
+            await connection.aclose()
 
 
 def _replication_request(registry_id: str, region: str, filter_value: str, etag: str) -> bytes:
@@ -461,6 +559,8 @@ async def _serve_jobs(conn: Connection) -> None:
             result: JobResult
             if isinstance(job, UnaryJob):
                 result = await _run_unary(job, go)
+            elif isinstance(job, HttpJob):
+                result = await _run_http(job, go)
             elif isinstance(job, WriteJob):
                 result = await _run_writes(job, go)
             elif isinstance(job, AttackJob):

@@ -24,6 +24,9 @@ from typing import IO, Any
 import psutil
 
 BIN = Path(sys.executable).parent
+# The gateway's log line for its HTTP (Connect) listener (service/app/server.py), not a
+# "serving" line: those count the gRPC listeners, one per worker.
+HTTP_LISTENING = "listening for HTTP"
 _READY_TIMEOUT_SECONDS = 90.0
 
 
@@ -127,8 +130,11 @@ class ServerProcess:
     log_path: Path
     ready_lines: int = 1  # how many "serving ... listen=" lines mean ready (one per worker)
     env: dict[str, str] = field(default_factory=clean_env)
+    # A gateway with an HTTP listener: ready once it has logged that one's port as well.
+    http: bool = False
     proc: subprocess.Popen[bytes] | None = None
     ports: list[int] = field(default_factory=list)
+    http_port: int = 0
     _log: IO[bytes] | None = None
 
     def start(self) -> ServerProcess:
@@ -145,9 +151,11 @@ class ServerProcess:
         )
         deadline = time.monotonic() + _READY_TIMEOUT_SECONDS
         while time.monotonic() < deadline:
-            ports = _serving_ports(self.log_path.read_text(errors="replace"))
-            if len(ports) >= self.ready_lines:
-                self.ports = ports
+            log = self.log_path.read_text(errors="replace")
+            ports = _serving_ports(log)
+            http = _listen_ports(log, HTTP_LISTENING) if self.http else [0]
+            if len(ports) >= self.ready_lines and http:
+                self.ports, self.http_port = ports, http[0]
                 return self
             if self.proc.poll() is not None:
                 break
@@ -166,6 +174,12 @@ class ServerProcess:
     def address(self) -> str:
         """host:port of the first listener."""
         return f"127.0.0.1:{self.ports[0]}"
+
+    @property
+    def http_address(self) -> str:
+        """host:port of the HTTP (Connect) listener."""
+        assert self.http_port, f"{self.name} has no HTTP listener"
+        return f"127.0.0.1:{self.http_port}"
 
     def cpu_seconds(self) -> float:
         """CPU seconds used so far by the server and its workers."""
@@ -187,10 +201,16 @@ class ServerProcess:
 
 
 def _serving_ports(log: str) -> list[int]:
-    """Ports of the "serving" log lines: JSON lines (`"listen": "host:port"`) or key=value."""
+    """Ports of the "serving" log lines (gRPC listeners: one per worker)."""
+    return _listen_ports(log, "serving")
+
+
+def _listen_ports(log: str, marker: str) -> list[int]:
+    """Ports of the log lines whose message has `marker`: JSON lines (`"listen":
+    "host:port"`) or key=value (`listen=host:port`)."""
     ports = []
     for line in log.splitlines():
-        if "serving" not in line or "listen" not in line:
+        if marker not in line or "listen" not in line:
             continue
         listen = ""
         if line.startswith("{"):
@@ -198,7 +218,7 @@ def _serving_ports(log: str) -> list[int]:
                 record = json.loads(line)
             except ValueError:
                 continue
-            if "serving" in str(record.get("message", "")):
+            if marker in str(record.get("message", "")):
                 listen = str(record.get("listen", ""))
         elif "listen=" in line:
             listen = line.rsplit("listen=", 1)[1].split()[0]

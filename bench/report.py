@@ -46,6 +46,11 @@ def _remark(row: dict[str, Any]) -> str:
             f"{x['calls_per_s_vs_baseline']:.2f}x calls/s, "
             f"{x['cpu_per_call_vs_baseline']:.2f}x CPU, {x['p99_vs_baseline']:.2f}x p99"
         )
+    if "calls_per_s_vs_grpc" in x:
+        parts.append(
+            f"{x['calls_per_s_vs_grpc']:.2f}x calls/s, {x['cpu_per_call_vs_grpc']:.2f}x CPU, "
+            f"{x['p99_vs_grpc']:.2f}x p99 vs gRPC hit"
+        )
     if row["group"] == "writes":
         parts.append(f"{x['successful_writes']} ok, {x['aborted']} ABORTED")
     if row["group"] == "storm":
@@ -60,7 +65,7 @@ def _remark(row: dict[str, Any]) -> str:
                 f"attacker {kind}: {entry['calls']} calls ({codes}), p50 {entry['p50_ms']} ms"
             )
     bound = row.get("bound", "server")
-    if bound != "server" and row["group"] in ("baseline", "cached", "scale", "ablation"):
+    if bound != "server" and row["group"] in ("baseline", "cached", "http", "scale", "ablation"):
         parts.append(f"{bound}-bound")
     cores = x.get("core_busy") or []
     if "cpu0" in row.get("setup", "") and cores:
@@ -149,7 +154,7 @@ def chart(doc: dict[str, Any], path: Path) -> None:
     bars.grid(axis="x", which="both", alpha=0.3)
     bars.legend(loc="upper right")  # the top rows are short; the attack rows last are long
 
-    styles = {"baseline": "--", "cached": "-"}
+    styles = {"baseline": "--", "cached": "-", "http": ":"}
     for row in rows:
         if row["group"] not in styles:
             continue
@@ -283,6 +288,52 @@ def attack_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def http_markdown(doc: dict[str, Any]) -> str:
+    """The cached read over HTTP/1.1 + JSON (Connect) beside the same read over gRPC."""
+    rows = {r["key"]: r for r in doc["rows"]}
+    out: list[str] = []
+    for http in (r for r in doc["rows"] if r["group"] == "http"):
+        x = http["extra"]
+        grpc = rows.get(x.get("grpc_row", ""))
+        if grpc is None:
+            continue
+        name = http["title"].rpartition(", ")[2]
+        if not out:
+            out += [
+                "## Cached reads over HTTP/1.1 + JSON (Connect)",
+                "",
+                "The same gateway process, the same cached read (every call a hit, checked), "
+                "the same concurrency and client processes, over its HTTP listener: "
+                "`POST /ecr.registry.v1.RegistryConfigService/<Method>`, "
+                "`content-type: application/json`, body `{}`, one keep-alive connection per "
+                "call in flight (HTTP/1.1 carries one call at a time; the gRPC calls share "
+                f"{doc['setup']['channels_per_process']} HTTP/2 connections per client "
+                "process). Rounds interleaved with the gRPC rows', medians. A figure, not a "
+                "target.",
+                "",
+            ]
+        out += [
+            f"| {name} | calls/s | p50 ms | p99 ms | srv CPU us/call | srv busy | bound "
+            "| response bytes |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for label, row in (("gRPC (protobuf)", grpc), ("Connect (JSON)", http)):
+            out.append(
+                f"| {label} | {row['calls_per_s']:.0f} | {row['p50_ms']:.2f} "
+                f"| {row['p99_ms']:.2f} | {row['server_cpu_per_1k'] * 1000:.0f} "
+                f"| {row['server_busy']:.0%} | {row.get('bound', 'server')} "
+                f"| {row['extra'].get('response_bytes', '-')} |"
+            )
+        out += [
+            "",
+            f"**Connect+JSON / gRPC: {x['calls_per_s_vs_grpc']:.2f}x calls/s, "
+            f"{x['cpu_per_call_vs_grpc']:.2f}x server CPU per call, "
+            f"{x['p50_vs_grpc']:.2f}x p50, {x['p99_vs_grpc']:.2f}x p99.**",
+            "",
+        ]
+    return "\n".join(out) + "\n" if out else ""
+
+
 def markdown(doc: dict[str, Any], chart_name: str) -> str:
     """docs/performance.md: how it was measured, the table, the targets, the findings."""
     m = doc["machine"]
@@ -293,6 +344,7 @@ def markdown(doc: dict[str, Any], chart_name: str) -> str:
     source = _source(s.get("gateway_source"))
     attack = attack_markdown(doc)
     attack += "\n" if attack else ""
+    http = http_markdown(doc)
     pinning = (
         f"server on cpu {s['server_cpus']}, load generator and AWS stand-in on cpu "
         f"{s['client_cpus']} (taskset / sched_setaffinity)"
@@ -333,5 +385,5 @@ Compare such rows by CPU per call, which holds steadier.
 
 {verdicts_markdown(doc)}
 
-{attack}{findings}
+{http}{attack}{findings}
 """

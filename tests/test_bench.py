@@ -1,38 +1,46 @@
 """The benchmark harness's own arithmetic and parsing (bench/): fast, no server processes
 started (the attack scenario's client loops run against one in-process grpc.aio server on
-loopback, at tiny sizes)."""
+loopback, the Connect+JSON read loop against one in-process uvicorn server, at tiny sizes)."""
 
 from __future__ import annotations
 
 import argparse
 import array
 import asyncio
+import contextlib
 import copy
+import json
 import math
+import socket
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
 import pytest
+import uvicorn
 from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from bench import cli, report
-from bench.harness import attacker_summary
+from bench.harness import _gateway_config, attacker_summary
 from bench.loadgen import (
     AttackJob,
+    HttpJob,
     JobResult,
     UnaryJob,
     _run_attack,
+    _run_http,
     _run_unary,
     loopback_only,
     split,
     undecodable_request,
     unknown_field_flood,
 )
-from bench.processes import _serving_ports
+from bench.processes import HTTP_LISTENING, _listen_ports, _serving_ports
 from bench.profile import summarize
 from bench.stats import measure, median_of, percentile
+from service.config import GatewayConfig
 
 
 def _result(latencies_ms: list[float], started: float, finished: float, cpu: float) -> JobResult:
@@ -96,10 +104,24 @@ def test_serving_ports_read_json_and_key_value_log_lines() -> None:
             '{"time":"t","message":"draining: health is NOT_SERVING"}',
             "2026-01-01 INFO registry_gateway.server[7] serving plaintext listen=127.0.0.1:5001",
             "bare server serving listen=127.0.0.1:5002",
+            '{"time":"t","message":"listening for HTTP/JSON (Connect), plaintext",'
+            '"listen":"127.0.0.1:41900"}',
+            "2026-01-01 INFO registry_gateway.server[7] listening for HTTP/JSON (Connect), "
+            "plaintext listen=127.0.0.1:5003",
             "not json {",
         ]
     )
+    # The HTTP listener's line is no "serving" line: those count gRPC listeners (workers).
     assert _serving_ports(log) == [41899, 5001, 5002]
+    assert _listen_ports(log, HTTP_LISTENING) == [41900, 5003]
+
+
+def test_gateway_config_with_http_is_a_valid_config() -> None:
+    config = GatewayConfig.model_validate(_gateway_config("http://127.0.0.1:1", "k", http=True))
+    assert config.http.listen == "127.0.0.1:0"
+    assert (
+        GatewayConfig.model_validate(_gateway_config("http://127.0.0.1:1", "k")).http.listen is None
+    )
 
 
 def test_profile_summary_counts_parts_and_own_samples() -> None:
@@ -300,6 +322,177 @@ async def test_attack_scenario_client_loops_at_tiny_sizes() -> None:
     assert read.cache == {"hit": 10}
     assert len(read.latency_list()) == 10
     assert read.finished - read.started >= 9 / 200
+
+
+# ---- cached reads over Connect+JSON ------------------------------------------------------
+
+DESCRIBE_PATH = "/ecr.registry.v1.RegistryConfigService/DescribeRegistry"
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its signal handlers (pytest keeps its own)."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+@contextlib.asynccontextmanager
+async def _tiny_connect_gateway() -> AsyncIterator[tuple[int, list[dict[str, Any]]]]:
+    """Answers DescribeRegistry as the gateway's HTTP listener does: 401 without credentials,
+    else 200 JSON with `x-cache` (a miss the first time, hits after)."""
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        headers = {k.decode(): v.decode() for k, v in scope["headers"]}
+        seen.append(
+            {
+                "method": scope["method"],
+                "path": scope["path"],
+                "headers": headers,
+                "body": body,
+                "peer": tuple(scope["client"]),
+            }
+        )
+        if "authorization" not in headers:
+            answer = json.dumps({"code": "unauthenticated", "message": "no credentials"})
+            extra: list[tuple[bytes, bytes]] = []
+            status = 401
+        else:
+            answer = json.dumps({"registryId": "123456789012"})
+            extra = [(b"x-cache", b"miss" if len(seen) == 1 else b"hit")]
+            status = 200
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json"), *extra],
+            }
+        )
+        await send({"type": "http.response.body", "body": answer.encode()})
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app, lifespan="off", loop="none", log_config=None, access_log=False, http="h11"
+    )
+    server = _QuietServer(config)
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            assert not task.done(), task.result()
+            await asyncio.sleep(0.005)
+        yield port, seen
+    finally:
+        server.should_exit = True
+        await task
+        sock.close()
+
+
+async def test_connect_read_loop_at_tiny_sizes() -> None:
+    async with _tiny_connect_gateway() as (port, seen):
+        url = f"http://127.0.0.1:{port}{DESCRIBE_PATH}"
+        job = HttpJob(
+            url=url,
+            body=b"{}",
+            headers=(("authorization", "Bearer bench"),),
+            calls=12,
+            concurrency=3,
+            warmup=4,
+            timeout=5.0,
+        )
+        read = await _run_http(job, _go)
+        stranger = await _run_http(
+            HttpJob(url=url, body=b"{}", headers=(), calls=2, concurrency=1, timeout=5.0), _go
+        )
+    # Timed calls only: the first call on each connection and the warm-up (the miss) dropped.
+    assert read.codes == {"OK": 12}
+    assert read.cache == {"hit": 12}
+    assert len(read.latency_list()) == 12
+    assert read.finished >= read.started
+    calls = seen[: 3 + 4 + 12]
+    assert {c["method"] for c in calls} == {"POST"}
+    assert {c["path"] for c in calls} == {DESCRIBE_PATH}
+    assert {c["body"] for c in calls} == {b"{}"}
+    assert {c["headers"]["content-type"] for c in calls} == {"application/json"}
+    assert {c["headers"]["authorization"] for c in calls} == {"Bearer bench"}
+    # Keep-alive: one connection per call in flight, each kept for every call.
+    assert len({c["peer"] for c in calls}) == 3
+    # A refusal is counted by its status, with what the server said.
+    assert stranger.codes == {"HTTP 401": 2}
+    assert stranger.cache == {"none": 2}
+    assert "no credentials" in stranger.details["HTTP 401"]
+
+
+async def test_connect_read_loop_counts_calls_that_get_no_answer() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, not listening: connections are refused
+        job = HttpJob(
+            url=f"http://127.0.0.1:{port}{DESCRIBE_PATH}",
+            body=b"{}",
+            headers=(),
+            calls=3,
+            concurrency=2,
+            timeout=5.0,
+        )
+        result = await _run_http(job, _go)
+    assert result.codes == {"ConnectError": 3}
+    assert "ConnectError" in result.details
+    assert len(result.latency_list()) == 3
+
+
+def _http_doc() -> dict[str, Any]:
+    doc = _doc()
+    grpc_row = doc["rows"][0]
+    row = copy.deepcopy(grpc_row)
+    row.update(
+        key="http.describe",
+        group="http",
+        title="cached read, Connect+JSON: gateway hit, DescribeRegistry",
+        setup="2 client procs x 25 keep-alive HTTP/1.1 connections; server cpu0, clients cpu1",
+        bound="server",
+        client_bound=False,
+        calls_per_s=1250.0,
+        p50_ms=30.0,
+        p99_ms=45.0,
+        server_cpu_per_1k=0.6,
+        server_busy=0.95,
+        upstream={},
+    )
+    row["extra"] = {
+        "core_busy": [0.99, 0.7],
+        "response_bytes": 120,
+        "grpc_row": "cached.describe",
+        "calls_per_s_vs_grpc": 0.5,
+        "cpu_per_call_vs_grpc": 2.0,
+        "p50_vs_grpc": 2.0,
+        "p99_vs_grpc": 1.5,
+    }
+    grpc_row["extra"]["response_bytes"] = 60
+    doc["rows"].append(row)
+    return doc
+
+
+def test_connect_row_in_table_and_page() -> None:
+    doc = _http_doc()
+    table = report.table(doc)
+    assert "cached read, Connect+JSON: gateway hit, DescribeRegistry" in table
+    assert "0.50x calls/s, 2.00x CPU, 1.50x p99 vs gRPC hit" in table
+    page = report.markdown(doc, "chart.png")
+    assert "## Cached reads over HTTP/1.1 + JSON (Connect)" in page
+    assert "| gRPC (protobuf) | 2500 | 15.00 | 30.00 | 300 | 75% | client | 60 |" in page
+    assert "| Connect (JSON) | 1250 | 30.00 | 45.00 | 600 | 95% | server | 120 |" in page
+    assert "**Connect+JSON / gRPC: 0.50x calls/s, 2.00x server CPU per call" in page
+    # No Connect row (an older run's results): no section.
+    assert "## Cached reads over HTTP" not in report.markdown(_doc(), "chart.png")
 
 
 def _attack_doc() -> dict[str, Any]:
