@@ -313,14 +313,15 @@ async def write_limited(factory: GatewayFactory, aws: str, writes_per_second: fl
 
 @pytest.fixture
 async def rate_limited(gateway_factory: GatewayFactory, aws: str) -> Gateway:
-    """One write every 0.5 s: a retry after the RetryInfo delay succeeds quickly."""
-    return await write_limited(gateway_factory, aws, 2)
+    """One write every 4 s: the second write of a test is refused even on a loaded machine
+    (it has 4 s to come), and a retry after the RetryInfo delay fits the 10 s deadline."""
+    return await write_limited(gateway_factory, aws, 0.25)
 
 
 @pytest.fixture
 async def slowly_refilled(gateway_factory: GatewayFactory, aws: str) -> Gateway:
-    """One write every 2 s: for tests that must be refused, with a wide margin."""
-    return await write_limited(gateway_factory, aws, 0.5)
+    """One write every 10 s: for tests that must be refused, with a wide margin."""
+    return await write_limited(gateway_factory, aws, 0.1)
 
 
 async def test_write_without_etag_is_not_retried(slowly_refilled: Gateway) -> None:
