@@ -18,10 +18,14 @@ FROM python:3.11.14-slim-bookworm
 RUN groupadd --system --gid 10001 gateway \
  && useradd --system --uid 10001 --gid gateway --no-create-home --shell /usr/sbin/nologin gateway
 COPY --from=build /opt/gateway /opt/gateway
+# `docker build --build-arg COMMIT=$(git rev-parse HEAD)`: what `--version` and
+# registry_gateway_build_info report as the commit (the image has no git checkout).
+ARG COMMIT=unknown
 ENV PATH=/opt/gateway/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
-    REGISTRY_GATEWAY_CONFIG=/etc/registry-gateway/gateway.yaml
+    REGISTRY_GATEWAY_CONFIG=/etc/registry-gateway/gateway.yaml \
+    REGISTRY_GATEWAY_COMMIT=$COMMIT
 USER 10001:10001
 EXPOSE 50051 8081
 # SIGTERM starts the drain (health NOT_SERVING, serve drain_seconds, then stop with grace).

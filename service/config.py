@@ -54,7 +54,12 @@ _KEY_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 class ConfigError(Exception):
-    """A config that cannot be used; `str()` is one line naming the key."""
+    """A config that cannot be used; `str()` is one line naming the key (the first problem),
+    `problems` every problem found, each as (key path, message): what `check-config` prints."""
+
+    def __init__(self, message: str, problems: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.problems = problems or (("", message.removeprefix("config error: ")),)
 
 
 class _Strict(BaseModel):
@@ -541,16 +546,43 @@ def _apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> Non
             raise ConfigError(f"config error: {name}: the value is not valid YAML") from None
 
 
-def _one_line(error: ValidationError) -> str:
-    first = error.errors()[0]
-    key = ".".join(str(p) for p in first["loc"]) or "(top level)"
-    message = first["msg"]
-    if first["type"] == "extra_forbidden":
+# What an unknown key's name may look like to be echoed: the config's own keys are words.
+# Anything else (digits, long, other characters) may be a secret pasted in the wrong place.
+_KEY_NAME = re.compile(r"^[A-Za-z_-]{1,40}$")
+
+
+def _problem(error: Mapping[str, Any]) -> tuple[str, str]:
+    """(key path, message) of one pydantic error; never the input value (it may be a key
+    pasted in clear), and an unknown key's name only when it looks like a config key."""
+    loc = [str(p) for p in error["loc"]]
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
         message = "unknown key"
-        if len(first["loc"]) == 1 and first["loc"][0] in NOT_YET_SUPPORTED:
+        if len(loc) == 1 and loc[0] in NOT_YET_SUPPORTED:
             message = "not supported by this version of the gateway yet"
-    more = len(error.errors()) - 1
-    suffix = f" (and {more} more)" if more else ""
+        if loc and not _KEY_NAME.match(loc[-1]):
+            loc[-1] = "<name not shown>"
+            message = "unknown key (its name is not shown: it does not look like a config key)"
+    return ".".join(loc) or "(top level)", message
+
+
+def _problems(error: ValidationError) -> tuple[tuple[str, str], ...]:
+    errors = error.errors(include_input=False, include_url=False)
+    # A list whose only item was refused is also "too short after validation": an echo of
+    # the item's own problem, not one more.
+    echoes = {
+        e["loc"]
+        for e in errors
+        if e["type"] == "too_short"
+        and any(o["loc"][: len(e["loc"])] == e["loc"] and o["loc"] != e["loc"] for o in errors)
+    }
+    return tuple(_problem(e) for e in errors if e["loc"] not in echoes)
+
+
+def _one_line(problems: tuple[tuple[str, str], ...]) -> str:
+    key, message = problems[0]
+    more = len(problems) - 1
+    suffix = f" (and {more} more: `registry-gateway check-config` lists them)" if more else ""
     return f"config error: {key}: {message}{suffix}"
 
 
@@ -561,7 +593,8 @@ def from_mapping(raw: Mapping[str, Any], environ: Mapping[str, str] | None = Non
     try:
         return GatewayConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_one_line(exc)) from None
+        problems = _problems(exc)
+        raise ConfigError(_one_line(problems), problems) from None
 
 
 def load(path: str | Path, environ: Mapping[str, str] | None = None) -> GatewayConfig:

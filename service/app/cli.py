@@ -1,14 +1,17 @@
-"""`registry-gateway` (and `python -m service`): serve, hash-key."""
+"""`registry-gateway` (and `python -m service`): serve, check-config, config-schema, hash-key."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import gc
+import getpass
+import json
 import os
 import secrets
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 import aioboto3
 
@@ -16,12 +19,42 @@ from service.app import embedded
 from service.app.server import BindError, Gateway
 from service.app.workers import run_workers
 from service.auth.api_keys import hash_key
-from service.config import ENV_CONFIG_PATH, ConfigError, GatewayConfig, load, parse_listen
+from service.config import (
+    ENV_CONFIG_PATH,
+    ENV_OVERRIDE_PREFIX,
+    ConfigError,
+    GatewayConfig,
+    load,
+    parse_listen,
+)
+from service.observability import build
 from service.observability.logs import configure_logging
+from service.observability.tracing import settings as tracing_settings
+
+# The longest API key hash-key reads: a key is a bearer token, not a document.
+MAX_KEY_CHARS = 4096
+KEY_ARGUMENT_REFUSED = (
+    "error: hash-key takes no key argument: a key on the command line stays in your shell "
+    "history and is visible to every user of this machine in `ps`. Pipe it on stdin "
+    '(printf %s "$KEY" | registry-gateway hash-key), run it at a terminal to be prompted '
+    "without echo, or make a new one with --generate."
+)
+
+
+class _VersionAction(argparse.Action):
+    """`--version`: the version and commit, looked up only when asked (git is not free)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and commit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        print(build.describe())
+        parser.exit()
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="registry-gateway", description=__doc__)
+    parser.add_argument("--version", action=_VersionAction)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gateway")
     source = serve.add_mutually_exclusive_group()
@@ -44,12 +77,34 @@ def _parser() -> argparse.ArgumentParser:
         help="serve from N processes on one port (SO_REUSEPORT), the HTTP listener's too; "
         "needs fixed ports",
     )
+    check = commands.add_parser(
+        "check-config",
+        help="check a config file offline and list every problem (exit 1 if any)",
+        description="Validate a config as `serve` would (schema, cross-field checks, "
+        f"{ENV_OVERRIDE_PREFIX}* overrides from the environment), without calling AWS, "
+        "and list every problem with its key. Exit 0 when valid, 1 when not, 2 on usage.",
+    )
+    check.add_argument(
+        "path", nargs="?", metavar="PATH", help=f"YAML config (default: env {ENV_CONFIG_PATH})"
+    )
+    check.add_argument(
+        "--json", action="store_true", help="print the result as one JSON object on stdout"
+    )
+    commands.add_parser(
+        "config-schema",
+        help="print the JSON Schema of the config file (for editors and CI)",
+    )
     hashing = commands.add_parser(
-        "hash-key", help="print the config form (sha256:<hex>) of an API key"
+        "hash-key",
+        help="print the config form (sha256:<hex>) of an API key read from stdin",
+        description="Reads one key from stdin (at a terminal: prompts without echo) and "
+        "prints its config form. Never from an argument: shell history and `ps` would keep it.",
     )
     hashing.add_argument(
-        "key", nargs="?", help="the key; omitted: generate a new one and print both"
+        "--generate", action="store_true", help="make a new key and print it and its config form"
     )
+    # Accepted only to be refused with the reason (argparse's own error would not say why).
+    hashing.add_argument("key", nargs="?", help=argparse.SUPPRESS)
     return parser
 
 
@@ -177,13 +232,111 @@ def _run_serve(opts: argparse.Namespace) -> int:
             moto.stop()
 
 
+def _check_config(opts: argparse.Namespace) -> int:
+    """Every problem of a config at once, each with its key; never a secret (no input
+    value is printed, only the messages of service/config.py, which quote no secret)."""
+    path = opts.path or os.environ.get(ENV_CONFIG_PATH)
+    if not path:
+        print(f"error: give the config's PATH (or set {ENV_CONFIG_PATH})", file=sys.stderr)
+        return 2
+    overrides = sorted(name for name in os.environ if name.startswith(ENV_OVERRIDE_PREFIX))
+    problems: tuple[tuple[str, str], ...] = ()
+    config: GatewayConfig | None = None
+    try:
+        config = load(path)
+        # The OTEL_* variables too: a value `serve` would refuse (service/observability/tracing.py).
+        tracing_settings(config.tracing, os.environ)
+    except ConfigError as exc:
+        config, problems = None, exc.problems
+    if opts.json:
+        result = {
+            "path": path,
+            "ok": config is not None,
+            "problems": [{"key": key, "message": message} for key, message in problems],
+            # Names only: their values may be secrets.
+            "env_overrides": overrides,
+        }
+        print(json.dumps(result, indent=2))
+    elif config is None:
+        for key, message in problems:
+            line = f"config error: {key}: {message}" if key else f"config error: {message}"
+            print(line, file=sys.stderr)
+        count = len(problems)
+        print(f"{path}: {count} problem{'s' if count != 1 else ''}", file=sys.stderr)
+    else:
+        registries = sum(len(tenant.registries) for tenant in config.tenants)
+        with_env = f", with env overrides {', '.join(overrides)}" if overrides else ""
+        print(
+            f"{path}: ok ({len(config.tenants)} tenants, {registries} registry entries"
+            f"{with_env}; offline: AWS, Redis, env secrets and the files it names are not "
+            "checked)"
+        )
+    return 0 if config is not None else 1
+
+
+def _config_schema() -> int:
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **GatewayConfig.model_json_schema(),
+    }
+    schema["title"] = f"registry-gateway {build.version()} config"
+    print(json.dumps(schema, indent=2))
+    return 0
+
+
+def _read_key() -> str | None:
+    """The key from stdin: prompted without echo at a terminal, else read from the pipe."""
+    try:
+        if sys.stdin.isatty():
+            text = getpass.getpass("API key (not echoed): ")
+        else:
+            text = sys.stdin.read(MAX_KEY_CHARS + 1)
+    except (EOFError, KeyboardInterrupt):
+        print(file=sys.stderr)
+        return None
+    if len(text) > MAX_KEY_CHARS:
+        print(f"error: a key is at most {MAX_KEY_CHARS} characters", file=sys.stderr)
+        return None
+    # The gateway strips the bearer token it is sent, so a key is compared without the
+    # spaces and newline around it; `echo "$KEY" |` and `printf %s "$KEY" |` hash the same.
+    key = text.strip()
+    if not key:
+        print("error: no key on stdin", file=sys.stderr)
+        return None
+    if not key.isprintable() or any(ch.isspace() for ch in key):
+        # Never echoed, not even in part: it is a secret.
+        print(
+            "error: a key is one line of printable characters without spaces "
+            "(more than one line on stdin?)",
+            file=sys.stderr,
+        )
+        return None
+    return key
+
+
+def _hash_key(opts: argparse.Namespace) -> int:
+    if opts.key is not None:
+        print(KEY_ARGUMENT_REFUSED, file=sys.stderr)
+        return 2
+    if opts.generate:
+        key = secrets.token_urlsafe(32)
+        print(f"key:    {key}")
+        print(f"config: {hash_key(key)}")
+        return 0
+    given = _read_key()
+    if given is None:
+        return 1
+    print(hash_key(given))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     opts = _parser().parse_args(argv)
     if opts.command == "hash-key":
-        key = opts.key or secrets.token_urlsafe(32)
-        if not opts.key:
-            print(f"key:    {key}")
-        print(hash_key(key) if opts.key else f"config: {hash_key(key)}")
-        return 0
+        return _hash_key(opts)
+    if opts.command == "check-config":
+        return _check_config(opts)
+    if opts.command == "config-schema":
+        return _config_schema()
     return _run_serve(opts)

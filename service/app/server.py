@@ -13,6 +13,16 @@ from typing import Any
 import aioboto3
 import grpc
 import redis.asyncio as redis
+from botocore.exceptions import (
+    ClientError,
+    ConnectTimeoutError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    PartialCredentialsError,
+    ProxyConnectionError,
+    ReadTimeoutError,
+)
 from ecr.registry.v1 import registry_pb2 as pb
 from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -25,9 +35,11 @@ from service.auth.content import ContentRules
 from service.auth.failures import AuthFailures
 from service.auth.targets import Target
 from service.auth.tenancy import TenancyHolder, build_tenancy
-from service.aws.upstream import SessionFactory, Upstream
+from service.aws.upstream import Reachability, SessionFactory, Upstream
 from service.call import time_left
 from service.config import GatewayConfig, ListenerConfig, parse_listen, registry_regions
+from service.echo import echo
+from service.errors import GatewayError
 from service.http.listener import HttpListener
 from service.http.transport import ConnectPipeline, ConnectService
 from service.observability.audit import AuditLog
@@ -50,10 +62,70 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RegistryConfigService"].full_name
 # Health entry that tells whether the shared Redis cache is reachable.
 REDIS_HEALTH = "registry-gateway.redis"
 LOCK_EXPIRY_MARGIN_SECONDS = 5.0
+# How often Redis is pinged besides the cache's own calls, so that redis_up and its health
+# entry stay true on a replica no call reaches (an idle one would otherwise keep its last word).
+REDIS_PROBE_SECONDS = 15.0
 
 
 class BindError(Exception):
     """The listen address cannot be bound (taken, or not an address of this host)."""
+
+
+# AWS error codes saying the gateway's own credentials are refused (STS, or the role's).
+_ACCESS_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "InvalidClientTokenId",
+        "UnrecognizedClientException",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "InvalidAccessKeyId",
+    }
+)
+# What the gateway's own refusals (service/aws/upstream.py) mean for the diagnosis.
+_GATEWAY_REASONS = {"NO_AWS_CREDENTIALS": "NO_CREDENTIALS"}
+
+
+def diagnose(result: Reachability, timeout_seconds: float) -> tuple[str, str] | None:
+    """Why an account did not answer as it should, as (REASON, a sentence for operators);
+    None when it did. Never a credential: botocore and AWS name none in these errors."""
+    exc = result.error
+    if exc is None:
+        return None
+    if isinstance(exc, TimeoutError | ConnectTimeoutError | ReadTimeoutError):
+        where = getattr(exc, "kwargs", {}).get("endpoint_url")
+        at = f" at {where}" if where else ""
+        return (
+            "TIMEOUT",
+            f"STS GetCallerIdentity{at} did not answer within {timeout_seconds:g} s "
+            "(network path, proxy or VPC endpoint?)",
+        )
+    if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
+        return (
+            "NO_CREDENTIALS",
+            f"no usable AWS credentials ({type(exc).__name__}): none found in the "
+            "environment, profile, web identity (IRSA) or instance/pod role",
+        )
+    if isinstance(exc, EndpointConnectionError | ProxyConnectionError):
+        where = exc.kwargs.get("endpoint_url") or exc.kwargs.get("proxy_url") or "AWS"
+        return "ENDPOINT_REFUSED", f"cannot connect to {echo(where)}: refused or unreachable"
+    if isinstance(exc, ClientError):
+        error = exc.response.get("Error", {})
+        code = str(error.get("Code", "Unknown"))
+        said = echo(str(error.get("Message", "")), 300)
+        operation = exc.operation_name
+        if code in _ACCESS_DENIED_CODES:
+            return (
+                "ACCESS_DENIED",
+                f"AWS refused the gateway's credentials on {operation}: {code}: {said}",
+            )
+        return "AWS_ERROR", f"AWS answered {operation} with {code}: {said}"
+    if isinstance(exc, GatewayError):
+        reason = exc.reason or "REFUSED"
+        return _GATEWAY_REASONS.get(reason, reason), exc.message
+    return "AWS_CLIENT_ERROR", f"{type(exc).__name__}: {echo(str(exc), 300)}"
 
 
 def _channel_options(config: GatewayConfig, reuse_port: bool) -> list[tuple[str, int]]:
@@ -91,9 +163,11 @@ class Gateway:
         span_exporter: SpanExporter | None = None,
     ) -> None:
         self.config = config
-        self.metrics = Metrics()
-        self.tracing = Tracing(config.tracing, span_exporter)
+        # No redis_up series at all without Redis: a 0 would page for a Redis nobody runs.
+        self.metrics = Metrics(redis=config.cache.backend == "redis")
         self._environ = os.environ if environ is None else environ
+        # OTEL_* variables of this environment count too (service/observability/tracing.py).
+        self.tracing = Tracing(config.tracing, span_exporter, environ=self._environ)
         self.tenancy = TenancyHolder(build_tenancy(config, self._environ))
         self.upstream = Upstream(
             config.aws,
@@ -193,6 +267,10 @@ class Gateway:
             if self.health_port == 0:
                 raise BindError(f"cannot listen on {config.server.health_listen} (health)")
         self._background: set[asyncio.Task[None]] = set()
+        self._redis_answers: bool | None = None
+        # (account, region) -> (reason, why) of each account that did not answer as it
+        # should at its last probe: what the start-up diagnosis last said of it.
+        self._account_problems: dict[tuple[str, str], tuple[str, str]] = {}
 
     def _cache(self) -> ReadCache:
         cache = self.config.cache
@@ -226,11 +304,45 @@ class Gateway:
         return list(seen.values())
 
     async def _any_upstream_reachable(self) -> bool:
+        """Probe every (account, region) once, say what changed for each, and answer
+        whether any AWS account answered."""
         targets = self._targets()
         if not targets:
             return True
         results = await asyncio.gather(*(self.upstream.reachable(t) for t in targets))
-        return any(results)
+        for target, result in zip(targets, results, strict=True):
+            self._report_account(target, result)
+        return any(result.answered for result in results)
+
+    def _report_account(self, target: Target, result: Reachability) -> None:
+        """One line per account whose state changed: why it does not answer (or cannot be
+        used), once, again only when the reason changes, and when it answers again."""
+        key = (target.registry.registry_id, target.region)
+        found = diagnose(result, self.upstream.probe_timeout_seconds)
+        before = self._account_problems.get(key)
+        if found == before:
+            return
+        fields = {"registry_id": key[0], "region": key[1]}
+        if found is None:
+            del self._account_problems[key]
+            log.info("AWS account %s in %s answers now", *key, extra=fields)
+            return
+        self._account_problems[key] = found
+        reason, why = found
+        if result.answered:
+            log.error(
+                "AWS account %s in %s answers but cannot be used: %s",
+                *key,
+                why,
+                extra={**fields, "reason": reason},
+            )
+        else:
+            log.error(
+                "AWS account %s in %s does not answer: %s",
+                *key,
+                why,
+                extra={**fields, "reason": reason},
+            )
 
     async def _watch_config(self, every: float) -> None:
         """Reload whenever the config file's identity or content stamp changes."""
@@ -243,20 +355,56 @@ class Gateway:
                 seen = stamp
                 self.reloader.reload()
 
-    async def _until_reachable(self) -> None:
+    async def _until_reachable(self, serving: bool) -> None:
+        """Probe again, backing off, until every account answers as it should: SERVING as
+        soon as one answers; each account's line said again only when it changes."""
         delay = 1.0
-        while not await self._any_upstream_reachable():
+        while True:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
-        await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-        log.info("an AWS account answers: SERVING")
+            answered = await self._any_upstream_reachable()
+            if answered and not serving:
+                serving = True
+                await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
+                log.info("an AWS account answers: SERVING")
+            if serving and not self._account_problems:
+                return
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
+    async def _ping_redis(self) -> bool:
+        assert self.redis is not None
+        try:
+            await self.redis.ping()  # bounded by the client's 1 s socket timeouts
+        except (redis.RedisError, OSError):
+            return False
+        return True
+
+    async def _probe_redis(self) -> None:
+        """Ping Redis at start-up, so that redis_up and its health entry are true from the
+        first scrape rather than unknown (or 0) until the first cache operation."""
+        answers = await self._ping_redis()
+        if not answers:
+            log.warning(
+                "Redis does not answer at start-up: reads go to AWS, writes are refused "
+                "until it does",
+                extra={"error_type": "RedisUnavailable"},
+            )
+        self._redis_health(answers)
+
+    async def _watch_redis(self, every: float) -> None:
+        """Ping Redis now and then; report only a change (the cache reports its own)."""
+        while True:
+            await asyncio.sleep(every)
+            answers = await self._ping_redis()
+            if answers != self._redis_answers:
+                self._redis_health(answers)
+
     def _redis_health(self, available: bool) -> None:
+        self._redis_answers = available
         self.metrics.redis_available(available)
         # Reported as its own health entry: the gateway keeps serving without Redis, so
         # the overall status stays SERVING while operators can still see the cache is away.
@@ -295,6 +443,10 @@ class Gateway:
         await self.server.start()
         if self.reloader is not None and self.config.server.watch_config_seconds > 0:
             self._spawn(self._watch_config(self.config.server.watch_config_seconds))
+        if self.redis is not None:
+            # Before /metrics answers: its first scrape already says whether Redis does.
+            await self._probe_redis()
+            self._spawn(self._watch_redis(REDIS_PROBE_SECONDS))
         if self.config.metrics is not None:
             self.metrics_port = self.metrics.serve(self.config.metrics.listen)
         if self.health_server is not None:
@@ -302,12 +454,17 @@ class Gateway:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         # Ready only once some AWS account answers: a gateway that can reach none cannot
         # serve at all. A later outage does not flip it (stale reads ride that out).
-        if await self._any_upstream_reachable():
+        serving = await self._any_upstream_reachable()
+        if serving:
             await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         else:
             await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
-            log.error("no AWS account reachable yet; NOT_SERVING until one answers")
-            self._spawn(self._until_reachable())
+            log.error(
+                "no AWS account reachable yet; NOT_SERVING until one answers "
+                "(why: the line of each account above)"
+            )
+        if not serving or self._account_problems:
+            self._spawn(self._until_reachable(serving))
         for listener, port in zip(listeners, self.ports, strict=True):
             host = parse_listen(listener.listen)[0]
             kind = (

@@ -49,6 +49,15 @@ ROLE_SESSION_NAME = "registry-gateway"
 
 
 @dataclass(frozen=True)
+class Reachability:
+    """What probing a target's account found: whether AWS answered (a refusal is an
+    answer), and the error met on the way, if any (for the operators' diagnosis)."""
+
+    answered: bool
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
 class _ClientKey:
     registry_id: str
     region: str
@@ -220,16 +229,22 @@ class Upstream:
                 metadata={"operation": operation},
             ) from None
 
-    async def reachable(self, target: Target) -> bool:
+    async def reachable(self, target: Target) -> Reachability:
         """Whether AWS answers for the target (STS, when its client is made); a refusal for
-        another account counts as an answer, unreachable or timed out does not."""
+        another account counts as an answer, unreachable or timed out does not. The error
+        met, answered or not, comes with it: the server says why (service/app/server.py)."""
         try:
-            await asyncio.wait_for(self._client(target), self._aws.connect_timeout_seconds * 3)
-        except (TimeoutError, BotoCoreError):
-            return False
-        except (ClientError, GatewayError):
-            return True
-        return True
+            await asyncio.wait_for(self._client(target), self.probe_timeout_seconds)
+        except (TimeoutError, BotoCoreError) as exc:
+            return Reachability(False, exc)
+        except (ClientError, GatewayError) as exc:
+            return Reachability(True, exc)
+        return Reachability(True)
+
+    @property
+    def probe_timeout_seconds(self) -> float:
+        """How long `reachable` waits for AWS."""
+        return self._aws.connect_timeout_seconds * 3
 
     async def close(self) -> None:
         """Close every client (at shutdown)."""

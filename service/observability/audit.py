@@ -46,13 +46,27 @@ def policy_digest(policy_text: str) -> str:
     return hashlib.sha256(policy_text.encode("utf-8")).hexdigest()
 
 
+# The field that marks an audit line on stdout: `"log":"audit"`, first on the line.
+#
+# Why a marker rather than a stream of its own by default: a container has two collected
+# streams, and stderr carries the gateway's log; the audit's default (`path: "-"`) has
+# always been stdout, and moving it (to a file nobody collects) would silently drop the
+# trail of every deployment relying on that. But collectors usually merge a container's
+# two streams into one, where an audit line and a JSON log line look alike; the marker
+# lets a pipeline route the audit (to its own retention) by one field. A file of its own
+# (`path: /var/log/...`) is the audit by where it is, so its lines stay as they were.
+STDOUT_MARKER = {"log": "audit"}
+
+
 class AuditLog:
-    """Appends audit lines to a file, or to stdout for `path: "-"`."""
+    """Appends audit lines to a file, or to stdout for `path: "-"` (marked `"log":"audit"`)."""
 
     def __init__(self, config: AuditConfig) -> None:
         self._stream: IO[str]
+        self._marker: dict[str, str] = {}
         if config.path == "-":
             self._stream, self._owned = sys.stdout, False
+            self._marker = STDOUT_MARKER
         else:
             # Line-buffered append: each line reaches the file whole, in order.
             self._stream = open(config.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
@@ -81,6 +95,7 @@ class AuditLog:
             **asdict(record),
         }
         line: dict[str, Any] = {
+            **self._marker,
             "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
             **{k: _bounded(v) for k, v in fields.items()},
         }

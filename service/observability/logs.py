@@ -9,8 +9,12 @@ import re
 import sys
 from typing import IO, Any
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext
+
 from service.config import LogsConfig
 from service.echo import echo
+from service.observability.tracing import call_span_context
 
 # A field value printed bare in the text format; anything else is quoted.
 _PLAIN = re.compile(r"[A-Za-z0-9._:/@+-]+")
@@ -35,8 +39,22 @@ _FIELDS = (
 )
 
 
+def _trace(fields: dict[str, Any]) -> dict[str, Any]:
+    """`trace_id` and `span_id` (W3C hex) of the span current where the line is written,
+    else of the call being served (its access line comes after its span has ended): a log
+    line joins its trace. Untraced (tracing off, or no call), the line has neither."""
+    context: SpanContext | None = trace.get_current_span().get_span_context()
+    if context is None or not context.is_valid:
+        context = call_span_context()
+        if context is None or not context.is_valid:
+            return fields
+    fields["trace_id"] = format(context.trace_id, "032x")
+    fields["span_id"] = format(context.span_id, "016x")
+    return fields
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    return {k: v for k in _FIELDS if (v := getattr(record, k, None)) is not None}
+    return _trace({k: v for k in _FIELDS if (v := getattr(record, k, None)) is not None})
 
 
 def _message(message: str) -> str:

@@ -12,9 +12,20 @@ import threading
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    start_http_server,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
 
 from service.config import parse_listen
+from service.observability import build
 
 # Latency buckets for a service whose cached answers take ~0.3 ms and AWS calls ~50-500 ms.
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -27,11 +38,27 @@ GO_CODE_NAMES = {
 
 
 class Metrics:
-    """Every metric the gateway exports."""
+    """Every metric the gateway exports.
 
-    def __init__(self) -> None:
+    `redis`: whether the gateway has a Redis (`cache.backend: redis`). Without one there is
+    no `registry_gateway_redis_up` series at all: a 0 would say "Redis is down" of a
+    deployment that has none, and page for it (RegistryGatewayRedisDown).
+    """
+
+    def __init__(self, *, redis: bool = False) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
+        # What prometheus_client's default registry would have: process_* (CPU, memory,
+        # open fds, start time), python_info and python_gc_*; this registry is our own.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.build = Info(
+            "registry_gateway_build",
+            "The running build: the package version and the git commit it was built from.",
+            registry=r,
+        )
+        self.build.info({"version": build.version(), "commit": build.commit()})
         method = ["grpc_type", "grpc_service", "grpc_method"]
         self.started = Counter(
             "grpc_server_started", "RPCs started on the server.", method, registry=r
@@ -94,11 +121,16 @@ class Metrics:
             ["circuit"],
             registry=r,
         )
-        self.redis_up = Gauge(
-            "registry_gateway_redis_up",
-            "1 while the shared Redis answers, 0 while it does not (absent without Redis).",
-            registry=r,
-        )
+        # Registered on the first answer (or silence) of Redis, not before: until then
+        # nobody knows, and an unlabelled gauge would read 0.
+        self.redis_up: Gauge | None = None
+        if redis:
+            self.redis_up = Gauge(
+                "registry_gateway_redis_up",
+                "1 while the shared Redis answers, 0 while it does not (absent without Redis).",
+                registry=None,
+            )
+        self._redis_up_registered = False
         self._server: Any = None
         self._thread: threading.Thread | None = None
         self._cache_children: dict[str, Any] = {}
@@ -120,8 +152,13 @@ class Metrics:
         self.breaker.labels(circuit).set(BREAKER_STATES.get(state, 2))
 
     def redis_available(self, available: bool) -> None:
-        """Record whether Redis answers."""
+        """Record whether Redis answers (nothing, when the gateway has no Redis)."""
+        if self.redis_up is None:
+            return
         self.redis_up.set(1 if available else 0)
+        if not self._redis_up_registered:
+            self._redis_up_registered = True
+            self.registry.register(self.redis_up)
 
     def serve(self, listen: str) -> int:
         """Serve /metrics on `listen` (HOST:PORT) from a thread; returns the bound port."""

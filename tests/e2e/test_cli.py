@@ -13,8 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from service.auth.api_keys import hash_key
-
 BIN = Path(sys.executable).parent
 CONSOLE_SCRIPT = str(BIN / "registry-gateway")
 
@@ -104,14 +102,3 @@ async def test_embedded_prints_a_grpcurl_that_works_then_stops_on_sigterm() -> N
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(proc.wait(), timeout=30) == 0
-
-
-async def test_hash_key_prints_the_config_form() -> None:
-    code, out, _ = await run(CONSOLE_SCRIPT, "hash-key", "my-key")
-    assert code == 0
-    assert out.strip() == hash_key("my-key")
-    code, out, _ = await run(CONSOLE_SCRIPT, "hash-key")
-    key_line, digest_line = out.strip().splitlines()
-    key = key_line.removeprefix("key:").strip()
-    assert len(key) >= 32
-    assert digest_line.removeprefix("config:").strip() == hash_key(key)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import io
 import json
 import logging
+import socket
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -82,6 +84,58 @@ async def test_metrics_count_calls_cache_upstream_and_denials(
         == 1
     )
     assert value(samples, "registry_gateway_authz_denied_total", reason="INVALID_CREDENTIALS") == 1
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def names(samples: dict[tuple[str, tuple[tuple[str, str], ...]], float]) -> set[str]:
+    return {name for name, _ in samples}
+
+
+async def test_memory_backend_has_no_redis_series_and_exports_process_and_build(
+    gateway_factory: GatewayFactory, aws: str
+) -> None:
+    raw = config_dict(aws)
+    raw["metrics"] = {"listen": "127.0.0.1:0"}
+    gateway = await gateway_factory(raw)
+    await describe_status(gateway.port)
+    samples = await scrape(gateway.metrics_port)
+    # No Redis, no series: a 0 here would page RegistryGatewayRedisDown for nothing.
+    assert not any(name.startswith("registry_gateway_redis") for name in names(samples))
+    assert {
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_start_time_seconds",
+        "python_info",
+        "python_gc_collections_total",
+    } <= names(samples)
+    build = [labels for name, labels in samples if name == "registry_gateway_build_info"]
+    assert len(build) == 1
+    info = dict(build[0])
+    assert set(info) == {"version", "commit"}
+    assert info["version"] == importlib.metadata.version("registry-config-gateway")
+    assert info["commit"]
+    assert samples[("registry_gateway_build_info", build[0])] == 1.0
+
+
+@pytest.mark.parametrize("answers", [True, False], ids=["redis-up", "redis-down"])
+async def test_redis_up_is_true_from_the_first_scrape(
+    gateway_factory: GatewayFactory, aws: str, redis_url: str, redis_prefix: str, answers: bool
+) -> None:
+    raw = config_dict(aws)
+    raw["metrics"] = {"listen": "127.0.0.1:0"}
+    url = redis_url if answers else f"redis://127.0.0.1:{free_port()}/0"
+    raw["cache"] = {"backend": "redis", "redis_url": url, "key_prefix": redis_prefix}
+    gateway = await gateway_factory(raw)
+    # Before any call touched the cache: the start-up ping has already said.
+    samples = await scrape(gateway.metrics_port)
+    assert samples[("registry_gateway_redis_up", ())] == (1.0 if answers else 0.0)
 
 
 @pytest.fixture
