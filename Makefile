@@ -3,6 +3,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# `make serve`'s smaller install (serve.lock) into the same .venv: its pins are dev.lock's,
+# so the dev install is a superset and either target may run first.
+SERVE_STAMP := $(VENV)/.installed-serve
 TS_DIR := clients/typescript
 TS_STAMP := $(TS_DIR)/node_modules/.installed
 # The image of the last released contract: `buf breaking` compares proto/ with it.
@@ -47,7 +50,21 @@ breaking: $(STAMP)
 release-contract: $(STAMP)
 	$(VENV)/bin/buf build --exclude-source-info -o $(RELEASED)
 
-serve: $(STAMP)
+# Only what serving needs (runtime + moto + grpcurl), hash-checked; skipped when the dev
+# install is current (it holds the same pins and more).
+$(SERVE_STAMP): $(PY) requirements/serve.lock pyproject.toml clients/python/pyproject.toml
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt requirements/dev.lock ] && \
+	    [ $(STAMP) -nt pyproject.toml ] && [ $(STAMP) -nt clients/python/pyproject.toml ]; then \
+	  echo "serve: the dev install in $(VENV) is current and holds serve.lock"; \
+	else \
+	  $(PY) -m pip install --quiet --disable-pip-version-check --no-compile --no-deps \
+	    --require-hashes -r requirements/serve.lock && \
+	  $(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation \
+	    --no-deps -e ./clients/python -e . ; \
+	fi
+	touch $(SERVE_STAMP)
+
+serve: $(SERVE_STAMP)
 	$(PY) -m service serve --embedded
 
 test: $(STAMP) $(TS_STAMP) go-deps
@@ -70,6 +87,8 @@ lock: $(PY)
 	  --strip-extras --no-emit-index-url --no-emit-find-links -o dev.lock dev.in
 	cd requirements && ../$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
 	  --strip-extras --no-emit-index-url --no-emit-find-links -o runtime.lock runtime.in
+	cd requirements && ../$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --strip-extras --no-emit-index-url --no-emit-find-links -o serve.lock serve.in
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(TS_DIR)/node_modules $(TS_DIR)/dist $(TS_DIR)/build

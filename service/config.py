@@ -151,7 +151,10 @@ class RegistryConfig(_Strict):
     registry_id: str = Field(pattern=r"^[0-9]{12}$")
     role_arn: str | None = Field(None, pattern=r"^arn:aws[a-z-]*:iam::[0-9]{12}:role/.+$")
     external_id_env: str | None = None
-    policy_scope: Literal["V1", "V2"] = "V2"
+    # ECR's REGISTRY_POLICY_SCOPE of the account: `auto` reads it (GetAccountSetting) when
+    # the account's client is made and on reload, and refuses policy writes while it cannot;
+    # V1 or V2 pins it (a pin AWS disagrees with is logged and counted).
+    policy_scope: Literal["auto", "V1", "V2"] = "auto"
     regions: tuple[str, ...] = ()
     operations: tuple[Operation, ...] = ()
     # Deny by default: with none listed, PutReplicationConfiguration may only clear replication.
@@ -382,6 +385,9 @@ class CacheConfig(_Strict):
     max_stale_seconds: float = Field(300.0, ge=0)  # serve stale while AWS is unavailable
     max_entries: int = Field(10_000, ge=1)  # in-process copies (LRU)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # The name of the environment variable holding Redis's password (AUTH), e.g. from a
+    # Kubernetes Secret: the password itself is never in the config (nor its ConfigMap).
+    redis_password_env: str | None = Field(None, min_length=1)
     # Every key the gateway writes starts with this: several deployments can share a Redis.
     key_prefix: str = Field("registry-gateway:", min_length=1)
 
@@ -475,6 +481,7 @@ def _one_policy_scope_per_registry(tenants: tuple[TenantConfig, ...]) -> None:
     ECR's registry policy scope is one setting of the account (GetAccountSetting
     REGISTRY_POLICY_SCOPE); a merged policy is checked under it, so entries that disagree
     would let one tenant's statements, valid under its scope, refuse another's writes.
+    `auto` counts as one value: all entries of a registry read it, or all pin the same one.
     """
     scopes: dict[str, tuple[str, str]] = {}
     for tenant in tenants:

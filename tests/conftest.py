@@ -18,6 +18,7 @@ from moto.server import ThreadedMotoServer
 from service import config as config_mod
 from service.app.embedded import session_factory
 from service.app.server import Gateway
+from tests import moto_account_settings
 from tests.aws_proxy import CountingProxy
 from tests.helpers import config_dict
 
@@ -28,12 +29,18 @@ GatewayFactory = Callable[..., Awaitable[Gateway]]
 
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    """One moto server for the session, on 127.0.0.1 and a free port."""
+    """One moto server for the session, on 127.0.0.1 and a free port.
+
+    moto lacks ECR's GetAccountSetting: it is added (tests/moto_account_settings.py) and
+    answers REGISTRY_POLICY_SCOPE V2, as ECR does for a new registry, unless a test says
+    otherwise."""
+    uninstall = moto_account_settings.install()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     yield f"http://{host}:{port}"
     server.stop()
+    uninstall()
 
 
 @pytest.fixture

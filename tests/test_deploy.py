@@ -17,7 +17,10 @@ from service.config import ECR_OPERATIONS, from_mapping
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-MANIFESTS = sorted((ROOT / "deploy" / "k8s").glob("*.yaml"))
+# The base's plain Kubernetes files; kustomization.yaml and the Prometheus Operator CRs
+# (servicemonitor.yaml, prometheusrule.yaml) are checked in tests/test_kustomize.py.
+NOT_PLAIN = {"kustomization.yaml", "servicemonitor.yaml", "prometheusrule.yaml"}
+MANIFESTS = sorted(p for p in (ROOT / "deploy" / "k8s").glob("*.yaml") if p.name not in NOT_PLAIN)
 
 
 def run(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -77,12 +80,19 @@ def test_iam_policy_is_least_privilege() -> None:
         actions |= {found} if isinstance(found, str) else set(found)
     assert actions == {
         *(f"ecr:{op}" for op in ECR_OPERATIONS),
+        "ecr:GetAccountSetting",
         "sts:GetCallerIdentity",
         "sts:AssumeRole",
         "iam:CreateServiceLinkedRole",
     }
     assume = next(s for s in policy["Statement"] if s["Action"] == "sts:AssumeRole")
     assert all(re.fullmatch(r"arn:aws:iam::\d{12}:role/.+", r) for r in assume["Resource"])
+
+
+def test_registry_role_allows_what_the_gateway_calls() -> None:
+    policy = json.loads((ROOT / "deploy" / "iam" / "registry-role-policy.json").read_text())
+    ecr = {a for s in policy["Statement"] for a in s["Action"] if a.startswith("ecr:")}
+    assert ecr == {*(f"ecr:{op}" for op in ECR_OPERATIONS), "ecr:GetAccountSetting"}
 
 
 def test_image_install_steps_work_in_a_clean_venv(tmp_path: Path) -> None:

@@ -6,11 +6,16 @@ is never in the production image.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import secrets
+import shlex
+import shutil
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aioboto3
@@ -53,10 +58,26 @@ def start_moto() -> EmbeddedAws:
         ) from exc
     # werkzeug logs a line per request moto serves: noise beside the gateway's own log.
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    _answer_account_settings()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     return EmbeddedAws(server=server, endpoint_url=f"http://{host}:{port}")
+
+
+def _answer_account_settings() -> None:
+    """Give moto's ECR the GetAccountSetting it lacks (moto 5.x has no such action), answering
+    REGISTRY_POLICY_SCOPE as a new ECR registry does (V2), so `policy_scope: auto` (the
+    default) can read it in embedded mode as it does from ECR."""
+    from moto.ecr.responses import ECRResponse
+
+    def get_account_setting(self: ECRResponse) -> str:
+        name = str(self._get_param("name"))
+        value = "V2" if name == "REGISTRY_POLICY_SCOPE" else ""
+        return json.dumps({"name": name, "value": value})
+
+    if "get_account_setting" not in vars(ECRResponse):
+        ECRResponse.get_account_setting = get_account_setting  # type: ignore[attr-defined]
 
 
 def session_factory() -> aioboto3.Session:
@@ -117,12 +138,30 @@ def banner(listen: str, key: str, key_from_env: bool, http_listen: str | None = 
     lines += [
         f"demo tenant API key ({origin}): {key}",
         "try:",
-        f"  grpcurl -plaintext -H 'authorization: Bearer {key}' {listen} "
+        f"  {grpcurl_program()} -plaintext -H 'authorization: Bearer {key}' {listen} "
         f"{SERVICE_PATH}/DescribeRegistry",
     ]
     if http_listen is not None:
         lines.append(curl_command(http_listen, key))
     return "\n".join([*lines, ""])
+
+
+def grpcurl_program(
+    path: str | None = None, bin_dir: Path | None = None, cwd: Path | None = None
+) -> str:
+    """grpcurl as it runs when pasted: `grpcurl` when the shell finds this environment's
+    (or any) on PATH, else the one beside this Python (`.venv/bin/grpcurl` from a checkout,
+    where `make serve` installs it), relative to the working directory when under it."""
+    bin_dir = Path(sys.executable).parent if bin_dir is None else bin_dir
+    beside = bin_dir / "grpcurl"
+    if shutil.which("grpcurl", path=path) is not None or not beside.exists():
+        return "grpcurl"
+    cwd = Path.cwd() if cwd is None else cwd
+    try:
+        shown = str(beside.relative_to(cwd))
+    except ValueError:
+        shown = str(beside)
+    return shlex.quote(shown)
 
 
 def curl_command(http_listen: str, key: str) -> str:

@@ -37,7 +37,13 @@ from service.auth.targets import Target
 from service.auth.tenancy import TenancyHolder, build_tenancy
 from service.aws.upstream import Reachability, SessionFactory, Upstream
 from service.call import time_left
-from service.config import GatewayConfig, ListenerConfig, parse_listen, registry_regions
+from service.config import (
+    ConfigError,
+    GatewayConfig,
+    ListenerConfig,
+    parse_listen,
+    registry_regions,
+)
 from service.echo import echo
 from service.errors import GatewayError
 from service.http.listener import HttpListener
@@ -59,6 +65,21 @@ from service.state.ratelimit import build_rate_limiter, build_upstream_budget
 log = logging.getLogger("registry_gateway.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RegistryConfigService"].full_name
+
+
+def redis_password(env_name: str | None, environ: Mapping[str, str]) -> str | None:
+    """Redis's password from the environment variable `cache.redis_password_env` names."""
+    if env_name is None:
+        return None
+    value = environ.get(env_name)
+    if not value:
+        raise ConfigError(
+            f"config error: cache.redis_password_env: environment variable {env_name} "
+            "is not set or empty"
+        )
+    return value
+
+
 # Health entry that tells whether the shared Redis cache is reachable.
 REDIS_HEALTH = "registry-gateway.redis"
 LOCK_EXPIRY_MARGIN_SECONDS = 5.0
@@ -182,6 +203,7 @@ class Gateway:
         self.redis = (
             redis.Redis.from_url(
                 config.cache.redis_url,
+                password=redis_password(config.cache.redis_password_env, self._environ),
                 socket_timeout=1.0,
                 socket_connect_timeout=1.0,
                 retry=Retry(NoBackoff(), 0),
@@ -223,7 +245,10 @@ class Gateway:
                 self._cache(),
                 max_writes_per_tenant=config.server.max_writes_in_flight_per_tenant,
             ),
-            RequestValidator(allow_unknown_regions=config.aws.allow_unknown_regions),
+            RequestValidator(
+                allow_unknown_regions=config.aws.allow_unknown_regions,
+                policy_scopes=self.upstream.policy_scopes,
+            ),
         )
         pb_grpc.add_RegistryConfigServiceServicer_to_server(servicer, self.server)
         # --- HTTP/JSON (Connect) listener, service/http/: the same gates' state, reporters'
@@ -353,7 +378,7 @@ class Gateway:
             stamp = self.reloader.stamp()
             if stamp != seen:
                 seen = stamp
-                self.reloader.reload()
+                self.reload()
 
     async def _until_reachable(self, serving: bool) -> None:
         """Probe again, backing off, until every account answers as it should: SERVING as
@@ -369,6 +394,15 @@ class Gateway:
                 log.info("an AWS account answers: SERVING")
             if serving and not self._account_problems:
                 return
+
+    def reload(self) -> bool:
+        """Reload the config file; when taken, read ECR's REGISTRY_POLICY_SCOPE again for
+        every account and region with a client (service/aws/account_settings.py)."""
+        assert self.reloader is not None
+        reloaded = self.reloader.reload()
+        if reloaded:
+            self._spawn(self.upstream.refresh_policy_scopes(self.tenancy.current.config))
+        return reloaded
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.get_running_loop().create_task(coroutine)
@@ -456,6 +490,9 @@ class Gateway:
         # serve at all. A later outage does not flip it (stale reads ride that out).
         serving = await self._any_upstream_reachable()
         if serving:
+            # ECR's REGISTRY_POLICY_SCOPE of the regions the probe made no client for, so
+            # no first policy write finds it unread (service/aws/account_settings.py).
+            await self.upstream.refresh_policy_scopes(self.config, missing=True)
             await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         else:
             await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -545,7 +582,7 @@ class Gateway:
         for sig in signals:
             loop.add_signal_handler(sig, first.set)
         if self.reloader is not None:
-            loop.add_signal_handler(signal.SIGHUP, self.reloader.reload)
+            loop.add_signal_handler(signal.SIGHUP, self.reload)
         try:
             await first.wait()
             shutdown = asyncio.ensure_future(self.shutdown())

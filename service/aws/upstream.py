@@ -4,6 +4,8 @@ Each client is created once, on first use, and closed at shutdown (never one per
 When it is created, STS GetCallerIdentity with the same credentials must name the
 registry's own account; otherwise every call on that registry is refused with
 FAILED_PRECONDITION, so a misconfigured key can never read or change another registry.
+Then ECR's REGISTRY_POLICY_SCOPE of the account is read (GetAccountSetting) into
+`policy_scopes` (service/aws/account_settings.py); again on reload (`refresh_policy_scopes`).
 """
 
 from __future__ import annotations
@@ -32,10 +34,11 @@ from ecr.registry.v1 import registry_pb2 as pb
 from opentelemetry.trace import Status, StatusCode
 
 from service.auth.targets import Target
+from service.aws.account_settings import SETTING, PolicyScopes
 from service.aws.errors import aws_errors_mapped, error_code
 from service.aws.port import NoPolicy
 from service.aws.resilience import Resilience
-from service.config import AwsConfig, RegistryConfig
+from service.config import AwsConfig, GatewayConfig, RegistryConfig, registry_regions
 from service.errors import DeadlineExceeded, FailedPrecondition, GatewayError, NotFound
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
@@ -103,6 +106,10 @@ class Upstream:
         self._resilience = resilience or Resilience(
             aws, time_left, metrics.breaker_changed if metrics else None
         )
+        # ECR's REGISTRY_POLICY_SCOPE per (account, region), read with each client; one
+        # never read is read in the background when a policy write first asks for it.
+        self.policy_scopes = PolicyScopes(metrics, on_missing=self._read_later)
+        self._scope_reads: set[asyncio.Task[None]] = set()
 
     # --- the port (service/aws/port.py) -----------------------------------------------------
 
@@ -246,8 +253,68 @@ class Upstream:
         """How long `reachable` waits for AWS."""
         return self._aws.connect_timeout_seconds * 3
 
+    # --- ECR's REGISTRY_POLICY_SCOPE (service/aws/account_settings.py) ---------------------
+
+    async def read_policy_scope(self, target: Target) -> None:
+        """Read GetAccountSetting(REGISTRY_POLICY_SCOPE) of the target's account and region
+        into `policy_scopes`; a failure is recorded as such (never raised)."""
+        registry = target.registry
+        try:
+            client = await asyncio.wait_for(self._client(target), self.probe_timeout_seconds)
+            await self._read_scope_with(client, registry, target.region)
+        except GatewayError as exc:
+            # The account's client was refused (ACCOUNT_MISMATCH, no credentials): writes
+            # answer that, not an unknown scope.
+            self.policy_scopes.unreadable(registry, target.region, _why(exc), refused=exc)
+        except (TimeoutError, BotoCoreError, ClientError) as exc:
+            self.policy_scopes.unreadable(registry, target.region, _why(exc))
+
+    async def refresh_policy_scopes(self, config: GatewayConfig, *, missing: bool = False) -> None:
+        """Read the setting again for every (account, region) the config names whose client
+        exists (on reload: a changed setting, or a changed pin, is seen); with `missing`,
+        for those never read instead, making their clients (at start-up, after the probe of
+        each registry's first region)."""
+        reads: dict[tuple[str, str], Target] = {}
+        for tenant in config.tenants:
+            for registry in tenant.registries:
+                for region in registry_regions(config, registry):
+                    key = _ClientKey(
+                        registry.registry_id, region, registry.role_arn, registry.external_id_env
+                    )
+                    never_read = self.policy_scopes.read(registry.registry_id, region) is None
+                    if (missing and never_read) or (not missing and key in self._clients):
+                        reads.setdefault(
+                            (registry.registry_id, region), Target(tenant.name, registry, region)
+                        )
+        await asyncio.gather(*(self.read_policy_scope(t) for t in reads.values()))
+
+    async def _read_scope_with(self, client: Any, registry: RegistryConfig, region: str) -> None:
+        operation = "get_account_setting"
+        try:
+            answer = await asyncio.wait_for(
+                self._measured(client.get_account_setting(name=SETTING), operation, region),
+                self.probe_timeout_seconds,
+            )
+        except (TimeoutError, BotoCoreError, ClientError) as exc:
+            self.policy_scopes.unreadable(registry, region, _why(exc))
+            return
+        self.policy_scopes.record(registry, region, str(answer.get("value", "")))
+
+    def _read_later(self, registry: RegistryConfig, region: str) -> None:
+        """A policy write asked for a scope never read (a region no start-up probe made a
+        client for): read it in the background, so the caller's retry finds it."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        task = loop.create_task(self.read_policy_scope(Target("", registry, region)))
+        self._scope_reads.add(task)
+        task.add_done_callback(self._scope_reads.discard)
+
     async def close(self) -> None:
         """Close every client (at shutdown)."""
+        for task in list(self._scope_reads):
+            task.cancel()
         await self._stack.aclose()
         self._clients.clear()
 
@@ -296,6 +363,7 @@ class Upstream:
                 )
             )
             self._clients[key] = client
+            await self._read_scope_with(client, registry, target.region)
             return client
 
     async def _caller_account(self, session: aioboto3.Session, region: str) -> str:
@@ -384,3 +452,14 @@ class _AssumedRole(CredentialProvider):  # type: ignore[misc]  # botocore is unt
     async def load(self) -> AioDeferredRefreshableCredentials:
         """What AioCredentialResolver awaits: the role's credentials (refreshed lazily)."""
         return self._credentials
+
+
+def _why(exc: BaseException) -> str:
+    """What stopped a read of the setting, for the operators (the AWS error code if any)."""
+    if isinstance(exc, TimeoutError):
+        return "AWS did not answer in time"
+    if isinstance(exc, GatewayError):
+        return str(exc)
+    # botocore's text may carry a whole HTML error page: its first line, clipped.
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{error_code(exc)}: {text[:200]}"

@@ -115,6 +115,13 @@ class Metrics:
             ["registry_id", "kind"],
             registry=r,
         )
+        self.policy_scope_mismatch = Counter(
+            "registry_gateway_policy_scope_mismatch",
+            "Reads of ECR's REGISTRY_POLICY_SCOPE that disagreed with the scope the config "
+            "pins for the registry (policy_scope V1 or V2), per (account, region).",
+            ["registry_id", "region"],
+            registry=r,
+        )
         self.breaker = Gauge(
             "registry_gateway_breaker_state",
             "Circuit breaker per (account, region): 0 closed, 1 half-open, 2 open.",

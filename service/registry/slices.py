@@ -349,7 +349,10 @@ def check_statement_grammar(target: Target, statements_json: str, count: int) ->
         return  # "[]": nothing to judge (a policy of no statements is no policy)
     # The text as sent, inside a policy: the strict reading (duplicate keys) sees the bytes.
     text = f'{{"Version":"{POLICY_VERSION}","Statement":{statements_json}}}'
-    found = policy_grammar.check_policy(text, target.registry.policy_scope, "statements_json")
+    # `auto` (ECR's setting, known only to the validator): V2 here; the merged document is
+    # then checked by the validator under the scope ECR answered (service/aws/account_settings.py).
+    scope: policy_grammar.PolicyScope = "V1" if target.registry.policy_scope == "V1" else "V2"
+    found = policy_grammar.check_policy(text, scope, "statements_json")
     if not found:
         return
     violations = [

@@ -31,6 +31,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
 from service.auth.targets import Target
+from service.aws.account_settings import PolicyScopes, Scope
 from service.config import ECR_OPERATIONS, SLICE_OPERATIONS, WRITE_OPERATIONS
 from service.errors import FieldViolation, InvalidArgument
 from service.registry import policy_grammar, regions
@@ -203,7 +204,9 @@ class RequestValidator:
         allow_unknown_regions: bool = False,
         service_model: Any = None,
         known_regions: frozenset[str] | None = None,
+        policy_scopes: PolicyScopes | None = None,
     ) -> None:
+        self._policy_scopes = policy_scopes
         model = service_model if service_model is not None else _default_model()
         self._allow_unknown_regions = allow_unknown_regions
         self._known_regions = (
@@ -266,20 +269,33 @@ class RequestValidator:
             self._struct(self._replication_shape, rules, "", problems)
             self._replication(rules, target, problems, field="rules")
         elif isinstance(request, pb.PutPolicyStatementsRequest):
-            # The statements' grammar is checked on the merged policy, under the lock; here
-            # only that they are a JSON array of objects with Sids.
-            problems.extend(_statement_problems(request.statements_json))
-        elif (
-            isinstance(request, pb.PutRegistryPolicyRequest)
-            and request.policy_text
-            and len(request.policy_text) <= _GRAMMAR_LIMIT
-        ):
-            problems.extend(
-                policy_grammar.check_policy(request.policy_text, target.registry.policy_scope)
-            )
+            # The statements' grammar is checked on the merged policy, under the lock (its
+            # check is this one's, under the same scope); here only that they are a JSON
+            # array of objects with Sids, and that the scope is known (else fail closed).
+            scope = self.policy_scope(target)
+            shape = _statement_problems(request.statements_json)
+            problems.extend(shape)
+            if not shape and scope != "V2" and target.registry.policy_scope == "auto":
+                # The slice code checks the statements under the pinned scope, V2 for
+                # `auto`; under ECR's V1 they are judged here, with the same paths.
+                problems.extend(_statements_under(request.statements_json, scope))
+        elif isinstance(request, pb.PutRegistryPolicyRequest):
+            scope = self.policy_scope(target)
+            if request.policy_text and len(request.policy_text) <= _GRAMMAR_LIMIT:
+                problems.extend(policy_grammar.check_policy(request.policy_text, scope))
         problems.raise_if_any(rpc)
         if empty and rpc not in WRITE_OPERATIONS:
             self._empty_reads_ok.add(rpc)
+
+    def policy_scope(self, target: Target) -> Scope:
+        """The registry policy scope the target's policy writes are judged under: as pinned
+        (policy_scope V1 or V2), else ECR's REGISTRY_POLICY_SCOPE as last read
+        (service/aws/account_settings.py), FailedPrecondition (POLICY_SCOPE_UNKNOWN) while
+        it cannot be read. Without `policy_scopes` (unit tests of the domain; the server
+        always gives them) `auto` is ECR's default for new registries, V2."""
+        if self._policy_scopes is not None:
+            return self._policy_scopes.scope_for(target.registry, target.region)
+        return "V1" if target.registry.policy_scope == "V1" else "V2"
 
     # --- the AWS model, walked generically -------------------------------------------
 
@@ -383,6 +399,18 @@ class RequestValidator:
                 f"must name at most {MAX_UNIQUE_DESTINATIONS} unique destinations across all "
                 f"rules (an ECR quota), got {len(unique)}",
             )
+
+
+def _statements_under(statements_json: str, scope: Scope) -> list[FieldViolation]:
+    """How the statements (a JSON array) break the policy grammar under `scope`, with paths
+    into `statements_json` (as service/registry/slices.py's check_statement_grammar)."""
+    text = f'{{"Version":"2012-10-17","Statement":{statements_json}}}'
+    return [
+        FieldViolation(
+            v.field.replace("statements_json.Statement", "statements_json", 1), v.description
+        )
+        for v in policy_grammar.check_policy(text, scope, "statements_json")
+    ]
 
 
 def _statement_problems(statements_json: str) -> list[FieldViolation]:

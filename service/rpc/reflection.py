@@ -3,6 +3,11 @@
 grpcio-reflection serializes descriptors with CopyToProto, which drops source info (and so
 every comment); for our own proto file we answer the descriptor set `make generate` wrote
 with `--include_source_info` instead.
+
+It also serves the `google.rpc` error-detail types (google/rpc/error_details.proto and
+status.proto, from googleapis-common-protos, imported here so the descriptor pool holds
+them whatever else was imported): clients that resolve a status detail's `Any` through
+reflection (grpcurl) show ErrorInfo and BadRequest decoded instead of base64.
 """
 
 from __future__ import annotations
@@ -13,11 +18,14 @@ from typing import Any
 
 import grpc
 from google.protobuf import descriptor_pb2
+from google.rpc import error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2 as rpb
 
 DESCRIPTOR_PACKAGE = "ecr.registry.v1"
 DESCRIPTOR_FILE = "registry_descriptor.binpb"
+# The files of the error details every failed call carries (service/errors.py).
+ERROR_DETAIL_FILES = (error_details_pb2.DESCRIPTOR.name, status_pb2.DESCRIPTOR.name)
 
 
 def _commented_files() -> dict[str, bytes]:
