@@ -71,6 +71,21 @@ def _spend(budget: list[int]) -> None:
         raise _OverBudget
 
 
+def _field_path(
+    path: str, number: int, field: FieldDescriptor | None, counts: dict[int, int]
+) -> str:
+    """The proto path of a field met in the bytes (`rules[2]` for the third of a repeated
+    field, counted in `counts`; the bare number for a field the contract lacks)."""
+    if field is None:
+        return f"{path}.{number}" if path else str(number)
+    here = f"{path}.{field.name}" if path else field.name
+    if field.is_repeated:
+        index = counts.get(number, 0)
+        counts[number] = index + 1
+        here = f"{here}[{index}]"
+    return here
+
+
 def _walk(
     descriptor: Descriptor,
     data: memoryview,
@@ -88,13 +103,7 @@ def _walk(
         tag, pos = _varint(data, pos, end, path, "a field tag")
         number, wire = tag >> 3, tag & 7
         field = descriptor.fields_by_number.get(number)
-        here = f"{path}.{number}" if path else str(number)
-        if field is not None:
-            here = f"{path}.{field.name}" if path else field.name
-            if field.is_repeated:
-                index = counts.get(number, 0)
-                counts[number] = index + 1
-                here = f"{here}[{index}]"
+        here = _field_path(path, number, field, counts)
         if number == 0:
             raise _Fault(path, f"field number 0 is not valid (byte offset {pos - 1})")
         if wire == 0:
@@ -263,11 +272,7 @@ def _unknown(
                 and field.type == FieldDescriptor.TYPE_MESSAGE
                 and field.message_type is not None
             ):
-                here = f"{path}.{field.name}" if path else field.name
-                if field.is_repeated:
-                    index = counts.get(number, 0)
-                    counts[number] = index + 1
-                    here = f"{here}[{index}]"
+                here = _field_path(path, number, field, counts)
                 _unknown(
                     field.message_type, data, pos, pos + size, here, depth + 1, found, limit, budget
                 )
