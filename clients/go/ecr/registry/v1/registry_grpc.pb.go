@@ -39,6 +39,13 @@ type RegistryConfigServiceClient interface {
 	// Replaces the caller's slice of the registry policy's statements, keeping every other
 	// statement; deletes the policy when no statement is left.
 	PutPolicyStatements(ctx context.Context, in *PutPolicyStatementsRequest, opts ...grpc.CallOption) (*PutPolicyStatementsResponse, error)
+	// Returns the recent versions of one resource of the registry (its replication
+	// configuration or its policy), newest first, as the gateway recorded them: its own writes,
+	// and the changes made around it (console, Terraform, scripts) that it saw. A tenant that
+	// may call the resource's full read RPC sees whole documents; a tenant that may read only
+	// its slice sees its own slice of each version. To restore a version, write it back with
+	// the current etag (the Python client's `restore`).
+	GetConfigurationHistory(ctx context.Context, in *GetConfigurationHistoryRequest, opts ...grpc.CallOption) (*GetConfigurationHistoryResponse, error)
 }
 
 type registryConfigServiceClient struct {
@@ -130,6 +137,15 @@ func (c *registryConfigServiceClient) PutPolicyStatements(ctx context.Context, i
 	return out, nil
 }
 
+func (c *registryConfigServiceClient) GetConfigurationHistory(ctx context.Context, in *GetConfigurationHistoryRequest, opts ...grpc.CallOption) (*GetConfigurationHistoryResponse, error) {
+	out := new(GetConfigurationHistoryResponse)
+	err := c.cc.Invoke(ctx, "/ecr.registry.v1.RegistryConfigService/GetConfigurationHistory", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RegistryConfigServiceServer is the server API for RegistryConfigService service.
 // All implementations must embed UnimplementedRegistryConfigServiceServer
 // for forward compatibility
@@ -156,6 +172,13 @@ type RegistryConfigServiceServer interface {
 	// Replaces the caller's slice of the registry policy's statements, keeping every other
 	// statement; deletes the policy when no statement is left.
 	PutPolicyStatements(context.Context, *PutPolicyStatementsRequest) (*PutPolicyStatementsResponse, error)
+	// Returns the recent versions of one resource of the registry (its replication
+	// configuration or its policy), newest first, as the gateway recorded them: its own writes,
+	// and the changes made around it (console, Terraform, scripts) that it saw. A tenant that
+	// may call the resource's full read RPC sees whole documents; a tenant that may read only
+	// its slice sees its own slice of each version. To restore a version, write it back with
+	// the current etag (the Python client's `restore`).
+	GetConfigurationHistory(context.Context, *GetConfigurationHistoryRequest) (*GetConfigurationHistoryResponse, error)
 	mustEmbedUnimplementedRegistryConfigServiceServer()
 }
 
@@ -189,6 +212,9 @@ func (UnimplementedRegistryConfigServiceServer) GetPolicyStatements(context.Cont
 }
 func (UnimplementedRegistryConfigServiceServer) PutPolicyStatements(context.Context, *PutPolicyStatementsRequest) (*PutPolicyStatementsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method PutPolicyStatements not implemented")
+}
+func (UnimplementedRegistryConfigServiceServer) GetConfigurationHistory(context.Context, *GetConfigurationHistoryRequest) (*GetConfigurationHistoryResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetConfigurationHistory not implemented")
 }
 func (UnimplementedRegistryConfigServiceServer) mustEmbedUnimplementedRegistryConfigServiceServer() {}
 
@@ -365,6 +391,24 @@ func _RegistryConfigService_PutPolicyStatements_Handler(srv interface{}, ctx con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RegistryConfigService_GetConfigurationHistory_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetConfigurationHistoryRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryConfigServiceServer).GetConfigurationHistory(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/ecr.registry.v1.RegistryConfigService/GetConfigurationHistory",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryConfigServiceServer).GetConfigurationHistory(ctx, req.(*GetConfigurationHistoryRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _RegistryConfigService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "ecr.registry.v1.RegistryConfigService",
 	HandlerType: (*RegistryConfigServiceServer)(nil),
@@ -404,6 +448,10 @@ var _RegistryConfigService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "PutPolicyStatements",
 			Handler:    _RegistryConfigService_PutPolicyStatements_Handler,
+		},
+		{
+			MethodName: "GetConfigurationHistory",
+			Handler:    _RegistryConfigService_GetConfigurationHistory_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

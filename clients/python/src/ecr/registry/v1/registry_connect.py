@@ -21,7 +21,7 @@ from connectrpc.protocol import ProtocolType
 from connectrpc.server import ConnectASGIApplication, ConnectWSGIApplication, DEFAULT_READ_MAX_BYTES, Endpoint, EndpointSync
 from pyqwest import Client, SyncClient
 
-from .registry_pb2 import DeleteRegistryPolicyRequest, DeleteRegistryPolicyResponse, DescribeRegistryRequest, DescribeRegistryResponse, GetPolicyStatementsRequest, GetPolicyStatementsResponse, GetRegistryPolicyRequest, GetRegistryPolicyResponse, GetReplicationRulesRequest, GetReplicationRulesResponse, PutPolicyStatementsRequest, PutPolicyStatementsResponse, PutRegistryPolicyRequest, PutRegistryPolicyResponse, PutReplicationConfigurationRequest, PutReplicationConfigurationResponse, PutReplicationRulesRequest, PutReplicationRulesResponse
+from .registry_pb2 import DeleteRegistryPolicyRequest, DeleteRegistryPolicyResponse, DescribeRegistryRequest, DescribeRegistryResponse, GetConfigurationHistoryRequest, GetConfigurationHistoryResponse, GetPolicyStatementsRequest, GetPolicyStatementsResponse, GetRegistryPolicyRequest, GetRegistryPolicyResponse, GetReplicationRulesRequest, GetReplicationRulesResponse, PutPolicyStatementsRequest, PutPolicyStatementsResponse, PutRegistryPolicyRequest, PutRegistryPolicyResponse, PutReplicationConfigurationRequest, PutReplicationConfigurationResponse, PutReplicationRulesRequest, PutReplicationRulesResponse
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, Iterable, Mapping
@@ -101,6 +101,17 @@ class RegistryConfigService(Protocol):
         """
         Replaces the caller's slice of the registry policy's statements, keeping every other
         statement; deletes the policy when no statement is left.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    async def get_configuration_history(self, request: GetConfigurationHistoryRequest, ctx: RequestContext[GetConfigurationHistoryRequest, GetConfigurationHistoryResponse], /) -> GetConfigurationHistoryResponse:
+        """
+        Returns the recent versions of one resource of the registry (its replication
+        configuration or its policy), newest first, as the gateway recorded them: its own writes,
+        and the changes made around it (console, Terraform, scripts) that it saw. A tenant that
+        may call the resource's full read RPC sees whole documents; a tenant that may read only
+        its slice sees its own slice of each version. To restore a version, write it back with
+        the current etag (the Python client's `restore`).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -216,6 +227,17 @@ class RegistryConfigServiceASGIApplication(ConnectASGIApplication[RegistryConfig
                         stream_type=StreamType.UNARY,
                     ),
                     function=svc.put_policy_statements,
+                ),
+                "/ecr.registry.v1.RegistryConfigService/GetConfigurationHistory": Endpoint.unary(
+                    method=MethodInfo(
+                        name="GetConfigurationHistory",
+                        service_name="ecr.registry.v1.RegistryConfigService",
+                        input=GetConfigurationHistoryRequest,
+                        output=GetConfigurationHistoryResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=svc.get_configuration_history,
                 ),
             },
             interceptors=interceptors,
@@ -482,6 +504,36 @@ class RegistryConfigServiceClient(ConnectClient):
             headers=headers,
             timeout_ms=timeout_ms,
         )
+    async def get_configuration_history(
+        self,
+        request: GetConfigurationHistoryRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> GetConfigurationHistoryResponse:
+        """
+        Returns the recent versions of one resource of the registry (its replication
+        configuration or its policy), newest first, as the gateway recorded them: its own writes,
+        and the changes made around it (console, Terraform, scripts) that it saw. A tenant that
+        may call the resource's full read RPC sees whole documents; a tenant that may read only
+        its slice sees its own slice of each version. To restore a version, write it back with
+        the current etag (the Python client's `restore`).
+        """
+        return await self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetConfigurationHistory",
+                service_name="ecr.registry.v1.RegistryConfigService",
+                input=GetConfigurationHistoryRequest,
+                output=GetConfigurationHistoryResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
+        )
 
 class RegistryConfigServiceSync(Protocol):
     """
@@ -547,6 +599,17 @@ class RegistryConfigServiceSync(Protocol):
         """
         Replaces the caller's slice of the registry policy's statements, keeping every other
         statement; deletes the policy when no statement is left.
+        """
+        raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
+
+    def get_configuration_history(self, request: GetConfigurationHistoryRequest, ctx: RequestContext[GetConfigurationHistoryRequest, GetConfigurationHistoryResponse], /) -> GetConfigurationHistoryResponse:
+        """
+        Returns the recent versions of one resource of the registry (its replication
+        configuration or its policy), newest first, as the gateway recorded them: its own writes,
+        and the changes made around it (console, Terraform, scripts) that it saw. A tenant that
+        may call the resource's full read RPC sees whole documents; a tenant that may read only
+        its slice sees its own slice of each version. To restore a version, write it back with
+        the current etag (the Python client's `restore`).
         """
         raise ConnectError(Code.UNIMPLEMENTED, 'Not implemented')
 
@@ -660,6 +723,17 @@ class RegistryConfigServiceWSGIApplication(ConnectWSGIApplication):
                         stream_type=StreamType.UNARY,
                     ),
                     function=service.put_policy_statements,
+                ),
+                "/ecr.registry.v1.RegistryConfigService/GetConfigurationHistory": EndpointSync.unary(
+                    method=MethodInfo(
+                        name="GetConfigurationHistory",
+                        service_name="ecr.registry.v1.RegistryConfigService",
+                        input=GetConfigurationHistoryRequest,
+                        output=GetConfigurationHistoryResponse,
+                        idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                        stream_type=StreamType.UNARY,
+                    ),
+                    function=service.get_configuration_history,
                 ),
             },
             interceptors=interceptors,
@@ -925,4 +999,34 @@ class RegistryConfigServiceClientSync(ConnectClientSync):
             ),
             headers=headers,
             timeout_ms=timeout_ms,
+        )
+    def get_configuration_history(
+        self,
+        request: GetConfigurationHistoryRequest,
+        *,
+        headers: Headers | Mapping[str, str] | None = None, 
+        timeout_ms: int | None = None,
+        use_get: bool = False,
+    ) -> GetConfigurationHistoryResponse:
+        """
+        Returns the recent versions of one resource of the registry (its replication
+        configuration or its policy), newest first, as the gateway recorded them: its own writes,
+        and the changes made around it (console, Terraform, scripts) that it saw. A tenant that
+        may call the resource's full read RPC sees whole documents; a tenant that may read only
+        its slice sees its own slice of each version. To restore a version, write it back with
+        the current etag (the Python client's `restore`).
+        """
+        return self.execute_unary(
+            request=request,
+            method=MethodInfo(
+                name="GetConfigurationHistory",
+                service_name="ecr.registry.v1.RegistryConfigService",
+                input=GetConfigurationHistoryRequest,
+                output=GetConfigurationHistoryResponse,
+                idempotency_level=IdempotencyLevel.NO_SIDE_EFFECTS,
+                stream_type=StreamType.UNARY,
+            ),
+            headers=headers,
+            timeout_ms=timeout_ms,
+            use_get=use_get,
         )

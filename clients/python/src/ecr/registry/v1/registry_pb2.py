@@ -22,9 +22,10 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65\x63r/registry/v1/registry.proto\x12\x0f\x65\x63r.registry.v1\"7\n\x10RepositoryFilter\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x13\n\x0b\x66ilter_type\x18\x02 \x01(\t\"=\n\x16ReplicationDestination\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x13\n\x0bregistry_id\x18\x02 \x01(\t\"\x8f\x01\n\x0fReplicationRule\x12=\n\x0c\x64\x65stinations\x18\x01 \x03(\x0b\x32\'.ecr.registry.v1.ReplicationDestination\x12=\n\x12repository_filters\x18\x02 \x03(\x0b\x32!.ecr.registry.v1.RepositoryFilter\"K\n\x18ReplicationConfiguration\x12/\n\x05rules\x18\x01 \x03(\x0b\x32 .ecr.registry.v1.ReplicationRule\";\n\x06\x43hange\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\">\n\x17\x44\x65scribeRegistryRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"\x8b\x01\n\x18\x44\x65scribeRegistryResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12L\n\x19replication_configuration\x18\x02 \x01(\x0b\x32).ecr.registry.v1.ReplicationConfiguration\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"?\n\x18GetRegistryPolicyRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"S\n\x19GetRegistryPolicyResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_text\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"y\n\x18PutRegistryPolicyRequest\x12\x13\n\x0bpolicy_text\x18\x01 \x01(\t\x12\x13\n\x0bregistry_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"}\n\x19PutRegistryPolicyResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_text\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12(\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x17.ecr.registry.v1.Change\"g\n\x1b\x44\x65leteRegistryPolicyRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\"\x80\x01\n\x1c\x44\x65leteRegistryPolicyResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_text\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12(\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x17.ecr.registry.v1.Change\"\xbc\x01\n\"PutReplicationConfigurationRequest\x12L\n\x19replication_configuration\x18\x01 \x01(\x0b\x32).ecr.registry.v1.ReplicationConfiguration\x12\x13\n\x0bregistry_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"\xc0\x01\n#PutReplicationConfigurationResponse\x12L\n\x19replication_configuration\x18\x01 \x01(\x0b\x32).ecr.registry.v1.ReplicationConfiguration\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x13\n\x0bregistry_id\x18\x03 \x01(\t\x12(\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x17.ecr.registry.v1.Change\"A\n\x1aGetReplicationRulesRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"\xdf\x01\n\x1bGetReplicationRulesResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12/\n\x05rules\x18\x02 \x03(\x0b\x32 .ecr.registry.v1.ReplicationRule\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrules_used\x18\x04 \x01(\x05\x12\x13\n\x0brules_limit\x18\x05 \x01(\x05\x12 \n\x18unique_destinations_used\x18\x06 \x01(\x05\x12!\n\x19unique_destinations_limit\x18\x07 \x01(\x05\"\x97\x01\n\x1aPutReplicationRulesRequest\x12/\n\x05rules\x18\x01 \x03(\x0b\x32 .ecr.registry.v1.ReplicationRule\x12\x13\n\x0bregistry_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"\x9b\x01\n\x1bPutReplicationRulesResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12/\n\x05rules\x18\x02 \x03(\x0b\x32 .ecr.registry.v1.ReplicationRule\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12(\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x17.ecr.registry.v1.Change\"A\n\x1aGetPolicyStatementsRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"Y\n\x1bGetPolicyStatementsResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x17\n\x0fstatements_json\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"\x7f\n\x1aPutPolicyStatementsRequest\x12\x17\n\x0fstatements_json\x18\x01 \x01(\t\x12\x13\n\x0bregistry_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"\x83\x01\n\x1bPutPolicyStatementsResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x17\n\x0fstatements_json\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12(\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x17.ecr.registry.v1.Change2\xb4\x08\n\x15RegistryConfigService\x12l\n\x10\x44\x65scribeRegistry\x12(.ecr.registry.v1.DescribeRegistryRequest\x1a).ecr.registry.v1.DescribeRegistryResponse\"\x03\x90\x02\x01\x12o\n\x11GetRegistryPolicy\x12).ecr.registry.v1.GetRegistryPolicyRequest\x1a*.ecr.registry.v1.GetRegistryPolicyResponse\"\x03\x90\x02\x01\x12j\n\x11PutRegistryPolicy\x12).ecr.registry.v1.PutRegistryPolicyRequest\x1a*.ecr.registry.v1.PutRegistryPolicyResponse\x12s\n\x14\x44\x65leteRegistryPolicy\x12,.ecr.registry.v1.DeleteRegistryPolicyRequest\x1a-.ecr.registry.v1.DeleteRegistryPolicyResponse\x12\x88\x01\n\x1bPutReplicationConfiguration\x12\x33.ecr.registry.v1.PutReplicationConfigurationRequest\x1a\x34.ecr.registry.v1.PutReplicationConfigurationResponse\x12u\n\x13GetReplicationRules\x12+.ecr.registry.v1.GetReplicationRulesRequest\x1a,.ecr.registry.v1.GetReplicationRulesResponse\"\x03\x90\x02\x01\x12p\n\x13PutReplicationRules\x12+.ecr.registry.v1.PutReplicationRulesRequest\x1a,.ecr.registry.v1.PutReplicationRulesResponse\x12u\n\x13GetPolicyStatements\x12+.ecr.registry.v1.GetPolicyStatementsRequest\x1a,.ecr.registry.v1.GetPolicyStatementsResponse\"\x03\x90\x02\x01\x12p\n\x13PutPolicyStatements\x12+.ecr.registry.v1.PutPolicyStatementsRequest\x1a,.ecr.registry.v1.PutPolicyStatementsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x65\x63r/registry/v1/registry.proto\x12\x0f\x65\x63r.registry.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\x10RepositoryFilter\x12\x0e\n\x06\x66ilter\x18\x01 \x01(\t\x12\x13\n\x0b\x66ilter_type\x18\x02 \x01(\t\"=\n\x16ReplicationDestination\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x13\n\x0bregistry_id\x18\x02 \x01(\t\"\x8f\x01\n\x0fReplicationRule\x12=\n\x0c\x64\x65stinations\x18\x01 \x03(\x0b\x32\'.ecr.registry.v1.ReplicationDestination\x12=\n\x12repository_filters\x18\x02 \x03(\x0b\x32!.ecr.registry.v1.RepositoryFilter\"K\n\x18ReplicationConfiguration\x12/\n\x05rules\x18\x01 \x03(\x0b\x32 .ecr.registry.v1.ReplicationRule\";\n\x06\x43hange\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\">\n\x17\x44\x65scribeRegistryRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"\x8b\x01\n\x18\x44\x65scribeRegistryResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12L\n\x19replication_configuration\x18\x02 \x01(\x0b\x32).ecr.registry.v1.ReplicationConfiguration\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"?\n\x18GetRegistryPolicyRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"S\n\x19GetRegistryPolicyResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_text\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"y\n\x18PutRegistryPolicyRequest\x12\x13\n\x0bpolicy_text\x18\x01 \x01(\t\x12\x13\n\x0bregistry_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"}\n\x19PutRegistryPolicyResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_text\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12(\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x17.ecr.registry.v1.Change\"g\n\x1b\x44\x65leteRegistryPolicyRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x15\n\rvalidate_only\x18\x04 \x01(\x08\"\x80\x01\n\x1c\x44\x65leteRegistryPolicyResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x13\n\x0bpolicy_text\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12(\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x17.ecr.registry.v1.Change\"\xbc\x01\n\"PutReplicationConfigurationRequest\x12L\n\x19replication_configuration\x18\x01 \x01(\x0b\x32).ecr.registry.v1.ReplicationConfiguration\x12\x13\n\x0bregistry_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"\xc0\x01\n#PutReplicationConfigurationResponse\x12L\n\x19replication_configuration\x18\x01 \x01(\x0b\x32).ecr.registry.v1.ReplicationConfiguration\x12\x0c\n\x04\x65tag\x18\x02 \x01(\t\x12\x13\n\x0bregistry_id\x18\x03 \x01(\t\x12(\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x17.ecr.registry.v1.Change\"A\n\x1aGetReplicationRulesRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"\xdf\x01\n\x1bGetReplicationRulesResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12/\n\x05rules\x18\x02 \x03(\x0b\x32 .ecr.registry.v1.ReplicationRule\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12\x12\n\nrules_used\x18\x04 \x01(\x05\x12\x13\n\x0brules_limit\x18\x05 \x01(\x05\x12 \n\x18unique_destinations_used\x18\x06 \x01(\x05\x12!\n\x19unique_destinations_limit\x18\x07 \x01(\x05\"\x97\x01\n\x1aPutReplicationRulesRequest\x12/\n\x05rules\x18\x01 \x03(\x0b\x32 .ecr.registry.v1.ReplicationRule\x12\x13\n\x0bregistry_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"\x9b\x01\n\x1bPutReplicationRulesResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12/\n\x05rules\x18\x02 \x03(\x0b\x32 .ecr.registry.v1.ReplicationRule\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12(\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x17.ecr.registry.v1.Change\"A\n\x1aGetPolicyStatementsRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\"Y\n\x1bGetPolicyStatementsResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x17\n\x0fstatements_json\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\"\x7f\n\x1aPutPolicyStatementsRequest\x12\x17\n\x0fstatements_json\x18\x01 \x01(\t\x12\x13\n\x0bregistry_id\x18\x02 \x01(\t\x12\x0e\n\x06region\x18\x03 \x01(\t\x12\x0c\n\x04\x65tag\x18\x04 \x01(\t\x12\x15\n\rvalidate_only\x18\x05 \x01(\x08\"\x83\x01\n\x1bPutPolicyStatementsResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x17\n\x0fstatements_json\x18\x02 \x01(\t\x12\x0c\n\x04\x65tag\x18\x03 \x01(\t\x12(\n\x07\x63hanges\x18\x04 \x03(\x0b\x32\x17.ecr.registry.v1.Change\"\xa0\x01\n\x1eGetConfigurationHistoryRequest\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x0e\n\x06region\x18\x02 \x01(\t\x12\x32\n\x08resource\x18\x03 \x01(\x0e\x32 .ecr.registry.v1.HistoryResource\x12\x11\n\tpage_size\x18\x04 \x01(\x05\x12\x12\n\npage_token\x18\x05 \x01(\t\"\xaf\x02\n\x14\x43onfigurationVersion\x12/\n\x0brecorded_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x06origin\x18\x02 \x01(\x0e\x32\x1d.ecr.registry.v1.ChangeOrigin\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x10\n\x08identity\x18\x04 \x01(\t\x12\x0c\n\x04\x65tag\x18\x05 \x01(\t\x12L\n\x19replication_configuration\x18\x06 \x01(\x0b\x32).ecr.registry.v1.ReplicationConfiguration\x12\x13\n\x0bpolicy_text\x18\x07 \x01(\t\x12\x17\n\x0fstatements_json\x18\x08 \x01(\t\x12\x0b\n\x03rpc\x18\t \x01(\t\"\x9c\x01\n\x1fGetConfigurationHistoryResponse\x12\x13\n\x0bregistry_id\x18\x01 \x01(\t\x12\x37\n\x08versions\x18\x02 \x03(\x0b\x32%.ecr.registry.v1.ConfigurationVersion\x12\x17\n\x0fnext_page_token\x18\x03 \x01(\t\x12\x12\n\nslice_view\x18\x04 \x01(\x08*r\n\x0fHistoryResource\x12 \n\x1cHISTORY_RESOURCE_UNSPECIFIED\x10\x00\x12 \n\x1cHISTORY_RESOURCE_REPLICATION\x10\x01\x12\x1b\n\x17HISTORY_RESOURCE_POLICY\x10\x02*\x83\x01\n\x0c\x43hangeOrigin\x12\x1d\n\x19\x43HANGE_ORIGIN_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x43HANGE_ORIGIN_BASELINE\x10\x01\x12\x19\n\x15\x43HANGE_ORIGIN_GATEWAY\x10\x02\x12\x1d\n\x19\x43HANGE_ORIGIN_OUT_OF_BAND\x10\x03\x32\xb8\t\n\x15RegistryConfigService\x12l\n\x10\x44\x65scribeRegistry\x12(.ecr.registry.v1.DescribeRegistryRequest\x1a).ecr.registry.v1.DescribeRegistryResponse\"\x03\x90\x02\x01\x12o\n\x11GetRegistryPolicy\x12).ecr.registry.v1.GetRegistryPolicyRequest\x1a*.ecr.registry.v1.GetRegistryPolicyResponse\"\x03\x90\x02\x01\x12j\n\x11PutRegistryPolicy\x12).ecr.registry.v1.PutRegistryPolicyRequest\x1a*.ecr.registry.v1.PutRegistryPolicyResponse\x12s\n\x14\x44\x65leteRegistryPolicy\x12,.ecr.registry.v1.DeleteRegistryPolicyRequest\x1a-.ecr.registry.v1.DeleteRegistryPolicyResponse\x12\x88\x01\n\x1bPutReplicationConfiguration\x12\x33.ecr.registry.v1.PutReplicationConfigurationRequest\x1a\x34.ecr.registry.v1.PutReplicationConfigurationResponse\x12u\n\x13GetReplicationRules\x12+.ecr.registry.v1.GetReplicationRulesRequest\x1a,.ecr.registry.v1.GetReplicationRulesResponse\"\x03\x90\x02\x01\x12p\n\x13PutReplicationRules\x12+.ecr.registry.v1.PutReplicationRulesRequest\x1a,.ecr.registry.v1.PutReplicationRulesResponse\x12u\n\x13GetPolicyStatements\x12+.ecr.registry.v1.GetPolicyStatementsRequest\x1a,.ecr.registry.v1.GetPolicyStatementsResponse\"\x03\x90\x02\x01\x12p\n\x13PutPolicyStatements\x12+.ecr.registry.v1.PutPolicyStatementsRequest\x1a,.ecr.registry.v1.PutPolicyStatementsResponse\x12\x81\x01\n\x17GetConfigurationHistory\x12/.ecr.registry.v1.GetConfigurationHistoryRequest\x1a\x30.ecr.registry.v1.GetConfigurationHistoryResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,52 +40,64 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTRYCONFIGSERVICE'].methods_by_name['GetReplicationRules']._serialized_options = b'\220\002\001'
   _globals['_REGISTRYCONFIGSERVICE'].methods_by_name['GetPolicyStatements']._loaded_options = None
   _globals['_REGISTRYCONFIGSERVICE'].methods_by_name['GetPolicyStatements']._serialized_options = b'\220\002\001'
-  _globals['_REPOSITORYFILTER']._serialized_start=51
-  _globals['_REPOSITORYFILTER']._serialized_end=106
-  _globals['_REPLICATIONDESTINATION']._serialized_start=108
-  _globals['_REPLICATIONDESTINATION']._serialized_end=169
-  _globals['_REPLICATIONRULE']._serialized_start=172
-  _globals['_REPLICATIONRULE']._serialized_end=315
-  _globals['_REPLICATIONCONFIGURATION']._serialized_start=317
-  _globals['_REPLICATIONCONFIGURATION']._serialized_end=392
-  _globals['_CHANGE']._serialized_start=394
-  _globals['_CHANGE']._serialized_end=453
-  _globals['_DESCRIBEREGISTRYREQUEST']._serialized_start=455
-  _globals['_DESCRIBEREGISTRYREQUEST']._serialized_end=517
-  _globals['_DESCRIBEREGISTRYRESPONSE']._serialized_start=520
-  _globals['_DESCRIBEREGISTRYRESPONSE']._serialized_end=659
-  _globals['_GETREGISTRYPOLICYREQUEST']._serialized_start=661
-  _globals['_GETREGISTRYPOLICYREQUEST']._serialized_end=724
-  _globals['_GETREGISTRYPOLICYRESPONSE']._serialized_start=726
-  _globals['_GETREGISTRYPOLICYRESPONSE']._serialized_end=809
-  _globals['_PUTREGISTRYPOLICYREQUEST']._serialized_start=811
-  _globals['_PUTREGISTRYPOLICYREQUEST']._serialized_end=932
-  _globals['_PUTREGISTRYPOLICYRESPONSE']._serialized_start=934
-  _globals['_PUTREGISTRYPOLICYRESPONSE']._serialized_end=1059
-  _globals['_DELETEREGISTRYPOLICYREQUEST']._serialized_start=1061
-  _globals['_DELETEREGISTRYPOLICYREQUEST']._serialized_end=1164
-  _globals['_DELETEREGISTRYPOLICYRESPONSE']._serialized_start=1167
-  _globals['_DELETEREGISTRYPOLICYRESPONSE']._serialized_end=1295
-  _globals['_PUTREPLICATIONCONFIGURATIONREQUEST']._serialized_start=1298
-  _globals['_PUTREPLICATIONCONFIGURATIONREQUEST']._serialized_end=1486
-  _globals['_PUTREPLICATIONCONFIGURATIONRESPONSE']._serialized_start=1489
-  _globals['_PUTREPLICATIONCONFIGURATIONRESPONSE']._serialized_end=1681
-  _globals['_GETREPLICATIONRULESREQUEST']._serialized_start=1683
-  _globals['_GETREPLICATIONRULESREQUEST']._serialized_end=1748
-  _globals['_GETREPLICATIONRULESRESPONSE']._serialized_start=1751
-  _globals['_GETREPLICATIONRULESRESPONSE']._serialized_end=1974
-  _globals['_PUTREPLICATIONRULESREQUEST']._serialized_start=1977
-  _globals['_PUTREPLICATIONRULESREQUEST']._serialized_end=2128
-  _globals['_PUTREPLICATIONRULESRESPONSE']._serialized_start=2131
-  _globals['_PUTREPLICATIONRULESRESPONSE']._serialized_end=2286
-  _globals['_GETPOLICYSTATEMENTSREQUEST']._serialized_start=2288
-  _globals['_GETPOLICYSTATEMENTSREQUEST']._serialized_end=2353
-  _globals['_GETPOLICYSTATEMENTSRESPONSE']._serialized_start=2355
-  _globals['_GETPOLICYSTATEMENTSRESPONSE']._serialized_end=2444
-  _globals['_PUTPOLICYSTATEMENTSREQUEST']._serialized_start=2446
-  _globals['_PUTPOLICYSTATEMENTSREQUEST']._serialized_end=2573
-  _globals['_PUTPOLICYSTATEMENTSRESPONSE']._serialized_start=2576
-  _globals['_PUTPOLICYSTATEMENTSRESPONSE']._serialized_end=2707
-  _globals['_REGISTRYCONFIGSERVICE']._serialized_start=2710
-  _globals['_REGISTRYCONFIGSERVICE']._serialized_end=3786
+  _globals['_REGISTRYCONFIGSERVICE'].methods_by_name['GetConfigurationHistory']._loaded_options = None
+  _globals['_REGISTRYCONFIGSERVICE'].methods_by_name['GetConfigurationHistory']._serialized_options = b'\220\002\001'
+  _globals['_HISTORYRESOURCE']._serialized_start=3370
+  _globals['_HISTORYRESOURCE']._serialized_end=3484
+  _globals['_CHANGEORIGIN']._serialized_start=3487
+  _globals['_CHANGEORIGIN']._serialized_end=3618
+  _globals['_REPOSITORYFILTER']._serialized_start=84
+  _globals['_REPOSITORYFILTER']._serialized_end=139
+  _globals['_REPLICATIONDESTINATION']._serialized_start=141
+  _globals['_REPLICATIONDESTINATION']._serialized_end=202
+  _globals['_REPLICATIONRULE']._serialized_start=205
+  _globals['_REPLICATIONRULE']._serialized_end=348
+  _globals['_REPLICATIONCONFIGURATION']._serialized_start=350
+  _globals['_REPLICATIONCONFIGURATION']._serialized_end=425
+  _globals['_CHANGE']._serialized_start=427
+  _globals['_CHANGE']._serialized_end=486
+  _globals['_DESCRIBEREGISTRYREQUEST']._serialized_start=488
+  _globals['_DESCRIBEREGISTRYREQUEST']._serialized_end=550
+  _globals['_DESCRIBEREGISTRYRESPONSE']._serialized_start=553
+  _globals['_DESCRIBEREGISTRYRESPONSE']._serialized_end=692
+  _globals['_GETREGISTRYPOLICYREQUEST']._serialized_start=694
+  _globals['_GETREGISTRYPOLICYREQUEST']._serialized_end=757
+  _globals['_GETREGISTRYPOLICYRESPONSE']._serialized_start=759
+  _globals['_GETREGISTRYPOLICYRESPONSE']._serialized_end=842
+  _globals['_PUTREGISTRYPOLICYREQUEST']._serialized_start=844
+  _globals['_PUTREGISTRYPOLICYREQUEST']._serialized_end=965
+  _globals['_PUTREGISTRYPOLICYRESPONSE']._serialized_start=967
+  _globals['_PUTREGISTRYPOLICYRESPONSE']._serialized_end=1092
+  _globals['_DELETEREGISTRYPOLICYREQUEST']._serialized_start=1094
+  _globals['_DELETEREGISTRYPOLICYREQUEST']._serialized_end=1197
+  _globals['_DELETEREGISTRYPOLICYRESPONSE']._serialized_start=1200
+  _globals['_DELETEREGISTRYPOLICYRESPONSE']._serialized_end=1328
+  _globals['_PUTREPLICATIONCONFIGURATIONREQUEST']._serialized_start=1331
+  _globals['_PUTREPLICATIONCONFIGURATIONREQUEST']._serialized_end=1519
+  _globals['_PUTREPLICATIONCONFIGURATIONRESPONSE']._serialized_start=1522
+  _globals['_PUTREPLICATIONCONFIGURATIONRESPONSE']._serialized_end=1714
+  _globals['_GETREPLICATIONRULESREQUEST']._serialized_start=1716
+  _globals['_GETREPLICATIONRULESREQUEST']._serialized_end=1781
+  _globals['_GETREPLICATIONRULESRESPONSE']._serialized_start=1784
+  _globals['_GETREPLICATIONRULESRESPONSE']._serialized_end=2007
+  _globals['_PUTREPLICATIONRULESREQUEST']._serialized_start=2010
+  _globals['_PUTREPLICATIONRULESREQUEST']._serialized_end=2161
+  _globals['_PUTREPLICATIONRULESRESPONSE']._serialized_start=2164
+  _globals['_PUTREPLICATIONRULESRESPONSE']._serialized_end=2319
+  _globals['_GETPOLICYSTATEMENTSREQUEST']._serialized_start=2321
+  _globals['_GETPOLICYSTATEMENTSREQUEST']._serialized_end=2386
+  _globals['_GETPOLICYSTATEMENTSRESPONSE']._serialized_start=2388
+  _globals['_GETPOLICYSTATEMENTSRESPONSE']._serialized_end=2477
+  _globals['_PUTPOLICYSTATEMENTSREQUEST']._serialized_start=2479
+  _globals['_PUTPOLICYSTATEMENTSREQUEST']._serialized_end=2606
+  _globals['_PUTPOLICYSTATEMENTSRESPONSE']._serialized_start=2609
+  _globals['_PUTPOLICYSTATEMENTSRESPONSE']._serialized_end=2740
+  _globals['_GETCONFIGURATIONHISTORYREQUEST']._serialized_start=2743
+  _globals['_GETCONFIGURATIONHISTORYREQUEST']._serialized_end=2903
+  _globals['_CONFIGURATIONVERSION']._serialized_start=2906
+  _globals['_CONFIGURATIONVERSION']._serialized_end=3209
+  _globals['_GETCONFIGURATIONHISTORYRESPONSE']._serialized_start=3212
+  _globals['_GETCONFIGURATIONHISTORYRESPONSE']._serialized_end=3368
+  _globals['_REGISTRYCONFIGSERVICE']._serialized_start=3621
+  _globals['_REGISTRYCONFIGSERVICE']._serialized_end=4829
 # @@protoc_insertion_point(module_scope)

@@ -13,7 +13,9 @@ are additive and optional.
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -24,6 +26,62 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _HistoryResource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HistoryResourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HistoryResource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HISTORY_RESOURCE_UNSPECIFIED: _HistoryResource.ValueType  # 0
+    """Not set: INVALID_ARGUMENT."""
+    HISTORY_RESOURCE_REPLICATION: _HistoryResource.ValueType  # 1
+    """The replication configuration (DescribeRegistry, PutReplicationConfiguration)."""
+    HISTORY_RESOURCE_POLICY: _HistoryResource.ValueType  # 2
+    """The registry policy (GetRegistryPolicy, PutRegistryPolicy, DeleteRegistryPolicy)."""
+
+class HistoryResource(_HistoryResource, metaclass=_HistoryResourceEnumTypeWrapper):
+    """Which resource of a registry a history is of."""
+
+HISTORY_RESOURCE_UNSPECIFIED: HistoryResource.ValueType  # 0
+"""Not set: INVALID_ARGUMENT."""
+HISTORY_RESOURCE_REPLICATION: HistoryResource.ValueType  # 1
+"""The replication configuration (DescribeRegistry, PutReplicationConfiguration)."""
+HISTORY_RESOURCE_POLICY: HistoryResource.ValueType  # 2
+"""The registry policy (GetRegistryPolicy, PutRegistryPolicy, DeleteRegistryPolicy)."""
+Global___HistoryResource: _TypeAlias = HistoryResource  # noqa: Y015
+
+class _ChangeOrigin:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ChangeOriginEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeOrigin.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CHANGE_ORIGIN_UNSPECIFIED: _ChangeOrigin.ValueType  # 0
+    """Not used."""
+    CHANGE_ORIGIN_BASELINE: _ChangeOrigin.ValueType  # 1
+    """The first state the gateway saw of the resource: where its history begins."""
+    CHANGE_ORIGIN_GATEWAY: _ChangeOrigin.ValueType  # 2
+    """Written through the gateway (the tenant and identity say by whom)."""
+    CHANGE_ORIGIN_OUT_OF_BAND: _ChangeOrigin.ValueType  # 3
+    """Found in AWS and explained by no write through the gateway: made around it (console,
+    Terraform, a script) or a gateway write overwritten by another writer.
+    """
+
+class ChangeOrigin(_ChangeOrigin, metaclass=_ChangeOriginEnumTypeWrapper):
+    """How a version came to be."""
+
+CHANGE_ORIGIN_UNSPECIFIED: ChangeOrigin.ValueType  # 0
+"""Not used."""
+CHANGE_ORIGIN_BASELINE: ChangeOrigin.ValueType  # 1
+"""The first state the gateway saw of the resource: where its history begins."""
+CHANGE_ORIGIN_GATEWAY: ChangeOrigin.ValueType  # 2
+"""Written through the gateway (the tenant and identity say by whom)."""
+CHANGE_ORIGIN_OUT_OF_BAND: ChangeOrigin.ValueType  # 3
+"""Found in AWS and explained by no write through the gateway: made around it (console,
+Terraform, a script) or a gateway write overwritten by another writer.
+"""
+Global___ChangeOrigin: _TypeAlias = ChangeOrigin  # noqa: Y015
 
 @_typing.final
 class RepositoryFilter(_message.Message):
@@ -821,3 +879,142 @@ class PutPolicyStatementsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___PutPolicyStatementsResponse: _TypeAlias = PutPolicyStatementsResponse  # noqa: Y015
+
+@_typing.final
+class GetConfigurationHistoryRequest(_message.Message):
+    """Request of GetConfigurationHistory: one resource of one registry, a page at a time."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    RESOURCE_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    registry_id: _builtins.str
+    """The registry (12-digit account id); default: the caller's only registry."""
+    region: _builtins.str
+    """The AWS Region of the registry; default: the gateway's configured default region."""
+    resource: Global___HistoryResource.ValueType
+    """The resource whose versions to list."""
+    page_size: _builtins.int
+    """Versions per page: 1 to 50; 0 means 10."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token; empty for the newest versions."""
+    def __init__(
+        self,
+        *,
+        registry_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+        resource: Global___HistoryResource.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "region", b"region", "registry_id", b"registry_id", "resource", b"resource"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConfigurationHistoryRequest: _TypeAlias = GetConfigurationHistoryRequest  # noqa: Y015
+
+@_typing.final
+class ConfigurationVersion(_message.Message):
+    """One recorded version of a resource."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    ETAG_FIELD_NUMBER: _builtins.int
+    REPLICATION_CONFIGURATION_FIELD_NUMBER: _builtins.int
+    POLICY_TEXT_FIELD_NUMBER: _builtins.int
+    STATEMENTS_JSON_FIELD_NUMBER: _builtins.int
+    RPC_FIELD_NUMBER: _builtins.int
+    origin: Global___ChangeOrigin.ValueType
+    """How it came to be."""
+    tenant: _builtins.str
+    """CHANGE_ORIGIN_GATEWAY: the tenant that wrote it (empty in a slice view when another
+    tenant wrote it).
+    """
+    identity: _builtins.str
+    """CHANGE_ORIGIN_GATEWAY: the writer's identity (a key digest prefix, a JWT subject or a
+    SPIFFE ID; empty where `tenant` is).
+    """
+    etag: _builtins.str
+    """The etag of the version as the caller sees it: of the whole resource for a full view
+    (DescribeRegistry's or GetRegistryPolicy's etag, "absent" for no policy), of the caller's
+    rules or statements for a slice view.
+    """
+    policy_text: _builtins.str
+    """HISTORY_RESOURCE_POLICY, full view: the policy text; empty when there was none."""
+    statements_json: _builtins.str
+    """HISTORY_RESOURCE_POLICY, slice view: the caller's statements as a JSON array."""
+    rpc: _builtins.str
+    """The RPC that wrote it (CHANGE_ORIGIN_GATEWAY)."""
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp:
+        """When the gateway recorded it (its write's read-back, or when it saw the change)."""
+
+    @_builtins.property
+    def replication_configuration(self) -> Global___ReplicationConfiguration:
+        """HISTORY_RESOURCE_REPLICATION: the configuration (a slice view: only the caller's rules)."""
+
+    def __init__(
+        self,
+        *,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        origin: Global___ChangeOrigin.ValueType = ...,
+        tenant: _builtins.str = ...,
+        identity: _builtins.str = ...,
+        etag: _builtins.str = ...,
+        replication_configuration: Global___ReplicationConfiguration | None = ...,
+        policy_text: _builtins.str = ...,
+        statements_json: _builtins.str = ...,
+        rpc: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at", "replication_configuration", b"replication_configuration"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "identity", b"identity", "origin", b"origin", "policy_text", b"policy_text", "recorded_at", b"recorded_at", "replication_configuration", b"replication_configuration", "rpc", b"rpc", "statements_json", b"statements_json", "tenant", b"tenant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ConfigurationVersion: _TypeAlias = ConfigurationVersion  # noqa: Y015
+
+@_typing.final
+class GetConfigurationHistoryResponse(_message.Message):
+    """Response of GetConfigurationHistory: versions newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REGISTRY_ID_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    SLICE_VIEW_FIELD_NUMBER: _builtins.int
+    registry_id: _builtins.str
+    """The registry read (the 12-digit account id)."""
+    next_page_token: _builtins.str
+    """Pass as page_token for the next (older) page; empty on the last page."""
+    slice_view: _builtins.bool
+    """Whether the caller sees its slice of each version rather than whole documents."""
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigurationVersion]:
+        """Newest first; at most page_size."""
+
+    def __init__(
+        self,
+        *,
+        registry_id: _builtins.str = ...,
+        versions: _abc.Iterable[Global___ConfigurationVersion] | None = ...,
+        next_page_token: _builtins.str = ...,
+        slice_view: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "registry_id", b"registry_id", "slice_view", b"slice_view", "versions", b"versions"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConfigurationHistoryResponse: _TypeAlias = GetConfigurationHistoryResponse  # noqa: Y015

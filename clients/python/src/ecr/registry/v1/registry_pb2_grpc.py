@@ -85,6 +85,11 @@ class RegistryConfigServiceStub:
                 request_serializer=ecr_dot_registry_dot_v1_dot_registry__pb2.PutPolicyStatementsRequest.SerializeToString,
                 response_deserializer=ecr_dot_registry_dot_v1_dot_registry__pb2.PutPolicyStatementsResponse.FromString,
                 _registered_method=True)
+        self.GetConfigurationHistory = channel.unary_unary(
+                '/ecr.registry.v1.RegistryConfigService/GetConfigurationHistory',
+                request_serializer=ecr_dot_registry_dot_v1_dot_registry__pb2.GetConfigurationHistoryRequest.SerializeToString,
+                response_deserializer=ecr_dot_registry_dot_v1_dot_registry__pb2.GetConfigurationHistoryResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryConfigServiceServicer:
@@ -163,6 +168,18 @@ class RegistryConfigServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetConfigurationHistory(self, request, context):
+        """Returns the recent versions of one resource of the registry (its replication
+        configuration or its policy), newest first, as the gateway recorded them: its own writes,
+        and the changes made around it (console, Terraform, scripts) that it saw. A tenant that
+        may call the resource's full read RPC sees whole documents; a tenant that may read only
+        its slice sees its own slice of each version. To restore a version, write it back with
+        the current etag (the Python client's `restore`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryConfigServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -210,6 +227,11 @@ def add_RegistryConfigServiceServicer_to_server(servicer, server):
                     servicer.PutPolicyStatements,
                     request_deserializer=ecr_dot_registry_dot_v1_dot_registry__pb2.PutPolicyStatementsRequest.FromString,
                     response_serializer=ecr_dot_registry_dot_v1_dot_registry__pb2.PutPolicyStatementsResponse.SerializeToString,
+            ),
+            'GetConfigurationHistory': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConfigurationHistory,
+                    request_deserializer=ecr_dot_registry_dot_v1_dot_registry__pb2.GetConfigurationHistoryRequest.FromString,
+                    response_serializer=ecr_dot_registry_dot_v1_dot_registry__pb2.GetConfigurationHistoryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -461,6 +483,33 @@ class RegistryConfigService:
             '/ecr.registry.v1.RegistryConfigService/PutPolicyStatements',
             ecr_dot_registry_dot_v1_dot_registry__pb2.PutPolicyStatementsRequest.SerializeToString,
             ecr_dot_registry_dot_v1_dot_registry__pb2.PutPolicyStatementsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConfigurationHistory(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ecr.registry.v1.RegistryConfigService/GetConfigurationHistory',
+            ecr_dot_registry_dot_v1_dot_registry__pb2.GetConfigurationHistoryRequest.SerializeToString,
+            ecr_dot_registry_dot_v1_dot_registry__pb2.GetConfigurationHistoryResponse.FromString,
             options,
             channel_credentials,
             insecure,

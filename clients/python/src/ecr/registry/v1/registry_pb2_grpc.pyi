@@ -72,6 +72,14 @@ class RegistryConfigServiceStub:
     """Replaces the caller's slice of the registry policy's statements, keeping every other
     statement; deletes the policy when no statement is left.
     """
+    GetConfigurationHistory: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetConfigurationHistoryRequest, _registry_pb2.GetConfigurationHistoryResponse]
+    """Returns the recent versions of one resource of the registry (its replication
+    configuration or its policy), newest first, as the gateway recorded them: its own writes,
+    and the changes made around it (console, Terraform, scripts) that it saw. A tenant that
+    may call the resource's full read RPC sees whole documents; a tenant that may read only
+    its slice sees its own slice of each version. To restore a version, write it back with
+    the current etag (the Python client's `restore`).
+    """
 
 @_typing.type_check_only
 class RegistryConfigServiceAsyncStub(RegistryConfigServiceStub):
@@ -109,6 +117,14 @@ class RegistryConfigServiceAsyncStub(RegistryConfigServiceStub):
     PutPolicyStatements: _aio.UnaryUnaryMultiCallable[_registry_pb2.PutPolicyStatementsRequest, _registry_pb2.PutPolicyStatementsResponse]  # type: ignore[assignment]
     """Replaces the caller's slice of the registry policy's statements, keeping every other
     statement; deletes the policy when no statement is left.
+    """
+    GetConfigurationHistory: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetConfigurationHistoryRequest, _registry_pb2.GetConfigurationHistoryResponse]  # type: ignore[assignment]
+    """Returns the recent versions of one resource of the registry (its replication
+    configuration or its policy), newest first, as the gateway recorded them: its own writes,
+    and the changes made around it (console, Terraform, scripts) that it saw. A tenant that
+    may call the resource's full read RPC sees whole documents; a tenant that may read only
+    its slice sees its own slice of each version. To restore a version, write it back with
+    the current etag (the Python client's `restore`).
     """
 
 class RegistryConfigServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -198,6 +214,20 @@ class RegistryConfigServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_registry_pb2.PutPolicyStatementsResponse, _abc.Awaitable[_registry_pb2.PutPolicyStatementsResponse]]:
         """Replaces the caller's slice of the registry policy's statements, keeping every other
         statement; deletes the policy when no statement is left.
+        """
+
+    @_abc_1.abstractmethod
+    def GetConfigurationHistory(
+        self,
+        request: _registry_pb2.GetConfigurationHistoryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetConfigurationHistoryResponse, _abc.Awaitable[_registry_pb2.GetConfigurationHistoryResponse]]:
+        """Returns the recent versions of one resource of the registry (its replication
+        configuration or its policy), newest first, as the gateway recorded them: its own writes,
+        and the changes made around it (console, Terraform, scripts) that it saw. A tenant that
+        may call the resource's full read RPC sees whole documents; a tenant that may read only
+        its slice sees its own slice of each version. To restore a version, write it back with
+        the current etag (the Python client's `restore`).
         """
 
 def add_RegistryConfigServiceServicer_to_server(servicer: RegistryConfigServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -10,15 +10,17 @@
 // Fields AWS does not have (registry_id and region on requests, etag, validate_only)
 // are additive and optional.
 
-import type { GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
-import { fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { GenEnum, GenFile, GenMessage, GenService } from "@bufbuild/protobuf/codegenv2";
+import { enumDesc, fileDesc, messageDesc, serviceDesc } from "@bufbuild/protobuf/codegenv2";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
+import { file_google_protobuf_timestamp } from "@bufbuild/protobuf/wkt";
 import type { Message } from "@bufbuild/protobuf";
 
 /**
  * Describes the file ecr/registry/v1/registry.proto.
  */
 export const file_ecr_registry_v1_registry: GenFile = /*@__PURE__*/
-  fileDesc("Ch5lY3IvcmVnaXN0cnkvdjEvcmVnaXN0cnkucHJvdG8SD2Vjci5yZWdpc3RyeS52MSI3ChBSZXBvc2l0b3J5RmlsdGVyEg4KBmZpbHRlchgBIAEoCRITCgtmaWx0ZXJfdHlwZRgCIAEoCSI9ChZSZXBsaWNhdGlvbkRlc3RpbmF0aW9uEg4KBnJlZ2lvbhgBIAEoCRITCgtyZWdpc3RyeV9pZBgCIAEoCSKPAQoPUmVwbGljYXRpb25SdWxlEj0KDGRlc3RpbmF0aW9ucxgBIAMoCzInLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvbkRlc3RpbmF0aW9uEj0KEnJlcG9zaXRvcnlfZmlsdGVycxgCIAMoCzIhLmVjci5yZWdpc3RyeS52MS5SZXBvc2l0b3J5RmlsdGVyIksKGFJlcGxpY2F0aW9uQ29uZmlndXJhdGlvbhIvCgVydWxlcxgBIAMoCzIgLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvblJ1bGUiOwoGQ2hhbmdlEg4KBmFjdGlvbhgBIAEoCRIMCgRwYXRoGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJIj4KF0Rlc2NyaWJlUmVnaXN0cnlSZXF1ZXN0EhMKC3JlZ2lzdHJ5X2lkGAEgASgJEg4KBnJlZ2lvbhgCIAEoCSKLAQoYRGVzY3JpYmVSZWdpc3RyeVJlc3BvbnNlEhMKC3JlZ2lzdHJ5X2lkGAEgASgJEkwKGXJlcGxpY2F0aW9uX2NvbmZpZ3VyYXRpb24YAiABKAsyKS5lY3IucmVnaXN0cnkudjEuUmVwbGljYXRpb25Db25maWd1cmF0aW9uEgwKBGV0YWcYAyABKAkiPwoYR2V0UmVnaXN0cnlQb2xpY3lSZXF1ZXN0EhMKC3JlZ2lzdHJ5X2lkGAEgASgJEg4KBnJlZ2lvbhgCIAEoCSJTChlHZXRSZWdpc3RyeVBvbGljeVJlc3BvbnNlEhMKC3JlZ2lzdHJ5X2lkGAEgASgJEhMKC3BvbGljeV90ZXh0GAIgASgJEgwKBGV0YWcYAyABKAkieQoYUHV0UmVnaXN0cnlQb2xpY3lSZXF1ZXN0EhMKC3BvbGljeV90ZXh0GAEgASgJEhMKC3JlZ2lzdHJ5X2lkGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRIMCgRldGFnGAQgASgJEhUKDXZhbGlkYXRlX29ubHkYBSABKAgifQoZUHV0UmVnaXN0cnlQb2xpY3lSZXNwb25zZRITCgtyZWdpc3RyeV9pZBgBIAEoCRITCgtwb2xpY3lfdGV4dBgCIAEoCRIMCgRldGFnGAMgASgJEigKB2NoYW5nZXMYBCADKAsyFy5lY3IucmVnaXN0cnkudjEuQ2hhbmdlImcKG0RlbGV0ZVJlZ2lzdHJ5UG9saWN5UmVxdWVzdBITCgtyZWdpc3RyeV9pZBgBIAEoCRIOCgZyZWdpb24YAiABKAkSDAoEZXRhZxgDIAEoCRIVCg12YWxpZGF0ZV9vbmx5GAQgASgIIoABChxEZWxldGVSZWdpc3RyeVBvbGljeVJlc3BvbnNlEhMKC3JlZ2lzdHJ5X2lkGAEgASgJEhMKC3BvbGljeV90ZXh0GAIgASgJEgwKBGV0YWcYAyABKAkSKAoHY2hhbmdlcxgEIAMoCzIXLmVjci5yZWdpc3RyeS52MS5DaGFuZ2UivAEKIlB1dFJlcGxpY2F0aW9uQ29uZmlndXJhdGlvblJlcXVlc3QSTAoZcmVwbGljYXRpb25fY29uZmlndXJhdGlvbhgBIAEoCzIpLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvbkNvbmZpZ3VyYXRpb24SEwoLcmVnaXN0cnlfaWQYAiABKAkSDgoGcmVnaW9uGAMgASgJEgwKBGV0YWcYBCABKAkSFQoNdmFsaWRhdGVfb25seRgFIAEoCCLAAQojUHV0UmVwbGljYXRpb25Db25maWd1cmF0aW9uUmVzcG9uc2USTAoZcmVwbGljYXRpb25fY29uZmlndXJhdGlvbhgBIAEoCzIpLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvbkNvbmZpZ3VyYXRpb24SDAoEZXRhZxgCIAEoCRITCgtyZWdpc3RyeV9pZBgDIAEoCRIoCgdjaGFuZ2VzGAQgAygLMhcuZWNyLnJlZ2lzdHJ5LnYxLkNoYW5nZSJBChpHZXRSZXBsaWNhdGlvblJ1bGVzUmVxdWVzdBITCgtyZWdpc3RyeV9pZBgBIAEoCRIOCgZyZWdpb24YAiABKAki3wEKG0dldFJlcGxpY2F0aW9uUnVsZXNSZXNwb25zZRITCgtyZWdpc3RyeV9pZBgBIAEoCRIvCgVydWxlcxgCIAMoCzIgLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvblJ1bGUSDAoEZXRhZxgDIAEoCRISCgpydWxlc191c2VkGAQgASgFEhMKC3J1bGVzX2xpbWl0GAUgASgFEiAKGHVuaXF1ZV9kZXN0aW5hdGlvbnNfdXNlZBgGIAEoBRIhChl1bmlxdWVfZGVzdGluYXRpb25zX2xpbWl0GAcgASgFIpcBChpQdXRSZXBsaWNhdGlvblJ1bGVzUmVxdWVzdBIvCgVydWxlcxgBIAMoCzIgLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvblJ1bGUSEwoLcmVnaXN0cnlfaWQYAiABKAkSDgoGcmVnaW9uGAMgASgJEgwKBGV0YWcYBCABKAkSFQoNdmFsaWRhdGVfb25seRgFIAEoCCKbAQobUHV0UmVwbGljYXRpb25SdWxlc1Jlc3BvbnNlEhMKC3JlZ2lzdHJ5X2lkGAEgASgJEi8KBXJ1bGVzGAIgAygLMiAuZWNyLnJlZ2lzdHJ5LnYxLlJlcGxpY2F0aW9uUnVsZRIMCgRldGFnGAMgASgJEigKB2NoYW5nZXMYBCADKAsyFy5lY3IucmVnaXN0cnkudjEuQ2hhbmdlIkEKGkdldFBvbGljeVN0YXRlbWVudHNSZXF1ZXN0EhMKC3JlZ2lzdHJ5X2lkGAEgASgJEg4KBnJlZ2lvbhgCIAEoCSJZChtHZXRQb2xpY3lTdGF0ZW1lbnRzUmVzcG9uc2USEwoLcmVnaXN0cnlfaWQYASABKAkSFwoPc3RhdGVtZW50c19qc29uGAIgASgJEgwKBGV0YWcYAyABKAkifwoaUHV0UG9saWN5U3RhdGVtZW50c1JlcXVlc3QSFwoPc3RhdGVtZW50c19qc29uGAEgASgJEhMKC3JlZ2lzdHJ5X2lkGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRIMCgRldGFnGAQgASgJEhUKDXZhbGlkYXRlX29ubHkYBSABKAgigwEKG1B1dFBvbGljeVN0YXRlbWVudHNSZXNwb25zZRITCgtyZWdpc3RyeV9pZBgBIAEoCRIXCg9zdGF0ZW1lbnRzX2pzb24YAiABKAkSDAoEZXRhZxgDIAEoCRIoCgdjaGFuZ2VzGAQgAygLMhcuZWNyLnJlZ2lzdHJ5LnYxLkNoYW5nZTK0CAoVUmVnaXN0cnlDb25maWdTZXJ2aWNlEmwKEERlc2NyaWJlUmVnaXN0cnkSKC5lY3IucmVnaXN0cnkudjEuRGVzY3JpYmVSZWdpc3RyeVJlcXVlc3QaKS5lY3IucmVnaXN0cnkudjEuRGVzY3JpYmVSZWdpc3RyeVJlc3BvbnNlIgOQAgESbwoRR2V0UmVnaXN0cnlQb2xpY3kSKS5lY3IucmVnaXN0cnkudjEuR2V0UmVnaXN0cnlQb2xpY3lSZXF1ZXN0GiouZWNyLnJlZ2lzdHJ5LnYxLkdldFJlZ2lzdHJ5UG9saWN5UmVzcG9uc2UiA5ACARJqChFQdXRSZWdpc3RyeVBvbGljeRIpLmVjci5yZWdpc3RyeS52MS5QdXRSZWdpc3RyeVBvbGljeVJlcXVlc3QaKi5lY3IucmVnaXN0cnkudjEuUHV0UmVnaXN0cnlQb2xpY3lSZXNwb25zZRJzChREZWxldGVSZWdpc3RyeVBvbGljeRIsLmVjci5yZWdpc3RyeS52MS5EZWxldGVSZWdpc3RyeVBvbGljeVJlcXVlc3QaLS5lY3IucmVnaXN0cnkudjEuRGVsZXRlUmVnaXN0cnlQb2xpY3lSZXNwb25zZRKIAQobUHV0UmVwbGljYXRpb25Db25maWd1cmF0aW9uEjMuZWNyLnJlZ2lzdHJ5LnYxLlB1dFJlcGxpY2F0aW9uQ29uZmlndXJhdGlvblJlcXVlc3QaNC5lY3IucmVnaXN0cnkudjEuUHV0UmVwbGljYXRpb25Db25maWd1cmF0aW9uUmVzcG9uc2USdQoTR2V0UmVwbGljYXRpb25SdWxlcxIrLmVjci5yZWdpc3RyeS52MS5HZXRSZXBsaWNhdGlvblJ1bGVzUmVxdWVzdBosLmVjci5yZWdpc3RyeS52MS5HZXRSZXBsaWNhdGlvblJ1bGVzUmVzcG9uc2UiA5ACARJwChNQdXRSZXBsaWNhdGlvblJ1bGVzEisuZWNyLnJlZ2lzdHJ5LnYxLlB1dFJlcGxpY2F0aW9uUnVsZXNSZXF1ZXN0GiwuZWNyLnJlZ2lzdHJ5LnYxLlB1dFJlcGxpY2F0aW9uUnVsZXNSZXNwb25zZRJ1ChNHZXRQb2xpY3lTdGF0ZW1lbnRzEisuZWNyLnJlZ2lzdHJ5LnYxLkdldFBvbGljeVN0YXRlbWVudHNSZXF1ZXN0GiwuZWNyLnJlZ2lzdHJ5LnYxLkdldFBvbGljeVN0YXRlbWVudHNSZXNwb25zZSIDkAIBEnAKE1B1dFBvbGljeVN0YXRlbWVudHMSKy5lY3IucmVnaXN0cnkudjEuUHV0UG9saWN5U3RhdGVtZW50c1JlcXVlc3QaLC5lY3IucmVnaXN0cnkudjEuUHV0UG9saWN5U3RhdGVtZW50c1Jlc3BvbnNlYgZwcm90bzM");
+  fileDesc("Ch5lY3IvcmVnaXN0cnkvdjEvcmVnaXN0cnkucHJvdG8SD2Vjci5yZWdpc3RyeS52MSI3ChBSZXBvc2l0b3J5RmlsdGVyEg4KBmZpbHRlchgBIAEoCRITCgtmaWx0ZXJfdHlwZRgCIAEoCSI9ChZSZXBsaWNhdGlvbkRlc3RpbmF0aW9uEg4KBnJlZ2lvbhgBIAEoCRITCgtyZWdpc3RyeV9pZBgCIAEoCSKPAQoPUmVwbGljYXRpb25SdWxlEj0KDGRlc3RpbmF0aW9ucxgBIAMoCzInLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvbkRlc3RpbmF0aW9uEj0KEnJlcG9zaXRvcnlfZmlsdGVycxgCIAMoCzIhLmVjci5yZWdpc3RyeS52MS5SZXBvc2l0b3J5RmlsdGVyIksKGFJlcGxpY2F0aW9uQ29uZmlndXJhdGlvbhIvCgVydWxlcxgBIAMoCzIgLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvblJ1bGUiOwoGQ2hhbmdlEg4KBmFjdGlvbhgBIAEoCRIMCgRwYXRoGAIgASgJEhMKC2Rlc2NyaXB0aW9uGAMgASgJIj4KF0Rlc2NyaWJlUmVnaXN0cnlSZXF1ZXN0EhMKC3JlZ2lzdHJ5X2lkGAEgASgJEg4KBnJlZ2lvbhgCIAEoCSKLAQoYRGVzY3JpYmVSZWdpc3RyeVJlc3BvbnNlEhMKC3JlZ2lzdHJ5X2lkGAEgASgJEkwKGXJlcGxpY2F0aW9uX2NvbmZpZ3VyYXRpb24YAiABKAsyKS5lY3IucmVnaXN0cnkudjEuUmVwbGljYXRpb25Db25maWd1cmF0aW9uEgwKBGV0YWcYAyABKAkiPwoYR2V0UmVnaXN0cnlQb2xpY3lSZXF1ZXN0EhMKC3JlZ2lzdHJ5X2lkGAEgASgJEg4KBnJlZ2lvbhgCIAEoCSJTChlHZXRSZWdpc3RyeVBvbGljeVJlc3BvbnNlEhMKC3JlZ2lzdHJ5X2lkGAEgASgJEhMKC3BvbGljeV90ZXh0GAIgASgJEgwKBGV0YWcYAyABKAkieQoYUHV0UmVnaXN0cnlQb2xpY3lSZXF1ZXN0EhMKC3BvbGljeV90ZXh0GAEgASgJEhMKC3JlZ2lzdHJ5X2lkGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRIMCgRldGFnGAQgASgJEhUKDXZhbGlkYXRlX29ubHkYBSABKAgifQoZUHV0UmVnaXN0cnlQb2xpY3lSZXNwb25zZRITCgtyZWdpc3RyeV9pZBgBIAEoCRITCgtwb2xpY3lfdGV4dBgCIAEoCRIMCgRldGFnGAMgASgJEigKB2NoYW5nZXMYBCADKAsyFy5lY3IucmVnaXN0cnkudjEuQ2hhbmdlImcKG0RlbGV0ZVJlZ2lzdHJ5UG9saWN5UmVxdWVzdBITCgtyZWdpc3RyeV9pZBgBIAEoCRIOCgZyZWdpb24YAiABKAkSDAoEZXRhZxgDIAEoCRIVCg12YWxpZGF0ZV9vbmx5GAQgASgIIoABChxEZWxldGVSZWdpc3RyeVBvbGljeVJlc3BvbnNlEhMKC3JlZ2lzdHJ5X2lkGAEgASgJEhMKC3BvbGljeV90ZXh0GAIgASgJEgwKBGV0YWcYAyABKAkSKAoHY2hhbmdlcxgEIAMoCzIXLmVjci5yZWdpc3RyeS52MS5DaGFuZ2UivAEKIlB1dFJlcGxpY2F0aW9uQ29uZmlndXJhdGlvblJlcXVlc3QSTAoZcmVwbGljYXRpb25fY29uZmlndXJhdGlvbhgBIAEoCzIpLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvbkNvbmZpZ3VyYXRpb24SEwoLcmVnaXN0cnlfaWQYAiABKAkSDgoGcmVnaW9uGAMgASgJEgwKBGV0YWcYBCABKAkSFQoNdmFsaWRhdGVfb25seRgFIAEoCCLAAQojUHV0UmVwbGljYXRpb25Db25maWd1cmF0aW9uUmVzcG9uc2USTAoZcmVwbGljYXRpb25fY29uZmlndXJhdGlvbhgBIAEoCzIpLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvbkNvbmZpZ3VyYXRpb24SDAoEZXRhZxgCIAEoCRITCgtyZWdpc3RyeV9pZBgDIAEoCRIoCgdjaGFuZ2VzGAQgAygLMhcuZWNyLnJlZ2lzdHJ5LnYxLkNoYW5nZSJBChpHZXRSZXBsaWNhdGlvblJ1bGVzUmVxdWVzdBITCgtyZWdpc3RyeV9pZBgBIAEoCRIOCgZyZWdpb24YAiABKAki3wEKG0dldFJlcGxpY2F0aW9uUnVsZXNSZXNwb25zZRITCgtyZWdpc3RyeV9pZBgBIAEoCRIvCgVydWxlcxgCIAMoCzIgLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvblJ1bGUSDAoEZXRhZxgDIAEoCRISCgpydWxlc191c2VkGAQgASgFEhMKC3J1bGVzX2xpbWl0GAUgASgFEiAKGHVuaXF1ZV9kZXN0aW5hdGlvbnNfdXNlZBgGIAEoBRIhChl1bmlxdWVfZGVzdGluYXRpb25zX2xpbWl0GAcgASgFIpcBChpQdXRSZXBsaWNhdGlvblJ1bGVzUmVxdWVzdBIvCgVydWxlcxgBIAMoCzIgLmVjci5yZWdpc3RyeS52MS5SZXBsaWNhdGlvblJ1bGUSEwoLcmVnaXN0cnlfaWQYAiABKAkSDgoGcmVnaW9uGAMgASgJEgwKBGV0YWcYBCABKAkSFQoNdmFsaWRhdGVfb25seRgFIAEoCCKbAQobUHV0UmVwbGljYXRpb25SdWxlc1Jlc3BvbnNlEhMKC3JlZ2lzdHJ5X2lkGAEgASgJEi8KBXJ1bGVzGAIgAygLMiAuZWNyLnJlZ2lzdHJ5LnYxLlJlcGxpY2F0aW9uUnVsZRIMCgRldGFnGAMgASgJEigKB2NoYW5nZXMYBCADKAsyFy5lY3IucmVnaXN0cnkudjEuQ2hhbmdlIkEKGkdldFBvbGljeVN0YXRlbWVudHNSZXF1ZXN0EhMKC3JlZ2lzdHJ5X2lkGAEgASgJEg4KBnJlZ2lvbhgCIAEoCSJZChtHZXRQb2xpY3lTdGF0ZW1lbnRzUmVzcG9uc2USEwoLcmVnaXN0cnlfaWQYASABKAkSFwoPc3RhdGVtZW50c19qc29uGAIgASgJEgwKBGV0YWcYAyABKAkifwoaUHV0UG9saWN5U3RhdGVtZW50c1JlcXVlc3QSFwoPc3RhdGVtZW50c19qc29uGAEgASgJEhMKC3JlZ2lzdHJ5X2lkGAIgASgJEg4KBnJlZ2lvbhgDIAEoCRIMCgRldGFnGAQgASgJEhUKDXZhbGlkYXRlX29ubHkYBSABKAgigwEKG1B1dFBvbGljeVN0YXRlbWVudHNSZXNwb25zZRITCgtyZWdpc3RyeV9pZBgBIAEoCRIXCg9zdGF0ZW1lbnRzX2pzb24YAiABKAkSDAoEZXRhZxgDIAEoCRIoCgdjaGFuZ2VzGAQgAygLMhcuZWNyLnJlZ2lzdHJ5LnYxLkNoYW5nZSKgAQoeR2V0Q29uZmlndXJhdGlvbkhpc3RvcnlSZXF1ZXN0EhMKC3JlZ2lzdHJ5X2lkGAEgASgJEg4KBnJlZ2lvbhgCIAEoCRIyCghyZXNvdXJjZRgDIAEoDjIgLmVjci5yZWdpc3RyeS52MS5IaXN0b3J5UmVzb3VyY2USEQoJcGFnZV9zaXplGAQgASgFEhIKCnBhZ2VfdG9rZW4YBSABKAkirwIKFENvbmZpZ3VyYXRpb25WZXJzaW9uEi8KC3JlY29yZGVkX2F0GAEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBItCgZvcmlnaW4YAiABKA4yHS5lY3IucmVnaXN0cnkudjEuQ2hhbmdlT3JpZ2luEg4KBnRlbmFudBgDIAEoCRIQCghpZGVudGl0eRgEIAEoCRIMCgRldGFnGAUgASgJEkwKGXJlcGxpY2F0aW9uX2NvbmZpZ3VyYXRpb24YBiABKAsyKS5lY3IucmVnaXN0cnkudjEuUmVwbGljYXRpb25Db25maWd1cmF0aW9uEhMKC3BvbGljeV90ZXh0GAcgASgJEhcKD3N0YXRlbWVudHNfanNvbhgIIAEoCRILCgNycGMYCSABKAkinAEKH0dldENvbmZpZ3VyYXRpb25IaXN0b3J5UmVzcG9uc2USEwoLcmVnaXN0cnlfaWQYASABKAkSNwoIdmVyc2lvbnMYAiADKAsyJS5lY3IucmVnaXN0cnkudjEuQ29uZmlndXJhdGlvblZlcnNpb24SFwoPbmV4dF9wYWdlX3Rva2VuGAMgASgJEhIKCnNsaWNlX3ZpZXcYBCABKAgqcgoPSGlzdG9yeVJlc291cmNlEiAKHEhJU1RPUllfUkVTT1VSQ0VfVU5TUEVDSUZJRUQQABIgChxISVNUT1JZX1JFU09VUkNFX1JFUExJQ0FUSU9OEAESGwoXSElTVE9SWV9SRVNPVVJDRV9QT0xJQ1kQAiqDAQoMQ2hhbmdlT3JpZ2luEh0KGUNIQU5HRV9PUklHSU5fVU5TUEVDSUZJRUQQABIaChZDSEFOR0VfT1JJR0lOX0JBU0VMSU5FEAESGQoVQ0hBTkdFX09SSUdJTl9HQVRFV0FZEAISHQoZQ0hBTkdFX09SSUdJTl9PVVRfT0ZfQkFORBADMrgJChVSZWdpc3RyeUNvbmZpZ1NlcnZpY2USbAoQRGVzY3JpYmVSZWdpc3RyeRIoLmVjci5yZWdpc3RyeS52MS5EZXNjcmliZVJlZ2lzdHJ5UmVxdWVzdBopLmVjci5yZWdpc3RyeS52MS5EZXNjcmliZVJlZ2lzdHJ5UmVzcG9uc2UiA5ACARJvChFHZXRSZWdpc3RyeVBvbGljeRIpLmVjci5yZWdpc3RyeS52MS5HZXRSZWdpc3RyeVBvbGljeVJlcXVlc3QaKi5lY3IucmVnaXN0cnkudjEuR2V0UmVnaXN0cnlQb2xpY3lSZXNwb25zZSIDkAIBEmoKEVB1dFJlZ2lzdHJ5UG9saWN5EikuZWNyLnJlZ2lzdHJ5LnYxLlB1dFJlZ2lzdHJ5UG9saWN5UmVxdWVzdBoqLmVjci5yZWdpc3RyeS52MS5QdXRSZWdpc3RyeVBvbGljeVJlc3BvbnNlEnMKFERlbGV0ZVJlZ2lzdHJ5UG9saWN5EiwuZWNyLnJlZ2lzdHJ5LnYxLkRlbGV0ZVJlZ2lzdHJ5UG9saWN5UmVxdWVzdBotLmVjci5yZWdpc3RyeS52MS5EZWxldGVSZWdpc3RyeVBvbGljeVJlc3BvbnNlEogBChtQdXRSZXBsaWNhdGlvbkNvbmZpZ3VyYXRpb24SMy5lY3IucmVnaXN0cnkudjEuUHV0UmVwbGljYXRpb25Db25maWd1cmF0aW9uUmVxdWVzdBo0LmVjci5yZWdpc3RyeS52MS5QdXRSZXBsaWNhdGlvbkNvbmZpZ3VyYXRpb25SZXNwb25zZRJ1ChNHZXRSZXBsaWNhdGlvblJ1bGVzEisuZWNyLnJlZ2lzdHJ5LnYxLkdldFJlcGxpY2F0aW9uUnVsZXNSZXF1ZXN0GiwuZWNyLnJlZ2lzdHJ5LnYxLkdldFJlcGxpY2F0aW9uUnVsZXNSZXNwb25zZSIDkAIBEnAKE1B1dFJlcGxpY2F0aW9uUnVsZXMSKy5lY3IucmVnaXN0cnkudjEuUHV0UmVwbGljYXRpb25SdWxlc1JlcXVlc3QaLC5lY3IucmVnaXN0cnkudjEuUHV0UmVwbGljYXRpb25SdWxlc1Jlc3BvbnNlEnUKE0dldFBvbGljeVN0YXRlbWVudHMSKy5lY3IucmVnaXN0cnkudjEuR2V0UG9saWN5U3RhdGVtZW50c1JlcXVlc3QaLC5lY3IucmVnaXN0cnkudjEuR2V0UG9saWN5U3RhdGVtZW50c1Jlc3BvbnNlIgOQAgEScAoTUHV0UG9saWN5U3RhdGVtZW50cxIrLmVjci5yZWdpc3RyeS52MS5QdXRQb2xpY3lTdGF0ZW1lbnRzUmVxdWVzdBosLmVjci5yZWdpc3RyeS52MS5QdXRQb2xpY3lTdGF0ZW1lbnRzUmVzcG9uc2USgQEKF0dldENvbmZpZ3VyYXRpb25IaXN0b3J5Ei8uZWNyLnJlZ2lzdHJ5LnYxLkdldENvbmZpZ3VyYXRpb25IaXN0b3J5UmVxdWVzdBowLmVjci5yZWdpc3RyeS52MS5HZXRDb25maWd1cmF0aW9uSGlzdG9yeVJlc3BvbnNlIgOQAgFiBnByb3RvMw", [file_google_protobuf_timestamp]);
 
 /**
  * Selects the repositories a replication rule applies to (AWS shape RepositoryFilter).
@@ -911,6 +913,254 @@ export const PutPolicyStatementsResponseSchema: GenMessage<PutPolicyStatementsRe
   messageDesc(file_ecr_registry_v1_registry, 22);
 
 /**
+ * Request of GetConfigurationHistory: one resource of one registry, a page at a time.
+ *
+ * @generated from message ecr.registry.v1.GetConfigurationHistoryRequest
+ */
+export type GetConfigurationHistoryRequest = Message<"ecr.registry.v1.GetConfigurationHistoryRequest"> & {
+  /**
+   * The registry (12-digit account id); default: the caller's only registry.
+   *
+   * @generated from field: string registry_id = 1;
+   */
+  registryId: string;
+
+  /**
+   * The AWS Region of the registry; default: the gateway's configured default region.
+   *
+   * @generated from field: string region = 2;
+   */
+  region: string;
+
+  /**
+   * The resource whose versions to list.
+   *
+   * @generated from field: ecr.registry.v1.HistoryResource resource = 3;
+   */
+  resource: HistoryResource;
+
+  /**
+   * Versions per page: 1 to 50; 0 means 10.
+   *
+   * @generated from field: int32 page_size = 4;
+   */
+  pageSize: number;
+
+  /**
+   * From a previous response's next_page_token; empty for the newest versions.
+   *
+   * @generated from field: string page_token = 5;
+   */
+  pageToken: string;
+};
+
+/**
+ * Describes the message ecr.registry.v1.GetConfigurationHistoryRequest.
+ * Use `create(GetConfigurationHistoryRequestSchema)` to create a new message.
+ */
+export const GetConfigurationHistoryRequestSchema: GenMessage<GetConfigurationHistoryRequest> = /*@__PURE__*/
+  messageDesc(file_ecr_registry_v1_registry, 23);
+
+/**
+ * One recorded version of a resource.
+ *
+ * @generated from message ecr.registry.v1.ConfigurationVersion
+ */
+export type ConfigurationVersion = Message<"ecr.registry.v1.ConfigurationVersion"> & {
+  /**
+   * When the gateway recorded it (its write's read-back, or when it saw the change).
+   *
+   * @generated from field: google.protobuf.Timestamp recorded_at = 1;
+   */
+  recordedAt?: Timestamp | undefined;
+
+  /**
+   * How it came to be.
+   *
+   * @generated from field: ecr.registry.v1.ChangeOrigin origin = 2;
+   */
+  origin: ChangeOrigin;
+
+  /**
+   * CHANGE_ORIGIN_GATEWAY: the tenant that wrote it (empty in a slice view when another
+   * tenant wrote it).
+   *
+   * @generated from field: string tenant = 3;
+   */
+  tenant: string;
+
+  /**
+   * CHANGE_ORIGIN_GATEWAY: the writer's identity (a key digest prefix, a JWT subject or a
+   * SPIFFE ID; empty where `tenant` is).
+   *
+   * @generated from field: string identity = 4;
+   */
+  identity: string;
+
+  /**
+   * The etag of the version as the caller sees it: of the whole resource for a full view
+   * (DescribeRegistry's or GetRegistryPolicy's etag, "absent" for no policy), of the caller's
+   * rules or statements for a slice view.
+   *
+   * @generated from field: string etag = 5;
+   */
+  etag: string;
+
+  /**
+   * HISTORY_RESOURCE_REPLICATION: the configuration (a slice view: only the caller's rules).
+   *
+   * @generated from field: ecr.registry.v1.ReplicationConfiguration replication_configuration = 6;
+   */
+  replicationConfiguration?: ReplicationConfiguration | undefined;
+
+  /**
+   * HISTORY_RESOURCE_POLICY, full view: the policy text; empty when there was none.
+   *
+   * @generated from field: string policy_text = 7;
+   */
+  policyText: string;
+
+  /**
+   * HISTORY_RESOURCE_POLICY, slice view: the caller's statements as a JSON array.
+   *
+   * @generated from field: string statements_json = 8;
+   */
+  statementsJson: string;
+
+  /**
+   * The RPC that wrote it (CHANGE_ORIGIN_GATEWAY).
+   *
+   * @generated from field: string rpc = 9;
+   */
+  rpc: string;
+};
+
+/**
+ * Describes the message ecr.registry.v1.ConfigurationVersion.
+ * Use `create(ConfigurationVersionSchema)` to create a new message.
+ */
+export const ConfigurationVersionSchema: GenMessage<ConfigurationVersion> = /*@__PURE__*/
+  messageDesc(file_ecr_registry_v1_registry, 24);
+
+/**
+ * Response of GetConfigurationHistory: versions newest first.
+ *
+ * @generated from message ecr.registry.v1.GetConfigurationHistoryResponse
+ */
+export type GetConfigurationHistoryResponse = Message<"ecr.registry.v1.GetConfigurationHistoryResponse"> & {
+  /**
+   * The registry read (the 12-digit account id).
+   *
+   * @generated from field: string registry_id = 1;
+   */
+  registryId: string;
+
+  /**
+   * Newest first; at most page_size.
+   *
+   * @generated from field: repeated ecr.registry.v1.ConfigurationVersion versions = 2;
+   */
+  versions: ConfigurationVersion[];
+
+  /**
+   * Pass as page_token for the next (older) page; empty on the last page.
+   *
+   * @generated from field: string next_page_token = 3;
+   */
+  nextPageToken: string;
+
+  /**
+   * Whether the caller sees its slice of each version rather than whole documents.
+   *
+   * @generated from field: bool slice_view = 4;
+   */
+  sliceView: boolean;
+};
+
+/**
+ * Describes the message ecr.registry.v1.GetConfigurationHistoryResponse.
+ * Use `create(GetConfigurationHistoryResponseSchema)` to create a new message.
+ */
+export const GetConfigurationHistoryResponseSchema: GenMessage<GetConfigurationHistoryResponse> = /*@__PURE__*/
+  messageDesc(file_ecr_registry_v1_registry, 25);
+
+/**
+ * Which resource of a registry a history is of.
+ *
+ * @generated from enum ecr.registry.v1.HistoryResource
+ */
+export enum HistoryResource {
+  /**
+   * Not set: INVALID_ARGUMENT.
+   *
+   * @generated from enum value: HISTORY_RESOURCE_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The replication configuration (DescribeRegistry, PutReplicationConfiguration).
+   *
+   * @generated from enum value: HISTORY_RESOURCE_REPLICATION = 1;
+   */
+  REPLICATION = 1,
+
+  /**
+   * The registry policy (GetRegistryPolicy, PutRegistryPolicy, DeleteRegistryPolicy).
+   *
+   * @generated from enum value: HISTORY_RESOURCE_POLICY = 2;
+   */
+  POLICY = 2,
+}
+
+/**
+ * Describes the enum ecr.registry.v1.HistoryResource.
+ */
+export const HistoryResourceSchema: GenEnum<HistoryResource> = /*@__PURE__*/
+  enumDesc(file_ecr_registry_v1_registry, 0);
+
+/**
+ * How a version came to be.
+ *
+ * @generated from enum ecr.registry.v1.ChangeOrigin
+ */
+export enum ChangeOrigin {
+  /**
+   * Not used.
+   *
+   * @generated from enum value: CHANGE_ORIGIN_UNSPECIFIED = 0;
+   */
+  UNSPECIFIED = 0,
+
+  /**
+   * The first state the gateway saw of the resource: where its history begins.
+   *
+   * @generated from enum value: CHANGE_ORIGIN_BASELINE = 1;
+   */
+  BASELINE = 1,
+
+  /**
+   * Written through the gateway (the tenant and identity say by whom).
+   *
+   * @generated from enum value: CHANGE_ORIGIN_GATEWAY = 2;
+   */
+  GATEWAY = 2,
+
+  /**
+   * Found in AWS and explained by no write through the gateway: made around it (console,
+   * Terraform, a script) or a gateway write overwritten by another writer.
+   *
+   * @generated from enum value: CHANGE_ORIGIN_OUT_OF_BAND = 3;
+   */
+  OUT_OF_BAND = 3,
+}
+
+/**
+ * Describes the enum ecr.registry.v1.ChangeOrigin.
+ */
+export const ChangeOriginSchema: GenEnum<ChangeOrigin> = /*@__PURE__*/
+  enumDesc(file_ecr_registry_v1_registry, 1);
+
+/**
  * Reads and changes the registry-level configuration of ECR registries on behalf of
  * authenticated tenants. Credentials travel as `authorization: Bearer <key or JWT>`
  * metadata or as an mTLS client certificate. Reads answer `x-cache: hit|miss|stale`
@@ -1014,6 +1264,21 @@ export const RegistryConfigService: GenService<{
     methodKind: "unary";
     input: typeof PutPolicyStatementsRequestSchema;
     output: typeof PutPolicyStatementsResponseSchema;
+  },
+  /**
+   * Returns the recent versions of one resource of the registry (its replication
+   * configuration or its policy), newest first, as the gateway recorded them: its own writes,
+   * and the changes made around it (console, Terraform, scripts) that it saw. A tenant that
+   * may call the resource's full read RPC sees whole documents; a tenant that may read only
+   * its slice sees its own slice of each version. To restore a version, write it back with
+   * the current etag (the Python client's `restore`).
+   *
+   * @generated from rpc ecr.registry.v1.RegistryConfigService.GetConfigurationHistory
+   */
+  getConfigurationHistory: {
+    methodKind: "unary";
+    input: typeof GetConfigurationHistoryRequestSchema;
+    output: typeof GetConfigurationHistoryResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_ecr_registry_v1_registry, 0);
