@@ -30,6 +30,7 @@ from registry_gateway_client._errors import (
     ResourceExhausted,
     Unauthenticated,
     Unavailable,
+    WriteOverwritten,
     from_rpc_error,
 )
 from registry_gateway_client._retry import NO_RETRY, RetryPolicy
@@ -56,6 +57,7 @@ __all__ = [
     "Tls",
     "Unauthenticated",
     "Unavailable",
+    "WriteOverwritten",
     "__version__",
     "from_rpc_error",
 ]

@@ -13,7 +13,8 @@ turns that into one exception class per gRPC code, so callers write
     ├── NotFound                 NOT_FOUND
     ├── FailedPrecondition       FAILED_PRECONDITION
     ├── Aborted                  ABORTED
-    │   └── EtagMismatch         ABORTED, reason ETAG_MISMATCH   .current_etag
+    │   ├── EtagMismatch         ABORTED, reason ETAG_MISMATCH   .current_etag
+    │   └── WriteOverwritten     ABORTED, reason WRITE_OVERWRITTEN   .current_etag
     ├── Unavailable              UNAVAILABLE          .retry_delay
     ├── ResourceExhausted        RESOURCE_EXHAUSTED   .retry_delay, .quota_violations
     ├── DeadlineExceeded         DEADLINE_EXCEEDED
@@ -145,6 +146,17 @@ class EtagMismatch(Aborted):
         return self.metadata.get("currentEtag", "")
 
 
+class WriteOverwritten(Aborted):
+    """The write reached AWS, but reading it back found another writer's state: AWS holds
+    that, not what was written. Read again (`current_etag`), decide, write again. Never
+    retried by the client: repeating the write blindly could undo the other writer's."""
+
+    @property
+    def current_etag(self) -> str:
+        """The etag of the state that now stands (ErrorInfo metadata `currentEtag`)."""
+        return self.metadata.get("currentEtag", "")
+
+
 class Unavailable(RegistryGatewayError):
     """AWS (or the gateway) is unavailable for now; `retry_delay` says when to try again."""
 
@@ -241,6 +253,8 @@ def from_rpc_error(
     cls = _BY_CODE.get(code, RegistryGatewayError)
     if code == grpc.StatusCode.ABORTED and reason == "ETAG_MISMATCH":
         cls = EtagMismatch
+    elif code == grpc.StatusCode.ABORTED and reason == "WRITE_OVERWRITTEN":
+        cls = WriteOverwritten
     elif code == grpc.StatusCode.UNKNOWN:
         cls = Internal
     return cls(

@@ -29,7 +29,7 @@ from registry_gateway_client._core import (
     prepare,
     retry_safe,
 )
-from registry_gateway_client._errors import EtagMismatch, from_rpc_error
+from registry_gateway_client._errors import EtagMismatch, NotFound, from_rpc_error
 from registry_gateway_client._retry import Attempts, RetryPolicy
 
 Req = TypeVar("Req", bound=Message)
@@ -363,6 +363,129 @@ class SyncRegistryConfigClient:
             retry,
             info,
         )
+
+    def get_configuration_history(
+        self,
+        request: pb.GetConfigurationHistoryRequest | None = None,
+        *,
+        resource: pb.HistoryResource.ValueType | None = None,
+        registry_id: str | None = None,
+        region: str | None = None,
+        page_size: int | None = None,
+        page_token: str | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+        info: CallInfo | None = None,
+    ) -> pb.GetConfigurationHistoryResponse:
+        """One page of a resource's recorded versions, newest first (`next_page_token`
+        continues); a slice tenant gets its own slice of each version (`slice_view`)."""
+        message = self._prepare(
+            pb.GetConfigurationHistoryRequest,
+            request,
+            registry_id=registry_id,
+            region=region,
+            resource=resource,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        return self._call(
+            "GetConfigurationHistory",
+            self._stub.GetConfigurationHistory,
+            message,
+            False,
+            timeout,
+            retry,
+            info,
+        )
+
+    def restore(
+        self,
+        version_etag: str,
+        *,
+        resource: pb.HistoryResource.ValueType,
+        etag: str | None = None,
+        registry_id: str | None = None,
+        region: str | None = None,
+        timeout: float | None = None,
+        info: CallInfo | None = None,
+    ) -> Message:
+        """Write back the version of `resource` whose etag is `version_etag` (from
+        `get_configuration_history`), as an ordinary write with an etag precondition.
+
+        `etag`: the current etag the caller decided on (from a read or the history's newest
+        version); when someone changed the resource since, the write raises `EtagMismatch`
+        and nothing is written. Without it, the current etag is read fresh first, so only a
+        change in that moment is protected. A slice tenant restores its own slice (its rules
+        or statements) with the slice RPCs. Raises `LookupError` when no recorded version
+        has `version_etag`. Answers the write's response.
+        """
+        version, slice_view = self._find_version(
+            version_etag, resource, registry_id, region, timeout
+        )
+        where: dict[str, Any] = {"registry_id": registry_id, "region": region, "timeout": timeout}
+        replication = resource == pb.HISTORY_RESOURCE_REPLICATION
+        if slice_view and replication:
+            if etag is None:
+                etag = (self.get_replication_rules(**where)).etag
+            return self.put_replication_rules(
+                rules=version.replication_configuration.rules, etag=etag, info=info, **where
+            )
+        if slice_view:
+            if etag is None:
+                etag = (self.get_policy_statements(**where)).etag
+            return self.put_policy_statements(
+                statements=version.statements_json or "[]", etag=etag, info=info, **where
+            )
+        if replication:
+            if etag is None:
+                etag = (self.describe_registry(no_cache=True, **where)).etag
+            return self.put_replication_configuration(
+                replication_configuration=version.replication_configuration,
+                etag=etag,
+                info=info,
+                **where,
+            )
+        if etag is None:
+            etag = self._policy_etag(where)
+        if not version.policy_text:
+            return self.delete_registry_policy(etag=etag, info=info, **where)
+        return self.put_registry_policy(
+            policy_text=version.policy_text, etag=etag, info=info, **where
+        )
+
+    def _find_version(
+        self,
+        version_etag: str,
+        resource: pb.HistoryResource.ValueType,
+        registry_id: str | None,
+        region: str | None,
+        timeout: float | None,
+    ) -> tuple[pb.ConfigurationVersion, bool]:
+        token = ""
+        # The gateway keeps a bounded history (`history.max_versions`); the page bound here
+        # only guards against a server that never stops answering tokens.
+        for _ in range(100):
+            page = self.get_configuration_history(
+                resource=resource,
+                registry_id=registry_id,
+                region=region,
+                page_size=50,
+                page_token=token,
+                timeout=timeout,
+            )
+            for version in page.versions:
+                if version.etag == version_etag:
+                    return version, page.slice_view
+            token = page.next_page_token
+            if not token:
+                break
+        raise LookupError(f"no recorded version has etag {version_etag[:64]!r}")
+
+    def _policy_etag(self, where: dict[str, Any]) -> str:
+        try:
+            return (self.get_registry_policy(no_cache=True, **where)).etag
+        except NotFound:
+            return "absent"  # the etag of no policy
 
     def update_replication_configuration(
         self,
