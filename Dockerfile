@@ -8,10 +8,10 @@ WORKDIR /src
 RUN python -m venv /opt/gateway
 COPY requirements/runtime.lock requirements/runtime.lock
 RUN /opt/gateway/bin/pip install --require-hashes -r requirements/runtime.lock
-COPY clients/python clients/python
 COPY pyproject.toml README.md ./
+# The server's own generated code is in service/gen/: the client is not installed.
 COPY service service
-RUN /opt/gateway/bin/pip install --no-deps ./clients/python . \
+RUN /opt/gateway/bin/pip install --no-deps . \
  && /opt/gateway/bin/python -c "import importlib.util as u; assert u.find_spec('moto') is None"
 
 FROM python:3.11.14-slim-bookworm

@@ -8,16 +8,22 @@ STAMP  := $(VENV)/.installed
 SERVE_STAMP := $(VENV)/.installed-serve
 TS_DIR := clients/typescript
 TS_STAMP := $(TS_DIR)/node_modules/.installed
+# The Python code generator's own pinned environment: the oldest grpcio-tools the client's
+# ranges allow (requirements/protoc.in says why), apart from the dev venv's current grpcio.
+PROTOC_VENV  := .venv-protoc
+PROTOC_STAMP := $(PROTOC_VENV)/.installed
 # The image of the last released contract: `buf breaking` compares proto/ with it.
 RELEASED := proto/released/registry.binpb
 
 .PHONY: serve test install generate check-generated lint typecheck lock clean \
-	ts-deps ts go-deps breaking release-contract
+	ts-deps ts go-deps breaking release-contract protoc-deps compat
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Third-party packages come from the hashed lock; the two local packages without deps.
+# Third-party packages come from the hashed lock; the two local packages without deps (so
+# nothing unhashed slips in). The server needs no client (it has its own generated code in
+# service/gen/); the client is installed for the tests that call it.
 $(STAMP): $(PY) requirements/dev.lock pyproject.toml clients/python/pyproject.toml
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet --require-hashes -r requirements/dev.lock
@@ -25,6 +31,16 @@ $(STAMP): $(PY) requirements/dev.lock pyproject.toml clients/python/pyproject.to
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Made anew whenever its lock changes, so nothing of an older generator lingers in it.
+$(PROTOC_STAMP): requirements/protoc.lock
+	rm -rf $(PROTOC_VENV)
+	$(PYTHON) -m venv $(PROTOC_VENV)
+	$(PROTOC_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-compile \
+	  --require-hashes -r requirements/protoc.lock
+	touch $(PROTOC_STAMP)
+
+protoc-deps: $(PROTOC_STAMP)
 
 # The TypeScript client's tools (protoc-gen-es, tsc) from its committed lock. A failing
 # `npm ci` (no Node.js 20+, registry unreachable) fails `make test`: there is no skipping.
@@ -52,22 +68,22 @@ release-contract: $(STAMP)
 
 # Only what serving needs (runtime + moto + grpcurl), hash-checked; skipped when the dev
 # install is current (it holds the same pins and more).
-$(SERVE_STAMP): $(PY) requirements/serve.lock pyproject.toml clients/python/pyproject.toml
+$(SERVE_STAMP): $(PY) requirements/serve.lock pyproject.toml
 	@if [ -f $(STAMP) ] && [ $(STAMP) -nt requirements/dev.lock ] && \
-	    [ $(STAMP) -nt pyproject.toml ] && [ $(STAMP) -nt clients/python/pyproject.toml ]; then \
+	    [ $(STAMP) -nt pyproject.toml ]; then \
 	  echo "serve: the dev install in $(VENV) is current and holds serve.lock"; \
 	else \
 	  $(PY) -m pip install --quiet --disable-pip-version-check --no-compile --no-deps \
 	    --require-hashes -r requirements/serve.lock && \
 	  $(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation \
-	    --no-deps -e ./clients/python -e . ; \
+	    --no-deps -e . ; \
 	fi
 	touch $(SERVE_STAMP)
 
 serve: $(SERVE_STAMP)
 	$(PY) -m service serve --embedded
 
-test: $(STAMP) $(TS_STAMP) go-deps
+test: $(STAMP) $(PROTOC_STAMP) $(TS_STAMP) go-deps
 	$(PY) scripts/gen_protos.py --check
 	$(PY) scripts/unasync.py --check
 	$(VENV)/bin/buf lint
@@ -78,8 +94,14 @@ test: $(STAMP) $(TS_STAMP) go-deps
 	cd $(TS_DIR) && npm run --silent build
 	scripts/with_redis.sh $(PY) -m pytest -q
 
-generate: $(STAMP) $(TS_STAMP) go-deps
+generate: $(STAMP) $(PROTOC_STAMP) $(TS_STAMP) go-deps
 	$(PY) scripts/gen_protos.py
+
+# Only the Python client's compatibility step (part of `make test`'s pytest run): the client
+# alone in throwaway venvs at the oldest and the newest versions its ranges allow, against a
+# live gateway (tests/clients/test_python_client_compat.py).
+compat: $(STAMP)
+	scripts/with_redis.sh $(PY) -m pytest -q tests/clients/test_python_client_compat.py
 
 lock: $(PY)
 	$(PY) -m pip install --quiet pip-tools
@@ -89,9 +111,16 @@ lock: $(PY)
 	  --strip-extras --no-emit-index-url --no-emit-find-links -o runtime.lock runtime.in
 	cd requirements && ../$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
 	  --strip-extras --no-emit-index-url --no-emit-find-links -o serve.lock serve.in
+	cd requirements && ../$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --strip-extras --no-emit-index-url --no-emit-find-links -o protoc.lock protoc.in
+	cd requirements && ../$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --strip-extras --no-emit-index-url --no-emit-find-links -o client-oldest.lock client-oldest.in
+	cd requirements && ../$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --strip-extras --no-emit-index-url --no-emit-find-links --upgrade \
+	  -o client-newest.lock client-newest.in
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(TS_DIR)/node_modules $(TS_DIR)/dist $(TS_DIR)/build
+	rm -rf $(VENV) $(PROTOC_VENV) .venv-tests .mypy_cache .pytest_cache .ruff_cache $(TS_DIR)/node_modules $(TS_DIR)/dist $(TS_DIR)/build
 
 # Minutes of mixed load; also checks memory growth between two windows after warm-up.
 .PHONY: soak

@@ -42,7 +42,6 @@ import boto3  # type: ignore[import-untyped]  # no stubs; aioboto3's botocore pi
 import grpc
 import redis
 import yaml
-from ecr.registry.v1 import registry_pb2 as pb
 
 from bench import machine
 from bench.loadgen import (
@@ -71,6 +70,7 @@ from bench.processes import (
     set_affinity,
 )
 from bench.stats import SERVER_BOUND_BUSY, Measurement, measure, median_of, percentile
+from service.gen.v1 import registry_pb2 as pb
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRATCH = ROOT / "bench" / ".scratch"

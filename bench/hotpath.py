@@ -24,12 +24,12 @@ from typing import Any
 from unittest import mock
 
 import grpc
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from service.app.server import Gateway as Server
 from service.call import Call, begin
 from service.config import GatewayConfig, from_mapping
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.pipeline.pipeline import request_id
 from service.pipeline.reporters import AccessLogReporter, Outcome
 from service.state.cache import CacheKey

@@ -339,7 +339,7 @@ async def _run_http(job: HttpJob, go: Callable[[], Awaitable[None]]) -> JobResul
 
 
 def _replication_request(registry_id: str, region: str, filter_value: str, etag: str) -> bytes:
-    from ecr.registry.v1 import registry_pb2 as pb
+    from service.gen.v1 import registry_pb2 as pb
 
     rule = pb.ReplicationRule(
         destinations=[pb.ReplicationDestination(region=region, registry_id=registry_id)],
@@ -351,7 +351,7 @@ def _replication_request(registry_id: str, region: str, filter_value: str, etag:
 
 
 async def _run_writes(job: WriteJob, go: Callable[[], Awaitable[None]]) -> JobResult:
-    from ecr.registry.v1 import registry_pb2 as pb
+    from service.gen.v1 import registry_pb2 as pb
 
     channels = [
         grpc.aio.insecure_channel(job.targets[i % len(job.targets)], options=_CHANNEL_OPTIONS)
@@ -464,7 +464,7 @@ FLOOD_FIELD = b"\xf8\x07\x00"  # field 127, varint 0: unknown to every message, 
 def unknown_field_flood(size: int) -> bytes:
     """At most `size` bytes: a valid validate_only PutReplicationConfiguration request (an
     empty configuration), then as many unknown fields as fit."""
-    from ecr.registry.v1 import registry_pb2 as pb
+    from service.gen.v1 import registry_pb2 as pb
 
     head = pb.PutReplicationConfigurationRequest(
         replication_configuration=pb.ReplicationConfiguration(), validate_only=True

@@ -12,12 +12,12 @@ from typing import Any
 
 import grpc
 import pytest
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from moto.server import ThreadedMotoServer
 
 from service import config as config_mod
 from service.app.embedded import session_factory
 from service.app.server import Gateway
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests import moto_account_settings
 from tests.aws_proxy import CountingProxy
 from tests.helpers import config_dict

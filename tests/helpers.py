@@ -6,12 +6,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from google.rpc import error_details_pb2, status_pb2
 
 from service.auth.api_keys import hash_key
 from service.config import OPERATIONS
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 
 ACCOUNT = "123456789012"  # moto's default account: what the test credentials reach
 OTHER_ACCOUNT = "111111111111"

@@ -6,12 +6,12 @@ import json
 from typing import Any
 
 import grpc
-from ecr.registry.v1 import registry_pb2 as pb
 from google.rpc import error_details_pb2, status_pb2
 from moto.ecr.models import ecr_backends
 
 from service.auth.api_keys import hash_key
 from service.config import ECR_OPERATIONS
+from service.gen.v1 import registry_pb2 as pb
 from tests.helpers import ACCOUNT, PARTNER_ACCOUNT, config_dict
 
 BILLING_KEY = "test-key-billing"

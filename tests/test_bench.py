@@ -18,7 +18,6 @@ from typing import Any
 import grpc
 import pytest
 import uvicorn
-from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
@@ -41,6 +40,7 @@ from bench.processes import HTTP_LISTENING, _listen_ports, _serving_ports
 from bench.profile import summarize
 from bench.stats import measure, median_of, percentile
 from service.config import GatewayConfig
+from service.gen.v1 import registry_pb2 as pb
 
 
 def _result(latencies_ms: list[float], started: float, finished: float, cpu: float) -> JobResult:

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
-import venv
+import zipfile
 from pathlib import Path
 
 import pytest
 import yaml
 
 from service.config import ECR_OPERATIONS, from_mapping
+from tests.venvs import layered_venv, locked_venv, pip
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -95,22 +97,48 @@ def test_registry_role_allows_what_the_gateway_calls() -> None:
     assert ecr == {*(f"ecr:{op}" for op in ECR_OPERATIONS), "ecr:GetAccountSetting"}
 
 
+def build_server_wheel(dest: Path) -> Path:
+    """The server's wheel, built by the dev venv's setuptools from a copy of what the
+    Dockerfile copies (so no build/ or egg-info lands in the tree)."""
+    source = dest / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
+    shutil.copytree(
+        ROOT / "service", source / "service", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    built = run(
+        sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+        "--wheel-dir", dest / "dist", source,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = (dest / "dist").glob("registry_config_gateway-*.whl")
+    return wheel
+
+
 def test_image_install_steps_work_in_a_clean_venv(tmp_path: Path) -> None:
-    # The Dockerfile's steps, in a fresh venv: hashed runtime lock, then the two packages.
+    # The Dockerfile's steps: the hashed runtime lock in a clean venv (made once per lock:
+    # tests/venvs.py), then the server in a fresh venv on top of it, WITH its dependencies
+    # but with no index: every requirement it declares must be met by runtime.lock, so it
+    # depends on nothing unpublished (not the client).
+    base = locked_venv("runtime", ROOT / "requirements" / "runtime.lock")
     target = tmp_path / "venv"
-    venv.create(target, with_pip=True)
-    py = target / "bin" / "python"
-    steps = [
-        (py, "-m", "pip", "install", "-q", "--require-hashes", "-r", "requirements/runtime.lock"),
-        (py, "-m", "pip", "install", "-q", "--no-deps", "./clients/python", "."),
-    ]
-    for step in steps:
-        result = run(*step)
-        assert result.returncode == 0, result.stderr[-2000:]
+    py = layered_venv(base, target)
+    wheel = build_server_wheel(tmp_path)
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    for shipped in ("registry_descriptor.binpb", "registry_pb2.pyi", "registry_pb2_grpc.pyi"):
+        assert f"service/gen/v1/{shipped}" in names, shipped
+    pip("--python", py, "install", "--no-index", "--no-compile", wheel)
+    pip("--python", py, "check")
+    # No moto, no client, no top-level `ecr`; the descriptor set reflection serves is there.
+    # (`serve` below imports the whole server: no second import of it here.)
     check = run(
         py,
         "-c",
-        "import importlib.util as u, service.app.server; assert u.find_spec('moto') is None",
+        "import importlib.util as u, importlib.resources as r;"
+        "assert [m for m in ('moto', 'registry_gateway_client', 'ecr') if u.find_spec(m)] == [];"
+        "r.files('service.gen.v1').joinpath('registry_descriptor.binpb').read_bytes()",
         cwd=tmp_path,
     )
     assert check.returncode == 0, check.stderr[-2000:]

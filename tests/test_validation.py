@@ -6,7 +6,6 @@ from typing import Any
 
 import botocore.session
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 from hypothesis import given, settings
@@ -15,6 +14,7 @@ from hypothesis import strategies as st
 from service.auth.targets import Target
 from service.config import ECR_OPERATIONS, RegistryConfig
 from service.errors import InvalidArgument
+from service.gen.v1 import registry_pb2 as pb
 from service.registry import regions
 from service.registry.policy_grammar import show
 from service.registry.validation import MAX_VIOLATIONS, REASON, RequestValidator

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.message import DecodeError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.errors import FieldViolation
+from service.gen.v1 import registry_pb2 as pb
 from service.rpc.wire import locate
 
 PUT = pb.PutReplicationConfigurationRequest.DESCRIPTOR

@@ -18,11 +18,11 @@ from typing import Any
 
 import botocore.exceptions
 import botocore.session
-from ecr.registry.v1 import registry_pb2 as pb
 
 from service.auth.targets import Target, denied
 from service.config import PolicyGuardrails
 from service.errors import FieldViolation, InvalidArgument
+from service.gen.v1 import registry_pb2 as pb
 
 # An AWS principal names its account either bare or inside an IAM/STS ARN.
 _ACCOUNT_IN_PRINCIPAL = re.compile(r"^(?:arn:aws[a-z-]*:(?:iam|sts)::)?([0-9]{12})(?::|$)")

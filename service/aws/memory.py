@@ -23,12 +23,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ecr.registry.v1 import registry_pb2 as pb
-
 from service.auth.targets import Target
 from service.aws.errors import POLICY_NOT_FOUND, from_aws
 from service.aws.port import NoPolicy
 from service.errors import GatewayError
+from service.gen.v1 import registry_pb2 as pb
 from service.registry import convert
 
 

@@ -18,11 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
-from ecr.registry.v1 import registry_pb2 as pb
-
 from service.auth.targets import Target
 from service.aws.errors import policy_not_found
 from service.errors import NotFound
+from service.gen.v1 import registry_pb2 as pb
 
 
 @dataclass(frozen=True)

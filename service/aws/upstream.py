@@ -30,7 +30,6 @@ from aiobotocore.session import AioSession
 from botocore.config import Config
 from botocore.credentials import CredentialProvider
 from botocore.exceptions import BotoCoreError, ClientError
-from ecr.registry.v1 import registry_pb2 as pb
 from opentelemetry.trace import Status, StatusCode
 
 from service.auth.targets import Target
@@ -40,6 +39,7 @@ from service.aws.port import NoPolicy
 from service.aws.resilience import Resilience
 from service.config import AwsConfig, GatewayConfig, RegistryConfig, registry_regions
 from service.errors import DeadlineExceeded, FailedPrecondition, GatewayError, NotFound
+from service.gen.v1 import registry_pb2 as pb
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
 from service.registry import convert

@@ -36,13 +36,13 @@ from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 import uvicorn
-from ecr.registry.v1.registry_connect import RegistryConfigServiceASGIApplication
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 from google.rpc import error_details_pb2
 
 from service.config import HttpConfig, ServerConfig, parse_listen
+from service.gen.v1.registry_connect import RegistryConfigServiceASGIApplication
 from service.http.codec import BinaryCodec, JsonCodec, transport_limit
 from service.http.transport import EXCHANGE, ConnectPipeline, ConnectService, Exchange
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf import json_format
 
+from service.gen.v1 import registry_pb2 as pb
 from service.registry import etags
 
 

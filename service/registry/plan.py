@@ -10,7 +10,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from ecr.registry.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2 as pb
 
 RULES = "replication_configuration.rules"
 _DESCRIPTION = 300

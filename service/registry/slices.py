@@ -31,8 +31,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from ecr.registry.v1 import registry_pb2 as pb
-
 from service.auth.targets import Target, denied
 from service.errors import (
     FailedPrecondition,
@@ -40,6 +38,7 @@ from service.errors import (
     InvalidArgument,
     QuotaViolation,
 )
+from service.gen.v1 import registry_pb2 as pb
 from service.registry import convert, etags, plan, policy_grammar
 from service.registry.limits import (
     MAX_POLICY_CHARS,

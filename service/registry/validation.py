@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import botocore.session
-from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
@@ -34,6 +33,7 @@ from service.auth.targets import Target
 from service.aws.account_settings import PolicyScopes, Scope
 from service.config import ECR_OPERATIONS, SLICE_OPERATIONS, WRITE_OPERATIONS
 from service.errors import FieldViolation, InvalidArgument
+from service.gen.v1 import registry_pb2 as pb
 from service.registry import policy_grammar, regions
 from service.registry.limits import MAX_UNIQUE_DESTINATIONS
 from service.rpc import wire

@@ -22,7 +22,7 @@ from google.rpc import error_details_pb2, status_pb2
 from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2 as rpb
 
-DESCRIPTOR_PACKAGE = "ecr.registry.v1"
+DESCRIPTOR_PACKAGE = "service.gen.v1"  # the Python package holding the descriptor set
 DESCRIPTOR_FILE = "registry_descriptor.binpb"
 # The files of the error details every failed call carries (service/errors.py).
 ERROR_DETAIL_FILES = (error_details_pb2.DESCRIPTOR.name, status_pb2.DESCRIPTOR.name)

@@ -11,11 +11,11 @@ from typing import Any
 
 import grpc
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.descriptor import Descriptor
 
 from service.app.server import Gateway
 from service.errors import FieldViolation
+from service.gen.v1 import registry_pb2 as pb
 from service.rpc import wire
 from service.rpc.request_limits import largest_request_bytes, max_request_bytes
 from tests.conftest import GatewayFactory

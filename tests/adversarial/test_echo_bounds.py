@@ -14,8 +14,6 @@ from typing import Any
 
 import grpc
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -25,6 +23,8 @@ from service.auth.targets import TargetAuthorizer
 from service.config import AuditConfig, LogsConfig
 from service.echo import echo
 from service.errors import PermissionDenied, RichStatus, to_status
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.observability.audit import AuditLog, WriteRecord
 from service.observability.logs import configure_logging
 from tests.conftest import GatewayFactory

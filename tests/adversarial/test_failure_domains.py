@@ -10,10 +10,10 @@ from typing import Any
 
 import grpc
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from service.app.server import Gateway
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.aws_proxy import CountingProxy, Fault
 from tests.conftest import GatewayFactory
 from tests.helpers import KEY, OTHER_KEY, metadata, rich_error

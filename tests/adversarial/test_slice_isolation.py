@@ -18,8 +18,6 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from moto.ecr.exceptions import InvalidParameterException
 from moto.ecr.models import ECRBackend
 
@@ -28,6 +26,8 @@ from service.app.server import Gateway
 from service.auth.api_keys import hash_key
 from service.auth.targets import TargetAuthorizer
 from service.config import ConfigError, from_mapping
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.registry import limits as ecr_limits
 from tests.conftest import GatewayFactory
 from tests.helpers import ACCOUNT, KEY, PARTNER_ACCOUNT, config_dict, metadata, rich_error

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
 
 from service.app.embedded import session_factory
 from service.auth.targets import Target
@@ -16,6 +15,7 @@ from service.aws.port import EcrPort, NoPolicy
 from service.aws.upstream import Upstream
 from service.config import AwsConfig, RegistryConfig
 from service.errors import NotFound
+from service.gen.v1 import registry_pb2 as pb
 from service.registry import convert, etags
 from tests.helpers import ACCOUNT, POLICY
 

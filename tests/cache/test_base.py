@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.message import Message
 
 from service.config import CacheConfig
 from service.errors import NotFound, Unavailable
+from service.gen.v1 import registry_pb2 as pb
 from service.state.cache import CacheKey, MemoryStore, Outcome, ReadCache
 
 KEY = CacheKey("123456789012", "us-east-1", "registry")

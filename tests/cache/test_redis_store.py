@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import redis.asyncio as redis
-from ecr.registry.v1 import registry_pb2 as pb
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from service.gen.v1 import registry_pb2 as pb
 from service.state.cache import CacheKey, Entry, RedisStore
 
 KEY = CacheKey("123456789012", "us-east-1", "policy")

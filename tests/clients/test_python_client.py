@@ -20,7 +20,6 @@ from typing import Any
 
 import grpc
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
 from moto.core.exceptions import JsonRESTError
 from moto.ecr.models import ECRBackend
 from registry_gateway_client import (
@@ -39,6 +38,7 @@ from registry_gateway_client import (
     from_rpc_error,
 )
 from registry_gateway_client._retry import Attempts
+from registry_gateway_client.v1 import registry_pb2 as pb
 
 from service.app.server import Gateway
 from tests.certs import client_cert, make_pki

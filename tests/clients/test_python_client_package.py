@@ -3,12 +3,15 @@
 The wheel is built for real (setuptools, no network: `--no-build-isolation`), unpacked, and
 imported by a fresh interpreter that sees nothing but that wheel, grpc and google/
 (protobuf and googleapis-common-protos): not the server, not grpcio-status, not the venv.
+Its generated code is `registry_gateway_client.v1`, never a top-level `ecr`. Installed into
+real venvs at both ends of its ranges: tests/clients/test_python_client_compat.py.
 """
 
 from __future__ import annotations
 
 import ast
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -20,8 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "clients" / "python"
 PACKAGE = CLIENT / "src" / "registry_gateway_client"
 ALLOWED_DISTRIBUTIONS = {"grpcio", "protobuf", "googleapis-common-protos"}
-# Top-level imports the client may use: the stdlib, its deps' modules, and its own stubs.
-ALLOWED_THIRD_PARTY = {"grpc", "google", "ecr", "registry_gateway_client"}
+# Top-level imports the client may use: the stdlib, its deps' modules, and its own package.
+ALLOWED_THIRD_PARTY = {"grpc", "google", "registry_gateway_client"}
+# The generated Connect client, the one module of the `connect` extra, and what it imports.
+CONNECT_MODULE = PACKAGE / "v1" / "registry_connect.py"
+CONNECT_THIRD_PARTY = {"connectrpc", "pyqwest"}
 
 
 def requirement_name(requirement: str) -> str:
@@ -58,25 +64,13 @@ def top_level_paths(distribution: str) -> set[Path]:
     return tops
 
 
-def test_dependencies_are_only_grpcio_protobuf_and_google_rpc() -> None:
-    project = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]
-    names = {requirement_name(dep) for dep in project["dependencies"]}
-    assert names == ALLOWED_DISTRIBUTIONS
-
-
-def test_the_client_imports_nothing_else() -> None:
-    found: set[str] = set()
-    for path in PACKAGE.rglob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                found |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                found.add(node.module.split(".")[0])
-    third_party = found - set(sys.stdlib_module_names) - {"__future__"}
-    assert third_party <= ALLOWED_THIRD_PARTY, third_party - ALLOWED_THIRD_PARTY
-
-
-def test_the_wheel_imports_with_only_its_dependencies(tmp_path: Path) -> None:
+def build_client_wheel(dest: Path) -> Path:
+    """The client's wheel, built from a copy of clients/python (so that setuptools' build/
+    and egg-info land in `dest`, not in the tree, and parallel builds do not meet)."""
+    source = dest / "source"
+    shutil.copytree(
+        CLIENT, source, ignore=shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    )
     built = subprocess.run(
         [
             sys.executable,
@@ -87,8 +81,8 @@ def test_the_wheel_imports_with_only_its_dependencies(tmp_path: Path) -> None:
             "--no-deps",
             "--no-build-isolation",
             "--wheel-dir",
-            str(tmp_path / "dist"),
-            str(CLIENT),
+            str(dest / "dist"),
+            str(source),
         ],
         capture_output=True,
         text=True,
@@ -96,19 +90,59 @@ def test_the_wheel_imports_with_only_its_dependencies(tmp_path: Path) -> None:
         check=False,
     )
     assert built.returncode == 0, built.stderr
-    (wheel,) = (tmp_path / "dist").glob("registry_gateway_client-*.whl")
+    (wheel,) = (dest / "dist").glob("registry_gateway_client-*.whl")
+    return wheel
+
+
+def test_dependencies_are_only_grpcio_protobuf_and_google_rpc() -> None:
+    project = tomllib.loads((CLIENT / "pyproject.toml").read_text())["project"]
+    names = {requirement_name(dep) for dep in project["dependencies"]}
+    assert names == ALLOWED_DISTRIBUTIONS
+    extras = project["optional-dependencies"]
+    assert {k: {requirement_name(d) for d in v} for k, v in extras.items()} == {
+        "connect": {"connectrpc"}
+    }
+
+
+def imported_top_levels(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found - set(sys.stdlib_module_names) - {"__future__"}
+
+
+def test_the_client_imports_nothing_else() -> None:
+    paths = sorted(PACKAGE.rglob("*.py"))
+    assert CONNECT_MODULE in paths
+    third_party = set().union(*(imported_top_levels(p) for p in paths if p != CONNECT_MODULE))
+    assert third_party <= ALLOWED_THIRD_PARTY, third_party - ALLOWED_THIRD_PARTY
+    connect = imported_top_levels(CONNECT_MODULE)
+    assert connect <= ALLOWED_THIRD_PARTY | CONNECT_THIRD_PARTY, connect
+    # No module but the Connect one imports it: the client works without the extra.
+    for path in paths:
+        if path != CONNECT_MODULE:
+            assert "registry_connect" not in path.read_text(), path
+
+
+def test_the_wheel_imports_with_only_its_dependencies(tmp_path: Path) -> None:
+    wheel = build_client_wheel(tmp_path)
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         archive.extractall(tmp_path / "site")
     for needed in (
         "registry_gateway_client/py.typed",
         "registry_gateway_client/_aio.py",
-        "ecr/py.typed",
-        "ecr/registry/v1/registry_pb2.pyi",
-        "ecr/registry/v1/registry_pb2_grpc.pyi",
-        "ecr/registry/v1/registry_descriptor.binpb",
+        "registry_gateway_client/v1/registry_pb2.pyi",
+        "registry_gateway_client/v1/registry_pb2_grpc.pyi",
+        "registry_gateway_client/v1/registry_descriptor.binpb",
+        "registry_gateway_client/v1/registry_connect.py",
     ):
         assert needed in names, f"{needed} missing from {wheel.name}"
+    tops = {name.split("/")[0] for name in names}
+    assert {t for t in tops if not t.endswith(".dist-info")} == {"registry_gateway_client"}
 
     # A directory holding only what the declared dependencies install, linked from this
     # venv. google/ is shared by protobuf and googleapis-common-protos: one link holds both.
@@ -122,7 +156,7 @@ def test_the_wheel_imports_with_only_its_dependencies(tmp_path: Path) -> None:
     assert not (deps / "grpc_status").exists() and not (deps / "service").exists()
     probe = (
         "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]];"
-        "import registry_gateway_client as c, ecr.registry.v1.registry_pb2 as pb;"
+        "import registry_gateway_client as c, registry_gateway_client.v1.registry_pb2 as pb;"
         "assert c.__file__.startswith(sys.argv[1]), c.__file__;"
         "from google.rpc import error_details_pb2;"
         "bad = [m for m in ('service', 'grpc_status', 'moto') if m in sys.modules];"

@@ -7,13 +7,13 @@ import json
 from typing import Any
 
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
 from registry_gateway_client import (
     EtagMismatch,
     NotFound,
     PermissionDenied,
     RegistryConfigClient,
 )
+from registry_gateway_client.v1 import registry_pb2 as pb
 
 from service.app.server import Gateway
 from tests.helpers import ACCOUNT, KEY, OTHER_KEY, POLICY

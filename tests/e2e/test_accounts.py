@@ -6,12 +6,12 @@ from typing import Any
 
 import grpc
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from moto.ecr.models import ecr_backends
 
 from service.auth.api_keys import hash_key
 from service.config import OPERATIONS
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory
 from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, POLICY, config_dict, metadata, rich_error
 

@@ -10,10 +10,10 @@ from typing import Any
 
 import grpc
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from service.app.server import Gateway
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.observability.audit import policy_digest
 from tests.conftest import Gate, GatewayFactory, wait_until
 from tests.helpers import ACCOUNT, KEY, OTHER_KEY, POLICY, config_dict, metadata

@@ -12,12 +12,12 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as redis
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from moto.ecr.models import ECRBackend, ecr_backends
 
 from service.app.server import REDIS_HEALTH
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory
 from tests.helpers import ACCOUNT, POLICY, config_dict, metadata
 from tests.processes import gateway_process

@@ -8,11 +8,11 @@ from typing import Any
 
 import grpc
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from moto.core.exceptions import JsonRESTError
 from moto.ecr.models import ECRBackend
 
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import Gate, GatewayFactory
 from tests.helpers import KEY, config_dict, metadata, rich_error
 

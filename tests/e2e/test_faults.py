@@ -10,11 +10,11 @@ from typing import Any
 
 import grpc
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from moto.ecr.models import ecr_backends
 
 from service.app.server import Gateway
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.aws_proxy import CountingProxy, Fault, ecr_error
 from tests.conftest import GatewayFactory, wait_until
 from tests.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error

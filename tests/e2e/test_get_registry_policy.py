@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.helpers import ACCOUNT, OTHER_KEY, POLICY, metadata, rich_error
 
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import grpc
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory
 from tests.helpers import KEY, OTHER_KEY, PARTNER_ACCOUNT, metadata, rich_error
 from tests.moto_writes import behave_like_ecr

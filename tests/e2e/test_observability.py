@@ -14,11 +14,11 @@ from typing import Any
 
 import grpc
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.config import LogsConfig
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.observability.logs import configure_logging
 from tests.conftest import GatewayFactory, wait_until
 from tests.helpers import POLICY, config_dict, describe_status, metadata

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from moto.ecr.models import ecr_backends
 
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.helpers import ACCOUNT, OTHER_KEY, POLICY, metadata, rich_error
 
 OTHER_POLICY = POLICY.replace("ReplicateFromPartner", "ReplicateFromOther")

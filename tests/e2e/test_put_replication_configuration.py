@@ -7,10 +7,10 @@ from typing import Any
 
 import grpc
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from moto.ecr.models import ECRBackend, ecr_backends
 
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.helpers import ACCOUNT, metadata, rich_error
 
 EU = pb.ReplicationDestination(region="eu-west-1", registry_id=ACCOUNT)

@@ -20,11 +20,11 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.app.server import REDIS_HEALTH, Gateway
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.aws_proxy import CountingProxy
 from tests.conftest import GatewayFactory, wait_until
 from tests.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error

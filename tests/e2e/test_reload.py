@@ -12,12 +12,12 @@ from typing import Any
 import grpc
 import pytest
 import yaml
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from service.app.server import Gateway
 from service.auth.api_keys import hash_key
 from service.config import ConfigError
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.certs import client_cert, make_pki
 from tests.conftest import Gate, GatewayFactory
 from tests.helpers import KEY, OTHER_KEY, config_dict, describe_status, metadata

@@ -16,12 +16,12 @@ import aioboto3
 import grpc
 import jwt
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from service import config as config_mod
 from service.app.server import Gateway
 from service.auth.api_keys import hash_key
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.helpers import config_dict
 
 SENTINEL_KEY = "sentinel-api-key-7f3a9c"

@@ -15,12 +15,12 @@ from typing import Any
 import grpc
 import httpx
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from service.config import AuditConfig, LogsConfig
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.observability.audit import AuditLog, WriteRecord
 from service.observability.logs import configure_logging
 from tests.conftest import GatewayFactory, wait_until

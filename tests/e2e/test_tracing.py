@@ -4,11 +4,11 @@ code (not OK for an abort), AWS call spans, and the caller's trace continued."""
 from __future__ import annotations
 
 import grpc
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory
 from tests.helpers import POLICY, config_dict, describe_status, metadata
 

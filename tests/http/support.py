@@ -16,11 +16,11 @@ from typing import Any, Protocol
 
 import grpc
 import httpx
-from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
+from service.gen.v1 import registry_pb2 as pb
 from tests.helpers import KEY
 
 SERVICE = "ecr.registry.v1.RegistryConfigService"

@@ -13,9 +13,9 @@ from typing import Any
 
 import grpc
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
 
 from service.app.server import Gateway
+from service.gen.v1 import registry_pb2 as pb
 from tests.conftest import Gate, GatewayFactory
 from tests.helpers import (
     ACCOUNT,

@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
 
 from service.app.server import Gateway
 from service.config import ConfigError, from_mapping
+from service.gen.v1 import registry_pb2 as pb
 from service.rpc.servicer import RegistryConfigServicer
 from tests.certs import make_pki
 from tests.conftest import Gate, GatewayFactory, wait_until

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ecr.registry.v1 import registry_pb2 as pb
-
+from service.gen.v1 import registry_pb2 as pb
 from service.registry import convert, etags
 
 ACCOUNT = "123456789012"

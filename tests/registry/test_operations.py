@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
 
 from service.aws.memory import MemoryEcr
 from service.errors import EtagMismatch, NotFound, ResourceExhausted, Unavailable, UpstreamFailure
+from service.gen.v1 import registry_pb2 as pb
 from service.registry import convert, etags
 from service.registry.operations import RegistryOperations, etag_read_before
 from service.state.locks import HeldLock, RegistryLocks

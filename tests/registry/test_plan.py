@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ecr.registry.v1 import registry_pb2 as pb
-
+from service.gen.v1 import registry_pb2 as pb
 from service.registry import plan
 
 ACCOUNT = "123456789012"

@@ -7,7 +7,6 @@ import json
 from typing import Any
 
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
 
 from service.config import PolicyGuardrails
 from service.errors import (
@@ -16,6 +15,7 @@ from service.errors import (
     InvalidArgument,
     PermissionDenied,
 )
+from service.gen.v1 import registry_pb2 as pb
 from service.registry import etags, limits, slices
 from service.registry.operations import etag_read_before
 from tests.registry.conftest import ACCOUNT, PARTNER, REGION, Domain, target

@@ -20,9 +20,9 @@ from collections.abc import Callable
 
 import redis.asyncio as redis
 from cachetools import LRUCache
-from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.message import Message
 
+from service.gen.v1 import registry_pb2 as pb
 from service.state.cache.base import CacheKey, Entry
 
 log = logging.getLogger("registry_gateway.cache")

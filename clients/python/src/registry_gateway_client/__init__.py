@@ -8,9 +8,10 @@ async with RegistryConfigClient("gateway:50051", api_key=KEY) as client:
 ```
 
 `RegistryConfigClient` is the asyncio client, `SyncRegistryConfigClient` its blocking
-twin; requests and responses are the generated messages of `ecr.registry.v1.registry_pb2`
-(shipped in this package). Failures raise the exceptions listed in `_errors`, all
-subclasses of `RegistryGatewayError`.
+twin; requests and responses are the generated messages of the proto package
+`ecr.registry.v1`, shipped in this package as `registry_gateway_client.v1.registry_pb2`
+(`registry_connect`, the Connect client, needs the `connect` extra). Failures raise the
+exceptions listed in `_errors`, all subclasses of `RegistryGatewayError`.
 """
 
 from registry_gateway_client._aio import RegistryConfigClient

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar, cast
 
 import grpc
-from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf import json_format
 from google.protobuf.descriptor_pb2 import MethodOptions
 from google.protobuf.message import Message
 
 from registry_gateway_client._errors import REQUEST_ID_KEY
 from registry_gateway_client._retry import RetryPolicy
+from registry_gateway_client.v1 import registry_pb2 as pb
 
 __version__ = "0.2.0"
 

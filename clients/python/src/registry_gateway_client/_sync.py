@@ -15,8 +15,6 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import grpc
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from google.protobuf.message import Message
 
 from registry_gateway_client._core import (
@@ -31,6 +29,8 @@ from registry_gateway_client._core import (
 )
 from registry_gateway_client._errors import EtagMismatch, NotFound, from_rpc_error
 from registry_gateway_client._retry import Attempts, RetryPolicy
+from registry_gateway_client.v1 import registry_pb2 as pb
+from registry_gateway_client.v1 import registry_pb2_grpc as pb_grpc
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)

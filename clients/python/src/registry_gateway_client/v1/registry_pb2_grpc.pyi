@@ -11,7 +11,7 @@ are additive and optional.
 """
 
 from collections import abc as _abc
-from ecr.registry.v1 import registry_pb2 as _registry_pb2
+from registry_gateway_client.v1 import registry_pb2 as _registry_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc

@@ -3,9 +3,9 @@
 import grpc
 import warnings
 
-from ecr.registry.v1 import registry_pb2 as ecr_dot_registry_dot_v1_dot_registry__pb2
+from service.gen.v1 import registry_pb2 as ecr_dot_registry_dot_v1_dot_registry__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.72.1'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -18,14 +18,14 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in ecr/registry/v1/registry_pb2_grpc.py depends on'
+        + f' but the generated code in ecr/registry/v1/registry_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class RegistryConfigServiceStub:
+class RegistryConfigServiceStub(object):
     """Reads and changes the registry-level configuration of ECR registries on behalf of
     authenticated tenants. Credentials travel as `authorization: Bearer <key or JWT>`
     metadata or as an mTLS client certificate. Reads answer `x-cache: hit|miss|stale`
@@ -92,7 +92,7 @@ class RegistryConfigServiceStub:
                 _registered_method=True)
 
 
-class RegistryConfigServiceServicer:
+class RegistryConfigServiceServicer(object):
     """Reads and changes the registry-level configuration of ECR registries on behalf of
     authenticated tenants. Credentials travel as `authorization: Bearer <key or JWT>`
     metadata or as an mTLS client certificate. Reads answer `x-cache: hit|miss|stale`
@@ -241,7 +241,7 @@ def add_RegistryConfigServiceServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class RegistryConfigService:
+class RegistryConfigService(object):
     """Reads and changes the registry-level configuration of ECR registries on behalf of
     authenticated tenants. Credentials travel as `authorization: Bearer <key or JWT>`
     metadata or as an mTLS client certificate. Reads answer `x-cache: hit|miss|stale`
