@@ -13,9 +13,10 @@ import functools
 from typing import Any
 
 import botocore.session
-from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.descriptor_pb2 import MethodOptions
+
+from service.gen.v1 import registry_pb2 as pb
 
 SERVICE: ServiceDescriptor = pb.DESCRIPTOR.services_by_name["RegistryConfigService"]
 
@@ -39,5 +40,6 @@ READS: frozenset[str] = frozenset(m.name for m in SERVICE.methods if is_read(m))
 WRITES: frozenset[str] = frozenset(RPCS) - READS
 # The RPCs that are ECR API operations of the same name (an IAM policy names these).
 ECR_OPERATIONS: tuple[str, ...] = tuple(rpc for rpc in RPCS if rpc in aws_model().operation_names)
-# The gateway's own RPCs on a tenant's slice of a shared registry.
+# The gateway's own RPCs (no ECR operation of that name): the tenant-owned slices and the
+# configuration history. They reach AWS, if at all, through the ECR operations.
 SLICE_OPERATIONS: tuple[str, ...] = tuple(rpc for rpc in RPCS if rpc not in ECR_OPERATIONS)

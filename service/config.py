@@ -392,6 +392,36 @@ class CacheConfig(_Strict):
     key_prefix: str = Field("registry-gateway:", min_length=1)
 
 
+class HistoryConfig(_Strict):
+    """The `history:` section: the recent versions kept of each registry's configuration and
+    policy (service/state/history.py), in the cache's store (Redis when configured)."""
+
+    max_versions: int = Field(50, ge=1, le=1000)
+    # Per (registry, region, resource); the oldest versions are dropped first. A version
+    # alone larger than this is kept without its document (its etag and author still are).
+    max_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+
+
+class DriftConfig(_Strict):
+    """The `drift:` section: changes made around the gateway (service/registry/drift.py)."""
+
+    # How often every configured (registry, region) is read to see changes nobody calls
+    # for (through the cache's single flight and the breaker); 0 turns the check off.
+    check_seconds: float = Field(60.0, ge=0)
+    # How far replicas' clocks may differ: a read from AWS begun this close before the last
+    # recorded version may hold the state before it, and is not taken for drift (the next
+    # read decides). NTP keeps replicas within milliseconds; one replica could use 0.
+    clock_skew_seconds: float = Field(1.0, ge=0, le=60)
+
+    @field_validator("check_seconds")
+    @classmethod
+    def _not_a_busy_loop(cls, value: float) -> float:
+        # Each period reads two resources of every configured (registry, region) from AWS.
+        if 0 < value < 0.1:
+            raise ValueError("0 (off) or at least 0.1 seconds")
+        return value
+
+
 class GatewayConfig(_Strict):
     """The whole configuration file."""
 
@@ -409,6 +439,8 @@ class GatewayConfig(_Strict):
     tracing: TracingConfig | None = None
     logs: LogsConfig = LogsConfig()
     http: HttpConfig = HttpConfig()
+    history: HistoryConfig = HistoryConfig()
+    drift: DriftConfig = DriftConfig()
     tenants: tuple[TenantConfig, ...] = ()
 
     def effective_listeners(self) -> tuple[ListenerConfig, ...]:

@@ -112,6 +112,16 @@ class EtagMismatch(GatewayError):
     reason = "ETAG_MISMATCH"
 
 
+class WriteOverwritten(GatewayError):
+    """The write reached AWS, but what AWS holds after it is another writer's state: a
+    writer around the gateway (console, Terraform) or one whose lock was lost (a Redis
+    failover) wrote between this write and its read-back. Not a plain success: the caller's
+    change may be gone. Carries the etag of what now stands (`currentEtag`)."""
+
+    code = grpc.StatusCode.ABORTED
+    reason = "WRITE_OVERWRITTEN"
+
+
 class Unavailable(GatewayError):
     """AWS throttled, failed or could not be reached; retry later."""
 

@@ -23,13 +23,12 @@ from botocore.exceptions import (
     ProxyConnectionError,
     ReadTimeoutError,
 )
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from opentelemetry.sdk.trace.export import SpanExporter
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from service.app.drift_check import DriftCheck
 from service.app.reload import Reloader
 from service.auth.content import ContentRules
 from service.auth.failures import AuthFailures
@@ -46,12 +45,15 @@ from service.config import (
 )
 from service.echo import echo
 from service.errors import GatewayError
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.http.listener import HttpListener
 from service.http.transport import ConnectPipeline, ConnectService
 from service.observability.audit import AuditLog
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
 from service.pipeline.pipeline import Pipeline
+from service.registry.drift import DriftDetector
 from service.registry.operations import Locks, RegistryOperations
 from service.registry.validation import RequestValidator
 from service.rpc import interceptor, reflection
@@ -59,6 +61,8 @@ from service.rpc.request_limits import largest_request_bytes
 from service.rpc.servicer import RegistryConfigServicer
 from service.rpc.tls import TlsCredentials
 from service.state.cache import MemoryStore, ReadCache, RedisStore, Store
+from service.state.claims import MemoryClaims, RedisClaims
+from service.state.history import HistoryStore, MemoryHistory, RedisHistory
 from service.state.locks import RedisRegistryLocks, RegistryLocks
 from service.state.ratelimit import build_rate_limiter, build_upstream_budget
 
@@ -213,6 +217,16 @@ class Gateway:
         )
         self.audit = AuditLog(config.audit)
         self.health = health.aio.HealthServicer()
+        # The recent versions of each registry's configuration and policy, in the cache's
+        # store, and the drift detector observing every read from AWS against them.
+        self.history = self._history()
+        self.drift = DriftDetector(
+            self.history,
+            self.audit,
+            self.metrics.count_change,
+            config=lambda: self.tenancy.current.config,
+            skew_seconds=config.drift.clock_skew_seconds,
+        )
         # One pipeline (gates, reporters), built once and run by the gRPC and the HTTP
         # transport alike: a tenant's rate and upstream budget, an address's failed
         # authentications, the metrics and the audit are the same over either.
@@ -237,18 +251,31 @@ class Gateway:
             options=_channel_options(config, reuse_port),
             maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
+        self.operations = RegistryOperations(
+            self.upstream,
+            self._locks(),
+            self._cache(),
+            max_writes_per_tenant=config.server.max_writes_in_flight_per_tenant,
+            drift=self.drift,
+        )
+        # Reads every configured (registry, region) once a period, so drift is seen when
+        # nobody calls (service/app/drift_check.py); started with the server.
+        self.drift_check = DriftCheck(
+            self.operations,
+            self._every_target,
+            RedisClaims(self.redis, config.cache.key_prefix)
+            if self.redis is not None
+            else MemoryClaims(),
+            config.drift.check_seconds,
+        )
         servicer = RegistryConfigServicer(
             ContentRules(),
-            RegistryOperations(
-                self.upstream,
-                self._locks(),
-                self._cache(),
-                max_writes_per_tenant=config.server.max_writes_in_flight_per_tenant,
-            ),
+            self.operations,
             RequestValidator(
                 allow_unknown_regions=config.aws.allow_unknown_regions,
                 policy_scopes=self.upstream.policy_scopes,
             ),
+            history=self.history,
         )
         pb_grpc.add_RegistryConfigServiceServicer_to_server(servicer, self.server)
         # --- HTTP/JSON (Connect) listener, service/http/: the same gates' state, reporters'
@@ -311,6 +338,14 @@ class Gateway:
             store = MemoryStore(cache.max_entries)
         return ReadCache(cache, store, count=self.metrics.count_cache)
 
+    def _history(self) -> HistoryStore:
+        history = self.config.history
+        if self.redis is not None:
+            return RedisHistory(
+                self.redis, self.config.cache.key_prefix, history.max_versions, history.max_bytes
+            )
+        return MemoryHistory(history.max_versions, history.max_bytes)
+
     def _locks(self) -> Locks:
         if self.redis is None:
             return RegistryLocks()
@@ -326,6 +361,19 @@ class Gateway:
                 seen.setdefault(
                     (registry.registry_id, region), Target(tenant.name, registry, region)
                 )
+        return list(seen.values())
+
+    def _every_target(self) -> list[Target]:
+        """One target per configured (registry, region), from the current config (a reload
+        adds or drops registries for the next drift check)."""
+        config = self.tenancy.current.config
+        seen: dict[tuple[str, str], Target] = {}
+        for tenant in config.tenants:
+            for registry in tenant.registries:
+                for region in registry_regions(config, registry):
+                    seen.setdefault(
+                        (registry.registry_id, region), Target(tenant.name, registry, region)
+                    )
         return list(seen.values())
 
     async def _any_upstream_reachable(self) -> bool:
@@ -502,6 +550,8 @@ class Gateway:
             )
         if not serving or self._account_problems:
             self._spawn(self._until_reachable(serving))
+        if self.config.drift.check_seconds > 0:
+            self._spawn(self.drift_check.run())
         for listener, port in zip(listeners, self.ports, strict=True):
             host = parse_listen(listener.listen)[0]
             kind = (

@@ -29,8 +29,6 @@ from typing import Any
 import grpc
 from connectrpc.errors import ConnectError
 from connectrpc.request import RequestContext
-from ecr.registry.v1 import registry_connect
-from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.message import Message
 from prometheus_client import Counter
 
@@ -44,6 +42,8 @@ from service.errors import (
     InvalidArgument,
     internal,
 )
+from service.gen.v1 import registry_connect
+from service.gen.v1 import registry_pb2 as pb
 from service.http.codec import transport_limit
 from service.http.errors import GRPC_CODES, to_connect_error
 from service.observability.metrics import GO_CODE_NAMES
@@ -269,7 +269,7 @@ class ConnectPipeline:
 
 
 class ConnectService(registry_connect.RegistryConfigService):
-    """The nine RPCs for connectrpc: each calls the servicer the gRPC server serves."""
+    """The RPCs for connectrpc: each calls the servicer the gRPC server serves."""
 
     def __init__(self, servicer: RegistryConfigServicer) -> None:
         self._servicer = servicer
@@ -394,5 +394,16 @@ class ConnectService(registry_connect.RegistryConfigService):
     ) -> pb.PutPolicyStatementsResponse:
         response: pb.PutPolicyStatementsResponse = await self._serve(
             self._servicer.PutPolicyStatements, request, ctx
+        )
+        return response
+
+    async def get_configuration_history(
+        self,
+        request: pb.GetConfigurationHistoryRequest,
+        ctx: RequestContext[pb.GetConfigurationHistoryRequest, pb.GetConfigurationHistoryResponse],
+        /,
+    ) -> pb.GetConfigurationHistoryResponse:
+        response: pb.GetConfigurationHistoryResponse = await self._serve(
+            self._servicer.GetConfigurationHistory, request, ctx
         )
         return response

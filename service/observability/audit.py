@@ -1,8 +1,10 @@
 """The audit trail: one JSON line per write attempt, on its own sink.
 
 Allowed, denied, failed or validate-only, every write leaves exactly one line with who,
-what, where, the outcome and the etags around it. Never a key, a token or a policy text:
-the identity is a digest prefix, a JWT subject or a SPIFFE ID, and a policy is its digest.
+what, where, the outcome and the etags around it. Events the gateway sees rather than
+serves (a change made around it, a write overwritten) leave a line with an `event` field.
+Never a key, a token or a policy text: the identity is a digest prefix, a JWT subject or a
+SPIFFE ID, and a policy is its digest.
 Every text field is passed through `echo`: at most 128 characters, nothing unprintable.
 """
 
@@ -39,6 +41,25 @@ def _bounded(value: object) -> object:
     if value is None or isinstance(value, bool | int | float):
         return value
     return echo(value)
+
+
+_RESERVED = frozenset({"log", "time", "event"})
+# An event line's nested fields (a diff) are bounded in breadth and depth as well.
+_MAX_ITEMS = 32
+_MAX_DEPTH = 4
+
+
+def _bounded_deep(value: object, depth: int = 0) -> object:
+    if isinstance(value, dict):
+        if depth >= _MAX_DEPTH:
+            return "…"
+        items = list(value.items())[:_MAX_ITEMS]
+        return {echo(str(k), 64): _bounded_deep(v, depth + 1) for k, v in items}
+    if isinstance(value, list | tuple):
+        if depth >= _MAX_DEPTH:
+            return "…"
+        return [_bounded_deep(v, depth + 1) for v in list(value)[:_MAX_ITEMS]]
+    return _bounded(value)
 
 
 def policy_digest(policy_text: str) -> str:
@@ -99,6 +120,26 @@ class AuditLog:
             "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
             **{k: _bounded(v) for k, v in fields.items()},
         }
+        self._emit(line)
+
+    def event(self, event: str, /, **fields: object) -> None:
+        """Append one line for something the gateway saw rather than a call it served:
+        `out_of_band_change` (drift), `overwritten` (a write another writer's state replaced).
+        Same sink and marker as the write lines; every text echoed, lists and mappings
+        bounded (at most 32 items, 4 levels)."""
+        line: dict[str, Any] = {
+            **self._marker,
+            "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
+            "event": echo(event),
+            **{
+                echo(k, 64): _bounded_deep(v)
+                for k, v in fields.items()
+                if k not in _RESERVED  # the marker, time and event are the line's own
+            },
+        }
+        self._emit(line)
+
+    def _emit(self, line: dict[str, Any]) -> None:
         text = json.dumps(line, separators=(",", ":"), ensure_ascii=False)
         with self._lock:
             self._stream.write(text + "\n")

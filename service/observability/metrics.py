@@ -122,6 +122,24 @@ class Metrics:
             ["registry_id", "region"],
             registry=r,
         )
+        # Changes made around the gateway (service/registry/drift.py); series appear with
+        # the first event of a (registry, region, resource): nothing else is known of them.
+        resource = ["registry_id", "region", "resource"]
+        self.drift = Counter(
+            "registry_gateway_drift",
+            "Changes of a registry's replication configuration or policy that no write "
+            "through the gateway explains (console, Terraform, scripts), each counted once "
+            "across replicas sharing Redis.",
+            resource,
+            registry=r,
+        )
+        self.overwritten_writes = Counter(
+            "registry_gateway_overwritten_writes",
+            "Writes that reached AWS but whose read-back held another writer's state "
+            "(answered ABORTED WRITE_OVERWRITTEN).",
+            resource,
+            registry=r,
+        )
         self.breaker = Gauge(
             "registry_gateway_breaker_state",
             "Circuit breaker per (account, region): 0 closed, 1 half-open, 2 open.",
@@ -153,6 +171,11 @@ class Metrics:
         """The pre-bound metrics of one unary method (`/package.Service/Method`)."""
         service, name = full_method.lstrip("/").rsplit("/", 1)
         return MethodMetrics(self, service, name)
+
+    def count_change(self, event: str, registry_id: str, region: str, resource: str) -> None:
+        """Count a drift (`out_of_band_change`) or an overwritten write (`overwritten`)."""
+        counter = self.drift if event == "out_of_band_change" else self.overwritten_writes
+        counter.labels(registry_id, region, resource).inc()
 
     def breaker_changed(self, circuit: str, state: str) -> None:
         """Record a breaker's new state."""

@@ -14,6 +14,13 @@ Operations return what happened and write into nothing: a read answers a `Read` 
 and how the cache served it), a write a `WriteResult` (the response and the etags around
 it). A write that fails after its fresh read says which etag it read
 (`etag_read_before(error)`), so the audit trail records it for failed writes too.
+
+With a drift detector (service/registry/drift.py), every read from AWS is observed against
+the resource's history: cache loads, and the fresh read inside a write. The read-back after
+a write is compared, by meaning (service/registry/read_back.py), with what the write wrote:
+when it holds, the write's version is recorded ("gateway"); when it does not, another
+writer's state stands, and the write answers WriteOverwritten (ABORTED), keeping the
+read-back in the cache (it is the truth) and reporting it (`overwritten`).
 """
 
 from __future__ import annotations
@@ -23,18 +30,28 @@ import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
-from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.message import Message
 
 from service.auth.targets import Target
 from service.aws.port import EcrPort, NoPolicy
-from service.errors import EtagMismatch, NotFound, QuotaViolation, ResourceExhausted
-from service.registry import etags, plan
+from service.call import Call, current_call
+from service.errors import (
+    EtagMismatch,
+    NotFound,
+    QuotaViolation,
+    ResourceExhausted,
+    WriteOverwritten,
+)
+from service.gen.v1 import registry_pb2 as pb
+from service.registry import etags, plan, read_back
 from service.state.cache import CacheKey, Outcome, ReadCache
 from service.state.cache.base import Resource
 from service.state.locks import HeldLock
+
+if TYPE_CHECKING:  # drift.py imports slices.py, which imports this module
+    from service.registry.drift import DriftDetector, Observed
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
@@ -176,10 +193,12 @@ class RegistryOperations:
         cache: ReadCache,
         *,
         max_writes_per_tenant: int = 4,
+        drift: DriftDetector | None = None,
     ) -> None:
         self._ecr = ecr
         self._locks = locks
         self._cache = cache
+        self._drift = drift  # None: no history, no drift detection (unit tests)
         self._max_writes_per_tenant = max_writes_per_tenant
         self._in_flight: dict[tuple[str, str, str], int] = {}
 
@@ -192,7 +211,7 @@ class RegistryOperations:
         return await self._read(
             _registry_key(target),
             # A cache load is shared: see `shared` in service/aws/port.py.
-            lambda: self._ecr.describe_registry(target, shared=True),
+            lambda: self._load_registry(target),
             fresh,
             pb.DescribeRegistryResponse,
         )
@@ -223,11 +242,78 @@ class RegistryOperations:
         assert isinstance(value, kind)
         return Read(value, outcomes[0])
 
+    async def _load_registry(self, target: Target) -> pb.DescribeRegistryResponse:
+        started = self._started()
+        described = await self._ecr.describe_registry(target, shared=True)
+        await self._observe(_registry_key(target), described, started)
+        return described
+
     async def _load_policy(self, target: Target) -> pb.GetRegistryPolicyResponse:
+        started = self._started()
         policy = await self._ecr.get_registry_policy(target, shared=True)
+        text = None if isinstance(policy, NoPolicy) else policy
+        await self._observe(_policy_key(target), text, started)
         if isinstance(policy, NoPolicy):
             raise policy.not_found()  # kept by the cache as a negative entry
         return _policy_response(target, policy)
+
+    # --- drift: what every read from AWS is compared with --------------------------------------
+
+    def _started(self) -> float:
+        return self._drift.clock() if self._drift is not None else 0.0
+
+    async def _observe(
+        self, key: CacheKey, value: Observed, started: float, *, under_lock: bool = False
+    ) -> None:
+        if self._drift is not None:
+            await self._drift.observe(key, value, started=started, under_lock=under_lock)
+
+    async def _check_read_back(
+        self,
+        target: Target,
+        key: CacheKey,
+        *,
+        holds: bool,
+        written: pb.ReplicationConfiguration | str | None,
+        after: Observed,
+        etag_before: str,
+        current_etag: str,
+    ) -> None:
+        """After a write's read-back, written through to the cache: record the write's
+        version, or, when AWS holds another writer's state, report it and raise
+        WriteOverwritten (outside `_writing`: the cache keeps the read-back, the truth)."""
+        call = _call()
+        identity = call.identity if call is not None else None
+        who = f"{identity.kind}:{identity.subject}" if identity is not None else None
+        rpc = call.rpc if call is not None else None
+        if holds:
+            if self._drift is not None:
+                await self._drift.record_write(
+                    key, after, tenant=target.tenant, identity=who, rpc=rpc, etag_before=etag_before
+                )
+            return
+        if self._drift is not None:
+            await self._drift.overwritten(
+                key,
+                written,
+                after,
+                etag_before=etag_before,
+                tenant=target.tenant,
+                identity=who,
+                rpc=rpc,
+                request_id=call.request_id if call is not None else None,
+            )
+        raise WriteOverwritten(
+            f"the write reached AWS, but another writer's state now stands in registry "
+            f"{target.registry_id} in {target.region} (a change made around the gateway "
+            f"between the write and its read-back, or a write whose lock was lost): read "
+            f"again, check whether your change is still wanted, and reapply it",
+            metadata={
+                "currentEtag": current_etag,
+                "registryId": target.registry_id,
+                "region": target.region,
+            },
+        )
 
     # --- the full writes ---------------------------------------------------------------------
 
@@ -334,25 +420,42 @@ class RegistryOperations:
         target: Target,
         change: Callable[[pb.DescribeRegistryResponse], pb.ReplicationConfiguration],
         validate_only: bool,
+        *,
+        etag_of: Callable[[pb.DescribeRegistryResponse], str] | None = None,
     ) -> ReplicationUpdate:
         """Read-modify-write of the replication configuration under the registry's lock.
 
         `change` sees the configuration read fresh from AWS inside the lock and answers the
         one to write, or raises (etag, quota, validation) to write nothing. With
-        validate_only nothing is written and `after` is None.
+        validate_only nothing is written and `after` is None. `etag_of`: the caller's etag
+        of a configuration (a slice's), for WriteOverwritten to name; default: the whole's.
         """
+        key = _registry_key(target)
         async with self._update(target) as (held, attempt):
+            started = self._started()
             current = await self._ecr.describe_registry(target)
             attempt.etag_before = current.etag
+            await self._observe(key, current, started, under_lock=True)
             proposed = change(current)
             if validate_only:
                 return ReplicationUpdate(current, proposed, None)
-            async with self._writing(_registry_key(target), held):
-                await _sent(
+            async with self._writing(key, held):
+                answered = await _sent(
                     self._ecr.put_replication_configuration(target, proposed, finish_once_sent=True)
                 )
                 after = await self._ecr.describe_registry(target)
-                await self._cache.put(_registry_key(target), after)
+                await self._cache.put(key, after)
+            await self._check_read_back(
+                target,
+                key,
+                holds=read_back.replication_holds(
+                    proposed, after.replication_configuration, answered
+                ),
+                written=proposed,
+                after=after,
+                etag_before=current.etag,
+                current_etag=after.etag if etag_of is None else etag_of(after),
+            )
             return ReplicationUpdate(current, proposed, after)
 
     async def update_policy(
@@ -360,29 +463,47 @@ class RegistryOperations:
         target: Target,
         change: Callable[[str | None], str | None],
         validate_only: bool,
+        *,
+        etag_of: Callable[[str | None], str] | None = None,
     ) -> PolicyUpdate:
         """Read-modify-write of the registry policy under the registry's lock.
 
         `change` sees the policy read fresh from AWS inside the lock (None: there is none)
         and answers the one to write, None to have none (DeleteRegistryPolicy, or nothing
-        when there is none already), or raises to write nothing.
+        when there is none already), or raises to write nothing. `etag_of`: as for
+        `update_replication`.
         """
+        key = _policy_key(target)
         async with self._update(target) as (held, attempt):
+            started = self._started()
             current = await self._current_policy(target)
             attempt.etag_before = etags.of_policy(current)
+            await self._observe(key, current, started, under_lock=True)
             proposed = change(current)
             if validate_only:
                 return PolicyUpdate(current, proposed, current, done=False)
             if proposed is None and current is None:
                 # Nothing to delete: AWS would answer RegistryPolicyNotFoundException.
                 return PolicyUpdate(current, proposed, None, done=True)
-            async with self._writing(_policy_key(target), held):
+            async with self._writing(key, held):
                 if proposed is None:
                     write = self._ecr.delete_registry_policy(target, finish_once_sent=True)
                 else:
                     write = self._ecr.put_registry_policy(target, proposed, finish_once_sent=True)
                 answered = await _sent(write)
                 after = await self._read_back_policy(target)
+            await self._check_read_back(
+                target,
+                key,
+                # A delete answers the policy it deleted: no form of what now stands.
+                holds=read_back.policy_holds(
+                    proposed, after, answered if proposed is not None else None
+                ),
+                written=proposed,
+                after=after,
+                etag_before=etags.of_policy(current),
+                current_etag=etags.of_policy(after) if etag_of is None else etag_of(after),
+            )
             return PolicyUpdate(current, proposed, after, done=True, answered=answered)
 
     @asynccontextmanager
@@ -458,6 +579,14 @@ class RegistryOperations:
             _policy_key(target), None if after is None else _policy_response(target, after)
         )
         return after
+
+
+def _call() -> Call | None:
+    """The call in flight (read only: who wrote, for the history), None outside one."""
+    try:
+        return current_call()
+    except LookupError:
+        return None
 
 
 async def _sent(write: Coroutine[Any, Any, T]) -> T:

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ecr.registry.v1 import registry_pb2 as pb
-
 from service.auth.content import ContentRules
 from service.auth.targets import Target
 from service.config import PolicyGuardrails
+from service.gen.v1 import registry_pb2 as pb
 from service.registry import slices
 from service.registry.operations import Read, RegistryOperations, WriteResult, check_etag
 from service.registry.validation import RequestValidator
@@ -90,7 +89,15 @@ class SliceOperations:
             return merged
 
         with slices.aws_refusals_withheld(target):
-            update = await self._ops.update_replication(target, merge, validate_only)
+            update = await self._ops.update_replication(
+                target,
+                merge,
+                validate_only,
+                # An overwritten write names the caller's slice's etag, not the whole's.
+                etag_of=lambda after: slices.rules_etag(
+                    owner.rules_in(after.replication_configuration)
+                ),
+            )
         return WriteResult.of(slices.put_rules_response(target, owner, update), update)
 
     async def put_statements(
@@ -133,5 +140,10 @@ class SliceOperations:
             return merged
 
         with slices.aws_refusals_withheld(target):
-            update = await self._ops.update_policy(target, merge, validate_only)
+            update = await self._ops.update_policy(
+                target,
+                merge,
+                validate_only,
+                etag_of=lambda after: slices.statements_etag(owner.statements_in(after)),
+            )
         return WriteResult.of(slices.put_statements_response(target, owner, update), update)

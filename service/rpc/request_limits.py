@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import functools
 
-from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from service.gen.v1 import registry_pb2 as pb
 
 # UTF-8 takes at most 4 bytes a character; AWS counts policy length in characters.
 _UTF8_MAX = 4
@@ -36,6 +37,9 @@ _STRING_BYTES = {
     # A slice's statements fit inside one policy; pretty-printed JSON may double the
     # characters of the compact form a policy counts, so allow twice the policy.
     "statements_json": 2 * _POLICY_CHARS * _UTF8_MAX,
+    # GetConfigurationHistory's token: the gateway's own, at most 64 ASCII characters
+    # (service/registry/history_view.py, MAX_PAGE_TOKEN_CHARS).
+    "page_token": 64,
 }
 _REPEATED = {"rules": 10, "destinations": 100, "repository_filters": 100}
 # For a client whose proto is a little newer (an extra field or two): refused by

@@ -12,17 +12,20 @@ from collections.abc import Awaitable
 from typing import Any, TypeAlias, TypeVar
 
 import grpc
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 
 from service.auth.content import ContentRules
+from service.auth.history import history_view
 from service.auth.targets import Target
 from service.call import Call, current_call
 from service.errors import GatewayError
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.observability.audit import WriteRecord, policy_digest
+from service.registry.history_view import HistoryView, parse_query
 from service.registry.operations import Read, RegistryOperations, WriteResult, etag_read_before
 from service.registry.slice_operations import SliceOperations
 from service.registry.validation import RequestValidator
+from service.state.history import HistoryStore
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"  # generic only in the stubs
 T = TypeVar("T")
@@ -49,9 +52,12 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         content: ContentRules,
         operations: RegistryOperations,
         validator: RequestValidator | None = None,
+        *,
+        history: HistoryStore,
     ) -> None:
         self._content = content
         self._ops = operations
+        self._history = HistoryView(history)
         # Default: the installed AWS model and botocore's known regions.
         self._validator = validator if validator is not None else RequestValidator()
         self._slices = SliceOperations(operations, content, self._validator)
@@ -196,3 +202,17 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
             request.validate_only,
         )
         return await self._written(record, write)
+
+    # --- the recorded versions of a resource (service/registry/history_view.py) --------------
+
+    async def GetConfigurationHistory(
+        self, request: pb.GetConfigurationHistoryRequest, context: Context
+    ) -> pb.GetConfigurationHistoryResponse:
+        call = current_call()
+        target = self._target(call, request.registry_id, request.region)
+        query = parse_query(request, target)
+        # Which view (whole documents or the caller's slice) is a rule of its own, on the
+        # resource the request names: service/auth/history.py.
+        view = history_view(target, query.resource)
+        # Read from the history store, not through the cache: no x-cache.
+        return await self._history.page(target, query, view)

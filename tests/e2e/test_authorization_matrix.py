@@ -21,13 +21,13 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from ecr.registry.v1 import registry_pb2 as pb
-from ecr.registry.v1 import registry_pb2_grpc as pb_grpc
 from moto.ecr.models import ecr_backends
 
 from service.app.server import Gateway
 from service.auth.api_keys import hash_key
 from service.config import OPERATIONS
+from service.gen.v1 import registry_pb2 as pb
+from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory
 from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, OTHER_KEY, POLICY, config_dict, rich_error
 
@@ -86,15 +86,17 @@ def confused_token(signer: Signer) -> str:
     return f"{header}.{payload}.{_b64(signature)}"
 
 
-@pytest.fixture
-def signer(tmp_path: Path) -> tuple[Signer, Path]:
+@pytest.fixture(scope="module")
+def signer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Signer, Path]:
+    # One issuer key for the module: an RSA key takes tens of milliseconds to make, and no
+    # test changes it (each mints its own tokens).
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
     jwk.update({"kid": KID, "alg": "RS256", "use": "sig"})
-    path = tmp_path / "jwks.json"
+    path = tmp_path_factory.mktemp("issuer") / "jwks.json"
     path.write_text(json.dumps({"keys": [jwk]}))
     return Signer(key, public_pem), path
 
@@ -152,6 +154,10 @@ def valid_request(rpc: str, **target: Any) -> Any:
         # ... and a slice statement acts only on its own repositories.
         statement["Resource"] = f"arn:aws:ecr:us-east-1:{ACCOUNT}:repository/payments/*"
         return pb.PutPolicyStatementsRequest(statements_json=json.dumps([statement]), **target)
+    if rpc == "GetConfigurationHistory":
+        return pb.GetConfigurationHistoryRequest(
+            resource=pb.HISTORY_RESOURCE_REPLICATION, page_size=5, **target
+        )
     return getattr(pb, f"{rpc}Request")(**target)
 
 

@@ -15,12 +15,14 @@ from typing import Any
 
 import grpc
 import pytest
-from ecr.registry.v1 import registry_pb2 as pb
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.config import OPERATIONS
+from service.gen.v1 import registry_pb2 as pb
+from service.registry.history_view import page_token
+from service.state.cache.base import CacheKey
 from tests.helpers import ACCOUNT, POLICY, metadata
 from tests.moto_writes import MotoWrites, configured, count_writes
 
@@ -78,6 +80,13 @@ FULL: dict[str, Message] = {
         region="us-east-1",
         etag="e",
         validate_only=True,
+    ),
+    "GetConfigurationHistory": pb.GetConfigurationHistoryRequest(
+        registry_id=ACCOUNT,
+        region="us-east-1",
+        resource=pb.HISTORY_RESOURCE_POLICY,
+        page_size=5,
+        page_token=page_token(CacheKey(ACCOUNT, "us-east-1", "policy"), 3),
     ),
 }
 # What a well-behaved server may answer to garbage; never INTERNAL, UNKNOWN or a timeout.

@@ -40,7 +40,7 @@ README = (ROOT / "README.md").read_text()
 SECTION = "## Calling over HTTP with curl"
 ERRORS = "### Reading errors"
 DEMO_KEY = "readme-demo-key"
-NINE = (
+CALLS = (
     "DescribeRegistry",
     "GetRegistryPolicy",
     "PutRegistryPolicy",
@@ -50,6 +50,7 @@ NINE = (
     "PutReplicationRules",
     "GetPolicyStatements",
     "PutPolicyStatements",
+    "GetConfigurationHistory",
 )
 
 
@@ -104,9 +105,9 @@ STEPS = steps(README)
 COMMANDS = [s.text for s in STEPS if s.kind == "command"]
 
 
-def test_the_section_shows_all_nine_calls_beside_grpcurl() -> None:
+def test_the_section_shows_every_call_beside_grpcurl() -> None:
     text = "\n".join(COMMANDS)
-    for rpc in NINE:
+    for rpc in CALLS:
         assert f"$URL/{rpc}" in text, rpc
     for needed in ("-d @-", "if-none-match", "x-request-id", "connect-timeout-ms", "--cacert"):
         assert needed in text, needed

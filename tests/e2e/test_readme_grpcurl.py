@@ -110,7 +110,7 @@ COMMANDS = [s.text for s in STEPS if s.kind == "command"]
 
 def test_the_section_shows_every_call_and_flag() -> None:
     text = "\n".join(COMMANDS)
-    for rpc in FIVE:
+    for rpc in (*FIVE, "GetConfigurationHistory"):
         assert f"$SVC/{rpc}" in text, rpc
     for needed in (" list", " describe ", "-format-error", "-cacert", "-cert ", "-v ", "-d @"):
         assert needed in text, needed

@@ -6,12 +6,13 @@ from __future__ import annotations
 import redis.asyncio as redis
 
 from service.app.drift_check import DriftCheck
+from service.aws.memory import Call
 from service.errors import Unavailable
 from service.state.claims import MemoryClaims, RedisClaims
 from tests.registry.conftest import build, target
 
 
-def _reads(domain_calls: list[object]) -> list[str]:
+def _reads(domain_calls: list[Call]) -> list[str]:
     return [c.operation for c in domain_calls]
 
 
