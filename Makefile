@@ -67,16 +67,19 @@ release-contract: $(STAMP)
 	$(VENV)/bin/buf build --exclude-source-info -o $(RELEASED)
 
 # Only what serving needs (runtime + moto + grpcurl), hash-checked; skipped when the dev
-# install is current (it holds the same pins and more).
-$(SERVE_STAMP): $(PY) requirements/serve.lock pyproject.toml
+# install is current (it holds the same pins and more). uv (pinned and hashed in
+# installer.lock, installed by pip) installs serve.lock: ~1 s from a warm cache where pip
+# takes ~15 s, most of the time to the first answer (requirements/installer.in).
+$(SERVE_STAMP): $(PY) requirements/serve.lock requirements/installer.lock pyproject.toml
 	@if [ -f $(STAMP) ] && [ $(STAMP) -nt requirements/dev.lock ] && \
 	    [ $(STAMP) -nt pyproject.toml ]; then \
 	  echo "serve: the dev install in $(VENV) is current and holds serve.lock"; \
 	else \
 	  $(PY) -m pip install --quiet --disable-pip-version-check --no-compile --no-deps \
-	    --require-hashes -r requirements/serve.lock && \
-	  $(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation \
-	    --no-deps -e . ; \
+	    --require-hashes -r requirements/installer.lock && \
+	  $(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps --require-hashes \
+	    -r requirements/serve.lock && \
+	  $(VENV)/bin/uv pip install --quiet --python $(PY) --no-deps --no-build-isolation -e . ; \
 	fi
 	touch $(SERVE_STAMP)
 
@@ -113,6 +116,8 @@ lock: $(PY)
 	  --strip-extras --no-emit-index-url --no-emit-find-links -o serve.lock serve.in
 	cd requirements && ../$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
 	  --strip-extras --no-emit-index-url --no-emit-find-links -o protoc.lock protoc.in
+	cd requirements && ../$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
+	  --strip-extras --no-emit-index-url --no-emit-find-links -o installer.lock installer.in
 	cd requirements && ../$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
 	  --strip-extras --no-emit-index-url --no-emit-find-links -o client-oldest.lock client-oldest.in
 	cd requirements && ../$(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe \
