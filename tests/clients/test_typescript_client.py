@@ -179,6 +179,7 @@ def test_the_package_builds_and_imports_by_its_name(node: str) -> None:
     printed = json.loads(imported.stdout)
     assert sorted(printed["read"]) == [
         "DescribeRegistry",
+        "GetConfigurationHistory",
         "GetPolicyStatements",
         "GetRegistryPolicy",
         "GetReplicationRules",

@@ -84,7 +84,8 @@ export interface QuotaViolation {
  *
  *     GatewayError
  *     ├── Unauthenticated     ├── Aborted
- *     ├── PermissionDenied    │   └── EtagMismatch   (reason ETAG_MISMATCH; .currentEtag)
+ *     ├── PermissionDenied    │   ├── EtagMismatch   (reason ETAG_MISMATCH; .currentEtag)
+ *     │                       │   └── WriteOverwritten (reason WRITE_OVERWRITTEN; .currentEtag)
  *     ├── InvalidArgument     ├── Unavailable        (.retryDelayMs)
  *     ├── NotFound            ├── ResourceExhausted  (.retryDelayMs, .quotaViolations)
  *     ├── FailedPrecondition  ├── DeadlineExceeded
@@ -155,6 +156,16 @@ export class EtagMismatch extends Aborted {
     return this.info["currentEtag"] ?? "";
   }
 }
+/**
+ * ABORTED with reason WRITE_OVERWRITTEN: the write reached AWS, but its read-back found
+ * another writer's state, which now stands. Read again, decide, write again; never retried.
+ */
+export class WriteOverwritten extends Aborted {
+  /** The etag of the state that now stands (ErrorInfo metadata `currentEtag`). */
+  get currentEtag(): string {
+    return this.info["currentEtag"] ?? "";
+  }
+}
 export class Unavailable extends GatewayError {}
 export class ResourceExhausted extends GatewayError {}
 export class DeadlineExceeded extends GatewayError {}
@@ -181,6 +192,9 @@ export function toGatewayError(error: unknown): GatewayError {
   const [info] = err.findDetails(ErrorInfoSchema);
   if (err.code === Code.Aborted && info?.reason === "ETAG_MISMATCH") {
     return new EtagMismatch(err);
+  }
+  if (err.code === Code.Aborted && info?.reason === "WRITE_OVERWRITTEN") {
+    return new WriteOverwritten(err);
   }
   const Kind = ERROR_CLASSES[err.code] ?? Internal;
   return new Kind(err);

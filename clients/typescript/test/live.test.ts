@@ -19,6 +19,7 @@ import { test } from "node:test";
 import {
   CallInfo,
   callOptions,
+  ChangeOrigin,
   Code,
   create,
   createRegistryClient,
@@ -27,6 +28,7 @@ import {
   fromJson,
   GatewayError,
   gatewayError,
+  HistoryResource,
   InvalidArgument,
   NotFound,
   PermissionDenied,
@@ -123,7 +125,7 @@ async function failure(call: Promise<unknown>): Promise<GatewayError> {
 test("the reads come from the contract's NO_SIDE_EFFECTS mark", () => {
   assert.deepEqual(
     [...READ_RPCS].sort(),
-    ["DescribeRegistry", "GetPolicyStatements", "GetRegistryPolicy", "GetReplicationRules"],
+    ["DescribeRegistry", "GetConfigurationHistory", "GetPolicyStatements", "GetRegistryPolicy", "GetReplicationRules"],
   );
 });
 
@@ -242,6 +244,31 @@ for (const transport of TRANSPORTS) {
     assert.equal(stale.currentEtag, read.etag);
     const cleared = await gateway.putPolicyStatements({ statementsJson: "[]", etag: read.etag });
     assert.deepEqual(JSON.parse(cleared.statementsJson), []);
+  });
+
+  test(`[${transport}] GetConfigurationHistory: the policy's versions, newest first, paged`, async () => {
+    // The statements test above wrote the policy (first statements, then none): at least
+    // two versions besides the first state the gateway saw.
+    const first = await gateway.getConfigurationHistory({ resource: HistoryResource.POLICY, pageSize: 2 });
+    assert.equal(first.registryId, registryId);
+    assert.equal(first.sliceView, false);
+    assert.equal(first.versions.length, 2);
+    assert.notEqual(first.nextPageToken, "");
+    // The newest: the statements test's last write, through the gateway, by this tenant.
+    assert.equal(first.versions[0]?.origin, ChangeOrigin.GATEWAY);
+    assert.notEqual(first.versions[0]?.tenant, "");
+    const older = await gateway.getConfigurationHistory({
+      resource: HistoryResource.POLICY,
+      pageSize: 2,
+      pageToken: first.nextPageToken,
+    });
+    assert.ok(older.versions.length >= 1);
+    const times = [...first.versions, ...older.versions].map((v) => Number(v.recordedAt?.seconds ?? 0n));
+    assert.deepEqual(times, [...times].sort((a, b) => b - a));
+    const forged = await failure(
+      gateway.getConfigurationHistory({ resource: HistoryResource.REPLICATION, pageToken: first.nextPageToken }),
+    );
+    assert.ok(forged instanceof InvalidArgument, forged.message);
   });
 
   test(`[${transport}] updateReplicationConfiguration: read, change, write with the etag`, async () => {
@@ -365,5 +392,5 @@ test("every RPC of the service was called over both transports", () => {
     expected.filter((name) => !called.has(name)),
     [],
   );
-  assert.equal(RegistryConfigService.methods.length, 9);
+  assert.equal(RegistryConfigService.methods.length, 10);
 });
