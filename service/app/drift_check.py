@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Callable
 
 from service.auth.targets import Target
@@ -36,7 +37,9 @@ class DriftCheck:
         every_seconds: float,
         *,
         jitter: Callable[[], float] = lambda: random.uniform(0.9, 1.1),  # noqa: S311
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        self._clock = clock
         self._operations = operations
         self._targets = targets
         self._claims = claims
@@ -53,10 +56,12 @@ class DriftCheck:
         """Read every target this replica claims for the period; answers how many it read."""
         read = 0
         for target in self._targets():
-            # The claim's period is a little shorter than the check's, so the next period's
-            # claim is free when this replica (or another) comes back for it.
-            name = f"drift-check:{target.registry_id}:{target.region}"
-            if not await self._claims.claim(name, self._every * 0.9):
+            # The claim names the period (wall-clock time in slots of one period), so
+            # replicas waking at jittered times still read each key once per slot; it
+            # expires with its slot.
+            slot = int(self._clock() // self._every)
+            name = f"drift-check:{target.registry_id}:{target.region}:{slot}"
+            if not await self._claims.claim(name, self._every):
                 continue
             read += 1
             for load in (self._operations.describe_registry, self._operations.get_registry_policy):

@@ -22,7 +22,7 @@ async def test_each_target_is_read_fresh_once_per_period() -> None:
     await domain.ops.describe_registry(target())
     domain.ecr.calls.clear()
     claims = MemoryClaims()
-    check = DriftCheck(domain.ops, lambda: [target()], claims, 60)
+    check = DriftCheck(domain.ops, lambda: [target()], claims, 60, clock=lambda: 1_000.0)
     assert await check.check_once() == 1
     assert sorted(_reads(domain.ecr.calls)) == ["describe_registry", "get_registry_policy"]
     assert all(c.shared for c in domain.ecr.calls)  # no tenant's share of the AWS slots
@@ -42,6 +42,7 @@ async def test_two_replicas_on_redis_read_each_target_once_per_period(
             lambda: [target(region="us-east-1"), target(region="eu-west-1")],
             RedisClaims(redis_client, redis_prefix),
             60,
+            clock=lambda: 1_000.0,
         )
         for d in (one, two)
     ]
@@ -57,3 +58,16 @@ async def test_aws_unavailable_is_quiet_and_the_check_goes_on() -> None:
     # No exception escapes: the failed read is logged, and the policy is still read.
     assert await check.check_once() == 1
     assert "get_registry_policy" in _reads(domain.ecr.calls)
+
+
+async def test_the_next_period_reads_again() -> None:
+    domain = build()
+    now = [960.0]  # the start of period 16 (of 60 s)
+    check = DriftCheck(
+        domain.ops, lambda: [target()], MemoryClaims(lambda: now[0]), 60, clock=lambda: now[0]
+    )
+    assert await check.check_once() == 1
+    now[0] += 30  # the same period: nothing
+    assert await check.check_once() == 0
+    now[0] += 31  # next period
+    assert await check.check_once() == 1
