@@ -392,14 +392,25 @@ class CacheConfig(_Strict):
     key_prefix: str = Field("registry-gateway:", min_length=1)
 
 
+# The bounds of the `history:` section, also the bound of what one history read may scan
+# (service/registry/history_view.py reads a whole history for a slice view).
+HISTORY_MAX_VERSIONS = 1000
+HISTORY_MIN_BYTES = 1024 * 1024
+HISTORY_MAX_BYTES = 8 * 1024 * 1024
+
+
 class HistoryConfig(_Strict):
     """The `history:` section: the recent versions kept of each registry's configuration and
     policy (service/state/history.py), in the cache's store (Redis when configured)."""
 
-    max_versions: int = Field(50, ge=1, le=1000)
+    max_versions: int = Field(50, ge=1, le=HISTORY_MAX_VERSIONS)
     # Per (registry, region, resource); the oldest versions are dropped first. A version
-    # alone larger than this is kept without its document (its etag and author still are).
-    max_bytes: int = Field(1024 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # alone larger than this is kept without its document (its etag and author still are,
+    # and it cannot be restored). At least 1 MiB: a whole replication configuration is at
+    # most ~340 KB and a policy 10 KiB, so only a configuration near ECR's limit is ever
+    # kept without its document. At most 8 MiB: each append (a Lua script) reads the whole
+    # list, and a larger bound would block the Redis that also holds the write locks.
+    max_bytes: int = Field(HISTORY_MIN_BYTES, ge=HISTORY_MIN_BYTES, le=HISTORY_MAX_BYTES)
 
 
 class DriftConfig(_Strict):

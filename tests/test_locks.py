@@ -81,3 +81,35 @@ async def test_redis_away_refuses_the_write(redis_prefix: str) -> None:
             pass
     assert caught.value.reason == "WRITE_LOCK_UNAVAILABLE"
     assert caught.value.retry_after_seconds
+
+
+async def test_a_local_lock_says_whether_it_is_held() -> None:
+    locks = RegistryLocks()
+    assert not await locks.held("123456789012", "us-east-1")
+    async with locks.hold("123456789012", "us-east-1"):
+        assert await locks.held("123456789012", "us-east-1")
+        assert not await locks.held("123456789012", "eu-west-1")
+    assert not await locks.held("123456789012", "us-east-1")
+
+
+async def test_every_replica_sees_a_lock_held_in_redis(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    one = RedisRegistryLocks(redis_client, redis_prefix, 10, lambda: 5.0)
+    two = RedisRegistryLocks(redis_client, redis_prefix, 10, lambda: 5.0)
+    assert not await two.held("123456789012", "us-east-1")
+    async with one.hold("123456789012", "us-east-1"):
+        # The other replica has no local lock: only Redis can tell it.
+        assert await two.held("123456789012", "us-east-1")
+        assert not await two.held("123456789012", "eu-west-1")
+    assert not await two.held("123456789012", "us-east-1")
+
+
+async def test_redis_away_counts_as_held(redis_prefix: str) -> None:
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    away = redis.Redis(host="127.0.0.1", port=9, retry=Retry(NoBackoff(), 0))
+    locks = RedisRegistryLocks(away, redis_prefix, 10, lambda: 5.0)
+    # Whoever asks would rather skip than act on a write it cannot see.
+    assert await locks.held("123456789012", "us-east-1")

@@ -54,7 +54,7 @@ from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
 from service.pipeline.pipeline import Pipeline
 from service.registry.drift import DriftDetector
-from service.registry.operations import Locks, RegistryOperations
+from service.registry.operations import RegistryOperations
 from service.registry.validation import RequestValidator
 from service.rpc import interceptor, reflection
 from service.rpc.request_limits import largest_request_bytes
@@ -220,12 +220,16 @@ class Gateway:
         # The recent versions of each registry's configuration and policy, in the cache's
         # store, and the drift detector observing every read from AWS against them.
         self.history = self._history()
+        # The write locks, which the drift detector asks too: a read racing a write that is
+        # not recorded yet is not drift (service/registry/drift.py).
+        self.locks = self._locks()
         self.drift = DriftDetector(
             self.history,
             self.audit,
             self.metrics.count_change,
             config=lambda: self.tenancy.current.config,
             skew_seconds=config.drift.clock_skew_seconds,
+            locks=self.locks,
         )
         # One pipeline (gates, reporters), built once and run by the gRPC and the HTTP
         # transport alike: a tenant's rate and upstream budget, an address's failed
@@ -253,7 +257,7 @@ class Gateway:
         )
         self.operations = RegistryOperations(
             self.upstream,
-            self._locks(),
+            self.locks,
             self._cache(),
             max_writes_per_tenant=config.server.max_writes_in_flight_per_tenant,
             drift=self.drift,
@@ -346,7 +350,7 @@ class Gateway:
             )
         return MemoryHistory(history.max_versions, history.max_bytes)
 
-    def _locks(self) -> Locks:
+    def _locks(self) -> RegistryLocks | RedisRegistryLocks:
         if self.redis is None:
             return RegistryLocks()
         # Longer than any call may last, so a live writer never loses its lock to expiry.

@@ -14,8 +14,16 @@ read-back after one) is `observe`d against the head of its history (service/stat
 A cache load is not under the lock: it may have begun before a gateway write and return the
 state before it. A load that began before the head was recorded (less a second for the clock
 skew of replicas) is skipped, and so is a load answering the version before a head recorded
-moments ago (an eventually consistent read); the next read sees any real change. Reads under
-the lock are never skipped: no gateway write can race them.
+moments ago (an eventually consistent read); the next read sees any real change. A load that
+finds the registry's write lock held (`locks.held`, any replica) is skipped too: it may have
+seen a write that has reached AWS but is not recorded yet (the write records it; a change
+another writer made meanwhile is caught by the write's read-back, or by the next read once
+the lock is free). Reads under the lock are never skipped: no gateway write can race them.
+
+A state that differs from a head the gateway wrote only in form (rules by identity in
+another order, a policy equal by meaning: service/registry/read_back.py) is the gateway's
+write as AWS stores it (recorded from what AWS answered, when its read-back failed): it is
+recorded again in that form under the same author, and not reported.
 
 Nothing here raises into a read or a write: a failure is logged and the call goes on. With
 Redis away the history answers nothing and records nothing: drift detection pauses (and
@@ -42,7 +50,7 @@ from google.protobuf.message import DecodeError
 
 from service.config import GatewayConfig, registry_regions
 from service.gen.v1 import registry_pb2 as pb
-from service.registry import etags, plan
+from service.registry import etags, plan, read_back
 from service.registry.slices import Ownership
 from service.state.cache import CacheKey
 from service.state.history import HistoryStore, Version
@@ -72,6 +80,14 @@ class Audit(Protocol):
         ...
 
 
+class HeldLocks(Protocol):
+    """The registries' write locks (service/state/locks.py), asked whether one is held."""
+
+    async def held(self, registry_id: str, region: str) -> bool:
+        """Whether a writer holds the registry's lock right now."""
+        ...
+
+
 # (event, registry_id, region, resource): Metrics.count_change.
 Count = Callable[[str, str, str, str], None]
 
@@ -93,8 +109,10 @@ class DriftDetector:
         *,
         config: Callable[[], GatewayConfig],
         skew_seconds: float = SKEW_SECONDS,
+        locks: HeldLocks | None = None,
     ) -> None:
         self._skew_seconds = skew_seconds
+        self._locks = locks  # None: no write lock to consult (unit tests without writes)
         self._history = history
         self._audit = audit
         self._count = count
@@ -131,10 +149,26 @@ class DriftDetector:
         if not under_lock:
             if head.recorded_at >= started - self._skew_seconds:
                 return  # may hold the state before the head: the next read will tell
+            if self._locks is not None and await self._locks.held(key.registry_id, key.region):
+                return  # may see a write not recorded yet: the write records it
             if self.clock() - head.recorded_at < STALE_READ_SECONDS:
                 recent = await self._history.page(key, before_seq=head.seq, limit=1)
                 if recent and recent[0].etag == etag:
                     return  # the version just replaced: an eventually consistent read
+        if head.origin == "gateway" and _same_meaning(key, head, value):
+            # The gateway's own write, in the form AWS stores it: no change to report.
+            await self._history.append(
+                key,
+                replace(
+                    version,
+                    origin="gateway",
+                    tenant=head.tenant,
+                    identity=head.identity,
+                    rpc=head.rpc,
+                ),
+                if_head_etag=head.etag,
+            )
+            return
         stored = await self._history.append(
             key, replace(version, origin="out-of-band"), if_head_etag=head.etag
         )
@@ -242,6 +276,26 @@ class DriftDetector:
         etag_after: str,
         **fields: Any,
     ) -> None:
+        try:
+            self._report_line(event, key, before, after, etag_before, etag_after, fields)
+        except Exception as exc:  # recorded already: never into the read or write
+            log.error(
+                "reporting %s failed for %s",
+                event,
+                key,
+                extra={"error_type": type(exc).__name__},
+            )
+
+    def _report_line(
+        self,
+        event: str,
+        key: CacheKey,
+        before: Document | _Omitted,
+        after: Document,
+        etag_before: str,
+        etag_after: str,
+        fields: dict[str, Any],
+    ) -> None:
         resource = resource_name(key)
         changes, unknown = _diff(key, before, after)
         owners = _owners(self._config(), key)
@@ -299,6 +353,20 @@ def _value_document(key: CacheKey, value: Observed) -> Document:
     if isinstance(value, pb.DescribeRegistryResponse):
         return value.replication_configuration
     return value
+
+
+def _same_meaning(key: CacheKey, head: Version, value: Observed) -> bool:
+    """Whether `value` is the head's document in another form (read_back's comparison)."""
+    recorded = _document(key, head)
+    if isinstance(recorded, _Omitted):
+        return False
+    if isinstance(value, pb.DescribeRegistryResponse):
+        return isinstance(recorded, pb.ReplicationConfiguration) and read_back.replication_holds(
+            recorded, value.replication_configuration
+        )
+    return not isinstance(recorded, pb.ReplicationConfiguration) and read_back.policy_holds(
+        recorded, value
+    )
 
 
 class _Omitted:

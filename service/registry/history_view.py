@@ -6,16 +6,33 @@ writes, changes made around it); this module only reads them, newest first:
 
 - **full view** (the tenant may call the resource's full read RPC): each document whole, the
   whole resource's etag, and who wrote it (tenant, identity, RPC) as recorded;
-- **slice view** (service/auth/history.py decides which): only the caller's rules or
-  statements of each version (service/registry/slices.py's ownership), the etag of that
-  slice (what GetReplicationRules / GetPolicyStatements answered then), and who wrote it
-  only when the caller itself did: another tenant's name and identity are not its to see.
+- **slice view** (service/auth/history.py decides which): only the versions where the
+  caller's slice changed (its slice etag differs from the next older version's; the oldest
+  version kept is listed as where its history begins), each with the caller's rules or
+  statements (service/registry/slices.py's ownership), the etag of that slice (what
+  GetReplicationRules / GetPolicyStatements answered then), and who wrote it only when the
+  caller itself did. Versions in which only other tenants' parts changed are not listed at
+  all, so their timing and number (how often another tenant writes) do not show.
 
-Page tokens are opaque to callers: the urlsafe base64 of a format byte, the sequence number
-the next page continues below, and a digest binding them to (registry, region, resource). The
-digest is not what keeps one history from another (the key read is always the one the caller
-was authorized for; a token only carries a position in it): it makes a token of another
+A version kept without its document (larger than `history.max_bytes`) is marked
+`document_omitted`: the full view shows its etag, the slice view no slice and no etag.
+
+Page tokens are opaque to callers: the urlsafe base64 of a format byte, a position, and a
+digest binding them to (registry, region, resource). In the full view the position is the
+sequence number the next page continues below (stable while versions are added). In the
+slice view it is how many of the caller's listed versions came before: the sequence number
+counts every tenant's writes, so it would tell a slice reader how many versions exist; a
+position among its own listed versions tells it nothing it was not shown (and needs no key:
+an unkeyed digest is enough when nothing in the token is secret). A change of the caller's
+slice between two pages repeats one version on the next page, never skips one. The digest is
+not what keeps one history from another (the key read is always the one the caller was
+authorized for; a token only carries a position in it): it makes a token of another
 history, or a made-up one, INVALID_ARGUMENT rather than a silently odd page.
+
+Bounded work: a slice page reads the whole history (at most `history.max_versions`, at most
+1000, versions of at most `history.max_bytes`, at most 8 MiB: service/config.py) and slices
+each version once: a bounded scan per page, the price of showing nothing of the versions
+that are not listed (filtering needs each version's next older one).
 
 Bounded output: at most MAX_PAGE_SIZE versions, and at most `page_bytes` of them (a whole
 replication configuration may be ~340 KB, so 50 of them would pass grpc's 4 MiB send limit):
@@ -30,13 +47,14 @@ import binascii
 import hashlib
 import json
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
 from service.auth.history import HistoryResource, View
 from service.auth.targets import Target
+from service.config import HISTORY_MAX_VERSIONS
 from service.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from service.gen.v1 import registry_pb2 as pb
 from service.registry import slices
@@ -56,7 +74,7 @@ MAX_PAGE_TOKEN_CHARS = 64
 PAGE_BYTES = 1024 * 1024
 
 _TOKEN_FORMAT = 1
-_TOKEN_HEAD = struct.Struct(">Bq")  # format, seq
+_TOKEN_HEAD = struct.Struct(">Bq")  # format, position
 _TOKEN_DIGEST_BYTES = 16
 _TOKEN_DOMAIN = b"registry-gateway/history-page-token/v1\x00"
 
@@ -75,31 +93,35 @@ _ENTRY_OVERHEAD = 6
 
 @dataclass(frozen=True)
 class HistoryQuery:
-    """A validated request: which history, how many versions, from where."""
+    """A validated request: which history, how many versions, from where.
+
+    `position`: from the page token, None for the newest versions. The full view continues
+    below that sequence number; the slice view after that many of its listed versions."""
 
     resource: HistoryResource
     key: CacheKey
     limit: int
-    before_seq: int | None
+    position: int | None
 
 
 # --- page tokens ------------------------------------------------------------------------------
 
 
-def _digest(key: CacheKey, seq: int) -> bytes:
+def _digest(key: CacheKey, position: int) -> bytes:
     # CacheKey's text is "registry:region:resource"; none of the three holds a ':'.
-    material = _TOKEN_DOMAIN + str(key).encode("ascii") + b"\x00" + str(seq).encode("ascii")
+    material = _TOKEN_DOMAIN + str(key).encode("ascii") + b"\x00" + str(position).encode("ascii")
     return hashlib.sha256(material).digest()[:_TOKEN_DIGEST_BYTES]
 
 
-def page_token(key: CacheKey, before_seq: int) -> str:
-    """The token of the page of `key`'s history holding the versions older than `before_seq`."""
-    raw = _TOKEN_HEAD.pack(_TOKEN_FORMAT, before_seq) + _digest(key, before_seq)
+def page_token(key: CacheKey, position: int) -> str:
+    """The token of the page of `key`'s history that continues at `position`: below that
+    sequence number (full view), or after that many listed versions (slice view)."""
+    raw = _TOKEN_HEAD.pack(_TOKEN_FORMAT, position) + _digest(key, position)
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def _token_seq(token: str) -> int | None:
-    """The sequence number a well-formed token carries, or None (never raises)."""
+def _token_position(token: str) -> int | None:
+    """The position a well-formed token carries, or None (never raises)."""
     if len(token) > MAX_PAGE_TOKEN_CHARS or not token.isascii():
         return None
     padded = token + "=" * (-len(token) % 4)
@@ -113,19 +135,19 @@ def _token_seq(token: str) -> int | None:
         return None
     if len(raw) != _TOKEN_HEAD.size + _TOKEN_DIGEST_BYTES:
         return None
-    version, seq = _TOKEN_HEAD.unpack_from(raw)
-    if version != _TOKEN_FORMAT or seq < 1:
+    version, position = _TOKEN_HEAD.unpack_from(raw)
+    if version != _TOKEN_FORMAT or position < 1:
         return None
-    return int(seq)
+    return int(position)
 
 
 def _token_bound_to(token: str, key: CacheKey) -> int | None:
-    """The seq of a token of `key`'s history; None for any other token."""
-    seq = _token_seq(token)
-    if seq is None:
+    """The position of a token of `key`'s history; None for any other token."""
+    position = _token_position(token)
+    if position is None:
         return None
     raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-    return seq if raw[_TOKEN_HEAD.size :] == _digest(key, seq) else None
+    return position if raw[_TOKEN_HEAD.size :] == _digest(key, position) else None
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -170,7 +192,7 @@ def parse_query(request: pb.GetConfigurationHistoryRequest, target: Target) -> H
             )
         )
     key = CacheKey(target.registry_id, target.region, resource or "registry")
-    before_seq: int | None = None
+    position: int | None = None
     token = request.page_token
     if token:
         # The token is never echoed: it is opaque, and a caller's text of any length.
@@ -182,15 +204,15 @@ def parse_query(request: pb.GetConfigurationHistoryRequest, target: Target) -> H
                     "pass a next_page_token unchanged",
                 )
             )
-        elif _token_seq(token) is None:
+        elif _token_position(token) is None:
             problems.append(
                 FieldViolation(
                     "page_token", "is not a page token: pass a next_page_token unchanged"
                 )
             )
         elif resource is not None:
-            before_seq = _token_bound_to(token, key)
-            if before_seq is None:
+            position = _token_bound_to(token, key)
+            if position is None:
                 problems.append(
                     FieldViolation(
                         "page_token",
@@ -202,7 +224,7 @@ def parse_query(request: pb.GetConfigurationHistoryRequest, target: Target) -> H
     if problems:
         raise _invalid(problems)
     assert resource is not None
-    return HistoryQuery(resource, key, request.page_size or DEFAULT_PAGE_SIZE, before_seq)
+    return HistoryQuery(resource, key, request.page_size or DEFAULT_PAGE_SIZE, position)
 
 
 # --- versions as the caller sees them ---------------------------------------------------------
@@ -236,9 +258,14 @@ def _policy(version: Version) -> str | None:
 
 
 def full_version(version: Version, resource: HistoryResource) -> pb.ConfigurationVersion:
-    """A version whole: the document, the resource's etag, and its author as recorded."""
+    """A version whole: the document, the resource's etag, and its author as recorded. A
+    version kept without its document says so (`document_omitted`): its empty document is
+    not "no rules" or "no policy"."""
     shown = _common(version, with_author=True)
     shown.etag = version.etag
+    if version.document_omitted:
+        shown.document_omitted = True
+        return shown
     if resource == "registry":
         configuration = _configuration(version)
         if configuration is not None:
@@ -255,6 +282,9 @@ def slice_version(
     it. A version whose document was not kept (or cannot be read) shows no slice and no
     etag: which part was the caller's is not known."""
     shown = _common(version, with_author=version.tenant == target.tenant)
+    if version.document_omitted:
+        shown.document_omitted = True
+        return shown
     if resource == "registry":
         configuration = _configuration(version)
         if configuration is None:
@@ -278,6 +308,12 @@ def slice_version(
     return shown
 
 
+def _slice_state(shown: pb.ConfigurationVersion) -> tuple[str, bool]:
+    """What a slice view knows of the caller's slice in a version: its etag ("" when it
+    cannot be told), and whether the document was kept at all."""
+    return shown.etag, shown.document_omitted
+
+
 class HistoryView:
     """Pages of recorded versions, from the history store, as each caller may see them."""
 
@@ -288,29 +324,60 @@ class HistoryView:
     async def page(
         self, target: Target, query: HistoryQuery, view: View
     ) -> pb.GetConfigurationHistoryResponse:
-        """Up to `query.limit` versions older than the token's position, newest first, within
-        the page's byte bound; next_page_token when older ones remain."""
-        # One more than asked: whether an older version exists decides the token.
-        versions = await self._store.page(
-            query.key, before_seq=query.before_seq, limit=query.limit + 1
-        )
-        owner = slices.Ownership.of(target)
+        """Up to `query.limit` versions after the token's position, newest first, within
+        the page's byte bound; next_page_token when older ones remain. `Unavailable` when
+        the history store cannot be read."""
         response = pb.GetConfigurationHistoryResponse(
             registry_id=target.registry_id, slice_view=view == "slice"
         )
-        size = 0
-        for i, version in enumerate(versions):
-            if i == query.limit:
-                response.next_page_token = page_token(query.key, versions[i - 1].seq)
-                break
-            shown = (
-                full_version(version, query.resource)
-                if view == "full"
-                else slice_version(version, query.resource, target, owner)
-            )
-            size += shown.ByteSize() + _ENTRY_OVERHEAD
-            if size > self._page_bytes and response.versions:
-                response.next_page_token = page_token(query.key, versions[i - 1].seq)
-                break
-            response.versions.append(shown)
+        if view == "full":
+            await self._full_page(query, response)
+        else:
+            await self._slice_page(target, query, response)
         return response
+
+    async def _full_page(
+        self, query: HistoryQuery, response: pb.GetConfigurationHistoryResponse
+    ) -> None:
+        # One more than asked: whether an older version exists decides the token.
+        versions = await self._store.page(
+            query.key, before_seq=query.position, limit=query.limit + 1
+        )
+        shown = (full_version(version, query.resource) for version in versions[: query.limit])
+        taken = self._fill(response, shown)
+        if taken < len(versions):
+            response.next_page_token = page_token(query.key, versions[taken - 1].seq)
+
+    async def _slice_page(
+        self, target: Target, query: HistoryQuery, response: pb.GetConfigurationHistoryResponse
+    ) -> None:
+        # The whole history (bounded: service/config.py): whether a version is listed
+        # depends on the next older one, and the position counts listed versions only.
+        versions = await self._store.page(query.key, before_seq=None, limit=HISTORY_MAX_VERSIONS)
+        owner = slices.Ownership.of(target)
+        shown = [slice_version(v, query.resource, target, owner) for v in versions]
+        # Newest first: a version is listed when the caller's slice in it differs from the
+        # next older one's; the oldest kept is listed as where the history begins.
+        listed = [
+            version
+            for i, version in enumerate(shown)
+            if i == len(shown) - 1 or _slice_state(version) != _slice_state(shown[i + 1])
+        ]
+        start = query.position or 0
+        remaining = listed[start:]
+        taken = self._fill(response, remaining[: query.limit])
+        if taken < len(remaining):
+            response.next_page_token = page_token(query.key, start + taken)
+
+    def _fill(
+        self, response: pb.GetConfigurationHistoryResponse, shown: Iterable[pb.ConfigurationVersion]
+    ) -> int:
+        """Append the versions `shown` while within the page's byte bound (at least one, so
+        paging always moves on); how many were taken."""
+        size = 0
+        for version in shown:
+            size += version.ByteSize() + _ENTRY_OVERHEAD
+            if size > self._page_bytes and response.versions:
+                break
+            response.versions.append(version)
+        return len(response.versions)

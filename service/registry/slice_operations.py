@@ -7,6 +7,11 @@ AWS (`RegistryOperations.update_*`): the caller's etag is checked against its sl
 merged whole only for what no single part decides, and AWS's refusal of the merged whole
 never shows its text. The rules of ownership and merging are in service/registry/slices.py.
 
+A slice write holds when the caller's slice holds (`CallerSlice`): a change another writer
+made to someone else's part between the write and its read-back is answered OK to the
+caller (its etag is its slice's) and reported to the operators as drift, never as the
+caller's overwritten write (which would also tell it that another part changed).
+
 Like RegistryOperations, these return what happened (`Read`, `WriteResult`): the servicer
 records it.
 """
@@ -20,7 +25,13 @@ from service.auth.targets import Target
 from service.config import PolicyGuardrails
 from service.gen.v1 import registry_pb2 as pb
 from service.registry import slices
-from service.registry.operations import Read, RegistryOperations, WriteResult, check_etag
+from service.registry.operations import (
+    CallerSlice,
+    Read,
+    RegistryOperations,
+    WriteResult,
+    check_etag,
+)
 from service.registry.validation import RequestValidator
 
 PUT_RULES = "PutReplicationRules"
@@ -97,6 +108,10 @@ class SliceOperations:
                 etag_of=lambda after: slices.rules_etag(
                     owner.rules_in(after.replication_configuration)
                 ),
+                caller_slice=CallerSlice(
+                    part=lambda whole: pb.ReplicationConfiguration(rules=owner.rules_in(whole)),
+                    merged=lambda whole, part: owner.merge_rules(whole, list(part.rules)),
+                ),
             )
         return WriteResult.of(slices.put_rules_response(target, owner, update), update)
 
@@ -145,5 +160,10 @@ class SliceOperations:
                 merge,
                 validate_only,
                 etag_of=lambda after: slices.statements_etag(owner.statements_in(after)),
+                caller_slice=CallerSlice(
+                    # The caller's statements alone, as a policy (None: it has none).
+                    part=lambda text: owner.merge_policy(None, owner.statements_in(text)),
+                    merged=lambda text, part: owner.merge_policy(text, owner.statements_in(part)),
+                ),
             )
         return WriteResult.of(slices.put_statements_response(target, owner, update), update)

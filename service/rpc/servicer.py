@@ -214,5 +214,6 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         # Which view (whole documents or the caller's slice) is a rule of its own, on the
         # resource the request names: service/auth/history.py.
         view = history_view(target, query.resource)
-        # Read from the history store, not through the cache: no x-cache.
+        # Read from the history store, not through the cache: no x-cache. A store that does
+        # not answer is UNAVAILABLE (HISTORY_UNAVAILABLE), never an empty history.
         return await self._history.page(target, query, view)

@@ -11,8 +11,10 @@ the oldest dropped first; the newest is always kept. A version whose encoding al
 `max_bytes` is kept without its document (`document_omitted`): its etag, time and author still
 say what happened, which is what drift detection needs.
 
-Redis unavailable: no call fails; `head` answers None and `append` None (nothing recorded),
-so drift detection pauses until Redis answers again; the outage is logged once.
+Redis unavailable: drift detection's calls do not fail: `head` answers None and `append`
+None (nothing recorded), so drift detection pauses until Redis answers again; the outage is
+logged once. `page`, which GetConfigurationHistory reads, raises `Unavailable`
+(`HISTORY_UNAVAILABLE`, with RetryInfo): an empty answer would look like "no history".
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any, Literal, Protocol
 
 import redis.asyncio as redis
 
+from service.errors import Unavailable
 from service.state.cache.base import CacheKey
 
 log = logging.getLogger("registry_gateway.history")
@@ -38,6 +41,8 @@ ORIGINS: tuple[Origin, ...] = ("baseline", "gateway", "out-of-band")
 _MAX_HEADER = 2048
 _TEXT_LIMIT = 256  # tenant, identity, rpc, etag: ours, but bounded all the same
 _SEQ = struct.Struct(">q")
+HISTORY_UNAVAILABLE = "HISTORY_UNAVAILABLE"
+RETRY_AFTER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -73,7 +78,8 @@ class HistoryStore(Protocol):
         ...
 
     async def page(self, key: CacheKey, *, before_seq: int | None, limit: int) -> list[Version]:
-        """Newest first; only versions with seq < before_seq when given."""
+        """Newest first; only versions with seq < before_seq when given. Raises
+        `Unavailable` (HISTORY_UNAVAILABLE) when the store cannot be read."""
         ...
 
 
@@ -258,7 +264,11 @@ class RedisHistory:
 
     async def head(self, key: CacheKey) -> Version | None:
         """The newest version; None when there is none or Redis does not answer."""
-        versions = await self.page(key, before_seq=None, limit=1)
+        try:
+            versions = await self._read(key, before_seq=None, limit=1)
+        except (redis.RedisError, OSError) as exc:
+            self._down(exc)
+            return None
         return versions[0] if versions else None
 
     async def append(
@@ -288,17 +298,27 @@ class RedisHistory:
         return replace(stored, seq=seq) if seq else None
 
     async def page(self, key: CacheKey, *, before_seq: int | None, limit: int) -> list[Version]:
-        """Newest first, older than `before_seq` when given; [] when Redis does not answer."""
-        if limit <= 0:
-            return []
+        """Newest first, older than `before_seq` when given; `Unavailable`
+        (HISTORY_UNAVAILABLE) when Redis does not answer."""
         try:
-            raw = await self._page(
-                keys=[self._keys(key)[0]],
-                args=["" if before_seq is None else before_seq, limit],
-            )
+            return await self._read(key, before_seq=before_seq, limit=limit)
         except (redis.RedisError, OSError) as exc:
             self._down(exc)
+            raise Unavailable(
+                "the configuration history (Redis) is unavailable; retry later",
+                reason=HISTORY_UNAVAILABLE,
+                metadata={"registryId": key.registry_id, "region": key.region},
+                retry_after_seconds=RETRY_AFTER_SECONDS,
+            ) from None
+
+    async def _read(self, key: CacheKey, *, before_seq: int | None, limit: int) -> list[Version]:
+        """Newest first, older than `before_seq` when given; Redis's errors raised."""
+        if limit <= 0:
             return []
+        raw = await self._page(
+            keys=[self._keys(key)[0]],
+            args=["" if before_seq is None else before_seq, limit],
+        )
         self._up()
         decoded = (_decode(item) for item in raw if isinstance(item, bytes))
         return [v for v in decoded if v is not None and (before_seq is None or v.seq < before_seq)][

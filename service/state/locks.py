@@ -54,6 +54,11 @@ class RegistryLocks:
         async with lock:
             yield _LocalHold()
 
+    async def held(self, registry_id: str, region: str) -> bool:
+        """Whether a writer holds (or is being granted) the registry's lock right now."""
+        lock = self._locks.get((registry_id, region))
+        return lock is not None and lock.locked()
+
 
 class _RedisHold:
     def __init__(self, lock: redis.lock.Lock, registry_id: str) -> None:
@@ -90,6 +95,20 @@ class RedisRegistryLocks:
         self._time_left = time_left
         self._local = RegistryLocks()
 
+    def _key(self, registry_id: str, region: str) -> str:
+        return f"{self._prefix}{registry_id}:{region}"
+
+    async def held(self, registry_id: str, region: str) -> bool:
+        """Whether any replica holds the registry's lock right now (its key exists in Redis;
+        a writer of this process waiting for it counts too). Redis away: True, since a
+        caller asking this would rather skip than act on a write it cannot see."""
+        if await self._local.held(registry_id, region):
+            return True
+        try:
+            return bool(await self._redis.exists(self._key(registry_id, region)))
+        except (redis.RedisError, OSError):
+            return True
+
     @asynccontextmanager
     async def hold(self, registry_id: str, region: str) -> AsyncIterator[HeldLock]:
         """Hold the registry's lock across replicas; Unavailable when Redis cannot grant it.
@@ -99,7 +118,7 @@ class RedisRegistryLocks:
         """
         async with self._local.hold(registry_id, region):
             lock = self._redis.lock(
-                f"{self._prefix}{registry_id}:{region}",
+                self._key(registry_id, region),
                 timeout=self._expiry,
                 sleep=0.05,
                 blocking_timeout=max(0.0, min(self._time_left(), self._expiry)),

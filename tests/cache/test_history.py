@@ -1,4 +1,5 @@
-"""The history store, in memory and on a real Redis: compare-and-append, bounds, paging."""
+"""The history store, in memory and on a real Redis: compare-and-append, bounds, paging, and
+what a Redis that is down does (drift detection pauses; the history read says so)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from collections.abc import Callable
 
 import pytest
 import redis.asyncio as redis
+from pydantic import ValidationError
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from service.config import HistoryConfig
+from service.errors import Unavailable
 from service.state.cache import CacheKey
 from service.state.history import HistoryStore, MemoryHistory, Origin, RedisHistory, Version
 
@@ -139,15 +143,23 @@ async def test_two_redis_replicas_see_one_history(
     assert head is not None and head.etag == "a"
 
 
-async def test_redis_down_fails_nothing(caplog: pytest.LogCaptureFixture) -> None:
+async def test_redis_down_pauses_drift_and_the_history_read_says_unavailable(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     client = redis.Redis(
         host="127.0.0.1", port=1, socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)
     )
     store = RedisHistory(client, "nowhere:", 50, 1 << 20)
     with caplog.at_level("WARNING", logger="registry_gateway.history"):
+        # Drift detection's calls: silent (it pauses).
         assert await store.head(KEY) is None
         assert await store.append(KEY, version("a"), if_head_etag=None) is None
-        assert await store.page(KEY, before_seq=None, limit=5) == []
+        # The history read: not an empty page, which would read as "no history".
+        with pytest.raises(Unavailable) as caught:
+            await store.page(KEY, before_seq=None, limit=5)
+    assert caught.value.reason == "HISTORY_UNAVAILABLE"
+    assert caught.value.retry_after_seconds is not None and caught.value.retry_after_seconds > 0
+    assert "Errno" not in caught.value.message and "127.0.0.1" not in caught.value.message
     # Once per outage, not once per call.
     assert [r.message for r in caplog.records].count(
         "Redis history unavailable; drift detection paused until it answers"
@@ -162,3 +174,16 @@ async def test_a_stored_value_that_is_not_a_version_is_skipped(
     await store.append(KEY, version("a"), if_head_etag=None)
     await redis_client.lpush(f"{redis_prefix}history:{KEY}:versions", b"\x00" * 8 + b"{" * 5000)
     assert await store.head(KEY) is None  # unparseable: bounded, skipped, never raised
+
+
+@pytest.mark.parametrize("size", [2048, (1 << 20) - 1, (8 << 20) + 1, 64 << 20])
+def test_max_bytes_is_refused_outside_1_to_8_mib(size: int) -> None:
+    """Below 1 MiB, ordinary configurations would be kept without their documents; above
+    8 MiB, one append's script (it reads the whole list) would block the locks' Redis."""
+    with pytest.raises(ValidationError, match="max_bytes"):
+        HistoryConfig(max_bytes=size)
+
+
+def test_max_bytes_bounds_that_pass() -> None:
+    assert HistoryConfig().max_bytes == 1 << 20
+    assert HistoryConfig(max_bytes=8 << 20).max_bytes == 8 << 20

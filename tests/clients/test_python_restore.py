@@ -4,6 +4,7 @@ an ordinary write with an etag precondition, against a live gateway on real moto
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -16,6 +17,8 @@ from registry_gateway_client import (
 from registry_gateway_client.v1 import registry_pb2 as pb
 
 from service.app.server import Gateway
+from service.state.cache.base import CacheKey
+from service.state.history import Version
 from tests.helpers import ACCOUNT, KEY, OTHER_KEY, POLICY
 
 REPLICATION = pb.HISTORY_RESOURCE_REPLICATION
@@ -98,3 +101,41 @@ async def test_a_tenant_without_the_history_cannot_restore(gateway: Gateway) -> 
     async with RegistryConfigClient(target(gateway), api_key=KEY) as owner:
         described = await owner.describe_registry(no_cache=True)
     assert described.replication_configuration.rules[0].repository_filters[0].filter == "staging"
+
+
+async def test_a_version_kept_without_its_document_is_never_restored(gateway: Gateway) -> None:
+    """Review of issue 17: a version larger than `history.max_bytes` is kept without its
+    document, and `restore` wrote that empty document back as "no rules" (or "no policy"),
+    deleting what every tenant had."""
+    async with RegistryConfigClient(target(gateway), api_key=KEY) as client:
+        first = await client.put_replication_configuration(
+            replication_configuration=rules("eu-west-1", "prod")
+        )
+        # A state too large to keep, recorded by the gateway's own store (which drops the
+        # document and keeps the etag): no AWS document is that large, so it is appended here.
+        too_large = b"\n" * (gateway.config.history.max_bytes + 1)
+        big = await gateway.history.append(
+            CacheKey(ACCOUNT, "us-east-1", "registry"),
+            Version(0, time.time(), "out-of-band", "etag-of-a-huge-state", too_large),
+            if_head_etag=first.etag,
+        )
+        assert big is not None and big.document_omitted
+        history = await client.get_configuration_history(resource=REPLICATION)
+        shown = history.versions[0]
+        assert (shown.etag, shown.document_omitted) == ("etag-of-a-huge-state", True)
+        assert len(shown.replication_configuration.rules) == 0  # not "no rules": omitted
+
+        for etag in (first.etag, None):
+            with pytest.raises(ValueError, match="etag-of-a-huge-state") as caught:
+                await client.restore("etag-of-a-huge-state", resource=REPLICATION, etag=etag)
+            assert "cannot be restored" in str(caught.value)
+        with pytest.raises(ValueError):
+            await client.restore("", resource=REPLICATION)  # no version has an empty etag
+        # Nothing was written: no new version, and AWS holds the rules as they were.
+        newest = (await client.get_configuration_history(resource=REPLICATION)).versions[0]
+        assert newest.etag == "etag-of-a-huge-state"
+        now = await client.describe_registry(no_cache=True)
+    assert (now.etag, now.replication_configuration) == (
+        first.etag,
+        first.replication_configuration,
+    )

@@ -392,3 +392,44 @@ async def test_an_overwritten_slice_write_names_only_the_callers_slice(
     answered = error.message + json.dumps(dict(error.info.metadata))
     assert "Payments" not in answered and "210987654321" not in answered
     assert counted(gateway, "overwritten_writes", "policy") == 1
+
+
+async def test_a_slice_write_that_holds_while_another_part_changed_is_ok_and_reported_as_drift(
+    gateway: Gateway, stub: Any, tmp_path: Path, competing: dict[str, Any]
+) -> None:
+    seed_rules(aws_rule("payments/api"))
+    # Right after billing's write reaches AWS, a script changes payments' rule only: billing's
+    # rule is exactly what billing wrote.
+    competing["rules"] = [aws_rule("payments/other"), aws_rule("billing/a")]
+    answer = await stub.PutReplicationRules(
+        pb.PutReplicationRulesRequest(rules=[rule("billing/a")]), metadata=metadata(BILLING_KEY)
+    )
+    mine = await stub.GetReplicationRules(
+        pb.GetReplicationRulesRequest(), metadata=metadata(BILLING_KEY)
+    )
+    # billing hears OK with its slice's etag, nothing of payments' part.
+    assert list(answer.rules) == list(mine.rules) == [rule("billing/a")]
+    assert answer.etag == mine.etag
+    path = tmp_path / "audit.jsonl"
+    [write] = await wait_until(
+        lambda: [line for line in lines(path) if "outcome" in line], what="the write's line"
+    )
+    assert write["outcome"] == "OK"
+    # The operators hear of payments' change, once, as a change made around the gateway.
+    [event] = events(path)
+    assert event["event"] == "out_of_band_change" and event["tenants"] == ["payments"]
+    assert {(d["action"], tuple(d["tenants"])) for d in event["diff"]} == {
+        ("remove", ("payments",)),
+        ("add", ("payments",)),
+    }
+    assert counted(gateway, "drift", "replication") == 1
+    assert counted(gateway, "overwritten_writes", "replication") == 0
+    await describe(stub)
+    assert len(events(path)) == 1
+    [head, written, *_] = await gateway.history.page(REPLICATION, before_seq=None, limit=5)
+    assert (head.origin, head.etag) == ("out-of-band", (await describe(stub)).etag)
+    assert (written.origin, written.tenant) == ("gateway", "billing")
+    assert pb.ReplicationConfiguration.FromString(written.document).rules == [
+        rule("payments/api"),
+        rule("billing/a"),
+    ]

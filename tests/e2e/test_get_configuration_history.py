@@ -3,13 +3,15 @@
 A registry shared by `payments` (every RPC: the full view), `billing` (its slice: the slice
 view), `platform` (the five ECR RPCs, not the history) and `readonly` (DescribeRegistry and
 the history: the replication history whole, the policy's refused). After a full write and
-slice writes of two tenants, the history pages newest first; billing sees only its slice
-and nobody else's name; the others are refused; forged page tokens are INVALID_ARGUMENT.
+slice writes of two tenants, the history pages newest first; billing sees only its slice,
+only where it changed, and nobody else's name; the others are refused; forged page tokens
+are INVALID_ARGUMENT; with Redis down the history answers UNAVAILABLE, not "no history".
 """
 
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -158,14 +160,12 @@ async def test_a_slice_tenant_sees_only_its_slice_and_its_own_name(transport: Tr
     assert answer.code == OK, answer
     assert answer.response.slice_view
     versions = answer.response.versions
-    assert [v.tenant for v in versions] == ["billing", "", "", ""]
+    # Only where billing's slice changed (its write), and where its history begins (the
+    # baseline): platform's and payments' writes left it as it was, so they are not listed.
+    assert [v.tenant for v in versions] == ["billing", ""]
+    assert versions[1].origin == pb.CHANGE_ORIGIN_BASELINE
     assert versions[0].rpc == "PutReplicationRules" and versions[0].identity
-    assert [list(v.replication_configuration.rules) for v in versions] == [
-        BILLING_RULES,
-        [],
-        [],
-        [],
-    ]
+    assert [list(v.replication_configuration.rules) for v in versions] == [BILLING_RULES, []]
     # Each etag is the slice's, as GetReplicationRules answers it.
     rules = await ok(transport, "GetReplicationRules", pb.GetReplicationRulesRequest(), BILLING_KEY)
     assert versions[0].etag == rules.etag == slices.rules_etag(BILLING_RULES)
@@ -176,6 +176,46 @@ async def test_a_slice_tenant_sees_only_its_slice_and_its_own_name(transport: Tr
         assert other not in shown, other
     assert all(len(v.replication_configuration.rules) <= 2 for v in versions)
     assert len({v.identity for v in versions}) == 2  # billing's own, and empty
+
+
+async def test_a_slice_tenant_sees_nothing_of_when_or_how_often_another_tenant_writes(
+    transport: Transport,
+) -> None:
+    """Review of issue 17: after 3 writes by payments, billing's history gained 3 versions
+    with the same billing slice, each with its time: payments' activity, to the second."""
+    await ok(
+        transport,
+        "PutReplicationRules",
+        pb.PutReplicationRulesRequest(rules=BILLING_RULES),
+        BILLING_KEY,
+    )
+    before = await history(transport, BILLING_KEY, page_size=50)
+    assert before.code == OK, before
+    for i in range(3):  # nothing of billing's changes
+        await ok(
+            transport,
+            "PutReplicationRules",
+            pb.PutReplicationRulesRequest(rules=[rule(f"payments/v{i}")]),
+            KEY,
+        )
+    after = await history(transport, BILLING_KEY, page_size=50)
+    assert after.code == OK, after
+    # The same answer, times included: payments' writes do not show at all.
+    assert after.response == before.response
+    assert [v.tenant for v in after.response.versions] == ["billing", ""]
+    # Page by page too, and the token carries no count of everyone's versions.
+    first = await history(transport, BILLING_KEY, page_size=1)
+    assert first.response.next_page_token == page_token(
+        CacheKey(ACCOUNT, "us-east-1", "registry"), 1
+    )
+    second = await history(
+        transport, BILLING_KEY, page_size=1, page_token=first.response.next_page_token
+    )
+    assert [*first.response.versions, *second.response.versions] == list(after.response.versions)
+    assert second.response.next_page_token == ""
+    # The full view still shows every version (5: baseline, billing, payments' three).
+    full = await history(transport, KEY, page_size=50)
+    assert [v.tenant for v in full.response.versions] == [*["payments"] * 3, "billing", ""]
 
 
 async def test_payments_never_sees_billing_in_a_slice_and_both_see_the_policy_their_way(
@@ -196,10 +236,12 @@ async def test_payments_never_sees_billing_in_a_slice_and_both_see_the_policy_th
     )
     sliced = await history(transport, BILLING_KEY, POLICY)
     assert sliced.code == OK, sliced
-    by_payments, by_billing = sliced.response.versions[:2]
-    assert json.loads(by_payments.statements_json) == [billing_statement()]
-    assert by_payments.tenant == "" and by_payments.identity == "" and by_payments.rpc == ""
+    # payments' write left billing's statements as they were: not listed.
+    by_billing, baseline = sliced.response.versions
+    assert json.loads(by_billing.statements_json) == [billing_statement()]
     assert by_billing.tenant == "billing"
+    assert json.loads(baseline.statements_json) == []
+    assert baseline.tenant == "" and baseline.identity == "" and baseline.rpc == ""
     assert "PaymentsPull" not in str(sliced.response)
     assert all(v.policy_text == "" for v in sliced.response.versions)
 
@@ -328,7 +370,7 @@ async def test_two_replicas_on_redis_page_one_history(
         sliced = await second.GetConfigurationHistory(
             pb.GetConfigurationHistoryRequest(resource=REPLICATION), metadata=metadata(BILLING_KEY)
         )
-        assert [v.tenant for v in sliced.versions] == ["billing", "", ""]
+        assert [v.tenant for v in sliced.versions] == ["billing", ""]
 
 
 async def test_json_that_is_not_the_request_is_invalid_argument(gateway: Gateway) -> None:
@@ -356,3 +398,30 @@ async def test_json_that_is_not_the_request_is_invalid_argument(gateway: Gateway
         )
         assert reply.status_code == 200, reply.text
         assert reply.json()["versions"] == [] and "etag" not in reply.headers
+
+
+def _a_port_nothing_listens_on() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def test_with_redis_down_the_history_is_unavailable_not_empty(
+    gateway_factory: GatewayFactory, aws: str, connect: Connect, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of issue 17: with Redis down the RPC answered OK and empty, which an operator
+    cannot tell from "no history". Reads of the registry itself keep working."""
+    behave_like_ecr(monkeypatch)
+    raw = history_config(aws)
+    down = f"redis://127.0.0.1:{_a_port_nothing_listens_on()}/0"
+    raw["cache"] = {"backend": "redis", "redis_url": down, "key_prefix": "history-down:"}
+    transport = await connect(await gateway_factory(raw))
+    await ok(transport, "DescribeRegistry", pb.DescribeRegistryRequest(), KEY)
+    for key in (KEY, BILLING_KEY):  # the full view and the slice view
+        for resource in (REPLICATION, POLICY):
+            answer = await history(transport, key, resource)
+            assert answer.code == grpc.StatusCode.UNAVAILABLE, (key, answer)
+            assert answer.info.reason == "HISTORY_UNAVAILABLE"
+            assert answer.retry_info is not None
+            assert answer.retry_info.retry_delay.ToTimedelta().total_seconds() > 0
+            assert answer.response is None

@@ -13,13 +13,18 @@ import pytest
 import redis.asyncio as redis
 
 from service import config as config_mod
+from service.auth.content import ContentRules
 from service.auth.targets import Target
 from service.aws.memory import MemoryEcr
-from service.errors import WriteOverwritten
+from service.aws.port import NoPolicy
+from service.config import PolicyGuardrails
+from service.errors import GatewayError, Unavailable, WriteOverwritten
 from service.gen.v1 import registry_pb2 as pb
-from service.registry import convert, etags
+from service.registry import convert, etags, operations
 from service.registry.drift import DriftDetector
 from service.registry.operations import RegistryOperations
+from service.registry.slice_operations import SliceOperations
+from service.registry.validation import RequestValidator
 from service.state.cache import CacheKey, MemoryStore, ReadCache
 from service.state.history import HistoryStore, MemoryHistory, RedisHistory
 from service.state.locks import RegistryLocks
@@ -331,13 +336,18 @@ async def test_a_failing_history_never_fails_the_read(clock: Clock, seen: Record
 
 
 class Overwriting(MemoryEcr):
-    """ECR where another writer stores its own state right after each of the gateway's writes."""
+    """ECR where another writer stores its own state right after each of the gateway's writes;
+    or whose next `lag` policy reads after a write answer the policy before it (reads lagging
+    the write); or whose read-back after a write fails (`read_back_fails`)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.replication_after: pb.ReplicationConfiguration | None = None
         self.policy_after: str | None = None
         self.overwrite_policy = False
+        self.lag = 0
+        self.read_back_fails: GatewayError | None = None
+        self._lagging: tuple[int, str | None] = (0, None)
 
     async def put_replication_configuration(
         self, target: Target, configuration: pb.ReplicationConfiguration, **kwargs: Any
@@ -345,13 +355,30 @@ class Overwriting(MemoryEcr):
         taken = await super().put_replication_configuration(target, configuration, **kwargs)
         if self.replication_after is not None:
             self.set_replication(target.registry_id, target.region, self.replication_after)
+        if self.read_back_fails is not None:
+            self.fail_next["describe_registry"] = self.read_back_fails
         return taken
 
     async def put_registry_policy(self, target: Target, policy_text: str, **kwargs: Any) -> str:
+        before = self.policy(target.registry_id, target.region)
         taken = await super().put_registry_policy(target, policy_text, **kwargs)
         if self.overwrite_policy:
             self.set_policy(target.registry_id, target.region, self.policy_after)
+        if self.read_back_fails is not None:
+            self.fail_next["get_registry_policy"] = self.read_back_fails
+        self._lagging = (self.lag, before)
         return taken
+
+    async def get_registry_policy(self, target: Target, *, shared: bool = False) -> str | NoPolicy:
+        answer = await super().get_registry_policy(target, shared=shared)
+        left, before = self._lagging
+        if left:
+            self._lagging = (left - 1, before)
+            return NoPolicy("lagging") if before is None else before
+        return answer
+
+    def reads(self, operation: str) -> int:
+        return sum(1 for call in self.calls if call.operation == operation)
 
 
 @dataclass
@@ -361,14 +388,16 @@ class Ops:
     cache: ReadCache
     history: MemoryHistory
     seen: Recorded
+    clock: Clock
+    locks: RegistryLocks
 
 
 def ops(ecr: Overwriting) -> Ops:
-    clock, seen, history = Clock(), Recorded(), MemoryHistory(50, 1 << 20)
+    clock, seen, history, locks = Clock(), Recorded(), MemoryHistory(50, 1 << 20), RegistryLocks()
     cache = ReadCache(CACHE, MemoryStore(100), clock=clock, jitter=lambda: 1.0)
-    drift = detector(history, clock, seen)
-    operations = RegistryOperations(ecr, RegistryLocks(), cache, drift=drift)
-    return Ops(ecr, operations, cache, history, seen)
+    drift = DriftDetector(history, seen, seen.count, clock, config=lambda: CONFIG, locks=locks)
+    operations = RegistryOperations(ecr, locks, cache, drift=drift)
+    return Ops(ecr, operations, cache, history, seen, clock, locks)
 
 
 def root_arns(text: str) -> str:
@@ -431,3 +460,244 @@ async def test_no_detector_still_refuses_to_call_an_overwritten_write_a_success(
         await operations.put_replication_configuration(
             target(), pb.ReplicationConfiguration(rules=[rule("payments/")]), "", False
         )
+
+
+async def test_a_read_back_neither_before_nor_written_is_overwritten_at_once() -> None:
+    domain = ops(Overwriting())
+    domain.ecr.overwrite_policy, domain.ecr.policy_after = True, policy("OrdersPull")
+    with pytest.raises(WriteOverwritten):
+        await domain.ops.put_registry_policy(target(), policy("PaymentsPull"), "", False)
+    # The fresh read and one read-back: another writer's state is not waited for.
+    assert domain.ecr.reads("get_registry_policy") == 2
+
+
+# --- the gateway's own writes, racing what observes them ----------------------------------
+
+
+async def test_a_load_while_the_write_lock_is_held_is_neither_reported_nor_recorded(
+    history: MemoryHistory, clock: Clock, seen: Recorded
+) -> None:
+    locks = RegistryLocks()
+    drift = DriftDetector(history, seen, seen.count, clock, config=lambda: CONFIG, locks=locks)
+    old, new = described(rule("payments/")), described(rule("orders/"))
+    await drift.observe(REPLICATION, old, started=clock.now)
+    clock.now += 100
+    async with locks.hold(ACCOUNT, REGION):
+        # A load sees a write that has reached AWS and is not recorded yet.
+        await drift.observe(REPLICATION, new, started=clock.now)
+        head = await history.head(REPLICATION)
+        assert seen.events == [] and head is not None and head.etag == old.etag
+    # With the lock free, a state nobody recorded is drift.
+    clock.now += 100
+    await drift.observe(REPLICATION, new, started=clock.now)
+    assert [e for e, _ in seen.events] == ["out_of_band_change"]
+
+
+async def test_the_write_lock_does_not_hide_what_the_writes_own_reads_see(
+    history: MemoryHistory, clock: Clock, seen: Recorded
+) -> None:
+    locks = RegistryLocks()
+    drift = DriftDetector(history, seen, seen.count, clock, config=lambda: CONFIG, locks=locks)
+    await drift.observe(REPLICATION, described(rule("payments/")), started=clock.now)
+    clock.now += 100
+    async with locks.hold(ACCOUNT, REGION):
+        await drift.observe(
+            REPLICATION, described(rule("orders/")), started=clock.now, under_lock=True
+        )
+    assert [e for e, _ in seen.events] == ["out_of_band_change"]
+
+
+async def test_a_write_whose_caller_left_is_read_back_and_recorded_all_the_same() -> None:
+    domain = ops(Overwriting())
+    domain.ecr.hold_writes = asyncio.Event()
+    configuration = pb.ReplicationConfiguration(rules=[rule("payments/")])
+    write = asyncio.ensure_future(
+        domain.ops.put_replication_configuration(target(), configuration, "", False)
+    )
+    while not domain.ecr.writes():
+        await asyncio.sleep(0)
+    write.cancel()  # the caller leaves once its write is sent
+    await asyncio.sleep(0)
+    domain.ecr.hold_writes.set()
+    with pytest.raises(asyncio.CancelledError):
+        await write
+    written = described(rule("payments/"))
+    head = await domain.history.head(REPLICATION)
+    assert head is not None and (head.origin, head.tenant, head.etag) == (
+        "gateway",
+        "payments",
+        written.etag,
+    )
+    domain.clock.now += 100
+    read = await domain.ops.describe_registry(target())
+    assert read.cache_outcome == "miss"  # forgotten: the caller never learnt the outcome
+    assert read.answer().etag == written.etag
+    assert domain.seen.events == []
+
+
+async def test_a_read_back_that_fails_records_what_aws_answered_the_write() -> None:
+    # AWS answers the write with the text it was sent, and stores its own form of it.
+    domain = ops(Overwriting(rewrite_policy=root_arns))
+    domain.ecr.read_back_fails = Unavailable("AWS failed the read-back")
+    written = policy("PaymentsPull", principal="210987654321")
+    with pytest.raises(Unavailable):
+        await domain.ops.put_registry_policy(target(), written, "", False)
+    head = await domain.history.head(POLICY_KEY)
+    assert head is not None and (head.origin, head.tenant, head.etag) == (
+        "gateway",
+        "payments",
+        etags.of_policy(written),
+    )
+    domain.clock.now += 100
+    domain.ecr.read_back_fails = None
+    read = await domain.ops.get_registry_policy(target())
+    stored = domain.ecr.policy(ACCOUNT, REGION)
+    assert read.cache_outcome == "miss" and read.answer().etag == etags.of_policy(stored)
+    # AWS's form of the gateway's write is the gateway's write: recorded as such, not drift.
+    assert domain.seen.events == []
+    [adopted, answered, baseline] = await domain.history.page(POLICY_KEY, before_seq=None, limit=5)
+    assert (adopted.origin, adopted.tenant, adopted.etag) == (
+        "gateway",
+        "payments",
+        etags.of_policy(stored),
+    )
+    assert (answered.etag, baseline.origin) == (etags.of_policy(written), "baseline")
+    # A real change afterwards is still drift.
+    domain.clock.now += 100
+    domain.ecr.set_policy(ACCOUNT, REGION, policy("OrdersPull"))
+    await domain.ops.get_registry_policy(target(), fresh=True)
+    assert [e for e, _ in domain.seen.events] == ["out_of_band_change"]
+
+
+@pytest.mark.parametrize("lag", [1, 3])
+async def test_a_read_back_lagging_the_write_is_read_again_and_the_write_holds(lag: int) -> None:
+    domain = ops(Overwriting())
+    domain.ecr.set_policy(ACCOUNT, REGION, policy("PaymentsPull"))
+    domain.ecr.lag = lag
+    written = policy("PaymentsPush")
+    result = await domain.ops.put_registry_policy(target(), written, "", False)
+    assert result.etag_after == etags.of_policy(written)
+    assert domain.ecr.reads("get_registry_policy") == 1 + lag + 1
+    head = await domain.history.head(POLICY_KEY)
+    assert head is not None and (head.origin, head.etag) == ("gateway", etags.of_policy(written))
+    assert domain.seen.events == []
+
+
+async def test_a_read_back_that_stays_on_the_state_before_is_overwritten_after_the_retries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Another writer put the state before back (or AWS lagged longer than the retries).
+    monkeypatch.setattr(operations, "READ_BACK_RETRY_SECONDS", (0.0, 0.0))
+    domain = ops(Overwriting())
+    before = policy("PaymentsPull")
+    domain.ecr.set_policy(ACCOUNT, REGION, before)
+    domain.ecr.lag = 10
+    with pytest.raises(WriteOverwritten) as raised:
+        await domain.ops.put_registry_policy(target(), policy("PaymentsPush"), "", False)
+    assert raised.value.metadata["currentEtag"] == etags.of_policy(before)
+    assert domain.ecr.reads("get_registry_policy") == 1 + 3
+
+
+# --- slice writes: judged on the caller's slice ---------------------------------------------
+
+
+def orders_statement(sid: str) -> dict[str, Any]:
+    return {
+        "Sid": sid,
+        "Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::210987654321:root"},
+        "Action": ["ecr:ReplicateImage"],
+        "Resource": f"arn:aws:ecr:{REGION}:{ACCOUNT}:repository/orders/*",
+    }
+
+
+def orders() -> Target:
+    return target("orders", prefixes=("orders/",), sid_prefix="Orders")
+
+
+async def test_a_slice_write_that_holds_while_another_part_changed_is_ok_and_drift() -> None:
+    domain = ops(Overwriting())
+    slice_ops = SliceOperations(domain.ops, ContentRules(), RequestValidator())
+    domain.ecr.set_policy(ACCOUNT, REGION, policy("PaymentsPull"))
+    # Right after orders' write, another writer changes payments' statement only.
+    mine = orders_statement("OrdersPush")
+    document = json.loads(policy("PaymentsOther"))
+    document["Statement"].append(mine)
+    domain.ecr.overwrite_policy, domain.ecr.policy_after = True, json.dumps(document)
+    result = await slice_ops.put_statements(
+        orders(), PolicyGuardrails(), json.dumps([mine]), "", False
+    )
+    read = await slice_ops.get_statements(orders())
+    # OK, with the etag of orders' slice as it now stands.
+    assert result.response.etag == read.answer().etag
+    assert json.loads(result.response.statements_json) == [mine]
+    [(event, line)] = domain.seen.events
+    assert event == "out_of_band_change" and line["tenants"] == ["payments"]
+    assert {(d["action"], d["path"]) for d in line["diff"]} == {
+        ("remove", "policy_text.Statement[Sid=PaymentsPull]"),
+        ("add", "policy_text.Statement[Sid=PaymentsOther]"),
+    }
+    assert domain.seen.counts == [("out_of_band_change", ACCOUNT, REGION, "policy")]
+    [foreign, written, baseline] = await domain.history.page(POLICY_KEY, before_seq=None, limit=5)
+    assert (foreign.origin, written.origin, written.tenant, baseline.origin) == (
+        "out-of-band",
+        "gateway",
+        "orders",
+        "baseline",
+    )
+    assert foreign.etag == etags.of_policy(json.dumps(document))
+
+
+async def test_a_slice_write_whose_own_slice_was_changed_is_overwritten() -> None:
+    domain = ops(Overwriting())
+    slice_ops = SliceOperations(domain.ops, ContentRules(), RequestValidator())
+    domain.ecr.set_policy(ACCOUNT, REGION, policy("PaymentsPull"))
+    domain.ecr.overwrite_policy = True
+    domain.ecr.policy_after = json.dumps(
+        {"Version": "2012-10-17", "Statement": [orders_statement("OrdersOther")]}
+    )
+    with pytest.raises(WriteOverwritten):
+        await slice_ops.put_statements(
+            orders(), PolicyGuardrails(), json.dumps([orders_statement("OrdersPush")]), "", False
+        )
+    assert [e for e, _ in domain.seen.events] == ["overwritten"]
+
+
+async def test_a_full_write_is_judged_on_the_whole() -> None:
+    domain = ops(Overwriting())
+    domain.ecr.overwrite_policy = True
+    # A full write's caller answers for the whole: another part changed is its write lost.
+    written = json.dumps({"Version": "2012-10-17", "Statement": [orders_statement("OrdersPush")]})
+    domain.ecr.policy_after = json.dumps(
+        {
+            "Version": "2012-10-17",
+            "Statement": [
+                orders_statement("OrdersPush"),
+                json.loads(policy("PaymentsX"))["Statement"][0],
+            ],
+        }
+    )
+    with pytest.raises(WriteOverwritten):
+        await domain.ops.put_registry_policy(orders(), written, "", False)
+
+
+# --- the report ---------------------------------------------------------------------------
+
+
+class FailingAudit(Recorded):
+    def event(self, event: str, /, **fields: object) -> None:
+        raise OSError("the audit's disk is full")
+
+
+async def test_a_report_that_fails_after_the_append_is_logged_and_never_raised(
+    history: MemoryHistory, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen = FailingAudit()
+    drift = detector(history, clock, seen)
+    await drift.observe(REPLICATION, described(rule("payments/")), started=clock.now)
+    clock.now += 100
+    changed = described(rule("orders/"))
+    await drift.observe(REPLICATION, changed, started=clock.now)
+    head = await history.head(REPLICATION)
+    assert head is not None and (head.origin, head.etag) == ("out-of-band", changed.etag)
+    assert any("reporting out_of_band_change failed" in r.getMessage() for r in caplog.records)

@@ -1,5 +1,6 @@
 """GetConfigurationHistory's domain side on the memory history store: the full and the slice
-view, paging newest first, page tokens bound to one history, validation, and the bounds."""
+view (only the versions where the caller's slice changed), paging newest first, page tokens
+bound to one history, validation, and the bounds."""
 
 from __future__ import annotations
 
@@ -189,9 +190,39 @@ async def test_a_version_kept_without_its_document_still_says_what_and_who() -> 
     full = (await page(view, PAYMENTS, request())).versions[0]
     assert full.etag == stored.etag and full.tenant == "payments"
     assert not full.HasField("replication_configuration")
+    # Said so: an empty document here is not "no rules" (a restore would delete them all).
+    assert full.document_omitted
     # The caller's slice of an unknown document is unknown: no rules, and no slice etag.
     mine = (await page(view, PAYMENTS, request(), "slice")).versions[0]
     assert list(mine.replication_configuration.rules) == [] and mine.etag == ""
+    assert mine.document_omitted
+
+
+async def test_a_policy_kept_without_its_text_is_not_shown_as_no_policy() -> None:
+    recorder = Recorder(max_bytes=1024)
+    text = policy(*(statement(f"PaymentsPull{i}", "payments/") for i in range(10)))
+    stored = await recorder.policy(text, tenant="payments")
+    assert stored.document_omitted
+    kept = await recorder.policy(None, origin="out-of-band")
+    assert not kept.document_omitted
+    answer = await page(HistoryView(recorder.store), PAYMENTS, request(POLICY))
+    deleted, omitted = answer.versions
+    assert (omitted.etag, omitted.policy_text, omitted.document_omitted) == (
+        etags.of_policy(text),
+        "",
+        True,
+    )
+    # The version that really had no policy is not marked: "" there means "no policy".
+    assert (deleted.etag, deleted.policy_text, deleted.document_omitted) == (
+        etags.ABSENT,
+        "",
+        False,
+    )
+    sliced = await page(HistoryView(recorder.store), PAYMENTS, request(POLICY), "slice")
+    assert [(v.etag, v.statements_json, v.document_omitted) for v in sliced.versions] == [
+        (slices.statements_etag([]), "[]", False),
+        ("", "", True),
+    ]
 
 
 # --- the slice view -----------------------------------------------------------------------
@@ -200,6 +231,7 @@ async def test_a_version_kept_without_its_document_still_says_what_and_who() -> 
 async def test_slice_view_shows_only_the_callers_rules_and_its_own_authorship() -> None:
     recorder = Recorder()
     secret = rule("billing/ledger", region="ap-southeast-2")
+    await recorder.rules(origin="baseline")
     await recorder.rules(
         rule("payments/api"),
         tenant="payments",
@@ -213,23 +245,107 @@ async def test_slice_view_shows_only_the_callers_rules_and_its_own_authorship() 
         identity="spiffe://corp.example/ns/billing/sa/deployer",
         rpc="PutReplicationRules",
     )
+    drifted = await recorder.rules(rule("payments/api", region="us-west-2"), origin="out-of-band")
     answer = await page(HistoryView(recorder.store), PAYMENTS, request(), "slice")
-    assert answer.slice_view
-    by_billing, by_payments = answer.versions
-    assert list(by_billing.replication_configuration.rules) == [rule("payments/api")]
+    assert answer.slice_view and answer.next_page_token == ""
+    # billing's write left payments' slice as it was: it is not listed at all.
+    by_others, by_payments, baseline = answer.versions
+    assert list(by_others.replication_configuration.rules) == [
+        rule("payments/api", region="us-west-2")
+    ]
     assert list(by_payments.replication_configuration.rules) == [rule("payments/api")]
-    # The slice's etag, as GetReplicationRules answered it: billing's write did not move it.
-    assert by_billing.etag == by_payments.etag == slices.rules_etag([rule("payments/api")])
+    assert list(baseline.replication_configuration.rules) == []
+    # The slice's etag, as GetReplicationRules answered it.
+    assert by_payments.etag == slices.rules_etag([rule("payments/api")])
     assert (by_payments.tenant, by_payments.identity, by_payments.rpc) == (
         "payments",
         "api_key:sha256:aaaa",
         "PutReplicationRules",
     )
-    assert by_billing.origin == pb.CHANGE_ORIGIN_GATEWAY
-    assert (by_billing.tenant, by_billing.identity, by_billing.rpc) == ("", "", "")
+    # Changed around the gateway: listed (it is payments' slice), with its own time.
+    assert by_others.origin == pb.CHANGE_ORIGIN_OUT_OF_BAND
+    assert by_others.recorded_at.ToNanoseconds() == int(drifted.recorded_at * 1e9)
+    assert (by_others.tenant, by_others.identity, by_others.rpc) == ("", "", "")
     shown = str(answer)
     for hidden in ("billing", "ledger", "ap-southeast-2", "spiffe"):
         assert hidden not in shown, hidden
+
+
+async def test_slice_view_shows_nothing_of_when_or_how_often_others_write() -> None:
+    """Review of issue 17: billing's history gained one version per payments write (same
+    billing slice, each with its time): payments' activity, to the second."""
+    recorder = Recorder()
+    await recorder.rules(origin="baseline")
+    await recorder.rules(rule("billing/a"), tenant="billing", rpc="PutReplicationRules")
+    view = HistoryView(recorder.store)
+    before = await page(view, BILLING, request(page_size=MAX_PAGE_SIZE), "slice")
+    for i in range(3):
+        await recorder.rules(rule("billing/a"), rule(f"payments/v{i}"), tenant="payments")
+    after = await page(view, BILLING, request(page_size=MAX_PAGE_SIZE), "slice")
+    assert after == before
+    assert [v.tenant for v in after.versions] == ["billing", ""]
+    # Paging the same: page by page, still nothing of payments' three versions.
+    first = await page(view, BILLING, request(page_size=1), "slice")
+    second = await page(
+        view, BILLING, request(page_size=1, page_token=first.next_page_token), "slice"
+    )
+    assert [*first.versions, *second.versions] == list(before.versions)
+    assert second.next_page_token == ""
+
+
+async def test_slice_pages_walk_only_the_callers_changes_and_tokens_hide_the_count() -> None:
+    recorder = Recorder()
+    await recorder.rules(origin="baseline")
+    mine: list[Version] = []
+    for i in range(7):
+        # Between two of billing's changes, a varying number of others' writes.
+        for j in range(i):
+            await recorder.rules(rule(f"billing/v{i}"), rule(f"payments/{i}-{j}"))
+        mine.append(await recorder.rules(rule(f"billing/v{i + 1}"), tenant="billing"))
+    view = HistoryView(recorder.store)
+    seen: list[pb.ConfigurationVersion] = []
+    tokens: list[str] = []
+    token = ""
+    while True:
+        answer = await page(view, BILLING, request(page_size=3, page_token=token), "slice")
+        seen += answer.versions
+        token = answer.next_page_token
+        if not token:
+            break
+        tokens.append(token)
+    assert [v.etag for v in seen] == [
+        *(slices.rules_etag([rule(f"billing/v{i}")]) for i in range(7, 0, -1)),
+        slices.rules_etag([]),
+    ]
+    assert [v.recorded_at.ToNanoseconds() for v in seen[:-1]] == [
+        int(v.recorded_at * 1e9) for v in reversed(mine)
+    ]
+    # A token carries a position among billing's own listed versions (3, then 6), never a
+    # sequence number that counts everyone's writes (billing's newest is version 29).
+    assert mine[-1].seq == 29
+    assert tokens == [page_token(REGISTRY_KEY, 3), page_token(REGISTRY_KEY, 6)]
+    # Others writing between two pages move nothing: the next page is the same.
+    await recorder.rules(rule("billing/v7"), rule("payments/late"))
+    again = await page(view, BILLING, request(page_size=3, page_token=tokens[0]), "slice")
+    assert [v.etag for v in again.versions] == [v.etag for v in seen[3:6]]
+    # A position past the end: an empty last page.
+    past = await page(view, BILLING, request(page_token=page_token(REGISTRY_KEY, 99)), "slice")
+    assert list(past.versions) == [] and past.next_page_token == ""
+
+
+async def test_a_slice_page_stops_within_its_byte_bound() -> None:
+    recorder = Recorder()
+    for i in range(4):
+        await recorder.rules(*(rule(f"billing/{'x' * 250}{i}-{j}") for j in range(10)))
+    view = HistoryView(recorder.store, page_bytes=10)
+    seen, token = 0, ""
+    for _ in range(4):
+        answer = await page(
+            view, BILLING, request(page_size=MAX_PAGE_SIZE, page_token=token), "slice"
+        )
+        assert len(answer.versions) == 1
+        seen, token = seen + 1, answer.next_page_token
+    assert seen == 4 and token == ""
 
 
 async def test_slice_view_of_the_policy_shows_only_the_callers_statements() -> None:
@@ -249,10 +365,13 @@ async def test_slice_view_of_the_policy_shows_only_the_callers_statements() -> N
 async def test_slice_view_of_a_policy_nobody_can_slice_shows_nothing_of_it() -> None:
     recorder = Recorder()
     # Written around the gateway: not a JSON object, so no statement is anyone's.
+    await recorder.policy(policy(statement("PaymentsPull", "payments/")), tenant="payments")
     await recorder.policy('["BillingSecret"]', origin="out-of-band")
     await recorder.policy('{"Statement": 7}', origin="out-of-band")
     answer = await page(HistoryView(recorder.store), PAYMENTS, request(POLICY), "slice")
-    assert [(v.statements_json, v.etag) for v in answer.versions] == [("", ""), ("", "")]
+    # Listed where the slice could no longer be told; the next unreadable one is no change.
+    assert [(v.statements_json, v.etag) for v in answer.versions][:1] == [("", "")]
+    assert len(answer.versions) == 2 and answer.versions[1].tenant == "payments"
     assert "BillingSecret" not in str(answer)
 
 
@@ -346,7 +465,7 @@ def test_an_unknown_resource_value_is_refused() -> None:
 def test_defaults_and_bounds_that_pass() -> None:
     assert parse_query(request(), PAYMENTS).limit == DEFAULT_PAGE_SIZE
     query = parse_query(request(POLICY, page_size=MAX_PAGE_SIZE), PAYMENTS)
-    assert (query.resource, query.limit, query.before_seq) == ("policy", 50, None)
+    assert (query.resource, query.limit, query.position) == ("policy", 50, None)
     assert query.key == POLICY_KEY
 
 
@@ -358,7 +477,7 @@ def _key(
 
 def test_a_token_carries_its_position_in_its_own_history_only() -> None:
     token = page_token(REGISTRY_KEY, 42)
-    assert parse_query(request(page_token=token), PAYMENTS).before_seq == 42
+    assert parse_query(request(page_token=token), PAYMENTS).position == 42
     other_histories = {
         "another registry": page_token(_key("111111111111"), 42),
         "another region": page_token(_key(region="eu-west-1"), 42),

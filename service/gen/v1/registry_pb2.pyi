@@ -933,6 +933,7 @@ class ConfigurationVersion(_message.Message):
     POLICY_TEXT_FIELD_NUMBER: _builtins.int
     STATEMENTS_JSON_FIELD_NUMBER: _builtins.int
     RPC_FIELD_NUMBER: _builtins.int
+    DOCUMENT_OMITTED_FIELD_NUMBER: _builtins.int
     origin: Global___ChangeOrigin.ValueType
     """How it came to be."""
     tenant: _builtins.str
@@ -954,6 +955,11 @@ class ConfigurationVersion(_message.Message):
     """HISTORY_RESOURCE_POLICY, slice view: the caller's statements as a JSON array."""
     rpc: _builtins.str
     """The RPC that wrote it (CHANGE_ORIGIN_GATEWAY)."""
+    document_omitted: _builtins.bool
+    """The version was too large to keep (`history.max_bytes`): its etag and author are kept,
+    its document is not, and it cannot be restored. The document fields are then empty
+    (which does not mean "no rules" or "no policy"); a slice view also has no etag.
+    """
     @_builtins.property
     def recorded_at(self) -> _timestamp_pb2.Timestamp:
         """When the gateway recorded it (its write's read-back, or when it saw the change)."""
@@ -974,10 +980,11 @@ class ConfigurationVersion(_message.Message):
         policy_text: _builtins.str = ...,
         statements_json: _builtins.str = ...,
         rpc: _builtins.str = ...,
+        document_omitted: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["recorded_at", b"recorded_at", "replication_configuration", b"replication_configuration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "identity", b"identity", "origin", b"origin", "policy_text", b"policy_text", "recorded_at", b"recorded_at", "replication_configuration", b"replication_configuration", "rpc", b"rpc", "statements_json", b"statements_json", "tenant", b"tenant"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["document_omitted", b"document_omitted", "etag", b"etag", "identity", b"identity", "origin", b"origin", "policy_text", b"policy_text", "recorded_at", b"recorded_at", "replication_configuration", b"replication_configuration", "rpc", b"rpc", "statements_json", b"statements_json", "tenant", b"tenant"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

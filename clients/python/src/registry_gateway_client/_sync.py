@@ -417,11 +417,21 @@ class SyncRegistryConfigClient:
         and nothing is written. Without it, the current etag is read fresh first, so only a
         change in that moment is protected. A slice tenant restores its own slice (its rules
         or statements) with the slice RPCs. Raises `LookupError` when no recorded version
-        has `version_etag`. Answers the write's response.
+        has `version_etag`, and `ValueError` (before any write) when that version was kept
+        without its document (`document_omitted`: too large for the gateway's history), so
+        it cannot be written back. Answers the write's response.
         """
+        if not version_etag:
+            raise ValueError("version_etag is empty: pass the etag of a recorded version")
         version, slice_view = self._find_version(
             version_etag, resource, registry_id, region, timeout
         )
+        if version.document_omitted:
+            # Its empty document would be written as "no rules" / "no policy".
+            raise ValueError(
+                f"version {version_etag[:64]!r} was kept without its document (larger than "
+                "the gateway's history.max_bytes): it cannot be restored; nothing was written"
+            )
         where: dict[str, Any] = {"registry_id": registry_id, "region": region, "timeout": timeout}
         replication = resource == pb.HISTORY_RESOURCE_REPLICATION
         if slice_view and replication:
