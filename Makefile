@@ -86,6 +86,9 @@ $(SERVE_STAMP): $(PY) requirements/serve.lock requirements/installer.lock pyproj
 serve: $(SERVE_STAMP)
 	$(PY) -m service serve --embedded
 
+# pytest in two processes (pytest-xdist), whole files to each: files are independent (each
+# process has its own moto server, gateways take free ports, Redis keys are per test), and a
+# file's module fixtures (tsc, the Go build, a wheel) run once, in one process.
 test: $(STAMP) $(PROTOC_STAMP) $(TS_STAMP) go-deps
 	$(PY) scripts/gen_protos.py --check
 	$(PY) scripts/unasync.py --check
@@ -95,7 +98,7 @@ test: $(STAMP) $(PROTOC_STAMP) $(TS_STAMP) go-deps
 	$(PY) -m ruff format --check service tests scripts clients/python/src/registry_gateway_client
 	$(PY) -m mypy
 	cd $(TS_DIR) && npm run --silent build
-	scripts/with_redis.sh $(PY) -m pytest -q
+	scripts/with_redis.sh $(PY) -m pytest -q -n 2 --dist loadfile
 
 generate: $(STAMP) $(PROTOC_STAMP) $(TS_STAMP) go-deps
 	$(PY) scripts/gen_protos.py

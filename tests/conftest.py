@@ -10,8 +10,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import botocore.session
 import grpc
 import pytest
+from botocore.loaders import Loader
 from moto.server import ThreadedMotoServer
 
 from service import config as config_mod
@@ -20,11 +22,54 @@ from service.app.server import Gateway
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests import moto_account_settings
 from tests.aws_proxy import CountingProxy
+from tests.certs import make_pki
 from tests.helpers import config_dict
 
 pytest_plugins = ["tests.redis_server"]
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def botocore_data_parsed_once() -> Iterator[None]:
+    """Every botocore session of the run reads botocore's data through one loader.
+
+    A served gateway parses botocore's JSON (endpoints, service models) once per session:
+    a few sessions per process. The suite starts hundreds of gateways in one process, each
+    with its own session and one per assumed role, and that parsing was most of a gateway's
+    start. The loader caches only what it read from botocore's own files; every session
+    still has its own credentials, events, config and clients."""
+    original = botocore.session.create_loader
+    shared = original()
+
+    def create_loader(search_path_string: str | None = None) -> Loader:
+        if search_path_string:  # a session given its own data_path keeps its own loader
+            return original(search_path_string)
+        # boto3 appends its resource models' folder to the loader's path on every new
+        # Session: on a shared loader, keep it once.
+        shared.search_paths[:] = list(dict.fromkeys(shared.search_paths))
+        return shared
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(botocore.session, "create_loader", create_loader)
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def aws_trust_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """AWS_CA_BUNDLE: a trust store of one test CA instead of the machine's, for the run.
+
+    aiohttp loads the CA bundle into a new SSL context for every AWS client botocore makes,
+    even for moto's plain http:// endpoint where no TLS happens: a few tens of milliseconds
+    for the machine's bundle, several times per gateway started, hundreds of gateways (in
+    this process and the `registry-gateway` processes the tests start, which inherit it).
+    An https:// endpoint would fail verification against it, loudly, never pass unverified."""
+    bundle = make_pki(tmp_path_factory.mktemp("aws-trust")).ca_cert
+    patch = pytest.MonkeyPatch()
+    patch.setenv("AWS_CA_BUNDLE", str(bundle))
+    yield bundle
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,7 @@ from service.errors import FieldViolation
 from service.gen.v1 import registry_pb2 as pb
 from service.rpc import wire
 from service.rpc.request_limits import largest_request_bytes, max_request_bytes
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, wait_until
 from tests.helpers import KEY, OTHER_ACCOUNT, POLICY, config_dict, metadata, rich_error
 from tests.moto_writes import MotoWrites, behave_like_ecr, count_writes
 
@@ -301,7 +301,17 @@ async def test_the_audit_of_a_refused_write_names_what_was_asked(
             )
         )
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
-    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+
+    def written() -> list[str]:
+        return (tmp_path / "audit.jsonl").read_text().splitlines()
+
+    # A line is written once its status is sent (the reporters run after the answer).
+    lines = [
+        json.loads(line)
+        for line in await wait_until(
+            lambda: len(written()) >= 2 and written(), what="two audit lines"
+        )
+    ]
     assert [(line["outcome"], line["registry_id"]) for line in lines] == [
         ("PERMISSION_DENIED", OTHER_ACCOUNT),
         ("PERMISSION_DENIED", OTHER_ACCOUNT),

@@ -27,7 +27,7 @@ from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.observability.audit import AuditLog, WriteRecord
 from service.observability.logs import configure_logging
-from tests.conftest import GatewayFactory
+from tests.conftest import GatewayFactory, wait_until
 from tests.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
 
 HUGE_ID = "1" * 20_000
@@ -274,7 +274,8 @@ async def test_a_refused_writes_audit_line_names_the_request_escaped(
                 metadata=metadata(),
             )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    text = path.read_text(encoding="utf-8")
+    # The line is written once the status is sent (the reporters run after the answer).
+    text = await wait_until(lambda: path.read_text(encoding="utf-8"), what="the audit line")
     [raw_line] = text.splitlines()  # one line: nothing in it broke the line
     assert not CONTROL.search(raw_line)
     line = json.loads(raw_line)
