@@ -47,7 +47,7 @@ def commit(environ: Mapping[str, str] | None = None) -> str:
 
 
 def describe(environ: Mapping[str, str] | None = None) -> str:
-    """One line for `--version`: `registry-gateway 0.2.0 (commit 0123abcd4567)`."""
+    """One line for `--version`: `registry-gateway 0.3.0 (commit 0123abcd4567)`."""
     return f"registry-gateway {version()} (commit {commit(environ)})"
 
 

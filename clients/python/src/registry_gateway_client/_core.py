@@ -20,7 +20,7 @@ from registry_gateway_client._errors import REQUEST_ID_KEY
 from registry_gateway_client._retry import RetryPolicy
 from registry_gateway_client.v1 import registry_pb2 as pb
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 DEFAULT_TIMEOUT = 10.0
 CACHE_KEY = "x-cache"
