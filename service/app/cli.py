@@ -13,11 +13,6 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-import aioboto3
-
-from service.app import embedded
-from service.app.server import BindError, Gateway
-from service.app.workers import run_workers
 from service.auth.api_keys import hash_key
 from service.config import (
     ENV_CONFIG_PATH,
@@ -118,6 +113,11 @@ async def _serve(
     reuse_port: bool = False,
     announce: bool = True,
 ) -> None:
+    import aioboto3
+
+    from service.app import embedded
+    from service.app.server import Gateway
+
     if http_listen is not None:
         # --http-listen turns the HTTP listener on, or moves it.
         config = config.model_copy(
@@ -150,6 +150,12 @@ async def _serve(
 
 
 def _run_serve(opts: argparse.Namespace) -> int:
+    # The server, the AWS SDK and moto load only to serve (about a second of imports):
+    # `--version`, `hash-key`, `check-config` and `config-schema` answer without them.
+    from service.app import embedded
+    from service.app.server import BindError
+    from service.app.workers import run_workers
+
     config_path = opts.config or os.environ.get(ENV_CONFIG_PATH)
     if opts.embedded and config_path and not opts.config:
         config_path = None  # --embedded wins over an inherited env var, and says nothing else
