@@ -59,6 +59,11 @@ class Resilience:
         self._breakers = AsyncCircuitBreakerFactory(
             default_threshold=aws.breaker_threshold, default_ttl=aws.breaker_open_seconds
         )
+        self._on_breaker_change = on_breaker_change
+        # Circuits said to be closed once made: the state gauge has a series (0) from a
+        # circuit's first call, not only from its first change (an alert on "== 0 for 10m",
+        # or a dashboard, sees it).
+        self._announced: set[str] = set()
         if on_breaker_change is not None:
             callback = on_breaker_change
 
@@ -81,6 +86,10 @@ class Resilience:
         counts against AWS."""
         circuit = f"{account}:{region}"
         breaker = await self._breakers.get_breaker(circuit)
+        if circuit not in self._announced:
+            self._announced.add(circuit)
+            if self._on_breaker_change is not None:
+                self._on_breaker_change(circuit, "closed")
         if self._open_for(breaker.context) > 0:
             # Fail fast without queueing for a slot behind calls that would fail too.
             self._raise_open(breaker.context, account, region)

@@ -98,8 +98,11 @@ async def test_breaker_opens_fails_fast_then_a_probe_closes_it(
             "registry_gateway_breaker_state", {"circuit": f"{ACCOUNT}:us-east-1"}
         )
 
-    # Closed: 0, or no series yet (the gauge is set on the breaker's first change of state).
-    assert breaker_state() in (None, 0.0)
+    # Closed, and said so from the circuit's first call (a series of 0, not none). The
+    # policy, not DescribeRegistry: a cached configuration would be served stale below.
+    code, _, _ = await call(gateway, "GetRegistryPolicy", pb.GetRegistryPolicyRequest())
+    assert code == grpc.StatusCode.NOT_FOUND
+    assert breaker_state() == 0.0
     proxy.fault = Fault(DESCRIBE, status=500, body=ecr_error("ServerException"))
     opening = time.time()  # the breaker opens after this (purgatory's clock is time.time)
     for _ in range(3):
