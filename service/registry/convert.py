@@ -45,3 +45,10 @@ def describe_response(aws: dict[str, Any]) -> pb.DescribeRegistryResponse:
         replication_configuration=replication_from_aws(replication),
         etag=etags.of_json(replication),
     )
+
+
+def policy_response(registry_id: str, policy_text: str) -> pb.GetRegistryPolicyResponse:
+    """GetRegistryPolicyResponse of a policy's text, with its etag."""
+    return pb.GetRegistryPolicyResponse(
+        registry_id=registry_id, policy_text=policy_text, etag=etags.of_policy(policy_text)
+    )

@@ -2,13 +2,17 @@
 under the registry's lock. Every write is a read-modify-write of one resource through
 `update_replication` or `update_policy`, with a change function: the full writes
 (PutRegistryPolicy, DeleteRegistryPolicy, PutReplicationConfiguration) here, the slice
-writes in service/registry/slice_operations.py.
+writes in service/registry/slice_operations.py. What happens once a write is sent to AWS
+(read-back, write-through, whether it held, its record) is service/registry/settlement.py's
+(`WriteSettlement`), so this module owns the lock, the fresh read and the answer.
 
 A write takes the lock, reads the current value fresh from AWS (for the caller's etag
-precondition, the plan and the audit trail), re-checks it still owns the lock, calls AWS
-(unless validate_only), then reads back inside the lock and writes that through to the
-cache, so the etag it returns is the one every replica's next read sees. A write that
-fails or is abandoned after calling AWS invalidates the cache: its outcome is unknown.
+precondition, the plan and the audit trail), re-checks it still owns the lock, then (unless
+validate_only) hands the write to the settlement, which calls AWS, reads back inside the
+lock and writes that through to the cache, so the etag it returns is the one every
+replica's next read sees. A write that fails or is abandoned after calling AWS invalidates
+the cache (`_writing`): its outcome is unknown. One whose verdict is OVERWRITTEN answers
+WriteOverwritten and leaves the read-back in the cache (it is the truth).
 
 Operations return what happened and write into nothing: a read answers a `Read` (the value
 and how the cache served it), a write a `WriteResult` (the response and the etags around
@@ -16,66 +20,36 @@ it). A write that fails after its fresh read says which etag it read
 (`etag_read_before(error)`), so the audit trail records it for failed writes too.
 
 With a drift detector (service/registry/drift.py), every read from AWS is observed against
-the resource's history: cache loads, and the fresh read inside a write. The read-back after
-a write is compared, by meaning (service/registry/read_back.py), with what the write wrote:
-when it holds, the write's version is recorded ("gateway"); when it does not, another
-writer's state stands, and the write answers WriteOverwritten (ABORTED), keeping the
-read-back in the cache (it is the truth) and reporting it (`overwritten`).
-
-Put, read-back, write-through and record are one unit that a caller's leaving (its deadline)
-does not cut (`_sent`): a write that reached AWS is always recorded, so no later read takes
-it for a change made around the gateway. A read-back that still answers the state before
-the write (AWS's reads may lag its writes) is read again a few times before it counts as
-another writer's; one that answers neither that state nor the write's is another writer's
-at once. A read-back that fails after the write records what AWS answered the write.
-
-A slice write (service/registry/slice_operations.py, `CallerSlice`) holds when the caller's
-slice holds: a change to another tenant's part between the write and its read-back is not
-the caller's to hear (it is answered OK) but the operators': it is reported as drift.
+the resource's history: here cache loads and the fresh read inside a write; the read-back,
+in the settlement.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
-import enum
 import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
 from service.auth.targets import Target
 from service.aws.port import EcrPort, NoPolicy
-from service.call import Call, current_call, time_left
-from service.errors import (
-    DeadlineExceeded,
-    EtagMismatch,
-    GatewayError,
-    NotFound,
-    QuotaViolation,
-    ResourceExhausted,
-    WriteOverwritten,
-)
+from service.errors import EtagMismatch, NotFound, QuotaViolation, ResourceExhausted
 from service.gen.v1 import registry_pb2 as pb
-from service.registry import convert, etags, plan, read_back
+from service.registry import convert, etags, plan
+from service.registry.settlement import CallerSlice, Verdict, WriteSettlement, overwritten
 from service.state.cache import CacheKey, Outcome, ReadCache
 from service.state.cache.base import Resource
 from service.state.locks import HeldLock
 
 if TYPE_CHECKING:  # drift.py imports slices.py, which imports this module
-    from service.registry.drift import Document, DriftDetector, Observed
+    from service.registry.drift import DriftDetector, Observed
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
 E = TypeVar("E", bound=BaseException)
-D = TypeVar("D")  # a document: pb.ReplicationConfiguration, or a policy's text (None: none)
-
-# A read-back that still answers the state before the write is read again after these many
-# seconds (1 s in all) before it counts as another writer's: AWS's reads may lag its writes.
-READ_BACK_RETRY_SECONDS = (0.1, 0.3, 0.6)
 
 
 @dataclass(frozen=True)
@@ -190,54 +164,11 @@ def _policy_key(target: Target) -> CacheKey:
     return _key(target.registry_id, target.region, "policy")
 
 
-def _policy_response(target: Target, policy_text: str) -> pb.GetRegistryPolicyResponse:
-    return pb.GetRegistryPolicyResponse(
-        registry_id=target.registry_id, policy_text=policy_text, etag=etags.of_policy(policy_text)
-    )
-
-
 @dataclass
 class _Attempt:
     """What a write has read so far, for its failure to say."""
 
     etag_before: str | None = None
-
-
-@dataclass(frozen=True)
-class CallerSlice(Generic[D]):
-    """The caller's slice of a resource, for a slice write: whether the write holds is judged
-    on it alone (service/registry/slice_operations.py builds it from slices.Ownership)."""
-
-    part: Callable[[D], D]  # the caller's part of a document, alone
-    merged: Callable[[D, D], D]  # a document with its caller's part replaced by another's
-
-
-class _Verdict(enum.Enum):
-    """What a write's read-back says of it."""
-
-    HOLDS = "holds"  # AWS holds what was written
-    SLICE_HOLDS = "slice_holds"  # the caller's slice holds; another part changed meanwhile
-    OVERWRITTEN = "overwritten"  # another writer's state stands
-
-
-def _judged(
-    holds: Callable[[D, D, D | None], bool],
-    written: D,
-    after: D,
-    answered: D | None,
-    caller_slice: CallerSlice[D] | None,
-) -> _Verdict:
-    if holds(written, after, answered):
-        return _Verdict.HOLDS
-    if caller_slice is not None:
-        part = caller_slice.part
-        try:
-            mine = holds(part(written), part(after), None if answered is None else part(answered))
-        except GatewayError:
-            mine = False  # what stands has no slice to tell (a policy that is not JSON)
-        if mine:
-            return _Verdict.SLICE_HOLDS
-    return _Verdict.OVERWRITTEN
 
 
 class RegistryOperations:
@@ -256,6 +187,7 @@ class RegistryOperations:
         self._locks = locks
         self._cache = cache
         self._drift = drift  # None: no history, no drift detection (unit tests)
+        self._settlement = WriteSettlement(ecr, cache, drift=drift)
         self._max_writes_per_tenant = max_writes_per_tenant
         self._in_flight: dict[tuple[str, str, str], int] = {}
 
@@ -312,7 +244,7 @@ class RegistryOperations:
         await self._observe(_policy_key(target), text, started)
         if isinstance(policy, NoPolicy):
             raise policy.not_found()  # kept by the cache as a negative entry
-        return _policy_response(target, policy)
+        return convert.policy_response(target.registry_id, policy)
 
     # --- drift: what every read from AWS is compared with --------------------------------------
 
@@ -324,72 +256,6 @@ class RegistryOperations:
     ) -> None:
         if self._drift is not None:
             await self._drift.observe(key, value, started=started, under_lock=under_lock)
-
-    async def _settle(
-        self,
-        target: Target,
-        key: CacheKey,
-        verdict: _Verdict,
-        *,
-        written: Document,
-        after: Observed,
-        expected: Callable[[], Observed],
-        etag_before: str,
-    ) -> None:
-        """After a write's read-back, written through to the cache: record the write's
-        version, or report that another writer's state stands (`overwritten`).
-
-        SLICE_HOLDS: the write is recorded as it left the resource (`expected`: the others'
-        parts as written, the caller's as read back), then the read-back observed against it,
-        so the other part's change is reported once as drift (`out_of_band_change`)."""
-        if self._drift is None:
-            return
-        tenant, who, rpc, request_id = _author(target)
-        if verdict is _Verdict.OVERWRITTEN:
-            await self._drift.overwritten(
-                key,
-                written,
-                after,
-                etag_before=etag_before,
-                tenant=tenant,
-                identity=who,
-                rpc=rpc,
-                request_id=request_id,
-            )
-            return
-        recorded = after if verdict is _Verdict.HOLDS else expected()
-        await self._drift.record_write(
-            key, recorded, tenant=tenant, identity=who, rpc=rpc, etag_before=etag_before
-        )
-        if verdict is _Verdict.SLICE_HOLDS:
-            await self._observe(key, after, self._started(), under_lock=True)
-
-    async def _record_answered(
-        self, target: Target, key: CacheKey, answered: Observed, etag_before: str
-    ) -> None:
-        """A write reached AWS but its read-back failed: record what AWS answered the write
-        as its version (the cache forgets the key), so that the next read does not report
-        the gateway's own write as a change made around it (drift.py compares by meaning
-        with a head the gateway wrote)."""
-        if self._drift is None:
-            return
-        tenant, who, rpc, _ = _author(target)
-        await self._drift.record_write(
-            key, answered, tenant=tenant, identity=who, rpc=rpc, etag_before=etag_before
-        )
-
-    def _overwritten(self, target: Target, current_etag: str) -> WriteOverwritten:
-        return WriteOverwritten(
-            f"the write reached AWS, but another writer's state now stands in registry "
-            f"{target.registry_id} in {target.region} (a change made around the gateway "
-            f"between the write and its read-back, or a write whose lock was lost): read "
-            f"again, check whether your change is still wanted, and reapply it",
-            metadata={
-                "currentEtag": current_etag,
-                "registryId": target.registry_id,
-                "region": target.region,
-            },
-        )
 
     # --- the full writes ---------------------------------------------------------------------
 
@@ -518,64 +384,13 @@ class RegistryOperations:
             if validate_only:
                 return ReplicationUpdate(current, proposed, None)
             async with self._writing(key, held):
-                after, verdict = await _sent(
-                    self._write_replication(target, key, current, proposed, caller_slice)
+                after, verdict = await self._settlement.replication(
+                    target, key, current, proposed, caller_slice
                 )
-            if verdict is _Verdict.OVERWRITTEN:
+            if verdict is Verdict.OVERWRITTEN:
                 # Outside `_writing`: the cache keeps the read-back, the truth.
-                raise self._overwritten(target, after.etag if etag_of is None else etag_of(after))
+                raise overwritten(target, after.etag if etag_of is None else etag_of(after))
             return ReplicationUpdate(current, proposed, after)
-
-    async def _write_replication(
-        self,
-        target: Target,
-        key: CacheKey,
-        current: pb.DescribeRegistryResponse,
-        proposed: pb.ReplicationConfiguration,
-        caller_slice: CallerSlice[pb.ReplicationConfiguration] | None,
-    ) -> tuple[pb.DescribeRegistryResponse, _Verdict]:
-        """Put, read back, write through, record: one unit (run by `_sent`)."""
-        answered = await self._ecr.put_replication_configuration(
-            target, proposed, finish_once_sent=True
-        )
-
-        def verdict(after: pb.DescribeRegistryResponse) -> _Verdict:
-            return _judged(
-                read_back.replication_holds,
-                proposed,
-                after.replication_configuration,
-                answered,
-                caller_slice,
-            )
-
-        try:
-            after, judged = await _read_back(
-                lambda: self._ecr.describe_registry(target),
-                verdict,
-                unchanged=lambda after: after.etag == current.etag,
-            )
-        except Exception:
-            await self._record_answered(
-                target, key, _described(current, answered), etag_before=current.etag
-            )
-            raise
-        await self._cache.put(key, after)
-
-        def expected() -> pb.DescribeRegistryResponse:
-            assert caller_slice is not None
-            mine = caller_slice.part(after.replication_configuration)
-            return _described(after, caller_slice.merged(proposed, mine))
-
-        await self._settle(
-            target,
-            key,
-            judged,
-            written=proposed,
-            after=after,
-            expected=expected,
-            etag_before=current.etag,
-        )
-        return after, judged
 
     async def update_policy(
         self,
@@ -606,58 +421,15 @@ class RegistryOperations:
                 # Nothing to delete: AWS would answer RegistryPolicyNotFoundException.
                 return PolicyUpdate(current, proposed, None, done=True)
             async with self._writing(key, held):
-                after, verdict, answered = await _sent(
-                    self._write_policy(target, key, current, proposed, caller_slice)
+                after, verdict, answered = await self._settlement.policy(
+                    target, key, current, proposed, caller_slice
                 )
-            if verdict is _Verdict.OVERWRITTEN:
+            if verdict is Verdict.OVERWRITTEN:
                 # Outside `_writing`: the cache keeps the read-back, the truth.
-                raise self._overwritten(
+                raise overwritten(
                     target, etags.of_policy(after) if etag_of is None else etag_of(after)
                 )
             return PolicyUpdate(current, proposed, after, done=True, answered=answered)
-
-    async def _write_policy(
-        self,
-        target: Target,
-        key: CacheKey,
-        current: str | None,
-        proposed: str | None,
-        caller_slice: CallerSlice[str | None] | None,
-    ) -> tuple[str | None, _Verdict, str]:
-        """Put (or delete), read back, write through, record: one unit (run by `_sent`)."""
-        if proposed is None:
-            answered = await self._ecr.delete_registry_policy(target, finish_once_sent=True)
-        else:
-            answered = await self._ecr.put_registry_policy(target, proposed, finish_once_sent=True)
-        # A delete answers the policy it deleted: no form of what now stands.
-        form = answered if proposed is not None else None
-        etag_before = etags.of_policy(current)
-        try:
-            after, judged = await _read_back(
-                lambda: self._current_policy(target),
-                lambda after: _judged(read_back.policy_holds, proposed, after, form, caller_slice),
-                unchanged=lambda after: etags.of_policy(after) == etag_before,
-            )
-        except Exception:
-            taken = None if proposed is None else (form or proposed)
-            await self._record_answered(target, key, taken, etag_before)
-            raise
-        await self._cache.put(key, None if after is None else _policy_response(target, after))
-
-        def expected() -> str | None:
-            assert caller_slice is not None
-            return caller_slice.merged(proposed, caller_slice.part(after))
-
-        await self._settle(
-            target,
-            key,
-            judged,
-            written=proposed,
-            after=after,
-            expected=expected,
-            etag_before=etag_before,
-        )
-        return after, judged, answered
 
     @asynccontextmanager
     async def _update(self, target: Target) -> AsyncIterator[tuple[HeldLock, _Attempt]]:
@@ -724,86 +496,6 @@ class RegistryOperations:
     async def _current_policy(self, target: Target) -> str | None:
         policy = await self._ecr.get_registry_policy(target)
         return None if isinstance(policy, NoPolicy) else policy
-
-
-def _call() -> Call | None:
-    """The call in flight (read only: who wrote, for the history), None outside one."""
-    try:
-        return current_call()
-    except LookupError:
-        return None
-
-
-def _author(target: Target) -> tuple[str, str | None, str | None, str | None]:
-    """Who writes, as the history and the audit name it: tenant, identity, rpc, request id."""
-    call = _call()
-    identity = call.identity if call is not None else None
-    who = f"{identity.kind}:{identity.subject}" if identity is not None else None
-    rpc = call.rpc if call is not None else None
-    return target.tenant, who, rpc, call.request_id if call is not None else None
-
-
-def _described(
-    like: pb.DescribeRegistryResponse, configuration: pb.ReplicationConfiguration
-) -> pb.DescribeRegistryResponse:
-    """A DescribeRegistry answer holding `configuration` (with its etag), for the history."""
-    return convert.describe_response(
-        {
-            "registryId": like.registry_id,
-            "replicationConfiguration": convert.replication_to_aws(configuration),
-        }
-    )
-
-
-async def _sent(write: Coroutine[Any, Any, T]) -> T:
-    """A write sent to AWS is not abandoned half-way: if the caller leaves (its deadline
-    passed), the write, with its read-back and its record, still finishes, under the registry
-    lock, before the cancellation goes on; `_writing` then forgets the key, and the audit line
-    says CANCELLED (outcome unknown to the caller)."""
-    task = asyncio.ensure_future(write)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait([task])
-        if not task.cancelled():
-            task.exception()  # retrieved: the caller has left, and `_writing` forgets the key
-        raise
-
-
-async def _read_back(
-    read: Callable[[], Coroutine[Any, Any, T]],
-    verdict: Callable[[T], _Verdict],
-    *,
-    unchanged: Callable[[T], bool],
-) -> tuple[T, _Verdict]:
-    """The read-back of a write, and what it says of the write. A read-back that does not
-    hold and still answers the state before the write (`unchanged`) may be a read that lags
-    the write: read again after READ_BACK_RETRY_SECONDS before it counts as another
-    writer's. The whole second is spent even past the caller's deadline (the caller then
-    hears DEADLINE_EXCEEDED, never a false WRITE_OVERWRITTEN)."""
-    delays = iter(READ_BACK_RETRY_SECONDS)
-    while True:
-        after = await _finished(read)
-        judged = verdict(after)
-        if judged is not _Verdict.OVERWRITTEN or not unchanged(after):
-            return after, judged
-        delay = next(delays, None)
-        if delay is None:
-            return after, judged
-        await asyncio.sleep(delay)
-
-
-async def _finished(read: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """A read that belongs to a write already sent: within the call while its caller waits,
-    and once the caller's deadline has passed, like a cache load (in an empty context:
-    bounded by the AWS client's own timeouts), so the write's outcome is still known."""
-    if time_left() > 0:
-        try:
-            return await read()
-        except DeadlineExceeded:
-            if time_left() > 0:
-                raise
-    return await asyncio.create_task(read(), context=contextvars.Context())
 
 
 def check_etag(expected: str, current: str, target: Target, what: str = "") -> None:

@@ -7,10 +7,11 @@ AWS (`RegistryOperations.update_*`): the caller's etag is checked against its sl
 merged whole only for what no single part decides, and AWS's refusal of the merged whole
 never shows its text. The rules of ownership and merging are in service/registry/slices.py.
 
-A slice write holds when the caller's slice holds (`CallerSlice`): a change another writer
-made to someone else's part between the write and its read-back is answered OK to the
-caller (its etag is its slice's) and reported to the operators as drift, never as the
-caller's overwritten write (which would also tell it that another part changed).
+A slice write holds when the caller's slice holds (`CallerSlice`, in
+service/registry/settlement.py): a change another writer made to someone else's part
+between the write and its read-back is answered OK to the caller (its etag is its slice's)
+and reported to the operators as drift, never as the caller's overwritten write (which
+would also tell it that another part changed).
 
 Like RegistryOperations, these return what happened (`Read`, `WriteResult`): the servicer
 records it.
@@ -25,13 +26,8 @@ from service.auth.targets import Target
 from service.config import PolicyGuardrails
 from service.gen.v1 import registry_pb2 as pb
 from service.registry import slices
-from service.registry.operations import (
-    CallerSlice,
-    Read,
-    RegistryOperations,
-    WriteResult,
-    check_etag,
-)
+from service.registry.operations import Read, RegistryOperations, WriteResult, check_etag
+from service.registry.settlement import CallerSlice
 from service.registry.validation import RequestValidator
 
 PUT_RULES = "PutReplicationRules"

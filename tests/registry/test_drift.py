@@ -20,7 +20,7 @@ from service.aws.port import NoPolicy
 from service.config import PolicyGuardrails
 from service.errors import GatewayError, Unavailable, WriteOverwritten
 from service.gen.v1 import registry_pb2 as pb
-from service.registry import convert, etags, operations
+from service.registry import convert, etags, settlement
 from service.registry.drift import DriftDetector
 from service.registry.operations import RegistryOperations
 from service.registry.slice_operations import SliceOperations
@@ -587,7 +587,7 @@ async def test_a_read_back_that_stays_on_the_state_before_is_overwritten_after_t
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Another writer put the state before back (or AWS lagged longer than the retries).
-    monkeypatch.setattr(operations, "READ_BACK_RETRY_SECONDS", (0.0, 0.0))
+    monkeypatch.setattr(settlement, "READ_BACK_RETRY_SECONDS", (0.0, 0.0))
     domain = ops(Overwriting())
     before = policy("PaymentsPull")
     domain.ecr.set_policy(ACCOUNT, REGION, before)
