@@ -8,7 +8,9 @@ writes, changes made around it); this module only reads them, newest first:
   whole resource's etag, and who wrote it (tenant, identity, RPC) as recorded;
 - **slice view** (service/auth/history.py decides which): only the versions where the
   caller's slice changed (its slice etag differs from the next older version's; the oldest
-  version kept is listed as where its history begins), each with the caller's rules or
+  version kept is listed as where its history begins, as CHANGE_ORIGIN_BASELINE with no time
+  and no author, since which version is oldest moves with everyone's writes), each with the
+  caller's rules or
   statements (service/registry/slices.py's ownership), the etag of that slice (what
   GetReplicationRules / GetPolicyStatements answered then), and who wrote it only when the
   caller itself did. Versions in which only other tenants' parts changed are not listed at
@@ -308,6 +310,20 @@ def slice_version(
     return shown
 
 
+def _beginning(shown: pb.ConfigurationVersion) -> pb.ConfigurationVersion:
+    """The oldest version kept, as a slice reader sees it: where its history begins, with
+    the caller's slice as it stood, but not when or by whom that version was written. The
+    oldest kept version changes whenever anyone's write evicts one (the history is shared):
+    its time and origin would tell a slice reader when other tenants write, even while its
+    own slice stands still."""
+    begins = pb.ConfigurationVersion()
+    begins.CopyFrom(shown)
+    begins.ClearField("recorded_at")
+    begins.origin = pb.CHANGE_ORIGIN_BASELINE
+    begins.tenant = begins.identity = begins.rpc = ""
+    return begins
+
+
 def _slice_state(shown: pb.ConfigurationVersion) -> tuple[str, bool]:
     """What a slice view knows of the caller's slice in a version: its etag ("" when it
     cannot be told), and whether the document was kept at all."""
@@ -363,6 +379,8 @@ class HistoryView:
             for i, version in enumerate(shown)
             if i == len(shown) - 1 or _slice_state(version) != _slice_state(shown[i + 1])
         ]
+        if listed:
+            listed[-1] = _beginning(listed[-1])
         start = query.position or 0
         remaining = listed[start:]
         taken = self._fill(response, remaining[: query.limit])

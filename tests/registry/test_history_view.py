@@ -371,8 +371,25 @@ async def test_slice_view_of_a_policy_nobody_can_slice_shows_nothing_of_it() -> 
     answer = await page(HistoryView(recorder.store), PAYMENTS, request(POLICY), "slice")
     # Listed where the slice could no longer be told; the next unreadable one is no change.
     assert [(v.statements_json, v.etag) for v in answer.versions][:1] == [("", "")]
-    assert len(answer.versions) == 2 and answer.versions[1].tenant == "payments"
+    # The oldest kept (payments' own write) is where its history begins: its slice, as it stood.
+    assert len(answer.versions) == 2
+    assert json.loads(answer.versions[1].statements_json)[0]["Sid"] == "PaymentsPull"
     assert "BillingSecret" not in str(answer)
+
+
+async def test_where_a_slice_history_begins_says_nothing_of_when_or_who() -> None:
+    recorder = Recorder()
+    await recorder.policy(policy(statement("PaymentsPull", "payments/")), tenant="payments")
+    await recorder.policy(
+        policy(statement("PaymentsPull", "payments/"), statement("BillingPull", "billing/")),
+        tenant="billing",
+    )
+    answer = await page(HistoryView(recorder.store), PAYMENTS, request(POLICY), "slice")
+    [begins] = answer.versions  # billing's write changed nothing of payments' slice
+    assert begins.origin == pb.CHANGE_ORIGIN_BASELINE
+    assert not begins.HasField("recorded_at")
+    assert (begins.tenant, begins.identity, begins.rpc) == ("", "", "")
+    assert json.loads(begins.statements_json)[0]["Sid"] == "PaymentsPull"
 
 
 # --- paging -------------------------------------------------------------------------------
