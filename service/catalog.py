@@ -43,3 +43,8 @@ ECR_OPERATIONS: tuple[str, ...] = tuple(rpc for rpc in RPCS if rpc in aws_model(
 # The gateway's own RPCs (no ECR operation of that name): the tenant-owned slices and the
 # configuration history. They reach AWS, if at all, through the ECR operations.
 SLICE_OPERATIONS: tuple[str, ...] = tuple(rpc for rpc in RPCS if rpc not in ECR_OPERATIONS)
+# Reads answered from no cache: the history is read from the store (Redis) whole on every
+# call, up to `history.max_bytes`. Like a `no-cache` read they draw on the tenant's budget of
+# calls past the cache (`aws.tenant_upstream_*`), so one tenant polling it cannot load the
+# Redis every replica's locks and cache share.
+UNCACHED_READS: frozenset[str] = frozenset({"GetConfigurationHistory"}) & READS

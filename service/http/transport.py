@@ -33,6 +33,7 @@ from google.protobuf.message import Message
 from prometheus_client import Counter
 
 from service.call import Call, begin, current_call
+from service.catalog import UNCACHED_READS
 from service.config import WRITE_OPERATIONS
 from service.errors import (
     REQUEST_ID_KEY,
@@ -160,7 +161,7 @@ class ConnectPipeline:
                     lambda: grpc_peer(ctx.client_address),
                 )
                 fresh = not is_write and no_cache(metadata)
-                await pipeline.admit(identity.tenant.name, is_write, fresh)
+                await pipeline.admit(identity.tenant.name, is_write, fresh or rpc in UNCACHED_READS)
         except TimeoutError:
             raise self._end(pending, ctx, self._deadline_exceeded(pending)) from None
         except (GatewayError, FailedAuthentication) as exc:

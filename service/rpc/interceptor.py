@@ -25,7 +25,7 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 
 from service.call import Call, begin
-from service.catalog import WRITES
+from service.catalog import UNCACHED_READS, WRITES
 from service.errors import (
     REQUEST_ID_KEY,
     DeadlineExceeded,
@@ -141,6 +141,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         pipeline = self._pipeline
         rpc = method.rsplit("/", 1)[-1]
         is_write = rpc in WRITES
+        uncached = rpc in UNCACHED_READS
 
         async def handle(raw: bytes, context: Context) -> Any:
             metadata = context.invocation_metadata() or ()
@@ -156,7 +157,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                             tenancy, metadata, context.auth_context(), context.peer
                         )
                         fresh = not is_write and no_cache(metadata)
-                        await pipeline.admit(identity.tenant.name, is_write, fresh)
+                        await pipeline.admit(identity.tenant.name, is_write, fresh or uncached)
                         request = decode(raw)
                         call = outcome.call = Call(
                             request_id,

@@ -190,6 +190,27 @@ async def test_failed_logins_are_limited_per_address_but_never_lock_out_a_valid_
     assert "guess" not in repr(results)
 
 
+async def test_history_reads_draw_from_the_upstream_budget_and_spare_others(
+    gateway_factory: GatewayFactory, proxy: CountingProxy
+) -> None:
+    # The history is read whole from the store on every call (no cache): a tenant polling it
+    # spends its own budget of calls past the cache, and another tenant's is untouched.
+    raw = config(proxy)
+    raw["aws"].update(tenant_upstream_per_second=0.01, tenant_upstream_burst=3)
+    gateway = await gateway_factory(raw)
+    history = pb.GetConfigurationHistoryRequest(resource=pb.HISTORY_RESOURCE_REPLICATION)
+    results = [await call(gateway, "GetConfigurationHistory", history) for _ in range(5)]
+    assert results[:3] == [(grpc.StatusCode.OK, None)] * 3
+    assert results[3:] == [(grpc.StatusCode.RESOURCE_EXHAUSTED, "UPSTREAM_BUDGET_EXHAUSTED")] * 2
+    # Cached reads are not past the cache: they stay free, for the poller and for others.
+    assert await call(gateway, "DescribeRegistry", pb.DescribeRegistryRequest()) == (
+        grpc.StatusCode.OK,
+        None,
+    )
+    billing = await call(gateway, "GetConfigurationHistory", history, key=BILLING_KEY)
+    assert billing[1] != "UPSTREAM_BUDGET_EXHAUSTED"
+
+
 async def test_writes_draw_from_the_upstream_budget_too(
     gateway_factory: GatewayFactory, proxy: CountingProxy
 ) -> None:
