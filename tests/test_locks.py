@@ -113,3 +113,27 @@ async def test_redis_away_counts_as_held(redis_prefix: str) -> None:
     locks = RedisRegistryLocks(away, redis_prefix, 10, lambda: 5.0)
     # Whoever asks would rather skip than act on a write it cannot see.
     assert await locks.held("123456789012", "us-east-1")
+
+
+async def test_a_write_in_flight_is_marked_per_resource_on_every_replica(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    one = RedisRegistryLocks(redis_client, redis_prefix, 10, lambda: 5.0)
+    two = RedisRegistryLocks(redis_client, redis_prefix, 10, lambda: 5.0)
+    async with one.hold("123456789012", "us-east-1") as held:
+        assert 9 < held.remaining() <= 10
+        assert await held.owned()
+        assert not await two.writing("123456789012", "us-east-1", "registry")
+        async with held.writing("registry"):
+            assert await two.writing("123456789012", "us-east-1", "registry")
+            assert not await two.writing("123456789012", "us-east-1", "policy")
+        assert not await two.writing("123456789012", "us-east-1", "registry")
+
+
+async def test_a_local_write_in_flight_is_marked_per_resource() -> None:
+    locks = RegistryLocks()
+    async with locks.hold("123456789012", "us-east-1") as held:
+        async with held.writing("policy"):
+            assert await locks.writing("123456789012", "us-east-1", "policy")
+            assert not await locks.writing("123456789012", "us-east-1", "registry")
+        assert not await locks.writing("123456789012", "us-east-1", "policy")

@@ -15,10 +15,13 @@ A cache load is not under the lock: it may have begun before a gateway write and
 state before it. A load that began before the head was recorded (less a second for the clock
 skew of replicas) is skipped, and so is a load answering the version before a head recorded
 moments ago (an eventually consistent read); the next read sees any real change. A load that
-finds the registry's write lock held (`locks.held`, any replica) is skipped too: it may have
-seen a write that has reached AWS but is not recorded yet (the write records it; a change
-another writer made meanwhile is caught by the write's read-back, or by the next read once
-the lock is free). Reads under the lock are never skipped: no gateway write can race them.
+finds a write of the same resource in flight (`locks.writing`, any replica: from just before
+its put until its record) is skipped too: it may have seen a write that has reached AWS but
+is not recorded yet (the write records it; a change another writer made meanwhile is caught
+by the write's read-back, or by the next read once the write is settled). A load of the
+registry's other resource is not skipped: that write cannot explain it, so writes of one
+resource, however many, never hide a change made around the gateway to the other. Reads
+under the lock are never skipped: no gateway write can race them.
 
 A state that differs from a head the gateway wrote only in form (rules by identity in
 another order, a policy equal by meaning: service/registry/read_back.py) is the gateway's
@@ -80,11 +83,12 @@ class Audit(Protocol):
         ...
 
 
-class HeldLocks(Protocol):
-    """The registries' write locks (service/state/locks.py), asked whether one is held."""
+class WritesInFlight(Protocol):
+    """The registries' write locks (service/state/locks.py), asked whether a write of one
+    resource is in flight."""
 
-    async def held(self, registry_id: str, region: str) -> bool:
-        """Whether a writer holds the registry's lock right now."""
+    async def writing(self, registry_id: str, region: str, resource: str) -> bool:
+        """Whether a write of the resource is being settled right now (any replica)."""
         ...
 
 
@@ -109,7 +113,7 @@ class DriftDetector:
         *,
         config: Callable[[], GatewayConfig],
         skew_seconds: float = SKEW_SECONDS,
-        locks: HeldLocks | None = None,
+        locks: WritesInFlight | None = None,
     ) -> None:
         self._skew_seconds = skew_seconds
         self._locks = locks  # None: no write lock to consult (unit tests without writes)
@@ -149,8 +153,10 @@ class DriftDetector:
         if not under_lock:
             if head.recorded_at >= started - self._skew_seconds:
                 return  # may hold the state before the head: the next read will tell
-            if self._locks is not None and await self._locks.held(key.registry_id, key.region):
-                return  # may see a write not recorded yet: the write records it
+            if self._locks is not None and await self._locks.writing(
+                key.registry_id, key.region, key.resource
+            ):
+                return  # may see a write of this resource not recorded yet: the write records it
             if self.clock() - head.recorded_at < STALE_READ_SECONDS:
                 recent = await self._history.page(key, before_seq=head.seq, limit=1)
                 if recent and recent[0].etag == etag:

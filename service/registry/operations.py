@@ -385,7 +385,7 @@ class RegistryOperations:
                 return ReplicationUpdate(current, proposed, None)
             async with self._writing(key, held):
                 after, verdict = await self._settlement.replication(
-                    target, key, current, proposed, caller_slice
+                    target, key, current, proposed, caller_slice, held
                 )
             if verdict is Verdict.OVERWRITTEN:
                 # Outside `_writing`: the cache keeps the read-back, the truth.
@@ -422,7 +422,7 @@ class RegistryOperations:
                 return PolicyUpdate(current, proposed, None, done=True)
             async with self._writing(key, held):
                 after, verdict, answered = await self._settlement.policy(
-                    target, key, current, proposed, caller_slice
+                    target, key, current, proposed, caller_slice, held
                 )
             if verdict is Verdict.OVERWRITTEN:
                 # Outside `_writing`: the cache keeps the read-back, the truth.
@@ -483,15 +483,18 @@ class RegistryOperations:
 
     @asynccontextmanager
     async def _writing(self, key: CacheKey, held: HeldLock) -> AsyncIterator[None]:
-        """Around the AWS write: lock ownership checked first; on failure, the key forgotten."""
+        """Around the AWS write: lock ownership checked first; on failure, the key forgotten.
+        Meanwhile a write of the resource is marked in flight (`HeldLock.writing`): the drift
+        detector skips unlocked reads of this resource, not of the registry's other one."""
         await held.ensure_owned()
-        try:
-            yield
-        except BaseException:
-            # AWS may or may not have applied it: no replica may serve the old value as
-            # current. BaseException: a cancelled (abandoned) write counts too.
-            await self._cache.invalidate(key)
-            raise
+        async with held.writing(key.resource):
+            try:
+                yield
+            except BaseException:
+                # AWS may or may not have applied it: no replica may serve the old value as
+                # current. BaseException: a cancelled (abandoned) write counts too.
+                await self._cache.invalidate(key)
+                raise
 
     async def _current_policy(self, target: Target) -> str | None:
         policy = await self._ecr.get_registry_policy(target)

@@ -11,6 +11,14 @@ the write (AWS's reads may lag its writes) is read again a few times before it c
 another writer's; one that answers neither that state nor the write's is another writer's
 at once. A read-back that fails after the write records what AWS answered the write.
 
+All of it runs under the registry's lock, and no longer than the lock stays valid: the
+read-back (retries included) must end LOCK_MARGIN_SECONDS before the lock expires
+(`HeldLock.remaining`), and the lock must still be owned (`HeldLock.owned`) before the
+write-through and the record. Otherwise (a read-back AWS answers slowly after the caller
+left, Redis lost the lock) another replica may be writing already: nothing is written
+through nor recorded (the caller's `_writing` in operations.py forgets the key), a warning
+is logged, and the caller, if still there, hears WRITE_LOCK_LOST (`locks.lock_lost`).
+
 The read-back is compared, by meaning (service/registry/read_back.py), with what the write
 wrote: when it holds, the write's version is recorded ("gateway") through the drift
 detector (service/registry/drift.py); when it does not, another writer's state stands: the
@@ -27,6 +35,8 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import enum
+import logging
+import math
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -38,6 +48,7 @@ from service.errors import DeadlineExceeded, GatewayError, WriteOverwritten
 from service.gen.v1 import registry_pb2 as pb
 from service.registry import convert, etags, read_back
 from service.state.cache import CacheKey, ReadCache
+from service.state.locks import HeldLock, lock_lost
 
 if TYPE_CHECKING:  # drift.py imports slices.py, which imports operations.py, which imports this
     from service.registry.drift import Document, DriftDetector, Observed
@@ -48,6 +59,15 @@ D = TypeVar("D")  # a document: pb.ReplicationConfiguration, or a policy's text 
 # A read-back that still answers the state before the write is read again after these many
 # seconds (1 s in all) before it counts as another writer's: AWS's reads may lag its writes.
 READ_BACK_RETRY_SECONDS = (0.1, 0.3, 0.6)
+# The read-back must end this long before the lock expires: what follows it (the ownership
+# check, the write-through, the record) is a few Redis calls.
+LOCK_MARGIN_SECONDS = 1.0
+
+log = logging.getLogger("registry_gateway.settlement")
+
+
+class _LockRunOut(Exception):
+    """The read-back would outlast the registry's lock."""
 
 
 @dataclass(frozen=True)
@@ -119,10 +139,13 @@ class WriteSettlement:
         current: pb.DescribeRegistryResponse,
         proposed: pb.ReplicationConfiguration,
         caller_slice: CallerSlice[pb.ReplicationConfiguration] | None,
+        held: HeldLock,
     ) -> tuple[pb.DescribeRegistryResponse, Verdict]:
-        """Write `proposed` over `current` (read fresh under the lock) as one unit a
-        caller's leaving does not cut: the read-back and its verdict."""
-        return await _sent(self._write_replication(target, key, current, proposed, caller_slice))
+        """Write `proposed` over `current` (read fresh under `held`, the registry's lock) as
+        one unit a caller's leaving does not cut: the read-back and its verdict."""
+        return await _sent(
+            self._write_replication(target, key, current, proposed, caller_slice, held)
+        )
 
     async def policy(
         self,
@@ -131,10 +154,11 @@ class WriteSettlement:
         current: str | None,
         proposed: str | None,
         caller_slice: CallerSlice[str | None] | None,
+        held: HeldLock,
     ) -> tuple[str | None, Verdict, str]:
         """Put `proposed` (None: delete) over `current` as one unit a caller's leaving does
         not cut: the read-back, its verdict, and what AWS answered the write."""
-        return await _sent(self._write_policy(target, key, current, proposed, caller_slice))
+        return await _sent(self._write_policy(target, key, current, proposed, caller_slice, held))
 
     async def _write_replication(
         self,
@@ -143,6 +167,7 @@ class WriteSettlement:
         current: pb.DescribeRegistryResponse,
         proposed: pb.ReplicationConfiguration,
         caller_slice: CallerSlice[pb.ReplicationConfiguration] | None,
+        held: HeldLock,
     ) -> tuple[pb.DescribeRegistryResponse, Verdict]:
         """Put, read back, write through, record: one unit (run by `_sent`)."""
         answered = await self._ecr.put_replication_configuration(
@@ -159,16 +184,25 @@ class WriteSettlement:
             )
 
         try:
-            after, judged = await _read_back(
-                lambda: self._ecr.describe_registry(target),
-                verdict,
-                unchanged=lambda after: after.etag == current.etag,
+            after, judged = await _within(
+                held,
+                _read_back(
+                    lambda: self._ecr.describe_registry(target),
+                    verdict,
+                    unchanged=lambda after: after.etag == current.etag,
+                ),
             )
+        except _LockRunOut:
+            raise _lost(target, "its read-back would outlast the lock") from None
         except Exception:
+            if not await held.owned():
+                raise _lost(target, "the lock was lost during its read-back") from None
             await self._record_answered(
                 target, key, _described(current, answered), etag_before=current.etag
             )
             raise
+        if not await held.owned():
+            raise _lost(target, "the lock was lost during its read-back")
         await self._cache.put(key, after)
 
         def expected() -> pb.DescribeRegistryResponse:
@@ -194,6 +228,7 @@ class WriteSettlement:
         current: str | None,
         proposed: str | None,
         caller_slice: CallerSlice[str | None] | None,
+        held: HeldLock,
     ) -> tuple[str | None, Verdict, str]:
         """Put (or delete), read back, write through, record: one unit (run by `_sent`)."""
         if proposed is None:
@@ -204,15 +239,26 @@ class WriteSettlement:
         form = answered if proposed is not None else None
         etag_before = etags.of_policy(current)
         try:
-            after, judged = await _read_back(
-                lambda: self._current_policy(target),
-                lambda after: _judged(read_back.policy_holds, proposed, after, form, caller_slice),
-                unchanged=lambda after: etags.of_policy(after) == etag_before,
+            after, judged = await _within(
+                held,
+                _read_back(
+                    lambda: self._current_policy(target),
+                    lambda after: _judged(
+                        read_back.policy_holds, proposed, after, form, caller_slice
+                    ),
+                    unchanged=lambda after: etags.of_policy(after) == etag_before,
+                ),
             )
+        except _LockRunOut:
+            raise _lost(target, "its read-back would outlast the lock") from None
         except Exception:
+            if not await held.owned():
+                raise _lost(target, "the lock was lost during its read-back") from None
             taken = None if proposed is None else (form or proposed)
             await self._record_answered(target, key, taken, etag_before)
             raise
+        if not await held.owned():
+            raise _lost(target, "the lock was lost during its read-back")
         await self._cache.put(
             key, None if after is None else convert.policy_response(target.registry_id, after)
         )
@@ -333,6 +379,38 @@ async def _sent(write: Coroutine[Any, Any, T]) -> T:
         await asyncio.wait([task])
         if not task.cancelled():
             task.exception()  # retrieved: the caller has left, and `_writing` forgets the key
+        raise
+
+
+def _lost(target: Target, why: str) -> GatewayError:
+    """A write sent to AWS whose settlement cannot finish under its lock: nothing is written
+    through nor recorded (the caller's `_writing` forgets the key); WRITE_LOCK_LOST."""
+    log.warning(
+        "write to registry %s in %s not recorded: %s; another writer may have written since",
+        target.registry_id,
+        target.region,
+        why,
+        extra={"tenant": target.tenant},
+    )
+    return lock_lost(target.registry_id, sent=True)
+
+
+async def _within(held: HeldLock, settling: Coroutine[Any, Any, T]) -> T:
+    """`settling`, ended LOCK_MARGIN_SECONDS before the lock expires (`_LockRunOut`)."""
+    left = held.remaining()
+    if math.isinf(left):
+        return await settling
+    left -= LOCK_MARGIN_SECONDS
+    if left <= 0:
+        settling.close()
+        raise _LockRunOut
+    bound = asyncio.timeout(left)
+    try:
+        async with bound:
+            return await settling
+    except TimeoutError:
+        if bound.expired():
+            raise _LockRunOut from None
         raise
 
 

@@ -9,6 +9,7 @@ past it after the baseline, so the skew allowance hides none of them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import threading
 import time
@@ -22,7 +23,7 @@ from moto.ecr.models import ECRBackend
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory, wait_until
-from tests.e2e.test_drift import NO_CACHE, REPLICATION, counted, events, lines
+from tests.e2e.test_drift import NO_CACHE, REPLICATION, aws_put_policy, counted, events, lines
 from tests.helpers import KEY, metadata
 from tests.moto_writes import behave_like_ecr
 from tests.slices_support import (
@@ -30,8 +31,10 @@ from tests.slices_support import (
     BILLING_KEY,
     aws_rule,
     rule,
+    seed_policy,
     seed_rules,
     shared_config,
+    statement,
     stored_rules,
 )
 
@@ -288,3 +291,157 @@ async def test_a_read_back_lagging_the_write_is_read_again_and_the_write_holds(
 
 def rule_filters(prefix: str) -> list[dict[str, str]]:
     return [{"filter": prefix, "filterType": "PREFIX_MATCH"}]
+
+
+async def test_a_tenants_replication_writes_never_hide_a_policy_change_made_around_the_gateway(
+    gateway_factory: GatewayFactory,
+    aws: str,
+    tmp_path: Path,
+    redis_url: str,
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Writes of one resource skip unlocked reads of that resource only (a write in flight,
+    `locks.writing`), not of the registry's other one: a tenant keeping its 4 replication
+    writes in flight (the lock held nearly all the time) does not hide a policy changed
+    around the gateway meanwhile (review 2)."""
+    original = ECRBackend.put_replication_configuration
+
+    def put(self: ECRBackend, replication_config: dict[str, Any]) -> Any:
+        time.sleep(0.2)  # an AWS write's ordinary latency
+        return original(self, replication_config)
+
+    monkeypatch.setattr(ECRBackend, "put_replication_configuration", put)
+    raw = config(aws, tmp_path, backend="redis", redis_url=redis_url, key_prefix=redis_prefix)
+    raw["server"]["max_writes_in_flight_per_tenant"] = 4  # the default
+    seed_policy(statement("Payments"))
+    gateway = await gateway_factory(raw)
+    stop = asyncio.Event()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+        stub = pb_grpc.RegistryConfigServiceStub(channel)
+        await stub.GetRegistryPolicy(
+            pb.GetRegistryPolicyRequest(), metadata=(*metadata(ADMIN_KEY), NO_CACHE)
+        )  # the policy's baseline
+        await asyncio.sleep(PAST_SKEW)
+
+        async def writer(i: int) -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                with contextlib.suppress(grpc.aio.AioRpcError):
+                    await stub.PutReplicationRules(
+                        pb.PutReplicationRulesRequest(rules=[rule(f"payments/w{i}-{n % 2}")]),
+                        metadata=metadata(KEY),
+                    )
+
+        writers = [asyncio.ensure_future(writer(i)) for i in range(4)]
+        try:
+            await asyncio.sleep(0.5)
+            await aws_put_policy(
+                {"Version": "2012-10-17", "Statement": [statement("Payments"), statement("Rogue")]},
+                aws,
+            )  # a change made around the gateway
+            for _ in range(20):  # fresh policy reads, as a drift check would make, over ~6 s
+                await asyncio.sleep(0.3)
+                await stub.GetRegistryPolicy(
+                    pb.GetRegistryPolicyRequest(), metadata=(*metadata(ADMIN_KEY), NO_CACHE)
+                )
+        finally:
+            stop.set()
+            await asyncio.gather(*writers)
+    found = events(tmp_path / "audit.jsonl", "out_of_band_change")
+    assert [e["resource"] for e in found] == ["policy"]  # reported once; the writes are not
+
+
+def overrun_config(aws: str, tmp_path: Path, name: str, redis_url: str, prefix: str) -> Any:
+    raw = config(aws, tmp_path, name, backend="redis", redis_url=redis_url, key_prefix=prefix)
+    # The lock expires max_deadline_seconds + 5 s after it is taken: 6 s here.
+    raw["server"].update(max_deadline_seconds=1, default_deadline_seconds=1)
+    raw["aws"]["read_timeout_seconds"] = 10  # the default in production
+    return raw
+
+
+async def test_a_settlement_never_outlives_its_lock_nor_records_a_stale_read_back(
+    gateway_factory: GatewayFactory,
+    aws: str,
+    tmp_path: Path,
+    redis_url: str,
+    redis_prefix: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Replica A's write, whose caller left, gets a read-back AWS answers slowly (7.5 s, under
+    botocore's 10 s): its settlement ends before A's Redis lock (6 s) expires, writing
+    nothing through and recording nothing, so replica B's write after the expiry is recorded
+    as the head and stays cached. A's write, unrecorded, is reported once as a change made
+    around the gateway (B's fresh read sees it); B's own write never is (review 2)."""
+    state: dict[str, Any] = {"armed": False, "slow": 0}
+    lock = threading.Lock()
+    put_original = ECRBackend.put_replication_configuration
+    describe_original = ECRBackend.describe_registry
+
+    def put(self: ECRBackend, replication_config: dict[str, Any]) -> Any:
+        taken = put_original(self, replication_config)
+        with lock:
+            if state["slow"] == 0:
+                state["armed"] = True  # only the first (replica A's) write
+        return taken
+
+    def describe(self: ECRBackend) -> Any:
+        answer = copy.deepcopy(describe_original(self))
+        with lock:
+            slow = state["armed"] and state["slow"] < 2
+            if slow:
+                state["slow"] += 1
+                if state["slow"] == 2:
+                    state["armed"] = False
+        if slow:
+            time.sleep(7.5)  # AWS answers slowly (< read_timeout 10 s): a stale snapshot
+        return answer
+
+    monkeypatch.setattr(ECRBackend, "put_replication_configuration", put)
+    monkeypatch.setattr(ECRBackend, "describe_registry", describe)
+    seed_rules(aws_rule("billing/api"))
+    a = await gateway_factory(overrun_config(aws, tmp_path, "a.jsonl", redis_url, redis_prefix))
+    b = await gateway_factory(overrun_config(aws, tmp_path, "b.jsonl", redis_url, redis_prefix))
+    async with (
+        grpc.aio.insecure_channel(f"127.0.0.1:{a.port}") as one,
+        grpc.aio.insecure_channel(f"127.0.0.1:{b.port}") as two,
+    ):
+        sa, sb = pb_grpc.RegistryConfigServiceStub(one), pb_grpc.RegistryConfigServiceStub(two)
+        await describe_registry(sb)  # the baseline
+        await asyncio.sleep(PAST_SKEW)
+        started = time.monotonic()
+        with pytest.raises(grpc.aio.AioRpcError) as left:
+            await sa.PutReplicationRules(
+                pb.PutReplicationRulesRequest(rules=[rule("payments/a")]),
+                metadata=metadata(KEY),
+                timeout=1,
+            )
+        assert left.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        await asyncio.sleep(max(0.0, 6.5 - (time.monotonic() - started)))
+        # A's settlement has ended (its audit line is written) before its lock expired.
+        assert outcomes(tmp_path / "a.jsonl") == ["CANCELLED"]
+        # Replica B: billing's write, after A's lock expired.
+        await sb.PutReplicationRules(
+            pb.PutReplicationRulesRequest(rules=[rule("billing/api"), rule("billing/new")]),
+            metadata=metadata(BILLING_KEY),
+            timeout=1,
+        )
+        await asyncio.sleep(2)  # past the slow read-back A no longer waits for
+        cached = await sb.GetReplicationRules(
+            pb.GetReplicationRulesRequest(), metadata=metadata(BILLING_KEY)
+        )
+        await asyncio.sleep(PAST_SKEW)
+        await describe_registry(sb)
+        await asyncio.sleep(10.5)  # past drift.STALE_READ_SECONDS
+        await describe_registry(sb)
+        versions = await b.history.page(REPLICATION, before_seq=None, limit=5)
+    assert rule("billing/new") in cached.rules  # B's write-through stands
+    assert (versions[0].origin, versions[0].tenant) == ("gateway", "billing")
+    assert not [v for v in versions if v.tenant == "payments"]  # A recorded nothing
+    drift = [e for name in ("a.jsonl", "b.jsonl") for e in events(tmp_path / name)]
+    assert [(e["event"], e["tenants"]) for e in drift] == [("out_of_band_change", ["payments"])]
+
+
+async def describe_registry(stub: Any) -> None:
+    await stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=(*metadata(KEY), NO_CACHE))

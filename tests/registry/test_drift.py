@@ -474,23 +474,32 @@ async def test_a_read_back_neither_before_nor_written_is_overwritten_at_once() -
 # --- the gateway's own writes, racing what observes them ----------------------------------
 
 
-async def test_a_load_while_the_write_lock_is_held_is_neither_reported_nor_recorded(
+async def test_a_load_while_a_write_of_its_resource_is_in_flight_is_neither_reported_nor_recorded(
     history: MemoryHistory, clock: Clock, seen: Recorded
 ) -> None:
     locks = RegistryLocks()
     drift = DriftDetector(history, seen, seen.count, clock, config=lambda: CONFIG, locks=locks)
     old, new = described(rule("payments/")), described(rule("orders/"))
     await drift.observe(REPLICATION, old, started=clock.now)
+    await drift.observe(POLICY_KEY, policy("Payments"), started=clock.now)
     clock.now += 100
-    async with locks.hold(ACCOUNT, REGION):
-        # A load sees a write that has reached AWS and is not recorded yet.
-        await drift.observe(REPLICATION, new, started=clock.now)
-        head = await history.head(REPLICATION)
-        assert seen.events == [] and head is not None and head.etag == old.etag
-    # With the lock free, a state nobody recorded is drift.
+    async with locks.hold(ACCOUNT, REGION) as held:
+        # The lock alone (a write not sent yet) hides nothing.
+        await drift.observe(POLICY_KEY, policy("Payments", "Rogue"), started=clock.now)
+        assert [e for e, _ in seen.events] == ["out_of_band_change"]
+        async with held.writing("registry"):
+            # A load sees a write that has reached AWS and is not recorded yet.
+            await drift.observe(REPLICATION, new, started=clock.now)
+            head = await history.head(REPLICATION)
+            assert head is not None and head.etag == old.etag
+            # The other resource's changes are not hidden by that write.
+            clock.now += 100
+            await drift.observe(POLICY_KEY, policy("Rogue"), started=clock.now)
+            assert [e for e, _ in seen.events] == ["out_of_band_change"] * 2
+    # With the write settled, a state nobody recorded is drift.
     clock.now += 100
     await drift.observe(REPLICATION, new, started=clock.now)
-    assert [e for e, _ in seen.events] == ["out_of_band_change"]
+    assert [e for e, _ in seen.events] == ["out_of_band_change"] * 3
 
 
 async def test_the_write_lock_does_not_hide_what_the_writes_own_reads_see(

@@ -304,6 +304,16 @@ class LostLocks:
     async def ensure_owned(self) -> None:
         raise Unavailable("lost", reason="WRITE_LOCK_LOST")
 
+    async def owned(self) -> bool:
+        return False
+
+    def remaining(self) -> float:
+        return 0.0
+
+    @asynccontextmanager
+    async def writing(self, resource: str) -> AsyncIterator[None]:
+        yield
+
 
 async def test_ownership_is_checked_before_the_write(domain: Domain) -> None:
     ops = RegistryOperations(domain.ecr, LostLocks(), domain.cache)
