@@ -363,16 +363,15 @@ class RegistryOperations:
         change: Callable[[pb.DescribeRegistryResponse], pb.ReplicationConfiguration],
         validate_only: bool,
         *,
-        etag_of: Callable[[pb.DescribeRegistryResponse], str] | None = None,
         caller_slice: CallerSlice[pb.ReplicationConfiguration] | None = None,
     ) -> ReplicationUpdate:
         """Read-modify-write of the replication configuration under the registry's lock.
 
         `change` sees the configuration read fresh from AWS inside the lock and answers the
         one to write, or raises (etag, quota, validation) to write nothing. With
-        validate_only nothing is written and `after` is None. `etag_of`: the caller's etag
-        of a configuration (a slice's), for WriteOverwritten to name; default: the whole's.
-        `caller_slice`: the write holds when that slice holds (a slice write).
+        validate_only nothing is written and `after` is None. `caller_slice` (a slice write):
+        the write holds when that slice holds, and WriteOverwritten names that slice's etag
+        rather than the whole's.
         """
         key = _registry_key(target)
         async with self._update(target) as (held, attempt):
@@ -389,7 +388,12 @@ class RegistryOperations:
                 )
             if verdict is Verdict.OVERWRITTEN:
                 # Outside `_writing`: the cache keeps the read-back, the truth.
-                raise overwritten(target, after.etag if etag_of is None else etag_of(after))
+                raise overwritten(
+                    target,
+                    after.etag
+                    if caller_slice is None
+                    else caller_slice.etag(after.replication_configuration),
+                )
             return ReplicationUpdate(current, proposed, after)
 
     async def update_policy(
@@ -398,15 +402,14 @@ class RegistryOperations:
         change: Callable[[str | None], str | None],
         validate_only: bool,
         *,
-        etag_of: Callable[[str | None], str] | None = None,
         caller_slice: CallerSlice[str | None] | None = None,
     ) -> PolicyUpdate:
         """Read-modify-write of the registry policy under the registry's lock.
 
         `change` sees the policy read fresh from AWS inside the lock (None: there is none)
         and answers the one to write, None to have none (DeleteRegistryPolicy, or nothing
-        when there is none already), or raises to write nothing. `etag_of` and
-        `caller_slice`: as for `update_replication`.
+        when there is none already), or raises to write nothing. `caller_slice`: as for
+        `update_replication`.
         """
         key = _policy_key(target)
         async with self._update(target) as (held, attempt):
@@ -427,7 +430,8 @@ class RegistryOperations:
             if verdict is Verdict.OVERWRITTEN:
                 # Outside `_writing`: the cache keeps the read-back, the truth.
                 raise overwritten(
-                    target, etags.of_policy(after) if etag_of is None else etag_of(after)
+                    target,
+                    etags.of_policy(after) if caller_slice is None else caller_slice.etag(after),
                 )
             return PolicyUpdate(current, proposed, after, done=True, answered=answered)
 

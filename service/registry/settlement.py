@@ -77,6 +77,7 @@ class CallerSlice(Generic[D]):
 
     part: Callable[[D], D]  # the caller's part of a document, alone
     merged: Callable[[D, D], D]  # a document with its caller's part replaced by another's
+    etag: Callable[[D], str]  # the etag of the caller's part of a document (its slice etag)
 
 
 class Verdict(enum.Enum):

@@ -100,13 +100,10 @@ class SliceOperations:
                 target,
                 merge,
                 validate_only,
-                # An overwritten write names the caller's slice's etag, not the whole's.
-                etag_of=lambda after: slices.rules_etag(
-                    owner.rules_in(after.replication_configuration)
-                ),
                 caller_slice=CallerSlice(
                     part=lambda whole: pb.ReplicationConfiguration(rules=owner.rules_in(whole)),
                     merged=lambda whole, part: owner.merge_rules(whole, list(part.rules)),
+                    etag=lambda whole: slices.rules_etag(owner.rules_in(whole)),
                 ),
             )
         return WriteResult.of(slices.put_rules_response(target, owner, update), update)
@@ -155,11 +152,11 @@ class SliceOperations:
                 target,
                 merge,
                 validate_only,
-                etag_of=lambda after: slices.statements_etag(owner.statements_in(after)),
                 caller_slice=CallerSlice(
                     # The caller's statements alone, as a policy (None: it has none).
                     part=lambda text: owner.merge_policy(None, owner.statements_in(text)),
                     merged=lambda text, part: owner.merge_policy(text, owner.statements_in(part)),
+                    etag=lambda text: slices.statements_etag(owner.statements_in(text)),
                 ),
             )
         return WriteResult.of(slices.put_statements_response(target, owner, update), update)
