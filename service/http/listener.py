@@ -7,7 +7,10 @@ callers have the grpc.aio listeners. uvicorn is the smaller and faster of the tw
 HTTP/1.1 (hypercorn adds h2, wsproto and its own task groups per connection); its server
 runs as a coroutine on the running loop, with its socket handed in (bound here, so
 `--workers` can share the port with SO_REUSEPORT, as grpcio does). It parses with h11,
-which bounds the request head (MAX_HEADER_BYTES).
+which bounds the request head (MAX_HEADER_BYTES). Its connections are a resource like any
+other (service/http/connections.py): capped per peer address and in all, timed to a whole
+head and a whole body, with requests in flight (not open sockets) counted against
+`server.max_concurrent_rpcs`, and a refusal sent before the body ends the connection.
 
 uvicorn's own SIGINT/SIGTERM handlers are not installed: `Server.serve` would otherwise
 take over those signals and stop the listener at once, bypassing the gateway's drain
@@ -44,6 +47,8 @@ from google.rpc import error_details_pb2
 from service.config import HttpConfig, ServerConfig, parse_listen
 from service.gen.v1.registry_connect import RegistryConfigServiceASGIApplication
 from service.http.codec import BinaryCodec, JsonCodec, transport_limit
+from service.http.connections import ConnectionLimits, ConnectionTable, protocol_for
+from service.http.protocol_headers import ProtocolHeaders
 from service.http.transport import EXCHANGE, ConnectPipeline, ConnectService, Exchange
 
 log = logging.getLogger("registry_gateway.server")
@@ -258,7 +263,7 @@ def build_app(
     server: ServerConfig,
     pipeline: ConnectPipeline,
     service: ConnectService,
-) -> GatewayHttpApp:
+) -> App:
     """The ASGI application the listener serves (tests may serve it themselves)."""
     # connectrpc refuses a body larger than this while reading it; each RPC's own bound is
     # then checked by the codec.
@@ -273,11 +278,16 @@ def build_app(
         compressions=(),
         codecs=[JsonCodec(server.max_message_bytes), BinaryCodec(server.max_message_bytes)],
     )
-    return GatewayHttpApp(
-        connect,
-        default_deadline_seconds=server.default_deadline_seconds,
-        max_deadline_seconds=server.max_deadline_seconds,
-        cors_allowed_origins=config.cors_allowed_origins,
+    # connectrpc refuses a bad protocol header before the pipeline sees the call: in front
+    # of everything, it is taken out and left to the pipeline to refuse, bounded and traced
+    # (service/http/protocol_headers.py).
+    return ProtocolHeaders(
+        GatewayHttpApp(
+            connect,
+            default_deadline_seconds=server.default_deadline_seconds,
+            max_deadline_seconds=server.max_deadline_seconds,
+            cors_allowed_origins=config.cors_allowed_origins,
+        )
     )
 
 
@@ -301,6 +311,19 @@ class HttpListener:
         self.port = 0
         self._uvicorn: _Server | None = None
         self._task: asyncio.Task[None] | None = None
+        self.connections = ConnectionTable(
+            ConnectionLimits(
+                max_connections=server.http_max_connections,
+                max_connections_per_address=server.http_max_connections_per_address,
+                max_requests_in_flight=server.max_concurrent_rpcs,
+                header_timeout_seconds=server.http_header_timeout_seconds,
+                body_timeout_seconds=server.http_body_timeout_seconds,
+            )
+        )
+
+    def open_connections(self) -> int:
+        """Connections open and admitted now (tests, and what a stranger holds)."""
+        return self.connections.open
 
     def bind(self, listen: str | None = None) -> socket.socket:
         """Bind the listening socket (raises OSError when the address is taken)."""
@@ -333,8 +356,9 @@ class HttpListener:
             self.app,
             lifespan="off",
             # h11, not httptools: h11 bounds a request's line and headers (below); httptools
-            # buffers headers of any size, so one connection could hold megabytes.
-            http="h11",
+            # buffers headers of any size, so one connection could hold megabytes. uvicorn's
+            # H11Protocol with the connection caps and timeouts (service/http/connections.py).
+            http=protocol_for(self.connections),
             h11_max_incomplete_event_size=MAX_HEADER_BYTES,
             loop="none",  # the gateway's running loop
             log_config=None,  # the gateway's logging, unchanged
@@ -343,7 +367,10 @@ class HttpListener:
             # address its failed authentications are counted against.
             proxy_headers=False,
             server_header=False,
-            limit_concurrency=s.max_concurrent_rpcs,
+            # Off: uvicorn counts open connections against it, so idle sockets would answer
+            # everyone 503; requests in flight are counted by the protocol instead.
+            limit_concurrency=None,
+            timeout_keep_alive=s.http_idle_timeout_seconds,
             timeout_graceful_shutdown=math.ceil(s.grace_seconds),
             ssl_certfile=tls.cert_file if tls else None,
             ssl_keyfile=tls.key_file if tls else None,
