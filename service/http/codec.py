@@ -8,6 +8,9 @@ gRPC refuses and print what the AWS CLI prints (`"rules": []`):
   and only after the caller is authenticated: connectrpc runs the pipeline's gates (a
   metadata interceptor, service/http/transport.py) before it reads the body, and calls
   `decode` after them;
+- a JSON request is parsed only when it holds no more JSON than the largest valid request
+  of its RPC (service/http/json_budget.py: tokens counted at C speed), so the Python work
+  of parsing, walking and building it is bounded by ECR's maxima, not by its bytes;
 - JSON that does not parse, nests too deeply, repeats a key, holds a field the contract
   does not define or a value of the wrong type is INVALID_ARGUMENT with one
   FieldViolation per problem, naming the field by its proto path as validation does
@@ -21,6 +24,7 @@ A decoding error is raised as the gateway's own InvalidArgument; connectrpc wrap
 
 from __future__ import annotations
 
+import functools
 import json
 from typing import Any, TypeVar, cast
 
@@ -31,6 +35,7 @@ from google.protobuf.message import DecodeError, Message
 from service import catalog
 from service.echo import echo
 from service.errors import FieldViolation, InvalidArgument
+from service.http import json_budget
 from service.rpc import wire
 from service.rpc.request_limits import max_request_bytes
 
@@ -79,6 +84,17 @@ def _too_large(rpc: str, size: int, limit: int) -> InvalidArgument:
     )
 
 
+def _too_much_json(rpc: str, limit: int) -> InvalidArgument:
+    return InvalidArgument(
+        f"the request holds more than {limit} JSON tokens (strings, braces, brackets, colons "
+        f"and commas), more than the largest valid {rpc} request under ECR's limits, so it "
+        "was not parsed",
+        reason="REQUEST_TOO_LARGE",
+        metadata={"rpc": rpc, "limitJsonTokens": str(limit)},
+        field_violations=[FieldViolation("", f"more than {limit} JSON tokens; at most {limit}")],
+    )
+
+
 def _undecodable(rpc: str, violations: list[FieldViolation]) -> InvalidArgument:
     first = violations[0]
     at = f" at {first.field}" if first.field else ""
@@ -122,6 +138,7 @@ def _kind(value: Any) -> str:
     return "an object"
 
 
+@functools.cache
 def _fields(descriptor: Descriptor) -> dict[str, FieldDescriptor]:
     # ProtoJSON accepts a field by its JSON name and by its proto name.
     by_name: dict[str, FieldDescriptor] = {}
@@ -196,6 +213,9 @@ def decode_json(data: bytes | bytearray, message_class: type[M], limit: int) -> 
     if not data.strip():
         # Connect sends an empty body for an empty message; `{}` is the same.
         return message_class()
+    tokens = json_budget.max_json_tokens(rpc)
+    if json_budget.over_budget(data, tokens):
+        raise _too_much_json(rpc, tokens)
     try:
         parsed = json.loads(data, object_pairs_hook=_object)
     except _Duplicate as exc:

@@ -46,7 +46,8 @@ from service.errors import (
 from service.gen.v1 import registry_connect
 from service.gen.v1 import registry_pb2 as pb
 from service.http.codec import transport_limit
-from service.http.errors import GRPC_CODES, to_connect_error
+from service.http.errors import GRPC_CODES, to_connect_error, unreadable_request
+from service.http.protocol_headers import REFUSAL
 from service.observability.metrics import GO_CODE_NAMES
 from service.pipeline.gates import FailedAuthentication
 from service.pipeline.pipeline import Pipeline, no_cache
@@ -83,6 +84,7 @@ class _Pending:
     own_timer: bool  # True: connectrpc enforces no deadline (or a longer one) for this call
     protocol: str  # "connect" or "grpc-web": the label of registry_gateway_http_handled_total
     ended: bool = False
+    served: bool = False  # the servicer was called: connectrpc had read the request
 
 
 _PENDING: contextvars.ContextVar[_Pending] = contextvars.ContextVar("registry_gateway_pending")
@@ -160,6 +162,11 @@ class ConnectPipeline:
                     None,  # no TLS client certificates over HTTP: mTLS stays on gRPC
                     lambda: grpc_peer(ctx.client_address),
                 )
+                # A protocol header connectrpc would have refused unseen, taken out in
+                # front of it (service/http/protocol_headers.py): refused here, traced.
+                refused = REFUSAL.get()
+                if refused is not None:
+                    raise refused
                 fresh = not is_write and no_cache(metadata)
                 await pipeline.admit(identity.tenant.name, is_write, fresh or rpc in UNCACHED_READS)
         except TimeoutError:
@@ -233,6 +240,10 @@ class ConnectPipeline:
             code = GRPC_CODES.get(error.code, grpc.StatusCode.UNKNOWN)
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 gateway = self._deadline_exceeded(pending)
+            elif not pending.served and (unread := unreadable_request(error)) is not None:
+                # A request connectrpc could not read is the caller's error, whatever code
+                # connectrpc gave it (service/http/errors.py).
+                gateway = unread
             elif code == grpc.StatusCode.RESOURCE_EXHAUSTED:
                 # connectrpc stopped reading a body past the transport's limit: the same
                 # answer as a request past its RPC's own limit, not a quota to retry after.
@@ -277,6 +288,7 @@ class ConnectService(registry_connect.RegistryConfigService):
 
     async def _serve(self, method: Any, request: Message, ctx: RequestContext[Any, Any]) -> Any:
         pending = _PENDING.get()
+        pending.served = True
         deadline = current_call().deadline if pending.own_timer else None
         try:
             async with asyncio.timeout_at(deadline):

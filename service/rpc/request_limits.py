@@ -85,3 +85,11 @@ def largest_request_bytes() -> int:
     """The bound of the RPC with the largest requests: what the transport need accept."""
     service = pb.DESCRIPTOR.services_by_name["RegistryConfigService"]
     return max(max_request_bytes(method.name) for method in service.methods)
+
+
+def max_elements(field: FieldDescriptor) -> int:
+    """The most elements the repeated `field` holds in a legitimate request (LookupError for
+    a repeated field without a bound, as for the byte bound)."""
+    if field.name not in _REPEATED:
+        raise LookupError(f"no count bound for repeated field {field.full_name}")
+    return _REPEATED[field.name]
