@@ -54,7 +54,13 @@ async def read(
 async def test_cold_storm_makes_one_aws_call(
     gateway_factory: GatewayFactory, proxy: CountingProxy
 ) -> None:
-    gateway = await gateway_factory(cached_config(proxy))
+    raw = cached_config(proxy)
+    # 500 calls of one tenant at once on one connection: past the defaults of streams per
+    # connection and calls in flight per tenant (100 each, tests/adversarial/
+    # test_grpc_streams.py), which this test of single flight is not about.
+    raw["server"] = {**raw.get("server", {}), "max_streams_per_connection": 1000}
+    raw["server"]["max_calls_in_flight_per_tenant"] = 1000
+    gateway = await gateway_factory(raw)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as ch:
         stub = pb_grpc.RegistryConfigServiceStub(ch)
         calls = [
