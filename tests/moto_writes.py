@@ -6,6 +6,8 @@ ECR API), so it is independent of any patch of the backend's behaviour underneat
 
 from __future__ import annotations
 
+import json
+import re
 from collections import Counter
 from typing import Any
 
@@ -60,6 +62,40 @@ def behave_like_ecr(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(ECRBackend, "put_replication_configuration", put_replication)
     monkeypatch.setattr(ECRBackend, "_validate_registry_policy_action", any_action)
+
+
+def store_principals_as_ecr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make moto store a registry policy as ECR does: a 12-digit account id in an `AWS`
+    principal becomes the account's root ARN, and the text comes back reformatted.
+
+    moto stores the text as sent. IAM's docs: "When you save a resource-based policy that
+    includes the shortened account ID, the service might convert it to the principal ARN"
+    (https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_principal.html#principal-accounts);
+    ECR does, and answers the policy pretty-printed.
+    """
+    original = ECRBackend.put_registry_policy
+
+    def rewritten(self: ECRBackend, policy_text: str) -> dict[str, Any]:
+        answer: dict[str, Any] = original(self, policy_text)
+        policy = json.loads(policy_text)
+        statements = policy.get("Statement", [])
+        for statement in statements if isinstance(statements, list) else [statements]:
+            for element in ("Principal", "NotPrincipal"):
+                principal = statement.get(element)
+                if isinstance(principal, dict) and "AWS" in principal:
+                    names = principal["AWS"]
+                    as_list = names if isinstance(names, list) else [names]
+                    roots = [
+                        f"arn:{self.partition}:iam::{n}:root"
+                        if isinstance(n, str) and re.fullmatch(r"\d{12}", n)
+                        else n
+                        for n in as_list
+                    ]
+                    principal["AWS"] = roots if isinstance(names, list) else roots[0]
+        self.registry_policy = json.dumps(policy, indent=2)
+        return answer
+
+    monkeypatch.setattr(ECRBackend, "put_registry_policy", rewritten)
 
 
 def configured(snapshot: dict[str, Any]) -> dict[str, Any]:

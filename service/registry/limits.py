@@ -55,7 +55,10 @@ NOTHING = Share(0, 0, 0)
 
 
 def statement_chars(statements: Sequence[Any]) -> int:
-    """The characters statements take in a merged policy (compact JSON, one comma each)."""
+    """The characters statements take in a merged policy (compact JSON, one comma each).
+
+    A share is measured on the statements as AWS stores them (service/registry/slices.py's
+    `stored_chars`): what a merge carries of a slice is AWS's form of it, not the request."""
     return sum(len(json.dumps(s, separators=(",", ":"))) + 1 for s in statements)
 
 

@@ -43,6 +43,11 @@ PRINCIPAL_KINDS = ("AWS", "Service", "Federated", "CanonicalUser")
 # IAM action names are case-insensitive and may hold the wildcards * and ?.
 _ECR_ACTION = re.compile(r"ecr:[A-Za-z*?]+", re.IGNORECASE)
 _ACCOUNT = re.compile(r"[0-9]{12}")
+# The unique id IAM shows in place of a deleted user's (AIDA) or role's (AROA) ARN: "The
+# principal ID appears because AWS can't map it back to a valid ARN"
+# (https://repost.aws/knowledge-center/iam-resource-policy-format; prefixes:
+# https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_identifiers.html#identifiers-prefixes).
+_DELETED_PRINCIPAL = re.compile(r"A(ID|RO)A[A-Z0-9]{12,}")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 # Real policies nest four or five levels (Statement[].Condition.Operator.Key[]).
 _MAX_DEPTH = 32
@@ -272,7 +277,14 @@ def _check_principal(value: Any, path: str, out: _Out) -> None:
             out.add(here, f"is not a principal type; use {', '.join(PRINCIPAL_KINDS)}")
             continue
         for item_path, name in _strings(names, here, out):
-            if kind == "AWS" and not (
+            if kind == "AWS" and _DELETED_PRINCIPAL.fullmatch(name):
+                out.add(
+                    item_path,
+                    f"{show(name)} is the unique id IAM shows for a deleted user or role (it "
+                    f"can no longer be mapped to an ARN); remove it or name an existing "
+                    f"principal's ARN",
+                )
+            elif kind == "AWS" and not (
                 name == "*" or _ACCOUNT.fullmatch(name) or name.startswith("arn:")
             ):
                 out.add(
@@ -280,6 +292,39 @@ def _check_principal(value: Any, path: str, out: _Out) -> None:
                 )
             elif not name or name != name.strip():
                 out.add(item_path, f"must be a name without surrounding spaces, got {show(name)}")
+
+
+def stored_form(statement: Any, partition: str) -> Any:
+    """A statement as ECR stores it and answers it back: a 12-digit account id in an `AWS`
+    principal (of Principal or NotPrincipal) becomes the account's root ARN, which is longer.
+
+    "When you save a resource-based policy that includes the shortened account ID, the
+    service might convert it to the principal ARN" (IAM User Guide, AWS JSON policy elements:
+    Principal, https://docs.aws.amazon.com/IAM/latest/UserGuide/reference_policies_elements_principal.html#principal-accounts);
+    ECR does. Every other part is kept as given (ECR's reformatting of whitespace does not
+    survive the gateway's compact merge). `partition`: of the registry's region (`aws`,
+    `aws-cn`, ...). Anything not shaped like a statement is returned as it is.
+    """
+    if not isinstance(statement, dict):
+        return statement
+    stored = dict(statement)
+    for element in ("Principal", "NotPrincipal"):
+        principal = stored.get(element)
+        if isinstance(principal, dict) and "AWS" in principal:
+            names = principal["AWS"]
+            rewritten = (
+                [_root_arn(name, partition) for name in names]
+                if isinstance(names, list)
+                else _root_arn(names, partition)
+            )
+            stored[element] = {**principal, "AWS": rewritten}
+    return stored
+
+
+def _root_arn(name: Any, partition: str) -> Any:
+    if isinstance(name, str) and _ACCOUNT.fullmatch(name):
+        return f"arn:{partition}:iam::{name}:root"
+    return name
 
 
 def _check_condition(value: Any, path: str, out: _Out) -> None:

@@ -19,17 +19,29 @@ Isolation: one tenant's part never decides another's write, nor shows in its ans
 The caller's rules and statements are judged alone (grammar, ownership, confinement to its
 repositories, its guardrails, its share of ECR's limits in service/registry/limits.py) before
 the merge; the merged whole is judged only for what no single part decides (ECR's own
-limits, the document's validity), and a failure there names counts, never content. Plans
-and responses show the caller's slice only.
+limits; for rules, the configuration's validity), and a failure there names counts, never
+content. Plans and responses show the caller's slice only.
+
+Other tenants' statements are carried as AWS stores them and never judged again by the
+gateway's grammar: AWS rewrites what it stores (a deleted role's ARN becomes its unique id,
+`AROA...`), and a rule the owner can no longer meet must not lock everyone else out. AWS,
+which took them, judges the merged document; its refusal is answered without its text.
+A share counts a tenant's statements as AWS will store them (account ids as root ARNs,
+service/registry/policy_grammar.py's `stored_form`): that form, not what was sent, is what
+every later merge carries, so counting the request would let one slice grow into another's.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+
+import botocore.exceptions
+import botocore.session
 
 from service.auth.targets import Target, denied
 from service.errors import (
@@ -294,17 +306,40 @@ def check_registry_rules(
         )
 
 
+def stored_chars(target: Target, statements: Sequence[Any]) -> int:
+    """The characters `statements` take in the registry's policy once AWS has stored them
+    (service/registry/policy_grammar.py's `stored_form`: account ids as root ARNs), as compact
+    JSON with one comma each: what every later merge carries of them."""
+    partition = _partition(target.region)
+    return statement_chars([policy_grammar.stored_form(s, partition) for s in statements])
+
+
+@functools.cache
+def _partition(region: str) -> str:
+    # The partition of the region's ARNs (aws, aws-cn, aws-us-gov: the root ARN's length
+    # depends on it); a region botocore does not know (a private partition) gets "aws", as
+    # service/auth/content.py names repositories.
+    try:
+        partition: str = botocore.session.get_session().get_partition_for_region(region)
+    except botocore.exceptions.BotoCoreError:  # UnknownRegionError
+        return "aws"
+    return partition
+
+
 def check_statement_share(target: Target, mine: Sequence[Any]) -> None:
-    """FailedPrecondition with a QuotaFailure when the caller's statements pass its share of
-    the policy's characters (judged on its statements alone)."""
-    chars, share, where = statement_chars(mine), target.share.policy_chars, _where(target)
+    """FailedPrecondition with a QuotaFailure when the caller's statements, as AWS will store
+    them, pass its share of the policy's characters (judged on its statements alone)."""
+    chars, share, where = stored_chars(target, mine), target.share.policy_chars, _where(target)
     if chars <= share:
         return
+    sent = statement_chars(mine)
     violation = QuotaViolation(
         f"tenant {target.tenant} on {where}: registry policy characters",
         f"the share of tenant {target.tenant} is {share} of the {MAX_POLICY_CHARS} characters "
-        f"of the registry policy; its statements would take {chars} (as compact JSON, one "
-        f"comma each)",
+        f"of the registry policy; its statements would take {chars} as AWS stores them "
+        f"(compact JSON, one comma each, account ids as root ARNs"
+        + (f"; {sent} as sent" if sent != chars else "")
+        + ")",
     )
     raise _quota_error(
         target,
@@ -325,14 +360,16 @@ def check_policy_size(target: Target, merged: str, mine: Sequence[Any]) -> None:
         f"{where}: registry policy characters",
         f"at most {MAX_POLICY_CHARS} characters per registry policy; the merged policy would "
         f"hold {len(merged)}, {statement_chars(mine)} of them for the statements of tenant "
-        f"{target.tenant} (within its share of {target.share.policy_chars})",
+        f"{target.tenant} ({stored_chars(target, mine)} as AWS stores them, within its share "
+        f"of {target.share.policy_chars})",
     )
     raise _quota_error(
         target,
         "POLICY_QUOTA_EXCEEDED",
         f"the registry policy of {where} has no room for the statements of tenant "
-        f"{target.tenant}, although they keep to its share: {violation.description}; "
-        f"statements outside the slices fill it, ask the registry's administrators",
+        f"{target.tenant}, although they keep to its share: {violation.description}; the "
+        f"rest fills it (statements outside the slices, or a slice holding more than its "
+        f"share, written outside the gateway), ask the registry's administrators",
         [violation],
     )
 
@@ -341,15 +378,16 @@ def check_statement_grammar(target: Target, statements_json: str, count: int) ->
     """InvalidArgument listing how the caller's statements break the policy grammar (under
     the registry's policy scope), with paths into `statements_json`.
 
-    Checked on the caller's statements alone, before the merge: the merged document is then
-    judged only for what no single statement decides.
+    Checked on the caller's statements alone, before the merge; the others' statements are
+    never judged again (carried as AWS stores them), the merged document only for its size.
     """
     if not count:
         return  # "[]": nothing to judge (a policy of no statements is no policy)
     # The text as sent, inside a policy: the strict reading (duplicate keys) sees the bytes.
     text = f'{{"Version":"{POLICY_VERSION}","Statement":{statements_json}}}'
-    # `auto` (ECR's setting, known only to the validator): V2 here; the merged document is
-    # then checked by the validator under the scope ECR answered (service/aws/account_settings.py).
+    # `auto` (ECR's setting, known only to the validator): V2 here; under a V1 that ECR
+    # answered, the request's validation judges the same statements under V1
+    # (service/registry/validation.py, service/aws/account_settings.py).
     scope: policy_grammar.PolicyScope = "V1" if target.registry.policy_scope == "V1" else "V2"
     found = policy_grammar.check_policy(text, scope, "statements_json")
     if not found:

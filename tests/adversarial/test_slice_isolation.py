@@ -322,23 +322,38 @@ async def test_out_of_band_statements_of_others_never_block_a_slice_write(
     assert stored_sids() == [BILLING_SID, "BillingSecretDeny", "PaymentsPull"]
 
 
-async def test_an_invalid_statement_of_another_tenant_fails_without_its_content(
-    stub: Any, writes: MotoWrites, aws_state: Callable[[], dict[str, Any]]
+async def test_an_invalid_statement_of_another_tenant_is_aws_to_judge_and_never_quoted(
+    stub: Any,
+    writes: MotoWrites,
+    monkeypatch: pytest.MonkeyPatch,
+    aws_state: Callable[[], dict[str, Any]],
 ) -> None:
-    seed_policy(billing_statement() | {"Action": "s3:GetObject"})  # not a registry action
+    # Others' statements are carried as AWS stores them, never judged again by the gateway
+    # (issue 21, finding 6: a rule they cannot meet now must lock no one else out): AWS, which
+    # took them, judges the merged whole, and its refusal never quotes it.
+    theirs = billing_statement() | {"Action": "s3:GetObject"}  # not a registry action
+    seed_policy(theirs)
     before = aws_state()
-    for statements in ([own()], []):
-        error = await refused(stub.PutPolicyStatements(put(statements), metadata=metadata(KEY)))
-        details = rich_error(error)
-        assert (details.code, details.info.reason) == (
-            grpc.StatusCode.FAILED_PRECONDITION,
-            "POLICY_NOT_MERGEABLE",
-        )
-        assert details.info.metadata["violations"] == "1"
-        assert "s3:GetObject" not in details.message
-        assert leaked(error) == []
+    takes = ECRBackend.put_registry_policy
+
+    def refuse(self: ECRBackend, policy_text: str) -> None:
+        raise InvalidParameterException(f"bad policy: {policy_text}")
+
+    monkeypatch.setattr(ECRBackend, "put_registry_policy", refuse)
+    error = await refused(stub.PutPolicyStatements(put([own()]), metadata=metadata(KEY)))
+    details = rich_error(error)
+    assert (details.code, details.info.reason) == (
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "AWS_INVALID_PARAMETER",
+    )
+    assert "s3:GetObject" not in details.message
+    assert leaked(error) == []
     assert aws_state() == before
-    assert writes.total == 0
+    # Where AWS takes it, payments' write goes through beside it, billing's part untouched.
+    monkeypatch.setattr(ECRBackend, "put_registry_policy", takes)
+    await stub.PutPolicyStatements(put([own()]), metadata=metadata(KEY))
+    assert billing_slice()[1] == [theirs]
+    assert stored_sids() == [BILLING_SID, "PaymentsPull"]
 
 
 async def test_an_invalid_rule_of_another_tenant_fails_without_its_content(
