@@ -45,10 +45,15 @@ class Call:
     where: dict[str, str] = field(default_factory=dict)
     cache_result: list[str] = field(default_factory=list)
 
-    def cache_outcome(self, outcome: str) -> None:
-        """Tell the caller how its read was served: `x-cache: hit|miss|stale`."""
-        self.trailers.append((CACHE_OUTCOME_KEY, outcome))
-        self.cache_result.append(outcome)
+    def cache_outcome(self, outcome: str | None, *, told: str | None = None) -> None:
+        """Tell the caller how its read was served: `x-cache: hit|miss|stale`; `told`
+        instead when the caller may not learn `outcome` (a slice read: it follows other
+        tenants' writes). The access log keeps `outcome` (None: not served by the cache)."""
+        shown = told or outcome
+        if shown is not None:
+            self.trailers.append((CACHE_OUTCOME_KEY, shown))
+        if outcome is not None:
+            self.cache_result.append(outcome)
 
     @property
     def tenant(self) -> TenantConfig:

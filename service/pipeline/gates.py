@@ -3,10 +3,19 @@
 Plain callables built once at startup from the config; a transport calls them in order
 with what it read off the request (metadata, the TLS peer's auth context, the peer's
 address). Each either lets the call through or raises the GatewayError to answer.
+
+The upstream budget (calls past the cache) is not spent at the gate: a write or a `no-cache`
+read may still be refused by the gateway itself (authorization, validation, content rules,
+a slice's ownership or share) before it reaches AWS, and such a call must not spend a
+budget named for the calls that reach AWS. `Admit` hands the call an `UpstreamPass` (made
+current for its task, as `service/call.py` makes the call current); the servicer spends it,
+once, with `past_the_cache()` at the moment the call leaves the gateway for AWS (or for the
+history store), and only then can the call be refused UPSTREAM_BUDGET_EXHAUSTED.
 """
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -61,18 +70,56 @@ class Authenticate:
             raise FailedAuthentication(verdict.refuse or exc, verdict.log) from None
 
 
+class UpstreamPass:
+    """A call's right to go past the cache, spent on its tenant's budget at most once."""
+
+    __slots__ = ("_budget", "_spent", "_tenant")
+
+    def __init__(self, budget: UpstreamBudget, tenant: str) -> None:
+        self._budget = budget
+        self._tenant = tenant
+        self._spent = False
+
+    async def spend(self) -> None:
+        """Take one call from the tenant's budget (the first time only), or raise
+        ResourceExhausted (UPSTREAM_BUDGET_EXHAUSTED)."""
+        if self._spent:
+            return
+        self._spent = True
+        await self._budget.acquire(self._tenant)
+
+
+# The pass of the call this task serves; None: a call that goes past the cache for free
+# (a cached read's load belongs to no caller) or that no gate admitted (unit tests).
+_PASS: contextvars.ContextVar[UpstreamPass | None] = contextvars.ContextVar(
+    "registry_gateway_upstream_pass", default=None
+)
+
+
+async def past_the_cache() -> None:
+    """The current call is about to reach AWS (or the history store): spend its pass.
+
+    ResourceExhausted (UPSTREAM_BUDGET_EXHAUSTED) when its tenant's budget is spent; nothing
+    when the call holds no pass (a cached read, or a call outside the pipeline)."""
+    upstream = _PASS.get()
+    if upstream is not None:
+        await upstream.spend()
+
+
 class Admit:
-    """May this tenant make this call now: its rate limit (when configured), and its budget
-    of calls past the cache (writes and `no-cache` reads, always on)."""
+    """May this tenant make this call now: its rate limit (when configured); and a pass on
+    its budget of calls past the cache (writes, `no-cache` reads and history reads, always
+    on), spent only once the call goes past the cache (`past_the_cache`)."""
 
     def __init__(self, rate_limiter: RateLimiter | None, budget: UpstreamBudget | None) -> None:
         self._rate_limiter = rate_limiter
         self._budget = budget
 
     async def __call__(self, tenant: str, is_write: bool, no_cache: bool) -> None:
-        """Return when admitted; raise ResourceExhausted when not."""
+        """Return when admitted; raise ResourceExhausted when not. Makes the call's
+        `UpstreamPass` current for this task (the transport runs the servicer in it)."""
         if self._rate_limiter is not None:
             kind: RateKind = "write" if is_write else "read"
             await self._rate_limiter.acquire(tenant, kind)
-        if (is_write or no_cache) and self._budget is not None:
-            await self._budget.acquire(tenant)
+        budget = self._budget if is_write or no_cache else None
+        _PASS.set(None if budget is None else UpstreamPass(budget, tenant))

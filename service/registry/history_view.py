@@ -16,8 +16,11 @@ writes, changes made around it); this module only reads them, newest first:
   caller itself did. Versions in which only other tenants' parts changed are not listed at
   all, so their timing and number (how often another tenant writes) do not show.
 
-A version kept without its document (larger than `history.max_bytes`) is marked
-`document_omitted`: the full view shows its etag, the slice view no slice and no etag.
+A version kept without its document (larger than `history.max_bytes`, or some of its pieces
+given up to stay within it: service/state/history.py) is marked `document_omitted`: the full
+view shows its etag, the slice view no slice and no etag, unless every piece it lacks is
+another tenant's own (introduced by that tenant's slice write): then the caller's slice is
+whole in it and shown as in any other version.
 
 Page tokens are opaque to callers: the urlsafe base64 of a format byte, a position, and a
 digest binding them to (registry, region, resource). In the full view the position is the
@@ -31,10 +34,12 @@ not what keeps one history from another (the key read is always the one the call
 authorized for; a token only carries a position in it): it makes a token of another
 history, or a made-up one, INVALID_ARGUMENT rather than a silently odd page.
 
-Bounded work: a slice page reads the whole history (at most `history.max_versions`, at most
-1000, versions of at most `history.max_bytes`, at most 8 MiB: service/config.py) and slices
-each version once: a bounded scan per page, the price of showing nothing of the versions
-that are not listed (filtering needs each version's next older one).
+Bounded work: a slice page reads the whole history as stored (`HistoryStore.scan`: each
+version's header and the pieces of the documents, each piece once; at most
+`history.max_bytes`, at most 8 MiB: service/config.py) and judges each piece once, each
+version by the digests of its pieces: a bounded scan per page, the price of showing nothing
+of the versions that are not listed (filtering needs each version's next older one). Only
+the listed versions of the page are built.
 
 Bounded output: at most MAX_PAGE_SIZE versions, and at most `page_bytes` of them (a whole
 replication configuration may be ~340 KB, so 50 of them would pass grpc's 4 MiB send limit):
@@ -51,19 +56,19 @@ import json
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from google.protobuf.message import DecodeError
 
 from service.auth.history import HistoryResource, View
 from service.auth.targets import Target
-from service.config import HISTORY_MAX_VERSIONS
 from service.errors import FailedPrecondition, FieldViolation, InvalidArgument
 from service.gen.v1 import registry_pb2 as pb
 from service.registry import slices
 from service.registry.validation import MAX_VIOLATIONS
 from service.registry.validation import REASON as INVALID_REQUEST
 from service.state.cache.base import CacheKey
-from service.state.history import HistoryStore, Origin, Version
+from service.state.history import SLICE, HistoryStore, Origin, Piece, Version
 
 RPC = "GetConfigurationHistory"
 MAX_PAGE_SIZE = 50
@@ -277,36 +282,111 @@ def full_version(version: Version, resource: HistoryResource) -> pb.Configuratio
     return shown
 
 
+# The caller's part of a version: its rules (pb.ReplicationRule) or statements (JSON values),
+# and the digests of the pieces they came from; None when it cannot be told.
+_Mine = tuple[list[Any], tuple[str, ...]] | None
+
+
+class _Slicer:
+    """The caller's slice of versions stored as pieces (service/state/history.py), each
+    piece judged once a page: a piece is shared by every version that holds it."""
+
+    def __init__(self, resource: HistoryResource, owner: slices.Ownership) -> None:
+        self.resource = resource
+        self._owner = owner
+        self._owned: dict[str, list[Any] | None] = {}
+        self._etags: dict[tuple[str, ...], str] = {}
+
+    def mine(self, version: Version) -> _Mine:
+        """The caller's part of `version`; None when it cannot be told: a piece it lacks
+        may have been the caller's, or a document that is not one the caller's slice can
+        be read from (written around the gateway)."""
+        found: list[Any] = []
+        digests: list[str] = []
+        for piece in version.pieces or ():
+            if piece.kind == "text":
+                continue
+            if piece.data is None:
+                if piece.kind == "element" and self._anothers(piece):
+                    continue
+                return None
+            owned = self._owned.get(piece.digest)
+            if piece.digest not in self._owned:
+                owned = self._owned[piece.digest] = self._judge(piece)
+            if owned is None:
+                return None
+            if owned:
+                found.extend(owned)
+                digests.append(piece.digest)
+        return found, tuple(digests)
+
+    def etag(self, mine: tuple[list[Any], tuple[str, ...]]) -> str:
+        """The etag of the caller's slice (what its slice read answered then)."""
+        items, digests = mine
+        etag = self._etags.get(digests)
+        if etag is None:
+            etag = self._etags[digests] = (
+                slices.rules_etag(items)
+                if self.resource == "registry"
+                else slices.statements_etag(items)
+            )
+        return etag
+
+    def _anothers(self, piece: Piece) -> bool:
+        """A piece another tenant's slice write introduced: its own part, never the
+        caller's (an owned rule or statement names its owner's prefix)."""
+        by = piece.introduced_by
+        return by.startswith(SLICE) and by[len(SLICE) :] != self._owner.tenant
+
+    def _judge(self, piece: Piece) -> list[Any] | None:
+        """The caller's rules or statements in one piece; None when it cannot be read."""
+        data = piece.data or b""
+        if self.resource == "registry":
+            try:
+                configuration = pb.ReplicationConfiguration.FromString(data)
+            except DecodeError:
+                return None  # not ours to fail a page over: the etag still says which state
+            return self._owner.rules_in(configuration)
+        text = data.decode("utf-8", "replace")
+        if piece.kind == "element":
+            try:
+                statement = json.loads(text)
+            except ValueError:
+                return None
+            return [statement] if self._owner.owns_statement(statement) else []
+        try:
+            return self._owner.statements_in(text or None)
+        except (FailedPrecondition, TypeError):
+            # A policy that is not a JSON object (POLICY_NOT_MERGEABLE), or whose Statement
+            # is neither a list nor an object: written around the gateway. Nobody's slice
+            # can be told in it; the full view shows it to the administrators.
+            return None
+
+
+def _state(slicer: _Slicer, version: Version, mine: _Mine) -> tuple[str, bool]:
+    """What a slice view knows of the caller's slice in a version: its etag ("" when it
+    cannot be told), and whether it was not told because the document is not whole."""
+    if mine is None:
+        return "", version.document_omitted
+    return slicer.etag(mine), False
+
+
 def slice_version(
-    version: Version, resource: HistoryResource, target: Target, owner: slices.Ownership
+    version: Version, target: Target, slicer: _Slicer, mine: _Mine
 ) -> pb.ConfigurationVersion:
     """The caller's slice of a version, its etag, and its author only when the caller wrote
-    it. A version whose document was not kept (or cannot be read) shows no slice and no
-    etag: which part was the caller's is not known."""
+    it. A version in which the caller's slice cannot be told (a piece it lacks may have been
+    the caller's, or the document cannot be read) shows no slice and no etag."""
     shown = _common(version, with_author=version.tenant == target.tenant)
-    if version.document_omitted:
-        shown.document_omitted = True
+    if mine is None:
+        shown.document_omitted = version.document_omitted
         return shown
-    if resource == "registry":
-        configuration = _configuration(version)
-        if configuration is None:
-            return shown
-        mine = owner.rules_in(configuration)
-        shown.replication_configuration.rules.extend(mine)
-        shown.etag = slices.rules_etag(mine)
-        return shown
-    text = _policy(version)
-    if text is None:
-        return shown
-    try:
-        statements = owner.statements_in(text or None)
-    except (FailedPrecondition, TypeError):
-        # A policy that is not a JSON object (POLICY_NOT_MERGEABLE), or whose Statement is
-        # neither a list nor an object: written around the gateway. Nobody's slice can be
-        # told in it; the full view shows it to the administrators.
-        return shown
-    shown.statements_json = json.dumps(statements)
-    shown.etag = slices.statements_etag(statements)
+    items, _ = mine
+    if slicer.resource == "registry":
+        shown.replication_configuration.rules.extend(items)
+    else:
+        shown.statements_json = json.dumps(items)
+    shown.etag = slicer.etag(mine)
     return shown
 
 
@@ -322,12 +402,6 @@ def _beginning(shown: pb.ConfigurationVersion) -> pb.ConfigurationVersion:
     begins.origin = pb.CHANGE_ORIGIN_BASELINE
     begins.tenant = begins.identity = begins.rpc = ""
     return begins
-
-
-def _slice_state(shown: pb.ConfigurationVersion) -> tuple[str, bool]:
-    """What a slice view knows of the caller's slice in a version: its etag ("" when it
-    cannot be told), and whether the document was kept at all."""
-    return shown.etag, shown.document_omitted
 
 
 class HistoryView:
@@ -367,23 +441,25 @@ class HistoryView:
     async def _slice_page(
         self, target: Target, query: HistoryQuery, response: pb.GetConfigurationHistoryResponse
     ) -> None:
-        # The whole history (bounded: service/config.py): whether a version is listed
+        # The whole history (bounded: service/state/history.py): whether a version is listed
         # depends on the next older one, and the position counts listed versions only.
-        versions = await self._store.page(query.key, before_seq=None, limit=HISTORY_MAX_VERSIONS)
-        owner = slices.Ownership.of(target)
-        shown = [slice_version(v, query.resource, target, owner) for v in versions]
+        versions = await self._store.scan(query.key)
+        slicer = _Slicer(query.resource, slices.Ownership.of(target))
+        mine = [slicer.mine(v) for v in versions]
+        states = [_state(slicer, v, m) for v, m in zip(versions, mine, strict=True)]
         # Newest first: a version is listed when the caller's slice in it differs from the
         # next older one's; the oldest kept is listed as where the history begins.
         listed = [
-            version
-            for i, version in enumerate(shown)
-            if i == len(shown) - 1 or _slice_state(version) != _slice_state(shown[i + 1])
+            i for i in range(len(versions)) if i == len(versions) - 1 or states[i] != states[i + 1]
         ]
-        if listed:
-            listed[-1] = _beginning(listed[-1])
         start = query.position or 0
         remaining = listed[start:]
-        taken = self._fill(response, remaining[: query.limit])
+
+        def shown(i: int) -> pb.ConfigurationVersion:
+            version = slice_version(versions[i], target, slicer, mine[i])
+            return _beginning(version) if i == len(versions) - 1 else version
+
+        taken = self._fill(response, (shown(i) for i in remaining[: query.limit]))
         if taken < len(remaining):
             response.next_page_token = page_token(query.key, start + taken)
 

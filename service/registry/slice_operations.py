@@ -15,11 +15,21 @@ would also tell it that another part changed).
 
 Like RegistryOperations, these return what happened (`Read`, `WriteResult`): the servicer
 records it.
+
+A slice read is served from the registry's one cache entry, which every tenant's write
+refreshes (write-through) or forgets (a failed write): whether that entry is fresh, and
+since when, follows other tenants' writes. So a slice reader is told a cache outcome its own
+request decides (`told_cache_outcome`): `miss` for its `no-cache` reads, `hit` otherwise
+(`stale` while AWS is unavailable). Its answer and its etag are its slice's alone, so the
+HTTP `ETag` and `304 Not Modified` (service/http/) follow only its own slice too.
+
+A slice write spends its tenant's budget of calls past the cache (`past_the_cache`) only
+once its own checks have passed, just before it reaches AWS.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 from service.auth.content import ContentRules
 from service.auth.targets import Target
@@ -29,20 +39,46 @@ from service.registry import slices
 from service.registry.operations import Read, RegistryOperations, WriteResult, check_etag
 from service.registry.settlement import CallerSlice
 from service.registry.validation import RequestValidator
+from service.state.cache import Outcome
 
 PUT_RULES = "PutReplicationRules"
 PUT_STATEMENTS = "PutPolicyStatements"
+
+
+def told_cache_outcome(outcome: Outcome | None, fresh: bool) -> Outcome:
+    """The `x-cache` a slice reader is told: what its own request decides, never what the
+    shared entry's age (reset by every tenant's write, forgotten by a failed one) decides.
+
+    `miss` for a `no-cache` read (it went to AWS because the caller asked); `hit` for any
+    other (its answer is at most the cache's TTL old, which is what `hit` promises, whether
+    this read loaded the entry or found it); `stale` in both cases when AWS was unavailable
+    and the answer is older than that: staleness is the caller's to know."""
+    if outcome == "stale":
+        return "stale"
+    return "miss" if fresh else "hit"
+
+
+async def _nothing_to_spend() -> None:
+    return None
 
 
 class SliceOperations:
     """GetReplicationRules, PutReplicationRules, GetPolicyStatements, PutPolicyStatements."""
 
     def __init__(
-        self, operations: RegistryOperations, content: ContentRules, validator: RequestValidator
+        self,
+        operations: RegistryOperations,
+        content: ContentRules,
+        validator: RequestValidator,
+        *,
+        past_the_cache: Callable[[], Awaitable[None]] = _nothing_to_spend,
     ) -> None:
         self._ops = operations
         self._content = content
         self._validator = validator
+        # Awaited once a write's own checks have passed, just before it reaches AWS: the
+        # caller's upstream budget (service/pipeline/gates.py); it may refuse the write.
+        self._past_the_cache = past_the_cache
 
     async def get_rules(
         self, target: Target, *, fresh: bool = False
@@ -77,6 +113,7 @@ class SliceOperations:
         )
         mine = list(rules)
         slices.check_rule_share(target, mine)
+        await self._past_the_cache()
 
         def merge(current: pb.DescribeRegistryResponse) -> pb.ReplicationConfiguration:
             # Runs under the registry's lock, on the configuration read fresh from AWS.
@@ -126,6 +163,7 @@ class SliceOperations:
         # against theirs when they wrote them, and must never decide this write.
         self._content.check_slice_statements(target, guardrails, mine, rpc=PUT_STATEMENTS)
         slices.check_statement_share(target, mine)
+        await self._past_the_cache()
 
         def merge(current: str | None) -> str | None:
             # Runs under the registry's lock, on the policy read fresh from AWS.
@@ -135,16 +173,9 @@ class SliceOperations:
             )
             merged = owner.merge_policy(current, mine)
             if merged is not None:
-                # Only what no single statement decides: the size, and the document's validity.
+                # Only what no single statement decides: the size. The others' statements are
+                # carried as AWS stores them, never judged again (service/registry/slices.py).
                 slices.check_policy_size(target, merged, mine)
-                slices.merged_must_validate(
-                    target,
-                    "registry policy",
-                    "POLICY_NOT_MERGEABLE",
-                    lambda: self._validator.check(
-                        pb.PutRegistryPolicyRequest(policy_text=merged), target
-                    ),
-                )
             return merged
 
         with slices.aws_refusals_withheld(target):

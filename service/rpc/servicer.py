@@ -3,7 +3,10 @@
 The pipeline (service/rpc/interceptor.py) has already authenticated the caller, admitted
 the call and set the deadline; each method reads like the call path of
 docs/architecture.md: authorize the target, validate the request, apply the content rules,
-then read or write, and record what the domain returned.
+then read or write, and record what the domain returned. A call that goes past the cache (a
+write, a `no-cache` read, a history read) spends its tenant's upstream budget only once
+those checks have passed (`past_the_cache`, service/pipeline/gates.py): a call the gateway
+refuses itself never reached AWS.
 """
 
 from __future__ import annotations
@@ -21,9 +24,10 @@ from service.errors import GatewayError
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.observability.audit import WriteRecord, policy_digest
+from service.pipeline.gates import past_the_cache
 from service.registry.history_view import HistoryView, parse_query
 from service.registry.operations import Read, RegistryOperations, WriteResult, etag_read_before
-from service.registry.slice_operations import SliceOperations
+from service.registry.slice_operations import SliceOperations, told_cache_outcome
 from service.registry.validation import RequestValidator
 from service.state.history import HistoryStore
 
@@ -60,7 +64,9 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         self._history = HistoryView(history)
         # Default: the installed AWS model and botocore's known regions.
         self._validator = validator if validator is not None else RequestValidator()
-        self._slices = SliceOperations(operations, content, self._validator)
+        self._slices = SliceOperations(
+            operations, content, self._validator, past_the_cache=past_the_cache
+        )
 
     @staticmethod
     def _target(call: Call, registry_id: str, region: str) -> Target:
@@ -86,10 +92,13 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         record.registry_id, record.region = target.registry_id, target.region
         return target, record
 
-    def _read_request(self, call: Call, request: _Request) -> Target:
-        """The target of a read, authorized, and the request validated."""
+    async def _read_request(self, call: Call, request: _Request) -> Target:
+        """The target of a read, authorized, and the request validated; a `no-cache` read
+        then spends its pass past the cache."""
         target = self._target(call, request.registry_id, request.region)
         self._validator.check(request, target)
+        if call.no_cache:
+            await past_the_cache()
         return target
 
     def _write_request(
@@ -113,6 +122,15 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         return read.answer()
 
     @staticmethod
+    def _served_slice(call: Call, read: Read[T]) -> T:
+        """A slice read: the caller is told the cache outcome its own request decides
+        (`told_cache_outcome`), never one another tenant's writes decide; the access log
+        keeps how the cache really served it."""
+        told = told_cache_outcome(read.cache_outcome, call.no_cache)
+        call.cache_outcome(read.cache_outcome, told=told)
+        return read.answer()
+
+    @staticmethod
     async def _written(record: WriteRecord, write: Awaitable[WriteResult[T]]) -> T:
         """Run a write; record the etags around it for the audit line (a failed write's,
         the one it had read); answer its response."""
@@ -128,14 +146,14 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         self, request: pb.DescribeRegistryRequest, context: Context
     ) -> pb.DescribeRegistryResponse:
         call = current_call()
-        target = self._read_request(call, request)
+        target = await self._read_request(call, request)
         return self._served(call, await self._ops.describe_registry(target, fresh=call.no_cache))
 
     async def GetRegistryPolicy(
         self, request: pb.GetRegistryPolicyRequest, context: Context
     ) -> pb.GetRegistryPolicyResponse:
         call = current_call()
-        target = self._read_request(call, request)
+        target = await self._read_request(call, request)
         return self._served(call, await self._ops.get_registry_policy(target, fresh=call.no_cache))
 
     async def PutRegistryPolicy(
@@ -144,6 +162,7 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         call = current_call()
         target, record = self._write_request(call, request, request.policy_text)
         self._content.check_policy(target, call.tenant.policy_guardrails, request.policy_text)
+        await past_the_cache()
         write = self._ops.put_registry_policy(
             target, request.policy_text, request.etag, request.validate_only
         )
@@ -153,6 +172,7 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         self, request: pb.DeleteRegistryPolicyRequest, context: Context
     ) -> pb.DeleteRegistryPolicyResponse:
         target, record = self._write_request(current_call(), request)
+        await past_the_cache()
         write = self._ops.delete_registry_policy(target, request.etag, request.validate_only)
         return await self._written(record, write)
 
@@ -161,6 +181,7 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
     ) -> pb.PutReplicationConfigurationResponse:
         target, record = self._write_request(current_call(), request)
         self._content.check_destinations(target, request.replication_configuration)
+        await past_the_cache()
         write = self._ops.put_replication_configuration(
             target, request.replication_configuration, request.etag, request.validate_only
         )
@@ -172,8 +193,8 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         self, request: pb.GetReplicationRulesRequest, context: Context
     ) -> pb.GetReplicationRulesResponse:
         call = current_call()
-        target = self._read_request(call, request)
-        return self._served(call, await self._slices.get_rules(target, fresh=call.no_cache))
+        target = await self._read_request(call, request)
+        return self._served_slice(call, await self._slices.get_rules(target, fresh=call.no_cache))
 
     async def PutReplicationRules(
         self, request: pb.PutReplicationRulesRequest, context: Context
@@ -186,8 +207,9 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         self, request: pb.GetPolicyStatementsRequest, context: Context
     ) -> pb.GetPolicyStatementsResponse:
         call = current_call()
-        target = self._read_request(call, request)
-        return self._served(call, await self._slices.get_statements(target, fresh=call.no_cache))
+        target = await self._read_request(call, request)
+        read = await self._slices.get_statements(target, fresh=call.no_cache)
+        return self._served_slice(call, read)
 
     async def PutPolicyStatements(
         self, request: pb.PutPolicyStatementsRequest, context: Context
@@ -214,6 +236,7 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         # Which view (whole documents or the caller's slice) is a rule of its own, on the
         # resource the request names: service/auth/history.py.
         view = history_view(target, query.resource)
+        await past_the_cache()
         # Read from the history store, not through the cache: no x-cache. A store that does
         # not answer is UNAVAILABLE (HISTORY_UNAVAILABLE), never an empty history.
         return await self._history.page(target, query, view)

@@ -6,25 +6,46 @@ own writes ("gateway"), and when it reads a state no write through it explains
 compare-and-append on the head's etag, atomic across replicas (a Lua script on Redis), so
 that of several replicas seeing one change, exactly one records (and reports) it.
 
-Bounds per key: at most `max_versions` versions and `max_bytes` bytes of encoded versions,
-the oldest dropped first; the newest is always kept. A version whose encoding alone exceeds
-`max_bytes` is kept without its document (`document_omitted`): its etag, time and author still
-say what happened, which is what drift detection needs.
+**Stored in pieces.** A registry's documents are shared by its tenants, and each version
+used to hold the whole document: one tenant's large part made every version large, so a few
+of its writes pushed every other tenant's versions past the byte bound. Each document is now
+kept as pieces (`Piece`): each replication rule (its field entry in the serialized
+configuration) and each policy statement (its JSON text, exactly as AWS returned it, with
+the text around the statements kept in the version itself) is stored once per history,
+under its digest, and every version that holds it refers to it. A version costs its own
+header plus the pieces no older version held. Each piece remembers who first stored it
+(`introduced_by`): a slice write's new pieces are that tenant's own part.
+
+**Retention, per author.** Each author (the tenant of a gateway write; changes made around
+the gateway and baselines count as one author, "") keeps its newest `max_versions`
+versions, whoever else writes: so every tenant's own writes keep their newest versions, and
+the newest `max_versions` of the whole history are kept too (none of them has that many
+newer versions of its own author). Within `max_bytes` (records and pieces): while the
+history is larger, the author holding the most bytes (its versions' records, and the pieces
+it introduced) gives some up, oldest first — first its pieces no longer in the current state
+(the versions holding them are then kept without their document, `document_omitted`, as
+before; another tenant's version missing only pieces another tenant's slice write introduced
+still shows that tenant its own slice), then its versions. A tenant's large writes thus
+evict its own history first, never another's. The newest version is always kept whole. A
+version whose document alone exceeds `max_bytes` is kept without it (`document_omitted`):
+its etag, time and author still say what happened, which is what drift detection needs.
 
 Redis unavailable: drift detection's calls do not fail: `head` answers None and `append`
 None (nothing recorded), so drift detection pauses until Redis answers again; the outage is
-logged once. `page`, which GetConfigurationHistory reads, raises `Unavailable`
+logged once. `page` and `scan`, which GetConfigurationHistory reads, raise `Unavailable`
 (`HISTORY_UNAVAILABLE`, with RetryInfo): an empty answer would look like "no history".
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import struct
-from collections import deque
-from dataclasses import dataclass, replace
-from typing import Any, Literal, Protocol
+from collections import Counter, defaultdict, deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal, Protocol, TypeAlias
 
 import redis.asyncio as redis
 
@@ -36,13 +57,40 @@ log = logging.getLogger("registry_gateway.history")
 Origin = Literal["baseline", "gateway", "out-of-band"]
 ORIGINS: tuple[Origin, ...] = ("baseline", "gateway", "out-of-band")
 
-# Bounded parsing of a stored version: the header is a small JSON object; anything longer
-# than this before its end is not one of ours.
-_MAX_HEADER = 2048
+# Bounded parsing of a stored version: a header longer than this is not one of ours (a
+# header holds the text around a policy's statements: less than the policy itself).
+_MAX_HEADER = 8 * 1024 * 1024
 _TEXT_LIMIT = 256  # tenant, identity, rpc, etag: ours, but bounded all the same
 _SEQ = struct.Struct(">q")
+_DIGEST_BYTES = 16
+# What a stored piece costs besides its bytes: its digest as a hash field, twice (the piece
+# and who introduced it), and Redis's own bookkeeping of each.
+_PIECE_OVERHEAD = 2 * (2 * _DIGEST_BYTES) + 64
 HISTORY_UNAVAILABLE = "HISTORY_UNAVAILABLE"
 RETRY_AFTER_SECONDS = 1.0
+
+# The writes that change only their author's part of a document (service/registry/
+# slice_operations.py): a piece first stored by one of them is that tenant's own.
+SLICE_WRITES = frozenset({"PutReplicationRules", "PutPolicyStatements"})
+SLICE = "slice:"  # introduced_by of a slice write's pieces: "slice:<tenant>"
+WHOLE = "whole:"  # of a whole-document write's: "whole:<tenant>" (anyone's part)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """One piece of a stored document, in order.
+
+    `element`: a replication rule (its field entry in the serialized configuration) or a
+    policy statement (its JSON text); `text`: what lies between a policy's statements;
+    `whole`: a document that could not be split (or was stored before documents were)."""
+
+    kind: Literal["element", "text", "whole"]
+    data: bytes | None  # None: no longer kept (given up to stay within the bound)
+    digest: str = ""  # element, whole: the digest it is stored under
+    # Who first stored it: "slice:<tenant>" (that tenant's slice write: its own part),
+    # "whole:<tenant>" or "" (a whole document's write, a baseline, a change made around
+    # the gateway: anyone's part).
+    introduced_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -58,8 +106,11 @@ class Version:
     tenant: str | None = None  # origin "gateway"
     identity: str | None = None  # origin "gateway": the identity as the audit line names it
     rpc: str | None = None  # origin "gateway"
-    # The version alone was larger than `history.max_bytes`: kept without its document.
+    # The document is not whole: larger alone than `history.max_bytes`, or some of its
+    # pieces were given up to stay within it. Not restorable.
     document_omitted: bool = False
+    # `scan` only: the document as stored, piece by piece (`document` is then b"").
+    pieces: tuple[Piece, ...] | None = field(default=None, compare=False)
 
 
 class HistoryStore(Protocol):
@@ -78,15 +129,180 @@ class HistoryStore(Protocol):
         ...
 
     async def page(self, key: CacheKey, *, before_seq: int | None, limit: int) -> list[Version]:
-        """Newest first; only versions with seq < before_seq when given. Raises
-        `Unavailable` (HISTORY_UNAVAILABLE) when the store cannot be read."""
+        """Newest first, documents whole; only versions with seq < before_seq when given.
+        Raises `Unavailable` (HISTORY_UNAVAILABLE) when the store cannot be read."""
+        ...
+
+    async def scan(self, key: CacheKey) -> list[Version]:
+        """Every version kept, newest first, each document as its `pieces` (a piece held by
+        several versions is one object, read once). Raises `Unavailable` like `page`."""
         ...
 
 
-# --- encoding: 8-byte seq, a JSON header, a newline, the document ---------------------------
+# --- documents as pieces ----------------------------------------------------------------------
 
 
-def _header(version: Version) -> bytes:
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).digest()[:_DIGEST_BYTES].hex()
+
+
+def _varint(data: bytes, pos: int) -> int:
+    """The end of the varint at `pos` (ValueError past the end, or longer than 10 bytes)."""
+    for end in range(pos, min(pos + 10, len(data))):
+        if data[end] < 0x80:
+            return end + 1
+    raise ValueError("truncated varint")
+
+
+def _fields(data: bytes) -> list[bytes] | None:
+    """The top-level field entries of a serialized message, each as its bytes (tag and
+    value): a configuration's rules. None when the bytes do not parse."""
+    entries = []
+    pos = 0
+    try:
+        while pos < len(data):
+            start = pos
+            wire = data[pos] & 0x7  # the key's low three bits, in its varint's first byte
+            pos = _varint(data, pos)
+            if wire == 0:
+                pos = _varint(data, pos)
+            elif wire == 1:
+                pos += 8
+            elif wire == 5:
+                pos += 4
+            elif wire == 2:
+                end = _varint(data, pos)
+                length = 0
+                for shift, byte in enumerate(data[pos:end]):
+                    length |= (byte & 0x7F) << (7 * shift)
+                pos = end + length
+            else:
+                return None
+            if pos > len(data):
+                return None
+            entries.append(data[start:pos])
+    except ValueError:
+        return None
+    return entries
+
+
+_JSON = json.JSONDecoder()
+_SPACE = frozenset(" \t\n\r")
+
+
+def _skip(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in _SPACE:
+        pos += 1
+    return pos
+
+
+def _statement_spans(text: str) -> list[tuple[int, int]] | None:
+    """Where each statement of a policy lies in its text: a JSON object whose "Statement"
+    (once) is a list. None for any other text (it is then kept whole)."""
+    try:
+        pos = _skip(text, 0)
+        if text[pos : pos + 1] != "{":
+            return None
+        pos = _skip(text, pos + 1)
+        spans: list[tuple[int, int]] | None = None
+        if text[pos : pos + 1] == "}":
+            return None
+        while True:
+            if text[pos : pos + 1] != '"':
+                return None
+            key, pos = _JSON.raw_decode(text, pos)
+            pos = _skip(text, pos)
+            if text[pos : pos + 1] != ":":
+                return None
+            pos = _skip(text, pos + 1)
+            if key == "Statement":
+                if spans is not None or text[pos : pos + 1] != "[":
+                    return None  # twice (the last would win), or not a list
+                spans, pos = _elements(text, pos)
+            else:
+                _, pos = _JSON.raw_decode(text, pos)
+            pos = _skip(text, pos)
+            if text[pos : pos + 1] == ",":
+                pos = _skip(text, pos + 1)
+                continue
+            if text[pos : pos + 1] == "}":
+                break
+            return None
+        if _skip(text, pos + 1) != len(text):
+            return None
+        return spans
+    except (ValueError, IndexError):
+        return None
+
+
+def _elements(text: str, pos: int) -> tuple[list[tuple[int, int]], int]:
+    """The spans of the values of the JSON array at `pos`, and where the array ends."""
+    spans: list[tuple[int, int]] = []
+    pos = _skip(text, pos + 1)
+    if text[pos : pos + 1] == "]":
+        return spans, pos + 1
+    while True:
+        _, end = _JSON.raw_decode(text, pos)
+        spans.append((pos, end))
+        pos = _skip(text, end)
+        if text[pos : pos + 1] == ",":
+            pos = _skip(text, pos + 1)
+            continue
+        if text[pos : pos + 1] == "]":
+            return spans, pos + 1
+        raise ValueError("not an array")
+
+
+# A version's layout, in its header: the text around statements inline, each stored piece as
+# [digest, size] (an element) or [digest, size, 1] (a document kept whole).
+_Item: TypeAlias = "str | tuple[str, int, bool]"
+
+
+def _split(resource: str, document: bytes) -> tuple[list[_Item], dict[str, bytes]]:
+    """The layout of `document` and the pieces it refers to (digest -> bytes). The pieces
+    joined in order are the document, byte for byte."""
+    layout: list[_Item] = []
+    pieces: dict[str, bytes] = {}
+
+    def stored(data: bytes, whole: bool = False) -> None:
+        digest = _digest(data)
+        pieces[digest] = data
+        layout.append((digest, len(data), whole))
+
+    if not document:
+        return layout, pieces
+    if resource == "registry":
+        entries = _fields(document)
+        if entries is None:
+            stored(document, whole=True)
+        else:
+            for entry in entries:
+                stored(entry)
+        return layout, pieces
+    try:
+        text = document.decode("utf-8")
+    except UnicodeDecodeError:
+        stored(document, whole=True)
+        return layout, pieces
+    spans = _statement_spans(text)
+    if spans is None:
+        stored(document, whole=True)
+        return layout, pieces
+    at = 0
+    for start, end in spans:
+        if start > at:
+            layout.append(text[at:start])
+        stored(text[start:end].encode("utf-8"))
+        at = end
+    if at < len(text):
+        layout.append(text[at:])
+    return layout, pieces
+
+
+# --- a version's record: 8-byte seq, a JSON header, a newline, the document if inline -------
+
+
+def _header(version: Version, layout: Sequence[_Item] | None) -> bytes:
     fields: dict[str, Any] = {
         "t": version.recorded_at,
         "o": version.origin,
@@ -96,17 +312,29 @@ def _header(version: Version) -> bytes:
         "r": version.rpc,
         "x": version.document_omitted,
     }
+    if layout is not None:
+        fields["l"] = [_item(item) for item in layout]
     return json.dumps(fields, separators=(",", ":")).encode("utf-8") + b"\n"
 
 
-def _encode(version: Version) -> bytes:
-    """The stored form without its seq (the store puts the seq in front)."""
-    return _header(version) + version.document
+def _item(item: _Item) -> str | list[str | int]:
+    if isinstance(item, str):
+        return item
+    digest, size, whole = item
+    return [digest, size, 1] if whole else [digest, size]
+
+
+def _record(version: Version, layout: Sequence[_Item] | None) -> bytes:
+    """The stored form without its seq (the store puts the seq in front). A version kept
+    without its document has no layout and no document."""
+    if layout is None:
+        return _header(version, None) + version.document
+    return _header(version, layout)
 
 
 def _fitted(version: Version, max_bytes: int) -> Version:
     """`version` as it can be kept: without its document when it alone exceeds the bound."""
-    if _SEQ.size + len(_encode(version)) <= max_bytes:
+    if _SEQ.size + len(_header(version, None)) + len(version.document) <= max_bytes:
         return version
     return replace(version, document=b"", document_omitted=True)
 
@@ -115,8 +343,50 @@ def _text(value: Any) -> str | None:
     return value[:_TEXT_LIMIT] if isinstance(value, str) else None
 
 
-def _decode(raw: bytes) -> Version | None:
-    """A stored version, or None for anything that is not one (never raises)."""
+@dataclass(frozen=True)
+class _Stored:
+    """A record as read back: the version (its document b"" when it has a layout), its
+    layout (None: the document is inline, or omitted), and the record's size."""
+
+    version: Version
+    layout: tuple[_Item, ...] | None
+    size: int
+
+    @property
+    def digests(self) -> tuple[str, ...]:
+        return tuple(item[0] for item in self.layout or () if not isinstance(item, str))
+
+    @property
+    def author(self) -> str:
+        """Whose versions it counts among: a gateway write's tenant; else "" (baselines and
+        changes made around the gateway, one author)."""
+        version = self.version
+        return (version.tenant or "") if version.origin == "gateway" else ""
+
+
+def _layout(value: Any) -> tuple[_Item, ...] | None:
+    if not isinstance(value, list):
+        return None
+    items: list[_Item] = []
+    for item in value:
+        if isinstance(item, str):
+            items.append(item)
+        elif (
+            isinstance(item, list)
+            and len(item) in (2, 3)
+            and isinstance(item[0], str)
+            and len(item[0]) == 2 * _DIGEST_BYTES
+            and isinstance(item[1], int)
+            and item[1] >= 0
+        ):
+            items.append((item[0], item[1], len(item) == 3))
+        else:
+            return None
+    return tuple(items)
+
+
+def _decode(raw: bytes) -> _Stored | None:
+    """A stored record, or None for anything that is not one (never raises)."""
     if len(raw) < _SEQ.size:
         return None
     (seq,) = _SEQ.unpack_from(raw)
@@ -132,17 +402,225 @@ def _decode(raw: bytes) -> Version | None:
     origin, etag, at = fields.get("o"), fields.get("e"), fields.get("t")
     if origin not in ORIGINS or not isinstance(etag, str) or not isinstance(at, int | float):
         return None
-    return Version(
+    layout = _layout(fields.get("l")) if "l" in fields else None
+    if "l" in fields and layout is None:
+        return None
+    version = Version(
         seq=seq,
         recorded_at=float(at),
         origin=origin,
         etag=etag[:_TEXT_LIMIT],
-        document=raw[end + 1 :],
+        document=raw[end + 1 :] if layout is None else b"",
         tenant=_text(fields.get("tn")),
         identity=_text(fields.get("id")),
         rpc=_text(fields.get("r")),
         document_omitted=fields.get("x") is True,
     )
+    return _Stored(version, layout, len(raw))
+
+
+def _whole(stored: _Stored, parts: Mapping[str, bytes]) -> Version:
+    """The version with its document whole, or `document_omitted` when a piece is gone."""
+    if stored.layout is None:
+        return stored.version
+    chunks: list[bytes] = []
+    for item in stored.layout:
+        if isinstance(item, str):
+            chunks.append(item.encode("utf-8"))
+            continue
+        data = parts.get(item[0])
+        if data is None:
+            return replace(stored.version, document=b"", document_omitted=True)
+        chunks.append(data)
+    return replace(stored.version, document=b"".join(chunks))
+
+
+def _in_pieces(
+    stored: _Stored, parts: Mapping[str, bytes], introduced: Mapping[str, str]
+) -> Version:
+    """The version with its document as pieces (`scan`); one Piece object per digest."""
+    version = stored.version
+    if stored.layout is None:
+        # Kept inline: before documents were stored in pieces; or kept without it (a missing
+        # whole piece: nobody's slice can be told in it).
+        data = None if version.document_omitted else version.document
+        whole = Piece("whole", data, "" if data is None else _digest(data))
+        return replace(version, document=b"", pieces=(whole,))
+    pieces: list[Piece] = []
+    missing = False
+    for item in stored.layout:
+        if isinstance(item, str):
+            pieces.append(Piece("text", item.encode("utf-8")))
+            continue
+        digest, _, whole_document = item
+        data = parts.get(digest)
+        missing = missing or data is None
+        kind: Literal["element", "whole"] = "whole" if whole_document else "element"
+        pieces.append(Piece(kind, data, digest, introduced.get(digest, "")))
+    return replace(
+        version, document_omitted=version.document_omitted or missing, pieces=tuple(pieces)
+    )
+
+
+def _introducer(version: Version) -> str:
+    """What the pieces `version` stores first are recorded as introduced by."""
+    if version.origin != "gateway" or not version.tenant:
+        return ""
+    return (SLICE if version.rpc in SLICE_WRITES else WHOLE) + version.tenant
+
+
+def _payer(introduced_by: str) -> str:
+    """The author a stored piece's bytes count against."""
+    for prefix in (SLICE, WHOLE):
+        if introduced_by.startswith(prefix):
+            return introduced_by[len(prefix) :]
+    return ""
+
+
+# --- what to give up to stay within the bounds ------------------------------------------------
+
+
+@dataclass
+class _Trim:
+    """What one append gives up: versions (by seq), pieces no version refers to any more
+    (`forget`: the piece and who introduced it), and pieces given up while versions still
+    refer to them (`strip`: who introduced them is kept, for the slice view)."""
+
+    drop: set[int] = field(default_factory=set)
+    forget: set[str] = field(default_factory=set)
+    strip: set[str] = field(default_factory=set)
+
+
+def _trim(
+    records: Sequence[_Stored],
+    sizes: Mapping[str, int],
+    introduced: Mapping[str, str],
+    max_versions: int,
+    max_bytes: int,
+) -> _Trim:
+    """What to give up so that `records` (newest first; the first is the head, always kept
+    whole) keep at most `max_versions` versions per author and at most `max_bytes` bytes.
+    `sizes`: the pieces stored now (digest -> bytes); `introduced`: who introduced each.
+
+    Bytes: while over, the author holding the most removable bytes (its versions' records
+    but the head's, and the pieces it introduced that the head does not hold) gives up its
+    oldest piece, or, when it has none left, its oldest version."""
+    trim = _Trim()
+    kept: list[_Stored] = []
+    counts: Counter[str] = Counter()
+    for i, stored in enumerate(records):
+        author = stored.author
+        if i == 0 or counts[author] < max_versions:
+            kept.append(stored)
+            counts[author] += 1
+        else:
+            trim.drop.add(stored.version.seq)
+    users: dict[str, set[int]] = defaultdict(set)
+    first_held: dict[str, int] = {}
+    for stored in kept:
+        for digest in stored.digests:
+            users[digest].add(stored.version.seq)
+            first_held[digest] = stored.version.seq  # oldest last: newest first
+    live = {d: size + _PIECE_OVERHEAD for d, size in sizes.items() if d in users}
+    # Stored, or given up but still named by who introduced it: either goes with its last
+    # version.
+    known = set(sizes) | set(introduced)
+    trim.forget = {d for d in known if d not in users}
+    total = sum(s.size for s in kept) + sum(live.values())
+    if total <= max_bytes or not kept:
+        return trim
+    head = kept[0]
+    in_head = set(head.digests)
+    charge: Counter[str] = Counter()
+    versions_of: dict[str, deque[_Stored]] = defaultdict(deque)
+    for stored in reversed(kept[1:]):  # oldest first
+        versions_of[stored.author].append(stored)
+        charge[stored.author] += stored.size
+    pieces_of: dict[str, deque[str]] = defaultdict(deque)
+    for digest in sorted((d for d in live if d not in in_head), key=lambda d: (first_held[d], d)):
+        payer = _payer(introduced.get(digest, ""))
+        pieces_of[payer].append(digest)
+        charge[payer] += live[digest]
+    while total > max_bytes:
+        candidates = [
+            (bytes_held, author)
+            for author, bytes_held in charge.items()
+            if bytes_held > 0 and (pieces_of[author] or versions_of[author])
+        ]
+        if not candidates:
+            break
+        _, author = max(candidates)
+        pieces = pieces_of[author]
+        while pieces and pieces[0] not in live:
+            pieces.popleft()  # forgotten meanwhile, with the last version holding it
+        if pieces:
+            digest = pieces.popleft()
+            total -= live[digest]
+            charge[author] -= live.pop(digest)
+            trim.strip.add(digest)
+            continue
+        stored = versions_of[author].popleft()
+        trim.drop.add(stored.version.seq)
+        total -= stored.size
+        charge[author] -= stored.size
+        for digest in stored.digests:
+            holders = users[digest]
+            holders.discard(stored.version.seq)
+            if holders:
+                continue
+            trim.strip.discard(digest)
+            if digest in known:
+                trim.forget.add(digest)
+            if digest in live:
+                total -= live[digest]
+                charge[_payer(introduced.get(digest, ""))] -= live.pop(digest)
+    return trim
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """An append, ready to store: the version as kept, its record, its new pieces."""
+
+    version: Version
+    record: bytes
+    new_pieces: dict[str, tuple[bytes, str]]  # digest -> (bytes, introduced_by)
+    stored: _Stored  # as it will read back (seq to be set)
+
+
+def _prepare(key: CacheKey, version: Version, max_bytes: int) -> _Prepared:
+    fitted = _fitted(version, max_bytes)
+    if fitted.document_omitted:
+        record = _record(fitted, None)
+        return _Prepared(fitted, record, {}, _Stored(fitted, None, _SEQ.size + len(record)))
+    layout, pieces = _split(key.resource, fitted.document)
+    record = _record(fitted, layout)
+    by = _introducer(fitted)
+    kept = replace(fitted, document=b"")
+    return _Prepared(
+        fitted,
+        record,
+        {digest: (data, by) for digest, data in pieces.items()},
+        _Stored(kept, tuple(layout), _SEQ.size + len(record)),
+    )
+
+
+def _plan(
+    prepared: _Prepared,
+    seq: int,
+    records: Sequence[_Stored],
+    sizes: Mapping[str, int],
+    introduced: Mapping[str, str],
+    max_versions: int,
+    max_bytes: int,
+) -> _Trim:
+    """The trim of the history once `prepared` is appended as `seq` on `records`."""
+    new = replace(prepared.stored, version=replace(prepared.stored.version, seq=seq))
+    with_new_sizes = dict(sizes)
+    with_new_intro = dict(introduced)
+    for digest, (data, by) in prepared.new_pieces.items():
+        with_new_sizes.setdefault(digest, len(data))
+        with_new_intro.setdefault(digest, by)
+    return _trim([new, *records], with_new_sizes, with_new_intro, max_versions, max_bytes)
 
 
 # --- in this process --------------------------------------------------------------------------
@@ -150,9 +628,10 @@ def _decode(raw: bytes) -> Version | None:
 
 @dataclass
 class _Versions:
-    items: deque[Version]  # newest first
+    records: list[_Stored] = field(default_factory=list)  # newest first
+    pieces: dict[str, bytes] = field(default_factory=dict)
+    introduced: dict[str, str] = field(default_factory=dict)
     seq: int = 0
-    size: int = 0
 
 
 class MemoryHistory:
@@ -166,42 +645,76 @@ class MemoryHistory:
 
     async def head(self, key: CacheKey) -> Version | None:
         """The newest version, if any."""
-        versions = self._keys.get(key)
-        return versions.items[0] if versions and versions.items else None
+        found = await self.page(key, before_seq=None, limit=1)
+        return found[0] if found else None
 
     async def append(
         self, key: CacheKey, version: Version, *, if_head_etag: str | None
     ) -> Version | None:
         """Compare-and-append (one event loop: no await between compare and append)."""
-        versions = self._keys.setdefault(key, _Versions(deque()))
-        head = versions.items[0] if versions.items else None
+        versions = self._keys.setdefault(key, _Versions())
+        head = versions.records[0].version if versions.records else None
         if (head.etag if head is not None else None) != if_head_etag:
             return None
-        versions.seq += 1
-        stored = replace(_fitted(version, self._max_bytes), seq=versions.seq)
-        versions.items.appendleft(stored)
-        versions.size += _SEQ.size + len(_encode(stored))
-        while len(versions.items) > 1 and (
-            len(versions.items) > self._max_versions or versions.size > self._max_bytes
-        ):
-            oldest = versions.items.pop()
-            versions.size -= _SEQ.size + len(_encode(oldest))
-        return stored
+        prepared = _prepare(key, version, self._max_bytes)
+        seq = versions.seq + 1
+        trim = _plan(
+            prepared,
+            seq,
+            versions.records,
+            {d: len(data) for d, data in versions.pieces.items()},
+            versions.introduced,
+            self._max_versions,
+            self._max_bytes,
+        )
+        versions.seq = seq
+        stored = replace(prepared.stored, version=replace(prepared.stored.version, seq=seq))
+        versions.records.insert(0, stored)
+        for digest, (data, by) in prepared.new_pieces.items():
+            versions.pieces.setdefault(digest, data)
+            versions.introduced.setdefault(digest, by)
+        versions.records = [r for r in versions.records if r.version.seq not in trim.drop]
+        for digest in trim.strip | trim.forget:
+            versions.pieces.pop(digest, None)
+        for digest in trim.forget:
+            versions.introduced.pop(digest, None)
+        return replace(prepared.version, seq=seq)
 
     async def page(self, key: CacheKey, *, before_seq: int | None, limit: int) -> list[Version]:
         """Newest first, older than `before_seq` when given."""
         versions = self._keys.get(key)
         if versions is None or limit <= 0:
             return []
-        older = (v for v in versions.items if before_seq is None or v.seq < before_seq)
-        return [v for _, v in zip(range(limit), older, strict=False)]
+        older = (r for r in versions.records if before_seq is None or r.version.seq < before_seq)
+        return [_whole(r, versions.pieces) for _, r in zip(range(limit), older, strict=False)]
+
+    async def scan(self, key: CacheKey) -> list[Version]:
+        """Every version, newest first, as pieces."""
+        versions = self._keys.get(key)
+        if versions is None:
+            return []
+        return [_in_pieces(r, versions.pieces, versions.introduced) for r in versions.records]
 
 
 # --- in Redis, shared by every replica ---------------------------------------------------------
 
-# KEYS: list (newest first), seq counter, head etag. ARGV: mode ("empty" or "etag"), the
-# expected head etag, the version without its seq, its etag, max versions, max bytes.
-# The head's etag has a key of its own so the comparison needs no parsing in Lua.
+# KEYS: list (newest first), seq counter, head etag, pieces (hash), introduced (hash).
+# What an append's trim is computed from: the seq, every record, the pieces stored, and who
+# introduced each.
+_STATE = """
+return {
+  redis.call('GET', KEYS[2]) or '0',
+  redis.call('LRANGE', KEYS[1], 0, -1),
+  redis.call('HKEYS', KEYS[4]),
+  redis.call('HGETALL', KEYS[5]),
+}
+"""
+# KEYS: as _STATE. ARGV: mode ("empty" or "etag"), the expected head etag, the seq the trim
+# was computed at, the record without its seq, its etag, then counted lists: the new pieces
+# (digest, bytes, introduced by), the seqs to drop, the pieces to strip, the pieces to
+# forget. The head's etag has a key of its own so the comparison needs no parsing in Lua.
+# The trim applies only when no append came between (the seq is the one it was computed
+# at); otherwise the later append's trim covers this one.
 _APPEND = """
 local head = redis.call('GET', KEYS[3])
 if ARGV[1] == 'empty' then
@@ -209,41 +722,104 @@ if ARGV[1] == 'empty' then
 elseif head ~= ARGV[2] then
   return 0
 end
+local before = redis.call('GET', KEYS[2]) or '0'
 local seq = redis.call('INCR', KEYS[2])
-redis.call('LPUSH', KEYS[1], struct.pack('>i8', seq) .. ARGV[3])
-redis.call('SET', KEYS[3], ARGV[4])
-local max_versions = tonumber(ARGV[5])
-redis.call('LTRIM', KEYS[1], 0, max_versions - 1)
-local max_bytes = tonumber(ARGV[6])
-local total = 0
-local items = redis.call('LRANGE', KEYS[1], 0, -1)
-for i, item in ipairs(items) do
-  total = total + #item
-  if total > max_bytes and i > 1 then
-    redis.call('LTRIM', KEYS[1], 0, i - 2)
-    break
+redis.call('LPUSH', KEYS[1], struct.pack('>i8', seq) .. ARGV[4])
+redis.call('SET', KEYS[3], ARGV[5])
+local i = 6
+local n = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, n do
+  redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1])
+  redis.call('HSETNX', KEYS[5], ARGV[i], ARGV[i + 2])
+  i = i + 3
+end
+if before ~= ARGV[3] then return seq end
+n = tonumber(ARGV[i])
+i = i + 1
+if n > 0 then
+  local drop = {}
+  for _ = 1, n do
+    drop[ARGV[i]] = true
+    i = i + 1
   end
+  local items = redis.call('LRANGE', KEYS[1], 0, -1)
+  for index, item in ipairs(items) do
+    if #item >= 8 and drop[string.format('%d', struct.unpack('>i8', item))] then
+      redis.call('LSET', KEYS[1], index - 1, '')
+    end
+  end
+  redis.call('LREM', KEYS[1], 0, '')
+end
+n = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, n do
+  redis.call('HDEL', KEYS[4], ARGV[i])
+  i = i + 1
+end
+n = tonumber(ARGV[i])
+i = i + 1
+for _ = 1, n do
+  redis.call('HDEL', KEYS[4], ARGV[i])
+  redis.call('HDEL', KEYS[5], ARGV[i])
+  i = i + 1
 end
 return seq
 """
-# KEYS: list. ARGV: before_seq ("" for none), limit. Seqs in the list are consecutive from
-# the head down (each append pushes the next one; trimming drops only the oldest), so the
-# index of a seq is the head's seq minus it.
+# KEYS: list, pieces, introduced. ARGV: before_seq ("" for none), limit (-1: all), whether
+# to return who introduced the pieces. The records newest first, the digests they refer to,
+# those pieces (false: given up) and who introduced them: one consistent read.
 _PAGE = """
-local head = redis.call('LINDEX', KEYS[1], 0)
-if not head then return {} end
-local start = 0
-if ARGV[1] ~= '' then
-  local top = struct.unpack('>i8', head)
-  start = top - tonumber(ARGV[1]) + 1
-  if start < 0 then start = 0 end
+local before = ARGV[1]
+local limit = tonumber(ARGV[2])
+local items
+if before == '' and limit >= 0 then
+  items = redis.call('LRANGE', KEYS[1], 0, limit - 1)
+else
+  items = redis.call('LRANGE', KEYS[1], 0, -1)
 end
-return redis.call('LRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1)
+local out, digests, seen = {}, {}, {}
+local bound = before ~= '' and tonumber(before) or nil
+for _, item in ipairs(items) do
+  if limit >= 0 and #out >= limit then break end
+  if #item >= 8 and (bound == nil or struct.unpack('>i8', item) < bound) then
+    table.insert(out, item)
+    local nl = string.find(item, '\\n', 9, true)
+    if nl then
+      local ok, header = pcall(cjson.decode, string.sub(item, 9, nl - 1))
+      if ok and type(header) == 'table' and type(header['l']) == 'table' then
+        for _, piece in ipairs(header['l']) do
+          if type(piece) == 'table' and type(piece[1]) == 'string' and not seen[piece[1]] then
+            seen[piece[1]] = true
+            table.insert(digests, piece[1])
+          end
+        end
+      end
+    end
+  end
+end
+-- HMGET by batches: unpack() has a bound on how many values it passes.
+local function fetch(hash)
+  local found = {}
+  for first = 1, #digests, 1000 do
+    local batch = {}
+    for j = first, math.min(first + 999, #digests) do table.insert(batch, digests[j]) end
+    for _, value in ipairs(redis.call('HMGET', hash, unpack(batch))) do
+      table.insert(found, value)
+    end
+  end
+  return found
+end
+local pieces, introduced = fetch(KEYS[2]), {}
+if ARGV[3] == '1' then introduced = fetch(KEYS[3]) end
+return {out, digests, pieces, introduced}
 """
 
 
 class RedisHistory:
-    """Versions in Redis under `<key_prefix>history:<registry>:<region>:<resource>:*`.
+    """Versions in Redis under `<key_prefix>history:<registry>:<region>:<resource>:*`:
+    `versions` (the records, newest first), `seq`, `head` (its etag), `pieces` and
+    `introduced` (hashes by digest).
 
     The keys have no expiry: a history is bounded in size, and one that expired while its
     registry stood still would lose the state drift is measured against.
@@ -254,13 +830,14 @@ class RedisHistory:
         self._prefix = f"{key_prefix}history:"
         self._max_versions = max_versions
         self._max_bytes = max_bytes
+        self._state = client.register_script(_STATE)
         self._append = client.register_script(_APPEND)
         self._page = client.register_script(_PAGE)
         self._available: bool | None = None
 
-    def _keys(self, key: CacheKey) -> tuple[str, str, str]:
+    def _keys(self, key: CacheKey) -> list[str]:
         base = f"{self._prefix}{key}"
-        return f"{base}:versions", f"{base}:seq", f"{base}:head"
+        return [f"{base}:{name}" for name in ("versions", "seq", "head", "pieces", "introduced")]
 
     async def head(self, key: CacheKey) -> Version | None:
         """The newest version; None when there is none or Redis does not answer."""
@@ -274,28 +851,45 @@ class RedisHistory:
     async def append(
         self, key: CacheKey, version: Version, *, if_head_etag: str | None
     ) -> Version | None:
-        """Compare-and-append in one script; None when the head moved or Redis is away."""
-        stored = _fitted(version, self._max_bytes)
+        """Compare-and-append in one script, trimmed as read just before; None when the head
+        moved or Redis is away."""
+        prepared = _prepare(key, version, self._max_bytes)
+        keys = self._keys(key)
         mode = "empty" if if_head_etag is None else "etag"
         try:
-            seq = int(
-                await self._append(
-                    keys=list(self._keys(key)),
-                    args=[
-                        mode,
-                        if_head_etag or "",
-                        _encode(stored),
-                        stored.etag,
-                        self._max_versions,
-                        self._max_bytes,
-                    ],
-                )
+            seq_now, raw, stored_digests, introduced_flat = await self._state(keys=keys)
+            records = [r for r in (_decode(item) for item in raw) if r is not None]
+            sizes = _sizes(records, stored_digests)
+            introduced = _pairs(introduced_flat)
+            seq = int(seq_now)
+            trim = _plan(
+                prepared,
+                seq + 1,
+                records,
+                sizes,
+                introduced,
+                self._max_versions,
+                self._max_bytes,
             )
+            args: list[Any] = [
+                mode,
+                if_head_etag or "",
+                seq,
+                prepared.record,
+                prepared.version.etag,
+            ]
+            args.append(len(prepared.new_pieces))
+            for digest, (data, by) in prepared.new_pieces.items():
+                args += [digest, data, by]
+            for group in (sorted(trim.drop), sorted(trim.strip), sorted(trim.forget)):
+                args.append(len(group))
+                args += group
+            stored_seq = int(await self._append(keys=keys, args=args))
         except (redis.RedisError, OSError) as exc:
             self._down(exc)
             return None
         self._up()
-        return replace(stored, seq=seq) if seq else None
+        return replace(prepared.version, seq=stored_seq) if stored_seq else None
 
     async def page(self, key: CacheKey, *, before_seq: int | None, limit: int) -> list[Version]:
         """Newest first, older than `before_seq` when given; `Unavailable`
@@ -303,27 +897,55 @@ class RedisHistory:
         try:
             return await self._read(key, before_seq=before_seq, limit=limit)
         except (redis.RedisError, OSError) as exc:
-            self._down(exc)
-            raise Unavailable(
-                "the configuration history (Redis) is unavailable; retry later",
-                reason=HISTORY_UNAVAILABLE,
-                metadata={"registryId": key.registry_id, "region": key.region},
-                retry_after_seconds=RETRY_AFTER_SECONDS,
-            ) from None
+            raise self._unavailable(key, exc) from None
+
+    async def scan(self, key: CacheKey) -> list[Version]:
+        """Every version, newest first, as pieces; `Unavailable` like `page`."""
+        try:
+            records, pieces, introduced = await self._fetch(key, None, -1, introduced=True)
+        except (redis.RedisError, OSError) as exc:
+            raise self._unavailable(key, exc) from None
+        return [_in_pieces(r, pieces, introduced) for r in records]
+
+    def _unavailable(self, key: CacheKey, exc: BaseException) -> Unavailable:
+        self._down(exc)
+        return Unavailable(
+            "the configuration history (Redis) is unavailable; retry later",
+            reason=HISTORY_UNAVAILABLE,
+            metadata={"registryId": key.registry_id, "region": key.region},
+            retry_after_seconds=RETRY_AFTER_SECONDS,
+        )
 
     async def _read(self, key: CacheKey, *, before_seq: int | None, limit: int) -> list[Version]:
-        """Newest first, older than `before_seq` when given; Redis's errors raised."""
+        """Newest first, documents whole, older than `before_seq` when given; Redis's
+        errors raised."""
         if limit <= 0:
             return []
-        raw = await self._page(
-            keys=[self._keys(key)[0]],
-            args=["" if before_seq is None else before_seq, limit],
+        records, pieces, _ = await self._fetch(key, before_seq, limit, introduced=False)
+        return [_whole(r, pieces) for r in records]
+
+    async def _fetch(
+        self, key: CacheKey, before_seq: int | None, limit: int, *, introduced: bool
+    ) -> tuple[list[_Stored], dict[str, bytes], dict[str, str]]:
+        keys = self._keys(key)
+        raw, digests, found, by = await self._page(
+            keys=[keys[0], keys[3], keys[4]],
+            args=["" if before_seq is None else before_seq, limit, "1" if introduced else "0"],
         )
         self._up()
-        decoded = (_decode(item) for item in raw if isinstance(item, bytes))
-        return [v for v in decoded if v is not None and (before_seq is None or v.seq < before_seq)][
-            :limit
+        records = [
+            r
+            for r in (_decode(item) for item in raw if isinstance(item, bytes))
+            if r is not None and (before_seq is None or r.version.seq < before_seq)
         ]
+        names = [d.decode("ascii", "replace") if isinstance(d, bytes) else str(d) for d in digests]
+        pieces = {n: p for n, p in zip(names, found, strict=False) if isinstance(p, bytes)}
+        who = {
+            n: b.decode("utf-8", "replace")
+            for n, b in zip(names, by or [], strict=False)
+            if isinstance(b, bytes)
+        }
+        return records[: limit if limit >= 0 else None], pieces, who
 
     def _up(self) -> None:
         if self._available is False:
@@ -338,3 +960,23 @@ class RedisHistory:
                 extra={"error_type": type(exc).__name__},
             )
         self._available = False
+
+
+def _sizes(records: Iterable[_Stored], stored: Iterable[Any]) -> dict[str, int]:
+    """The size of each piece stored (from the layouts that refer to it)."""
+    known: dict[str, int] = {}
+    for record in records:
+        for item in record.layout or ():
+            if not isinstance(item, str):
+                known[item[0]] = item[1]
+    names = (d.decode("ascii", "replace") if isinstance(d, bytes) else str(d) for d in stored)
+    return {name: known.get(name, 0) for name in names}
+
+
+def _pairs(flat: Sequence[Any]) -> dict[str, str]:
+    """HGETALL's flat answer as a dict of text."""
+
+    def text(value: Any) -> str:
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+    return {text(k): text(v) for k, v in zip(flat[::2], flat[1::2], strict=False)}

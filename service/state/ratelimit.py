@@ -251,9 +251,15 @@ def build_rate_limiter(
 
 
 class UpstreamBudget:
-    """Per-tenant budget of the calls that go past the cache to AWS: reads with
-    `cache-control: no-cache`, and every write (each reads AWS fresh under the registry's
-    lock, validate_only and a stale etag included, before it can refuse).
+    """Per-tenant budget of the calls that go past the cache: reads with
+    `cache-control: no-cache`, every write (each reads AWS fresh under the registry's lock,
+    validate_only and a stale etag included, before it can refuse), and history reads (the
+    whole history, from the store, each time).
+
+    A call spends it when it actually goes past the cache (service/pipeline/gates.py
+    `past_the_cache`), not when it arrives: one the gateway refuses first (authorization,
+    validation, content rules, a slice's ownership or share) reached nothing and spends
+    nothing, so a tenant's mistakes never eat its budget for the calls that do reach AWS.
 
     AWS throttling an account opens the breaker for every tenant of it, so no tenant may
     spend the account's AWS quota without bound. On by default, even where `rate_limit` is
@@ -274,15 +280,16 @@ class UpstreamBudget:
         except ResourceExhausted as exc:
             limit = f"{self._per_second:g} per second, burst {self._burst}"
             raise ResourceExhausted(
-                f"tenant {tenant!r} is over its budget of calls that reach AWS (writes and "
-                f"no-cache reads, {limit}); retry in {exc.retry_after_seconds or 0:.3f}s, "
-                "or read without no-cache",
+                f"tenant {tenant!r} is over its budget of calls past the cache (writes, "
+                f"no-cache reads and history reads that got past the gateway's own checks, "
+                f"{limit}); retry in {exc.retry_after_seconds or 0:.3f}s, or read without "
+                "no-cache",
                 reason="UPSTREAM_BUDGET_EXHAUSTED",
                 metadata={"tenant": tenant},
                 retry_after_seconds=exc.retry_after_seconds,
                 quota_violations=(
                     QuotaViolation(
-                        subject=f"tenant:{tenant}", description=f"calls reaching AWS: {limit}"
+                        subject=f"tenant:{tenant}", description=f"calls past the cache: {limit}"
                     ),
                 ),
             ) from None

@@ -94,13 +94,17 @@ async def test_trimmed_to_max_bytes_oldest_first(stores: Factory) -> None:
     store = stores(50, 4096)
     etag = None
     for i in range(6):
-        stored = await store.append(KEY, version(f"v{i}", b"x" * 1000), if_head_etag=etag)
+        document = str(i).encode() * 1000
+        stored = await store.append(KEY, version(f"v{i}", document), if_head_etag=etag)
         assert stored is not None
         etag = stored.etag
     kept = await store.page(KEY, before_seq=None, limit=10)
-    # Each version is ~1.1 KB encoded: three fit in 4 KiB, the newest three.
-    assert [v.etag for v in kept] == ["v5", "v4", "v3"]
-    assert all(v.document == b"x" * 1000 for v in kept)
+    # Each document is 1 KB: two fit in 4 KiB with the six versions' headers. The oldest
+    # give up their documents first (each still says what and who); the newest stay whole.
+    assert [v.etag for v in kept] == ["v5", "v4", "v3", "v2", "v1", "v0"]
+    assert [v.document_omitted for v in kept] == [False, False, True, True, True, True]
+    assert [v.document for v in kept[:2]] == [b"5" * 1000, b"4" * 1000]
+    assert all(v.document == b"" for v in kept[2:])
 
 
 async def test_a_version_larger_than_the_bound_is_kept_without_its_document(

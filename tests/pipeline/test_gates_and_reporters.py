@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import io
 import json
 import logging
@@ -18,7 +20,7 @@ from service.config import AuditConfig, RateLimitConfig, from_mapping
 from service.errors import ResourceExhausted
 from service.observability.audit import AuditLog, WriteRecord
 from service.observability.metrics import Metrics
-from service.pipeline.gates import Admit, Authenticate, FailedAuthentication
+from service.pipeline.gates import Admit, Authenticate, FailedAuthentication, past_the_cache
 from service.pipeline.reporters import (
     AccessLogReporter,
     AuditReporter,
@@ -85,13 +87,27 @@ def test_authenticate_counts_every_failure_and_samples_past_the_budget(
 async def test_admit_spends_the_upstream_budget_only_past_the_cache() -> None:
     config = RateLimitConfig(reads_per_second=0.001, writes_per_second=0.001, burst=1)
     admit = Admit(None, UpstreamBudget(0.001, 1, LocalRateLimiter(config)))
+
+    async def call(tenant: str, is_write: bool, no_cache: bool, reaches: bool) -> None:
+        # Each call in its own task (a context of its own), as each RPC runs.
+        async def run() -> None:
+            await admit(tenant, is_write=is_write, no_cache=no_cache)
+            if reaches:
+                await past_the_cache()
+                await past_the_cache()  # once a call, however often it is asked
+
+        await asyncio.get_running_loop().create_task(run(), context=contextvars.Context())
+
     for _ in range(5):
-        await admit("payments", is_write=False, no_cache=False)  # cached reads: free
-    await admit("payments", is_write=True, no_cache=False)
+        await call("payments", False, False, reaches=True)  # cached reads: free
+    for _ in range(5):
+        await call("payments", True, False, reaches=False)  # refused before AWS: free
+    await call("payments", True, False, reaches=True)  # the one call of the burst
     with pytest.raises(ResourceExhausted) as caught:
-        await admit("payments", is_write=False, no_cache=True)
+        await call("payments", False, True, reaches=True)
     assert caught.value.reason == "UPSTREAM_BUDGET_EXHAUSTED"
-    await admit("billing", is_write=True, no_cache=False)  # a budget per tenant
+    await call("billing", True, False, reaches=True)  # a budget per tenant
+    await past_the_cache()  # outside any admitted call: nothing to spend
 
 
 def test_metrics_reporter_counts_by_code_and_denials(tenancy: Tenancy) -> None:

@@ -314,6 +314,9 @@ class Broken:
     async def page(self, key: CacheKey, *, before_seq: int | None, limit: int) -> Any:
         raise RuntimeError("broken")
 
+    async def scan(self, key: CacheKey) -> Any:
+        raise RuntimeError("broken")
+
 
 async def test_a_failing_history_never_fails_the_read(clock: Clock, seen: Recorded) -> None:
     drift = detector(Broken(), clock, seen)
