@@ -14,7 +14,9 @@ read-back after one) is `observe`d against the head of its history (service/stat
 A cache load is not under the lock: it may have begun before a gateway write and return the
 state before it. A load that began before the head was recorded (less a second for the clock
 skew of replicas) is skipped, and so is a load answering the version before a head recorded
-moments ago (an eventually consistent read); the next read sees any real change. A load that
+moments ago (an eventually consistent read); the next read sees any real change. These times
+are compared across replicas, so with Redis they are on Redis's clock (service/state/clock.py:
+one TIME per observation), never on one replica's against another's. A load that
 finds a write of the same resource in flight (`locks.writing`, any replica: from just before
 its put until its record) is skipped too: it may have seen a write that has reached AWS but
 is not recorded yet (the write records it; a change another writer made meanwhile is caught
@@ -56,6 +58,7 @@ from service.gen.v1 import registry_pb2 as pb
 from service.registry import etags, plan, read_back
 from service.registry.slices import Ownership
 from service.state.cache import CacheKey
+from service.state.clock import SharedClock
 from service.state.history import HistoryStore, Version
 
 log = logging.getLogger("registry_gateway.drift")
@@ -114,13 +117,17 @@ class DriftDetector:
         config: Callable[[], GatewayConfig],
         skew_seconds: float = SKEW_SECONDS,
         locks: WritesInFlight | None = None,
+        shared_clock: SharedClock | None = None,
     ) -> None:
         self._skew_seconds = skew_seconds
+        # Times other replicas compare (recorded_at, a read's start) are on this clock when
+        # there is one (Redis's: service/state/clock.py), else on `clock` (one replica).
+        self._shared_clock = shared_clock
         self._locks = locks  # None: no write lock to consult (unit tests without writes)
         self._history = history
         self._audit = audit
         self._count = count
-        self.clock = clock  # the callers' `started` must be on this clock
+        self.clock = clock  # the callers' `started` is on this clock, this replica's own
         self._config = config
 
     # --- reads --------------------------------------------------------------------------
@@ -143,8 +150,10 @@ class DriftDetector:
         self, key: CacheKey, value: Observed, started: float, under_lock: bool
     ) -> None:
         etag, document = _snapshot(key, value)
+        shift = await self._shift()
+        started += shift  # on the clock every replica's recorded_at is on
         head = await self._history.head(key)
-        version = Version(0, self.clock(), "baseline", etag, document)
+        version = Version(0, self.clock() + shift, "baseline", etag, document)
         if head is None:
             await self._history.append(key, version, if_head_etag=None)
             return
@@ -157,7 +166,7 @@ class DriftDetector:
                 key.registry_id, key.region, key.resource
             ):
                 return  # may see a write of this resource not recorded yet: the write records it
-            if self.clock() - head.recorded_at < STALE_READ_SECONDS:
+            if self.clock() + shift - head.recorded_at < STALE_READ_SECONDS:
                 recent = await self._history.page(key, before_seq=head.seq, limit=1)
                 if recent and recent[0].etag == etag:
                     return  # the version just replaced: an eventually consistent read
@@ -190,6 +199,17 @@ class DriftDetector:
             seq=stored.seq,
         )
 
+    # --- the clock replicas share ------------------------------------------------------
+
+    async def _shift(self) -> float:
+        """The shared clock less `clock` (0 without a shared clock)."""
+        if self._shared_clock is None:
+            return 0.0
+        return await self._shared_clock.offset(self.clock)
+
+    async def _now(self) -> float:
+        return self.clock() + await self._shift()
+
     # --- writes -------------------------------------------------------------------------
 
     async def record_write(
@@ -210,7 +230,9 @@ class DriftDetector:
             etag, document = _snapshot(key, value)
             if etag == etag_before:
                 return
-            version = Version(0, self.clock(), "gateway", etag, document, tenant, identity, rpc)
+            version = Version(
+                0, await self._now(), "gateway", etag, document, tenant, identity, rpc
+            )
             await self._append_after(key, version, etag_before)
         except Exception as exc:
             log.error(
@@ -234,7 +256,7 @@ class DriftDetector:
         replica made the write, and only it can know."""
         try:
             etag, document = _snapshot(key, value)
-            version = Version(0, self.clock(), "out-of-band", etag, document)
+            version = Version(0, await self._now(), "out-of-band", etag, document)
             await self._append_after(key, version, etag_before)
             self._report(
                 OVERWRITTEN,

@@ -51,6 +51,11 @@ class Store(Protocol):
         """The entry, or None (never raises because the store is unavailable)."""
         ...
 
+    def begin_load(self, key: CacheKey) -> None:
+        """A load of `key` begins, right after a `get` of it: its `put` stores nothing if a
+        write (or, in Redis, a loss of the key) came in between."""
+        ...
+
     async def put(self, key: CacheKey, entry: Entry) -> None:
         """Store an entry a read loaded (unless a write has since replaced it)."""
         ...
@@ -92,16 +97,20 @@ class ReadCache:
         on_outcome: OnOutcome | None = None,
     ) -> Message:
         """The cached response, or one loaded by `loader` (NotFound is cached as negative)."""
-        cached = None if fresh else await self._store.get(key)
+        # A fresh read asks the store too: the version it finds is the one the load's value
+        # is stored under (RedisStore), and the entry is the stale one served if AWS fails.
+        cached = await self._store.get(key)
         outcome: Outcome
         not_found: NotFound | None = None
         coalesced = False
-        if cached is not None and self._clock() < cached.fresh_until:
+        if not fresh and cached is not None and self._clock() < cached.fresh_until:
             entry, outcome = cached, "hit"
         else:
             flight = self._flights.get(key)
             coalesced = flight is not None
             if flight is None:
+                # No await since the get above: the load begins on what that get found.
+                self._store.begin_load(key)
                 # The load belongs to no caller: an empty context, so no caller's deadline
                 # bounds it, and shielded, so a caller leaving does not cancel it.
                 flight = asyncio.get_running_loop().create_task(
