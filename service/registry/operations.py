@@ -7,12 +7,16 @@ writes in service/registry/slice_operations.py. What happens once a write is sen
 (`WriteSettlement`), so this module owns the lock, the fresh read and the answer.
 
 A write takes the lock, reads the current value fresh from AWS (for the caller's etag
-precondition, the plan and the audit trail), re-checks it still owns the lock, then (unless
-validate_only) hands the write to the settlement, which calls AWS, reads back inside the
-lock and writes that through to the cache, so the etag it returns is the one every
-replica's next read sees. A write that fails or is abandoned after calling AWS invalidates
-the cache (`_writing`): its outcome is unknown. One whose verdict is OVERWRITTEN answers
-WriteOverwritten and leaves the read-back in the cache (it is the truth).
+precondition, the plan and the audit trail) and writes that read through to the cache, so
+that a caller refused (ETAG_MISMATCH) and reading again sees the state it was judged against
+on any replica, not an older copy until the TTL (a write that reached AWS around the cache:
+a replica killed before its write-through, a change made around the gateway). It then
+re-checks it still owns the lock, then (unless validate_only) hands the write to the
+settlement, which calls AWS, reads back inside the lock and writes that through to the
+cache, so the etag it returns is the one every replica's next read sees. A write that fails
+or is abandoned after calling AWS invalidates the cache (`_writing`): its outcome is
+unknown. One whose verdict is OVERWRITTEN answers WriteOverwritten and leaves the read-back
+in the cache (it is the truth).
 
 Operations return what happened and write into nothing: a read answers a `Read` (the value
 and how the cache served it), a write a `WriteResult` (the response and the etags around
@@ -190,6 +194,11 @@ class RegistryOperations:
         self._settlement = WriteSettlement(ecr, cache, drift=drift)
         self._max_writes_per_tenant = max_writes_per_tenant
         self._in_flight: dict[tuple[str, str, str], int] = {}
+
+    @property
+    def settlement(self) -> WriteSettlement:
+        """The writes sent to AWS: the shutdown stops new ones and waits for these."""
+        return self._settlement
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -379,6 +388,7 @@ class RegistryOperations:
             current = await self._ecr.describe_registry(target)
             attempt.etag_before = current.etag
             await self._observe(key, current, started, under_lock=True)
+            await self._cache.put(key, current)  # the state it is judged against
             proposed = change(current)
             if validate_only:
                 return ReplicationUpdate(current, proposed, None)
@@ -417,6 +427,10 @@ class RegistryOperations:
             current = await self._current_policy(target)
             attempt.etag_before = etags.of_policy(current)
             await self._observe(key, current, started, under_lock=True)
+            await self._cache.put(  # the state it is judged against
+                key,
+                None if current is None else convert.policy_response(target.registry_id, current),
+            )
             proposed = change(current)
             if validate_only:
                 return PolicyUpdate(current, proposed, current, done=False)

@@ -2,17 +2,34 @@
 
 In one process an asyncio lock suffices. Across replicas the lock lives in Redis (redis-py's
 Lock: SET NX PX with a token, released by a compare-and-delete script, so only its owner
-releases it). Its expiry exceeds the longest allowed deadline, and a writer re-checks that
-it still owns the lock just before the AWS call.
+releases it). Its expiry is short (`cache.lock_ttl_seconds`, 10 s by default) and a watchdog
+renews it every third of that while its writer holds it, as Redisson's does: a live writer
+keeps its lock as long as its write lasts, up to the longest a write may take
+(`max_hold_seconds`: the server's longest deadline + 5 s, so a writer stuck alive cannot hold
+its registry for ever), and the lock of a replica that died frees within the TTL. A writer
+re-checks that it still owns the lock just before the AWS call, and the settlement of a
+write checks it again before it records anything.
+
+What a Redis fault costs here, bounded:
+- A writer waits for a lock until a margin before its deadline (`wait_budget`), then answers
+  UNAVAILABLE `WRITE_LOCK_BUSY` with RetryInfo (nothing written), never DEADLINE_EXCEEDED.
+- A renewal that fails is retried every RETRY_SECONDS while the lock is still valid; one that
+  finds the key gone or another's (expired, wiped, taken) marks the lock lost at once: the
+  writer's next check answers WRITE_LOCK_LOST rather than write or record under it.
+- A release (or an acquisition whose answer never came: Redis may apply it once it answers)
+  that fails is retried in the background until Redis answers it, so the lock frees as soon
+  as Redis is back rather than at its expiry.
+- A Redis that does not answer is waited for once per command at most, and not again until
+  it answers (service/state/redis_circuit.py).
 
 A write also marks, for as long as it settles (put, read-back, write-through, record), that a
 write of its resource is in flight (`writing`): the drift detector skips unlocked reads of
 that resource meanwhile (service/registry/drift.py), not of the registry's other one. In
 Redis the marker is `{prefix}lock:writing:{registry}:{region}:{resource}`, set with the
-lock's remaining validity as expiry and deleted by its owner. A held lock also says how long
-it stays valid (`remaining`) and whether it is still owned (`owned`): the settlement of a
-write is bounded by the one and checks the other before it records anything
-(service/registry/settlement.py).
+lock's TTL, renewed with the lock and deleted by its owner. A held lock also says how long
+it stays valid (`remaining`, moved on by each renewal) and whether it is still owned
+(`owned`): the settlement of a write is bounded by the one and checks the other before it
+records anything (service/registry/settlement.py).
 
 The window that remains, which no lock closes: AWS has no conditional write and cannot check
 a fencing token, so a writer whose lock expired between that check and AWS applying its
@@ -24,20 +41,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis.asyncio as redis
 from redis.asyncio.lock import Lock
-from redis.exceptions import LockError
+from redis.exceptions import LockError, LockNotOwnedError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from service.errors import DeadlineExceeded, Unavailable
+from service.errors import Unavailable
+
+log = logging.getLogger("registry_gateway.locks")
 
 LOCK_RETRY_AFTER_SECONDS = 1.0
+# A writer stops waiting for a lock this long before its deadline (at most a fifth of the
+# time it has), so that it answers WRITE_LOCK_BUSY before the caller's deadline passes.
+LOCK_WAIT_MARGIN_SECONDS = 1.0
+# A renewal or a release that failed is tried again this often.
+RETRY_SECONDS = 0.25
+# A release Redis never answered is given up after this long (the key expires by itself).
+RELEASE_GIVE_UP_SECONDS = 600.0
 
 
 def lock_lost(registry_id: str, *, sent: bool = False) -> Unavailable:
@@ -53,6 +82,24 @@ def lock_lost(registry_id: str, *, sent: bool = False) -> Unavailable:
     return Unavailable(what, reason="WRITE_LOCK_LOST", retry_after_seconds=LOCK_RETRY_AFTER_SECONDS)
 
 
+def lock_busy(registry_id: str, region: str) -> Unavailable:
+    """The error of a writer whose deadline came before the lock did: nothing was written."""
+    return Unavailable(
+        f"another write of registry {registry_id} in {region} held its write lock until "
+        "your deadline; nothing was written: retry",
+        reason="WRITE_LOCK_BUSY",
+        metadata={"registryId": registry_id, "region": region},
+        retry_after_seconds=LOCK_RETRY_AFTER_SECONDS,
+    )
+
+
+def wait_budget(time_left: float, max_wait: float) -> float:
+    """Seconds a writer with `time_left` of its deadline waits for a lock (outside a call,
+    where time_left is infinite: `max_wait`)."""
+    left = min(time_left, max_wait)
+    return max(0.0, left - min(LOCK_WAIT_MARGIN_SECONDS, left / 5))
+
+
 class HeldLock(Protocol):
     """A lock being held, which a writer re-checks just before it calls AWS."""
 
@@ -65,7 +112,8 @@ class HeldLock(Protocol):
         ...
 
     def remaining(self) -> float:
-        """Seconds the lock stays valid at least (math.inf: it does not expire)."""
+        """Seconds the lock stays valid at least (math.inf: it does not expire; 0: lost).
+        A renewal moves it on."""
         ...
 
     def writing(self, resource: str) -> AbstractAsyncContextManager[None]:
@@ -117,19 +165,48 @@ class _LocalHold:
 
 
 class RegistryLocks:
-    """One asyncio lock per (registry, region), within this process."""
+    """One asyncio lock per (registry, region), within this process.
 
-    def __init__(self) -> None:
+    With `time_left` (the current call's), a writer waits no longer than `wait_budget` and
+    then answers WRITE_LOCK_BUSY; without, it waits as long as it takes (unit tests)."""
+
+    def __init__(
+        self,
+        time_left: Callable[[], float] | None = None,
+        *,
+        max_wait_seconds: float = 60.0,
+    ) -> None:
         # Bounded by the configured registries x regions, so never evicted.
         self._locks: dict[tuple[str, str], asyncio.Lock] = {}
         self._marks = _Marks()
+        self._time_left = time_left
+        self._max_wait = max_wait_seconds
 
     @asynccontextmanager
     async def hold(self, registry_id: str, region: str) -> AsyncIterator[HeldLock]:
         """Hold the registry's lock for the duration of the block."""
-        lock = self._locks.setdefault((registry_id, region), asyncio.Lock())
-        async with lock:
+        wait = (
+            math.inf if self._time_left is None else wait_budget(self._time_left(), self._max_wait)
+        )
+        async with self.hold_within(registry_id, region, wait):
             yield _LocalHold(self._marks, registry_id, region)
+
+    @asynccontextmanager
+    async def hold_within(self, registry_id: str, region: str, wait: float) -> AsyncIterator[None]:
+        """The in-process lock, waited for at most `wait` seconds (else WRITE_LOCK_BUSY)."""
+        lock = self._locks.setdefault((registry_id, region), asyncio.Lock())
+        bound = asyncio.timeout(None if math.isinf(wait) else wait)
+        try:
+            async with bound:
+                await lock.acquire()
+        except TimeoutError:
+            if bound.expired():
+                raise lock_busy(registry_id, region) from None
+            raise
+        try:
+            yield
+        finally:
+            lock.release()
 
     async def held(self, registry_id: str, region: str) -> bool:
         """Whether a writer holds (or is being granted) the registry's lock right now."""
@@ -146,45 +223,131 @@ class _TimedLock(Lock):
     runs from no earlier than that moment."""
 
     attempted_at = 0.0
+    attempted_token: bytes | None = None
 
     async def do_acquire(self, token: str | bytes) -> bool:
         self.attempted_at = time.monotonic()
+        self.attempted_token = token if isinstance(token, bytes) else token.encode()
         return await super().do_acquire(token)
 
 
-# Deletes a write-in-flight marker only if it is still the one this writer set.
-_UNMARK = """
+# Deletes a key only if it still holds this writer's token: a write-in-flight marker, or a
+# lock key an acquisition may have set although its answer never came.
+_DELETE_OURS = """
 if redis.call('get', KEYS[1]) == ARGV[1] then
     return redis.call('del', KEYS[1])
+end
+return 0
+"""
+# Renews a write-in-flight marker only if it is still the one this writer set.
+_REMARK = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+    return redis.call('pexpire', KEYS[1], ARGV[2])
 end
 return 0
 """
 
 
 class _RedisHold:
+    """A lock held in Redis, renewed by a watchdog task while the writer holds it."""
+
     def __init__(
         self,
         lock: _TimedLock,
         registry_id: str,
         region: str,
         *,
-        valid_until: float,
+        ttl: float,
+        max_hold: float,
         marker: Callable[[str], str],
         marks: _Marks,
     ) -> None:
         self._lock = lock
         self._registry_id = registry_id
         self._region = region
-        self._valid_until = valid_until  # time.monotonic()
+        self._ttl = ttl
+        self._max_hold = max_hold
+        # time.monotonic(): until when the key holds at least, and the longest it is renewed.
+        self._valid_until = lock.attempted_at + ttl
+        self._hold_until = lock.attempted_at + max_hold
+        self._lost = False
         self._marker = marker
         self._marks = marks
+        self._marked: dict[str, str] = {}  # marker key -> token, renewed with the lock
+        self._watchdog: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Renew the lock every third of its TTL until `stop`. Its own context: the renewal
+        belongs to no caller (no deadline, no trace of a call)."""
+        self._watchdog = asyncio.get_running_loop().create_task(
+            self._renew(), context=contextvars.Context()
+        )
+
+    async def stop(self) -> None:
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.cancel()
+            # Waited without raising its CancelledError: ours (the writer's) must go through.
+            await asyncio.wait({watchdog})
+
+    @property
+    def lost(self) -> bool:
+        """Known lost: the key no longer holds this writer's token, or it ran out."""
+        return self._lost or self.remaining() <= 0
+
+    async def _renew(self) -> None:
+        every = self._ttl / 3
+        wait = every
+        while True:
+            await asyncio.sleep(wait)
+            if self.remaining() <= 0:
+                self._lose("it ran out while Redis did not answer its renewals")
+                return
+            attempted = time.monotonic()
+            renew_for = min(self._ttl, self._hold_until - attempted)
+            if renew_for < RETRY_SECONDS:
+                # As long as a write may last: not renewed further, it expires by itself.
+                log.warning(
+                    "write lock of registry %s in %s held for %.0f s, the longest a write may "
+                    "take: not renewed further",
+                    self._registry_id,
+                    self._region,
+                    self._max_hold,
+                )
+                return
+            try:
+                await self._lock.extend(renew_for, replace_ttl=True)
+            except LockNotOwnedError:
+                self._lose("its key no longer holds this writer's token (expired, wiped, taken)")
+                return
+            except (redis.RedisError, OSError):
+                wait = min(every, RETRY_SECONDS)  # still valid for a while: try again soon
+                continue
+            self._valid_until = attempted + renew_for
+            wait = every
+            await self._renew_marks(renew_for)
+
+    async def _renew_marks(self, seconds: float) -> None:
+        client = self._lock.redis
+        for key, token in list(self._marked.items()):
+            with contextlib.suppress(redis.RedisError, OSError):
+                await client.eval(_REMARK, 1, key, token, max(1, math.ceil(seconds * 1000)))
+
+    def _lose(self, why: str) -> None:
+        self._lost = True
+        log.warning(
+            "write lock of registry %s in %s lost: %s",
+            self._registry_id,
+            self._region,
+            why,
+        )
 
     async def ensure_owned(self) -> None:
         if not await self.owned():
             raise lock_lost(self._registry_id)
 
     async def owned(self) -> bool:
-        if self.remaining() <= 0:
+        if self.lost:
             return False
         try:
             return bool(await self._lock.owned())
@@ -192,6 +355,8 @@ class _RedisHold:
             return False
 
     def remaining(self) -> float:
+        if self._lost:
+            return 0.0
         return self._valid_until - time.monotonic()
 
     @asynccontextmanager
@@ -200,15 +365,17 @@ class _RedisHold:
         token = uuid.uuid4().hex
         client = self._lock.redis
         with self._marks.mark((self._registry_id, self._region, resource)):
+            self._marked[key] = token
             with contextlib.suppress(redis.RedisError, OSError):
                 # Redis away: readers asking it skip anyway (`RedisRegistryLocks.writing`).
-                ttl = max(1, math.ceil(self.remaining() * 1000))
+                ttl = max(1, math.ceil(min(self._ttl, self.remaining()) * 1000))
                 await client.set(key, token, px=ttl)
             try:
                 yield
             finally:
+                del self._marked[key]
                 with contextlib.suppress(redis.RedisError, OSError):
-                    await client.eval(_UNMARK, 1, key, token)
+                    await client.eval(_DELETE_OURS, 1, key, token)
 
 
 class RedisRegistryLocks:
@@ -219,15 +386,28 @@ class RedisRegistryLocks:
         self,
         client: redis.Redis,
         key_prefix: str,
-        expiry_seconds: float,
+        ttl_seconds: float,
         time_left: Callable[[], float],
+        *,
+        max_wait_seconds: float = 60.0,
+        max_hold_seconds: float = math.inf,
+        spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None,
     ) -> None:
         self._redis = client
         self._prefix = f"{key_prefix}lock:"
-        self._expiry = expiry_seconds
+        self._ttl = min(ttl_seconds, max_hold_seconds)
+        # The longest a writer keeps its lock by renewals: what a write may take at most, so
+        # that a writer stuck alive cannot hold its registry for ever (settlement.py ends
+        # a write's settlement before its lock runs out).
+        self._max_hold = max_hold_seconds
         self._time_left = time_left
+        self._max_wait = max_wait_seconds
         self._local = RegistryLocks()
         self._marks = _Marks()
+        # Runs the releases Redis did not answer yet in the background (the server's, which
+        # it cancels at shutdown; else tasks of this object's own, `aclose`).
+        self._spawn = spawn or self._in_background
+        self._releasing: set[asyncio.Task[None]] = set()
 
     def _key(self, registry_id: str, region: str) -> str:
         return f"{self._prefix}{registry_id}:{region}"
@@ -258,43 +438,94 @@ class RedisRegistryLocks:
 
     @asynccontextmanager
     async def hold(self, registry_id: str, region: str) -> AsyncIterator[HeldLock]:
-        """Hold the registry's lock across replicas; Unavailable when Redis cannot grant it.
+        """Hold the registry's lock across replicas, renewed while held.
 
-        Writes fail rather than go unlocked while Redis is away: a lost update is worse
-        than a retry.
+        Unavailable when Redis cannot grant it (WRITE_LOCK_UNAVAILABLE): writes fail rather
+        than go unlocked while Redis is away, since a lost update is worse than a retry; or
+        when another writer holds it until this one's wait runs out (WRITE_LOCK_BUSY).
         """
-        async with self._local.hold(registry_id, region):
+        loop = asyncio.get_running_loop()
+        give_up_at = loop.time() + wait_budget(self._time_left(), self._max_wait)
+        async with self._local.hold_within(registry_id, region, give_up_at - loop.time()):
             lock = self._redis.lock(
                 self._key(registry_id, region),
-                timeout=self._expiry,
+                timeout=self._ttl,
                 sleep=0.05,
-                blocking_timeout=max(0.0, min(self._time_left(), self._expiry)),
+                blocking_timeout=max(0.0, give_up_at - loop.time()),
                 lock_class=_TimedLock,
+                thread_local=False,  # used by the writer's task and its watchdog's
             )
             assert isinstance(lock, _TimedLock)
             try:
                 acquired = await lock.acquire()
-            except (redis.RedisError, OSError):
+            except (redis.RedisError, OSError) as exc:
+                if isinstance(exc, RedisTimeoutError | TimeoutError) and lock.attempted_token:
+                    # Its SET was sent but not answered: a paused Redis applies it when it
+                    # wakes, and nobody would release that lock. Forget it once Redis answers.
+                    self._spawn(self._forget(self._key(registry_id, region), lock.attempted_token))
                 raise Unavailable(
                     "the shared write lock (Redis) is unavailable; nothing was written",
                     reason="WRITE_LOCK_UNAVAILABLE",
                     retry_after_seconds=LOCK_RETRY_AFTER_SECONDS,
                 ) from None
             if not acquired:
-                raise DeadlineExceeded(
-                    f"deadline exceeded waiting for the write lock of registry {registry_id}"
-                )
+                raise lock_busy(registry_id, region)
             hold = _RedisHold(
                 lock,
                 registry_id,
                 region,
-                valid_until=lock.attempted_at + self._expiry,
+                ttl=self._ttl,
+                max_hold=self._max_hold,
                 marker=lambda resource: self._marker(registry_id, region, resource),
                 marks=self._marks,
             )
+            hold.start()
             try:
                 yield hold
             finally:
-                # Expired or Redis away: it is no longer ours to release.
-                with contextlib.suppress(LockError, redis.RedisError, OSError):
-                    await lock.release()
+                await hold.stop()
+                await self._release(lock)
+
+    async def _release(self, lock: _TimedLock) -> None:
+        """Release now, or (Redis not answering) in the background until Redis answers: the
+        lock frees as soon as Redis is back, not at its expiry."""
+        try:
+            await lock.release()
+        except LockError:
+            return  # not ours any more (expired, wiped, taken): nothing to release
+        except (redis.RedisError, OSError):
+            self._spawn(self._release_later(lock))
+
+    async def _release_later(self, lock: _TimedLock) -> None:
+        give_up_at = time.monotonic() + RELEASE_GIVE_UP_SECONDS
+        while time.monotonic() < give_up_at:
+            await asyncio.sleep(RETRY_SECONDS)
+            try:
+                await lock.release()
+            except LockError:
+                return
+            except (redis.RedisError, OSError):
+                continue
+            log.info("write lock %s released once Redis answered", lock.name)
+            return
+
+    async def _forget(self, name: str, token: bytes) -> None:
+        give_up_at = time.monotonic() + RELEASE_GIVE_UP_SECONDS
+        while time.monotonic() < give_up_at:
+            await asyncio.sleep(RETRY_SECONDS)
+            try:
+                await self._redis.eval(_DELETE_OURS, 1, name, token)
+            except (redis.RedisError, OSError):
+                continue
+            return
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work, context=contextvars.Context())
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
+
+    async def aclose(self) -> None:
+        """Stop the releases still waiting for Redis (at shutdown: the keys expire)."""
+        for task in list(self._releasing):
+            task.cancel()
+        await asyncio.gather(*self._releasing, return_exceptions=True)
