@@ -137,6 +137,13 @@ class UpstreamFailure(Unavailable):
     """
 
 
+class UpstreamNoAnswer(UpstreamFailure):
+    """The request went to AWS (or may have: an earlier attempt did) and no answer came:
+    botocore's read timeout, a connection dropped after sending. A read is simply retried;
+    a write's outcome is unknown until it is read back (service/registry/settlement.py).
+    A connection that failed before anything was sent is a plain UpstreamFailure."""
+
+
 class ResourceExhausted(GatewayError):
     """The tenant is over its rate; carries RetryInfo and a QuotaFailure."""
 
@@ -149,6 +156,14 @@ class DeadlineExceeded(GatewayError):
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
     reason = "DEADLINE_EXCEEDED"
+
+
+class Cancelled(GatewayError):
+    """The gateway ended a call the caller let stall (its request message did not arrive in
+    time). CANCELLED, not DEADLINE_EXCEEDED: the caller's doing, which pages nobody."""
+
+    code = grpc.StatusCode.CANCELLED
+    reason = "CANCELLED"
 
 
 class Internal(GatewayError):

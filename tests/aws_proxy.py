@@ -35,6 +35,9 @@ class Fault:
     body: bytes = b""
     reset: bool = False  # close the connection without an answer
     delay_seconds: float = 0.0  # wait before answering (a slow AWS)
+    # Forward to moto first, then wait this long before answering: AWS applied the call and
+    # its answer comes late (past the gateway's read timeout, say). Cut short by `released`.
+    late_seconds: float = 0.0
 
     def matches(self, operation: str) -> bool:
         return not self.operations or operation in self.operations
@@ -94,6 +97,8 @@ class CountingProxy:
                 conn.request("POST", self.path, body=body, headers=headers)
                 response = conn.getresponse()
                 data = response.read()
+                if fault is not None and fault.matches(operation) and fault.late_seconds:
+                    proxy.released.wait(fault.late_seconds)
                 self.send_response(response.status)
                 for key, value in response.getheaders():
                     if key.lower() not in _HOP_BY_HOP:

@@ -68,9 +68,10 @@ def test_shipped_config_loads() -> None:
     spec = deployment["spec"]["template"]["spec"]
     probe_port = spec["containers"][0]["readinessProbe"]["grpc"]["port"]
     assert f":{probe_port}" in config.server.health_listen
-    # SIGKILL must not come before the drain and the grace period are over.
+    # SIGKILL must not come before the drain, the grace period and the writes' settling
+    # (with a second for the last audit lines) are over.
     assert spec["terminationGracePeriodSeconds"] > (
-        config.server.drain_seconds + config.server.grace_seconds
+        config.server.drain_seconds + config.server.grace_seconds + config.server.settle_seconds + 1
     )
 
 

@@ -4,20 +4,36 @@ botocore raises ClientError (AWS answered an error code) or one of its own BotoC
 (parameter validation, no credentials, unreachable, its own timeouts). `aws_errors_mapped`
 turns each into the gateway's error model (service/errors.py), as the Errors table of the
 README says; nothing above service/aws/ sees a botocore exception.
+
+A failure that left AWS without the request (the connection was never made) and one that
+may have reached it (sent, then no answer: botocore's read timeout, a connection dropped)
+are told apart: the first is UPSTREAM_UNREACHABLE, safe to retry; the second is
+`UpstreamNoAnswer`, since a write's outcome is then unknown until read back
+(service/registry/settlement.py). botocore retries both kinds (its standard mode counts
+them transient), and raises only the last attempt's error: `note_attempt`, on each ECR
+client's `response-received` event, marks that error when an earlier attempt may have
+been sent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import socket
+from collections.abc import Iterator, MutableMapping
 from contextlib import contextmanager
+from typing import Any
 
+import aiohttp
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
     ConnectionError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
     HTTPClientError,
     NoCredentialsError,
     ParamValidationError,
+    ProxyConnectionError,
+    SSLError,
 )
 
 from service.errors import (
@@ -27,6 +43,7 @@ from service.errors import (
     InvalidArgument,
     NotFound,
     UpstreamFailure,
+    UpstreamNoAnswer,
 )
 
 # AWS error codes of the ECR model and the transport, mapped as the README's table says.
@@ -62,6 +79,49 @@ _AWS_ACCESS = frozenset(
 
 # How long a caller should wait before retrying after AWS said it is unavailable.
 UPSTREAM_RETRY_AFTER_SECONDS = 1.0
+
+# Set (on botocore's per-request context, then on the error raised) once an attempt of the
+# request may have reached AWS.
+_MAYBE_SENT = "registry_gateway_maybe_sent"
+
+
+def _before_sending(exc: BaseException) -> bool:
+    """Whether a failed attempt certainly sent nothing: no connection was made (refused,
+    unresolvable, timed out connecting, TLS or proxy refused). aiobotocore raises
+    EndpointConnectionError for any aiohttp ClientConnectionError, a reset while reading
+    the answer included; only aiohttp's ClientConnectorError (and a failed DNS lookup) is
+    the connection itself failing (aiobotocore/httpsession.py, `send`)."""
+    if isinstance(exc, EndpointConnectionError):
+        cause = exc.kwargs.get("error")
+        return isinstance(cause, aiohttp.ClientConnectorError | socket.gaierror)
+    return isinstance(exc, ConnectTimeoutError | ProxyConnectionError | SSLError)
+
+
+def note_attempt(
+    exception: BaseException | None = None,
+    context: MutableMapping[str, Any] | None = None,
+    **_: Any,
+) -> None:
+    """botocore's `response-received` handler (each attempt): remember, in the request's
+    context, that an attempt may have reached AWS, and mark the attempt's error with it, so
+    the error botocore raises last says so even when its own attempt failed to connect."""
+    if exception is None or context is None:
+        return
+    if not _before_sending(exception):
+        context[_MAYBE_SENT] = True
+    if context.get(_MAYBE_SENT):
+        setattr(exception, _MAYBE_SENT, True)
+
+
+def watch_attempts(client: Any) -> None:
+    """Register `note_attempt` on an ECR client (aiobotocore), for every operation."""
+    client.meta.events.register("response-received.ecr", note_attempt)
+
+
+def maybe_sent(exc: BaseException) -> bool:
+    """Whether a failed call may have reached AWS (see `note_attempt`); without the mark
+    (a client not watched), judged by the error's own type."""
+    return bool(getattr(exc, _MAYBE_SENT, False)) or not _before_sending(exc)
 
 
 def policy_not_found(aws_request_id: str, operation: str) -> NotFound:
@@ -144,6 +204,14 @@ def from_botocore_error(exc: BotoCoreError, operation: str) -> GatewayError:
         )
     if isinstance(exc, ConnectionError | HTTPClientError):
         # botocore's own timeouts are among these (ConnectTimeoutError, ReadTimeoutError).
+        if maybe_sent(exc):
+            # Same reason for a read (retry it); a write reads back (settlement.py).
+            return UpstreamNoAnswer(
+                f"AWS ECR did not answer {operation} ({type(exc).__name__}); retry later",
+                reason="UPSTREAM_UNREACHABLE",
+                metadata={"operation": operation},
+                retry_after_seconds=UPSTREAM_RETRY_AFTER_SECONDS,
+            )
         return UpstreamFailure(
             f"AWS ECR could not be reached for {operation}; retry later",
             reason="UPSTREAM_UNREACHABLE",

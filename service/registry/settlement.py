@@ -28,6 +28,22 @@ and the caller answers WriteOverwritten (ABORTED, built by `overwritten`).
 A slice write (service/registry/slice_operations.py, `CallerSlice`) holds when the caller's
 slice holds: a change to another tenant's part between the write and its read-back is not
 the caller's to hear (it is answered OK) but the operators': it is reported as drift.
+
+A write sent to AWS that got no answer (`UpstreamNoAnswer`: botocore's read timeout, a
+connection dropped after sending; service/aws/errors.py) has an unknown outcome, so it is
+settled by its read-back alone: what holds what was written is the caller's write (recorded
+as such, answered OK, never taken for drift); what still holds the state before it, after
+the read-back's retries, was not applied (UNAVAILABLE `WRITE_NOT_APPLIED`: retry); another
+writer's state is WRITE_OVERWRITTEN as above; and a read-back that fails too leaves the
+outcome unknown (UNAVAILABLE `WRITE_OUTCOME_UNKNOWN`: read again before retrying), with
+nothing recorded. A connection that failed before sending is answered as it is
+(UPSTREAM_UNREACHABLE): nothing reached AWS.
+
+At shutdown (service/app/server.py), once the grace period is over, no new write is sent
+(`stop_writes`: a write reaching this point answers UNAVAILABLE `SHUTTING_DOWN`, nothing
+written), and the gateway waits for the settlements in flight (`settled`) before it closes
+the AWS clients, Redis and the audit trail, so a write sent before is still read back,
+recorded and answered.
 """
 
 from __future__ import annotations
@@ -44,7 +60,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from service.auth.targets import Target
 from service.aws.port import EcrPort, NoPolicy
 from service.call import Call, current_call, time_left
-from service.errors import DeadlineExceeded, GatewayError, WriteOverwritten
+from service.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    Unavailable,
+    UpstreamNoAnswer,
+    WriteOverwritten,
+)
 from service.gen.v1 import registry_pb2 as pb
 from service.registry import convert, etags, read_back
 from service.state.cache import CacheKey, ReadCache
@@ -62,6 +84,9 @@ READ_BACK_RETRY_SECONDS = (0.1, 0.3, 0.6)
 # The read-back must end this long before the lock expires: what follows it (the ownership
 # check, the write-through, the record) is a few Redis calls.
 LOCK_MARGIN_SECONDS = 1.0
+# A write without an answer whose read-back says it was not applied, or says nothing: how
+# long the caller waits before retrying (as for AWS unavailable).
+RETRY_AFTER_SECONDS = 1.0
 
 log = logging.getLogger("registry_gateway.settlement")
 
@@ -111,7 +136,7 @@ def _judged(
 def overwritten(target: Target, current_etag: str) -> WriteOverwritten:
     """The error a write whose verdict is OVERWRITTEN answers, naming the etag that stands."""
     return WriteOverwritten(
-        f"the write reached AWS, but another writer's state now stands in registry "
+        f"the write was sent to AWS, but another writer's state now stands in registry "
         f"{target.registry_id} in {target.region} (a change made around the gateway "
         f"between the write and its read-back, or a write whose lock was lost): read "
         f"again, check whether your change is still wanted, and reapply it",
@@ -120,6 +145,55 @@ def overwritten(target: Target, current_etag: str) -> WriteOverwritten:
             "registryId": target.registry_id,
             "region": target.region,
         },
+    )
+
+
+def not_applied(target: Target, operation: str, current_etag: str) -> Unavailable:
+    """The error of a write AWS did not answer whose read-back still holds the state before
+    it (after the read-back's retries): not applied, safe to retry with the same etag."""
+    return Unavailable(
+        f"AWS ECR did not answer {operation} in time, and a read-back of registry "
+        f"{target.registry_id} in {target.region} still holds the state before it: the write "
+        f"was not applied; retry",
+        reason="WRITE_NOT_APPLIED",
+        metadata={
+            "operation": operation,
+            "currentEtag": current_etag,
+            "registryId": target.registry_id,
+            "region": target.region,
+        },
+        retry_after_seconds=RETRY_AFTER_SECONDS,
+    )
+
+
+def shutting_down(target: Target) -> Unavailable:
+    """The error of a write that reaches AWS's door once the gateway has stopped sending
+    writes (shutdown, the grace period over): nothing was sent, retry on another replica."""
+    return Unavailable(
+        f"the gateway is stopping: the write to registry {target.registry_id} in "
+        f"{target.region} was not sent to AWS; retry (another replica will answer)",
+        reason="SHUTTING_DOWN",
+        metadata={"registryId": target.registry_id, "region": target.region},
+        retry_after_seconds=RETRY_AFTER_SECONDS,
+    )
+
+
+def outcome_unknown(target: Target, operation: str) -> Unavailable:
+    """The error of a write AWS did not answer whose read-back failed too: it may or may not
+    have been applied. UNAVAILABLE, like WRITE_LOCK_LOST, the other write of unknown
+    outcome: retried with its etag it is safe (at worst ETAG_MISMATCH); clients retry
+    UNAVAILABLE writes only with one."""
+    return Unavailable(
+        f"AWS ECR did not answer {operation}, and registry {target.registry_id} in "
+        f"{target.region} could not be read back: the write may or may not have been applied; "
+        f"read again before retrying",
+        reason="WRITE_OUTCOME_UNKNOWN",
+        metadata={
+            "operation": operation,
+            "registryId": target.registry_id,
+            "region": target.region,
+        },
+        retry_after_seconds=RETRY_AFTER_SECONDS,
     )
 
 
@@ -132,6 +206,26 @@ class WriteSettlement:
         self._ecr = ecr
         self._cache = cache
         self._drift = drift  # None: no history, no drift detection (unit tests)
+        # Settlements running (each a task its caller's leaving does not cancel), and
+        # whether new writes are still sent (False once the shutdown's grace period is over).
+        self._settling: set[asyncio.Future[Any]] = set()
+        self._sending = True
+
+    @property
+    def in_flight(self) -> int:
+        """How many writes sent to AWS are being settled right now."""
+        return sum(1 for task in self._settling if not task.done())
+
+    def stop_writes(self) -> None:
+        """Send no more writes to AWS (shutdown): each one that gets this far is refused
+        (`shutting_down`); those already sent settle as usual."""
+        self._sending = False
+
+    async def settled(self) -> None:
+        """Until every settlement running (and any that starts meanwhile) has ended; the
+        caller bounds the wait (the shutdown)."""
+        while pending := {task for task in self._settling if not task.done()}:
+            await asyncio.wait(pending)
 
     async def replication(
         self,
@@ -144,8 +238,8 @@ class WriteSettlement:
     ) -> tuple[pb.DescribeRegistryResponse, Verdict]:
         """Write `proposed` over `current` (read fresh under `held`, the registry's lock) as
         one unit a caller's leaving does not cut: the read-back and its verdict."""
-        return await _sent(
-            self._write_replication(target, key, current, proposed, caller_slice, held)
+        return await self._sent(
+            target, self._write_replication(target, key, current, proposed, caller_slice, held)
         )
 
     async def policy(
@@ -159,7 +253,9 @@ class WriteSettlement:
     ) -> tuple[str | None, Verdict, str]:
         """Put `proposed` (None: delete) over `current` as one unit a caller's leaving does
         not cut: the read-back, its verdict, and what AWS answered the write."""
-        return await _sent(self._write_policy(target, key, current, proposed, caller_slice, held))
+        return await self._sent(
+            target, self._write_policy(target, key, current, proposed, caller_slice, held)
+        )
 
     async def _write_replication(
         self,
@@ -171,9 +267,15 @@ class WriteSettlement:
         held: HeldLock,
     ) -> tuple[pb.DescribeRegistryResponse, Verdict]:
         """Put, read back, write through, record: one unit (run by `_sent`)."""
-        answered = await self._ecr.put_replication_configuration(
-            target, proposed, finish_once_sent=True
-        )
+        operation = "put_replication_configuration"
+        answered: pb.ReplicationConfiguration | None = None
+        unanswered = False
+        try:
+            answered = await self._ecr.put_replication_configuration(
+                target, proposed, finish_once_sent=True
+            )
+        except UpstreamNoAnswer:
+            unanswered = True  # sent: settled by the read-back alone
 
         def verdict(after: pb.DescribeRegistryResponse) -> Verdict:
             return _judged(
@@ -198,12 +300,16 @@ class WriteSettlement:
         except Exception:
             if not await held.owned():
                 raise _lost(target, "the lock was lost during its read-back") from None
+            if answered is None:
+                raise _unknown(target, operation) from None
             await self._record_answered(
                 target, key, _described(current, answered), etag_before=current.etag
             )
             raise
         if not await held.owned():
             raise _lost(target, "the lock was lost during its read-back")
+        if unanswered:
+            _unanswered(target, operation, judged, after.etag == current.etag, current.etag)
         await self._cache.put(key, after)
 
         def expected() -> pb.DescribeRegistryResponse:
@@ -232,12 +338,22 @@ class WriteSettlement:
         held: HeldLock,
     ) -> tuple[str | None, Verdict, str]:
         """Put (or delete), read back, write through, record: one unit (run by `_sent`)."""
-        if proposed is None:
-            answered = await self._ecr.delete_registry_policy(target, finish_once_sent=True)
-        else:
-            answered = await self._ecr.put_registry_policy(target, proposed, finish_once_sent=True)
-        # A delete answers the policy it deleted: no form of what now stands.
-        form = answered if proposed is not None else None
+        operation = "put_registry_policy" if proposed is not None else "delete_registry_policy"
+        unanswered = False
+        try:
+            if proposed is None:
+                answered = await self._ecr.delete_registry_policy(target, finish_once_sent=True)
+            else:
+                answered = await self._ecr.put_registry_policy(
+                    target, proposed, finish_once_sent=True
+                )
+        except UpstreamNoAnswer:
+            # Sent: settled by the read-back alone. A delete answers the policy it deleted.
+            unanswered = True
+            answered = (current or "") if proposed is None else proposed
+        # A delete answers the policy it deleted: no form of what now stands (nor has a write
+        # AWS did not answer).
+        form = answered if proposed is not None and not unanswered else None
         etag_before = etags.of_policy(current)
         try:
             after, judged = await _within(
@@ -255,11 +371,18 @@ class WriteSettlement:
         except Exception:
             if not await held.owned():
                 raise _lost(target, "the lock was lost during its read-back") from None
+            if unanswered:
+                raise _unknown(target, operation) from None
             taken = None if proposed is None else (form or proposed)
             await self._record_answered(target, key, taken, etag_before)
             raise
         if not await held.owned():
             raise _lost(target, "the lock was lost during its read-back")
+        if unanswered:
+            unchanged = etags.of_policy(after) == etag_before
+            _unanswered(target, operation, judged, unchanged, etag_before)
+            if proposed is not None and after is not None:
+                answered = after  # AWS's form of what it took
         await self._cache.put(
             key, None if after is None else convert.policy_response(target.registry_id, after)
         )
@@ -278,6 +401,27 @@ class WriteSettlement:
             etag_before=etag_before,
         )
         return after, judged, answered
+
+    async def _sent(self, target: Target, write: Coroutine[Any, Any, T]) -> T:
+        """A write sent to AWS is not abandoned half-way: if the caller leaves (its deadline
+        passed, or the server cut the call at shutdown), the write, with its read-back and
+        its record, still finishes, under the registry lock, before the cancellation goes
+        on; the caller's `_writing` (operations.py) then forgets the key, and the audit line
+        says CANCELLED (outcome unknown to the caller). Once `stop_writes` was called,
+        nothing is sent (SHUTTING_DOWN)."""
+        if not self._sending:
+            write.close()
+            raise shutting_down(target)
+        task = asyncio.ensure_future(write)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved: the caller has left, and `_writing` forgets the key
+            raise
 
     async def _current_policy(self, target: Target) -> str | None:
         policy = await self._ecr.get_registry_policy(target)
@@ -368,19 +512,48 @@ def _described(
     )
 
 
-async def _sent(write: Coroutine[Any, Any, T]) -> T:
-    """A write sent to AWS is not abandoned half-way: if the caller leaves (its deadline
-    passed), the write, with its read-back and its record, still finishes, under the registry
-    lock, before the cancellation goes on; the caller's `_writing` (operations.py) then
-    forgets the key, and the audit line says CANCELLED (outcome unknown to the caller)."""
-    task = asyncio.ensure_future(write)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await asyncio.wait([task])
-        if not task.cancelled():
-            task.exception()  # retrieved: the caller has left, and `_writing` forgets the key
-        raise
+def _unanswered(
+    target: Target, operation: str, verdict: Verdict, unchanged: bool, etag_before: str
+) -> None:
+    """The read-back of a write AWS did not answer: raise WRITE_NOT_APPLIED when it still
+    holds the state before the write (the retries of `_read_back` spent); otherwise log
+    what it showed and let the settlement go on (held: the caller's write, recorded as
+    such; another writer's state: WRITE_OVERWRITTEN)."""
+    fields = {"tenant": target.tenant, "operation": operation}
+    if verdict is Verdict.OVERWRITTEN and unchanged:
+        log.warning(
+            "AWS did not answer %s on registry %s in %s; its read-back holds the state "
+            "before it: not applied",
+            operation,
+            target.registry_id,
+            target.region,
+            extra=fields,
+        )
+        raise not_applied(target, operation, etag_before)
+    log.warning(
+        "AWS did not answer %s on registry %s in %s; its read-back %s",
+        operation,
+        target.registry_id,
+        target.region,
+        "holds another writer's state"
+        if verdict is Verdict.OVERWRITTEN
+        else "holds the write: recorded as the caller's",
+        extra=fields,
+    )
+
+
+def _unknown(target: Target, operation: str) -> GatewayError:
+    """A write AWS did not answer whose read-back failed: nothing recorded (the caller's
+    `_writing` forgets the key); WRITE_OUTCOME_UNKNOWN."""
+    log.warning(
+        "AWS did not answer %s on registry %s in %s and its read-back failed: outcome "
+        "unknown, not recorded (if it was applied, the next read reports it as drift)",
+        operation,
+        target.registry_id,
+        target.region,
+        extra={"tenant": target.tenant, "operation": operation},
+    )
+    return outcome_unknown(target, operation)
 
 
 def _lost(target: Target, why: str) -> GatewayError:
@@ -397,22 +570,28 @@ def _lost(target: Target, why: str) -> GatewayError:
 
 
 async def _within(held: HeldLock, settling: Coroutine[Any, Any, T]) -> T:
-    """`settling`, ended LOCK_MARGIN_SECONDS before the lock expires (`_LockRunOut`)."""
+    """`settling`, ended LOCK_MARGIN_SECONDS before the lock expires (`_LockRunOut`). The
+    lock's watchdog renews it meanwhile (service/state/locks.py), so its expiry is asked
+    again each time the bound is reached, rather than once."""
     left = held.remaining()
     if math.isinf(left):
         return await settling
-    left -= LOCK_MARGIN_SECONDS
-    if left <= 0:
+    if left - LOCK_MARGIN_SECONDS <= 0:
         settling.close()
         raise _LockRunOut
-    bound = asyncio.timeout(left)
+    task = asyncio.ensure_future(settling)
     try:
-        async with bound:
-            return await settling
-    except TimeoutError:
-        if bound.expired():
-            raise _LockRunOut from None
-        raise
+        while (left := held.remaining() - LOCK_MARGIN_SECONDS) > 0:
+            done, _ = await asyncio.wait({task}, timeout=left)
+            if done:
+                return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+            if not task.cancelled():
+                task.exception()  # retrieved: the lock ran out first
+    raise _LockRunOut
 
 
 async def _read_back(
