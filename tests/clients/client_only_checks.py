@@ -130,6 +130,26 @@ class AsyncClient(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(sids, ["PaymentsCompat"])
             await gateway.put_policy_statements(statements=[], etag=got.etag)
 
+    async def test_helpers_history_and_client_side_errors(self) -> None:
+        async with self.connect() as gateway:
+            added = await gateway.update_policy_statements(
+                lambda s: [*s, statement("PaymentsHelper")]
+            )
+            self.assertIn("PaymentsHelper", added.statements_json)
+            same = await gateway.update_policy_statements(lambda s: None)  # nothing changed
+            self.assertEqual(same.etag, added.etag)
+            await gateway.update_policy_statements(
+                lambda s: [x for x in s if x["Sid"] != "PaymentsHelper"]
+            )
+            await gateway.update_replication_rules(lambda rules: None)
+            versions = [v async for v in gateway.iter_configuration_history("policy", page_size=1)]
+            self.assertGreaterEqual(len(versions), 2)
+            with self.assertRaises(client.InvalidArgument) as typo:  # protobuf's ParseError
+                await gateway.put_replication_rules(rules=[{"destination": []}])
+            self.assertEqual(typo.exception.reason, "UNDECODABLE_REQUEST")
+        with self.assertRaises(ImportError):  # no `connect` extra here
+            client.RegistryConfigClient("http://127.0.0.1:1")
+
     async def test_rich_errors_become_typed_exceptions(self) -> None:
         async with self.connect() as gateway:
             with self.assertRaises(client.PermissionDenied) as denied:

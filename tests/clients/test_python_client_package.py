@@ -25,9 +25,16 @@ PACKAGE = CLIENT / "src" / "registry_gateway_client"
 ALLOWED_DISTRIBUTIONS = {"grpcio", "protobuf", "googleapis-common-protos"}
 # Top-level imports the client may use: the stdlib, its deps' modules, and its own package.
 ALLOWED_THIRD_PARTY = {"grpc", "google", "registry_gateway_client"}
-# The generated Connect client, the one module of the `connect` extra, and what it imports.
+# The modules of the `connect` extra (the generated Connect client, and the clients' Connect
+# transports built on it), and what they import.
 CONNECT_MODULE = PACKAGE / "v1" / "registry_connect.py"
+CONNECT_MODULES = {
+    CONNECT_MODULE,
+    PACKAGE / "_aio_connect.py",
+    PACKAGE / "_sync_connect.py",
+}
 CONNECT_THIRD_PARTY = {"connectrpc", "pyqwest"}
+CONNECT_NAMES = {"registry_connect", "_aio_connect", "_sync_connect", *CONNECT_THIRD_PARTY}
 
 
 def requirement_name(requirement: str) -> str:
@@ -100,7 +107,8 @@ def test_dependencies_are_only_grpcio_protobuf_and_google_rpc() -> None:
     assert names == ALLOWED_DISTRIBUTIONS
     extras = project["optional-dependencies"]
     assert {k: {requirement_name(d) for d in v} for k, v in extras.items()} == {
-        "connect": {"connectrpc"}
+        "connect": {"connectrpc"},
+        "typing": {"types-protobuf", "types-grpcio"},
     }
 
 
@@ -114,11 +122,14 @@ def imported_top_levels(path: Path) -> set[str]:
     return found - set(sys.stdlib_module_names) - {"__future__"}
 
 
-def imported_names(path: Path) -> set[str]:
+def imported_names(path: Path, *, module_level: bool = False) -> set[str]:
     """Every dotted part of every module a file imports, and every name it imports from one
-    (a docstring naming a module is no import)."""
+    (a docstring naming a module is no import); with `module_level`, only the imports run
+    when the module is imported (not those inside a function)."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if module_level else list(ast.walk(tree))
     names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in nodes:
         if isinstance(node, ast.Import):
             names.update(part for alias in node.names for part in alias.name.split("."))
         elif isinstance(node, ast.ImportFrom):
@@ -129,15 +140,19 @@ def imported_names(path: Path) -> set[str]:
 
 def test_the_client_imports_nothing_else() -> None:
     paths = sorted(PACKAGE.rglob("*.py"))
-    assert CONNECT_MODULE in paths
-    third_party = set().union(*(imported_top_levels(p) for p in paths if p != CONNECT_MODULE))
+    assert set(paths) >= CONNECT_MODULES
+    third_party = set().union(*(imported_top_levels(p) for p in paths if p not in CONNECT_MODULES))
     assert third_party <= ALLOWED_THIRD_PARTY, third_party - ALLOWED_THIRD_PARTY
-    connect = imported_top_levels(CONNECT_MODULE)
-    assert connect <= ALLOWED_THIRD_PARTY | CONNECT_THIRD_PARTY, connect
-    # No module but the Connect one imports it: the client works without the extra.
+    for module in CONNECT_MODULES:
+        connect = imported_top_levels(module)
+        assert connect <= ALLOWED_THIRD_PARTY | CONNECT_THIRD_PARTY, (module, connect)
+    # Importing the package imports nothing of the extra: the client works without it. The
+    # clients import their Connect transport inside a function, when given an http(s) target.
     for path in paths:
-        if path != CONNECT_MODULE:
-            assert "registry_connect" not in imported_names(path), path
+        if path not in CONNECT_MODULES:
+            assert not imported_names(path, module_level=True) & CONNECT_NAMES, path
+    lazy = {p.name for p in paths if p not in CONNECT_MODULES and imported_names(p) & CONNECT_NAMES}
+    assert lazy == {"_aio.py", "_sync.py"}
 
 
 def test_the_wheel_imports_with_only_its_dependencies(tmp_path: Path) -> None:
@@ -152,6 +167,8 @@ def test_the_wheel_imports_with_only_its_dependencies(tmp_path: Path) -> None:
         "registry_gateway_client/v1/registry_pb2_grpc.pyi",
         "registry_gateway_client/v1/registry_descriptor.binpb",
         "registry_gateway_client/v1/registry_connect.py",
+        "registry_gateway_client/_aio_connect.py",
+        "registry_gateway_client/_sync_connect.py",
     ):
         assert needed in names, f"{needed} missing from {wheel.name}"
     tops = {name.split("/")[0] for name in names}
@@ -167,15 +184,23 @@ def test_the_wheel_imports_with_only_its_dependencies(tmp_path: Path) -> None:
             if not link.exists():
                 link.symlink_to(top)
     assert not (deps / "grpc_status").exists() and not (deps / "service").exists()
-    probe = (
-        "import sys; sys.path[:0] = [sys.argv[1], sys.argv[2]];"
-        "import registry_gateway_client as c, registry_gateway_client.v1.registry_pb2 as pb;"
-        "assert c.__file__.startswith(sys.argv[1]), c.__file__;"
-        "from google.rpc import error_details_pb2;"
-        "bad = [m for m in ('service', 'grpc_status', 'moto') if m in sys.modules];"
-        "assert not bad, bad;"
-        "print(c.RegistryConfigClient.__name__, pb.DescribeRegistryRequest.DESCRIPTOR.full_name)"
-    )
+    probe = """
+import sys
+sys.path[:0] = [sys.argv[1], sys.argv[2]]
+import registry_gateway_client as c, registry_gateway_client.v1.registry_pb2 as pb
+assert c.__file__.startswith(sys.argv[1]), c.__file__
+from google.rpc import error_details_pb2
+bad = [m for m in ('service', 'grpc_status', 'moto', 'connectrpc') if m in sys.modules]
+assert not bad, bad
+# An http(s) target needs the `connect` extra, which this interpreter lacks: said so.
+try:
+    c.SyncRegistryConfigClient('http://127.0.0.1:1')
+except ImportError as e:
+    assert "[connect]" in str(e), e
+else:
+    raise AssertionError('an http target without the connect extra')
+print(c.RegistryConfigClient.__name__, pb.DescribeRegistryRequest.DESCRIPTOR.full_name)
+"""
     ran = subprocess.run(
         # -S: no site-packages; -E: no PYTHON* variables; -s: no user site.
         [sys.executable, "-S", "-E", "-s", "-c", probe, str(tmp_path / "site"), str(deps)],

@@ -9,10 +9,14 @@ from typing import Any
 
 import pytest
 from registry_gateway_client import (
+    CLIENT_DOMAIN,
     EtagMismatch,
+    FailedPrecondition,
+    InvalidArgument,
     NotFound,
     PermissionDenied,
     RegistryConfigClient,
+    VersionNotFound,
 )
 from registry_gateway_client.v1 import registry_pb2 as pb
 
@@ -72,8 +76,11 @@ async def test_restore_writes_an_old_version_back_only_over_the_current_etag(
         await client.restore(second.etag, resource=REPLICATION)
         assert (await client.describe_registry(no_cache=True)).etag == second.etag
 
-        with pytest.raises(LookupError):
+        with pytest.raises(LookupError) as missing:
             await client.restore("no-such-etag", resource=REPLICATION)
+        # One of the client's typed errors too (issue 28), made by the client itself.
+        assert isinstance(missing.value, VersionNotFound) and isinstance(missing.value, NotFound)
+        assert (missing.value.domain, missing.value.reason) == (CLIENT_DOMAIN, "VERSION_NOT_FOUND")
 
 
 async def test_restoring_the_absent_policy_deletes_the_policy(gateway: Gateway) -> None:
@@ -129,8 +136,11 @@ async def test_a_version_kept_without_its_document_is_never_restored(gateway: Ga
             with pytest.raises(ValueError, match="etag-of-a-huge-state") as caught:
                 await client.restore("etag-of-a-huge-state", resource=REPLICATION, etag=etag)
             assert "cannot be restored" in str(caught.value)
-        with pytest.raises(ValueError):
+            assert isinstance(caught.value, FailedPrecondition)
+            assert caught.value.reason == "DOCUMENT_OMITTED"
+        with pytest.raises(InvalidArgument) as empty:
             await client.restore("", resource=REPLICATION)  # no version has an empty etag
+        assert [v.field for v in empty.value.field_violations] == ["version_etag"]
         # Nothing was written: no new version, and AWS holds the rules as they were.
         newest = (await client.get_configuration_history(resource=REPLICATION)).versions[0]
         assert newest.etag == "etag-of-a-huge-state"

@@ -1,4 +1,5 @@
-"""What the async client and its synchronous twin share: credentials, channels, requests.
+"""What the async client and its synchronous twin share: credentials, channels, requests,
+metadata.
 
 Nothing here does I/O on a call; the two clients differ only in how they wait.
 """
@@ -6,18 +7,24 @@ Nothing here does I/O on a call; the two clients differ only in how they wait.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeVar, cast
+from typing import Any, Literal, Protocol, TypeAlias, TypeVar, cast
 
 import grpc
 from google.protobuf import json_format
 from google.protobuf.descriptor_pb2 import MethodOptions
 from google.protobuf.message import Message
 
-from registry_gateway_client._errors import REQUEST_ID_KEY
+from registry_gateway_client._errors import (
+    REQUEST_ID_KEY,
+    InvalidArgument,
+    RegistryGatewayError,
+    client_error,
+)
 from registry_gateway_client._retry import RetryPolicy
+from registry_gateway_client._transport import Metadata
 from registry_gateway_client.v1 import registry_pb2 as pb
 
 __version__ = "0.3.0"
@@ -37,6 +44,34 @@ WRITE_RPCS = frozenset(
 )
 
 M = TypeVar("M", bound=Message)
+
+#: Per-call metadata a caller adds (`metadata=`): pairs, or a mapping of text values.
+CallMetadata: TypeAlias = Sequence[tuple[str, str]] | Mapping[str, str]
+#: A resource of the configuration history: the proto enum, or its short name.
+Resource: TypeAlias = Literal["replication", "policy"] | pb.HistoryResource.ValueType
+#: What `restore` answers for the replication configuration: the whole configuration's
+#: write, or (a slice tenant) the slice's.
+ReplicationRestored: TypeAlias = (
+    pb.PutReplicationConfigurationResponse | pb.PutReplicationRulesResponse
+)
+#: What `restore` answers for the registry policy: the policy written back, deleted (the
+#: version was "no policy"), or (a slice tenant) the slice's statements written back.
+PolicyRestored: TypeAlias = (
+    pb.PutRegistryPolicyResponse | pb.DeleteRegistryPolicyResponse | pb.PutPolicyStatementsResponse
+)
+#: What `restore` answers when the resource is known only at run time.
+Restored: TypeAlias = ReplicationRestored | PolicyRestored
+#: Rules as a caller gives them: messages, or AWS-shaped JSON rules.
+RulesInput: TypeAlias = Sequence[pb.ReplicationRule | Mapping[str, Any]]
+#: Policy statements as a caller gives them: parsed JSON objects.
+StatementsInput: TypeAlias = Sequence[Mapping[str, Any]]
+_RESOURCES: dict[str, pb.HistoryResource.ValueType] = {
+    "replication": pb.HISTORY_RESOURCE_REPLICATION,
+    "policy": pb.HISTORY_RESOURCE_POLICY,
+}
+# Keys the client or the transport own: a caller's metadata may not set them.
+_RESERVED_PREFIXES = ("grpc-", "connect-", ":")
+_RESERVED_KEYS = frozenset({"content-type", "te", "content-encoding", "user-agent"})
 
 
 class _Targeted(Protocol):
@@ -112,7 +147,7 @@ class CallInfo:
         self.attempts = attempts
 
 
-def bearer_metadata(token: str | None, no_cache: bool) -> tuple[tuple[str, str], ...]:
+def bearer_metadata(token: str | None, no_cache: bool) -> Metadata:
     """Call metadata: the bearer token (API key or JWT), and `cache-control: no-cache`."""
     metadata: list[tuple[str, str]] = []
     if token:
@@ -120,6 +155,41 @@ def bearer_metadata(token: str | None, no_cache: bool) -> tuple[tuple[str, str],
     if no_cache:
         metadata.append((CACHE_CONTROL_KEY, "no-cache"))
     return tuple(metadata)
+
+
+def caller_metadata(metadata: CallMetadata | None, *, has_credentials: bool) -> Metadata:
+    """A caller's per-call metadata as it is sent: keys lowercased (gRPC refuses capitals,
+    HTTP ignores case); keys the client or the transport own refused; `authorization` only
+    when the client was given no credentials of its own (else two would be sent)."""
+    if metadata is None:
+        return ()
+    pairs = list(metadata.items()) if isinstance(metadata, Mapping) else list(metadata)
+    sent: list[tuple[str, str]] = []
+    for key, value in pairs:
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise TypeError("metadata: keys and values are str (binary -bin metadata is not sent)")
+        name = key.lower()
+        if name.startswith(_RESERVED_PREFIXES) or name in _RESERVED_KEYS or name.endswith("-bin"):
+            raise ValueError(f"metadata: {name!r} is set by the client or its transport")
+        if name == "authorization" and has_credentials:
+            raise ValueError("metadata: authorization given, but the client has credentials")
+        sent.append((name, value))
+    return tuple(sent)
+
+
+def resource_value(resource: Resource) -> pb.HistoryResource.ValueType:
+    """The proto enum of a history resource given by enum or short name."""
+    if isinstance(resource, str):
+        try:
+            return _RESOURCES[resource]
+        except KeyError:
+            raise ValueError(f"resource: {resource!r} is not 'replication' or 'policy'") from None
+    return resource
+
+
+def is_connect_target(target: str | None) -> bool:
+    """Whether a target names the gateway's HTTP (Connect) listener rather than gRPC."""
+    return target is not None and target.startswith(("http://", "https://"))
 
 
 def check_credentials(api_key: str | None, token_provider: object | None) -> None:
@@ -137,7 +207,11 @@ def prepare(
     region: str | None,
 ) -> M:
     """A copy of `request` (or a new `kind`) with the given fields set, and the client's
-    default registry and region where neither the request nor the call names one."""
+    default registry and region where neither the request nor the call names one.
+
+    Data the client cannot encode (an AWS-JSON dict with a misspelt or mistyped field, a
+    policy dict that is not JSON) raises `InvalidArgument` (reason UNDECODABLE_REQUEST, the
+    field named), as the gateway would answer it; nothing is sent."""
     message = kind()
     if request is not None:
         if not isinstance(request, kind):
@@ -147,23 +221,16 @@ def prepare(
         if value is None:
             continue
         if name == "policy_text" and not isinstance(value, str):
-            value = json.dumps(value, separators=(",", ":"))
+            value = _json_text(name, value)
         if name == "replication_configuration":
             getattr(message, name).CopyFrom(replication_configuration(value))
             continue
         if name == "rules":
-            # Messages or AWS-shaped JSON rules ({"destinations": [...], "repositoryFilters": ...}).
             del message.rules[:]  # type: ignore[attr-defined]
-            for rule in value:
-                parsed = (
-                    rule
-                    if isinstance(rule, pb.ReplicationRule)
-                    else json_format.ParseDict(dict(rule), pb.ReplicationRule())
-                )
-                message.rules.append(parsed)  # type: ignore[attr-defined]
+            message.rules.extend(replication_rules(value))  # type: ignore[attr-defined]
             continue
         if name == "statements_json" and not isinstance(value, str):
-            value = json.dumps(list(value), separators=(",", ":"))
+            value = _json_text(name, statements_list(value))
         setattr(message, name, value)
     target = cast(_Targeted, message)
     if registry_id and not target.registry_id:
@@ -173,6 +240,50 @@ def prepare(
     return message
 
 
+def undecodable(field: str, problem: object) -> RegistryGatewayError:
+    """The client's own INVALID_ARGUMENT for request data it cannot encode."""
+    return client_error(
+        InvalidArgument,
+        f"{field}: {str(problem)[:300]}",
+        reason="UNDECODABLE_REQUEST",
+        field=field,
+    )
+
+
+def _json_text(field: str, value: Any) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise undecodable(field, exc) from exc
+
+
+def statements_list(value: Any) -> list[Any]:
+    """Policy statements: a sequence of JSON objects (a single dict is a mistake, not a list
+    of its keys)."""
+    if isinstance(value, Mapping) or not isinstance(value, Sequence):
+        raise undecodable("statements_json", "give a list of statements (dicts) or a JSON array")
+    for index, statement in enumerate(value):
+        if not isinstance(statement, Mapping):
+            raise undecodable(f"statements_json[{index}]", "a statement is a JSON object")
+    return list(value)
+
+
+def replication_rules(value: RulesInput) -> list[pb.ReplicationRule]:
+    """Rules from messages or AWS-shaped JSON rules
+    (`{"destinations": [...], "repositoryFilters": [...]}`), each a new message."""
+    if isinstance(value, Mapping | str | bytes):
+        raise undecodable("rules", "give a list of rules (messages or dicts)")
+    rules: list[pb.ReplicationRule] = []
+    for index, rule in enumerate(value):
+        parsed = pb.ReplicationRule()
+        if isinstance(rule, pb.ReplicationRule):
+            parsed.CopyFrom(rule)
+        else:
+            _parse(f"rules[{index}]", rule, parsed)
+        rules.append(parsed)
+    return rules
+
+
 def replication_configuration(
     value: pb.ReplicationConfiguration | Mapping[str, Any],
 ) -> pb.ReplicationConfiguration:
@@ -180,7 +291,19 @@ def replication_configuration(
     (`{"rules": [{"destinations": [{"region": ..., "registryId": ...}], ...}]}`)."""
     if isinstance(value, pb.ReplicationConfiguration):
         return value
-    return json_format.ParseDict(dict(value), pb.ReplicationConfiguration())
+    return _parse("replication_configuration", value, pb.ReplicationConfiguration())
+
+
+def _parse(field: str, value: Any, message: M) -> M:
+    if not isinstance(value, Mapping):
+        raise undecodable(field, f"expected a JSON object (dict), got {type(value).__name__}")
+    try:
+        json_format.ParseDict(dict(value), message)
+    except (json_format.ParseError, TypeError, ValueError) as exc:
+        # e.g. 'Message type "ecr.registry.v1.ReplicationRule" has no field named
+        # "destination"': protobuf's words name the field and the message type.
+        raise undecodable(field, exc) from exc
+    return message
 
 
 def retry_safe(rpc: str, request: Message, policy: RetryPolicy) -> bool:

@@ -1,15 +1,21 @@
-"""When a failed call is tried again, and how long the client waits first.
+"""When a failed call is tried again, how long the client waits first, and who hears of it.
 
-Only UNAVAILABLE and RESOURCE_EXHAUSTED are retried: the gateway answers them when AWS is
-throttling or down, or when the tenant is over its rate, and says how long to wait in a
-RetryInfo, which is honoured. A write without an `etag` is never retried unless the caller
-opts in: if the first attempt reached AWS before the answer was lost, a blind second
-attempt could overwrite a colleague's change made in between. With an etag a repeat is
-safe (at worst it answers ETAG_MISMATCH), and `validate_only` changes nothing.
+By default only UNAVAILABLE and RESOURCE_EXHAUSTED are retried: the gateway answers them
+when AWS is throttling or down, or when the tenant is over its rate, and says how long to
+wait in a RetryInfo, which is honoured. A `predicate` may choose other errors (google-api-core's
+`Retry(predicate=...)` is the model), but two rules hold whatever it says: a write without an
+`etag` is never retried unless the caller opts in (if the first attempt reached AWS before
+the answer was lost, a blind second attempt could overwrite a colleague's change made in
+between; with an etag a repeat is safe, at worst ETAG_MISMATCH, and `validate_only` changes
+nothing), and WRITE_OVERWRITTEN is never retried (another writer's state stands: the caller
+decides). Each retry is logged (logger `registry_gateway_client`, INFO) and handed to the
+policy's `on_retry` hook: which RPC, which attempt failed and why, how long into the call,
+and how long the client waits before the next.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 import time
 from collections.abc import Callable
@@ -17,9 +23,31 @@ from dataclasses import dataclass
 
 import grpc
 
-from registry_gateway_client._errors import RegistryGatewayError
+from registry_gateway_client._errors import RegistryGatewayError, WriteOverwritten
 
 RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+LOGGER = logging.getLogger("registry_gateway_client")
+
+
+def retryable(error: RegistryGatewayError) -> bool:
+    """The default predicate: UNAVAILABLE and RESOURCE_EXHAUSTED."""
+    return error.code in RETRYABLE_CODES
+
+
+@dataclass(frozen=True)
+class RetryEvent:
+    """One retry about to happen: what failed, why, and how long the client waits."""
+
+    #: The RPC, e.g. "DescribeRegistry".
+    rpc: str
+    #: The number of the attempt that failed (1 for the first).
+    attempt: int
+    #: Why: the typed error the attempt failed with (`code`, `reason`, `request_id`, ...).
+    error: RegistryGatewayError
+    #: Seconds the client waits before the next attempt.
+    delay: float
+    #: Seconds since the call began, when the attempt failed.
+    elapsed: float
 
 
 @dataclass(frozen=True)
@@ -30,15 +58,22 @@ class RetryPolicy:
     time up to `min(max_backoff, initial_backoff * multiplier**(n-1))` ("full jitter"), and
     never shorter than the RetryInfo delay the gateway sent. Every attempt and wait fits in
     the call's one deadline (`timeout`): a wait that would pass it is not taken.
+    `predicate(error)` says which errors are worth another attempt (default: `retryable`,
+    UNAVAILABLE and RESOURCE_EXHAUSTED); `on_retry(event)` is called before each wait.
     """
 
     max_attempts: int = 4
     initial_backoff: float = 0.1
     max_backoff: float = 5.0
     multiplier: float = 2.0
-    #: Retry PutRegistryPolicy / DeleteRegistryPolicy / PutReplicationConfiguration even
-    #: without an etag (a repeat may then overwrite a change made in between).
+    #: Retry PutRegistryPolicy / DeleteRegistryPolicy / PutReplicationConfiguration (and the
+    #: slice writes) even without an etag (a repeat may then overwrite a change made in between).
     retry_writes_without_etag: bool = False
+    #: Which errors are retried (the write rules above hold whatever it answers).
+    predicate: Callable[[RegistryGatewayError], bool] = retryable
+    #: Told of each retry before its wait (after the log line); an exception it raises ends
+    #: the call with that exception.
+    on_retry: Callable[[RetryEvent], None] | None = None
 
     def __post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -62,6 +97,26 @@ class RetryPolicy:
 NO_RETRY = RetryPolicy(max_attempts=1)
 
 
+class Deadline:
+    """One deadline for a whole piece of work (a call and its retries, a helper's loop)."""
+
+    def __init__(self, timeout: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self.started = clock()
+        self.at = self.started + timeout
+
+    def left(self) -> float:
+        """Seconds left, never negative."""
+        return max(self.at - self._clock(), 0.0)
+
+    def elapsed(self) -> float:
+        return self._clock() - self.started
+
+    def allows(self, delay: float) -> bool:
+        """Whether waiting `delay` seconds still leaves time for something after it."""
+        return self._clock() + delay < self.at
+
+
 class Attempts:
     """The attempts of one call under one deadline: hands out each attempt's timeout and
     decides, after a failure, whether (and after how long) to try again."""
@@ -72,26 +127,57 @@ class Attempts:
         timeout: float,
         *,
         retry_safe: bool,
+        rpc: str = "",
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
         self.retry_safe = retry_safe
-        self._clock = clock
-        self._deadline = clock() + timeout
+        self.rpc = rpc
+        self._deadline = Deadline(timeout, clock)
         self.count = 0
 
     def start(self) -> float:
         """Begin an attempt; its timeout is whatever is left of the call's deadline."""
         self.count += 1
-        return max(self._deadline - self._clock(), 0.0)
+        return self._deadline.left()
 
     def delay_after(self, error: RegistryGatewayError) -> float | None:
         """Seconds to wait before the next attempt, or None when `error` is final."""
-        if error.code not in RETRYABLE_CODES or not self.retry_safe:
+        if isinstance(error, WriteOverwritten) or not self.retry_safe:
+            return None
+        if not self.policy.predicate(error):
             return None
         if self.count >= self.policy.max_attempts:
             return None
         delay = self.policy.backoff(self.count, error.retry_delay)
-        if self._clock() + delay >= self._deadline:
+        if not self._deadline.allows(delay):
             return None
         return delay
+
+    def retrying(self, error: RegistryGatewayError, delay: float) -> RetryEvent:
+        """Say that the attempt just failed with `error` is retried after `delay` seconds:
+        one log line, then the policy's hook."""
+        event = RetryEvent(self.rpc, self.count, error, delay, self._deadline.elapsed())
+        LOGGER.info(
+            "%s attempt %d of %d failed after %.3f s: %s%s%s; retrying in %.3f s",
+            event.rpc,
+            event.attempt,
+            self.policy.max_attempts,
+            event.elapsed,
+            error.code.name,
+            f" reason={error.reason}" if error.reason else "",
+            f" request_id={error.request_id}" if error.request_id else "",
+            delay,
+            extra={
+                "rpc": event.rpc,
+                "attempt": event.attempt,
+                "code": error.code.name,
+                "reason": error.reason,
+                "request_id": error.request_id,
+                "delay": delay,
+                "elapsed": event.elapsed,
+            },
+        )
+        if self.policy.on_retry is not None:
+            self.policy.on_retry(event)
+        return event

@@ -2,17 +2,19 @@
 # Change _aio.py and rerun the script; `python scripts/unasync.py --check` (run by
 # `make test` and tests/clients/test_python_client.py) fails while this file is stale.
 """`SyncRegistryConfigClient`: the synchronous twin of `RegistryConfigClient`, on grpc's
-blocking channel. Same methods, arguments and errors (generated from `_aio.py`, and a test
-holds the two surfaces to that); nothing here touches an event loop, so it is for threads
-and scripts (from async code, call it only through a thread).
+blocking channel (or connectrpc's blocking client for an http(s) target). Same methods,
+arguments and errors (generated from `_aio.py`, and a test holds the two surfaces to that);
+nothing here touches an event loop, so it is for threads and scripts (from async code, call
+it only through a thread).
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, overload
 
 import grpc
 from google.protobuf.message import Message
@@ -20,25 +22,60 @@ from google.protobuf.message import Message
 from registry_gateway_client._core import (
     DEFAULT_TIMEOUT,
     CallInfo,
+    CallMetadata,
+    PolicyRestored,
+    ReplicationRestored,
+    Resource,
+    Restored,
+    RulesInput,
+    StatementsInput,
     Tls,
     bearer_metadata,
+    caller_metadata,
     channel_options,
     check_credentials,
+    is_connect_target,
     prepare,
+    replication_rules,
+    resource_value,
     retry_safe,
+    statements_list,
 )
-from registry_gateway_client._errors import EtagMismatch, NotFound, from_rpc_error
-from registry_gateway_client._retry import Attempts, RetryPolicy
+from registry_gateway_client._errors import (
+    EtagMismatch,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    RegistryGatewayError,
+    VersionNotFound,
+    VersionNotRestorable,
+    client_error,
+)
+from registry_gateway_client._retry import Attempts, Deadline, RetryPolicy
+from registry_gateway_client._sync_grpc import GrpcTransport
+from registry_gateway_client._transport import (
+    Attempt,
+    Interceptor,
+    Proceed,
+    Reply,
+    Transport,
+)
 from registry_gateway_client.v1 import registry_pb2 as pb
-from registry_gateway_client.v1 import registry_pb2_grpc as pb_grpc
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
+Written = TypeVar("Written")
 
 #: Gets a bearer token (a JWT) for each attempt.
 TokenProvider = Callable[[], str]
 #: Changes a replication configuration in place (returning None) or returns a new one.
 ConfigChange = Callable[[pb.ReplicationConfiguration], pb.ReplicationConfiguration | None]
+#: Changes the caller's rules (a list of copies) in place (returning None) or returns the
+#: new list (messages or AWS-shaped JSON rules).
+RulesChange = Callable[[list[pb.ReplicationRule]], RulesInput | None]
+#: Changes the caller's statements (parsed JSON objects) in place (returning None) or
+#: returns the new list.
+StatementsChange = Callable[[list[Any]], StatementsInput | None]
 
 
 class SyncRegistryConfigClient:
@@ -49,13 +86,19 @@ class SyncRegistryConfigClient:
         registry = client.describe_registry()
     ```
 
+    The target is a gRPC address (`host:port`), or the URL of the gateway's HTTP listener
+    (`http://host:8080`, `https://...`), which the client then speaks Connect to (needs the
+    `connect` extra): the same methods, typed errors and retries either way.
+
     Credentials: `api_key`, or `token_provider` (called before every attempt, so a JWT can
-    be refreshed), and/or `tls` (mTLS when it holds a client certificate). `registry_id`
-    and `region` are defaults for calls that name neither. Each call has one deadline,
-    `timeout` seconds (default 10), that covers its retries; `retry` says which failures
-    are retried (see `RetryPolicy`). Failures raise the typed errors of
-    `registry_gateway_client` (`NotFound`, `EtagMismatch`, ...). Pass `channel=` to use a
-    channel you made (the client then does not close it).
+    be refreshed), and/or `tls` (mTLS when it holds a client certificate; gRPC only).
+    `registry_id` and `region` are defaults for calls that name neither. Each call has one
+    deadline, `timeout` seconds (default 10), that covers its retries; `retry` says which
+    failures are retried (see `RetryPolicy`); `metadata=` adds metadata to one call;
+    `interceptors` see every attempt of every call (see `Interceptor`). Failures raise
+    the typed errors of `registry_gateway_client` (`NotFound`, `EtagMismatch`, ...). Pass
+    `channel=` to use a grpc channel you made (the client then does not close it);
+    `options=` are grpc channel options.
     """
 
     def __init__(
@@ -71,21 +114,30 @@ class SyncRegistryConfigClient:
         retry: RetryPolicy | None = None,
         channel: grpc.Channel | None = None,
         options: Mapping[str, Any] | None = None,
+        interceptors: Sequence[Interceptor] = (),
     ) -> None:
         check_credentials(api_key, token_provider)
         if (target is None) == (channel is None):
             raise ValueError("give a target or a channel")
-        self._owns_channel = channel is None
-        if channel is None:
-            assert target is not None
-            opts = channel_options(tls, options)
-            channel = (
-                grpc.secure_channel(target, tls.credentials(), opts)
-                if tls is not None
-                else grpc.insecure_channel(target, opts)
-            )
-        self._channel = channel
-        self._stub = pb_grpc.RegistryConfigServiceStub(channel)
+        self._transport: Transport
+        if target is not None and is_connect_target(target):
+            if options:
+                raise ValueError("options= are grpc channel options: not for an http(s) target")
+            self._transport = _connect_transport(target, tls)
+        else:
+            owns_channel = channel is None
+            if channel is None:
+                assert target is not None
+                opts = channel_options(tls, options)
+                channel = (
+                    grpc.secure_channel(target, tls.credentials(), opts)
+                    if tls is not None
+                    else grpc.insecure_channel(target, opts)
+                )
+            self._transport = GrpcTransport(channel, owns_channel=owns_channel)
+        self._proceed: Proceed = self._transport.unary
+        for interceptor in reversed(interceptors):
+            self._proceed = _link(interceptor, self._proceed)
         self._api_key = api_key
         self._token_provider = token_provider
         self._registry_id = registry_id
@@ -105,9 +157,10 @@ class SyncRegistryConfigClient:
         self.close()
 
     def close(self) -> None:
-        """Close the channel, if the client opened it."""
-        if self._owns_channel:
-            self._channel.close()
+        """Close the channel (if the client opened it) or the HTTP client."""
+        self._transport.close()
+
+    # --- the RPCs --------------------------------------------------------------------------
 
     def describe_registry(
         self,
@@ -118,6 +171,7 @@ class SyncRegistryConfigClient:
         no_cache: bool = False,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        metadata: CallMetadata | None = None,
         info: CallInfo | None = None,
     ) -> pb.DescribeRegistryResponse:
         """The registry's id, replication configuration and its etag (a cached read;
@@ -126,7 +180,14 @@ class SyncRegistryConfigClient:
             pb.DescribeRegistryRequest, request, registry_id=registry_id, region=region
         )
         return self._call(
-            "DescribeRegistry", self._stub.DescribeRegistry, message, no_cache, timeout, retry, info
+            "DescribeRegistry",
+            message,
+            pb.DescribeRegistryResponse,
+            no_cache,
+            timeout,
+            retry,
+            info,
+            metadata,
         )
 
     def get_registry_policy(
@@ -138,6 +199,7 @@ class SyncRegistryConfigClient:
         no_cache: bool = False,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        metadata: CallMetadata | None = None,
         info: CallInfo | None = None,
     ) -> pb.GetRegistryPolicyResponse:
         """The registry policy and its etag; raises `NotFound` when there is none."""
@@ -146,12 +208,13 @@ class SyncRegistryConfigClient:
         )
         return self._call(
             "GetRegistryPolicy",
-            self._stub.GetRegistryPolicy,
             message,
+            pb.GetRegistryPolicyResponse,
             no_cache,
             timeout,
             retry,
             info,
+            metadata,
         )
 
     def put_registry_policy(
@@ -165,6 +228,7 @@ class SyncRegistryConfigClient:
         validate_only: bool | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        metadata: CallMetadata | None = None,
         info: CallInfo | None = None,
     ) -> pb.PutRegistryPolicyResponse:
         """Set the registry policy (`policy_text`: JSON text or a dict). With `etag`, only
@@ -179,7 +243,14 @@ class SyncRegistryConfigClient:
             validate_only=validate_only,
         )
         return self._call(
-            "PutRegistryPolicy", self._stub.PutRegistryPolicy, message, False, timeout, retry, info
+            "PutRegistryPolicy",
+            message,
+            pb.PutRegistryPolicyResponse,
+            False,
+            timeout,
+            retry,
+            info,
+            metadata,
         )
 
     def delete_registry_policy(
@@ -192,6 +263,7 @@ class SyncRegistryConfigClient:
         validate_only: bool | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        metadata: CallMetadata | None = None,
         info: CallInfo | None = None,
     ) -> pb.DeleteRegistryPolicyResponse:
         """Delete the registry policy (with `etag`: only if it is still that one)."""
@@ -205,12 +277,13 @@ class SyncRegistryConfigClient:
         )
         return self._call(
             "DeleteRegistryPolicy",
-            self._stub.DeleteRegistryPolicy,
             message,
+            pb.DeleteRegistryPolicyResponse,
             False,
             timeout,
             retry,
             info,
+            metadata,
         )
 
     def put_replication_configuration(
@@ -224,6 +297,7 @@ class SyncRegistryConfigClient:
         validate_only: bool | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        metadata: CallMetadata | None = None,
         info: CallInfo | None = None,
     ) -> pb.PutReplicationConfigurationResponse:
         """Replace the whole replication configuration (a message, or AWS-shaped JSON such
@@ -239,12 +313,13 @@ class SyncRegistryConfigClient:
         )
         return self._call(
             "PutReplicationConfiguration",
-            self._stub.PutReplicationConfiguration,
             message,
+            pb.PutReplicationConfigurationResponse,
             False,
             timeout,
             retry,
             info,
+            metadata,
         )
 
     def get_replication_rules(
@@ -253,8 +328,10 @@ class SyncRegistryConfigClient:
         *,
         registry_id: str | None = None,
         region: str | None = None,
+        no_cache: bool = False,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        metadata: CallMetadata | None = None,
         info: CallInfo | None = None,
     ) -> pb.GetReplicationRulesResponse:
         """Your replication rules in a shared registry (your slice), its etag, and the
@@ -264,29 +341,32 @@ class SyncRegistryConfigClient:
         )
         return self._call(
             "GetReplicationRules",
-            self._stub.GetReplicationRules,
             message,
-            False,
+            pb.GetReplicationRulesResponse,
+            no_cache,
             timeout,
             retry,
             info,
+            metadata,
         )
 
     def put_replication_rules(
         self,
         request: pb.PutReplicationRulesRequest | None = None,
         *,
-        rules: Sequence[pb.ReplicationRule | Mapping[str, Any]] | None = None,
+        rules: RulesInput | None = None,
         registry_id: str | None = None,
         region: str | None = None,
         etag: str | None = None,
         validate_only: bool | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        metadata: CallMetadata | None = None,
         info: CallInfo | None = None,
     ) -> pb.PutReplicationRulesResponse:
         """Replace your slice of the replication rules (messages or AWS-shaped JSON rules;
-        `[]` removes them); the gateway keeps everyone else's rules and writes the merge."""
+        `[]` removes them); the gateway keeps everyone else's rules and writes the merge.
+        Prefer `update_replication_rules` to change part."""
         message = self._prepare(
             pb.PutReplicationRulesRequest,
             request,
@@ -298,12 +378,13 @@ class SyncRegistryConfigClient:
         )
         return self._call(
             "PutReplicationRules",
-            self._stub.PutReplicationRules,
             message,
+            pb.PutReplicationRulesResponse,
             False,
             timeout,
             retry,
             info,
+            metadata,
         )
 
     def get_policy_statements(
@@ -312,8 +393,10 @@ class SyncRegistryConfigClient:
         *,
         registry_id: str | None = None,
         region: str | None = None,
+        no_cache: bool = False,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        metadata: CallMetadata | None = None,
         info: CallInfo | None = None,
     ) -> pb.GetPolicyStatementsResponse:
         """Your statements of the registry policy (`statements_json`) and their etag."""
@@ -322,29 +405,32 @@ class SyncRegistryConfigClient:
         )
         return self._call(
             "GetPolicyStatements",
-            self._stub.GetPolicyStatements,
             message,
-            False,
+            pb.GetPolicyStatementsResponse,
+            no_cache,
             timeout,
             retry,
             info,
+            metadata,
         )
 
     def put_policy_statements(
         self,
         request: pb.PutPolicyStatementsRequest | None = None,
         *,
-        statements: Sequence[Mapping[str, Any]] | str | None = None,
+        statements: StatementsInput | str | None = None,
         registry_id: str | None = None,
         region: str | None = None,
         etag: str | None = None,
         validate_only: bool | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        metadata: CallMetadata | None = None,
         info: CallInfo | None = None,
     ) -> pb.PutPolicyStatementsResponse:
         """Replace your statements of the registry policy (dicts or a JSON array; `[]`
-        removes them); the gateway keeps everyone else's and writes the merged policy."""
+        removes them); the gateway keeps everyone else's and writes the merged policy.
+        Prefer `update_policy_statements` to change part."""
         message = self._prepare(
             pb.PutPolicyStatementsRequest,
             request,
@@ -356,146 +442,196 @@ class SyncRegistryConfigClient:
         )
         return self._call(
             "PutPolicyStatements",
-            self._stub.PutPolicyStatements,
             message,
+            pb.PutPolicyStatementsResponse,
             False,
             timeout,
             retry,
             info,
+            metadata,
         )
 
     def get_configuration_history(
         self,
         request: pb.GetConfigurationHistoryRequest | None = None,
         *,
-        resource: pb.HistoryResource.ValueType | None = None,
+        resource: Resource | None = None,
         registry_id: str | None = None,
         region: str | None = None,
         page_size: int | None = None,
         page_token: str | None = None,
+        no_cache: bool = False,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        metadata: CallMetadata | None = None,
         info: CallInfo | None = None,
     ) -> pb.GetConfigurationHistoryResponse:
         """One page of a resource's recorded versions, newest first (`next_page_token`
-        continues); a slice tenant gets its own slice of each version (`slice_view`)."""
+        continues; `iter_configuration_history` follows it for you); a slice tenant gets its
+        own slice of each version (`slice_view`). `resource`: "replication" or "policy" (or
+        the proto enum). The history is always read from the gateway's store, never a
+        cache: `no_cache` is accepted, as on every read, and changes nothing."""
         message = self._prepare(
             pb.GetConfigurationHistoryRequest,
             request,
             registry_id=registry_id,
             region=region,
-            resource=resource,
+            resource=None if resource is None else resource_value(resource),
             page_size=page_size,
             page_token=page_token,
         )
         return self._call(
             "GetConfigurationHistory",
-            self._stub.GetConfigurationHistory,
             message,
-            False,
+            pb.GetConfigurationHistoryResponse,
+            no_cache,
             timeout,
             retry,
             info,
+            metadata,
         )
 
-    def restore(
+    # --- helpers ---------------------------------------------------------------------------
+
+    def iter_configuration_history(
         self,
-        version_etag: str,
+        resource: Resource,
         *,
-        resource: pb.HistoryResource.ValueType,
-        etag: str | None = None,
         registry_id: str | None = None,
         region: str | None = None,
+        page_size: int | None = None,
+        no_cache: bool = False,
         timeout: float | None = None,
-        info: CallInfo | None = None,
-    ) -> Message:
-        """Write back the version of `resource` whose etag is `version_etag` (from
-        `get_configuration_history`), as an ordinary write with an etag precondition.
-
-        `etag`: the current etag the caller decided on (from a read or the history's newest
-        version); when someone changed the resource since, the write raises `EtagMismatch`
-        and nothing is written. Without it, the current etag is read fresh first, so only a
-        change in that moment is protected. A slice tenant restores its own slice (its rules
-        or statements) with the slice RPCs. Raises `LookupError` when no recorded version
-        has `version_etag`, and `ValueError` (before any write) when that version was kept
-        without its document (`document_omitted`: too large for the gateway's history), so
-        it cannot be written back. Answers the write's response.
-        """
-        if not version_etag:
-            raise ValueError("version_etag is empty: pass the etag of a recorded version")
-        version, slice_view = self._find_version(
-            version_etag, resource, registry_id, region, timeout
-        )
-        if version.document_omitted:
-            # Its empty document would be written as "no rules" / "no policy".
-            raise ValueError(
-                f"version {version_etag[:64]!r} was kept without its document (larger than "
-                "the gateway's history.max_bytes): it cannot be restored; nothing was written"
-            )
-        where: dict[str, Any] = {"registry_id": registry_id, "region": region, "timeout": timeout}
-        replication = resource == pb.HISTORY_RESOURCE_REPLICATION
-        if slice_view and replication:
-            if etag is None:
-                etag = (self.get_replication_rules(**where)).etag
-            return self.put_replication_rules(
-                rules=version.replication_configuration.rules, etag=etag, info=info, **where
-            )
-        if slice_view:
-            if etag is None:
-                etag = (self.get_policy_statements(**where)).etag
-            return self.put_policy_statements(
-                statements=version.statements_json or "[]", etag=etag, info=info, **where
-            )
-        if replication:
-            if etag is None:
-                etag = (self.describe_registry(no_cache=True, **where)).etag
-            return self.put_replication_configuration(
-                replication_configuration=version.replication_configuration,
-                etag=etag,
-                info=info,
-                **where,
-            )
-        if etag is None:
-            etag = self._policy_etag(where)
-        if not version.policy_text:
-            return self.delete_registry_policy(etag=etag, info=info, **where)
-        return self.put_registry_policy(
-            policy_text=version.policy_text, etag=etag, info=info, **where
-        )
-
-    def _find_version(
-        self,
-        version_etag: str,
-        resource: pb.HistoryResource.ValueType,
-        registry_id: str | None,
-        region: str | None,
-        timeout: float | None,
-    ) -> tuple[pb.ConfigurationVersion, bool]:
+        retry: RetryPolicy | None = None,
+        metadata: CallMetadata | None = None,
+    ) -> Iterator[pb.ConfigurationVersion]:
+        """Every recorded version of `resource` ("replication" or "policy"), newest first,
+        across pages: `for version in client.iter_configuration_history("policy")`.
+        Each page is one call, with its own deadline (`timeout`) and retries, made when the
+        previous page is used up (stop early and no more pages are read)."""
         token = ""
-        # The gateway keeps a bounded history (`history.max_versions`); the page bound here
-        # only guards against a server that never stops answering tokens.
-        for _ in range(100):
+        seen: set[str] = set()
+        while True:
             page = self.get_configuration_history(
                 resource=resource,
                 registry_id=registry_id,
                 region=region,
-                page_size=50,
+                page_size=page_size,
                 page_token=token,
+                no_cache=no_cache,
                 timeout=timeout,
+                retry=retry,
+                metadata=metadata,
             )
-            for version in page.versions:
-                if version.etag == version_etag:
-                    return version, page.slice_view
+            yield from page.versions
             token = page.next_page_token
             if not token:
-                break
-        raise LookupError(f"no recorded version has etag {version_etag[:64]!r}")
+                return
+            if token in seen:  # a server that never ends: stop rather than loop for ever
+                raise client_error(
+                    Internal, "the gateway answered a page token twice", reason="PAGE_LOOP"
+                )
+            seen.add(token)
 
-    def _policy_etag(self, where: dict[str, Any]) -> str:
-        try:
-            return (self.get_registry_policy(no_cache=True, **where)).etag
-        except NotFound:
-            return "absent"  # the etag of no policy
+    def update_replication_rules(
+        self,
+        change: RulesChange,
+        *,
+        registry_id: str | None = None,
+        region: str | None = None,
+        max_attempts: int = 5,
+        timeout: float | None = None,
+        metadata: CallMetadata | None = None,
+        info: CallInfo | None = None,
+    ) -> pb.PutReplicationRulesResponse:
+        """Read your rules (fresh, past the cache), `change` them, write them back only if
+        nobody wrote your slice in between (its etag); on `EtagMismatch`, again.
+
+        `change` gets a list of copies of your rules and edits it in place (returning None)
+        or returns the new list (messages or AWS-shaped JSON rules); it may be called
+        several times, so it must not assume what it finds. When the result equals what was
+        read, nothing is written and the answer holds the current rules and etag. One
+        deadline, `timeout` (the client's by default), covers every read, write and wait;
+        after `max_attempts` conflicts the last `EtagMismatch` is raised.
+        """
+
+        def once(deadline: Deadline) -> pb.PutReplicationRulesResponse:
+            current = self.get_replication_rules(
+                registry_id=registry_id,
+                region=region,
+                no_cache=True,
+                timeout=deadline.left(),
+                metadata=metadata,
+                info=info,
+            )
+            rules = replication_rules(current.rules)
+            changed = change(rules)
+            desired = replication_rules(rules if changed is None else changed)
+            if desired == list(current.rules):
+                return pb.PutReplicationRulesResponse(
+                    registry_id=current.registry_id, rules=current.rules, etag=current.etag
+                )
+            return self.put_replication_rules(
+                rules=desired,
+                registry_id=current.registry_id,
+                region=region,
+                etag=current.etag,
+                timeout=deadline.left(),
+                metadata=metadata,
+                info=info,
+            )
+
+        return self._read_modify_write(once, max_attempts, timeout)
+
+    def update_policy_statements(
+        self,
+        change: StatementsChange,
+        *,
+        registry_id: str | None = None,
+        region: str | None = None,
+        max_attempts: int = 5,
+        timeout: float | None = None,
+        metadata: CallMetadata | None = None,
+        info: CallInfo | None = None,
+    ) -> pb.PutPolicyStatementsResponse:
+        """Read your statements of the registry policy (fresh, past the cache), `change`
+        them, write them back only if nobody wrote your slice in between; on `EtagMismatch`,
+        again.
+
+        `change` gets your statements as parsed JSON objects (dicts) and edits the list in
+        place (returning None) or returns the new list. As `update_replication_rules`: no
+        write when nothing changed, one deadline for the loop, `max_attempts` conflicts.
+        """
+
+        def once(deadline: Deadline) -> pb.PutPolicyStatementsResponse:
+            current = self.get_policy_statements(
+                registry_id=registry_id,
+                region=region,
+                no_cache=True,
+                timeout=deadline.left(),
+                metadata=metadata,
+                info=info,
+            )
+            statements = json.loads(current.statements_json or "[]")
+            changed = change(statements)
+            desired = statements_list(statements if changed is None else changed)
+            if desired == json.loads(current.statements_json or "[]"):
+                return pb.PutPolicyStatementsResponse(
+                    registry_id=current.registry_id,
+                    statements_json=current.statements_json,
+                    etag=current.etag,
+                )
+            return self.put_policy_statements(
+                statements=desired,
+                registry_id=current.registry_id,
+                region=region,
+                etag=current.etag,
+                timeout=deadline.left(),
+                metadata=metadata,
+                info=info,
+            )
+
+        return self._read_modify_write(once, max_attempts, timeout)
 
     def update_replication_configuration(
         self,
@@ -505,24 +641,31 @@ class SyncRegistryConfigClient:
         region: str | None = None,
         max_attempts: int = 5,
         timeout: float | None = None,
+        metadata: CallMetadata | None = None,
         info: CallInfo | None = None,
     ) -> pb.PutReplicationConfigurationResponse:
-        """Read, `change`, write back only if nobody wrote in between; repeat on a conflict.
+        """Read the whole configuration (fresh), `change`, write back only if nobody wrote
+        in between; repeat on a conflict. A tenant of a shared registry uses
+        `update_replication_rules` (its slice) instead.
 
         `change` gets a copy of the current configuration and edits it in place (or returns
         a new one); it may be called several times, so it must not assume what it finds. The
         write carries the etag of the read, so a colleague's concurrent change is never
-        overwritten: on `EtagMismatch` the configuration is read again, fresh from AWS, and
-        `change` applied to that. After `max_attempts` conflicts the last `EtagMismatch`
-        is raised. When `change` leaves the configuration as it was, nothing is written and
-        the answer holds the current configuration and etag.
+        overwritten: on `EtagMismatch` the configuration is read again and `change` applied
+        to that. After `max_attempts` conflicts the last `EtagMismatch` is raised. When
+        `change` leaves the configuration as it was, nothing is written and the answer holds
+        the current configuration and etag. One deadline, `timeout`, covers the loop.
         """
-        if max_attempts < 1:
-            raise ValueError("max_attempts must be at least 1")
-        for attempt in range(1, max_attempts + 1):
-            # After a conflict the cache may still hold what we lost to: read past it.
+
+        def once(deadline: Deadline) -> pb.PutReplicationConfigurationResponse:
+            # Past the cache: a stale read could make "nothing changed" look true.
             current = self.describe_registry(
-                registry_id=registry_id, region=region, no_cache=attempt > 1, timeout=timeout
+                registry_id=registry_id,
+                region=region,
+                no_cache=True,
+                timeout=deadline.left(),
+                metadata=metadata,
+                info=info,
             )
             config = pb.ReplicationConfiguration()
             config.CopyFrom(current.replication_configuration)
@@ -534,19 +677,219 @@ class SyncRegistryConfigClient:
                     etag=current.etag,
                     registry_id=current.registry_id,
                 )
+            return self.put_replication_configuration(
+                replication_configuration=desired,
+                registry_id=current.registry_id,
+                region=region,
+                etag=current.etag,
+                timeout=deadline.left(),
+                metadata=metadata,
+                info=info,
+            )
+
+        return self._read_modify_write(once, max_attempts, timeout)
+
+    @overload
+    def restore(
+        self,
+        version_etag: str,
+        *,
+        resource: Literal["replication"],
+        etag: str | None = None,
+        registry_id: str | None = None,
+        region: str | None = None,
+        timeout: float | None = None,
+        metadata: CallMetadata | None = None,
+        info: CallInfo | None = None,
+    ) -> ReplicationRestored: ...
+
+    @overload
+    def restore(
+        self,
+        version_etag: str,
+        *,
+        resource: Literal["policy"],
+        etag: str | None = None,
+        registry_id: str | None = None,
+        region: str | None = None,
+        timeout: float | None = None,
+        metadata: CallMetadata | None = None,
+        info: CallInfo | None = None,
+    ) -> PolicyRestored: ...
+
+    @overload
+    def restore(
+        self,
+        version_etag: str,
+        *,
+        resource: pb.HistoryResource.ValueType,
+        etag: str | None = None,
+        registry_id: str | None = None,
+        region: str | None = None,
+        timeout: float | None = None,
+        metadata: CallMetadata | None = None,
+        info: CallInfo | None = None,
+    ) -> Restored: ...
+
+    def restore(
+        self,
+        version_etag: str,
+        *,
+        resource: Resource,
+        etag: str | None = None,
+        registry_id: str | None = None,
+        region: str | None = None,
+        timeout: float | None = None,
+        metadata: CallMetadata | None = None,
+        info: CallInfo | None = None,
+    ) -> Restored:
+        """Write back the version of `resource` whose etag is `version_etag` (from
+        `iter_configuration_history`), as an ordinary write with an etag precondition.
+
+        `etag`: the current etag the caller decided on (from a read or the history's newest
+        version); when someone changed the resource since, the write raises `EtagMismatch`
+        and nothing is written. Without it, the current etag is read fresh first, so only a
+        change in that moment is protected. A slice tenant restores its own slice (its rules
+        or statements) with the slice RPCs. Raises `VersionNotFound` (a `LookupError`) when
+        no recorded version has `version_etag`, and `VersionNotRestorable` (a `ValueError`,
+        before any write) when that version was kept without its document
+        (`document_omitted`: too large for the gateway's history). Answers the write's
+        response: for `resource="replication"` a `PutReplicationConfigurationResponse` (a
+        slice tenant: `PutReplicationRulesResponse`), for "policy" a
+        `PutRegistryPolicyResponse` or `DeleteRegistryPolicyResponse` (the version was "no
+        policy"; a slice tenant: `PutPolicyStatementsResponse`). One deadline, `timeout`,
+        covers the history's pages, the read and the write.
+        """
+        if not version_etag:
+            raise client_error(
+                InvalidArgument,
+                "version_etag is empty: pass the etag of a recorded version",
+                reason="INVALID_ARGUMENT",
+                field="version_etag",
+            )
+        kind = resource_value(resource)
+        deadline = Deadline(self._timeout if timeout is None else timeout)
+        version, slice_view = self._find_version(
+            version_etag, kind, registry_id, region, deadline, metadata
+        )
+        if version.document_omitted:
+            # Its empty document would be written as "no rules" / "no policy".
+            raise client_error(
+                VersionNotRestorable,
+                f"version {version_etag[:64]!r} was kept without its document (larger than "
+                "the gateway's history.max_bytes): it cannot be restored; nothing was written",
+                reason="DOCUMENT_OMITTED",
+            )
+        where: dict[str, Any] = {"registry_id": registry_id, "region": region}
+        where["metadata"] = metadata
+        replication = kind == pb.HISTORY_RESOURCE_REPLICATION
+        if slice_view and replication:
+            if etag is None:
+                etag = (
+                    self.get_replication_rules(no_cache=True, timeout=deadline.left(), **where)
+                ).etag
+            return self.put_replication_rules(
+                rules=version.replication_configuration.rules,
+                etag=etag,
+                info=info,
+                timeout=deadline.left(),
+                **where,
+            )
+        if slice_view:
+            if etag is None:
+                etag = (
+                    self.get_policy_statements(no_cache=True, timeout=deadline.left(), **where)
+                ).etag
+            return self.put_policy_statements(
+                statements=version.statements_json or "[]",
+                etag=etag,
+                info=info,
+                timeout=deadline.left(),
+                **where,
+            )
+        if replication:
+            if etag is None:
+                etag = (
+                    self.describe_registry(no_cache=True, timeout=deadline.left(), **where)
+                ).etag
+            return self.put_replication_configuration(
+                replication_configuration=version.replication_configuration,
+                etag=etag,
+                info=info,
+                timeout=deadline.left(),
+                **where,
+            )
+        if etag is None:
+            etag = self._policy_etag(where, deadline)
+        if not version.policy_text:
+            return self.delete_registry_policy(
+                etag=etag, info=info, timeout=deadline.left(), **where
+            )
+        return self.put_registry_policy(
+            policy_text=version.policy_text, etag=etag, info=info, timeout=deadline.left(), **where
+        )
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _find_version(
+        self,
+        version_etag: str,
+        resource: pb.HistoryResource.ValueType,
+        registry_id: str | None,
+        region: str | None,
+        deadline: Deadline,
+        metadata: CallMetadata | None,
+    ) -> tuple[pb.ConfigurationVersion, bool]:
+        token = ""
+        # The gateway keeps a bounded history (`history.max_versions`); the page bound here
+        # only guards against a server that never stops answering tokens.
+        for _ in range(100):
+            page = self.get_configuration_history(
+                resource=resource,
+                registry_id=registry_id,
+                region=region,
+                page_size=50,
+                page_token=token,
+                timeout=deadline.left(),
+                metadata=metadata,
+            )
+            for version in page.versions:
+                if version.etag == version_etag:
+                    return version, page.slice_view
+            token = page.next_page_token
+            if not token:
+                break
+        raise client_error(
+            VersionNotFound,
+            f"no recorded version has etag {version_etag[:64]!r}",
+            reason="VERSION_NOT_FOUND",
+        )
+
+    def _policy_etag(self, where: dict[str, Any], deadline: Deadline) -> str:
+        try:
+            return (self.get_registry_policy(no_cache=True, timeout=deadline.left(), **where)).etag
+        except NotFound:
+            return "absent"  # the etag of no policy
+
+    def _read_modify_write(
+        self,
+        once: Callable[[Deadline], Written],
+        max_attempts: int,
+        timeout: float | None,
+    ) -> Written:
+        """Run `once` (read, change, write with the read's etag) until it does not conflict,
+        at most `max_attempts` times, all under one deadline."""
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        deadline = Deadline(self._timeout if timeout is None else timeout)
+        for attempt in range(1, max_attempts + 1):
             try:
-                return self.put_replication_configuration(
-                    replication_configuration=desired,
-                    registry_id=current.registry_id,
-                    region=region,
-                    etag=current.etag,
-                    timeout=timeout,
-                    info=info,
-                )
+                return once(deadline)
             except EtagMismatch:
-                if attempt == max_attempts:
+                delay = self._retry.backoff(attempt, None)
+                if attempt == max_attempts or not deadline.allows(delay):
                     raise
-                time.sleep(self._retry.backoff(attempt, None))
+                time.sleep(delay)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
     def _prepare(self, kind: type[Req], request: Req | None, **fields: Any) -> Req:
@@ -560,36 +903,62 @@ class SyncRegistryConfigClient:
     def _call(
         self,
         rpc: str,
-        method: grpc.UnaryUnaryMultiCallable[Req, Resp],
-        request: Req,
+        request: Message,
+        response_type: type[Resp],
         no_cache: bool,
         timeout: float | None,
         retry: RetryPolicy | None,
         info: CallInfo | None,
+        metadata: CallMetadata | None,
     ) -> Resp:
         policy = retry or self._retry
+        has_credentials = self._api_key is not None or self._token_provider is not None
+        extra = caller_metadata(metadata, has_credentials=has_credentials)
         attempts = Attempts(
             policy,
             self._timeout if timeout is None else timeout,
             retry_safe=retry_safe(rpc, request, policy),
+            rpc=rpc,
         )
         while True:
-            attempt_timeout = attempts.start()
-            metadata = bearer_metadata(self._token(), no_cache)
+            left = attempts.start()
+            sent = bearer_metadata(self._token(), no_cache) + extra
             try:
-                response, call = method.with_call(
-                    request, timeout=attempt_timeout, metadata=metadata
+                reply = self._proceed(
+                    Attempt(rpc, request, response_type, sent, left, attempts.count)
                 )
-            except grpc.RpcError as exc:
-                trailing = exc.trailing_metadata()
-                error = from_rpc_error(exc.code(), exc.details(), trailing)
+            except RegistryGatewayError as error:
                 delay = attempts.delay_after(error)
                 if delay is None:
                     if info is not None:
-                        info.record(trailing, attempts.count)
-                    raise error from exc
+                        info.record(error.trailing_metadata, attempts.count)
+                    raise
+                attempts.retrying(error, delay)
                 time.sleep(delay)
                 continue
             if info is not None:
-                info.record(call.trailing_metadata(), attempts.count)
-            return response
+                info.record(reply.metadata, attempts.count)
+            if not isinstance(reply.response, response_type):  # an interceptor's mistake
+                raise TypeError(f"{rpc} answered {type(reply.response).__name__}")
+            return reply.response
+
+
+def _link(interceptor: Interceptor, proceed: Proceed) -> Proceed:
+    """`proceed` seen through `interceptor`: one link of the chain."""
+
+    def link(attempt: Attempt) -> Reply:
+        return interceptor.intercept(attempt, proceed)
+
+    return link
+
+
+def _connect_transport(url: str, tls: Tls | None) -> Transport:
+    """The Connect transport: imported only here, so the client works without the extra."""
+    try:
+        from registry_gateway_client._sync_connect import ConnectTransport
+    except ImportError as exc:  # connectrpc or pyqwest missing
+        raise ImportError(
+            f"an {url.split(':')[0]}:// target speaks Connect, which needs the `connect` "
+            "extra: pip install 'registry-gateway-client[connect]'"
+        ) from exc
+    return ConnectTransport(url, tls=tls)
