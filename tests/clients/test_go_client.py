@@ -1,6 +1,6 @@
 """The Go client (clients/go) is a Go module another module can require, and calls a live gateway.
 
-`clients/go/go.mod` makes the generated stubs the module `registry-gateway/clients/go`;
+`clients/go/go.mod` makes the generated stubs the module `registry-gateway.example/clients/go`;
 `clients/go/example` is a module of its own that requires it through a `replace` directive,
 as a dependent program would. Both are built in module mode, offline: the Go module proxy
 is out of reach here, so a throw-away copy of each go.mod gets `replace` directives to
@@ -28,7 +28,7 @@ from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT
 from tests.moto_writes import behave_like_ecr
 
 GO_CLIENT = Path(__file__).resolve().parents[2] / "clients" / "go"
-MODULE = "registry-gateway/clients/go"
+MODULE = "registry-gateway.example/clients/go"
 DEBIAN_GOCODE = Path("/usr/share/gocode/src")
 
 # The Go builds (bounded at 600 s each) run in the first tests' setup: past pytest's global

@@ -1,5 +1,5 @@
 // Command example is a program of its own module that requires the Go client
-// (registry-gateway/clients/go, see go.mod) and makes three kinds of call to the gateway:
+// (registry-gateway.example/clients/go, see go.mod) and makes three kinds of call to the gateway:
 // a read (DescribeRegistry), a write guarded by the read's etag (PutReplicationConfiguration)
 // and the tenant's slice (GetReplicationRules, then PutReplicationRules with its etag).
 // It prints what it did as one JSON object; on failure, the gRPC code and the gateway's
@@ -15,12 +15,10 @@ import (
 	"os"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 
-	registryv1 "registry-gateway/clients/go/ecr/registry/v1"
+	registryv1 "registry-gateway.example/clients/go/ecr/registry/v1"
+	"registry-gateway.example/clients/go/gateway"
 )
 
 func main() {
@@ -33,7 +31,11 @@ func main() {
 	if target == "" {
 		target = "127.0.0.1:50051"
 	}
-	conn, err := grpc.Dial(target, grpc.WithInsecure())
+	// Plaintext, as `make serve` listens (grpc.WithInsecure is the spelling grpc-go 1.33 has):
+	// the key goes on every call; errors come back as *gateway.Error.
+	options := append(gateway.DialOptions(), grpc.WithInsecure(),
+		grpc.WithPerRPCCredentials(gateway.Bearer{Token: os.Getenv("GATEWAY_API_KEY"), AllowInsecure: true}))
+	conn, err := grpc.Dial(target, options...)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "dial %s: %v\n", target, err)
 		os.Exit(2)
@@ -42,7 +44,6 @@ func main() {
 	client := registryv1.NewRegistryConfigServiceClient(conn)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+os.Getenv("GATEWAY_API_KEY"))
 
 	// A read.
 	registry, err := client.DescribeRegistry(ctx, &registryv1.DescribeRegistryRequest{})
@@ -64,7 +65,7 @@ func main() {
 		ReplicationConfiguration: written.GetReplicationConfiguration(),
 		Etag:                     registry.GetEtag(),
 	})
-	staleReason, _, _ := details(err)
+	staleReason := gateway.FromError(err).Reason
 
 	// The tenant's slice of the rules, written with the slice's etag.
 	slice, err := client.GetReplicationRules(ctx, &registryv1.GetReplicationRulesRequest{})
@@ -103,20 +104,9 @@ func rule(registryID, region, prefix string) *registryv1.ReplicationRule {
 	}
 }
 
-// details reads the ErrorInfo of a failed call: its reason and request id.
-func details(err error) (reason, requestID string, st *status.Status) {
-	st = status.Convert(err)
-	for _, detail := range st.Details() {
-		if info, ok := detail.(*errdetails.ErrorInfo); ok {
-			reason, requestID = info.GetReason(), info.GetMetadata()["requestId"]
-		}
-	}
-	return reason, requestID, st
-}
-
 // explain prints a failed call's code and the gateway's ErrorInfo; it returns the exit code.
 func explain(rpc string, err error) int {
-	reason, requestID, st := details(err)
-	fmt.Fprintf(os.Stderr, "%s: %s %s: %s (request %s)\n", rpc, st.Code(), reason, st.Message(), requestID)
+	failed := gateway.FromError(err)
+	fmt.Fprintf(os.Stderr, "%s: %s %s: %s (request %s)\n", rpc, failed.Code, failed.Reason, failed.Message, failed.RequestID)
 	return 1
 }

@@ -12,13 +12,12 @@ import (
 	"strings"
 	"time"
 
-	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 
-	registryv1 "registry-gateway/clients/go/ecr/registry/v1"
+	registryv1 "registry-gateway.example/clients/go/ecr/registry/v1"
+	"registry-gateway.example/clients/go/gateway"
 )
 
 func main() {
@@ -27,7 +26,7 @@ func main() {
 		target = "127.0.0.1:50051"
 	}
 	// Plaintext, as `make serve` listens; use grpc.WithTransportCredentials for TLS.
-	conn, err := grpc.Dial(target, grpc.WithInsecure())
+	conn, err := grpc.Dial(target, append(gateway.DialOptions(), grpc.WithInsecure())...)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "dial %s: %v\n", target, err)
 		os.Exit(2)
@@ -57,13 +56,7 @@ func main() {
 
 // explain prints a failed call's code and the gateway's ErrorInfo; it returns the exit code.
 func explain(err error) int {
-	st := status.Convert(err)
-	reason, requestID := "", ""
-	for _, detail := range st.Details() {
-		if info, ok := detail.(*errdetails.ErrorInfo); ok {
-			reason, requestID = info.GetReason(), info.GetMetadata()["requestId"]
-		}
-	}
-	fmt.Fprintf(os.Stderr, "%s %s: %s (request %s)\n", st.Code(), reason, st.Message(), requestID)
+	failed := gateway.FromError(err)
+	fmt.Fprintf(os.Stderr, "%s %s: %s (request %s)\n", failed.Code, failed.Reason, failed.Message, failed.RequestID)
 	return 1
 }
