@@ -1,22 +1,30 @@
 """The ECR port on aioboto3: one ECR client per (account, region), reused and verified.
 
-Each client is created once, on first use, and closed at shutdown (never one per request).
-When it is created, STS GetCallerIdentity with the same credentials must name the
-registry's own account; otherwise every call on that registry is refused with
-FAILED_PRECONDITION, so a misconfigured key can never read or change another registry.
-Then ECR's REGISTRY_POLICY_SCOPE of the account is read (GetAccountSetting) into
-`policy_scopes` (service/aws/account_settings.py); again on reload (`refresh_policy_scopes`).
+Each client is made on first use and reused (never one per request); one unused for
+`aws.client_idle_seconds` is closed (service/aws/client_pool.py) and made again on its
+next call, and every client is closed at shutdown. When a client is first made, STS
+GetCallerIdentity with the same credentials must name the registry's own account (asked
+once per credentials: the base session's, or a role's); otherwise every call on that
+registry is refused with FAILED_PRECONDITION, so a misconfigured key can never read
+or change another registry. Then ECR's REGISTRY_POLICY_SCOPE of the account is read
+(GetAccountSetting) into `policy_scopes` (service/aws/account_settings.py); again on
+reload (`refresh_policy_scopes`). Both are kept when an idle client is closed: making it
+again costs a client and a connection only.
+
+One botocore session per role (reused across regions), on what every client of the process
+shares: botocore's parsed data, its event handlers, the TLS contexts
+(service/aws/shared_botocore.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -26,17 +34,18 @@ from aiobotocore.credentials import (
     AioCredentialResolver,
     AioDeferredRefreshableCredentials,
 )
-from aiobotocore.session import AioSession
-from botocore.config import Config
 from botocore.credentials import CredentialProvider
 from botocore.exceptions import BotoCoreError, ClientError
 from opentelemetry.trace import Status, StatusCode
 
 from service.auth.targets import Target
 from service.aws.account_settings import SETTING, PolicyScopes
-from service.aws.errors import aws_errors_mapped, error_code
+from service.aws.client_pool import ClientPool
+from service.aws.errors import aws_errors_mapped, error_code, watch_attempts
 from service.aws.port import NoPolicy
 from service.aws.resilience import Resilience
+from service.aws.shared_botocore import SharedBotocore
+from service.bounded_gather import gather_bounded
 from service.config import AwsConfig, GatewayConfig, RegistryConfig, registry_regions
 from service.errors import DeadlineExceeded, FailedPrecondition, GatewayError, NotFound
 from service.gen.v1 import registry_pb2 as pb
@@ -47,6 +56,9 @@ from service.registry import convert
 log = logging.getLogger("registry_gateway.upstream")
 
 SessionFactory = Callable[[], aioboto3.Session]
+# How a session makes a client: aioboto3's `Session.client` (the base session) or
+# aiobotocore's `AioSession.create_client` (a role's); both an async context manager.
+ClientMaker = Callable[..., AbstractAsyncContextManager[Any]]
 T = TypeVar("T")
 ROLE_SESSION_NAME = "registry-gateway"
 
@@ -83,6 +95,7 @@ class Upstream:
         resilience: Resilience | None = None,
         metrics: Metrics | None = None,
         tracing: Tracing | None = None,
+        shared: SharedBotocore | None = None,
     ) -> None:
         self._metrics = metrics
         self._tracing = tracing or Tracing(None)
@@ -90,19 +103,26 @@ class Upstream:
         self._session_factory = session_factory
         self._environ = os.environ if environ is None else environ
         self._time_left = time_left
-        self._botocore_config = Config(
+        self.shared = shared or SharedBotocore()
+        self._botocore_config = self.shared.config(
             # total_max_attempts counts the first attempt; botocore's max_attempts, retries.
             retries={"mode": "standard", "total_max_attempts": aws.max_attempts},
             connect_timeout=aws.connect_timeout_seconds,
             read_timeout=aws.read_timeout_seconds,
             user_agent_extra="registry-gateway",
         )
-        self._stack = contextlib.AsyncExitStack()
-        self._clients: dict[_ClientKey, Any] = {}
+        self.clients: ClientPool[_ClientKey] = ClientPool(aws.client_idle_seconds)
+        # The base session's STS client per region, every role's AssumeRole made with it.
+        self._source_sts_clients: ClientPool[str] = ClientPool(aws.client_idle_seconds)
+        # Keys whose account check passed: kept when their client is closed for idleness.
+        self._verified: set[_ClientKey] = set()
+        # The account each set of credentials reaches (role_arn, external_id_env; None and
+        # None: the base session's), as STS GetCallerIdentity answered.
+        self._accounts: dict[tuple[str | None, str | None], str] = {}
         self._refused: dict[_ClientKey, FailedPrecondition] = {}
         self._creating: dict[_ClientKey, asyncio.Lock] = {}
         self._base_session: aioboto3.Session | None = None
-        self._role_sessions: dict[tuple[str, str | None], aioboto3.Session] = {}
+        self._role_sessions: dict[tuple[str, str | None], ClientMaker] = {}
         self._resilience = resilience or Resilience(
             aws, time_left, metrics.breaker_changed if metrics else None
         )
@@ -186,12 +206,16 @@ class Upstream:
             client = await self._bounded(
                 self._mapped(self._client(target), operation), remaining, operation
             )
-            request = self._measured(getattr(client, operation)(**params), operation, target.region)
-            if finish_once_sent:
-                return await self._mapped(request, operation)
-            return await self._bounded(
-                self._mapped(request, operation), self._time_left(), operation
-            )
+            # In use from here (no await between): not closed for idleness meanwhile.
+            with self.clients.using(_key_of(target)):
+                request = self._measured(
+                    getattr(client, operation)(**params), operation, target.region
+                )
+                if finish_once_sent:
+                    return await self._mapped(request, operation)
+                return await self._bounded(
+                    self._mapped(request, operation), self._time_left(), operation
+                )
 
     async def _measured(
         self, request: Awaitable[dict[str, Any]], operation: str, region: str
@@ -241,7 +265,8 @@ class Upstream:
         another account counts as an answer, unreachable or timed out does not. The error
         met, answered or not, comes with it: the server says why (service/app/server.py)."""
         try:
-            await asyncio.wait_for(self._client(target), self.probe_timeout_seconds)
+            async with asyncio.timeout(self.probe_timeout_seconds):
+                await self._client(target)
         except (TimeoutError, BotoCoreError) as exc:
             return Reachability(False, exc)
         except (ClientError, GatewayError) as exc:
@@ -260,33 +285,47 @@ class Upstream:
         into `policy_scopes`; a failure is recorded as such (never raised)."""
         registry = target.registry
         try:
-            client = await asyncio.wait_for(self._client(target), self.probe_timeout_seconds)
-            await self._read_scope_with(client, registry, target.region)
+            async with asyncio.timeout(self.probe_timeout_seconds):
+                # Read here, not also by `_client` if this makes the client.
+                client = await self._client(target, read_scope=False)
+            # In use from here (no await between): not closed for idleness meanwhile.
+            with self.clients.using(_key_of(target)):
+                await self._read_scope_with(client, registry, target.region)
         except GatewayError as exc:
             # The account's client was refused (ACCOUNT_MISMATCH, no credentials): writes
             # answer that, not an unknown scope.
             self.policy_scopes.unreadable(registry, target.region, _why(exc), refused=exc)
         except (TimeoutError, BotoCoreError, ClientError) as exc:
-            self.policy_scopes.unreadable(registry, target.region, _why(exc))
+            self.policy_scopes.unreadable(registry, target.region, _why(exc), cause=exc)
 
-    async def refresh_policy_scopes(self, config: GatewayConfig, *, missing: bool = False) -> None:
+    async def refresh_policy_scopes(
+        self, config: GatewayConfig, *, missing: bool = False, skip: Collection[str] = ()
+    ) -> None:
         """Read the setting again for every (account, region) the config names whose client
-        exists (on reload: a changed setting, or a changed pin, is seen); with `missing`,
-        for those never read instead, making their clients (at start-up, after the probe of
-        each registry's first region)."""
+        was made (on reload: a changed setting, or a changed pin, is seen; a client closed
+        for idleness is made again); with `missing`, for those never read instead, making
+        their clients (at start-up, after the probe of each registry's first region), but
+        for the registries in `skip` (whose probe found no answer: each read would wait
+        for its timeout). `aws.probe_concurrency` reads at a time."""
         reads: dict[tuple[str, str], Target] = {}
         for tenant in config.tenants:
             for registry in tenant.registries:
+                if missing and registry.registry_id in skip:
+                    continue
                 for region in registry_regions(config, registry):
                     key = _ClientKey(
                         registry.registry_id, region, registry.role_arn, registry.external_id_env
                     )
                     never_read = self.policy_scopes.read(registry.registry_id, region) is None
-                    if (missing and never_read) or (not missing and key in self._clients):
+                    if (missing and never_read) or (not missing and key in self._verified):
                         reads.setdefault(
                             (registry.registry_id, region), Target(tenant.name, registry, region)
                         )
-        await asyncio.gather(*(self.read_policy_scope(t) for t in reads.values()))
+        await gather_bounded(
+            [functools.partial(self.read_policy_scope, t) for t in reads.values()],
+            limit=self._aws.probe_concurrency,
+            patience=self._aws.connect_timeout_seconds,
+        )
 
     async def _read_scope_with(self, client: Any, registry: RegistryConfig, region: str) -> None:
         operation = "get_account_setting"
@@ -296,7 +335,7 @@ class Upstream:
                 self.probe_timeout_seconds,
             )
         except (TimeoutError, BotoCoreError, ClientError) as exc:
-            self.policy_scopes.unreadable(registry, region, _why(exc))
+            self.policy_scopes.unreadable(registry, region, _why(exc), cause=exc)
             return
         self.policy_scopes.record(registry, region, str(answer.get("value", "")))
 
@@ -315,15 +354,15 @@ class Upstream:
         """Close every client (at shutdown)."""
         for task in list(self._scope_reads):
             task.cancel()
-        await self._stack.aclose()
-        self._clients.clear()
+        await self.clients.close()
+        await self._source_sts_clients.close()
 
-    async def _client(self, target: Target) -> Any:
+    async def _client(self, target: Target, *, read_scope: bool = True) -> Any:
+        """The target's open client, made if need be: the first time, after the account
+        check, and followed by the read of its policy scope (unless not `read_scope`)."""
         registry = target.registry
-        key = _ClientKey(
-            registry.registry_id, target.region, registry.role_arn, registry.external_id_env
-        )
-        client = self._clients.get(key)
+        key = _key_of(target)
+        client = self.clients.get(key)
         if client is not None:
             return client
         refused = self._refused.get(key)
@@ -332,42 +371,59 @@ class Upstream:
         lock = self._creating.setdefault(key, asyncio.Lock())
         async with lock:
             # Single flight: only the first of many concurrent first calls creates the client.
-            if key in self._clients:
-                return self._clients[key]
+            client = self.clients.get(key)
+            if client is not None:
+                return client
             if key in self._refused:
                 raise self._refused[key]
-            session = await self._session_for(registry, target.region)
-            account = await self._caller_account(session, target.region)
-            if account != registry.registry_id:
-                log.error(
-                    "AWS credentials reach the wrong account",
-                    extra={
-                        "registry_id": registry.registry_id,
-                        "account": account,
-                        "region": target.region,
-                    },
-                )
-                self._refused[key] = FailedPrecondition(
-                    f"the gateway's AWS credentials for registry {registry.registry_id} reach "
-                    f"account {account}; every call on this registry is refused",
-                    reason="ACCOUNT_MISMATCH",
-                    metadata={"registryId": registry.registry_id, "region": target.region},
-                )
-                raise self._refused[key]
-            client = await self._stack.enter_async_context(
-                session.client(
+            make = await self._session_for(registry, target.region)
+            # First made: the account check, then the policy scope. Made again after being
+            # closed for idleness: both are known already.
+            first = key not in self._verified
+            if first:
+                await self._check_account(make, key)
+            client = await self.clients.add(
+                key,
+                make(
                     "ecr",
                     region_name=target.region,
                     endpoint_url=self._aws.endpoint_url,
                     config=self._botocore_config,
-                )
+                ),
             )
-            self._clients[key] = client
-            await self._read_scope_with(client, registry, target.region)
+            # Whether a failed call may have reached AWS, across botocore's own retries.
+            watch_attempts(client)
+            if first and read_scope:
+                with self.clients.using(key):
+                    await self._read_scope_with(client, registry, target.region)
             return client
 
-    async def _caller_account(self, session: aioboto3.Session, region: str) -> str:
-        async with session.client(
+    async def _check_account(self, make: ClientMaker, key: _ClientKey) -> None:
+        """STS GetCallerIdentity with the client's credentials must name the registry's
+        account: remembered either way (refused for good, or verified). Asked once per
+        credentials (the base session's, or a role's): the account they reach is the same
+        in every region they are valid in."""
+        credentials = (key.role_arn, key.external_id_env)
+        account = self._accounts.get(credentials)
+        if account is None:
+            account = await self._caller_account(make, key.region)
+            self._accounts[credentials] = account
+        if account != key.registry_id:
+            log.error(
+                "AWS credentials reach the wrong account",
+                extra={"registry_id": key.registry_id, "account": account, "region": key.region},
+            )
+            self._refused[key] = FailedPrecondition(
+                f"the gateway's AWS credentials for registry {key.registry_id} reach "
+                f"account {account}; every call on this registry is refused",
+                reason="ACCOUNT_MISMATCH",
+                metadata={"registryId": key.registry_id, "region": key.region},
+            )
+            raise self._refused[key]
+        self._verified.add(key)
+
+    async def _caller_account(self, make: ClientMaker, region: str) -> str:
+        async with make(
             "sts",
             region_name=region,
             endpoint_url=self._aws.endpoint_url,
@@ -376,29 +432,52 @@ class Upstream:
             identity = await sts.get_caller_identity()
         return str(identity["Account"])
 
-    async def _session_for(self, registry: RegistryConfig, region: str) -> aioboto3.Session:
+    async def _session_for(self, registry: RegistryConfig, region: str) -> ClientMaker:
+        """How to make the registry's clients: the base session's, or its role's (one
+        session per role, reused across regions)."""
         if self._base_session is None:
             self._base_session = self._session_factory()
         if registry.role_arn is None:
-            return self._base_session
+            return self._base_session.client  # type: ignore[no-any-return]  # aioboto3 untyped
         role_key = (registry.role_arn, registry.external_id_env)
-        session = self._role_sessions.get(role_key)
-        if session is None:
-            session = await self._assume_role_session(registry, region)
-            self._role_sessions[role_key] = session
-        return session
+        make = self._role_sessions.get(role_key)
+        if make is None:
+            make = await self._assume_role_session(registry, region)
+            self._role_sessions[role_key] = make
+        return make
 
-    async def _assume_role_session(self, registry: RegistryConfig, region: str) -> aioboto3.Session:
+    def _source_sts(
+        self, region: str, service_name: str, **frozen: Any
+    ) -> AbstractAsyncContextManager[Any]:
+        """The STS client a role's credential fetcher asks for (`client_creator`, with the
+        source credentials frozen), to call AssumeRole with: the base session's own STS
+        client of the region, shared by every role (it holds the same credentials, the
+        base session's, and refreshes them as they refresh), rather than a client made and
+        closed per role and per refresh."""
+        assert service_name == "sts" and self._base_session is not None
+        base = self._base_session
+        return self._source_sts_clients.lent(
+            region,
+            lambda: base.client(
+                "sts",
+                region_name=region,
+                endpoint_url=self._aws.endpoint_url,
+                config=self._botocore_config,
+            ),
+        )
+
+    async def _assume_role_session(self, registry: RegistryConfig, region: str) -> ClientMaker:
         # botocore's own AssumeRoleProvider needs a profile; this is the same fetcher and
         # deferred refreshable credentials it builds, fed from the base session's chain, so
         # the role is assumed on first use and re-assumed before the credentials expire.
         #
         # Public API only: the base session is used through boto3's Session methods
         # (`get_credentials`, `client`); the role's session is an AioSession of our own
+        # (service/aws/shared_botocore.py: on the process's shared loader and event hooks)
         # whose "credential_provider" component, one of the components botocore exposes
         # through the public `Session.register_component`/`get_component` (unlike its
-        # `_internal_components`), is a resolver holding only the role's provider, handed
-        # to aioboto3 through its documented `botocore_session` parameter.
+        # `_internal_components`), is a resolver holding only the role's provider; its
+        # clients are made with aiobotocore's `AioSession.create_client`.
         assert self._base_session is not None and registry.role_arn is not None
         source = await self._base_session.get_credentials()
         if source is None:
@@ -419,12 +498,7 @@ class Upstream:
                 )
             extra_args["ExternalId"] = external_id
         fetcher = AioAssumeRoleCredentialFetcher(
-            client_creator=functools.partial(
-                self._base_session.client,
-                region_name=region,
-                endpoint_url=self._aws.endpoint_url,
-                config=self._botocore_config,
-            ),
+            client_creator=functools.partial(self._source_sts, region),
             source_credentials=source,
             role_arn=registry.role_arn,
             extra_args=extra_args,
@@ -434,9 +508,15 @@ class Upstream:
                 refresh_using=fetcher.fetch_credentials, method=_AssumedRole.METHOD
             )
         )
-        core = AioSession()
-        core.register_component("credential_provider", AioCredentialResolver(providers=[role]))
-        return aioboto3.Session(botocore_session=core)
+        session = self.shared.session(AioCredentialResolver(providers=[role]))
+        return session.create_client  # type: ignore[no-any-return]  # aiobotocore untyped
+
+
+def _key_of(target: Target) -> _ClientKey:
+    registry = target.registry
+    return _ClientKey(
+        registry.registry_id, target.region, registry.role_arn, registry.external_id_env
+    )
 
 
 class _AssumedRole(CredentialProvider):  # type: ignore[misc]  # botocore is untyped
