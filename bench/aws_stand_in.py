@@ -92,6 +92,10 @@ class CountingProxy:
                 return None
 
         ThreadingHTTPServer.daemon_threads = True
+        # Every forwarded call is a connection of its own (HTTP/1.0): socketserver's listen
+        # backlog of 5 overflows when a gateway makes a few dozen calls at once, and each
+        # connection dropped waits out TCP's 1 s retransmission (TcpExtListenOverflows).
+        ThreadingHTTPServer.request_queue_size = 1024
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         thread = threading.Thread(
             target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
@@ -124,10 +128,25 @@ class CountingProxy:
             self._server.server_close()
 
 
+def answer_account_settings() -> None:
+    """Give moto's ECR the GetAccountSetting it lacks (moto 5.x answers 500), answering
+    REGISTRY_POLICY_SCOPE V2 as a new ECR registry does: the gateways read it for every
+    (account, region) when they make its client, as they do from ECR."""
+    from moto.ecr.responses import ECRResponse
+
+    def get_account_setting(self: ECRResponse) -> str:
+        name = str(self._get_param("name"))
+        return json.dumps({"name": name, "value": "V2" if name == "REGISTRY_POLICY_SCOPE" else ""})
+
+    if "get_account_setting" not in vars(ECRResponse):
+        ECRResponse.get_account_setting = get_account_setting  # type: ignore[attr-defined]
+
+
 def main() -> int:
     """Start moto and the proxy, print their URLs, serve until stdin closes."""
     from moto.server import ThreadedMotoServer
 
+    answer_account_settings()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
     host, port = moto.get_host_and_port()

@@ -5,16 +5,19 @@
     python -m bench --quick    under a minute (make bench-quick): bench/results/quick.json
                                only; the published page is left alone
     python -m bench --only reads,storm       some scenarios: reads cold storm writes scale
-                                             ablation attack (ablation is not in --quick by
-                                             default); writes bench/results/<mode>-<names>.json
-                                             only, never latest.json or the page
+                                             ablation attack edge-body edge-json edge-idle
+                                             edge-streams accounts (ablation, edge-* and
+                                             accounts are not in --quick by default); writes
+                                             bench/results/<mode>-<names>.json only, never
+                                             latest.json or the page
     python -m bench --quick --only attack --gateway-rev HEAD
                                              the gateway from a commit's service/, not the
                                              working tree's (a before figure)
-    python -m bench --only attack --merge    a full run of a self-contained scenario (attack),
-                                             its rows and verdicts put in place of that
-                                             scenario's in bench/results/latest.json (the page
-                                             says so), and the page re-rendered from it
+    python -m bench --only attack --merge    a full run of self-contained scenarios (attack,
+                                             edge-*, accounts), their rows and verdicts put
+                                             in place of those scenarios' in
+                                             bench/results/latest.json (the page says so),
+                                             and the page re-rendered
     python -m bench --profile                py-spy profiles of the cached-read hot path
     python -m bench --hotpath                the gateway's Python work per hit, step by step
     python -m bench --render bench/results/latest.json   re-render the docs page only
@@ -34,12 +37,22 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.harness import FULL, QUICK, ROOT, SELF_CONTAINED, running
+from bench.harness import EDGE_SCENARIOS, FULL, MANY_ACCOUNTS, QUICK, ROOT, SELF_CONTAINED, running
 
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
 CHART = "performance-latency.png"
-SCENARIOS = ("reads", "cold", "storm", "writes", "scale", "ablation", "attack")
+SCENARIOS = (
+    "reads",
+    "cold",
+    "storm",
+    "writes",
+    "scale",
+    "ablation",
+    "attack",
+    *EDGE_SCENARIOS,
+    MANY_ACCOUNTS,
+)
 LATEST = RESULTS / "latest.json"
 
 

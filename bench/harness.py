@@ -17,13 +17,17 @@ Scenarios (one run, so the ratios compare like with like on this shared, noisy m
 7. ablation: the bare server plus one piece of the wrapper's gRPC-level work at a time;
 8. bystander under attack: one tenant's cached reads at a steady rate, alone and while one
    connection sends max-size messages the gateway must refuse (undecodable bytes without
-   credentials, unknown-field floods with another tenant's); the ratio of their p99s.
+   credentials, unknown-field floods with another tenant's); the ratio of their p99s;
+9. bystander under edge attacks (bench/edge_attacks.py): the same reads over gRPC and HTTP
+   while the listeners themselves are attacked: endless bodies, a JSON body of many empty
+   elements, idle and slowloris connections, gRPC streams that never send their message.
 """
 
 from __future__ import annotations
 
 import array
 import contextlib
+import functools
 import io
 import json
 import os
@@ -85,7 +89,11 @@ CLIENT_CPUS = {1}
 ALL_CPUS = {0, 1}
 # Scenarios whose figures compare only with each other (own gateway, own baseline): a run of
 # just these can be merged into a full run's results (`python -m bench --only attack --merge`).
-SELF_CONTAINED = frozenset({"attack"})
+# Bystander under edge attacks (bench/edge_attacks.py), one scenario per attack.
+EDGE_SCENARIOS = ("edge-body", "edge-json", "edge-idle", "edge-streams")
+# Many accounts (bench/many_accounts.py): a gateway of its own per size.
+MANY_ACCOUNTS = "accounts"
+SELF_CONTAINED = frozenset({"attack", *EDGE_SCENARIOS, MANY_ACCOUNTS})
 REDIS_URL_ENV = "REGISTRY_GATEWAY_BENCH_REDIS_URL"
 # Set by scripts/with_redis.sh (what `make bench` runs under), after finding or starting one.
 TEST_REDIS_URL_ENV = "REGISTRY_GATEWAY_TEST_REDIS_URL"
@@ -1435,6 +1443,18 @@ class Run:
             ),
         ]
 
+    def accounts(self) -> None:
+        """Memory and time to SERVING against (account, region) clients (bench/many_accounts.py)."""
+        from bench.many_accounts import run_scenario  # it imports this module
+
+        run_scenario(self)
+
+    def edge(self, name: str) -> None:
+        """Bystander under edge attack `name` (bench/edge_attacks.py)."""
+        from bench.edge_attacks import run_scenario  # it imports this module
+
+        run_scenario(self, name)
+
     def _redis_ready(self) -> bool:
         try:
             client = redis.Redis.from_url(self.redis_url, socket_connect_timeout=2)
@@ -1468,7 +1488,7 @@ class Run:
     def execute(self) -> dict[str, Any]:
         """Every scenario asked for; the results document."""
         self.start()
-        steps = [
+        steps: list[tuple[str, Callable[[], None]]] = [
             ("reads", self.reads),
             ("cold", self.direct_and_cold),
             ("storm", self.storm),
@@ -1477,9 +1497,14 @@ class Run:
             # Not in a quick run unless asked for by name: it is for explaining, not checking.
             ("ablation", self.ablation),
             ("attack", self.attack),
+            *((name, functools.partial(self.edge, name)) for name in EDGE_SCENARIOS),
+            (MANY_ACCOUNTS, self.accounts),
         ]
         for name, step in steps:
-            if name == "ablation" and self.only is None and self.plan.name == "quick":
+            # Not in a quick run unless asked for by name: the ablation explains, and the edge
+            # attacks and the many accounts' gateways would take a quick run past its minute.
+            skipped = name in ("ablation", MANY_ACCOUNTS) or name in EDGE_SCENARIOS
+            if skipped and self.only is None and self.plan.name == "quick":
                 continue
             if self._wants(name):
                 rows, verdicts = len(self.rows), len(self.verdicts)

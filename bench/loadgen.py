@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from ipaddress import ip_address
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Protocol, TypeAlias
 
 import grpc
 import httpcore
@@ -137,7 +137,14 @@ class AttackJob:
     timeout: float = 30.0
 
 
-Job: TypeAlias = UnaryJob | HttpJob | WriteJob | AwsJob | AttackJob
+class SelfRunningJob(Protocol):
+    """A job defined outside this module (bench/edge_attacks.py): it runs itself, calling
+    `go` once prepared, and returns its results (a JobResult or a subclass of it)."""
+
+    async def run(self, go: Callable[[], Awaitable[None]]) -> JobResult: ...
+
+
+Job: TypeAlias = UnaryJob | HttpJob | WriteJob | AwsJob | AttackJob | SelfRunningJob
 
 
 @dataclass
@@ -565,8 +572,10 @@ async def _serve_jobs(conn: Connection) -> None:
                 result = await _run_writes(job, go)
             elif isinstance(job, AttackJob):
                 result = await _run_attack(job, go)
-            else:
+            elif isinstance(job, AwsJob):
                 result = await _run_aws(job, go)
+            else:
+                result = await job.run(go)
             conn.send(("done", result))
         except Exception:
             conn.send(("error", traceback.format_exc()))

@@ -57,7 +57,16 @@ def _remark(row: dict[str, Any]) -> str:
         parts.append(f"x-cache {x.get('x_cache')}")
     if "redis_cpu_s_per_1k" in x:
         parts.append(f"redis-server {x['redis_cpu_s_per_1k']:.3f} s/1k")
-    if "p99_vs_no_attack" in x:
+    if row["group"] == "accounts":
+        parts.append(
+            f"SERVING after {x['serving_s']:.2f} s, RSS {x['rss_after_mb']:.0f} MB after the calls"
+        )
+    if row["group"] == "edge" and "attack_label" in x:
+        parts.append(_edge_ratio(x))
+        for kind, entry in sorted(x.get("attacker", {}).items()):
+            codes = ", ".join(f"{c} {n}" for c, n in sorted(entry["codes"].items()))
+            parts.append(f"attacker {kind}: {entry['calls']} {entry['unit']} ({codes})")
+    elif "p99_vs_no_attack" in x:
         parts.append(f"{x['p99_vs_no_attack']:.2f}x p99 vs no attack")
         for kind, entry in sorted(x.get("attacker", {}).items()):
             codes = ", ".join(f"{c} {n}" for c, n in sorted(entry["codes"].items()))
@@ -75,6 +84,14 @@ def _remark(row: dict[str, Any]) -> str:
     if "added_us_per_call_min" in x:
         parts.append(f"+{x['added_us_per_call_min']:.0f} us/call (best round vs bare)")
     return "; ".join(parts)
+
+
+def _edge_ratio(x: dict[str, Any]) -> str:
+    """An edge attack's p99 under attack vs alone; unbounded when reads were refused."""
+    ratio = x.get("p99_vs_no_attack")
+    if ratio is None:
+        return f"p99 unbounded: {x['failed_share']:.1%} of reads not answered OK"
+    return f"{ratio:.2f}x p99 vs no attack"
 
 
 def table(doc: dict[str, Any]) -> str:
@@ -129,7 +146,9 @@ def chart(doc: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    rows = doc["rows"]
+    # The edge attacks' and many accounts' rows have sections of their own (and would crowd
+    # the bars).
+    rows = [r for r in doc["rows"] if r["group"] not in ("edge", "accounts")]
     fig, (bars, curves) = plt.subplots(
         1, 2, figsize=(15, 6.5), gridspec_kw={"width_ratios": [1.6, 1]}
     )
@@ -200,7 +219,12 @@ def merge(base: dict[str, Any], part: dict[str, Any]) -> dict[str, Any]:
     doc["rows"] = kept(doc["rows"]) + copy.deepcopy(part["rows"])
     doc["verdicts"] = kept(doc["verdicts"]) + copy.deepcopy(part["verdicts"])
     m = part["machine"]
-    earlier = [e for e in doc.get("merged", []) if not scenarios & set(e["scenarios"])]
+    # An earlier merge keeps the scenarios this one does not replace (its rows stay).
+    earlier = [
+        {**e, "scenarios": [name for name in e["scenarios"] if name not in scenarios]}
+        for e in doc.get("merged", [])
+        if set(e["scenarios"]) - scenarios
+    ]
     doc["merged"] = [
         *earlier,
         {
@@ -288,6 +312,106 @@ def attack_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _edge_number(value: float) -> str:
+    return f"{value:,.0f}" if value >= 1000 else f"{value:g}"
+
+
+def edge_markdown(doc: dict[str, Any]) -> str:
+    """The bystander-under-edge-attacks section: per attack, the bystander's p99 over gRPC
+    and over HTTP alone and under attack, their ratio, and what the attacker did."""
+    rows = {r["key"]: r for r in doc["rows"] if r["group"] == "edge"}
+    attacked = [r for r in rows.values() if "attack_label" in r["extra"]]
+    if not attacked:
+        return ""
+    first = attacked[0]
+    x = first["extra"]
+    goal = x.get("p99_goal", 2.0)
+    phase = x.get("phase_seconds")
+    out = [
+        "## Bystander under edge attacks",
+        "",
+        "The listeners themselves attacked (issue 21's findings 1-4), one scenario each "
+        "(`python -m bench --only edge-body,edge-json,edge-idle,edge-streams`, "
+        "bench/edge_attacks.py). Each starts a gateway of its own: two tenants, the gRPC and "
+        "the HTTP listener, memory cache, `server.max_concurrent_rpcs` 500 (fewer than the "
+        "attacks' connections or streams), every other limit at its default. The bystander "
+        "tenant reads DescribeRegistry (every call a cache hit) from 127.0.0.1 in an open "
+        f"loop at {x['rate_per_s']:g}/s over gRPC (one channel) and at the same rate over "
+        "HTTP/1.1 + JSON (POST `{}`, a pool of keep-alive connections), each call's latency "
+        "counted from its planned start; alone, then under attack, "
+        f"{first['rounds']} round{'s' * (first['rounds'] > 1)}"
+        + (f" of {phase:g} s each" if phase else "")
+        + ", medians. The attacker is a process of its own at nice 19 on the load "
+        "generator's core; strangers connect from 127.0.0.2-6, as other hosts would, so "
+        "that no per-address cap of the bystander's is spent by them. The ratio is the p99 "
+        f"under attack over the p99 alone, goal <= {goal:.2f}x; when more than 1% of the "
+        "reads under attack were not answered OK, the p99 is counted unbounded (a refused "
+        "read is never served, however fast the refusal). Server busy is the gateway "
+        "process's CPU over the phase (both bystanders, and the attack), where 100% is one "
+        "core.",
+        "",
+    ]
+    scenarios: list[str] = []
+    for row in attacked:
+        name = row["key"].split(".", 1)[0]
+        if name not in scenarios:
+            scenarios.append(name)
+    for name in scenarios:
+        some = rows.get(f"{name}.grpc.attacked") or rows.get(f"{name}.http.attacked")
+        if some is not None:
+            e = some["extra"]
+            out.append(f"- **{name}** ({e['attack_label']}): {e['attack']}.")
+    out += [
+        "",
+        "| attack | bystander | p99 alone, ms | p99 under attack, ms | ratio | answers under "
+        "attack | server busy alone / under attack |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in scenarios:
+        for transport in ("grpc", "http"):
+            quiet = rows.get(f"{name}.{transport}.quiet")
+            hit = rows.get(f"{name}.{transport}.attacked")
+            if quiet is None or hit is None:
+                continue
+            e = hit["extra"]
+            ratio = e.get("p99_vs_no_attack")
+            verdict = (
+                f"**{ratio:.2f}x** ({'met' if ratio <= goal else 'missed'})"
+                if ratio is not None
+                else f"**unbounded** ({e['failed_share']:.1%} not OK)"
+            )
+            codes = ", ".join(f"{c} {n}" for c, n in sorted(hit.get("codes", {}).items()))
+            out.append(
+                f"| {name} | {e['transport']} | {quiet['p99_ms']:.2f} | {hit['p99_ms']:.2f} "
+                f"| {verdict} | {codes} | {quiet['server_busy']:.0%} / "
+                f"{hit['server_busy']:.0%} |"
+            )
+    out += [
+        "",
+        "What the attacker did, over every attacked phase: each of its connections or calls "
+        "ended one way (the outcomes), after the time shown (a refusal's, or how long it was "
+        "held; `held to the end` = still open when the phase ended). Bytes sent are what the "
+        "attacker's sockets took, kernel buffers included, not what the gateway read.",
+        "",
+        "| attack | attacker | connections or calls | outcomes | bytes sent | most held at "
+        "once | time to outcome p50 / max, ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in scenarios:
+        some = rows.get(f"{name}.grpc.attacked") or rows.get(f"{name}.http.attacked")
+        if some is None:
+            continue
+        for kind, a in sorted(some["extra"].get("attacker", {}).items()):
+            codes = ", ".join(f"{c} {n}" for c, n in sorted(a["codes"].items()))
+            sent = _edge_number(a["bytes_sent"]) if "bytes_sent" in a else "-"
+            held = a.get("peak_held", "-")
+            out.append(
+                f"| {name} | {kind}: {a.get('what', kind)} | {a['calls']} {a.get('unit', '')} "
+                f"| {codes} | {sent} | {held} | {a['p50_ms']} / {a['max_ms']} |"
+            )
+    return "\n".join(out) + "\n"
+
+
 def http_markdown(doc: dict[str, Any]) -> str:
     """The cached read over HTTP/1.1 + JSON (Connect) beside the same read over gRPC."""
     rows = {r["key"]: r for r in doc["rows"]}
@@ -334,6 +458,66 @@ def http_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(out) + "\n" if out else ""
 
 
+def _calls(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k.split(':', 1)[-1]} {v}" for k, v in sorted(counts.items())) or "0"
+
+
+def accounts_markdown(doc: dict[str, Any]) -> str:
+    """Many accounts (bench/many_accounts.py): memory and time to SERVING against the
+    number of (account, region) clients, and the growth per added one."""
+    rows = [r for r in doc["rows"] if r["group"] == "accounts"]
+    if not rows:
+        return ""
+    out = [
+        "## Many accounts: memory and start-up against (account, region) clients",
+        "",
+        "One gateway process per size (`registry-gateway serve`, "
+        + ("pinned to cpu 0" if "cpu0" in rows[0]["setup"] else "unpinned")
+        + "), one tenant, one registry per account reached through its role (`role_arn`, "
+        "assumed in moto's STS), in each of the regions; moto and its counting proxy as AWS. "
+        "**SERVING after**: from the process's start (interpreter, imports, the start-up "
+        "probes and the policy scope of every (account, region)) to the health service's "
+        "SERVING. **RSS**: the process's resident set at SERVING, and after one "
+        "DescribeRegistry per (account, region) (each a cache miss, so one AWS call on every "
+        "client), every one answered OK (checked). From the start to SERVING: the gateway's "
+        "CPU, how long its threads waited for a CPU held by other work on this shared "
+        "machine (the kernel's run delay), and the AWS stand-in's CPU.",
+        "",
+        "| accounts x regions | clients | SERVING after, s | gateway CPU, s | waited for a "
+        "CPU, s | AWS stand-in CPU, s | RSS at SERVING, MB | RSS after one call each, MB "
+        "| calls answered | AWS calls before SERVING |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        x = row["extra"]
+        codes = ", ".join(f"{c} {n}" for c, n in sorted(row["codes"].items()))
+        out.append(
+            f"| {x['accounts']} x {x['regions']} | {x['clients']} | {x['serving_s']:.2f} "
+            f"| {x['start_cpu_s']:.2f} | {x.get('cpu_wait_s', float('nan')):.2f} "
+            f"| {x.get('stand_in_cpu_s', float('nan')):.2f} "
+            f"| {x['rss_serving_mb']:.0f} | {x['rss_after_mb']:.0f} | {codes} "
+            f"| {_calls(x['upstream_start'])} |"
+        )
+    growth = rows[-1]["extra"].get("growth", {})
+    if growth:
+        out += [
+            "",
+            f"**Growth per added (account, region)** (least squares over the sizes): "
+            f"**{growth['rss_mb_per_client']:.2f} MB** of RSS (from "
+            f"{growth['rss_mb_intercept']:.0f} MB), **{growth['serving_ms_per_client']:.1f} ms** "
+            f"to SERVING ({growth['start_cpu_ms_per_client']:.1f} ms of the gateway's CPU).",
+        ]
+    prefix = "many accounts: "
+    goals = [v for v in doc["verdicts"] if v["name"].startswith(prefix) and v["kind"] == "target"]
+    if goals:
+        out.append("")
+        for v in goals:
+            name = v["name"].removeprefix(prefix)
+            mark = "met" if v["ok"] else "missed"
+            out.append(f"- **{mark}**: {name}: {v['value']} (goal {v['goal']})")
+    return "\n".join(out) + "\n"
+
+
 def markdown(doc: dict[str, Any], chart_name: str) -> str:
     """docs/performance.md: how it was measured, the table, the targets, the findings."""
     m = doc["machine"]
@@ -344,6 +528,10 @@ def markdown(doc: dict[str, Any], chart_name: str) -> str:
     source = _source(s.get("gateway_source"))
     attack = attack_markdown(doc)
     attack += "\n" if attack else ""
+    edge = edge_markdown(doc)
+    edge += "\n" if edge else ""
+    accounts = accounts_markdown(doc)
+    accounts += "\n" if accounts else ""
     http = http_markdown(doc)
     pinning = (
         f"server on cpu {s['server_cpus']}, load generator and AWS stand-in on cpu "
@@ -385,5 +573,5 @@ Compare such rows by CPU per call, which holds steadier.
 
 {verdicts_markdown(doc)}
 
-{http}{attack}{findings}
+{http}{attack}{edge}{accounts}{findings}
 """

@@ -21,8 +21,8 @@ import uvicorn
 from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from bench import cli, report
-from bench.harness import _gateway_config, attacker_summary
+from bench import cli, edge_attacks, many_accounts, report
+from bench.harness import EDGE_SCENARIOS, SELF_CONTAINED, _gateway_config, attacker_summary
 from bench.loadgen import (
     AttackJob,
     HttpJob,
@@ -39,7 +39,7 @@ from bench.loadgen import (
 from bench.processes import HTTP_LISTENING, _listen_ports, _serving_ports
 from bench.profile import summarize
 from bench.stats import measure, median_of, percentile
-from service.config import GatewayConfig
+from service.config import GatewayConfig, ServerConfig
 from service.gen.v1 import registry_pb2 as pb
 
 
@@ -603,3 +603,430 @@ def test_partial_runs_never_write_the_full_runs_results_or_page() -> None:
     assert problem({"reads"}, merge=True) is not None
     assert problem(None, merge=True) is not None
     assert problem({"attack"}, merge=True, quick=True) is not None
+
+
+# ---- bystander under edge attacks (bench/edge_attacks.py) ---------------------------------
+
+
+def test_edge_scenarios_are_named_self_contained_and_left_out_of_quick_runs() -> None:
+    assert set(EDGE_SCENARIOS) == set(edge_attacks.ATTACKS)
+    assert set(EDGE_SCENARIOS) <= set(cli.SCENARIOS)
+    assert set(EDGE_SCENARIOS) <= SELF_CONTAINED
+    assert cli._default_out(True, {"edge-json"}).name == "quick-edge-json.json"
+    merge = argparse.Namespace(merge=True, quick=False, docs=None)
+    assert cli._partial_problem(merge, {"edge-body", "edge-idle"}) is None
+    for name in EDGE_SCENARIOS:
+        assert set(edge_attacks.EDGE_PLANS) == {"quick", "full"}
+        job = edge_attacks.attacker_job(name, "127.0.0.1:1", "127.0.0.1:2", "k", 1.0)
+        assert callable(job.run)
+
+
+def test_edge_gateway_config_is_valid_with_fewer_slots_than_the_attacks() -> None:
+    config = GatewayConfig.model_validate(
+        edge_attacks.edge_config("http://127.0.0.1:1", "bystander", "attacker")
+    )
+    assert config.http.listen == "127.0.0.1:0"
+    slots = config.server.max_concurrent_rpcs
+    assert slots < edge_attacks.IDLE_CONNECTIONS
+    assert slots < edge_attacks.STREAM_CHANNELS * edge_attacks.STREAM_CALLS
+    attacker = config.tenants[1].registries[0]
+    assert "PutReplicationRules" in attacker.operations
+    # The idle connections spread over the stranger addresses stay under the HTTP listener's
+    # per-address cap, so what the scenario measures is connections held, not the cap.
+    addresses = len(edge_attacks.STRANGERS)
+    held = -(-(edge_attacks.IDLE_CONNECTIONS + edge_attacks.SLOWLORIS) // addresses)
+    assert held <= ServerConfig.model_fields["http_max_connections_per_address"].default
+    assert len(set(edge_attacks.STRANGERS)) == addresses
+    assert "127.0.0.1" not in edge_attacks.STRANGERS  # the bystander's
+
+
+def test_rules_flood_is_the_findings_body() -> None:
+    body = edge_attacks.rules_flood(680_000)
+    assert 2_000_000 < len(body) < 2_100_000
+    assert json.loads(edge_attacks.rules_flood(3)) == {"rules": [{}, {}, {}], "validateOnly": True}
+
+
+@contextlib.asynccontextmanager
+async def _raw_http_server(
+    answer: bytes, hold: str | None = None
+) -> AsyncIterator[tuple[int, list[tuple[str, bytes]]]]:
+    """A TCP server that reads a request head (as much as comes within 0.2 s), records the
+    peer and what came, writes `answer` and closes; with `hold`, it holds the connections
+    from that address and says nothing, and answers the others at once (a cap's refusal)."""
+    seen: list[tuple[str, bytes]] = []
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")[0]
+        if hold is not None:
+            seen.append((peer, b""))
+            if peer != hold:
+                writer.write(answer)
+                writer.close()
+                return
+            with contextlib.suppress(OSError):
+                while await reader.read(65536):
+                    pass
+            writer.close()
+            return
+        head = b""
+        with contextlib.suppress(TimeoutError, OSError):
+            async with asyncio.timeout(0.2):
+                while b"\r\n\r\n" not in head:
+                    chunk = await reader.read(65536)
+                    if not chunk:
+                        break
+                    head += chunk
+        seen.append((peer, head.split(b"\r\n\r\n")[0]))
+        writer.write(answer)
+        with contextlib.suppress(OSError):
+            await writer.drain()
+        writer.transport.abort()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1], seen
+    finally:
+        server.close()
+
+
+UNAUTHORIZED = b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+async def test_endless_bodies_write_until_the_server_ends_them() -> None:
+    async with _raw_http_server(UNAUTHORIZED) as (port, seen):
+        job = edge_attacks.EndlessBodies(
+            target=f"127.0.0.1:{port}",
+            path=DESCRIBE_PATH,
+            sources=("127.0.0.2",),
+            connections=1,
+            seconds=0.5,
+            declared_bytes=10_000,
+            chunk_bytes=4096,
+            timeout=5.0,
+        )
+        result = await job.run(_go)
+        with pytest.raises(ValueError, match="loopback"):
+            await edge_attacks.EndlessBodies(**{**job.__dict__, "target": "10.0.0.1:1"}).run(_go)
+    assert isinstance(result, edge_attacks.EdgeResult)
+    kinds = {label.split(" ", 1)[0] for label in result.codes}
+    assert kinds == {"chunked", "length"}
+    # Each answered 401 and was ended by the server; the last may still be open at the end.
+    assert set(result.codes) <= {
+        f"{kind} {outcome}"
+        for kind in ("chunked", "length")
+        for outcome in (
+            "answered 401, closed by the server",
+            "answered 401, open at the end",
+            "no answer, open at the end",
+        )
+    }
+    assert result.codes.get("chunked answered 401, closed by the server", 0) >= 1
+    assert result.codes.get("length answered 401, closed by the server", 0) >= 1
+    for kind in ("chunked", "length"):
+        assert result.stats[kind]["connections"] >= 1
+        assert result.stats[kind]["bytes_sent"] > 0
+        assert result.stats[kind]["peak_held"] == 1
+    # From the stranger's own address, with no credentials and the framing of its kind.
+    assert {peer for peer, _ in seen} == {"127.0.0.2"}
+    heads = [head.lower() for _, head in seen]
+    assert all(head.startswith(b"post " + DESCRIBE_PATH.lower().encode()) for head in heads)
+    assert not any(b"authorization" in head for head in heads)
+    assert any(b"transfer-encoding: chunked" in head for head in heads)
+    assert any(b"content-length: 10000" in head for head in heads)
+
+
+async def test_json_flood_sends_the_same_body_back_to_back() -> None:
+    async with _tiny_connect_gateway() as (port, seen):
+        job = edge_attacks.JsonFlood(
+            url=f"http://127.0.0.1:{port}/ecr.registry.v1.RegistryConfigService/PutReplicationRules",
+            headers=(("authorization", "Bearer attacker"),),
+            rules=5,
+            source="127.0.0.3",
+            connections=1,
+            seconds=0.3,
+            timeout=5.0,
+        )
+        result = await job.run(_go)
+    calls = result.codes["json HTTP 200"]  # the tiny server serves it; the gateway must not
+    assert calls >= 2
+    assert result.stats["json"]["bytes_sent"] == calls * len(edge_attacks.rules_flood(5))
+    assert {c["body"] for c in seen} == {edge_attacks.rules_flood(5)}
+    assert {c["peer"][0] for c in seen} == {"127.0.0.3"}
+    assert len({c["peer"] for c in seen}) == 1  # one keep-alive connection
+
+
+async def test_held_connections_hold_until_the_server_ends_them() -> None:
+    refused = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    # 127.0.0.2's connections are held; 127.0.0.3's are answered 503 at once.
+    async with _raw_http_server(refused, hold="127.0.0.2") as (port, seen):
+        job = edge_attacks.HeldConnections(
+            target=f"127.0.0.1:{port}",
+            path=DESCRIBE_PATH,
+            sources=("127.0.0.2", "127.0.0.3"),
+            idle=4,
+            slowloris=2,
+            seconds=0.5,
+            trickle_seconds=0.05,
+            reopen_seconds=0.1,
+            timeout=5.0,
+        )
+        result = await job.run(_go)
+    assert isinstance(result, edge_attacks.EdgeResult)
+    assert result.codes["idle held to the end"] == 2
+    assert result.codes["slowloris held to the end"] == 1
+    assert result.codes["idle answered 503, closed by the server"] >= 2
+    assert result.stats["idle"]["held_at_start"] >= 2
+    assert result.stats["slowloris"]["bytes_sent"] >= 2  # a byte at a time
+    assert {peer for peer, _ in seen} == {"127.0.0.2", "127.0.0.3"}
+
+
+async def test_held_streams_send_headers_and_never_the_message() -> None:
+    messages: list[bytes] = []
+
+    async def handle(requests: Any, context: Any) -> bytes:
+        if not any(k == "authorization" for k, _ in context.invocation_metadata()):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no credentials")
+        try:
+            async with asyncio.timeout(0.2):
+                async for message in requests:
+                    messages.append(message)
+        except TimeoutError:
+            await context.abort(grpc.StatusCode.CANCELLED, "no message in time")
+        return b""
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "ecr.registry.v1.RegistryConfigService",
+                {"DescribeRegistry": grpc.stream_unary_rpc_method_handler(handle)},
+            ),
+        )
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        job = edge_attacks.HeldStreams(
+            target=f"127.0.0.1:{port}",
+            method=DESCRIBE_PATH,
+            channels=1,
+            calls=3,
+            tenant_metadata=(("authorization", "Bearer attacker"),),
+            tenant_channels=1,
+            seconds=0.6,
+            reopen_seconds=0.1,
+            settle_seconds=0.1,
+            timeout=5.0,
+        )
+        result = await job.run(_go)
+    finally:
+        await server.stop(None)
+    assert messages == []
+    assert result.codes["stranger UNAUTHENTICATED"] >= 3
+    assert result.codes["tenant CANCELLED"] >= 3
+    assert set(result.codes) <= {
+        "stranger UNAUTHENTICATED",
+        "stranger held to the end",
+        "tenant CANCELLED",
+        "tenant held to the end",
+    }
+    assert isinstance(result, edge_attacks.EdgeResult)
+    assert result.stats["tenant"]["held_at_start"] == 3
+    assert result.stats["tenant"]["peak_held"] == 3
+
+
+async def test_paced_http_reads_count_answers_and_hits() -> None:
+    async with _tiny_connect_gateway() as (port, seen):
+        job = edge_attacks.PacedHttpReads(
+            url=f"http://127.0.0.1:{port}{DESCRIBE_PATH}",
+            body=b"{}",
+            headers=(("authorization", "Bearer bench"),),
+            calls=20,
+            rate=200.0,
+            connections=2,
+            warmup=4,
+            timeout=5.0,
+        )
+        read = await job.run(_go)
+    assert read.codes == {"OK": 20}
+    assert read.cache == {"hit": 20}  # the miss was the first call, in the warm-up
+    assert len(read.latency_list()) == 20
+    assert read.finished - read.started >= 19 / 200
+    assert len({c["peer"] for c in seen}) == 2  # kept alive
+
+
+def test_edge_summary_adds_counters_to_the_attacker_summary() -> None:
+    def phase(held: float) -> edge_attacks.EdgeResult:
+        return edge_attacks.EdgeResult(
+            latencies=array.array("d", [0.001, 3.0]).tobytes(),
+            started=0.0,
+            finished=3.0,
+            codes={"idle held to the end": 1, "idle answered 503, closed by the server": 1},
+            kind_latencies={"idle": array.array("d", [0.001, 3.0]).tobytes()},
+            stats={"idle": {"connections": 2.0, "peak_held": held, "bytes_sent": 10.0}},
+        )
+
+    attack = edge_attacks.ATTACKS["edge-idle"]
+    summary = edge_attacks.edge_summary([phase(2.0), phase(5.0)], 6.0, attack)
+    idle = summary["idle"]
+    assert idle["calls"] == 4
+    assert idle["codes"] == {"held to the end": 2, "answered 503, closed by the server": 2}
+    assert idle["connections"] == 4  # summed over phases
+    assert idle["peak_held"] == 5  # the largest
+    assert idle["bytes_sent"] == 20
+    assert idle["unit"] == "connections"
+    assert idle["what"] == attack.kinds["idle"][0]
+    assert idle["max_ms"] == 3000.0
+
+
+def _edge_doc() -> dict[str, Any]:
+    doc = _doc()
+    doc["scenarios"] = ["edge-idle"]
+    base = doc["rows"][0]
+    rows = []
+    attacker = {
+        "idle": {
+            "calls": 1000,
+            "calls_per_s": 333.3,
+            "codes": {"held to the end": 1000},
+            "p50_ms": 3000.0,
+            "p99_ms": 3001.0,
+            "max_ms": 3002.0,
+            "connections": 1000,
+            "peak_held": 1000,
+            "unit": "connections",
+            "what": "a connection that sends nothing",
+        }
+    }
+    for transport, quiet_p99, attacked_p99, failed in (
+        ("gRPC", 2.0, 3.0, 0.0),
+        ("HTTP", 2.0, 9000.0, 0.5),
+    ):
+        for phase, p99 in (("quiet", quiet_p99), ("attacked", attacked_p99)):
+            row = copy.deepcopy(base)
+            row.update(
+                key=f"edge-idle.{transport.lower()}.{phase}",
+                group="edge",
+                title=f"edge-idle: bystander {transport} cached DescribeRegistry, {phase}",
+                p99_ms=p99,
+                rounds=1,
+                scenario="edge-idle",
+                server_busy=0.3,
+            )
+            row["extra"] = {"rate_per_s": 250.0, "transport": transport, "phase_seconds": 3.0}
+            row["codes"] = {"OK": 750}
+            if phase == "attacked":
+                row["extra"].update(
+                    p99_goal=2.0,
+                    failed_share=failed,
+                    attack="1,000 TCP connections that send nothing",
+                    attack_label="idle and slowloris connections, no credentials",
+                    attacker=attacker,
+                )
+                if not failed:
+                    row["extra"]["p99_vs_no_attack"] = p99 / quiet_p99
+                else:
+                    row["codes"] = {"OK": 375, "HTTP 503": 375}
+            rows.append(row)
+    doc["rows"] = rows
+    return doc
+
+
+def test_edge_rows_in_table_and_page() -> None:
+    doc = _edge_doc()
+    table = report.table(doc)
+    assert "1.50x p99 vs no attack" in table
+    assert "p99 unbounded: 50.0% of reads not answered OK" in table
+    assert "attacker idle: 1000 connections (held to the end 1000)" in table
+    page = report.markdown(doc, "chart.png")
+    assert "## Bystander under edge attacks" in page
+    assert "- **edge-idle** (idle and slowloris connections, no credentials): 1,000 TCP" in page
+    assert "| edge-idle | gRPC | 2.00 | 3.00 | **1.50x** (met) | OK 750 | 30% / 30% |" in page
+    assert "| edge-idle | HTTP | 2.00 | 9000.00 | **unbounded** (50.0% not OK) |" in page
+    assert (
+        "| edge-idle | idle: a connection that sends nothing | 1000 connections "
+        "| held to the end 1000 | - | 1000 | 3000.0 / 3002.0 |"
+    ) in page
+    # No edge rows (an older run's results): no section.
+    assert "## Bystander under edge attacks" not in report.markdown(_doc(), "chart.png")
+
+
+def _accounts_doc() -> dict[str, Any]:
+    doc = _doc()
+    doc["scenarios"] = ["accounts"]
+    base = doc["rows"][0]
+    rows = []
+    for accounts, regions, serving, rss in ((1, 2, 1.2, 135.0), (150, 2, 6.5, 204.0)):
+        row = copy.deepcopy(base)
+        clients = accounts * regions
+        row.update(
+            key=f"accounts.{accounts}x{regions}",
+            group="accounts",
+            title=f"many accounts: {accounts} x {regions} = {clients} clients",
+            codes={"OK": clients},
+            setup="gateway cpu0; 1 bench thread pool x 16, 1 channel",
+        )
+        row["extra"] = {
+            "accounts": accounts,
+            "regions": regions,
+            "clients": clients,
+            "serving_s": serving,
+            "rss_serving_mb": rss - 5,
+            "rss_after_mb": rss,
+            "start_cpu_s": serving / 2,
+            "stand_in_cpu_s": 0.5,
+            "cpu_wait_s": 0.25,
+            "upstream_start": {"sts:AssumeRole": accounts, "ecr:GetAccountSetting": clients},
+        }
+        rows.append(row)
+    slope, intercept = many_accounts.fit([2.0, 300.0], [135.0, 204.0])
+    rows[-1]["extra"]["growth"] = {
+        "rss_mb_per_client": round(slope, 3),
+        "rss_mb_intercept": round(intercept, 1),
+        "serving_ms_per_client": 17.8,
+        "serving_s_intercept": 1.2,
+        "start_cpu_ms_per_client": 9.0,
+    }
+    doc["rows"] = rows
+    doc["verdicts"] = [
+        {
+            "name": "many accounts: 150 x 2 (300 clients) SERVING after",
+            "ok": True,
+            "value": "6.50 s",
+            "goal": "<= 8 s",
+            "kind": "target",
+            "scenario": "accounts",
+        }
+    ]
+    return doc
+
+
+def test_many_accounts_rows_in_table_and_page() -> None:
+    assert "accounts" in cli.SCENARIOS and "accounts" in SELF_CONTAINED
+    doc = _accounts_doc()
+    assert "SERVING after 6.50 s, RSS 204 MB after the calls" in report.table(doc)
+    page = report.markdown(doc, "chart.png")
+    assert "## Many accounts: memory and start-up against (account, region) clients" in page
+    assert "| 150 x 2 | 300 | 6.50 | 3.25 | 0.25 | 0.50 | 199 | 204 | OK 300 |" in page
+    # (204 - 135) MB over (300 - 2) clients, from 134.5 MB at none.
+    assert "**0.23 MB** of RSS (from 134 MB), **17.8 ms** to SERVING" in page
+    assert "- **met**: 150 x 2 (300 clients) SERVING after: 6.50 s (goal <= 8 s)" in page
+    assert "## Many accounts" not in report.markdown(_doc(), "chart.png")
+
+
+def test_many_accounts_config_is_a_valid_config() -> None:
+    raw = many_accounts.accounts_config("http://127.0.0.1:1", "sha256:" + "0" * 64, 3, 2)
+    config = GatewayConfig.model_validate(raw)
+    [registry] = {r.role_arn for r in config.tenants[0].registries[:1]}
+    assert registry == "arn:aws:iam::210000000000:role/registry-gateway"
+    assert [len(r.regions) for r in config.tenants[0].registries] == [2, 2, 2]
+
+
+def test_a_later_merge_keeps_what_an_earlier_one_brought_that_it_does_not_replace() -> None:
+    both = {**_edge_doc(), "scenarios": ["edge-idle", "edge-body"]}
+    one = {**_edge_doc(), "scenarios": ["edge-idle"], "started": "2026-01-03T00:00:00"}
+    merged = report.merge(report.merge(_doc(), both), one)
+    assert [(e["scenarios"], e["started"]) for e in merged["merged"]] == [
+        (["edge-body"], both["started"]),
+        (["edge-idle"], one["started"]),
+    ]
