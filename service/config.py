@@ -73,11 +73,39 @@ class ServerConfig(_Strict):
     max_deadline_seconds: float = Field(60.0, gt=0)
     drain_seconds: float = Field(5.0, ge=0)
     grace_seconds: float = Field(20.0, ge=0)
+    # After the grace period, writes already sent to AWS get up to this long to settle (read
+    # back, recorded, answered) while no new write is sent; then what is left is cut
+    # (service/app/server.py, `shutdown`).
+    settle_seconds: float = Field(5.0, ge=0)
     max_concurrent_rpcs: int = Field(1000, ge=1)
+    # gRPC calls in flight, counted by the gateway from their headers (service/pipeline/slots.py):
+    # max_concurrent_rpcs caps authenticated calls only, each tenant holds at most its own
+    # share, and the services that need no credentials (health, reflection) are capped per
+    # peer address, so no stranger can hold the tenants' slots.
+    max_calls_in_flight_per_tenant: int = Field(100, ge=1)
+    max_unauthenticated_calls_per_address: int = Field(32, ge=1)
+    # HTTP/2 streams one connection may have open at once (grpc.max_concurrent_streams).
+    max_streams_per_connection: int = Field(100, ge=1)
+    # From a call's headers to its whole request message; past it the call is CANCELLED
+    # (REQUEST_MESSAGE_TIMEOUT), so a caller that never sends its message holds nothing long.
+    message_timeout_seconds: float = Field(5.0, gt=0)
     max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024)
     max_connection_age_seconds: float = Field(300.0, gt=0)
     keepalive_time_seconds: float = Field(60.0, gt=0)
     keepalive_timeout_seconds: float = Field(20.0, gt=0)
+    # The HTTP listener's connections (service/http/connections.py): open at once, in all
+    # (under the process's open-file limit) and per peer address (IPv6: per /64; 0: no cap;
+    # behind a proxy or NAT every caller shares its address). A connection past a cap is
+    # answered 503 and closed before anything is read.
+    http_max_connections: int = Field(4096, ge=1)
+    http_max_connections_per_address: int = Field(256, ge=0)
+    # From a connection (or a later request's first byte) to its whole request head, and
+    # from the head to the whole body; past either the connection is closed.
+    http_header_timeout_seconds: float = Field(10.0, gt=0)
+    http_body_timeout_seconds: float = Field(30.0, gt=0)
+    # A kept-alive connection silent this long after an answer is closed (uvicorn's
+    # timeout_keep_alive: whole seconds).
+    http_idle_timeout_seconds: int = Field(5, ge=1)
     reflection: bool = True
     # A plaintext listener serving only grpc.health.v1.Health: Kubernetes' gRPC probe does
     # not speak TLS, so with mTLS on, probes need a port of their own (pod-local).
@@ -131,6 +159,13 @@ class AwsConfig(_Strict):
     # with it the shared breaker, on everyone.
     tenant_upstream_per_second: float = Field(5.0, gt=0)
     tenant_upstream_burst: int = Field(20, ge=1)
+    # The start-up probes and policy-scope reads of every (account, region) run this many at
+    # a time (service/bounded_gather.py); one waiting past connect_timeout_seconds gives its
+    # place to the next, so an account that does not answer holds no other back.
+    probe_concurrency: int = Field(16, ge=1, le=1024)
+    # An ECR client unused this long is closed (and made again on its next call, without a
+    # new account check or policy-scope read); 0 keeps every client open.
+    client_idle_seconds: float = Field(600.0, ge=0)
 
 
 class DestinationAllow(_Strict):
@@ -390,10 +425,14 @@ class CacheConfig(_Strict):
     redis_password_env: str | None = Field(None, min_length=1)
     # Every key the gateway writes starts with this: several deployments can share a Redis.
     key_prefix: str = Field("registry-gateway:", min_length=1)
+    # The expiry of a write lock in Redis, renewed every third of it while its writer holds
+    # it (service/state/locks.py): a replica that dies mid-write blocks its registry's writes
+    # this long at most. At least 3 s: a renewal may wait out Redis's 1 s timeout.
+    lock_ttl_seconds: float = Field(10.0, ge=3, le=300)
 
 
-# The bounds of the `history:` section, also the bound of what one history read may scan
-# (service/registry/history_view.py reads a whole history for a slice view).
+# The bounds of the `history:` section (a slice view reads a whole history, bounded by
+# `max_bytes`: service/registry/history_view.py).
 HISTORY_MAX_VERSIONS = 1000
 HISTORY_MIN_BYTES = 1024 * 1024
 HISTORY_MAX_BYTES = 8 * 1024 * 1024
@@ -403,13 +442,17 @@ class HistoryConfig(_Strict):
     """The `history:` section: the recent versions kept of each registry's configuration and
     policy (service/state/history.py), in the cache's store (Redis when configured)."""
 
+    # Per author (each tenant's writes; changes made around the gateway as one), per
+    # (registry, region, resource): one tenant's writes never push out another's versions.
     max_versions: int = Field(50, ge=1, le=HISTORY_MAX_VERSIONS)
-    # Per (registry, region, resource); the oldest versions are dropped first. A version
+    # Per (registry, region, resource), documents stored in pieces (each rule or statement
+    # once): past it the author holding the most bytes gives up its oldest pieces (those
+    # versions are then kept without their documents), then its oldest versions. A version
     # alone larger than this is kept without its document (its etag and author still are,
     # and it cannot be restored). At least 1 MiB: a whole replication configuration is at
     # most ~340 KB and a policy 10 KiB, so only a configuration near ECR's limit is ever
-    # kept without its document. At most 8 MiB: each append (a Lua script) reads the whole
-    # list, and a larger bound would block the Redis that also holds the write locks.
+    # kept without its document. At most 8 MiB: each append reads the whole history, and
+    # a larger bound would block the Redis that also holds the write locks.
     max_bytes: int = Field(HISTORY_MIN_BYTES, ge=HISTORY_MIN_BYTES, le=HISTORY_MAX_BYTES)
 
 

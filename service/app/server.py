@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import os
 import signal
@@ -29,12 +31,14 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from service.app.drift_check import DriftCheck
+from service.app.gc_pause import gc_paused
 from service.app.reload import Reloader
 from service.auth.content import ContentRules
 from service.auth.failures import AuthFailures
 from service.auth.targets import Target
 from service.auth.tenancy import TenancyHolder, build_tenancy
 from service.aws.upstream import Reachability, SessionFactory, Upstream
+from service.bounded_gather import gather_bounded
 from service.call import time_left
 from service.config import (
     ConfigError,
@@ -53,18 +57,22 @@ from service.observability.audit import AuditLog
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
 from service.pipeline.pipeline import Pipeline
+from service.pipeline.slots import CallSlots
 from service.registry.drift import DriftDetector
 from service.registry.operations import RegistryOperations
 from service.registry.validation import RequestValidator
 from service.rpc import interceptor, reflection
+from service.rpc.messages import TimeToMessage
 from service.rpc.request_limits import largest_request_bytes
 from service.rpc.servicer import RegistryConfigServicer
 from service.rpc.tls import TlsCredentials
 from service.state.cache import MemoryStore, ReadCache, RedisStore, Store
 from service.state.claims import MemoryClaims, RedisClaims
+from service.state.clock import RedisClock
 from service.state.history import HistoryStore, MemoryHistory, RedisHistory
 from service.state.locks import RedisRegistryLocks, RegistryLocks
 from service.state.ratelimit import build_rate_limiter, build_upstream_budget
+from service.state.redis_circuit import circuit_client
 
 log = logging.getLogger("registry_gateway.server")
 
@@ -86,10 +94,15 @@ def redis_password(env_name: str | None, environ: Mapping[str, str]) -> str | No
 
 # Health entry that tells whether the shared Redis cache is reachable.
 REDIS_HEALTH = "registry-gateway.redis"
-LOCK_EXPIRY_MARGIN_SECONDS = 5.0
+# A write lock is renewed for at most the longest deadline plus this: what a write, its
+# settlement after its caller left included, may take (service/state/locks.py).
+LOCK_HOLD_MARGIN_SECONDS = 5.0
 # How often Redis is pinged besides the cache's own calls, so that redis_up and its health
 # entry stay true on a replica no call reaches (an idle one would otherwise keep its last word).
 REDIS_PROBE_SECONDS = 15.0
+# At shutdown, how long calls the server cut still get to unwind and be reported (their
+# audit lines) before the audit trail closes, past settle_seconds if need be.
+REPORT_SECONDS = 1.0
 
 
 class BindError(Exception):
@@ -171,6 +184,9 @@ def _channel_options(config: GatewayConfig, reuse_port: bool) -> list[tuple[str,
         # Rebalances long-lived client connections across replicas.
         ("grpc.max_connection_age_ms", int(s.max_connection_age_seconds * 1000)),
         ("grpc.max_connection_age_grace_ms", int(s.grace_seconds * 1000)),
+        # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: a client's further streams wait in the
+        # client (or are refused), so one connection opens no more calls than this at once.
+        ("grpc.max_concurrent_streams", s.max_streams_per_connection),
     ]
 
 
@@ -204,8 +220,10 @@ class Gateway:
         )
         # No client-side retries: the rate limiter fails open at once when Redis is away
         # (redis-py would otherwise retry a refused connection with backoff on every call).
+        # Behind a circuit: a Redis that stops answering is waited for once (1 s), then every
+        # command fails fast until a probe answers (service/state/redis_circuit.py).
         self.redis = (
-            redis.Redis.from_url(
+            circuit_client(
                 config.cache.redis_url,
                 password=redis_password(config.cache.redis_password_env, self._environ),
                 socket_timeout=1.0,
@@ -215,7 +233,8 @@ class Gateway:
             if config.cache.backend == "redis"
             else None
         )
-        self.audit = AuditLog(config.audit)
+        # Written by a thread of its own; lines it loses are counted (audit.py).
+        self.audit = AuditLog(config.audit, lost=self.metrics.audit_lost)
         self.health = health.aio.HealthServicer()
         # The recent versions of each registry's configuration and policy, in the cache's
         # store, and the drift detector observing every read from AWS against them.
@@ -230,6 +249,8 @@ class Gateway:
             config=lambda: self.tenancy.current.config,
             skew_seconds=config.drift.clock_skew_seconds,
             locks=self.locks,
+            # Times replicas compare are on Redis's clock, whatever their own clocks say.
+            shared_clock=RedisClock(self.redis) if self.redis is not None else None,
         )
         # One pipeline (gates, reporters), built once and run by the gRPC and the HTTP
         # transport alike: a tenant's rate and upstream budget, an address's failed
@@ -250,10 +271,26 @@ class Gateway:
             tracing=self.tracing,
             hit_log_sample_rate=config.logs.hit_sample_rate,
         )
+        # No `maximum_concurrent_rpcs`: grpc.aio counts a call from its headers, before anyone
+        # is known, so strangers' streams that never send a message would hold every slot.
+        # The interceptor counts instead, from the headers too but per tenant once it knows
+        # who calls, and per address for health and reflection (service/pipeline/slots.py).
+        self.call_slots = CallSlots(
+            config.server.max_concurrent_rpcs,
+            config.server.max_calls_in_flight_per_tenant,
+            config.server.max_unauthenticated_calls_per_address,
+        )
         self.server = grpc.aio.server(
-            interceptors=[interceptor.GatewayInterceptor(self.pipeline)],
+            interceptors=[
+                interceptor.GatewayInterceptor(
+                    self.pipeline,
+                    self.call_slots,
+                    TimeToMessage(config.server.message_timeout_seconds),
+                    # No TLS listener, no client certificate: auth_context() is not read.
+                    tls=any(lst.tls for lst in config.effective_listeners()),
+                )
+            ],
             options=_channel_options(config, reuse_port),
-            maximum_concurrent_rpcs=config.server.max_concurrent_rpcs,
         )
         self.operations = RegistryOperations(
             self.upstream,
@@ -290,7 +327,7 @@ class Gateway:
             self.http = HttpListener(
                 config.http,
                 config.server,
-                ConnectPipeline(self.pipeline),
+                ConnectPipeline(self.pipeline, self.call_slots),
                 ConnectService(servicer),
                 reuse_port=reuse_port,
             )
@@ -313,7 +350,28 @@ class Gateway:
         self.health_port = 0
         if config.server.health_listen is not None:
             # Same HealthServicer: the probe port sees exactly what the API ports report.
-            self.health_server = grpc.aio.server(options=[("grpc.so_reuseport", int(reuse_port))])
+            # Its own slots per address (a stranger on the API port cannot fill the probes'),
+            # the same time-to-message limit and streams per connection; no tenant calls
+            # here (only health is served), hence a tenant cap of 1; the server's cap bounds
+            # the probes' unauthenticated calls in all.
+            probe_slots = CallSlots(
+                config.server.max_concurrent_rpcs,
+                1,
+                config.server.max_unauthenticated_calls_per_address,
+            )
+            self.health_server = grpc.aio.server(
+                interceptors=[
+                    interceptor.GatewayInterceptor(
+                        self.pipeline,
+                        probe_slots,
+                        TimeToMessage(config.server.message_timeout_seconds),
+                    )
+                ],
+                options=[
+                    ("grpc.so_reuseport", int(reuse_port)),
+                    ("grpc.max_concurrent_streams", config.server.max_streams_per_connection),
+                ],
+            )
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
             host, port = parse_listen(config.server.health_listen)
             try:
@@ -327,6 +385,8 @@ class Gateway:
         # (account, region) -> (reason, why) of each account that did not answer as it
         # should at its last probe: what the start-up diagnosis last said of it.
         self._account_problems: dict[tuple[str, str], tuple[str, str]] = {}
+        # Registries whose account did not answer at the last probe (not merely refused).
+        self._unanswered: set[str] = set()
 
     def _cache(self) -> ReadCache:
         cache = self.config.cache
@@ -352,10 +412,23 @@ class Gateway:
 
     def _locks(self) -> RegistryLocks | RedisRegistryLocks:
         if self.redis is None:
-            return RegistryLocks()
-        # Longer than any call may last, so a live writer never loses its lock to expiry.
-        expiry = self.config.server.max_deadline_seconds + LOCK_EXPIRY_MARGIN_SECONDS
-        return RedisRegistryLocks(self.redis, self.config.cache.key_prefix, expiry, time_left)
+            return RegistryLocks(
+                time_left, max_wait_seconds=self.config.server.max_deadline_seconds
+            )
+        # A short expiry renewed while held (up to the longest a write may take): a live
+        # writer keeps its lock, a dead replica's frees within the TTL. A writer waits for the
+        # lock no longer than its deadline allows (WRITE_LOCK_BUSY), and a release Redis does
+        # not answer is retried in the background (`_spawn`: cancelled at shutdown).
+        longest = self.config.server.max_deadline_seconds
+        return RedisRegistryLocks(
+            self.redis,
+            self.config.cache.key_prefix,
+            self.config.cache.lock_ttl_seconds,
+            time_left,
+            max_wait_seconds=longest,
+            max_hold_seconds=longest + LOCK_HOLD_MARGIN_SECONDS,
+            spawn=self._spawn,
+        )
 
     def _targets(self) -> list[Target]:
         seen: dict[tuple[str, str], Target] = {}
@@ -382,13 +455,24 @@ class Gateway:
 
     async def _any_upstream_reachable(self) -> bool:
         """Probe every (account, region) once, say what changed for each, and answer
-        whether any AWS account answered."""
+        whether any AWS account answered. `aws.probe_concurrency` probes at a time, each
+        within its own timeout; one still waiting past `aws.connect_timeout_seconds` gives
+        its place to the next (service/bounded_gather.py), so readiness grows with the
+        probes' work, and an account that does not answer holds no other back."""
         targets = self._targets()
         if not targets:
             return True
-        results = await asyncio.gather(*(self.upstream.reachable(t) for t in targets))
+        aws = self.config.aws
+        results = await gather_bounded(
+            [functools.partial(self.upstream.reachable, t) for t in targets],
+            limit=aws.probe_concurrency,
+            patience=aws.connect_timeout_seconds,
+        )
         for target, result in zip(targets, results, strict=True):
             self._report_account(target, result)
+        self._unanswered = {
+            t.registry.registry_id for t, r in zip(targets, results, strict=True) if not r.answered
+        }
         return any(result.answered for result in results)
 
     def _report_account(self, target: Target, result: Reachability) -> None:
@@ -540,11 +624,19 @@ class Gateway:
         await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
         # Ready only once some AWS account answers: a gateway that can reach none cannot
         # serve at all. A later outage does not flip it (stale reads ride that out).
-        serving = await self._any_upstream_reachable()
+        # The probes make a client per (account, region): no full garbage collection of the
+        # whole process meanwhile (service/app/gc_pause.py).
+        with gc_paused():
+            serving = await self._any_upstream_reachable()
+            if serving:
+                # ECR's REGISTRY_POLICY_SCOPE of the regions the probe made no client for,
+                # so no first policy write finds it unread (service/aws/account_settings.py);
+                # not of accounts that did not answer (each read would wait out its
+                # timeout: read when a policy write asks).
+                await self.upstream.refresh_policy_scopes(
+                    self.config, missing=True, skip=self._unanswered
+                )
         if serving:
-            # ECR's REGISTRY_POLICY_SCOPE of the regions the probe made no client for, so
-            # no first policy write finds it unread (service/aws/account_settings.py).
-            await self.upstream.refresh_policy_scopes(self.config, missing=True)
             await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
         else:
             await self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
@@ -589,7 +681,15 @@ class Gateway:
         return bound
 
     async def shutdown(self) -> None:
-        """NOT_SERVING at once, keep serving for drain_seconds, then stop with grace."""
+        """NOT_SERVING at once, keep serving for drain_seconds, then stop with grace.
+
+        When the grace period is over, no write is sent to AWS any more (one that gets that
+        far answers SHUTTING_DOWN, nothing written); writes already sent get up to
+        settle_seconds more to settle (read back, recorded) so that their callers hear the
+        outcome rather than grpc's bare UNAVAILABLE; then what is left is cut. The AWS
+        clients, Redis and the audit trail close only once the settlements have ended and
+        every call has been reported (`_wind_down`), so no write is left unrecorded or
+        without its audit line."""
         s = self.config.server
         await self.health.enter_graceful_shutdown()
         log.info("draining: health is NOT_SERVING, still serving calls")
@@ -597,11 +697,57 @@ class Gateway:
         # never see NOT_SERVING without this window.
         await asyncio.sleep(s.drain_seconds)
         log.info("stopping: calls in flight get up to grace_seconds")
-        # Both listeners at once, each giving calls in flight up to grace_seconds.
-        await asyncio.gather(self.server.stop(s.grace_seconds), self._stop_http(grace=True))
+        settlement = self.operations.settlement
+        loop = asyncio.get_running_loop()
+        # Both listeners at once. grpc's own cut at the end of its grace (cancel_all_calls:
+        # a bare UNAVAILABLE) is only a backstop here; the gateway cuts below.
+        stopping = asyncio.ensure_future(
+            asyncio.gather(
+                self.server.stop(s.grace_seconds + s.settle_seconds),
+                self._stop_http(grace=True),
+            )
+        )
+        done, _ = await asyncio.wait({stopping}, timeout=s.grace_seconds)
+        settle_by = loop.time() + s.settle_seconds
+        settlement.stop_writes()
+        if not done:
+            if settlement.in_flight:
+                log.warning(
+                    "grace period over: %d writes sent to AWS get up to settle_seconds to "
+                    "settle; no new write is sent",
+                    settlement.in_flight,
+                )
+                # They answer once settled; writes queued behind their locks are refused.
+                await asyncio.wait({stopping}, timeout=max(0.0, settle_by - loop.time()))
+            if not stopping.done():
+                log.warning("cutting %d calls still in flight", self.pipeline.open_calls)
+                await self.server.stop(0)
+            await stopping
         if self.health_server is not None:
             await self.health_server.stop(0)
+        await self._wind_down(settle_by)
         await self._close()
+
+    async def _wind_down(self, settle_by: float) -> None:
+        """Before the sinks close: writes still settling (their callers cut or gone) end,
+        up to `settle_by` (loop time), and every call is reported (its audit line), up to
+        then and at least REPORT_SECONDS (a cut call unwinds through a few Redis calls)."""
+        loop = asyncio.get_running_loop()
+        settlement = self.operations.settlement
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(settle_by):
+                await settlement.settled()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(max(settle_by, loop.time() + REPORT_SECONDS)):
+                await self.pipeline.idle()
+        if settlement.in_flight or self.pipeline.open_calls:
+            log.error(
+                "closing with %d writes to AWS still settling and %d calls not reported: "
+                "those writes are not recorded (a later read reports them as drift) and "
+                "those calls have no audit line",
+                settlement.in_flight,
+                self.pipeline.open_calls,
+            )
 
     async def _stop_http(self, grace: bool) -> None:
         if self.http is not None:
@@ -609,6 +755,7 @@ class Gateway:
 
     async def stop_now(self) -> None:
         """Stop without draining (tests, second signal)."""
+        self.operations.settlement.stop_writes()
         await self.server.stop(0)
         await self._stop_http(grace=False)
         if self.health_server is not None:

@@ -18,6 +18,7 @@ refusal must answer at once with its retry delay); the table of peers is a bound
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,35 @@ def peer_address(peer: str) -> str:
     Ports change with every connection; one sender is one address."""
     if peer.startswith(("ipv4:", "ipv6:")):
         return peer.rsplit(":", 1)[0]
+    return peer  # unix sockets and the like: the whole string
+
+
+def address_key(host: str | None) -> str:
+    """The key a peer's connections are counted under: its IPv4 address, or the /64 of its
+    IPv6 address (one host is routinely given a whole /64, so an address alone would cap
+    nothing), or "" when the peer has no IP address."""
+    if not host:
+        return ""
+    try:
+        ip = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
+def peer_key(peer: str) -> str:
+    """The key a gRPC peer's calls are counted under (`ipv4:10.0.0.1:5555`,
+    `ipv6:[2001:db8::1]:5555`): as `address_key`, so both listeners group an IPv6 peer by
+    its /64."""
+    if peer.startswith("ipv4:"):
+        return address_key(peer[5:].rsplit(":", 1)[0])
+    if peer.startswith("ipv6:"):
+        host = peer[5:].rsplit(":", 1)[0]
+        return address_key(host.strip("[]").replace("%25", "%"))
     return peer  # unix sockets and the like: the whole string
 
 

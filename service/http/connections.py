@@ -32,7 +32,6 @@ never sees, and uvicorn offers no hook for them.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -42,6 +41,8 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.flow_control import CLOSE_HEADER
 from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from service.auth.failures import address_key
 
 log = logging.getLogger("registry_gateway.server")
 
@@ -76,23 +77,6 @@ class ConnectionLimits:
     max_requests_in_flight: int
     header_timeout_seconds: float
     body_timeout_seconds: float
-
-
-def address_key(host: str | None) -> str:
-    """The key a peer's connections are counted under: its IPv4 address, or the /64 of its
-    IPv6 address (one host is routinely given a whole /64, so an address alone would cap
-    nothing), or "" when the peer has no IP address."""
-    if not host:
-        return ""
-    try:
-        ip = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
-        return host
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, 64), strict=False))
-    return str(ip)
 
 
 class ConnectionTable:

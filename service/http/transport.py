@@ -54,6 +54,7 @@ from service.pipeline.pipeline import Pipeline, no_cache
 from service.pipeline.reporters import (
     Outcome,
 )
+from service.pipeline.slots import CallSlots
 from service.rpc.servicer import RegistryConfigServicer
 
 ETAG_KEY = "etag"
@@ -85,6 +86,7 @@ class _Pending:
     protocol: str  # "connect" or "grpc-web": the label of registry_gateway_http_handled_total
     ended: bool = False
     served: bool = False  # the servicer was called: connectrpc had read the request
+    tenant_slot: str | None = None  # the tenant whose call slot this call holds
 
 
 _PENDING: contextvars.ContextVar[_Pending] = contextvars.ContextVar("registry_gateway_pending")
@@ -121,8 +123,12 @@ class ConnectPipeline:
     before the body is read, `on_end` before the answer): the same `Pipeline` object the
     gRPC interceptor runs, adapted to Connect's request context."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, slots: CallSlots) -> None:
         self._pipeline = pipeline
+        # The same counters as the gRPC interceptor's: a tenant's calls in flight are
+        # counted across both transports, so one tenant's HTTP requests whose bodies never
+        # finish hold its own slots, never every tenant's (service/pipeline/slots.py).
+        self._slots = slots
         self._read_limit = transport_limit(pipeline.max_message_bytes)
         # HTTP calls count in the same grpc_server_* series as gRPC's (dashboards and alerts
         # see every call); this series, on the same registry, tells them apart by protocol.
@@ -169,6 +175,9 @@ class ConnectPipeline:
                     raise refused
                 fresh = not is_write and no_cache(metadata)
                 await pipeline.admit(identity.tenant.name, is_write, fresh or rpc in UNCACHED_READS)
+                # Last: nothing below awaits, so a slot taken is always released in on_end.
+                self._slots.take_tenant(identity.tenant.name)
+                pending.tenant_slot = identity.tenant.name
         except TimeoutError:
             raise self._end(pending, ctx, self._deadline_exceeded(pending)) from None
         except (GatewayError, FailedAuthentication) as exc:
@@ -200,6 +209,9 @@ class ConnectPipeline:
         self, pending: _Pending, ctx: RequestContext[Any, Any], error: Exception | None
     ) -> None:
         """Report how the call ended; answer an error as gRPC would (it replaces `error`)."""
+        if pending.tenant_slot is not None:
+            self._slots.release_tenant(pending.tenant_slot)
+            pending.tenant_slot = None
         if pending.ended:
             return
         call = pending.outcome.call

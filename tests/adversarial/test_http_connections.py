@@ -203,7 +203,8 @@ async def test_a_client_still_writing_its_body_reads_the_refusal(
 
 
 def test_connections_are_counted_per_address_and_per_ipv6_64() -> None:
-    from service.http.connections import ConnectionLimits, ConnectionTable, address_key
+    from service.auth.failures import address_key
+    from service.http.connections import ConnectionLimits, ConnectionTable
 
     assert address_key("10.0.0.1") == "10.0.0.1"
     assert address_key("::ffff:10.0.0.1") == "10.0.0.1"

@@ -10,8 +10,9 @@ instead, once it knows who is calling (service/rpc/interceptor.py runs at the he
   and one of the server's (`max_concurrent_rpcs`, load shedding of authenticated work
   only), so a flooding tenant is refused alone, naming its own limit;
 - a call to health or reflection (no credentials) takes one of its peer address's slots
-  (`max_unauthenticated_calls_per_address`) and none of the server's, so a stranger holding
-  such calls neither reaches the tenants' slots nor other addresses' health checks;
+  (`max_unauthenticated_calls_per_address`; IPv6 by its /64) and none of the tenants', so a
+  stranger holding such calls neither reaches the tenants' slots nor other addresses'
+  health checks; their total is capped apart, at `max_concurrent_rpcs`;
 - a call to the service that does not authenticate takes nothing: it is refused at once.
 
 Plain counters (one event loop; no lock), entries dropped at zero so the tables hold only
@@ -37,6 +38,10 @@ class CallSlots:
         self._calls = 0
         self._tenants: dict[str, int] = {}
         self._addresses: dict[str, int] = {}
+        # Unauthenticated calls in all, apart from the tenants' count: addresses are cheap to
+        # come by (an IPv6 /64 is one, but a botnet has many), so their total is capped too,
+        # at the server's limit, without ever taking a tenant's slot.
+        self._unauthenticated = 0
 
     @property
     def in_flight(self) -> int:
@@ -107,10 +112,26 @@ class CallSlots:
                     ),
                 ),
             )
+        if self._unauthenticated >= self.max_calls:
+            raise ResourceExhausted(
+                f"the server has {self._unauthenticated} calls in flight to the services that "
+                f"need no credentials (its limit is {self.max_calls}); retry shortly",
+                reason="SERVER_CALLS_IN_FLIGHT",
+                metadata={"limit": str(self.max_calls)},
+                retry_after_seconds=RETRY_AFTER_SECONDS,
+                quota_violations=(
+                    QuotaViolation(
+                        subject="server",
+                        description=f"unauthenticated calls in flight: {self.max_calls}",
+                    ),
+                ),
+            )
         self._addresses[address] = held + 1
+        self._unauthenticated += 1
 
     def release_address(self, address: str) -> None:
         """Give back what `take_address` took."""
+        self._unauthenticated -= 1
         held = self._addresses[address] - 1
         if held:
             self._addresses[address] = held
