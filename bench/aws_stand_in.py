@@ -3,7 +3,7 @@
 Run as `python -m bench.aws_stand_in`; it prints one JSON line (`{"moto": URL, "proxy": URL}`)
 and serves until stdin closes or it is terminated. Gateways and the direct-AWS client are
 given the proxy's URL, so both paths pay the same hop and every upstream call is counted
-outside the code under test (the idea of `tests/aws_proxy.py`).
+outside the code under test (the idea of `tests/support/aws_proxy.py`).
 
 Control endpoints on the proxy (GET, loopback only):
 - `/__bench/counts`: `{"ecr:DescribeRegistry": n, "sts:GetCallerIdentity": m, ...}`

@@ -28,11 +28,11 @@ RATE = 997  # samples/s; prime, so it does not beat against periodic work
 PARTS = (
     ("gateway wrapper (service/rpc/interceptor.py)", "service/rpc/interceptor.py"),
     ("servicer (service/rpc/servicer.py)", "service/rpc/servicer.py"),
-    ("validation (service/registry/validation.py)", "service/registry/validation.py"),
+    ("validation (service/registry/rpcs/validation.py)", "service/registry/rpcs/validation.py"),
     ("target authorization (service/auth/targets.py)", "service/auth/targets.py"),
     ("authentication (service/auth/)", "service/auth/"),
     ("read cache (service/state/cache/)", "service/state/cache/"),
-    ("operations (service/registry/operations.py)", "service/registry/operations.py"),
+    ("operations (service/registry/writes/operations.py)", "service/registry/writes/operations.py"),
     ("logging", "logging/"),
     ("protobuf", "google/protobuf"),
 )

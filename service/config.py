@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from service import catalog
-from service.registry import limits as ecr_limits
+from service.ecr import limits as ecr_limits
 
 ENV_CONFIG_PATH = "REGISTRY_GATEWAY_CONFIG"
 ENV_OVERRIDE_PREFIX = "REGISTRY_GATEWAY__"
@@ -203,7 +203,7 @@ class RegistryConfig(_Strict):
     # Its slice of the registry policy (PutPolicyStatements): statements whose Sid starts
     # with this. IAM Sids are alphanumeric, so the prefix is too.
     owned_statement_sid_prefix: str | None = Field(None, pattern=r"^[A-Za-z0-9]{1,100}$")
-    # This slice's share of ECR's registry-wide limits (service/registry/limits.py); absent, an
+    # This slice's share of ECR's registry-wide limits (service/ecr/limits.py); absent, an
     # equal part of what the other slices' explicit shares leave.
     max_rules: int | None = Field(None, ge=1, le=ecr_limits.MAX_RULES)
     max_destinations: int | None = Field(None, ge=1, le=ecr_limits.MAX_UNIQUE_DESTINATIONS)
@@ -432,7 +432,7 @@ class CacheConfig(_Strict):
 
 
 # The bounds of the `history:` section (a slice view reads a whole history, bounded by
-# `max_bytes`: service/registry/history_view.py).
+# `max_bytes`: service/registry/rpcs/history_view.py).
 HISTORY_MAX_VERSIONS = 1000
 HISTORY_MIN_BYTES = 1024 * 1024
 HISTORY_MAX_BYTES = 8 * 1024 * 1024
@@ -457,7 +457,7 @@ class HistoryConfig(_Strict):
 
 
 class DriftConfig(_Strict):
-    """The `drift:` section: changes made around the gateway (service/registry/drift.py)."""
+    """The `drift:` section: changes made around the gateway (service/registry/writes/drift.py)."""
 
     # How often every configured (registry, region) is read to see changes nobody calls
     # for (through the cache's single flight and the breaker); 0 turns the check off.

@@ -140,7 +140,7 @@ class UpstreamFailure(Unavailable):
 class UpstreamNoAnswer(UpstreamFailure):
     """The request went to AWS (or may have: an earlier attempt did) and no answer came:
     botocore's read timeout, a connection dropped after sending. A read is simply retried;
-    a write's outcome is unknown until it is read back (service/registry/settlement.py).
+    a write's outcome is unknown until it is read back (service/registry/writes/settlement.py).
     A connection that failed before anything was sent is a plain UpstreamFailure."""
 
 

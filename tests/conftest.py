@@ -20,12 +20,12 @@ from service import config as config_mod
 from service.app.embedded import session_factory
 from service.app.server import Gateway
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from tests import moto_account_settings
-from tests.aws_proxy import CountingProxy
-from tests.certs import make_pki
-from tests.helpers import config_dict
+from tests.support import moto_account_settings
+from tests.support.aws_proxy import CountingProxy
+from tests.support.certs import make_pki
+from tests.support.helpers import config_dict
 
-pytest_plugins = ["tests.redis_server"]
+pytest_plugins = ["tests.support.redis_server"]
 
 GatewayFactory = Callable[..., Awaitable[Gateway]]
 
@@ -76,7 +76,7 @@ def aws_trust_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def moto_endpoint() -> Iterator[str]:
     """One moto server for the session, on 127.0.0.1 and a free port.
 
-    moto lacks ECR's GetAccountSetting: it is added (tests/moto_account_settings.py) and
+    moto lacks ECR's GetAccountSetting: it is added (tests/support/moto_account_settings.py) and
     answers REGISTRY_POLICY_SCOPE V2, as ECR does for a new registry, unless a test says
     otherwise."""
     uninstall = moto_account_settings.install()

@@ -9,7 +9,7 @@ import pytest
 
 from service.auth.api_keys import hash_key
 from service.config import ConfigError, GatewayConfig, from_mapping, load
-from tests.helpers import ACCOUNT, KEY
+from tests.support.helpers import ACCOUNT, KEY
 
 MINIMAL = f"""\
 listen: 127.0.0.1:6000

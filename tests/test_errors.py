@@ -30,7 +30,7 @@ from service.errors import (
     internal,
     to_status,
 )
-from tests.helpers import unpack_details
+from tests.support.helpers import unpack_details
 
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 

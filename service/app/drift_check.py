@@ -2,7 +2,7 @@
 region)'s replication configuration and policy are read from AWS, so a change made around
 the gateway (console, Terraform, a script) is seen even when no tenant calls.
 
-Each read is an ordinary fresh read through the cache (service/registry/operations.py): it
+Each read is an ordinary fresh read through the cache (service/registry/writes/operations.py): it
 shares the cache's single flight with any caller's load of the same key, goes through the
 breaker (open: refused locally, no AWS call), and is observed by the drift detector like any
 other read from AWS. Before reading a (registry, region) the check claims it for the period
@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 from service.auth.targets import Target
 from service.errors import GatewayError
-from service.registry.operations import RegistryOperations
+from service.registry.writes.operations import RegistryOperations
 from service.state.claims import PeriodClaims
 
 log = logging.getLogger("registry_gateway.drift")

@@ -58,9 +58,9 @@ from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
 from service.pipeline.pipeline import Pipeline
 from service.pipeline.slots import CallSlots
-from service.registry.drift import DriftDetector
-from service.registry.operations import RegistryOperations
-from service.registry.validation import RequestValidator
+from service.registry.rpcs.validation import RequestValidator
+from service.registry.writes.drift import DriftDetector
+from service.registry.writes.operations import RegistryOperations
 from service.rpc import interceptor, reflection
 from service.rpc.messages import TimeToMessage
 from service.rpc.request_limits import largest_request_bytes
@@ -240,7 +240,7 @@ class Gateway:
         # store, and the drift detector observing every read from AWS against them.
         self.history = self._history()
         # The write locks, which the drift detector asks too: a read racing a write that is
-        # not recorded yet is not drift (service/registry/drift.py).
+        # not recorded yet is not drift (service/registry/writes/drift.py).
         self.locks = self._locks()
         self.drift = DriftDetector(
             self.history,

@@ -5,7 +5,7 @@ authorization, service/auth/targets.py, as for every RPC). The history shows wha
 resource's read RPCs show, no more: a tenant that may call the full read RPC of the resource
 (DescribeRegistry, GetRegistryPolicy) sees every version whole; one that may call its slice
 read RPC (GetReplicationRules, GetPolicyStatements) and owns a slice of that resource sees
-its slice of the versions where that slice changed (service/registry/history_view.py); any
+its slice of the versions where that slice changed (service/registry/rpcs/history_view.py); any
 other is refused, naming the resource and what would allow it, never anything of another
 tenant's.
 """

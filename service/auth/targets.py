@@ -11,8 +11,8 @@ from dataclasses import dataclass
 
 from service.config import GatewayConfig, RegistryConfig, TenantConfig, registry_regions
 from service.echo import echo
+from service.ecr import limits as ecr_limits
 from service.errors import FieldViolation, InvalidArgument, PermissionDenied
-from service.registry import limits as ecr_limits
 
 
 @dataclass(frozen=True)
@@ -22,7 +22,7 @@ class Target:
     tenant: str
     registry: RegistryConfig
     region: str
-    # The tenant's share of ECR's registry-wide limits for its slice (service/registry/limits.py).
+    # The tenant's share of ECR's registry-wide limits for its slice (service/ecr/limits.py).
     share: ecr_limits.Share = ecr_limits.WHOLE_REGISTRY
 
     @property

@@ -9,7 +9,7 @@ A failure that left AWS without the request (the connection was never made) and 
 may have reached it (sent, then no answer: botocore's read timeout, a connection dropped)
 are told apart: the first is UPSTREAM_UNREACHABLE, safe to retry; the second is
 `UpstreamNoAnswer`, since a write's outcome is then unknown until read back
-(service/registry/settlement.py). botocore retries both kinds (its standard mode counts
+(service/registry/writes/settlement.py). botocore retries both kinds (its standard mode counts
 them transient), and raises only the last attempt's error: `note_attempt`, on each ECR
 client's `response-received` event, marks that error when an earlier attempt may have
 been sent.

@@ -7,7 +7,7 @@ of the port (service/aws/port.py), per (registry, region):
 - no policy: GetRegistryPolicy answers `NoPolicy`, DeleteRegistryPolicy NotFound (the
   mapping of ECR's RegistryPolicyNotFoundException, service/aws/errors.py);
 - DescribeRegistry answers what PutReplicationConfiguration stored, as its AWS JSON, with
-  the etag every implementation computes (service/registry/convert.py);
+  the etag every implementation computes (service/ecr/convert.py);
 - ECR rewrites a policy it stores (account ids into root ARNs): `rewrite_policy` plays that
   part, so a test can tell a read-back from the request.
 
@@ -26,9 +26,9 @@ from typing import Any
 from service.auth.targets import Target
 from service.aws.errors import POLICY_NOT_FOUND, from_aws
 from service.aws.port import NoPolicy
+from service.ecr import convert
 from service.errors import GatewayError
 from service.gen.v1 import registry_pb2 as pb
-from service.registry import convert
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ service/registry/ calls ECR only through `EcrPort`. Its implementations:
 
 Every implementation answers in proto messages and plain values (no AWS JSON) and raises
 only the gateway's errors (service/errors.py), mapped in service/aws/errors.py. Etags are
-computed the same way by every implementation (service/registry/etags.py, on the AWS JSON
-of the configuration, service/registry/convert.py).
+computed the same way by every implementation (service/ecr/etags.py, on the AWS JSON
+of the configuration, service/ecr/convert.py).
 """
 
 from __future__ import annotations

@@ -47,11 +47,11 @@ from service.aws.resilience import Resilience
 from service.aws.shared_botocore import SharedBotocore
 from service.bounded_gather import gather_bounded
 from service.config import AwsConfig, GatewayConfig, RegistryConfig, registry_regions
+from service.ecr import convert
 from service.errors import DeadlineExceeded, FailedPrecondition, GatewayError, NotFound
 from service.gen.v1 import registry_pb2 as pb
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
-from service.registry import convert
 
 log = logging.getLogger("registry_gateway.upstream")
 

@@ -122,7 +122,7 @@ class Metrics:
             ["registry_id", "region"],
             registry=r,
         )
-        # Changes made around the gateway (service/registry/drift.py); series appear with
+        # Changes made around the gateway (service/registry/writes/drift.py); series appear with
         # the first event of a (registry, region, resource): nothing else is known of them.
         resource = ["registry_id", "region", "resource"]
         self.drift = Counter(

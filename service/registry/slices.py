@@ -17,7 +17,7 @@ overlapping prefixes of two tenants (service/config.py), so ownership is never a
 
 Isolation: one tenant's part never decides another's write, nor shows in its answers.
 The caller's rules and statements are judged alone (grammar, ownership, confinement to its
-repositories, its guardrails, its share of ECR's limits in service/registry/limits.py) before
+repositories, its guardrails, its share of ECR's limits in service/ecr/limits.py) before
 the merge; the merged whole is judged only for what no single part decides (ECR's own
 limits; for rules, the configuration's validity), and a failure there names counts, never
 content. Plans and responses show the caller's slice only.
@@ -27,7 +27,7 @@ gateway's grammar: AWS rewrites what it stores (a deleted role's ARN becomes its
 `AROA...`), and a rule the owner can no longer meet must not lock everyone else out. AWS,
 which took them, judges the merged document; its refusal is answered without its text.
 A share counts a tenant's statements as AWS will store them (account ids as root ARNs,
-service/registry/policy_grammar.py's `stored_form`): that form, not what was sent, is what
+service/ecr/policy_grammar.py's `stored_form`): that form, not what was sent, is what
 every later merge carries, so counting the request would let one slice grow into another's.
 """
 
@@ -44,6 +44,13 @@ import botocore.exceptions
 import botocore.session
 
 from service.auth.targets import Target, denied
+from service.ecr import convert, etags, policy_grammar
+from service.ecr.limits import (
+    MAX_POLICY_CHARS,
+    MAX_RULES,
+    MAX_UNIQUE_DESTINATIONS,
+    statement_chars,
+)
 from service.errors import (
     FailedPrecondition,
     FieldViolation,
@@ -51,16 +58,14 @@ from service.errors import (
     QuotaViolation,
 )
 from service.gen.v1 import registry_pb2 as pb
-from service.registry import convert, etags, plan, policy_grammar
-from service.registry.limits import (
-    MAX_POLICY_CHARS,
-    MAX_RULES,
-    MAX_UNIQUE_DESTINATIONS,
-    statement_chars,
+from service.registry.model import plan
+from service.registry.rpcs.validation import MAX_VIOLATIONS
+from service.registry.rpcs.validation import REASON as INVALID_REQUEST
+from service.registry.writes.operations import (
+    PolicyUpdate,
+    ReplicationUpdate,
+    keep_etag_read_before,
 )
-from service.registry.operations import PolicyUpdate, ReplicationUpdate, keep_etag_read_before
-from service.registry.validation import MAX_VIOLATIONS
-from service.registry.validation import REASON as INVALID_REQUEST
 
 # A registry without a policy gets this Version when a tenant adds the first statement.
 POLICY_VERSION = "2012-10-17"
@@ -308,7 +313,7 @@ def check_registry_rules(
 
 def stored_chars(target: Target, statements: Sequence[Any]) -> int:
     """The characters `statements` take in the registry's policy once AWS has stored them
-    (service/registry/policy_grammar.py's `stored_form`: account ids as root ARNs), as compact
+    (service/ecr/policy_grammar.py's `stored_form`: account ids as root ARNs), as compact
     JSON with one comma each: what every later merge carries of them."""
     partition = _partition(target.region)
     return statement_chars([policy_grammar.stored_form(s, partition) for s in statements])
@@ -387,7 +392,7 @@ def check_statement_grammar(target: Target, statements_json: str, count: int) ->
     text = f'{{"Version":"{POLICY_VERSION}","Statement":{statements_json}}}'
     # `auto` (ECR's setting, known only to the validator): V2 here; under a V1 that ECR
     # answered, the request's validation judges the same statements under V1
-    # (service/registry/validation.py, service/aws/account_settings.py).
+    # (service/registry/rpcs/validation.py, service/aws/account_settings.py).
     scope: policy_grammar.PolicyScope = "V1" if target.registry.policy_scope == "V1" else "V2"
     found = policy_grammar.check_policy(text, scope, "statements_json")
     if not found:

@@ -38,7 +38,7 @@ _STRING_BYTES = {
     # characters of the compact form a policy counts, so allow twice the policy.
     "statements_json": 2 * _POLICY_CHARS * _UTF8_MAX,
     # GetConfigurationHistory's token: the gateway's own, at most 64 ASCII characters
-    # (service/registry/history_view.py, MAX_PAGE_TOKEN_CHARS).
+    # (service/registry/rpcs/history_view.py, MAX_PAGE_TOKEN_CHARS).
     "page_token": 64,
 }
 _REPEATED = {"rules": 10, "destinations": 100, "repository_filters": 100}

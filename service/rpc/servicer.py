@@ -25,10 +25,15 @@ from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.observability.audit import WriteRecord, policy_digest
 from service.pipeline.gates import past_the_cache
-from service.registry.history_view import HistoryView, parse_query
-from service.registry.operations import Read, RegistryOperations, WriteResult, etag_read_before
-from service.registry.slice_operations import SliceOperations, told_cache_outcome
-from service.registry.validation import RequestValidator
+from service.registry.rpcs.history_view import HistoryView, parse_query
+from service.registry.rpcs.slice_operations import SliceOperations, told_cache_outcome
+from service.registry.rpcs.validation import RequestValidator
+from service.registry.writes.operations import (
+    Read,
+    RegistryOperations,
+    WriteResult,
+    etag_read_before,
+)
 from service.state.history import HistoryStore
 
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"  # generic only in the stubs
@@ -187,7 +192,7 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         )
         return await self._written(record, write)
 
-    # --- tenant-owned slices of a shared registry (service/registry/slice_operations.py) ----
+    # --- tenant-owned slices of a shared registry (service/registry/rpcs/slice_operations.py) ----
 
     async def GetReplicationRules(
         self, request: pb.GetReplicationRulesRequest, context: Context
@@ -225,7 +230,7 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         )
         return await self._written(record, write)
 
-    # --- the recorded versions of a resource (service/registry/history_view.py) --------------
+    # --- the recorded versions of a resource (service/registry/rpcs/history_view.py) --------------
 
     async def GetConfigurationHistory(
         self, request: pb.GetConfigurationHistoryRequest, context: Context

@@ -1,7 +1,7 @@
 """One clock for the times replicas compare: Redis's (TIME).
 
 The drift detector records when each version was seen and compares those times with the
-start of another replica's read (service/registry/drift.py). On each replica's own clock, a
+start of another replica's read (service/registry/writes/drift.py). On each replica's own clock, a
 replica 30 s ahead takes a read that lagged another's write for a change made around the
 gateway, and writes history times out of order (issue 26). Every replica on one Redis can
 read the same clock: Redis's `TIME`.

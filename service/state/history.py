@@ -69,7 +69,7 @@ _PIECE_OVERHEAD = 2 * (2 * _DIGEST_BYTES) + 64
 HISTORY_UNAVAILABLE = "HISTORY_UNAVAILABLE"
 RETRY_AFTER_SECONDS = 1.0
 
-# The writes that change only their author's part of a document (service/registry/
+# The writes that change only their author's part of a document (service/registry/rpcs/
 # slice_operations.py): a piece first stored by one of them is that tenant's own.
 SLICE_WRITES = frozenset({"PutReplicationRules", "PutPolicyStatements"})
 SLICE = "slice:"  # introduced_by of a slice write's pieces: "slice:<tenant>"

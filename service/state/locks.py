@@ -24,12 +24,12 @@ What a Redis fault costs here, bounded:
 
 A write also marks, for as long as it settles (put, read-back, write-through, record), that a
 write of its resource is in flight (`writing`): the drift detector skips unlocked reads of
-that resource meanwhile (service/registry/drift.py), not of the registry's other one. In
+that resource meanwhile (service/registry/writes/drift.py), not of the registry's other one. In
 Redis the marker is `{prefix}lock:writing:{registry}:{region}:{resource}`, set with the
 lock's TTL, renewed with the lock and deleted by its owner. A held lock also says how long
 it stays valid (`remaining`, moved on by each renewal) and whether it is still owned
 (`owned`): the settlement of a write is bounded by the one and checks the other before it
-records anything (service/registry/settlement.py).
+records anything (service/registry/writes/settlement.py).
 
 The window that remains, which no lock closes: AWS has no conditional write and cannot check
 a fencing token, so a writer whose lock expired between that check and AWS applying its

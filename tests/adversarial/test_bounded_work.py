@@ -19,8 +19,8 @@ from service.gen.v1 import registry_pb2 as pb
 from service.rpc import wire
 from service.rpc.request_limits import largest_request_bytes, max_request_bytes
 from tests.conftest import GatewayFactory, wait_until
-from tests.helpers import KEY, OTHER_ACCOUNT, POLICY, config_dict, metadata, rich_error
-from tests.moto_writes import MotoWrites, behave_like_ecr, count_writes
+from tests.support.helpers import KEY, OTHER_ACCOUNT, POLICY, config_dict, metadata, rich_error
+from tests.support.moto_writes import MotoWrites, behave_like_ecr, count_writes
 
 SERVICE = "/ecr.registry.v1.RegistryConfigService"
 # The finding: 2 MB that upb refuses and pure Python then walked, for anyone.

@@ -28,7 +28,7 @@ from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.observability.audit import AuditLog, WriteRecord
 from service.observability.logs import configure_logging
 from tests.conftest import GatewayFactory, wait_until
-from tests.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
+from tests.support.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
 
 HUGE_ID = "1" * 20_000
 # Within every request byte limit (12 bytes of registry_id, 25 of region), so they reach

@@ -14,11 +14,11 @@ import pytest
 from service.app.server import Gateway
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from tests.aws_proxy import CountingProxy, Fault
 from tests.conftest import GatewayFactory
-from tests.helpers import KEY, OTHER_KEY, metadata, rich_error
-from tests.moto_writes import behave_like_ecr
-from tests.slices_support import BILLING_KEY, EU, rule, shared_config
+from tests.support.aws_proxy import CountingProxy, Fault
+from tests.support.helpers import KEY, OTHER_KEY, metadata, rich_error
+from tests.support.moto_writes import behave_like_ecr
+from tests.support.slices_support import BILLING_KEY, EU, rule, shared_config
 
 DESCRIBE = frozenset({"ecr:DescribeRegistry"})
 SLOW_READS = frozenset({"ecr:DescribeRegistry", "ecr:GetRegistryPolicy"})

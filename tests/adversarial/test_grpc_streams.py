@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service.app.server import SERVICE_NAME, Gateway
 from service.gen.v1 import registry_pb2 as pb
 from tests.conftest import GatewayFactory, wait_until
-from tests.helpers import KEY, OTHER_KEY, describe_status, metadata, rich_error
+from tests.support.helpers import KEY, OTHER_KEY, describe_status, metadata, rich_error
 
 DESCRIBE = f"/{SERVICE_NAME}/DescribeRegistry"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"

@@ -36,10 +36,10 @@ from service.gen.v1 import registry_pb2 as pb
 from service.http import codec
 from service.rpc.request_limits import max_request_bytes
 from tests.conftest import GatewayFactory, wait_until
-from tests.helpers import ACCOUNT, KEY, OTHER_KEY
 from tests.http.conftest import http_config
 from tests.http.support import SERVICE, connect_answer
-from tests.moto_writes import MotoWrites, behave_like_ecr, count_writes
+from tests.support.helpers import ACCOUNT, KEY, OTHER_KEY
+from tests.support.moto_writes import MotoWrites, behave_like_ecr, count_writes
 
 AUTH = {"authorization": f"Bearer {KEY}"}
 JSON = {"content-type": "application/json"}

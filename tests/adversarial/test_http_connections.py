@@ -18,9 +18,9 @@ import httpx
 import pytest
 
 from tests.conftest import Gate, GatewayFactory, wait_until
-from tests.helpers import KEY
 from tests.http.conftest import http_config
 from tests.http.support import SERVICE
+from tests.support.helpers import KEY
 
 # A second loopback address (Linux answers the whole 127.0.0.0/8): the stranger's, so its
 # connections are counted apart from the bystander's (127.0.0.1).

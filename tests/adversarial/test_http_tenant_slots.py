@@ -16,9 +16,9 @@ import socket
 import httpx
 
 from tests.conftest import GatewayFactory
-from tests.helpers import KEY, OTHER_KEY
 from tests.http.conftest import http_config
 from tests.http.support import SERVICE
+from tests.support.helpers import KEY, OTHER_KEY
 
 
 def _trickling_request(port: int) -> socket.socket:

@@ -3,7 +3,7 @@ against what AWS itself does to a stored policy (issue 21, findings 5 and 6, and
 scope read while AWS is unavailable).
 
 - A share counts a tenant's statements as AWS stores them: ECR rewrites a bare account id
-  into its root ARN (tests/moto_writes.py makes moto do it too), so a tenant counting the
+  into its root ARN (tests/support/moto_writes.py makes moto do it too), so a tenant counting the
   request could hold more than its share and refuse another's write within its own.
 - Another tenant's statements are carried as AWS stores them: a deleted role shows as its
   unique id (`AROA...`) in its owner's statement, which must not lock anyone else out.
@@ -26,14 +26,19 @@ from moto.ecr.models import ecr_backends
 
 from service.aws.account_settings import Unreadable
 from service.aws.errors import UPSTREAM_RETRY_AFTER_SECONDS
+from service.ecr import limits
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from service.registry import limits
-from tests.aws_proxy import CountingProxy, Fault, ecr_error
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY, POLICY, config_dict, metadata, rich_error
-from tests.moto_writes import MotoWrites, behave_like_ecr, count_writes, store_principals_as_ecr
-from tests.slices_support import (
+from tests.support.aws_proxy import CountingProxy, Fault, ecr_error
+from tests.support.helpers import ACCOUNT, KEY, POLICY, config_dict, metadata, rich_error
+from tests.support.moto_writes import (
+    MotoWrites,
+    behave_like_ecr,
+    count_writes,
+    store_principals_as_ecr,
+)
+from tests.support.slices_support import (
     BILLING_KEY,
     BILLING_PARTNER,
     billing_slice,

@@ -4,7 +4,7 @@ of ECR's limits, and never see, change or depend on billing's slice.
 
 Each refusal is checked to leave AWS as it was (no write reached moto), and every answer
 payments gets (message, ErrorInfo metadata, BadRequest, QuotaFailure, plan, response) and
-every log line of its calls is checked for billing's data (tests/slices_support.py).
+every log line of its calls is checked for billing's data (tests/support/slices_support.py).
 """
 
 from __future__ import annotations
@@ -26,13 +26,13 @@ from service.app.server import Gateway
 from service.auth.api_keys import hash_key
 from service.auth.targets import TargetAuthorizer
 from service.config import ConfigError, from_mapping
+from service.ecr import limits as ecr_limits
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from service.registry import limits as ecr_limits
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY, PARTNER_ACCOUNT, config_dict, metadata, rich_error
-from tests.moto_writes import MotoWrites, behave_like_ecr, count_writes
-from tests.slices_support import (
+from tests.support.helpers import ACCOUNT, KEY, PARTNER_ACCOUNT, config_dict, metadata, rich_error
+from tests.support.moto_writes import MotoWrites, behave_like_ecr, count_writes
+from tests.support.slices_support import (
     BILLING_FAR,
     BILLING_FILTERS,
     BILLING_KEY,

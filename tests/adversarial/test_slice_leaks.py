@@ -27,14 +27,14 @@ import pytest
 
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from tests.aws_proxy import CountingProxy, Fault, ecr_error
 from tests.conftest import GatewayFactory
-from tests.helpers import KEY, metadata
 from tests.http.conftest import Connect, with_http
 from tests.http.conftest import connect as connect  # the fixture: gRPC, then Connect
 from tests.http.support import SERVICE
-from tests.moto_writes import behave_like_ecr
-from tests.slices_support import BILLING_KEY, EU, isolation_config, rule, statement
+from tests.support.aws_proxy import CountingProxy, Fault, ecr_error
+from tests.support.helpers import KEY, metadata
+from tests.support.moto_writes import behave_like_ecr
+from tests.support.slices_support import BILLING_KEY, EU, isolation_config, rule, statement
 
 HISTORY = "GetConfigurationHistory"
 TTL = 1.0

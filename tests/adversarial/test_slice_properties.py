@@ -4,7 +4,7 @@ rules and statements stay exactly as billing wrote them, nothing payments is ans
 (responses, plans, errors and their details) names anything of billing's, and billing's
 next write still goes through.
 
-Billing's slices are drawn from strings only billing uses (tests/slices_support.py
+Billing's slices are drawn from strings only billing uses (tests/support/slices_support.py
 BILLING_SECRETS); payments draws from a vocabulary of hostile and ordinary parts (other
 tenants' prefixes, wildcards, negations, foreign principals and destinations, validate_only,
 empty slices) that never holds them, so any of them in an answer came from billing.
@@ -24,9 +24,9 @@ from hypothesis import strategies as st
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY, PARTNER_ACCOUNT, metadata
-from tests.moto_writes import behave_like_ecr
-from tests.slices_support import (
+from tests.support.helpers import ACCOUNT, KEY, PARTNER_ACCOUNT, metadata
+from tests.support.moto_writes import behave_like_ecr
+from tests.support.slices_support import (
     BILLING_FAR,
     BILLING_KEY,
     BILLING_PARTNER,

@@ -9,7 +9,7 @@ import pytest
 from service.auth.api_keys import ApiKeyAuthenticator, hash_key
 from service.config import TenantConfig, from_mapping
 from service.errors import Unauthenticated, to_status
-from tests.helpers import KEY, OTHER_KEY, config_dict
+from tests.support.helpers import KEY, OTHER_KEY, config_dict
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 

@@ -31,7 +31,7 @@ from service.auth.jwt_tokens import (
 )
 from service.config import ConfigError, JwtConfig, TenantConfig, from_mapping
 from service.errors import Unauthenticated, to_status
-from tests.helpers import KEY, config_dict
+from tests.support.helpers import KEY, config_dict
 
 ISSUER = "https://issuer.example"
 AUDIENCE = "registry-gateway"

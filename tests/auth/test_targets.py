@@ -8,8 +8,8 @@ import pytest
 
 from service.auth.targets import TargetAuthorizer
 from service.config import GatewayConfig, TenantConfig, from_mapping
+from service.ecr import limits as ecr_limits
 from service.errors import InvalidArgument, PermissionDenied
-from service.registry import limits as ecr_limits
 
 PAYMENTS_PROD = "111111111111"
 PAYMENTS_DEV = "222222222222"

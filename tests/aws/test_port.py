@@ -14,10 +14,10 @@ from service.aws.memory import MemoryEcr
 from service.aws.port import EcrPort, NoPolicy
 from service.aws.upstream import Upstream
 from service.config import AwsConfig, RegistryConfig
+from service.ecr import convert, etags
 from service.errors import NotFound
 from service.gen.v1 import registry_pb2 as pb
-from service.registry import convert, etags
-from tests.helpers import ACCOUNT, POLICY
+from tests.support.helpers import ACCOUNT, POLICY
 
 TARGET = Target("payments", RegistryConfig(registry_id=ACCOUNT), "us-east-1")
 RULE = pb.ReplicationRule(

@@ -27,9 +27,9 @@ from service.aws.upstream import Upstream
 from service.bounded_gather import gather_bounded
 from service.config import AwsConfig, RegistryConfig
 from service.errors import FailedPrecondition
-from tests.aws_proxy import CountingProxy, Fault
 from tests.conftest import wait_until
-from tests.helpers import ACCOUNT
+from tests.support.aws_proxy import CountingProxy, Fault
+from tests.support.helpers import ACCOUNT
 
 ACCOUNTS = [f"30000000000{i}" for i in range(5)]
 REGIONS = ("us-east-1", "eu-west-1")

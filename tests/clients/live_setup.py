@@ -11,7 +11,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from service.auth.api_keys import hash_key
-from tests.helpers import ACCOUNT
+from tests.support.helpers import ACCOUNT
 
 SLICE_KEY = "test-key-team"
 

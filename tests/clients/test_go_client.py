@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 
 from service.app.server import Gateway
-from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT
-from tests.moto_writes import behave_like_ecr
+from tests.support.helpers import ACCOUNT, KEY, OTHER_ACCOUNT
+from tests.support.moto_writes import behave_like_ecr
 
 GO_CLIENT = Path(__file__).resolve().parents[2] / "clients" / "go"
 MODULE = "registry-gateway.example/clients/go"

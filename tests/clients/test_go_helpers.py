@@ -31,8 +31,8 @@ from service.app.server import Gateway
 from tests.clients.live_setup import SLICE_KEY, closed_port, silent_peer, with_slice_tenant
 from tests.clients.test_go_client import DEBIAN_GOCODE, GO_CLIENT, build_offline, go_run
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, config_dict
-from tests.moto_writes import behave_like_ecr
+from tests.support.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, config_dict
+from tests.support.moto_writes import behave_like_ecr
 
 # The Go build (bounded at 600 s) runs in the first test's setup.
 pytestmark = pytest.mark.timeout(1300)

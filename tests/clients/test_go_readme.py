@@ -33,8 +33,8 @@ from tests.clients.test_go_client import (
 )
 from tests.clients.test_typescript_readme import demo_like
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT
-from tests.moto_writes import behave_like_ecr
+from tests.support.helpers import ACCOUNT, KEY, OTHER_ACCOUNT
+from tests.support.moto_writes import behave_like_ecr
 
 ROOT = GO_CLIENT.parents[1]
 CLIENT_README = (GO_CLIENT / "README.md").read_text()

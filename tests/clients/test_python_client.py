@@ -41,10 +41,10 @@ from registry_gateway_client._retry import Attempts
 from registry_gateway_client.v1 import registry_pb2 as pb
 
 from service.app.server import Gateway
-from tests.certs import client_cert, make_pki
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, OTHER_KEY, PARTNER_ACCOUNT, POLICY
-from tests.helpers import config_dict as base_config
+from tests.support.certs import client_cert, make_pki
+from tests.support.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, OTHER_KEY, PARTNER_ACCOUNT, POLICY
+from tests.support.helpers import config_dict as base_config
 
 ROOT = Path(__file__).resolve().parents[2]
 EU = pb.ReplicationDestination(registry_id=ACCOUNT, region="eu-west-1")

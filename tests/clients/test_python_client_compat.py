@@ -2,7 +2,7 @@
 
 Two ends: the floors of clients/python/pyproject.toml (requirements/client-oldest.lock) and
 the newest versions its ranges allow (requirements/client-newest.lock, which moves only when
-`make lock` is run). Each end's lock goes into a venv made once per lock (tests/venvs.py:
+`make lock` is run). Each end's lock goes into a venv made once per lock (tests/support/venvs.py:
 reused while the lock holds, no pip inside, the pip cache, no byte-compiling, only the
 client's three dependencies); each run adds a fresh venv on top of it that gets the client's
 wheel with `--no-index`, then `pip check`: the declared requirements must be met by exactly
@@ -30,8 +30,8 @@ from packaging.requirements import Requirement
 
 from service.app.server import Gateway
 from tests.clients.test_python_client_package import build_client_wheel
-from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, PARTNER_ACCOUNT, POLICY
-from tests.venvs import layered_venv, locked_venv, pip
+from tests.support.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, PARTNER_ACCOUNT, POLICY
+from tests.support.venvs import layered_venv, locked_venv, pip
 
 ROOT = Path(__file__).resolve().parents[2]
 REQUIREMENTS = ROOT / "requirements"

@@ -48,11 +48,11 @@ from registry_gateway_client.v1 import registry_pb2 as pb
 from registry_gateway_client.v1.registry_connect import RegistryConfigServiceClientSync
 
 from service.app.server import Gateway
-from tests.certs import make_pki
 from tests.clients.test_python_client import MotoCalls, recovers_on_second_attempt
 from tests.conftest import Gate, GatewayFactory
-from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, POLICY
 from tests.http.conftest import http_config
+from tests.support.certs import make_pki
+from tests.support.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, POLICY
 
 TRANSPORTS = ["grpc", "connect"]
 

@@ -44,8 +44,8 @@ from registry_gateway_client.v1.registry_connect import RegistryConfigServiceCli
 
 from service.app.server import Gateway
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY
 from tests.http.conftest import http_config
+from tests.support.helpers import ACCOUNT, KEY
 
 ERRORS_DOC = registry_gateway_client._errors.__doc__ or ""
 CODES = [code for code in grpc.StatusCode if code != grpc.StatusCode.OK]

@@ -30,8 +30,8 @@ from registry_gateway_client import (
 from registry_gateway_client.v1 import registry_pb2 as pb
 
 from service.app.server import Gateway
-from tests.helpers import ACCOUNT, KEY, PARTNER_ACCOUNT
-from tests.moto_writes import behave_like_ecr
+from tests.support.helpers import ACCOUNT, KEY, PARTNER_ACCOUNT
+from tests.support.moto_writes import behave_like_ecr
 
 EU = {"region": "eu-west-1", "registryId": ACCOUNT}
 PARTNER = {"region": "us-west-2", "registryId": PARTNER_ACCOUNT}

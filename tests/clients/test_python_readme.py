@@ -22,9 +22,9 @@ from moto.ecr.models import ecr_backends
 
 from service.app.server import Gateway
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY
 from tests.http.conftest import http_config
-from tests.moto_writes import behave_like_ecr
+from tests.support.helpers import ACCOUNT, KEY
+from tests.support.moto_writes import behave_like_ecr
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = ROOT / "clients" / "python"

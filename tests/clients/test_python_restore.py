@@ -23,7 +23,7 @@ from registry_gateway_client.v1 import registry_pb2 as pb
 from service.app.server import Gateway
 from service.state.cache.base import CacheKey
 from service.state.history import Version
-from tests.helpers import ACCOUNT, KEY, OTHER_KEY, POLICY
+from tests.support.helpers import ACCOUNT, KEY, OTHER_KEY, POLICY
 
 REPLICATION = pb.HISTORY_RESOURCE_REPLICATION
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from moto.ecr.models import ecr_backends
 
 from service.app.server import Gateway
-from tests.helpers import ACCOUNT, KEY
+from tests.support.helpers import ACCOUNT, KEY
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

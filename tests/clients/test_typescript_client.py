@@ -27,8 +27,8 @@ import pytest
 
 from service.app.server import Gateway
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, PARTNER_ACCOUNT, config_dict
-from tests.moto_writes import behave_like_ecr
+from tests.support.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, PARTNER_ACCOUNT, config_dict
+from tests.support.moto_writes import behave_like_ecr
 
 TS = Path(__file__).resolve().parents[2] / "clients" / "typescript"
 RPCS = 9

@@ -25,8 +25,8 @@ import pytest
 from tests.clients.live_setup import SLICE_KEY, closed_port, silent_peer, with_slice_tenant
 from tests.clients.test_typescript_client import run_node, tsc, with_http
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY, config_dict
-from tests.moto_writes import behave_like_ecr
+from tests.support.helpers import ACCOUNT, KEY, config_dict
+from tests.support.moto_writes import behave_like_ecr
 
 # tsc runs in the first test's setup (bounded at 300 s), node at 120 s.
 pytestmark = pytest.mark.timeout(600)

@@ -28,8 +28,8 @@ import pytest
 from service.app.embedded import demo_config
 from tests.clients.test_typescript_client import TS, run_node, tsc
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, config_dict
-from tests.moto_writes import behave_like_ecr
+from tests.support.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, config_dict
+from tests.support.moto_writes import behave_like_ecr
 
 ROOT = TS.parents[1]
 PACKAGE_README = TS / "README.md"

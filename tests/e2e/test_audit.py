@@ -16,7 +16,7 @@ from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.observability.audit import policy_digest
 from tests.conftest import Gate, GatewayFactory, wait_until
-from tests.helpers import ACCOUNT, KEY, OTHER_KEY, POLICY, config_dict, metadata
+from tests.support.helpers import ACCOUNT, KEY, OTHER_KEY, POLICY, config_dict, metadata
 
 FIELDS = {
     "time",

@@ -29,7 +29,15 @@ from service.config import OPERATIONS
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, OTHER_KEY, POLICY, config_dict, rich_error
+from tests.support.helpers import (
+    ACCOUNT,
+    KEY,
+    OTHER_ACCOUNT,
+    OTHER_KEY,
+    POLICY,
+    config_dict,
+    rich_error,
+)
 
 ISSUER = "https://issuer.example"
 AUDIENCE = "registry-gateway"

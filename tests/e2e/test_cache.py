@@ -12,9 +12,9 @@ import pytest
 from service.app.server import Gateway
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from tests.aws_proxy import CountingProxy
 from tests.conftest import GatewayFactory, wait_until
-from tests.helpers import (
+from tests.support.aws_proxy import CountingProxy
+from tests.support.helpers import (
     ACCOUNT,
     KEY,
     OTHER_ACCOUNT,

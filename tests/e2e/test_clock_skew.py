@@ -19,13 +19,13 @@ from moto.ecr.exceptions import RegistryPolicyNotFoundException
 from moto.ecr.models import ECRBackend
 
 from service.app.server import Gateway
+from service.ecr import etags
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from service.registry import etags
 from tests.conftest import GatewayFactory
 from tests.e2e.test_drift import POLICY as POLICY_KEY
 from tests.e2e.test_drift import counted, events
-from tests.helpers import POLICY, config_dict, metadata
+from tests.support.helpers import POLICY, config_dict, metadata
 
 SKEW = 30.0
 NO_CACHE = ("cache-control", "no-cache")

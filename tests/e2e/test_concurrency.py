@@ -19,8 +19,8 @@ from service.app.server import REDIS_HEALTH
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, POLICY, config_dict, metadata
-from tests.processes import gateway_process
+from tests.support.helpers import ACCOUNT, POLICY, config_dict, metadata
+from tests.support.processes import gateway_process
 
 POLICY_B = POLICY.replace("ReplicateFromPartner", "ReplicateFromOther")
 # The racers both write something new: a writer that put back the very text already there

@@ -7,7 +7,7 @@ import pytest
 
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from tests.helpers import ACCOUNT, metadata, rich_error
+from tests.support.helpers import ACCOUNT, metadata, rich_error
 
 
 async def test_describes_an_empty_registry(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:

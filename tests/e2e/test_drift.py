@@ -21,9 +21,9 @@ from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.state.cache import CacheKey
 from tests.conftest import GatewayFactory, wait_until
-from tests.helpers import ACCOUNT, KEY, metadata, rich_error
-from tests.moto_writes import behave_like_ecr
-from tests.slices_support import (
+from tests.support.helpers import ACCOUNT, KEY, metadata, rich_error
+from tests.support.moto_writes import behave_like_ecr
+from tests.support.slices_support import (
     ADMIN_KEY,
     BILLING_KEY,
     aws_rule,
@@ -76,7 +76,7 @@ async def aws_put_policy(policy: dict[str, Any], endpoint: str) -> None:
 
 @pytest.fixture(autouse=True)
 def like_ecr(monkeypatch: pytest.MonkeyPatch) -> None:
-    """moto takes ECR's 10 rules and every ECR action (tests/moto_writes.py)."""
+    """moto takes ECR's 10 rules and every ECR action (tests/support/moto_writes.py)."""
     behave_like_ecr(monkeypatch)
 
 

@@ -12,12 +12,12 @@ import pytest
 
 from service.app.server import Gateway
 from service.state.cache import CacheKey
-from tests.aws_proxy import CountingProxy, Fault
 from tests.conftest import GatewayFactory, wait_until
 from tests.e2e.test_drift import audited_config, aws_put_replication, counted, events
-from tests.helpers import ACCOUNT
-from tests.moto_writes import behave_like_ecr
-from tests.slices_support import aws_rule, seed_rules
+from tests.support.aws_proxy import CountingProxy, Fault
+from tests.support.helpers import ACCOUNT
+from tests.support.moto_writes import behave_like_ecr
+from tests.support.slices_support import aws_rule, seed_rules
 
 PERIOD = 0.3
 # Two (registry, region) targets: payments lists us-east-1 and eu-west-1 of one account.

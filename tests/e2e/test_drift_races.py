@@ -24,9 +24,9 @@ from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory, wait_until
 from tests.e2e.test_drift import NO_CACHE, REPLICATION, aws_put_policy, counted, events, lines
-from tests.helpers import KEY, metadata
-from tests.moto_writes import behave_like_ecr
-from tests.slices_support import (
+from tests.support.helpers import KEY, metadata
+from tests.support.moto_writes import behave_like_ecr
+from tests.support.slices_support import (
     ADMIN_KEY,
     BILLING_KEY,
     aws_rule,
@@ -43,7 +43,7 @@ PAST_SKEW = 1.2  # seconds: past the default drift.clock_skew_seconds
 
 @pytest.fixture(autouse=True)
 def like_ecr(monkeypatch: pytest.MonkeyPatch) -> None:
-    """moto takes ECR's 10 rules and every ECR action (tests/moto_writes.py)."""
+    """moto takes ECR's 10 rules and every ECR action (tests/support/moto_writes.py)."""
     behave_like_ecr(monkeypatch)
 
 

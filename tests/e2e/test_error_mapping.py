@@ -14,7 +14,7 @@ from moto.ecr.models import ECRBackend
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import Gate, GatewayFactory
-from tests.helpers import KEY, config_dict, metadata, rich_error
+from tests.support.helpers import KEY, config_dict, metadata, rich_error
 
 DESCRIBE = "/ecr.registry.v1.RegistryConfigService/DescribeRegistry"
 

@@ -15,9 +15,9 @@ from moto.ecr.models import ecr_backends
 from service.app.server import Gateway
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from tests.aws_proxy import CountingProxy, Fault, ecr_error
 from tests.conftest import GatewayFactory, wait_until
-from tests.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
+from tests.support.aws_proxy import CountingProxy, Fault, ecr_error
+from tests.support.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
 
 DESCRIBE = frozenset({"ecr:DescribeRegistry"})
 PUT_POLICY = frozenset({"ecr:PutRegistryPolicy"})

@@ -21,10 +21,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from service.config import OPERATIONS
 from service.gen.v1 import registry_pb2 as pb
-from service.registry.history_view import page_token
+from service.registry.rpcs.history_view import page_token
 from service.state.cache.base import CacheKey
-from tests.helpers import ACCOUNT, POLICY, metadata
-from tests.moto_writes import MotoWrites, configured, count_writes
+from tests.support.helpers import ACCOUNT, POLICY, metadata
+from tests.support.moto_writes import MotoWrites, configured, count_writes
 
 SERVICE = "/ecr.registry.v1.RegistryConfigService"
 SEED = 20_241_127

@@ -20,18 +20,19 @@ import httpx
 import pytest
 
 from service.app.server import Gateway
+from service.ecr import etags
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from service.registry import etags, slices
-from service.registry.history_view import page_token
+from service.registry import slices
+from service.registry.rpcs.history_view import page_token
 from service.state.cache.base import CacheKey
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, OTHER_KEY, metadata, rich_error
 from tests.http.conftest import Connect, with_http
 from tests.http.conftest import connect as connect  # the fixture: gRPC, then Connect
 from tests.http.support import Answer, Transport
-from tests.moto_writes import behave_like_ecr
-from tests.slices_support import (
+from tests.support.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, OTHER_KEY, metadata, rich_error
+from tests.support.moto_writes import behave_like_ecr
+from tests.support.slices_support import (
     ADMIN_KEY,
     BILLING_FAR,
     BILLING_KEY,

@@ -7,7 +7,7 @@ import pytest
 
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from tests.helpers import ACCOUNT, OTHER_KEY, POLICY, metadata, rich_error
+from tests.support.helpers import ACCOUNT, OTHER_KEY, POLICY, metadata, rich_error
 
 
 async def test_no_policy_is_not_found(stub: pb_grpc.RegistryConfigServiceAsyncStub) -> None:

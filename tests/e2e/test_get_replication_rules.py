@@ -12,9 +12,9 @@ import pytest
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory
-from tests.helpers import KEY, OTHER_KEY, PARTNER_ACCOUNT, metadata, rich_error
-from tests.moto_writes import behave_like_ecr
-from tests.slices_support import (
+from tests.support.helpers import KEY, OTHER_KEY, PARTNER_ACCOUNT, metadata, rich_error
+from tests.support.moto_writes import behave_like_ecr
+from tests.support.slices_support import (
     ADMIN_KEY,
     BILLING_KEY,
     PARTNER,

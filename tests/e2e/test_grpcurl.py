@@ -21,7 +21,7 @@ from moto.ecr.models import ecr_backends
 from service.app.embedded import session_factory
 from service.app.server import Gateway
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY, POLICY
+from tests.support.helpers import ACCOUNT, KEY, POLICY
 
 GRPCURL = Path(sys.executable).parent / "grpcurl"
 PROTO_ROOT = Path(__file__).resolve().parents[2] / "proto"

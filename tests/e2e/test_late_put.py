@@ -25,14 +25,14 @@ from moto.ecr.models import ecr_backends
 from service.app.embedded import session_factory
 from service.app.server import Gateway
 from service.aws.errors import from_botocore_error, watch_attempts
+from service.ecr import etags
 from service.errors import UpstreamFailure, UpstreamNoAnswer
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from service.registry import etags
 from service.state.cache import CacheKey
-from tests.aws_proxy import CountingProxy, Fault, ecr_error
 from tests.conftest import GatewayFactory, wait_until
-from tests.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
+from tests.support.aws_proxy import CountingProxy, Fault, ecr_error
+from tests.support.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
 
 REGION = "us-east-1"
 PUT_POLICY = frozenset({"ecr:PutRegistryPolicy"})

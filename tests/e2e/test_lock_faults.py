@@ -3,9 +3,9 @@ is blocked past the fault, a waiter answers UNAVAILABLE with RetryInfo (never a 
 DEADLINE_EXCEEDED), and a caller following the README after ETAG_MISMATCH ("read again,
 retry with the etag") succeeds.
 
-Real parts: a redis-server of the test's own paused with SIGSTOP (tests/pausable_redis.py),
+Real parts: a redis-server of the test's own paused with SIGSTOP (tests/support/pausable_redis.py),
 `registry-gateway serve` processes killed with SIGKILL while a fault proxy in front of moto
-holds their put (tests/aws_proxy.py), and the gateways' own Redis timeouts (1 s)."""
+holds their put (tests/support/aws_proxy.py), and the gateways' own Redis timeouts (1 s)."""
 
 from __future__ import annotations
 
@@ -28,11 +28,11 @@ from moto.ecr.models import ecr_backends
 
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from tests.aws_proxy import CountingProxy, Fault
 from tests.conftest import GatewayFactory, wait_until
-from tests.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
-from tests.pausable_redis import PausableRedis, pausable_redis
-from tests.processes import BIN, serving_event
+from tests.support.aws_proxy import CountingProxy, Fault
+from tests.support.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
+from tests.support.pausable_redis import PausableRedis, pausable_redis
+from tests.support.processes import BIN, serving_event
 
 BEFORE = POLICY.replace("ReplicateFromPartner", "Before")
 AFTER = POLICY.replace("ReplicateFromPartner", "After")
@@ -239,8 +239,8 @@ class Replica:
 
 @asynccontextmanager
 async def replica(raw: dict[str, Any], path: Path) -> AsyncIterator[Replica]:
-    """`registry-gateway serve --config` in its own process (as tests/processes.py), with its
-    pid, so that the test can SIGKILL it."""
+    """`registry-gateway serve --config` in its own process (as tests/support/processes.py), with
+    its pid, so that the test can SIGKILL it."""
     path.write_text(yaml.safe_dump(raw))
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith("REGISTRY_GATEWAY")},

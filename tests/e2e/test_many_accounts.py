@@ -31,7 +31,7 @@ from service.auth.api_keys import hash_key
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory, wait_until
-from tests.helpers import KEY, config_dict, metadata
+from tests.support.helpers import KEY, config_dict, metadata
 
 REGIONS = ["us-east-1", "eu-west-1"]
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}

@@ -15,9 +15,9 @@ import pytest
 from service.app.server import Gateway
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from tests.certs import Pki, client_cert, make_pki
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY, config_dict, metadata, rich_error
+from tests.support.certs import Pki, client_cert, make_pki
+from tests.support.helpers import ACCOUNT, KEY, config_dict, metadata, rich_error
 
 SPIFFE_ID = "spiffe://corp.example/ns/payments/sa/deployer"
 UNMAPPED_ID = "spiffe://corp.example/ns/intruder/sa/deployer"

@@ -21,7 +21,7 @@ from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.observability.logs import configure_logging
 from tests.conftest import GatewayFactory, wait_until
-from tests.helpers import POLICY, config_dict, describe_status, metadata
+from tests.support.helpers import POLICY, config_dict, describe_status, metadata
 
 
 async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

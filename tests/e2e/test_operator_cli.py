@@ -22,7 +22,7 @@ import yaml
 
 from service.auth.api_keys import hash_key
 from tests.e2e.test_cli import CONSOLE_SCRIPT, env
-from tests.helpers import config_dict
+from tests.support.helpers import config_dict
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 # Values that look like secrets pasted in the wrong place: none may ever be printed.

@@ -1,7 +1,7 @@
 """`policy_scope`: auto reads ECR's REGISTRY_POLICY_SCOPE; a pin AWS disagrees with is
 logged and counted; an unreadable setting fails policy writes closed, reads go on.
 
-moto lacks GetAccountSetting: tests/moto_account_settings.py adds it (installed for the
+moto lacks GetAccountSetting: tests/support/moto_account_settings.py adds it (installed for the
 whole session by conftest.py, answering V2); these tests set what it answers.
 """
 
@@ -18,8 +18,8 @@ from service.app.server import Gateway
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
-from tests.moto_account_settings import refuse_reads, set_policy_scope
+from tests.support.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
+from tests.support.moto_account_settings import refuse_reads, set_policy_scope
 
 REGION = "us-east-1"
 # ecr:BatchGetImage: allowed by scope V2 only (V1 allows CreateRepository, ReplicateImage

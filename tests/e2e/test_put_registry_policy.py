@@ -8,7 +8,7 @@ from moto.ecr.models import ecr_backends
 
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from tests.helpers import ACCOUNT, OTHER_KEY, POLICY, metadata, rich_error
+from tests.support.helpers import ACCOUNT, OTHER_KEY, POLICY, metadata, rich_error
 
 OTHER_POLICY = POLICY.replace("ReplicateFromPartner", "ReplicateFromOther")
 

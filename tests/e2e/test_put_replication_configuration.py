@@ -11,7 +11,7 @@ from moto.ecr.models import ECRBackend, ecr_backends
 
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from tests.helpers import ACCOUNT, metadata, rich_error
+from tests.support.helpers import ACCOUNT, metadata, rich_error
 
 EU = pb.ReplicationDestination(region="eu-west-1", registry_id=ACCOUNT)
 US_WEST = pb.ReplicationDestination(region="us-west-2", registry_id="210987654321")

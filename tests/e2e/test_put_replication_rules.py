@@ -11,9 +11,9 @@ import pytest
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY, metadata, rich_error
-from tests.moto_writes import MotoWrites, behave_like_ecr, count_writes
-from tests.slices_support import (
+from tests.support.helpers import ACCOUNT, KEY, metadata, rich_error
+from tests.support.moto_writes import MotoWrites, behave_like_ecr, count_writes
+from tests.support.slices_support import (
     BILLING_KEY,
     PARTNER,
     aws_rule,

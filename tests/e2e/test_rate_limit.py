@@ -14,8 +14,8 @@ from service.app.server import Gateway
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory
-from tests.helpers import OTHER_KEY, config_dict, describe_status, metadata, rich_error
-from tests.processes import gateway_process
+from tests.support.helpers import OTHER_KEY, config_dict, describe_status, metadata, rich_error
+from tests.support.processes import gateway_process
 
 BIN = Path(sys.executable).parent
 

@@ -28,11 +28,11 @@ from pathlib import Path
 import pytest
 
 from service.auth.api_keys import hash_key
-from tests.certs import make_pki
 from tests.conftest import GatewayFactory
-from tests.helpers import config_dict
-from tests.readme_support import Ran, bash
-from tests.readme_support import section as readme_section
+from tests.support.certs import make_pki
+from tests.support.helpers import config_dict
+from tests.support.readme_support import Ran, bash
+from tests.support.readme_support import section as readme_section
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent

@@ -3,7 +3,7 @@ keep working ..., the health entry `registry-gateway.redis` turns NOT_SERVING, a
 fail with UNAVAILABLE (`WRITE_LOCK_UNAVAILABLE`) rather than run unlocked").
 
 The Redis here is the test's own: a throw-away redis-server on a free port, stopped and
-started again on that port. The machine's shared Redis (tests/redis_server.py) is never
+started again on that port. The machine's shared Redis (tests/support/redis_server.py) is never
 stopped.
 """
 
@@ -25,9 +25,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from service.app.server import REDIS_HEALTH, Gateway
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from tests.aws_proxy import CountingProxy
 from tests.conftest import GatewayFactory, wait_until
-from tests.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
+from tests.support.aws_proxy import CountingProxy
+from tests.support.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -92,7 +92,7 @@ class OwnRedis:
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     binary = shutil.which("redis-server")
-    # A failure, not a skip (as tests/redis_server.py): a missing Redis must not pass CI.
+    # A failure, not a skip (as tests/support/redis_server.py): a missing Redis must not pass CI.
     assert binary, "redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)"
     server = OwnRedis(binary, tmp_path)
     server.start()

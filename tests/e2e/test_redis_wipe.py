@@ -21,15 +21,15 @@ import pytest
 import redis.asyncio
 from moto.ecr.models import ecr_backends
 
+from service.ecr import etags
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from service.registry import etags
 from service.state.cache import CacheKey
-from tests.aws_proxy import CountingProxy
 from tests.conftest import GatewayFactory
 from tests.e2e.test_redis_down import OwnRedis
-from tests.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
-from tests.processes import gateway_process
+from tests.support.aws_proxy import CountingProxy
+from tests.support.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
+from tests.support.processes import gateway_process
 
 BEFORE = POLICY.replace("ReplicateFromPartner", "Before")
 AFTER = POLICY.replace("ReplicateFromPartner", "After")
@@ -40,7 +40,7 @@ NO_CACHE = ("cache-control", "no-cache")
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     binary = shutil.which("redis-server")
-    # A failure, not a skip (as tests/redis_server.py): a missing Redis must not pass CI.
+    # A failure, not a skip (as tests/support/redis_server.py): a missing Redis must not pass CI.
     assert binary, "redis-server is not installed (Debian/Ubuntu: apt-get install redis-server)"
     server = OwnRedis(binary, tmp_path)
     server.start()

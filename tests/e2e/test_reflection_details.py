@@ -25,7 +25,7 @@ import pytest
 
 from service.app.server import Gateway
 from service.rpc.reflection import ERROR_DETAIL_FILES
-from tests.helpers import KEY
+from tests.support.helpers import KEY
 
 BIN = Path(sys.executable).parent
 METHOD = "ecr.registry.v1.RegistryConfigService/PutRegistryPolicy"

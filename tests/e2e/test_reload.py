@@ -18,9 +18,9 @@ from service.auth.api_keys import hash_key
 from service.config import ConfigError
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from tests.certs import client_cert, make_pki
 from tests.conftest import Gate, GatewayFactory
-from tests.helpers import KEY, OTHER_KEY, config_dict, describe_status, metadata
+from tests.support.certs import client_cert, make_pki
+from tests.support.helpers import KEY, OTHER_KEY, config_dict, describe_status, metadata
 
 NEW_KEY = "test-key-added-by-reload"
 SLICE_WRITES = ("PutReplicationRules", "PutPolicyStatements")

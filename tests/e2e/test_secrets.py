@@ -22,7 +22,7 @@ from service.app.server import Gateway
 from service.auth.api_keys import hash_key
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from tests.helpers import config_dict
+from tests.support.helpers import config_dict
 
 SENTINEL_KEY = "sentinel-api-key-7f3a9c"
 SENTINEL_JWT_SECRET = "sentinel-jwt-secret-5b1e8d2c4a6f90d7e3b2a1c4d5e6f708"

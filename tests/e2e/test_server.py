@@ -16,7 +16,7 @@ from service.app.server import BindError, Gateway
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import Gate, GatewayFactory
-from tests.helpers import metadata
+from tests.support.helpers import metadata
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

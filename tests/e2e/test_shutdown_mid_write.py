@@ -27,15 +27,15 @@ import redis.asyncio
 import yaml
 from moto.ecr.models import ecr_backends
 
+from service.ecr import etags
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from service.registry import etags
 from service.state.cache import CacheKey
 from service.state.history import RedisHistory
-from tests.aws_proxy import CountingProxy, Fault
 from tests.conftest import GatewayFactory, wait_until
-from tests.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
-from tests.processes import serving_event
+from tests.support.aws_proxy import CountingProxy, Fault
+from tests.support.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
+from tests.support.processes import serving_event
 
 BIN = Path(sys.executable).parent
 PUT_POLICY = frozenset({"ecr:PutRegistryPolicy"})

@@ -15,10 +15,10 @@ import pytest
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory
-from tests.helpers import KEY, metadata
-from tests.moto_writes import behave_like_ecr
-from tests.processes import gateway_process
-from tests.slices_support import (
+from tests.support.helpers import KEY, metadata
+from tests.support.moto_writes import behave_like_ecr
+from tests.support.processes import gateway_process
+from tests.support.slices_support import (
     BILLING_KEY,
     aws_rule,
     rule,

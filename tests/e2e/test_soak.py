@@ -28,7 +28,7 @@ from service.config import OPERATIONS
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory
-from tests.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, OTHER_KEY, POLICY, config_dict
+from tests.support.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, OTHER_KEY, POLICY, config_dict
 
 CALLS = int(os.environ.get("REGISTRY_GATEWAY_SOAK_CALLS", "600"))
 LONG = CALLS >= 5000

@@ -28,9 +28,9 @@ from service.aws.upstream import Reachability
 from service.config import LogsConfig, from_mapping
 from service.errors import FailedPrecondition
 from service.observability.logs import configure_logging
-from tests.aws_proxy import CountingProxy, Fault
 from tests.conftest import GatewayFactory, wait_until
-from tests.helpers import ACCOUNT, OTHER_ACCOUNT, config_dict
+from tests.support.aws_proxy import CountingProxy, Fault
+from tests.support.helpers import ACCOUNT, OTHER_ACCOUNT, config_dict
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -24,7 +24,7 @@ from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.observability.audit import AuditLog, WriteRecord
 from service.observability.logs import configure_logging
 from tests.conftest import GatewayFactory, wait_until
-from tests.helpers import KEY, POLICY, config_dict, describe_status, metadata
+from tests.support.helpers import KEY, POLICY, config_dict, describe_status, metadata
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"

@@ -10,7 +10,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory
-from tests.helpers import POLICY, config_dict, describe_status, metadata
+from tests.support.helpers import POLICY, config_dict, describe_status, metadata
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"

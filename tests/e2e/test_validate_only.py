@@ -15,8 +15,8 @@ import pytest
 
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from tests.helpers import ACCOUNT, PARTNER_ACCOUNT, metadata, rich_error
-from tests.moto_writes import MotoWrites, behave_like_ecr, configured, count_writes
+from tests.support.helpers import ACCOUNT, PARTNER_ACCOUNT, metadata, rich_error
+from tests.support.moto_writes import MotoWrites, behave_like_ecr, configured, count_writes
 
 EU = pb.ReplicationDestination(region="eu-west-1", registry_id=ACCOUNT)
 PARTNER = pb.ReplicationDestination(region="us-west-2", registry_id=PARTNER_ACCOUNT)
@@ -26,7 +26,8 @@ Stub: TypeAlias = "pb_grpc.RegistryConfigServiceAsyncStub"  # the async stub exi
 
 @pytest.fixture
 def ecr_like(monkeypatch: pytest.MonkeyPatch) -> None:
-    """moto with ECR's limits: several rules, every ECR action (see tests/moto_writes.py)."""
+    """moto with ECR's limits: several rules, every ECR action (see
+    tests/support/moto_writes.py)."""
     behave_like_ecr(monkeypatch)
 
 

@@ -20,7 +20,7 @@ from moto.ecr.models import ecr_backends
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory
-from tests.helpers import (
+from tests.support.helpers import (
     ACCOUNT,
     OTHER_KEY,
     PARTNER_ACCOUNT,
@@ -29,7 +29,7 @@ from tests.helpers import (
     metadata,
     rich_error,
 )
-from tests.moto_writes import MotoWrites, behave_like_ecr, configured, count_writes
+from tests.support.moto_writes import MotoWrites, behave_like_ecr, configured, count_writes
 
 SERVICE = "/ecr.registry.v1.RegistryConfigService"
 RULES = "replication_configuration.rules"
@@ -460,7 +460,8 @@ PROPERTY = settings(
 
 @pytest.fixture
 def ecr_like(monkeypatch: pytest.MonkeyPatch) -> None:
-    """moto with ECR's limits: several rules, every ECR action (see tests/moto_writes.py)."""
+    """moto with ECR's limits: several rules, every ECR action (see
+    tests/support/moto_writes.py)."""
     behave_like_ecr(monkeypatch)
 
 

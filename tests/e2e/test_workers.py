@@ -12,8 +12,8 @@ import grpc
 import yaml
 
 from tests.conftest import GatewayFactory
-from tests.helpers import config_dict, describe_status
-from tests.processes import serving_event
+from tests.support.helpers import config_dict, describe_status
+from tests.support.processes import serving_event
 
 BIN = Path(sys.executable).parent
 

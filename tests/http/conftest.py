@@ -12,8 +12,8 @@ import pytest
 
 from service.app.server import Gateway
 from tests.conftest import GatewayFactory
-from tests.helpers import config_dict
 from tests.http.support import ConnectTransport, GrpcTransport, Transport
+from tests.support.helpers import config_dict
 
 Connect = Callable[[Gateway], Awaitable[Transport]]
 
@@ -24,7 +24,7 @@ def with_http(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def http_config(aws: str, **server: Any) -> dict[str, Any]:
-    """tests.helpers.config_dict with the HTTP listener on a free port."""
+    """tests.support.helpers.config_dict with the HTTP listener on a free port."""
     return with_http(config_dict(aws, **server))
 
 

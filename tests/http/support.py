@@ -21,7 +21,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from service.gen.v1 import registry_pb2 as pb
-from tests.helpers import KEY
+from tests.support.helpers import KEY
 
 SERVICE = "ecr.registry.v1.RegistryConfigService"
 # https://connectrpc.com/docs/protocol/#error-codes

@@ -17,7 +17,9 @@ import pytest
 from service.app.server import Gateway
 from service.gen.v1 import registry_pb2 as pb
 from tests.conftest import Gate, GatewayFactory
-from tests.helpers import (
+from tests.http.conftest import Connect, http_config, with_http
+from tests.http.support import Transport
+from tests.support.helpers import (
     ACCOUNT,
     OTHER_ACCOUNT,
     OTHER_KEY,
@@ -25,10 +27,8 @@ from tests.helpers import (
     POLICY,
     config_dict,
 )
-from tests.http.conftest import Connect, http_config, with_http
-from tests.http.support import Transport
-from tests.moto_writes import behave_like_ecr
-from tests.slices_support import EU, aws_rule, rule, seed_rules, statement, stored_rules
+from tests.support.moto_writes import behave_like_ecr
+from tests.support.slices_support import EU, aws_rule, rule, seed_rules, statement, stored_rules
 
 OK = grpc.StatusCode.OK
 

@@ -17,11 +17,11 @@ from service.app.server import Gateway
 from service.config import ConfigError, from_mapping
 from service.gen.v1 import registry_pb2 as pb
 from service.rpc.servicer import RegistryConfigServicer
-from tests.certs import make_pki
 from tests.conftest import Gate, GatewayFactory, wait_until
-from tests.helpers import KEY, OTHER_ACCOUNT, OTHER_KEY, POLICY, config_dict
 from tests.http.conftest import http_config
 from tests.http.support import SERVICE, connect_answer
+from tests.support.certs import make_pki
+from tests.support.helpers import KEY, OTHER_ACCOUNT, OTHER_KEY, POLICY, config_dict
 
 AUTH = {"authorization": f"Bearer {KEY}"}
 JSON = {"content-type": "application/json"}

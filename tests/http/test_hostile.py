@@ -19,10 +19,10 @@ from service.http import codec
 from service.http.codec import JSON_EXPANSION, transport_limit
 from service.rpc.request_limits import max_request_bytes
 from tests.conftest import GatewayFactory
-from tests.helpers import KEY, POLICY
 from tests.http.conftest import http_config
 from tests.http.support import SERVICE, connect_answer
-from tests.moto_writes import MotoWrites, behave_like_ecr, count_writes
+from tests.support.helpers import KEY, POLICY
+from tests.support.moto_writes import MotoWrites, behave_like_ecr, count_writes
 
 AUTH = {"authorization": f"Bearer {KEY}"}
 JSON = {"content-type": "application/json"}

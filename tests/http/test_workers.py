@@ -13,9 +13,9 @@ import httpx
 import yaml
 
 from tests.e2e.test_workers import free_port
-from tests.helpers import KEY, config_dict
 from tests.http.support import SERVICE
-from tests.processes import serving_event
+from tests.support.helpers import KEY, config_dict
+from tests.support.processes import serving_event
 
 BIN = Path(sys.executable).parent
 

@@ -28,7 +28,7 @@ from service.pipeline.reporters import (
     Outcome,
 )
 from service.state.ratelimit import LocalRateLimiter, UpstreamBudget
-from tests.helpers import KEY, config_dict, metadata
+from tests.support.helpers import KEY, config_dict, metadata
 
 METHOD = "/ecr.registry.v1.RegistryConfigService/PutRegistryPolicy"
 

@@ -11,10 +11,10 @@ from service.auth.content import ContentRules
 from service.auth.targets import Target
 from service.aws.memory import MemoryEcr
 from service.config import CacheConfig, DestinationAllow, RegistryConfig
-from service.registry import limits
-from service.registry.operations import RegistryOperations
-from service.registry.slice_operations import SliceOperations
-from service.registry.validation import RequestValidator
+from service.ecr import limits
+from service.registry.rpcs.slice_operations import SliceOperations
+from service.registry.rpcs.validation import RequestValidator
+from service.registry.writes.operations import RegistryOperations
 from service.state.cache import MemoryStore, ReadCache
 from service.state.locks import RegistryLocks
 

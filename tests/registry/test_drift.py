@@ -18,13 +18,14 @@ from service.auth.targets import Target
 from service.aws.memory import MemoryEcr
 from service.aws.port import NoPolicy
 from service.config import PolicyGuardrails
+from service.ecr import convert, etags
 from service.errors import GatewayError, Unavailable, WriteOverwritten
 from service.gen.v1 import registry_pb2 as pb
-from service.registry import convert, etags, settlement
-from service.registry.drift import DriftDetector
-from service.registry.operations import RegistryOperations
-from service.registry.slice_operations import SliceOperations
-from service.registry.validation import RequestValidator
+from service.registry.rpcs.slice_operations import SliceOperations
+from service.registry.rpcs.validation import RequestValidator
+from service.registry.writes import settlement
+from service.registry.writes.drift import DriftDetector
+from service.registry.writes.operations import RegistryOperations
 from service.state.cache import CacheKey, MemoryStore, ReadCache
 from service.state.history import HistoryStore, MemoryHistory, RedisHistory
 from service.state.locks import RegistryLocks

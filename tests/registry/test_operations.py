@@ -11,10 +11,10 @@ from contextlib import asynccontextmanager
 import pytest
 
 from service.aws.memory import MemoryEcr
+from service.ecr import convert, etags
 from service.errors import EtagMismatch, NotFound, ResourceExhausted, Unavailable, UpstreamFailure
 from service.gen.v1 import registry_pb2 as pb
-from service.registry import convert, etags
-from service.registry.operations import RegistryOperations, etag_read_before
+from service.registry.writes.operations import RegistryOperations, etag_read_before
 from service.state.locks import HeldLock, RegistryLocks
 from tests.registry.conftest import ACCOUNT, REGION, Domain, build, target
 

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from service.gen.v1 import registry_pb2 as pb
-from service.registry import plan
+from service.registry.model import plan
 
 ACCOUNT = "123456789012"
 

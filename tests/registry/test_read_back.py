@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from service.gen.v1 import registry_pb2 as pb
-from service.registry.read_back import policy_holds, replication_holds
+from service.registry.model.read_back import policy_holds, replication_holds
 
 ACCOUNT = "123456789012"
 

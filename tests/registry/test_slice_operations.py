@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from service.config import PolicyGuardrails
+from service.ecr import etags, limits
 from service.errors import (
     EtagMismatch,
     FailedPrecondition,
@@ -16,8 +17,8 @@ from service.errors import (
     PermissionDenied,
 )
 from service.gen.v1 import registry_pb2 as pb
-from service.registry import etags, limits, slices
-from service.registry.operations import etag_read_before
+from service.registry import slices
+from service.registry.writes.operations import etag_read_before
 from tests.registry.conftest import ACCOUNT, PARTNER, REGION, Domain, target
 
 PAYMENTS = target()

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from service.config import PolicyGuardrails
+from service.ecr import limits, policy_grammar
 from service.errors import FailedPrecondition, InvalidArgument
-from service.registry import limits, policy_grammar, slices
+from service.registry import slices
 from tests.registry.conftest import ACCOUNT, REGION, Domain, target
 
 PARTNER = "210987654321"

@@ -1,0 +1,3 @@
+"""The RPCs' domain side: every request's validation (validation.py), the four slice RPCs
+(slice_operations.py), the pages of GetConfigurationHistory (history_view.py).
+"""

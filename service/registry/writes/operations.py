@@ -1,0 +1,538 @@
+"""The five ECR operations as the gateway performs them: reads through the cache, writes
+under the registry's lock. Every write is a read-modify-write of one resource through
+`update_replication` or `update_policy`, with a change function: the full writes
+(PutRegistryPolicy, DeleteRegistryPolicy, PutReplicationConfiguration) here, the slice
+writes in service/registry/rpcs/slice_operations.py. What happens once a write is sent to AWS
+(read-back, write-through, whether it held, its record) is service/registry/writes/settlement.py's
+(`WriteSettlement`), so this module owns the lock, the fresh read and the answer.
+
+A write takes the lock, reads the current value fresh from AWS (for the caller's etag
+precondition, the plan and the audit trail) and writes that read through to the cache, so
+that a caller refused (ETAG_MISMATCH) and reading again sees the state it was judged against
+on any replica, not an older copy until the TTL (a write that reached AWS around the cache:
+a replica killed before its write-through, a change made around the gateway). It then
+re-checks it still owns the lock, then (unless validate_only) hands the write to the
+settlement, which calls AWS, reads back inside the lock and writes that through to the
+cache, so the etag it returns is the one every replica's next read sees. A write that fails
+or is abandoned after calling AWS invalidates the cache (`_writing`): its outcome is
+unknown. One whose verdict is OVERWRITTEN answers WriteOverwritten and leaves the read-back
+in the cache (it is the truth).
+
+Operations return what happened and write into nothing: a read answers a `Read` (the value
+and how the cache served it), a write a `WriteResult` (the response and the etags around
+it). A write that fails after its fresh read says which etag it read
+(`etag_read_before(error)`), so the audit trail records it for failed writes too.
+
+With a drift detector (service/registry/writes/drift.py), every read from AWS is observed against
+the resource's history: here cache loads and the fresh read inside a write; the read-back,
+in the settlement.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+from google.protobuf.message import Message
+
+from service.auth.targets import Target
+from service.aws.port import EcrPort, NoPolicy
+from service.ecr import convert, etags
+from service.errors import EtagMismatch, NotFound, QuotaViolation, ResourceExhausted
+from service.gen.v1 import registry_pb2 as pb
+from service.registry.model import plan
+from service.registry.writes.settlement import CallerSlice, Verdict, WriteSettlement, overwritten
+from service.state.cache import CacheKey, Outcome, ReadCache
+from service.state.cache.base import Resource
+from service.state.locks import HeldLock
+
+if TYPE_CHECKING:  # drift.py imports slices.py, which imports this module
+    from service.registry.writes.drift import DriftDetector, Observed
+
+T = TypeVar("T")
+M = TypeVar("M", bound=Message)
+E = TypeVar("E", bound=BaseException)
+
+
+@dataclass(frozen=True)
+class Read(Generic[T]):
+    """A read through the cache: what it found, and how the cache served it (`x-cache`)."""
+
+    value: T | None  # None: there is none (a registry without a policy)
+    cache_outcome: Outcome | None  # None: not served by the cache (negative caching off)
+    not_found: NotFound | None = None  # what a caller asking for the missing value is told
+
+    def answer(self) -> T:
+        """The value, or the NotFound a caller asking for it is answered."""
+        if self.value is None:
+            assert self.not_found is not None
+            raise self.not_found
+        return self.value
+
+
+@dataclass(frozen=True)
+class WriteResult(Generic[T]):
+    """What a write did: its response, and the etags around it for the audit trail."""
+
+    response: T
+    etag_before: str  # of the configuration read fresh inside the lock
+    etag_after: str | None  # of the configuration read back; None: validate_only wrote nothing
+
+    @classmethod
+    def of(cls, response: T, update: ReplicationUpdate | PolicyUpdate) -> WriteResult[T]:
+        """The result of a write that answers `response`, built from its update."""
+        return cls(response, update.etag_before, update.etag_after)
+
+
+@dataclass(frozen=True)
+class ReplicationUpdate:
+    """A read-modify-write of the replication configuration: before, asked, after."""
+
+    before: pb.DescribeRegistryResponse  # read fresh from AWS inside the lock
+    proposed: pb.ReplicationConfiguration
+    after: pb.DescribeRegistryResponse | None  # read back after the write; None: validate_only
+
+    @property
+    def etag_before(self) -> str:
+        """The etag of the configuration the change saw."""
+        return self.before.etag
+
+    @property
+    def etag_after(self) -> str | None:
+        """The etag of the configuration read back; None with validate_only."""
+        return None if self.after is None else self.after.etag
+
+
+@dataclass(frozen=True)
+class PolicyUpdate:
+    """A read-modify-write of the registry policy: before, asked, after (None: no policy)."""
+
+    before: str | None  # read fresh from AWS inside the lock
+    proposed: str | None
+    after: str | None  # read back after the write (validate_only: the current one)
+    done: bool  # False with validate_only
+    # What AWS answered the write: the policy it took, or the one it deleted; None: no call.
+    answered: str | None = None
+
+    @property
+    def etag_before(self) -> str:
+        """The etag of the policy the change saw."""
+        return etags.of_policy(self.before)
+
+    @property
+    def etag_after(self) -> str | None:
+        """The etag of the policy read back; None with validate_only."""
+        return etags.of_policy(self.after) if self.done else None
+
+
+# The attribute naming, on the exception a write failed with, the etag it had read.
+_ETAG_READ_BEFORE = "registry_gateway_etag_read_before"
+
+
+def etag_read_before(error: BaseException) -> str | None:
+    """The etag a write read inside the lock before it failed with `error`; None when it
+    failed before reading (refused, lock unavailable, AWS unreachable on the read)."""
+    etag = getattr(error, _ETAG_READ_BEFORE, None)
+    return etag if isinstance(etag, str) else None
+
+
+def keep_etag_read_before(error: E, cause: BaseException) -> E:
+    """`error`, raised in place of the `cause` a write failed with, saying the same etag."""
+    etag = etag_read_before(cause)
+    if etag is not None:
+        setattr(error, _ETAG_READ_BEFORE, etag)
+    return error
+
+
+class Locks(Protocol):
+    """Per-registry write locks (in-process or in Redis)."""
+
+    def hold(self, registry_id: str, region: str) -> AbstractAsyncContextManager[HeldLock]:
+        """An async context manager holding the registry's lock."""
+        ...
+
+
+@functools.lru_cache(maxsize=4096)
+def _key(registry_id: str, region: str, resource: Resource) -> CacheKey:
+    # One key object per resource, not one per call (a frozen dataclass is slow to build).
+    return CacheKey(registry_id, region, resource)
+
+
+def _registry_key(target: Target) -> CacheKey:
+    return _key(target.registry_id, target.region, "registry")
+
+
+def _policy_key(target: Target) -> CacheKey:
+    return _key(target.registry_id, target.region, "policy")
+
+
+@dataclass
+class _Attempt:
+    """What a write has read so far, for its failure to say."""
+
+    etag_before: str | None = None
+
+
+class RegistryOperations:
+    """Reads and writes of registry configuration through the cache and the ECR port."""
+
+    def __init__(
+        self,
+        ecr: EcrPort,
+        locks: Locks,
+        cache: ReadCache,
+        *,
+        max_writes_per_tenant: int = 4,
+        drift: DriftDetector | None = None,
+    ) -> None:
+        self._ecr = ecr
+        self._locks = locks
+        self._cache = cache
+        self._drift = drift  # None: no history, no drift detection (unit tests)
+        self._settlement = WriteSettlement(ecr, cache, drift=drift)
+        self._max_writes_per_tenant = max_writes_per_tenant
+        self._in_flight: dict[tuple[str, str, str], int] = {}
+
+    @property
+    def settlement(self) -> WriteSettlement:
+        """The writes sent to AWS: the shutdown stops new ones and waits for these."""
+        return self._settlement
+
+    # --- reads -------------------------------------------------------------------------------
+
+    async def describe_registry(
+        self, target: Target, *, fresh: bool = False
+    ) -> Read[pb.DescribeRegistryResponse]:
+        """DescribeRegistry of the target through the cache, with the configuration's etag."""
+        return await self._read(
+            _registry_key(target),
+            # A cache load is shared: see `shared` in service/aws/port.py.
+            lambda: self._load_registry(target),
+            fresh,
+            pb.DescribeRegistryResponse,
+        )
+
+    async def get_registry_policy(
+        self, target: Target, *, fresh: bool = False
+    ) -> Read[pb.GetRegistryPolicyResponse]:
+        """GetRegistryPolicy of the target through the cache; no policy (cached too) is a
+        Read without a value, whose `answer()` is NotFound."""
+        return await self._read(
+            _policy_key(target),
+            lambda: self._load_policy(target),
+            fresh,
+            pb.GetRegistryPolicyResponse,
+        )
+
+    async def _read(
+        self, key: CacheKey, load: Callable[[], Awaitable[M]], fresh: bool, kind: type[M]
+    ) -> Read[M]:
+        outcomes: list[Outcome] = []
+        try:
+            value = await self._cache.get_or_load(
+                key, load, fresh=fresh, on_outcome=outcomes.append
+            )
+        except NotFound as exc:
+            # Served from the cache (a negative entry) or not (negative caching off).
+            return Read(None, outcomes[0] if outcomes else None, exc)
+        assert isinstance(value, kind)
+        return Read(value, outcomes[0])
+
+    async def _load_registry(self, target: Target) -> pb.DescribeRegistryResponse:
+        started = self._started()
+        described = await self._ecr.describe_registry(target, shared=True)
+        await self._observe(_registry_key(target), described, started)
+        return described
+
+    async def _load_policy(self, target: Target) -> pb.GetRegistryPolicyResponse:
+        started = self._started()
+        policy = await self._ecr.get_registry_policy(target, shared=True)
+        text = None if isinstance(policy, NoPolicy) else policy
+        await self._observe(_policy_key(target), text, started)
+        if isinstance(policy, NoPolicy):
+            raise policy.not_found()  # kept by the cache as a negative entry
+        return convert.policy_response(target.registry_id, policy)
+
+    # --- drift: what every read from AWS is compared with --------------------------------------
+
+    def _started(self) -> float:
+        return self._drift.clock() if self._drift is not None else 0.0
+
+    async def _observe(
+        self, key: CacheKey, value: Observed, started: float, *, under_lock: bool = False
+    ) -> None:
+        if self._drift is not None:
+            await self._drift.observe(key, value, started=started, under_lock=under_lock)
+
+    # --- the full writes ---------------------------------------------------------------------
+
+    async def put_registry_policy(
+        self, target: Target, policy_text: str, etag: str, validate_only: bool
+    ) -> WriteResult[pb.PutRegistryPolicyResponse]:
+        """Set the registry policy if `etag` (when given; "absent": none yet) still holds."""
+
+        def replace(current: str | None) -> str:
+            check_etag(etag, etags.of_policy(current), target)
+            return policy_text
+
+        update = await self.update_policy(target, replace, validate_only)
+        if not update.done:
+            return WriteResult.of(
+                pb.PutRegistryPolicyResponse(
+                    registry_id=target.registry_id,
+                    policy_text=policy_text,
+                    etag=update.etag_before,
+                    changes=plan.policy_changes(update.before, policy_text),
+                ),
+                update,
+            )
+        return WriteResult.of(
+            pb.PutRegistryPolicyResponse(
+                registry_id=target.registry_id,
+                policy_text=policy_text if update.answered is None else update.answered,
+                etag=etags.of_policy(update.after),
+            ),
+            update,
+        )
+
+    async def delete_registry_policy(
+        self, target: Target, etag: str, validate_only: bool
+    ) -> WriteResult[pb.DeleteRegistryPolicyResponse]:
+        """Delete the registry policy if `etag` (when given) still holds; NotFound if none."""
+
+        def remove(current: str | None) -> None:
+            check_etag(etag, etags.of_policy(current), target)
+            if current is None:
+                raise NotFound(
+                    "the registry has no registry policy", reason="REGISTRY_POLICY_NOT_FOUND"
+                )
+
+        update = await self.update_policy(target, remove, validate_only)
+        if not update.done:
+            return WriteResult.of(
+                pb.DeleteRegistryPolicyResponse(
+                    registry_id=target.registry_id,
+                    policy_text=update.before or "",
+                    etag=update.etag_before,
+                    changes=plan.policy_changes(update.before, None),
+                ),
+                update,
+            )
+        return WriteResult.of(
+            pb.DeleteRegistryPolicyResponse(
+                registry_id=target.registry_id,
+                policy_text=update.answered or "",
+                etag=etags.of_policy(update.after),
+            ),
+            update,
+        )
+
+    async def put_replication_configuration(
+        self,
+        target: Target,
+        configuration: pb.ReplicationConfiguration,
+        etag: str,
+        validate_only: bool,
+    ) -> WriteResult[pb.PutReplicationConfigurationResponse]:
+        """Replace the replication configuration if `etag` (when given) still holds."""
+
+        def replace(current: pb.DescribeRegistryResponse) -> pb.ReplicationConfiguration:
+            check_etag(etag, current.etag, target)
+            return configuration
+
+        update = await self.update_replication(target, replace, validate_only)
+        if update.after is None:
+            return WriteResult.of(
+                pb.PutReplicationConfigurationResponse(
+                    replication_configuration=configuration,
+                    etag=update.before.etag,
+                    registry_id=update.before.registry_id or target.registry_id,
+                    changes=plan.replication_changes(
+                        update.before.replication_configuration, configuration
+                    ),
+                ),
+                update,
+            )
+        return WriteResult.of(
+            pb.PutReplicationConfigurationResponse(
+                replication_configuration=update.after.replication_configuration,
+                etag=update.after.etag,
+                registry_id=update.after.registry_id or target.registry_id,
+            ),
+            update,
+        )
+
+    # --- the read-modify-write primitives, one per resource ----------------------------------
+
+    async def update_replication(
+        self,
+        target: Target,
+        change: Callable[[pb.DescribeRegistryResponse], pb.ReplicationConfiguration],
+        validate_only: bool,
+        *,
+        caller_slice: CallerSlice[pb.ReplicationConfiguration] | None = None,
+    ) -> ReplicationUpdate:
+        """Read-modify-write of the replication configuration under the registry's lock.
+
+        `change` sees the configuration read fresh from AWS inside the lock and answers the
+        one to write, or raises (etag, quota, validation) to write nothing. With
+        validate_only nothing is written and `after` is None. `caller_slice` (a slice write):
+        the write holds when that slice holds, and WriteOverwritten names that slice's etag
+        rather than the whole's.
+        """
+        key = _registry_key(target)
+        async with self._update(target) as (held, attempt):
+            started = self._started()
+            current = await self._ecr.describe_registry(target)
+            attempt.etag_before = current.etag
+            await self._observe(key, current, started, under_lock=True)
+            await self._cache.put(key, current)  # the state it is judged against
+            proposed = change(current)
+            if validate_only:
+                return ReplicationUpdate(current, proposed, None)
+            async with self._writing(key, held):
+                after, verdict = await self._settlement.replication(
+                    target, key, current, proposed, caller_slice, held
+                )
+            if verdict is Verdict.OVERWRITTEN:
+                # Outside `_writing`: the cache keeps the read-back, the truth.
+                raise overwritten(
+                    target,
+                    after.etag
+                    if caller_slice is None
+                    else caller_slice.etag(after.replication_configuration),
+                )
+            return ReplicationUpdate(current, proposed, after)
+
+    async def update_policy(
+        self,
+        target: Target,
+        change: Callable[[str | None], str | None],
+        validate_only: bool,
+        *,
+        caller_slice: CallerSlice[str | None] | None = None,
+    ) -> PolicyUpdate:
+        """Read-modify-write of the registry policy under the registry's lock.
+
+        `change` sees the policy read fresh from AWS inside the lock (None: there is none)
+        and answers the one to write, None to have none (DeleteRegistryPolicy, or nothing
+        when there is none already), or raises to write nothing. `caller_slice`: as for
+        `update_replication`.
+        """
+        key = _policy_key(target)
+        async with self._update(target) as (held, attempt):
+            started = self._started()
+            current = await self._current_policy(target)
+            attempt.etag_before = etags.of_policy(current)
+            await self._observe(key, current, started, under_lock=True)
+            await self._cache.put(  # the state it is judged against
+                key,
+                None if current is None else convert.policy_response(target.registry_id, current),
+            )
+            proposed = change(current)
+            if validate_only:
+                return PolicyUpdate(current, proposed, current, done=False)
+            if proposed is None and current is None:
+                # Nothing to delete: AWS would answer RegistryPolicyNotFoundException.
+                return PolicyUpdate(current, proposed, None, done=True)
+            async with self._writing(key, held):
+                after, verdict, answered = await self._settlement.policy(
+                    target, key, current, proposed, caller_slice, held
+                )
+            if verdict is Verdict.OVERWRITTEN:
+                # Outside `_writing`: the cache keeps the read-back, the truth.
+                raise overwritten(
+                    target,
+                    etags.of_policy(after) if caller_slice is None else caller_slice.etag(after),
+                )
+            return PolicyUpdate(current, proposed, after, done=True, answered=answered)
+
+    @asynccontextmanager
+    async def _update(self, target: Target) -> AsyncIterator[tuple[HeldLock, _Attempt]]:
+        """The registry's lock for one read-modify-write; a failure (once the write has
+        read the current value) says the etag it read (`etag_read_before`)."""
+        attempt = _Attempt()
+        try:
+            async with self._hold(target) as held:
+                yield held, attempt
+        except BaseException as exc:
+            # BaseException: a cancelled (abandoned) write is audited with its etag too.
+            if attempt.etag_before is not None:
+                setattr(exc, _ETAG_READ_BEFORE, attempt.etag_before)
+            raise
+
+    @asynccontextmanager
+    async def _hold(self, target: Target) -> AsyncIterator[HeldLock]:
+        """The registry's write lock, for at most `max_writes_per_tenant` writes of one tenant
+        at once (waiting or holding): the lock is a queue every tenant of the registry waits
+        in, and one tenant's flood of writes must not push another's past its deadline."""
+        key = (target.tenant, target.registry_id, target.region)
+        if self._in_flight.get(key, 0) >= self._max_writes_per_tenant:
+            raise ResourceExhausted(
+                f"tenant {target.tenant} already has {self._max_writes_per_tenant} writes in "
+                f"flight on registry {target.registry_id} in {target.region}; they run one "
+                "at a time: retry when one has finished",
+                reason="WRITES_IN_FLIGHT",
+                metadata={
+                    "tenant": target.tenant,
+                    "registryId": target.registry_id,
+                    "region": target.region,
+                },
+                retry_after_seconds=0.5,
+                quota_violations=(
+                    QuotaViolation(
+                        subject=f"tenant:{target.tenant}",
+                        description=f"writes in flight per registry: {self._max_writes_per_tenant}",
+                    ),
+                ),
+            )
+        self._in_flight[key] = self._in_flight.get(key, 0) + 1
+        try:
+            async with self._locks.hold(target.registry_id, target.region) as held:
+                yield held
+        finally:
+            left = self._in_flight[key] - 1
+            if left:
+                self._in_flight[key] = left
+            else:
+                del self._in_flight[key]
+
+    @asynccontextmanager
+    async def _writing(self, key: CacheKey, held: HeldLock) -> AsyncIterator[None]:
+        """Around the AWS write: lock ownership checked first; on failure, the key forgotten.
+        Meanwhile a write of the resource is marked in flight (`HeldLock.writing`): the drift
+        detector skips unlocked reads of this resource, not of the registry's other one."""
+        await held.ensure_owned()
+        async with held.writing(key.resource):
+            try:
+                yield
+            except BaseException:
+                # AWS may or may not have applied it: no replica may serve the old value as
+                # current. BaseException: a cancelled (abandoned) write counts too.
+                await self._cache.invalidate(key)
+                raise
+
+    async def _current_policy(self, target: Target) -> str | None:
+        policy = await self._ecr.get_registry_policy(target)
+        return None if isinstance(policy, NoPolicy) else policy
+
+
+def check_etag(expected: str, current: str, target: Target, what: str = "") -> None:
+    """EtagMismatch (ABORTED) when the caller's precondition `expected` (if any) fails.
+
+    `what` names a slice ("the rules of tenant payments") when the etag is of one.
+    """
+    if expected and expected != current:
+        raise EtagMismatch(
+            f"etag {expected[:64]!r} does not match the current etag {current!r} of "
+            f"{what + ' in ' if what else ''}registry "
+            f"{target.registry_id} in {target.region}; read again, reapply your change, retry",
+            metadata={
+                "currentEtag": current,
+                "registryId": target.registry_id,
+                "region": target.region,
+            },
+        )

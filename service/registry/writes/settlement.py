@@ -1,0 +1,631 @@
+"""The settlement of a write once it is sent to AWS: the put, its read-back, the write-through
+to the cache, the verdict on whether the write held, and its record in the history (or its
+report as overwritten). `RegistryOperations` (service/registry/writes/operations.py) holds the
+registry's lock around it and answers the caller from the verdict; what happens between the
+AWS call and that answer, and when a write counts as held, is decided here alone.
+
+Put, read-back, write-through and record are one unit that a caller's leaving (its deadline)
+does not cut (`_sent`): a write that reached AWS is always recorded, so no later read takes
+it for a change made around the gateway. A read-back that still answers the state before
+the write (AWS's reads may lag its writes) is read again a few times before it counts as
+another writer's; one that answers neither that state nor the write's is another writer's
+at once. A read-back that fails after the write records what AWS answered the write.
+
+All of it runs under the registry's lock, and no longer than the lock stays valid: the
+read-back (retries included) must end LOCK_MARGIN_SECONDS before the lock expires
+(`HeldLock.remaining`), and the lock must still be owned (`HeldLock.owned`) before the
+write-through and the record. Otherwise (a read-back AWS answers slowly after the caller
+left, Redis lost the lock) another replica may be writing already: nothing is written
+through nor recorded (the caller's `_writing` in operations.py forgets the key), a warning
+is logged, and the caller, if still there, hears WRITE_LOCK_LOST (`locks.lock_lost`).
+
+The read-back is compared, by meaning (service/registry/model/read_back.py), with what the write
+wrote: when it holds, the write's version is recorded ("gateway") through the drift
+detector (service/registry/writes/drift.py); when it does not, another writer's state stands: the
+cache keeps the read-back (it is the truth), the drift detector reports it (`overwritten`),
+and the caller answers WriteOverwritten (ABORTED, built by `overwritten`).
+
+A slice write (service/registry/rpcs/slice_operations.py, `CallerSlice`) holds when the caller's
+slice holds: a change to another tenant's part between the write and its read-back is not
+the caller's to hear (it is answered OK) but the operators': it is reported as drift.
+
+A write sent to AWS that got no answer (`UpstreamNoAnswer`: botocore's read timeout, a
+connection dropped after sending; service/aws/errors.py) has an unknown outcome, so it is
+settled by its read-back alone: what holds what was written is the caller's write (recorded
+as such, answered OK, never taken for drift); what still holds the state before it, after
+the read-back's retries, was not applied (UNAVAILABLE `WRITE_NOT_APPLIED`: retry); another
+writer's state is WRITE_OVERWRITTEN as above; and a read-back that fails too leaves the
+outcome unknown (UNAVAILABLE `WRITE_OUTCOME_UNKNOWN`: read again before retrying), with
+nothing recorded. A connection that failed before sending is answered as it is
+(UPSTREAM_UNREACHABLE): nothing reached AWS.
+
+At shutdown (service/app/server.py), once the grace period is over, no new write is sent
+(`stop_writes`: a write reaching this point answers UNAVAILABLE `SHUTTING_DOWN`, nothing
+written), and the gateway waits for the settlements in flight (`settled`) before it closes
+the AWS clients, Redis and the audit trail, so a write sent before is still read back,
+recorded and answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import logging
+import math
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from service.auth.targets import Target
+from service.aws.port import EcrPort, NoPolicy
+from service.call import Call, current_call, time_left
+from service.ecr import convert, etags
+from service.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    Unavailable,
+    UpstreamNoAnswer,
+    WriteOverwritten,
+)
+from service.gen.v1 import registry_pb2 as pb
+from service.registry.model import read_back
+from service.state.cache import CacheKey, ReadCache
+from service.state.locks import HeldLock, lock_lost
+
+if TYPE_CHECKING:  # drift.py imports slices.py, which imports operations.py, which imports this
+    from service.registry.writes.drift import Document, DriftDetector, Observed
+
+T = TypeVar("T")
+D = TypeVar("D")  # a document: pb.ReplicationConfiguration, or a policy's text (None: none)
+
+# A read-back that still answers the state before the write is read again after these many
+# seconds (1 s in all) before it counts as another writer's: AWS's reads may lag its writes.
+READ_BACK_RETRY_SECONDS = (0.1, 0.3, 0.6)
+# The read-back must end this long before the lock expires: what follows it (the ownership
+# check, the write-through, the record) is a few Redis calls.
+LOCK_MARGIN_SECONDS = 1.0
+# A write without an answer whose read-back says it was not applied, or says nothing: how
+# long the caller waits before retrying (as for AWS unavailable).
+RETRY_AFTER_SECONDS = 1.0
+
+log = logging.getLogger("registry_gateway.settlement")
+
+
+class _LockRunOut(Exception):
+    """The read-back would outlast the registry's lock."""
+
+
+@dataclass(frozen=True)
+class CallerSlice(Generic[D]):
+    """The caller's slice of a resource, for a slice write: whether the write holds is judged
+    on it alone (service/registry/rpcs/slice_operations.py builds it from slices.Ownership)."""
+
+    part: Callable[[D], D]  # the caller's part of a document, alone
+    merged: Callable[[D, D], D]  # a document with its caller's part replaced by another's
+    etag: Callable[[D], str]  # the etag of the caller's part of a document (its slice etag)
+
+
+class Verdict(enum.Enum):
+    """What a write's read-back says of it."""
+
+    HOLDS = "holds"  # AWS holds what was written
+    SLICE_HOLDS = "slice_holds"  # the caller's slice holds; another part changed meanwhile
+    OVERWRITTEN = "overwritten"  # another writer's state stands
+
+
+def _judged(
+    holds: Callable[[D, D, D | None], bool],
+    written: D,
+    after: D,
+    answered: D | None,
+    caller_slice: CallerSlice[D] | None,
+) -> Verdict:
+    if holds(written, after, answered):
+        return Verdict.HOLDS
+    if caller_slice is not None:
+        part = caller_slice.part
+        try:
+            mine = holds(part(written), part(after), None if answered is None else part(answered))
+        except GatewayError:
+            mine = False  # what stands has no slice to tell (a policy that is not JSON)
+        if mine:
+            return Verdict.SLICE_HOLDS
+    return Verdict.OVERWRITTEN
+
+
+def overwritten(target: Target, current_etag: str) -> WriteOverwritten:
+    """The error a write whose verdict is OVERWRITTEN answers, naming the etag that stands."""
+    return WriteOverwritten(
+        f"the write was sent to AWS, but another writer's state now stands in registry "
+        f"{target.registry_id} in {target.region} (a change made around the gateway "
+        f"between the write and its read-back, or a write whose lock was lost): read "
+        f"again, check whether your change is still wanted, and reapply it",
+        metadata={
+            "currentEtag": current_etag,
+            "registryId": target.registry_id,
+            "region": target.region,
+        },
+    )
+
+
+def not_applied(target: Target, operation: str, current_etag: str) -> Unavailable:
+    """The error of a write AWS did not answer whose read-back still holds the state before
+    it (after the read-back's retries): not applied, safe to retry with the same etag."""
+    return Unavailable(
+        f"AWS ECR did not answer {operation} in time, and a read-back of registry "
+        f"{target.registry_id} in {target.region} still holds the state before it: the write "
+        f"was not applied; retry",
+        reason="WRITE_NOT_APPLIED",
+        metadata={
+            "operation": operation,
+            "currentEtag": current_etag,
+            "registryId": target.registry_id,
+            "region": target.region,
+        },
+        retry_after_seconds=RETRY_AFTER_SECONDS,
+    )
+
+
+def shutting_down(target: Target) -> Unavailable:
+    """The error of a write that reaches AWS's door once the gateway has stopped sending
+    writes (shutdown, the grace period over): nothing was sent, retry on another replica."""
+    return Unavailable(
+        f"the gateway is stopping: the write to registry {target.registry_id} in "
+        f"{target.region} was not sent to AWS; retry (another replica will answer)",
+        reason="SHUTTING_DOWN",
+        metadata={"registryId": target.registry_id, "region": target.region},
+        retry_after_seconds=RETRY_AFTER_SECONDS,
+    )
+
+
+def outcome_unknown(target: Target, operation: str) -> Unavailable:
+    """The error of a write AWS did not answer whose read-back failed too: it may or may not
+    have been applied. UNAVAILABLE, like WRITE_LOCK_LOST, the other write of unknown
+    outcome: retried with its etag it is safe (at worst ETAG_MISMATCH); clients retry
+    UNAVAILABLE writes only with one."""
+    return Unavailable(
+        f"AWS ECR did not answer {operation}, and registry {target.registry_id} in "
+        f"{target.region} could not be read back: the write may or may not have been applied; "
+        f"read again before retrying",
+        reason="WRITE_OUTCOME_UNKNOWN",
+        metadata={
+            "operation": operation,
+            "registryId": target.registry_id,
+            "region": target.region,
+        },
+        retry_after_seconds=RETRY_AFTER_SECONDS,
+    )
+
+
+class WriteSettlement:
+    """A write sent to AWS, settled: put, read back, write through, judge, record."""
+
+    def __init__(
+        self, ecr: EcrPort, cache: ReadCache, *, drift: DriftDetector | None = None
+    ) -> None:
+        self._ecr = ecr
+        self._cache = cache
+        self._drift = drift  # None: no history, no drift detection (unit tests)
+        # Settlements running (each a task its caller's leaving does not cancel), and
+        # whether new writes are still sent (False once the shutdown's grace period is over).
+        self._settling: set[asyncio.Future[Any]] = set()
+        self._sending = True
+
+    @property
+    def in_flight(self) -> int:
+        """How many writes sent to AWS are being settled right now."""
+        return sum(1 for task in self._settling if not task.done())
+
+    def stop_writes(self) -> None:
+        """Send no more writes to AWS (shutdown): each one that gets this far is refused
+        (`shutting_down`); those already sent settle as usual."""
+        self._sending = False
+
+    async def settled(self) -> None:
+        """Until every settlement running (and any that starts meanwhile) has ended; the
+        caller bounds the wait (the shutdown)."""
+        while pending := {task for task in self._settling if not task.done()}:
+            await asyncio.wait(pending)
+
+    async def replication(
+        self,
+        target: Target,
+        key: CacheKey,
+        current: pb.DescribeRegistryResponse,
+        proposed: pb.ReplicationConfiguration,
+        caller_slice: CallerSlice[pb.ReplicationConfiguration] | None,
+        held: HeldLock,
+    ) -> tuple[pb.DescribeRegistryResponse, Verdict]:
+        """Write `proposed` over `current` (read fresh under `held`, the registry's lock) as
+        one unit a caller's leaving does not cut: the read-back and its verdict."""
+        return await self._sent(
+            target, self._write_replication(target, key, current, proposed, caller_slice, held)
+        )
+
+    async def policy(
+        self,
+        target: Target,
+        key: CacheKey,
+        current: str | None,
+        proposed: str | None,
+        caller_slice: CallerSlice[str | None] | None,
+        held: HeldLock,
+    ) -> tuple[str | None, Verdict, str]:
+        """Put `proposed` (None: delete) over `current` as one unit a caller's leaving does
+        not cut: the read-back, its verdict, and what AWS answered the write."""
+        return await self._sent(
+            target, self._write_policy(target, key, current, proposed, caller_slice, held)
+        )
+
+    async def _write_replication(
+        self,
+        target: Target,
+        key: CacheKey,
+        current: pb.DescribeRegistryResponse,
+        proposed: pb.ReplicationConfiguration,
+        caller_slice: CallerSlice[pb.ReplicationConfiguration] | None,
+        held: HeldLock,
+    ) -> tuple[pb.DescribeRegistryResponse, Verdict]:
+        """Put, read back, write through, record: one unit (run by `_sent`)."""
+        operation = "put_replication_configuration"
+        answered: pb.ReplicationConfiguration | None = None
+        unanswered = False
+        try:
+            answered = await self._ecr.put_replication_configuration(
+                target, proposed, finish_once_sent=True
+            )
+        except UpstreamNoAnswer:
+            unanswered = True  # sent: settled by the read-back alone
+
+        def verdict(after: pb.DescribeRegistryResponse) -> Verdict:
+            return _judged(
+                read_back.replication_holds,
+                proposed,
+                after.replication_configuration,
+                answered,
+                caller_slice,
+            )
+
+        try:
+            after, judged = await _within(
+                held,
+                _read_back(
+                    lambda: self._ecr.describe_registry(target),
+                    verdict,
+                    unchanged=lambda after: after.etag == current.etag,
+                ),
+            )
+        except _LockRunOut:
+            raise _lost(target, "its read-back would outlast the lock") from None
+        except Exception:
+            if not await held.owned():
+                raise _lost(target, "the lock was lost during its read-back") from None
+            if answered is None:
+                raise _unknown(target, operation) from None
+            await self._record_answered(
+                target, key, _described(current, answered), etag_before=current.etag
+            )
+            raise
+        if not await held.owned():
+            raise _lost(target, "the lock was lost during its read-back")
+        if unanswered:
+            _unanswered(target, operation, judged, after.etag == current.etag, current.etag)
+        await self._cache.put(key, after)
+
+        def expected() -> pb.DescribeRegistryResponse:
+            assert caller_slice is not None
+            mine = caller_slice.part(after.replication_configuration)
+            return _described(after, caller_slice.merged(proposed, mine))
+
+        await self._settle(
+            target,
+            key,
+            judged,
+            written=proposed,
+            after=after,
+            expected=expected,
+            etag_before=current.etag,
+        )
+        return after, judged
+
+    async def _write_policy(
+        self,
+        target: Target,
+        key: CacheKey,
+        current: str | None,
+        proposed: str | None,
+        caller_slice: CallerSlice[str | None] | None,
+        held: HeldLock,
+    ) -> tuple[str | None, Verdict, str]:
+        """Put (or delete), read back, write through, record: one unit (run by `_sent`)."""
+        operation = "put_registry_policy" if proposed is not None else "delete_registry_policy"
+        unanswered = False
+        try:
+            if proposed is None:
+                answered = await self._ecr.delete_registry_policy(target, finish_once_sent=True)
+            else:
+                answered = await self._ecr.put_registry_policy(
+                    target, proposed, finish_once_sent=True
+                )
+        except UpstreamNoAnswer:
+            # Sent: settled by the read-back alone. A delete answers the policy it deleted.
+            unanswered = True
+            answered = (current or "") if proposed is None else proposed
+        # A delete answers the policy it deleted: no form of what now stands (nor has a write
+        # AWS did not answer).
+        form = answered if proposed is not None and not unanswered else None
+        etag_before = etags.of_policy(current)
+        try:
+            after, judged = await _within(
+                held,
+                _read_back(
+                    lambda: self._current_policy(target),
+                    lambda after: _judged(
+                        read_back.policy_holds, proposed, after, form, caller_slice
+                    ),
+                    unchanged=lambda after: etags.of_policy(after) == etag_before,
+                ),
+            )
+        except _LockRunOut:
+            raise _lost(target, "its read-back would outlast the lock") from None
+        except Exception:
+            if not await held.owned():
+                raise _lost(target, "the lock was lost during its read-back") from None
+            if unanswered:
+                raise _unknown(target, operation) from None
+            taken = None if proposed is None else (form or proposed)
+            await self._record_answered(target, key, taken, etag_before)
+            raise
+        if not await held.owned():
+            raise _lost(target, "the lock was lost during its read-back")
+        if unanswered:
+            unchanged = etags.of_policy(after) == etag_before
+            _unanswered(target, operation, judged, unchanged, etag_before)
+            if proposed is not None and after is not None:
+                answered = after  # AWS's form of what it took
+        await self._cache.put(
+            key, None if after is None else convert.policy_response(target.registry_id, after)
+        )
+
+        def expected() -> str | None:
+            assert caller_slice is not None
+            return caller_slice.merged(proposed, caller_slice.part(after))
+
+        await self._settle(
+            target,
+            key,
+            judged,
+            written=proposed,
+            after=after,
+            expected=expected,
+            etag_before=etag_before,
+        )
+        return after, judged, answered
+
+    async def _sent(self, target: Target, write: Coroutine[Any, Any, T]) -> T:
+        """A write sent to AWS is not abandoned half-way: if the caller leaves (its deadline
+        passed, or the server cut the call at shutdown), the write, with its read-back and
+        its record, still finishes, under the registry lock, before the cancellation goes
+        on; the caller's `_writing` (operations.py) then forgets the key, and the audit line
+        says CANCELLED (outcome unknown to the caller). Once `stop_writes` was called,
+        nothing is sent (SHUTTING_DOWN)."""
+        if not self._sending:
+            write.close()
+            raise shutting_down(target)
+        task = asyncio.ensure_future(write)
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.wait([task])
+            if not task.cancelled():
+                task.exception()  # retrieved: the caller has left, and `_writing` forgets the key
+            raise
+
+    async def _current_policy(self, target: Target) -> str | None:
+        policy = await self._ecr.get_registry_policy(target)
+        return None if isinstance(policy, NoPolicy) else policy
+
+    # --- drift: recording the write, or reporting it overwritten -------------------------------
+
+    async def _settle(
+        self,
+        target: Target,
+        key: CacheKey,
+        verdict: Verdict,
+        *,
+        written: Document,
+        after: Observed,
+        expected: Callable[[], Observed],
+        etag_before: str,
+    ) -> None:
+        """After a write's read-back, written through to the cache: record the write's
+        version, or report that another writer's state stands (`overwritten`).
+
+        SLICE_HOLDS: the write is recorded as it left the resource (`expected`: the others'
+        parts as written, the caller's as read back), then the read-back observed against it,
+        so the other part's change is reported once as drift (`out_of_band_change`)."""
+        if self._drift is None:
+            return
+        tenant, who, rpc, request_id = _author(target)
+        if verdict is Verdict.OVERWRITTEN:
+            await self._drift.overwritten(
+                key,
+                written,
+                after,
+                etag_before=etag_before,
+                tenant=tenant,
+                identity=who,
+                rpc=rpc,
+                request_id=request_id,
+            )
+            return
+        recorded = after if verdict is Verdict.HOLDS else expected()
+        await self._drift.record_write(
+            key, recorded, tenant=tenant, identity=who, rpc=rpc, etag_before=etag_before
+        )
+        if verdict is Verdict.SLICE_HOLDS:
+            await self._drift.observe(key, after, started=self._drift.clock(), under_lock=True)
+
+    async def _record_answered(
+        self, target: Target, key: CacheKey, answered: Observed, etag_before: str
+    ) -> None:
+        """A write reached AWS but its read-back failed: record what AWS answered the write
+        as its version (the cache forgets the key), so that the next read does not report
+        the gateway's own write as a change made around it (drift.py compares by meaning
+        with a head the gateway wrote)."""
+        if self._drift is None:
+            return
+        tenant, who, rpc, _ = _author(target)
+        await self._drift.record_write(
+            key, answered, tenant=tenant, identity=who, rpc=rpc, etag_before=etag_before
+        )
+
+
+def _call() -> Call | None:
+    """The call in flight (read only: who wrote, for the history), None outside one."""
+    try:
+        return current_call()
+    except LookupError:
+        return None
+
+
+def _author(target: Target) -> tuple[str, str | None, str | None, str | None]:
+    """Who writes, as the history and the audit name it: tenant, identity, rpc, request id."""
+    call = _call()
+    identity = call.identity if call is not None else None
+    who = f"{identity.kind}:{identity.subject}" if identity is not None else None
+    rpc = call.rpc if call is not None else None
+    return target.tenant, who, rpc, call.request_id if call is not None else None
+
+
+def _described(
+    like: pb.DescribeRegistryResponse, configuration: pb.ReplicationConfiguration
+) -> pb.DescribeRegistryResponse:
+    """A DescribeRegistry answer holding `configuration` (with its etag), for the history."""
+    return convert.describe_response(
+        {
+            "registryId": like.registry_id,
+            "replicationConfiguration": convert.replication_to_aws(configuration),
+        }
+    )
+
+
+def _unanswered(
+    target: Target, operation: str, verdict: Verdict, unchanged: bool, etag_before: str
+) -> None:
+    """The read-back of a write AWS did not answer: raise WRITE_NOT_APPLIED when it still
+    holds the state before the write (the retries of `_read_back` spent); otherwise log
+    what it showed and let the settlement go on (held: the caller's write, recorded as
+    such; another writer's state: WRITE_OVERWRITTEN)."""
+    fields = {"tenant": target.tenant, "operation": operation}
+    if verdict is Verdict.OVERWRITTEN and unchanged:
+        log.warning(
+            "AWS did not answer %s on registry %s in %s; its read-back holds the state "
+            "before it: not applied",
+            operation,
+            target.registry_id,
+            target.region,
+            extra=fields,
+        )
+        raise not_applied(target, operation, etag_before)
+    log.warning(
+        "AWS did not answer %s on registry %s in %s; its read-back %s",
+        operation,
+        target.registry_id,
+        target.region,
+        "holds another writer's state"
+        if verdict is Verdict.OVERWRITTEN
+        else "holds the write: recorded as the caller's",
+        extra=fields,
+    )
+
+
+def _unknown(target: Target, operation: str) -> GatewayError:
+    """A write AWS did not answer whose read-back failed: nothing recorded (the caller's
+    `_writing` forgets the key); WRITE_OUTCOME_UNKNOWN."""
+    log.warning(
+        "AWS did not answer %s on registry %s in %s and its read-back failed: outcome "
+        "unknown, not recorded (if it was applied, the next read reports it as drift)",
+        operation,
+        target.registry_id,
+        target.region,
+        extra={"tenant": target.tenant, "operation": operation},
+    )
+    return outcome_unknown(target, operation)
+
+
+def _lost(target: Target, why: str) -> GatewayError:
+    """A write sent to AWS whose settlement cannot finish under its lock: nothing is written
+    through nor recorded (the caller's `_writing` forgets the key); WRITE_LOCK_LOST."""
+    log.warning(
+        "write to registry %s in %s not recorded: %s; another writer may have written since",
+        target.registry_id,
+        target.region,
+        why,
+        extra={"tenant": target.tenant},
+    )
+    return lock_lost(target.registry_id, sent=True)
+
+
+async def _within(held: HeldLock, settling: Coroutine[Any, Any, T]) -> T:
+    """`settling`, ended LOCK_MARGIN_SECONDS before the lock expires (`_LockRunOut`). The
+    lock's watchdog renews it meanwhile (service/state/locks.py), so its expiry is asked
+    again each time the bound is reached, rather than once."""
+    left = held.remaining()
+    if math.isinf(left):
+        return await settling
+    if left - LOCK_MARGIN_SECONDS <= 0:
+        settling.close()
+        raise _LockRunOut
+    task = asyncio.ensure_future(settling)
+    try:
+        while (left := held.remaining() - LOCK_MARGIN_SECONDS) > 0:
+            done, _ = await asyncio.wait({task}, timeout=left)
+            if done:
+                return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
+            if not task.cancelled():
+                task.exception()  # retrieved: the lock ran out first
+    raise _LockRunOut
+
+
+async def _read_back(
+    read: Callable[[], Coroutine[Any, Any, T]],
+    verdict: Callable[[T], Verdict],
+    *,
+    unchanged: Callable[[T], bool],
+) -> tuple[T, Verdict]:
+    """The read-back of a write, and what it says of the write. A read-back that does not
+    hold and still answers the state before the write (`unchanged`) may be a read that lags
+    the write: read again after READ_BACK_RETRY_SECONDS before it counts as another
+    writer's. The whole second is spent even past the caller's deadline (the caller then
+    hears DEADLINE_EXCEEDED, never a false WRITE_OVERWRITTEN)."""
+    delays = iter(READ_BACK_RETRY_SECONDS)
+    while True:
+        after = await _finished(read)
+        judged = verdict(after)
+        if judged is not Verdict.OVERWRITTEN or not unchanged(after):
+            return after, judged
+        delay = next(delays, None)
+        if delay is None:
+            return after, judged
+        await asyncio.sleep(delay)
+
+
+async def _finished(read: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """A read that belongs to a write already sent: within the call while its caller waits,
+    and once the caller's deadline has passed, like a cache load (in an empty context:
+    bounded by the AWS client's own timeouts), so the write's outcome is still known."""
+    if time_left() > 0:
+        try:
+            return await read()
+        except DeadlineExceeded:
+            if time_left() > 0:
+                raise
+    return await asyncio.create_task(read(), context=contextvars.Context())
