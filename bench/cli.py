@@ -4,10 +4,11 @@
                                docs/performance.md, docs/performance-latency.png
     python -m bench --quick    under a minute (make bench-quick): bench/results/quick.json
                                only; the published page is left alone
-    python -m bench --only reads,storm       some scenarios: reads cold storm writes scale
-                                             ablation attack edge-body edge-json edge-idle
-                                             edge-streams accounts (ablation, edge-* and
-                                             accounts are not in --quick by default); writes
+    python -m bench --only reads,storm       some scenarios: reads paired cold storm writes
+                                             scale ablation attack edge-body edge-json
+                                             edge-idle edge-streams accounts (ablation,
+                                             paired, edge-* and accounts are not in --quick
+                                             by default); writes
                                              bench/results/<mode>-<names>.json only, never
                                              latest.json or the page
     python -m bench --quick --only attack --gateway-rev HEAD
@@ -44,6 +45,7 @@ DOCS = ROOT / "docs"
 CHART = "performance-latency.png"
 SCENARIOS = (
     "reads",
+    "paired",
     "cold",
     "storm",
     "writes",

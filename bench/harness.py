@@ -1443,6 +1443,12 @@ class Run:
             ),
         ]
 
+    def paired(self) -> None:
+        """Cached reads against the bare server, paired round by round (bench/paired.py)."""
+        from bench.paired import run_scenario  # it imports this module
+
+        run_scenario(self)
+
     def accounts(self) -> None:
         """Memory and time to SERVING against (account, region) clients (bench/many_accounts.py)."""
         from bench.many_accounts import run_scenario  # it imports this module
@@ -1490,6 +1496,7 @@ class Run:
         self.start()
         steps: list[tuple[str, Callable[[], None]]] = [
             ("reads", self.reads),
+            ("paired", self.paired),
             ("cold", self.direct_and_cold),
             ("storm", self.storm),
             ("writes", self.writes),
@@ -1503,7 +1510,7 @@ class Run:
         for name, step in steps:
             # Not in a quick run unless asked for by name: the ablation explains, and the edge
             # attacks and the many accounts' gateways would take a quick run past its minute.
-            skipped = name in ("ablation", MANY_ACCOUNTS) or name in EDGE_SCENARIOS
+            skipped = name in ("ablation", "paired", MANY_ACCOUNTS) or name in EDGE_SCENARIOS
             if skipped and self.only is None and self.plan.name == "quick":
                 continue
             if self._wants(name):

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from bench.paired import markdown as paired_markdown
+
 ROOT = Path(__file__).resolve().parent.parent
 FINDINGS = ROOT / "bench" / "findings.md"
 
@@ -533,6 +535,8 @@ def markdown(doc: dict[str, Any], chart_name: str) -> str:
     accounts = accounts_markdown(doc)
     accounts += "\n" if accounts else ""
     http = http_markdown(doc)
+    paired = paired_markdown(doc)
+    paired += "\n" if paired else ""
     pinning = (
         f"server on cpu {s['server_cpus']}, load generator and AWS stand-in on cpu "
         f"{s['client_cpus']} (taskset / sched_setaffinity)"
@@ -573,5 +577,5 @@ Compare such rows by CPU per call, which holds steadier.
 
 {verdicts_markdown(doc)}
 
-{http}{attack}{edge}{accounts}{findings}
+{paired}{http}{attack}{edge}{accounts}{findings}
 """

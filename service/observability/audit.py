@@ -6,20 +6,52 @@ serves (a change made around it, a write overwritten) leave a line with an `even
 Never a key, a token or a policy text: the identity is a digest prefix, a JWT subject or a
 SPIFFE ID, and a policy is its digest.
 Every text field is passed through `echo`: at most 128 characters, nothing unprintable.
+
+Never on the event loop's time: a line is built and queued by the caller (one event loop
+serves every tenant's calls) and written and flushed by a thread of its own, so a slow or
+stuck sink (a full disk, a network volume, a stdout pipe nobody reads) delays no call. The
+thread is the standard library's `logging.handlers.QueueListener` draining a bounded queue
+into one handler that writes each line whole and flushes it, in order:
+
+- the queue holds AUDIT_QUEUE_LINES lines. A line that finds it full (the sink has taken
+  nothing for that long: at the gateway's write rates, many minutes) is dropped rather than
+  waited for, counted (`queue_full` in registry_gateway_audit_lines_lost_total) and
+  logged at ERROR once per such episode: waiting would stall every tenant's reads behind
+  the audit sink, which is what this exists to prevent;
+- a write the sink refuses (OSError: disk full, closed pipe) loses that line, counted
+  (`write_failed`) and logged once per episode, and the thread goes on with the next;
+- `close()` (the shutdown, after every call's reporters have run: service/app/server.py)
+  drains the queue into the sink before the file closes, waiting up to CLOSE_SECONDS for a
+  stuck sink; lines still queued then are counted (`not_written`) and logged.
+
+A caller with no running event loop (a tool, a test) writes its line itself, in its own
+time, as the trail always did: it serves nobody else.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import json
+import logging
+import queue
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from logging.handlers import QueueListener
 from typing import IO, Any
 
 from service.config import AuditConfig
 from service.echo import echo
+
+log = logging.getLogger("registry_gateway.audit")
+
+# Lines waiting for the writer thread (a few hundred bytes each: a few MB at most).
+AUDIT_QUEUE_LINES = 10_000
+# How long `close()` waits for the sink to take what is queued.
+CLOSE_SECONDS = 5.0
 
 
 @dataclass
@@ -79,10 +111,58 @@ def policy_digest(policy_text: str) -> str:
 STDOUT_MARKER = {"log": "audit"}
 
 
-class AuditLog:
-    """Appends audit lines to a file, or to stdout for `path: "-"` (marked `"log":"audit"`)."""
+class _LineSink(logging.Handler):
+    """The writer thread's end: each record's message as one line, flushed at once (what the
+    trail's readers tail). A failed write loses that line only; `failed(first)` hears of it
+    (`first`: the last write before it succeeded)."""
 
-    def __init__(self, config: AuditConfig) -> None:
+    def __init__(self, stream: IO[str], failed: Callable[[bool], None]) -> None:
+        super().__init__()
+        self._stream = stream
+        self._failed = failed
+        self._wrote = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._stream.write(f"{record.msg}\n")
+            self._stream.flush()
+        except Exception:  # any failure of the sink loses this one line, nothing more
+            self._failed(self._wrote)
+            self._wrote = False
+        else:
+            self._wrote = True
+
+
+class _Writer(QueueListener):
+    """The QueueListener whose stop waits for room for its sentinel (the documented override
+    point: the base class's `put_nowait` would raise on a full queue), so that `stop` drains
+    every line queued before it; it counts the lines it has taken from the queue."""
+
+    taken = 0
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        self.taken += 1  # the writer thread only
+        return record
+
+    def enqueue_sentinel(self) -> None:
+        self.queue.put(self._sentinel)  # type: ignore[attr-defined]
+
+
+class AuditLog:
+    """Appends audit lines to a file, or to stdout for `path: "-"` (marked `"log":"audit"`),
+    through a writer thread (see the module's docstring).
+
+    `lost(why, lines)` is told of every line that did not reach the sink: `queue_full`,
+    `write_failed`, `not_written` (still queued when `close()` gave up), `closed` (written
+    after `close()`)."""
+
+    def __init__(
+        self,
+        config: AuditConfig,
+        *,
+        lost: Callable[[str, int], None] | None = None,
+        queue_lines: int = AUDIT_QUEUE_LINES,
+    ) -> None:
         self._stream: IO[str]
         self._marker: dict[str, str] = {}
         if config.path == "-":
@@ -92,7 +172,15 @@ class AuditLog:
             # Line-buffered append: each line reaches the file whole, in order.
             self._stream = open(config.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
             self._owned = True
-        self._lock = threading.Lock()
+        self._lost = lost or (lambda why, lines: None)
+        self._queue: queue.Queue[logging.LogRecord] = queue.Queue(queue_lines)
+        self._sink = _LineSink(self._stream, self._write_failed)
+        self._writer = _Writer(self._queue, self._sink)
+        self._queued = 0  # lines put in the queue (the writer counts those it took)
+        self._started = False  # the thread starts with the first queued line
+        self._closed = False
+        self._overflowing = False  # dropping lines since the last one queued
+        self._lock = threading.Lock()  # start and close, from any thread
 
     def write(
         self,
@@ -140,12 +228,75 @@ class AuditLog:
         self._emit(line)
 
     def _emit(self, line: dict[str, Any]) -> None:
-        text = json.dumps(line, separators=(",", ":"), ensure_ascii=False)
-        with self._lock:
-            self._stream.write(text + "\n")
-            self._stream.flush()
+        # Serialized here: the queue holds finished text, nothing a caller could still change.
+        record = logging.makeLogRecord(
+            {"msg": json.dumps(line, separators=(",", ":"), ensure_ascii=False)}
+        )
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            self._sink.handle(record)  # no event loop to keep free: written in the caller
+            return
+        if self._closed:
+            log.error("an audit line came after the audit trail was closed: it is lost")
+            self._lost("closed", 1)
+            return
+        if not self._started:
+            self._start()
+        try:
+            self._queue.put_nowait(record)
+            self._queued += 1
+        except queue.Full:
+            if not self._overflowing:
+                self._overflowing = True
+                log.error(
+                    "audit lines are being dropped: %d lines wait for a sink that takes none "
+                    "(registry_gateway_audit_lines_lost_total counts them)",
+                    self._queue.maxsize,
+                )
+            self._lost("queue_full", 1)
+        else:
+            self._overflowing = False
 
-    def close(self) -> None:
-        """Close the file (not stdout)."""
+    def _start(self) -> None:
+        with self._lock:
+            if not self._started and not self._closed:
+                self._writer.start()
+                self._started = True
+
+    def _write_failed(self, first: bool) -> None:
+        # In the writer thread (or a caller without a loop): logged once per run of failures,
+        # each counted. The exception's text is not logged: the line it failed on may be in it.
+        if first:
+            log.error(
+                "the audit sink refused a line: it is lost, and so is every line until the "
+                "sink takes one again (registry_gateway_audit_lines_lost_total counts them)"
+            )
+        self._lost("write_failed", 1)
+
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
+        """Write every queued line, then close the file (not stdout). A sink that takes
+        them for longer than `timeout` seconds is left to its thread (the file stays open for
+        it) and the lines still queued are counted lost."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            started = self._started
+        if started:
+            # `stop` queues a sentinel after every line and joins the thread; in a thread of
+            # its own, so that a stuck sink bounds this wait rather than hanging the shutdown.
+            stopping = threading.Thread(target=self._writer.stop, name="audit-close", daemon=True)
+            stopping.start()
+            stopping.join(timeout)
+            if stopping.is_alive():
+                left = self._queued - self._writer.taken
+                log.error(
+                    "closing the audit trail with %d lines not written: its sink took none for %gs",
+                    left,
+                    timeout,
+                )
+                self._lost("not_written", left)
+                return
         if self._owned:
             self._stream.close()

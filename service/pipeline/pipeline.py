@@ -11,10 +11,13 @@ the audit trail are the same whichever transport a call came by.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import os
 import random
-import secrets
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -26,7 +29,7 @@ from service.config import ServerConfig
 from service.echo import safe_request_id
 from service.errors import REQUEST_ID_KEY
 from service.observability.audit import AuditLog, WriteRecord
-from service.observability.metrics import Metrics
+from service.observability.metrics import MethodMetrics, Metrics
 from service.observability.tracing import Tracing
 from service.pipeline.gates import Admit, Authenticate
 from service.pipeline.reporters import (
@@ -40,6 +43,47 @@ from service.pipeline.reporters import (
 from service.state.ratelimit import RateLimiter, UpstreamBudget
 
 CACHE_CONTROL_KEY = "cache-control"
+log = logging.getLogger("registry_gateway.calls")
+
+# Random bytes drawn from the kernel per batch of request ids, not per id.
+_ID_HEX_DIGITS = 32
+_ID_BATCH = 256
+
+
+class _RandomHex:
+    """Request ids: 32 hex digits (128 bits, the size of uuid4().hex) from `os.urandom`, drawn
+    a batch of 256 ids at a time instead of one `getrandom` system call per call.
+
+    Each id is as random as `secrets.token_hex(16)`'s: no counter or process prefix a caller
+    could read other callers' ids or the replica's call rate from (ids are echoed to
+    callers). A forked worker starts a batch of its own (`os.register_at_fork`), so no two
+    processes hand out the same ids. Called on the event loop's thread only.
+    """
+
+    __slots__ = ("_at", "_pool")
+
+    def __init__(self) -> None:
+        self._pool = ""
+        self._at = 0
+
+    def take(self) -> str:
+        """The next id."""
+        at = self._at
+        end = at + _ID_HEX_DIGITS
+        if end > len(self._pool):
+            self._pool = os.urandom(_ID_HEX_DIGITS // 2 * _ID_BATCH).hex()
+            at, end = 0, _ID_HEX_DIGITS
+        self._at = end
+        return self._pool[at:end]
+
+    def forget(self) -> None:
+        """Drop the batch (in a forked child: the parent's ids are the parent's)."""
+        self._pool = ""
+        self._at = 0
+
+
+_NEW_IDS = _RandomHex()
+os.register_at_fork(after_in_child=_NEW_IDS.forget)
 
 
 def request_id(metadata: Iterable[tuple[str, Any]]) -> str:
@@ -50,8 +94,7 @@ def request_id(metadata: Iterable[tuple[str, Any]]) -> str:
             # Anything else is replaced, not repeated: it goes into log fields and trailers.
             if safe_request_id(value):
                 return value
-    # The same 32 hex digits as uuid4().hex, without building a UUID object (~2 us a call).
-    return secrets.token_hex(16)
+    return _NEW_IDS.take()
 
 
 def no_cache(metadata: Iterable[tuple[str, Any]]) -> bool:
@@ -60,6 +103,19 @@ def no_cache(metadata: Iterable[tuple[str, Any]]) -> bool:
         if key == CACHE_CONTROL_KEY and isinstance(value, str):
             return "no-cache" in value.lower()
     return False
+
+
+@dataclass(frozen=True, slots=True)
+class MethodPlan:
+    """What the pipeline does for every call of one method, decided on its first call: its
+    name, whether it writes, its metrics' label children, and the reporters that observe it
+    (a reporter with nothing to do for the method is left out: the audit for reads, the
+    tracing one when tracing is off)."""
+
+    rpc: str
+    is_write: bool
+    metrics: MethodMetrics
+    reporters: tuple[Reporter, ...]
 
 
 class Pipeline:
@@ -84,18 +140,44 @@ class Pipeline:
         self.tenancy = tenancy
         self.authenticate = Authenticate(self.metrics, auth_failures)
         self.admit = Admit(rate_limiter, upstream_budget)
+        # Whether every call must pass `admit`; without a rate limit only the calls past the
+        # cache (writes, no-cache and uncached reads) have anything to be admitted to.
+        self.rate_limited = rate_limiter is not None
         self._method_metrics = MetricsReporter(self.metrics)
-        reporters: list[Reporter] = [
-            self._method_metrics,
-            TracingReporter(),
-            AccessLogReporter(hit_log_sample_rate, sample),
-        ]
+        # In the order they run: metrics first (the count stands whatever the others do).
+        reporters: list[Reporter] = [self._method_metrics]
+        self._tracing = self.tracing.enabled  # decided at start-up (service/app/server.py)
+        if self._tracing:
+            reporters.append(TracingReporter())
+        reporters.append(AccessLogReporter(hit_log_sample_rate, sample))
+        self._reads_reporters = tuple(reporters)
         if audit is not None:
             reporters.append(AuditReporter(audit))
-        self._reporters = tuple(reporters)
+        self._writes_reporters = tuple(reporters)
+        self._plans: dict[str, MethodPlan] = {}
+        # Reporters that raised, by name: each kind is logged once, every failure counted.
+        self._failed_reporters: set[str] = set()
         self.default_deadline = server.default_deadline_seconds
         self.max_deadline = server.max_deadline_seconds
         self.max_message_bytes = server.max_message_bytes
+        # Calls started and not yet reported: the shutdown closes the reporters' sinks (the
+        # audit file) only once none is left (`idle`), or its wait for them is over.
+        self._open = 0
+        self._idle: asyncio.Event | None = None
+
+    def plan(self, method: str) -> MethodPlan:
+        """The method's plan (`/package.Service/Method`), made on its first call."""
+        plan = self._plans.get(method)
+        if plan is None:
+            rpc = method.rsplit("/", 1)[-1]
+            is_write = rpc in WRITES
+            plan = self._plans[method] = MethodPlan(
+                rpc,
+                is_write,
+                self._method_metrics.for_method(method),
+                self._writes_reporters if is_write else self._reads_reporters,
+            )
+        return plan
 
     def budget(self, remaining: float | None) -> tuple[float, bool]:
         """Seconds a call may take given the caller's deadline (`remaining`, None: none
@@ -110,17 +192,20 @@ class Pipeline:
     def started(self, method: str, metadata: Iterable[tuple[str, Any]]) -> Outcome:
         """A call has arrived: count it, open its span, name it; its outcome so far is
         CANCELLED (what it stays if the call ends before anything else is known)."""
-        self._method_metrics.for_method(method).started.inc()
-        traced = self.tracing.rpc(method, metadata)
-        span = traced.__enter__()
-        rpc = method.rsplit("/", 1)[-1]
+        plan = self._plans.get(method) or self.plan(method)
+        plan.metrics.start()
+        traced = span = None
+        if self._tracing:
+            traced = self.tracing.rpc(method, metadata)
+            span = traced.__enter__()
+        self._open += 1  # until `ended`
         return Outcome(
             method,
-            rpc,
+            plan.rpc,
             request_id(metadata),
             None,
             None,
-            WriteRecord() if rpc in WRITES else None,
+            WriteRecord() if plan.is_write else None,
             grpc.StatusCode.CANCELLED,
             "CANCELLED",
             0.0,
@@ -130,7 +215,46 @@ class Pipeline:
         )
 
     def ended(self, outcome: Outcome) -> None:
-        """The call has ended as `outcome` says: every reporter observes it."""
+        """The call has ended as `outcome` says: every reporter of its method observes it.
+
+        A reporter never fails the call (its answer is decided, perhaps already sent): one
+        that raises is counted (registry_gateway_reporter_failures_total{reporter}) and
+        logged once per kind, by the exception's type only (its text may carry what the
+        call carried), and the reporters after it still run."""
         outcome.seconds = time.perf_counter() - outcome.started
-        for reporter in self._reporters:
-            reporter.post_call(outcome)
+        plan = self._plans.get(outcome.method) or self.plan(outcome.method)
+        try:
+            for reporter in plan.reporters:
+                try:
+                    reporter.post_call(outcome)
+                except Exception as exc:  # a reporter never fails the call: see above
+                    self._reporter_failed(reporter.name, exc)
+        finally:
+            self._open -= 1
+            if not self._open and self._idle is not None:
+                self._idle.set()
+
+    def _reporter_failed(self, name: str, exc: Exception) -> None:
+        self.metrics.reporter_failures.labels(name).inc()
+        if name not in self._failed_reporters:
+            self._failed_reporters.add(name)
+            log.error(
+                "the %s reporter failed (%s); the call's answer stands. Its later failures "
+                "are counted in registry_gateway_reporter_failures_total, not logged",
+                name,
+                type(exc).__name__,
+            )
+
+    @property
+    def open_calls(self) -> int:
+        """Calls started and not reported yet."""
+        return self._open
+
+    async def idle(self) -> None:
+        """Until every call started has been reported (its audit line written); the caller
+        bounds the wait (the shutdown)."""
+        while self._open:
+            if self._idle is None:
+                self._idle = asyncio.Event()
+            self._idle.clear()
+            await self._idle.wait()

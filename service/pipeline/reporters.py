@@ -2,7 +2,9 @@
 the pipeline times the call, reporters only observe it through one `post_call`).
 
 The pipeline builds one `Outcome` per call, whatever its end, and hands it to each
-reporter in turn; a reporter never changes the answer and never raises into the call.
+reporter of the call's method in turn; a reporter never changes the answer and never raises
+into the call: the pipeline guards each one (service/pipeline/pipeline.py `ended`), so one
+that fails is counted and logged and the others still run.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from opentelemetry.trace import Span
 from service.auth.identity import Identity
 from service.call import Call
 from service.observability.audit import AuditLog, WriteRecord
-from service.observability.metrics import MethodMetrics, Metrics
+from service.observability.metrics import Metrics
 from service.observability.tracing import end_rpc
 
 log = logging.getLogger("registry_gateway.calls")
@@ -53,6 +55,9 @@ class Outcome:
 class Reporter(Protocol):
     """Observes how calls end."""
 
+    # What its failures are counted and logged as (registry_gateway_reporter_failures_total).
+    name: str
+
     def post_call(self, outcome: Outcome) -> None:
         """Record one call's outcome."""
         ...
@@ -61,16 +66,11 @@ class Reporter(Protocol):
 class MetricsReporter:
     """grpc_server_handled_total / handling_seconds per method and code, and denials."""
 
+    name = "metrics"
+
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        self._methods: dict[str, MethodMetrics] = {}
-
-    def for_method(self, method: str) -> MethodMetrics:
-        """The pre-bound metrics of a method (bound once, on its first call)."""
-        measured = self._methods.get(method)
-        if measured is None:
-            measured = self._methods[method] = self._metrics.for_method(method)
-        return measured
+        self.for_method = metrics.for_method
 
     def post_call(self, outcome: Outcome) -> None:
         """Count the call by code, with its latency."""
@@ -83,6 +83,8 @@ class TracingReporter:
     """Ends the call's span with the real code (OpenTelemetry's aio instrumentation would
     record an abort as OK)."""
 
+    name = "tracing"
+
     def post_call(self, outcome: Outcome) -> None:
         """Set the span's status and close it."""
         end_rpc(outcome.span, outcome.code, outcome.reason)
@@ -93,6 +95,8 @@ class TracingReporter:
 class AccessLogReporter:
     """Every error and every write; reads served from the cache only by sample, because a
     log line per hit costs more than the hit itself."""
+
+    name = "access_log"
 
     def __init__(
         self, hit_sample_rate: float = 0.01, sample: Callable[[], float] = random.random
@@ -132,6 +136,8 @@ class AccessLogReporter:
 class AuditReporter:
     """Exactly one audit line per write attempt, whatever its end (CANCELLED when the
     caller went away or its deadline passed)."""
+
+    name = "audit"
 
     def __init__(self, audit: AuditLog) -> None:
         self._audit = audit

@@ -12,20 +12,36 @@ Bounded work before authentication: the handler takes the request as raw bytes (
 would otherwise parse it on the event loop before any gateway code runs, for anyone), and
 parses it only once the caller is authenticated and the bytes are within the RPC's limit
 (service/rpc/request_limits.py). Bytes that do not parse are diagnosed within a fixed budget.
+
+Nothing held before authentication: each unary method is served as stream-unary, so that
+its behaviour runs at the call's headers, not once grpc.aio has received the message (a
+unary-unary behaviour is called only after the message has arrived, while grpc.aio's own
+`maximum_concurrent_rpcs` counted the call from its headers: a stranger's streams that
+never sent their message held every slot). At the headers the caller is authenticated
+(`intercept_service` sees the metadata but neither the TLS peer's `auth_context()`, which
+mTLS needs, nor the address, so the behaviour does it), takes a slot of its tenant and of
+the server (service/pipeline/slots.py; a stranger is refused at once and holds nothing), and
+only then is the one message read, within `server.message_timeout_seconds`
+(service/rpc/messages.py). Health and reflection need no credentials: their calls take a
+slot of the caller's address instead, and their request messages too must arrive within
+that limit.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+import contextlib
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeAlias, cast
 
 import grpc
 from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 
+from service.auth.failures import peer_key
 from service.call import Call, begin
-from service.catalog import UNCACHED_READS, WRITES
+from service.catalog import UNCACHED_READS
 from service.errors import (
     REQUEST_ID_KEY,
     DeadlineExceeded,
@@ -36,9 +52,14 @@ from service.errors import (
     to_status,
 )
 from service.pipeline.gates import FailedAuthentication
-from service.pipeline.pipeline import Pipeline, no_cache
+from service.pipeline.pipeline import Pipeline, no_cache, request_id
+from service.pipeline.slots import CallSlots
 from service.rpc import wire
+from service.rpc.messages import TimeToMessage
 from service.rpc.request_limits import max_request_bytes
+
+# `async with` of no timer: a caller's own deadline is enforced by grpc.aio.
+_NO_TIMER = contextlib.nullcontext()
 
 # Services that need no credentials: load balancers and grpcurl must reach them bare.
 EXEMPT_PREFIXES = (
@@ -96,13 +117,39 @@ Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
 _Unary: TypeAlias = "Callable[[Any, Context], Awaitable[Any]]"
+_Behaviour: TypeAlias = "Callable[[Any, Context], Awaitable[Any]]"
+
+
+async def _refuse(context: Context, error: GatewayError) -> None:
+    """Answer `error` on a call that does not run the pipeline (health, reflection)."""
+    status = to_status(error, request_id(context.invocation_metadata() or ()))
+    await context.abort(status.code, status.message, status.trailing_metadata)
+
+
+async def _send(responses: Any, context: Context) -> None:
+    """Send what a response-streaming behaviour produces, in either of grpc.aio's styles:
+    an async generator, or a coroutine that writes with `context.write`."""
+    if inspect.isasyncgen(responses):
+        async for response in responses:
+            await context.write(response)
+    elif inspect.isawaitable(responses):
+        await responses
 
 
 class GatewayInterceptor(grpc.aio.ServerInterceptor):
-    """The pipeline around each unary call of the service, over gRPC."""
+    """The pipeline around each unary call of the service, over gRPC; the address's slots
+    and the time-to-message limit around health and reflection."""
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(
+        self, pipeline: Pipeline, slots: CallSlots, messages: TimeToMessage, *, tls: bool = True
+    ) -> None:
+        """`tls`: whether any listener of the server is TLS. Without one there is no client
+        certificate to authenticate by, and the TLS peer's `auth_context()` (a dict grpc
+        builds per call) is not asked for."""
         self._pipeline = pipeline
+        self._slots = slots
+        self._messages = messages
+        self._tls = tls
         self._wrapped: dict[str, Handler] = {}
 
     async def intercept_service(
@@ -111,66 +158,146 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> Handler | None:
         method: str = details.method
-        if method.startswith(EXEMPT_PREFIXES):
-            return await continuation(details)
         cached = self._wrapped.get(method)
         if cached is not None:
             return cached
         handler = await continuation(details)
         if handler is None:
             return None
-        if handler.unary_unary is None:
-            # Fail closed: a streaming RPC added without thought for auth is refused outright.
-            raise RuntimeError(f"{method}: only unary RPCs are wrapped")
-        rpc = method.rsplit("/", 1)[-1]
-        decode = _decoder(
-            rpc,
-            handler.request_deserializer,
-            min(max_request_bytes(rpc), self._pipeline.max_message_bytes),
-        )
-        wrapped: Handler = grpc.unary_unary_rpc_method_handler(
-            self._wrap(method, cast(_Unary, handler.unary_unary), decode),
-            # None: the behaviour gets the raw bytes, parsed only after authentication.
-            request_deserializer=None,
-            response_serializer=handler.response_serializer,
-        )
+        if method.startswith(EXEMPT_PREFIXES):
+            wrapped = self._exempt(handler)
+        else:
+            if handler.unary_unary is None:
+                # Fail closed: a streaming RPC added without thought for auth is refused outright.
+                raise RuntimeError(f"{method}: only unary RPCs are wrapped")
+            rpc = method.rsplit("/", 1)[-1]
+            decode = _decoder(
+                rpc,
+                handler.request_deserializer,
+                min(max_request_bytes(rpc), self._pipeline.max_message_bytes),
+            )
+            # Stream-unary: the behaviour runs at the headers (see the module docstring).
+            wrapped = grpc.stream_unary_rpc_method_handler(
+                self._wrap(method, cast(_Unary, handler.unary_unary), decode),
+                # None: the behaviour gets the raw bytes, parsed only after authentication.
+                request_deserializer=None,
+                response_serializer=handler.response_serializer,
+            )
         self._wrapped[method] = wrapped
         return wrapped
 
-    def _wrap(self, method: str, inner: _Unary, decode: Deserializer) -> _Unary:
-        pipeline = self._pipeline
-        rpc = method.rsplit("/", 1)[-1]
-        is_write = rpc in WRITES
-        uncached = rpc in UNCACHED_READS
+    def _exempt(self, handler: Handler) -> Handler:
+        """A health or reflection method made request-streaming: it runs at the headers,
+        holds one of the caller's address's slots while it lasts, and each request message
+        must arrive within the time-to-message limit. grpc parses those messages as before
+        (small, fixed types)."""
+        slots = self._slots
+        messages = self._messages
+        request_streaming = handler.request_streaming
+        response_streaming = handler.response_streaming
+        inner = cast(
+            "Callable[[Any, Context], Any]",
+            handler.unary_unary
+            or handler.unary_stream
+            or handler.stream_unary
+            or handler.stream_stream,
+        )
 
-        async def handle(raw: bytes, context: Context) -> Any:
+        async def each(context: Context) -> AsyncIterator[Any]:
+            while True:
+                message = await messages.read(context)
+                if message is grpc.aio.EOF:
+                    return
+                yield message
+
+        async def behaviour(requests: object, context: Context) -> Any:
+            # Grouped as the HTTP listener groups them: an IPv6 peer by its /64.
+            address = peer_key(context.peer())
+            try:
+                slots.take_address(address)
+            except GatewayError as exc:
+                await _refuse(context, exc)
+            try:
+                request: Any = (
+                    each(context) if request_streaming else await messages.read_one(context)
+                )
+                result = inner(request, context)
+                if response_streaming:
+                    await _send(result, context)
+                    return None
+                return (await result) if inspect.isawaitable(result) else result
+            except GatewayError as exc:
+                await _refuse(context, exc)
+            finally:
+                slots.release_address(address)
+
+        make = (
+            grpc.stream_stream_rpc_method_handler
+            if response_streaming
+            else grpc.stream_unary_rpc_method_handler
+        )
+        return make(
+            behaviour,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap(self, method: str, inner: _Unary, decode: Deserializer) -> _Behaviour:
+        # Everything a call of this method needs that does not change per call is looked
+        # up here, once: the handler runs on every call (the hot path of a cached read).
+        pipeline = self._pipeline
+        started, ended, budget_of = pipeline.started, pipeline.ended, pipeline.budget
+        authenticate, admit, tenancies = pipeline.authenticate, pipeline.admit, pipeline.tenancy
+        take_tenant, release_tenant = self._slots.take_tenant, self._slots.release_tenant
+        read_one = self._messages.read_one
+        message_seconds = self._messages.seconds
+        tls = self._tls
+        rate_limited = pipeline.rate_limited
+        plan = pipeline.plan(method)
+        rpc, is_write = plan.rpc, plan.is_write
+        uncached = rpc in UNCACHED_READS
+        get_loop = asyncio.get_running_loop
+        ok = grpc.StatusCode.OK
+
+        async def handle(requests: object, context: Context) -> Any:
+            # Runs at the call's headers; its one message is read below, once the caller
+            # is known and holds its slot.
             metadata = context.invocation_metadata() or ()
-            outcome = pipeline.started(method, metadata)
+            outcome = started(method, metadata)
             request_id = outcome.request_id
-            tenancy = pipeline.tenancy.current
-            # grpc.aio cancels the handler at a deadline the caller sent itself.
-            budget, own_timer = pipeline.budget(context.time_remaining())
+            tenancy = tenancies.current
+            # grpc.aio cancels the handler at a deadline the caller sent itself; a timer of
+            # the gateway's own (~3-4 us a call) only for the default deadline or the cap.
+            budget, own_timer = budget_of(context.time_remaining())
+            tenant: str | None = None
             try:
                 try:
-                    async with asyncio.timeout(budget if own_timer else None):
-                        identity = outcome.identity = pipeline.authenticate(
-                            tenancy, metadata, context.auth_context(), context.peer
+                    async with asyncio.timeout(budget) if own_timer else _NO_TIMER:
+                        identity = outcome.identity = authenticate(
+                            tenancy, metadata, context.auth_context() if tls else None, context.peer
                         )
+                        take_tenant(identity.tenant.name)
+                        tenant = identity.tenant.name  # taken: released below
+                        # A sooner deadline bounds the wait for the message by itself.
+                        raw = await read_one(context, message_seconds < budget)
                         fresh = not is_write and no_cache(metadata)
-                        await pipeline.admit(identity.tenant.name, is_write, fresh or uncached)
+                        if rate_limited or is_write or fresh or uncached:
+                            # A cached read without a rate limit has nothing to pass here:
+                            # it holds no upstream pass, as its task's fresh context says.
+                            await admit(tenant, is_write, fresh or uncached)
                         request = decode(raw)
                         call = outcome.call = Call(
                             request_id,
                             identity,
                             rpc,
-                            asyncio.get_running_loop().time() + budget,
+                            get_loop().time() + budget,
                             tenancy,
                             outcome.record,
                             no_cache=fresh,
                         )
                         begin(call)
                         response = await inner(request, context)
-                        outcome.code, outcome.reason = grpc.StatusCode.OK, None
+                        outcome.code, outcome.reason = ok, None
                 except TimeoutError:
                     raise DeadlineExceeded(
                         f"deadline of {budget:.3g}s exceeded", metadata={"rpc": rpc}
@@ -196,7 +323,9 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 status = to_status(internal(request_id), request_id)
                 await context.abort(status.code, status.message, status.trailing_metadata)
             finally:
-                pipeline.ended(outcome)
+                if tenant is not None:
+                    release_tenant(tenant)
+                ended(outcome)
             assert outcome.call is not None
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), *outcome.call.trailers))
             return response
