@@ -8,7 +8,7 @@ from typing import Any
 
 from bench import cli, paired, report
 from bench.harness import Verdict
-from tests.test_bench import _doc
+from tests.bench.test_bench import _doc
 
 
 def paired_doc(over: list[float], ratio: list[float]) -> dict[str, Any]:
