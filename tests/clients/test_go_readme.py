@@ -1,7 +1,7 @@
 """The Go client's README snippets compile at the declared floor and run as written; its
 module path can be fetched and set; its versions agree (issue 28).
 
-Each ```go block of clients/go/README.md and of the README's "Go" section is a whole
+Each ```go block of clients/go/README.md and of docs/clients.md's "Go" section is a whole
 program: here each is a package of a fresh module that requires the client the way the
 README's `require` / `replace` fragment says, built offline against Debian's Go sources
 (grpc-go 1.33.3, the floor go.mod declares: tests/clients/test_go_client.py says how), and
@@ -35,10 +35,11 @@ from tests.clients.test_typescript_readme import demo_like
 from tests.conftest import GatewayFactory
 from tests.support.helpers import ACCOUNT, KEY, OTHER_ACCOUNT
 from tests.support.moto_writes import behave_like_ecr
+from tests.support.readme_support import GO_SECTION, read, section
 
 ROOT = GO_CLIENT.parents[1]
 CLIENT_README = (GO_CLIENT / "README.md").read_text()
-MAIN_README = (ROOT / "README.md").read_text()
+MAIN_README = read(GO_SECTION[0])  # the clients guide, docs/clients.md
 OWN_PATH = "git.corp.example/platform/registry-gateway/clients/go"
 
 # The Go builds (bounded at 600 s each) run in the module's setup.
@@ -46,8 +47,7 @@ pytestmark = pytest.mark.timeout(1300)
 
 
 def go_section(text: str) -> str:
-    start = text.index("\n## Go\n")
-    return text[start : text.index("\n## ", start + 1)]
+    return section(text, GO_SECTION[1])
 
 
 def go_blocks(text: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""The README's Python client example runs as written against a live gateway.
+"""The Python client example of the clients guide (docs/clients.md) runs as written against a
+live gateway.
 
 A new consumer should be able to copy it and make an authorized call; this runs the
 `python` block of the "## Python client" section in a fresh interpreter (a child process,
@@ -18,16 +19,14 @@ from moto.ecr.models import ecr_backends
 
 from service.app.server import Gateway
 from tests.support.helpers import ACCOUNT, KEY
-
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+from tests.support.readme_support import PYTHON_SECTION, blocks, read, section
 
 
 def python_example() -> str:
-    start = README.index("\n## Python client\n")
-    end = README.index("\n## ", start + 1)
-    blocks: list[str] = re.findall(r"```python\n(.*?)```", README[start:end], flags=re.S)
-    assert len(blocks) == 1, "the section should hold one python example"
-    return blocks[0]
+    document, heading = PYTHON_SECTION
+    found = blocks(section(read(document), heading), "python")
+    assert len(found) == 1, "the section should hold one python example"
+    return found[0]
 
 
 async def test_the_readme_python_example(gateway: Gateway, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The TypeScript snippets of clients/typescript/README.md and of the README's "TypeScript
+"""The TypeScript snippets of clients/typescript/README.md and of docs/clients.md's "TypeScript
 client" section compile and run as written, in a project that installed the packed package.
 
 The package is consumed as its README says: `npm pack` (here with `--ignore-scripts`, after
@@ -30,10 +30,11 @@ from tests.clients.test_typescript_client import TS, run_node, tsc
 from tests.conftest import GatewayFactory
 from tests.support.helpers import ACCOUNT, KEY, OTHER_ACCOUNT, config_dict
 from tests.support.moto_writes import behave_like_ecr
+from tests.support.readme_support import TYPESCRIPT_SECTION
 
 ROOT = TS.parents[1]
 PACKAGE_README = TS / "README.md"
-MAIN_README = ROOT / "README.md"
+MAIN_README = ROOT / TYPESCRIPT_SECTION[0]  # the clients guide, docs/clients.md
 
 # tsc and npm pack run in the module's setup (bounded at 300 s and 120 s), node at 120 s.
 pytestmark = pytest.mark.timeout(600)
@@ -50,7 +51,7 @@ def section(text: str, title: str) -> str:
 
 
 PACKAGE_BLOCKS = ts_blocks(PACKAGE_README.read_text())
-MAIN_BLOCKS = ts_blocks(section(MAIN_README.read_text(), "TypeScript client"))
+MAIN_BLOCKS = ts_blocks(section(MAIN_README.read_text(), TYPESCRIPT_SECTION[1][3:]))
 
 
 @dataclass(frozen=True)

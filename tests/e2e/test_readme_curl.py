@@ -1,7 +1,8 @@
-"""Every curl command of the README's "Calling over HTTP with curl", as written, with the
-real `curl` binary, and the curl the `--embedded` banner prints, as pasted.
+"""Every curl command of the README's "Calling over HTTP with curl" and of the HTTP guide's
+(docs/http.md; `CURL_SECTIONS`), as written, with the real `curl` binary, and the curl the
+`--embedded` banner prints, as pasted.
 
-The commands are taken from the section's `sh` blocks, in order, and run by bash:
+The commands are taken from the sections' `sh` blocks, in order, and run by bash:
 - the plaintext ones against `registry-gateway serve --embedded` in a subprocess (what
   `make serve` runs), its HTTP address and demo key taken from the banner it prints;
 - the HTTPS one against an in-process gateway with `http.tls`, in a directory holding the
@@ -31,12 +32,12 @@ from service.auth.api_keys import hash_key
 from tests.conftest import GatewayFactory
 from tests.support.certs import make_pki
 from tests.support.helpers import config_dict
-from tests.support.readme_support import Ran, bash
+from tests.support.readme_support import CURL_SECTIONS, Ran, bash, read
 from tests.support.readme_support import section as readme_section
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-README = (ROOT / "README.md").read_text()
+README = read("README.md")
 SECTION = "## Calling over HTTP with curl"
 ERRORS = "### Reading errors"
 DEMO_KEY = "readme-demo-key"
@@ -69,12 +70,16 @@ def section(text: str, heading: str = SECTION) -> str:
     return readme_section(text, heading)
 
 
-def steps(text: str) -> list[Step]:
-    """The `sh` blocks of the section as steps, in order, each with its `###` heading."""
+def steps(texts: dict[str, str]) -> list[Step]:
+    """The `sh` blocks of the sections as steps, in order, each with its `###` heading."""
     found: list[Step] = []
-    parts = re.split(r"\n(### [^\n]*)\n", section(text))
-    headings = ["", *parts[1::2]]
-    for heading, body in zip(headings, parts[0::2], strict=True):
+    parts: list[str] = []
+    headings: list[str] = []
+    for document, title in CURL_SECTIONS:
+        split = re.split(r"\n(### [^\n]*)\n", section(texts[document], title))
+        parts += split[0::2]
+        headings += ["", *split[1::2]]
+    for heading, body in zip(headings, parts, strict=True):
         for block in re.findall(r"```sh\n(.*?)```", body, flags=re.S):
             lines = block.splitlines()
             i = 0
@@ -97,11 +102,11 @@ def steps(text: str) -> list[Step]:
                 elif line.startswith("curl "):
                     found.append(Step("command", line, subsection=heading))
                 else:
-                    pytest.fail(f"README {SECTION}: a line this test cannot run: {line!r}")
+                    pytest.fail(f"{CURL_SECTIONS}: a line this test cannot run: {line!r}")
     return found
 
 
-STEPS = steps(README)
+STEPS = steps({document: read(document) for document, _ in CURL_SECTIONS})
 COMMANDS = [s.text for s in STEPS if s.kind == "command"]
 
 

@@ -1,6 +1,7 @@
-"""Every grpcurl command of the README's "Debugging with grpcurl" and slices sections, as written.
+"""Every grpcurl command of the README's "Debugging with grpcurl" and of the guides' sections
+that use its variables (slices, validation: `GRPCURL_SECTIONS`), as written.
 
-The commands are taken from the README's `sh` blocks, in order, and run by bash against a
+The commands are taken from those sections' `sh` blocks, in order, and run by bash against a
 live gateway, as a person following the README would:
 - the plaintext ones against `registry-gateway serve --embedded` in a subprocess (what
   `make serve` runs), its port and demo key taken from the banner it prints;
@@ -9,7 +10,8 @@ live gateway, as a person following the README would:
 Assignments are kept as written, except the inputs a reader supplies (the key and the
 gateway addresses, `NAME=<...>` placeholders or `host:port` values), which the test fills
 in. A command must exit 0, except those with `-format-error`, which must fail with the
-status they print. A line of any other shape fails the test, so the section stays runnable.
+status they print, and those after a `# exits N` comment, which must exit N. A line of any
+other shape fails the test, so the section stays runnable.
 """
 
 from __future__ import annotations
@@ -31,15 +33,13 @@ from service.auth.api_keys import hash_key
 from tests.conftest import GatewayFactory
 from tests.support.certs import client_cert, make_pki
 from tests.support.helpers import config_dict
-from tests.support.readme_support import Ran, bash
+from tests.support.readme_support import GRPCURL_SECTIONS, Ran, bash, read
 from tests.support.readme_support import section as readme_section
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-README = (ROOT / "README.md").read_text()
+README = read("README.md")
 SECTION = "## Debugging with grpcurl"
-# Run after it, with its variables: the four slice calls against the same demo gateway.
-SLICES = "## Shared registries: tenant-owned slices"
 DEMO_KEY = "readme-demo-key"
 SPIFFE_ID = "spiffe://corp.example/ns/payments/sa/deployer"
 FIVE = (
@@ -58,6 +58,7 @@ class Step:
     kind: str  # "path" | "assign" | "command"
     text: str
     name: str = ""
+    exits: int | None = None  # what a `# exits N` comment before the command says
 
 
 def section(text: str, heading: str = SECTION) -> str:
@@ -65,20 +66,24 @@ def section(text: str, heading: str = SECTION) -> str:
     return readme_section(text, heading)
 
 
-def steps(text: str) -> list[Step]:
-    """The `sh` blocks of the section as steps, in order."""
+def steps(texts: dict[str, str]) -> list[Step]:
+    """The `sh` blocks of the sections, as steps, in order."""
     found: list[Step] = []
     blocks = [
         block
-        for heading in (SECTION, SLICES)
-        for block in re.findall(r"```sh\n(.*?)```", section(text, heading), flags=re.S)
+        for document, heading in GRPCURL_SECTIONS
+        for block in re.findall(r"```sh\n(.*?)```", section(texts[document], heading), flags=re.S)
     ]
     for block in blocks:
         lines = block.splitlines()
         i = 0
+        exits = None
         while i < len(lines):
             line = lines[i]
             i += 1
+            said = re.match(r"# exits (\d+)", line)
+            if said:
+                exits = int(said.group(1))
             if not line.strip() or line.lstrip().startswith("#"):
                 continue
             while line.endswith("\\") and i < len(lines):
@@ -98,13 +103,14 @@ def steps(text: str) -> list[Step]:
             elif assignment:
                 found.append(Step("assign", line, assignment.group(1)))
             elif line.startswith("grpcurl "):
-                found.append(Step("command", line))
+                found.append(Step("command", line, exits=exits))
+                exits = None
             else:
-                pytest.fail(f"README {SECTION}: a line this test cannot run: {line!r}")
+                pytest.fail(f"{GRPCURL_SECTIONS}: a line this test cannot run: {line!r}")
     return found
 
 
-STEPS = steps(README)
+STEPS = steps({document: read(document) for document, _ in GRPCURL_SECTIONS})
 COMMANDS = [s.text for s in STEPS if s.kind == "command"]
 
 
@@ -180,9 +186,14 @@ async def tls_gateway(gateway_factory: GatewayFactory, aws: str, tmp_path: Path)
     return TlsSetup(pki.dir, f"localhost:{mtls_port}", f"localhost:{tls_port}")
 
 
-def check(command: str, ran: Ran) -> None:
-    """What a person would see: success, or (with -format-error) the status they asked for."""
+def check(command: str, ran: Ran, exits: int | None = None) -> None:
+    """What a person would see: success, or (with -format-error) the status they asked for,
+    or the exit code the document says."""
     shown = f"{command}\n--- exit {ran.returncode}\n{ran.stdout}\n--- stderr\n{ran.stderr}"
+    if exits is not None:
+        assert ran.returncode == exits, shown
+        assert "ERROR:\n  Code: " in ran.stderr and "google.rpc.ErrorInfo" in ran.stderr, shown
+        return
     if "-format-error" in command:
         status = json.loads(ran.stderr)
         assert status["code"] > 0, shown
@@ -238,6 +249,6 @@ async def test_every_readme_grpcurl_command_works_as_written(
         tls = "-cacert" in step.text
         script = "\n".join(["set -euo pipefail", *prelude, step.text])
         ran = await bash(script, tls_gateway.directory if tls else ROOT, env)
-        check(step.text, ran)
+        check(step.text, ran, step.exits)
         ran_commands += 1
     assert ran_commands == len(COMMANDS) >= 20
