@@ -240,7 +240,7 @@ def _run_serve(opts: argparse.Namespace) -> int:
 
 def _check_config(opts: argparse.Namespace) -> int:
     """Every problem of a config at once, each with its key; never a secret (no input
-    value is printed, only the messages of service/config.py, which quote no secret)."""
+    value is printed, only the messages of service/config/, which quote no secret)."""
     path = opts.path or os.environ.get(ENV_CONFIG_PATH)
     if not path:
         print(f"error: give the config's PATH (or set {ENV_CONFIG_PATH})", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Builds the gRPC server from config and runs it: listeners, reflection, health, shutdown."""
+"""The gateway's lifecycle: it opens the sinks, has its parts built (service/app/compose.py),
+binds the listeners, probes AWS, drains, shuts down in order and answers signals."""
 
 from __future__ import annotations
 
@@ -15,88 +16,45 @@ from typing import Any
 import aioboto3
 import grpc
 import redis.asyncio as redis
-from botocore.exceptions import (
-    ClientError,
-    ConnectTimeoutError,
-    CredentialRetrievalError,
-    EndpointConnectionError,
-    NoCredentialsError,
-    PartialCredentialsError,
-    ProxyConnectionError,
-    ReadTimeoutError,
-)
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from opentelemetry.sdk.trace.export import SpanExporter
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
-from service.app.drift_check import DriftCheck
+from service.app.compose import (
+    LOCK_HOLD_MARGIN_SECONDS,
+    SERVICE_NAME,
+    compose,
+    first_targets,
+    redis_password,
+)
 from service.app.gc_pause import gc_paused
 from service.app.reload import Reloader
-from service.auth.content import ContentRules
-from service.auth.failures import AuthFailures
 from service.auth.targets import Target
 from service.auth.tenancy import TenancyHolder, build_tenancy
-from service.aws.upstream import Reachability, SessionFactory, Upstream
+from service.aws.diagnosis import diagnose
+from service.aws.upstream import Reachability, SessionFactory
 from service.bounded_gather import gather_bounded
-from service.call import time_left
-from service.config import (
-    ConfigError,
-    GatewayConfig,
-    ListenerConfig,
-    parse_listen,
-    registry_regions,
-)
-from service.echo import echo
-from service.errors import GatewayError
-from service.gen.v1 import registry_pb2 as pb
-from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from service.http.listener import HttpListener
-from service.http.transport import ConnectPipeline, ConnectService
+from service.config import GatewayConfig, ListenerConfig, parse_listen
 from service.observability.audit import AuditLog
 from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
-from service.pipeline.pipeline import Pipeline
-from service.pipeline.slots import CallSlots
-from service.registry.rpcs.validation import RequestValidator
-from service.registry.writes.drift import DriftDetector
-from service.registry.writes.operations import RegistryOperations
-from service.rpc import interceptor, reflection
-from service.rpc.messages import TimeToMessage
-from service.rpc.request_limits import largest_request_bytes
-from service.rpc.servicer import RegistryConfigServicer
 from service.rpc.tls import TlsCredentials
-from service.state.cache import MemoryStore, ReadCache, RedisStore, Store
-from service.state.claims import MemoryClaims, RedisClaims
-from service.state.clock import RedisClock
-from service.state.history import HistoryStore, MemoryHistory, RedisHistory
-from service.state.locks import RedisRegistryLocks, RegistryLocks
-from service.state.ratelimit import build_rate_limiter, build_upstream_budget
-from service.state.redis_circuit import circuit_client
 
 log = logging.getLogger("registry_gateway.server")
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RegistryConfigService"].full_name
-
-
-def redis_password(env_name: str | None, environ: Mapping[str, str]) -> str | None:
-    """Redis's password from the environment variable `cache.redis_password_env` names."""
-    if env_name is None:
-        return None
-    value = environ.get(env_name)
-    if not value:
-        raise ConfigError(
-            f"config error: cache.redis_password_env: environment variable {env_name} "
-            "is not set or empty"
-        )
-    return value
-
+# Names tests and tools import from here (built in service/app/compose.py and
+# service/aws/diagnosis.py).
+__all__ = [
+    "LOCK_HOLD_MARGIN_SECONDS",
+    "REDIS_HEALTH",
+    "SERVICE_NAME",
+    "BindError",
+    "Gateway",
+    "diagnose",
+    "redis_password",
+]
 
 # Health entry that tells whether the shared Redis cache is reachable.
 REDIS_HEALTH = "registry-gateway.redis"
-# A write lock is renewed for at most the longest deadline plus this: what a write, its
-# settlement after its caller left included, may take (service/state/locks.py).
-LOCK_HOLD_MARGIN_SECONDS = 5.0
 # How often Redis is pinged besides the cache's own calls, so that redis_up and its health
 # entry stay true on a replica no call reaches (an idle one would otherwise keep its last word).
 REDIS_PROBE_SECONDS = 15.0
@@ -109,89 +67,12 @@ class BindError(Exception):
     """The listen address cannot be bound (taken, or not an address of this host)."""
 
 
-# AWS error codes saying the gateway's own credentials are refused (STS, or the role's).
-_ACCESS_DENIED_CODES = frozenset(
-    {
-        "AccessDenied",
-        "AccessDeniedException",
-        "InvalidClientTokenId",
-        "UnrecognizedClientException",
-        "SignatureDoesNotMatch",
-        "ExpiredToken",
-        "ExpiredTokenException",
-        "InvalidAccessKeyId",
-    }
-)
-# What the gateway's own refusals (service/aws/upstream.py) mean for the diagnosis.
-_GATEWAY_REASONS = {"NO_AWS_CREDENTIALS": "NO_CREDENTIALS"}
-
-
-def diagnose(result: Reachability, timeout_seconds: float) -> tuple[str, str] | None:
-    """Why an account did not answer as it should, as (REASON, a sentence for operators);
-    None when it did. Never a credential: botocore and AWS name none in these errors."""
-    exc = result.error
-    if exc is None:
-        return None
-    if isinstance(exc, TimeoutError | ConnectTimeoutError | ReadTimeoutError):
-        where = getattr(exc, "kwargs", {}).get("endpoint_url")
-        at = f" at {where}" if where else ""
-        return (
-            "TIMEOUT",
-            f"STS GetCallerIdentity{at} did not answer within {timeout_seconds:g} s "
-            "(network path, proxy or VPC endpoint?)",
-        )
-    if isinstance(exc, NoCredentialsError | PartialCredentialsError | CredentialRetrievalError):
-        return (
-            "NO_CREDENTIALS",
-            f"no usable AWS credentials ({type(exc).__name__}): none found in the "
-            "environment, profile, web identity (IRSA) or instance/pod role",
-        )
-    if isinstance(exc, EndpointConnectionError | ProxyConnectionError):
-        where = exc.kwargs.get("endpoint_url") or exc.kwargs.get("proxy_url") or "AWS"
-        return "ENDPOINT_REFUSED", f"cannot connect to {echo(where)}: refused or unreachable"
-    if isinstance(exc, ClientError):
-        error = exc.response.get("Error", {})
-        code = str(error.get("Code", "Unknown"))
-        said = echo(str(error.get("Message", "")), 300)
-        operation = exc.operation_name
-        if code in _ACCESS_DENIED_CODES:
-            return (
-                "ACCESS_DENIED",
-                f"AWS refused the gateway's credentials on {operation}: {code}: {said}",
-            )
-        return "AWS_ERROR", f"AWS answered {operation} with {code}: {said}"
-    if isinstance(exc, GatewayError):
-        reason = exc.reason or "REFUSED"
-        return _GATEWAY_REASONS.get(reason, reason), exc.message
-    return "AWS_CLIENT_ERROR", f"{type(exc).__name__}: {echo(str(exc), 300)}"
-
-
-def _channel_options(config: GatewayConfig, reuse_port: bool) -> list[tuple[str, int]]:
-    s = config.server
-    return [
-        # grpcio turns SO_REUSEPORT on by default, so a second server on a taken port would
-        # bind silently; only `--workers` wants it.
-        ("grpc.so_reuseport", 1 if reuse_port else 0),
-        # No legitimate request is larger than the largest RPC's bound under ECR's limits
-        # (~340 KB): grpc's core refuses anything larger before a byte of it reaches Python.
-        ("grpc.max_receive_message_length", min(s.max_message_bytes, largest_request_bytes())),
-        ("grpc.max_send_message_length", s.max_message_bytes),
-        ("grpc.keepalive_time_ms", int(s.keepalive_time_seconds * 1000)),
-        ("grpc.keepalive_timeout_ms", int(s.keepalive_timeout_seconds * 1000)),
-        ("grpc.keepalive_permit_without_calls", 1),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
-        ("grpc.http2.max_pings_without_data", 0),
-        # Rebalances long-lived client connections across replicas.
-        ("grpc.max_connection_age_ms", int(s.max_connection_age_seconds * 1000)),
-        ("grpc.max_connection_age_grace_ms", int(s.grace_seconds * 1000)),
-        # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS: a client's further streams wait in the
-        # client (or are refused), so one connection opens no more calls than this at once.
-        ("grpc.max_concurrent_streams", s.max_streams_per_connection),
-    ]
-
-
 class Gateway:
-    """One gateway server: its gRPC server, health service and upstream, built from config."""
+    """One gateway server: its gRPC server, health service and upstream, built from config.
+
+    Constructing it opens the sinks (the audit trail's file, tracing's exporter, the TLS
+    certificates and JWKS files read) and builds the parts without I/O (`compose`); no
+    port is bound and no Redis connection opened before `start`."""
 
     def __init__(
         self,
@@ -210,135 +91,42 @@ class Gateway:
         # OTEL_* variables of this environment count too (service/observability/tracing.py).
         self.tracing = Tracing(config.tracing, span_exporter, environ=self._environ)
         self.tenancy = TenancyHolder(build_tenancy(config, self._environ))
-        self.upstream = Upstream(
-            config.aws,
-            session_factory=session_factory,
-            environ=self._environ,
-            time_left=time_left,
-            metrics=self.metrics,
-            tracing=self.tracing,
-        )
-        # No client-side retries: the rate limiter fails open at once when Redis is away
-        # (redis-py would otherwise retry a refused connection with backoff on every call).
-        # Behind a circuit: a Redis that stops answering is waited for once (1 s), then every
-        # command fails fast until a probe answers (service/state/redis_circuit.py).
-        self.redis = (
-            circuit_client(
-                config.cache.redis_url,
-                password=redis_password(config.cache.redis_password_env, self._environ),
-                socket_timeout=1.0,
-                socket_connect_timeout=1.0,
-                retry=Retry(NoBackoff(), 0),
-            )
+        # Read before anything is opened: a missing one stops the start here.
+        password = (
+            redis_password(config.cache.redis_password_env, self._environ)
             if config.cache.backend == "redis"
             else None
         )
         # Written by a thread of its own; lines it loses are counted (audit.py).
         self.audit = AuditLog(config.audit, lost=self.metrics.audit_lost)
-        self.health = health.aio.HealthServicer()
-        # The recent versions of each registry's configuration and policy, in the cache's
-        # store, and the drift detector observing every read from AWS against them.
-        self.history = self._history()
-        # The write locks, which the drift detector asks too: a read racing a write that is
-        # not recorded yet is not drift (service/registry/writes/drift.py).
-        self.locks = self._locks()
-        self.drift = DriftDetector(
-            self.history,
-            self.audit,
-            self.metrics.count_change,
-            config=lambda: self.tenancy.current.config,
-            skew_seconds=config.drift.clock_skew_seconds,
-            locks=self.locks,
-            # Times replicas compare are on Redis's clock, whatever their own clocks say.
-            shared_clock=RedisClock(self.redis) if self.redis is not None else None,
-        )
-        # One pipeline (gates, reporters), built once and run by the gRPC and the HTTP
-        # transport alike: a tenant's rate and upstream budget, an address's failed
-        # authentications, the metrics and the audit are the same over either.
-        self.pipeline = Pipeline(
-            config.server,
-            self.tenancy,
-            rate_limiter=build_rate_limiter(config.rate_limit, self.redis, config.cache.key_prefix),
-            upstream_budget=build_upstream_budget(
-                config.aws.tenant_upstream_per_second,
-                config.aws.tenant_upstream_burst,
-                self.redis,
-                config.cache.key_prefix,
-            ),
-            auth_failures=AuthFailures(config.auth.failures_per_second, config.auth.failures_burst),
-            audit=self.audit,
+        self.tls = [TlsCredentials(lst.tls) for lst in config.effective_listeners() if lst.tls]
+        self._background: set[asyncio.Task[None]] = set()
+        parts = compose(
+            config,
             metrics=self.metrics,
             tracing=self.tracing,
-            hit_log_sample_rate=config.logs.hit_sample_rate,
+            tenancy=self.tenancy,
+            audit=self.audit,
+            environ=self._environ,
+            redis_secret=password,
+            session_factory=session_factory,
+            reuse_port=reuse_port,
+            spawn=self._spawn,
+            on_redis_availability=self._redis_health,
         )
-        # No `maximum_concurrent_rpcs`: grpc.aio counts a call from its headers, before anyone
-        # is known, so strangers' streams that never send a message would hold every slot.
-        # The interceptor counts instead, from the headers too but per tenant once it knows
-        # who calls, and per address for health and reflection (service/pipeline/slots.py).
-        self.call_slots = CallSlots(
-            config.server.max_concurrent_rpcs,
-            config.server.max_calls_in_flight_per_tenant,
-            config.server.max_unauthenticated_calls_per_address,
-        )
-        self.server = grpc.aio.server(
-            interceptors=[
-                interceptor.GatewayInterceptor(
-                    self.pipeline,
-                    self.call_slots,
-                    TimeToMessage(config.server.message_timeout_seconds),
-                    # No TLS listener, no client certificate: auth_context() is not read.
-                    tls=any(lst.tls for lst in config.effective_listeners()),
-                )
-            ],
-            options=_channel_options(config, reuse_port),
-        )
-        self.operations = RegistryOperations(
-            self.upstream,
-            self.locks,
-            self._cache(),
-            max_writes_per_tenant=config.server.max_writes_in_flight_per_tenant,
-            drift=self.drift,
-        )
-        # Reads every configured (registry, region) once a period, so drift is seen when
-        # nobody calls (service/app/drift_check.py); started with the server.
-        self.drift_check = DriftCheck(
-            self.operations,
-            self._every_target,
-            RedisClaims(self.redis, config.cache.key_prefix)
-            if self.redis is not None
-            else MemoryClaims(),
-            config.drift.check_seconds,
-        )
-        servicer = RegistryConfigServicer(
-            ContentRules(),
-            self.operations,
-            RequestValidator(
-                allow_unknown_regions=config.aws.allow_unknown_regions,
-                policy_scopes=self.upstream.policy_scopes,
-            ),
-            history=self.history,
-        )
-        pb_grpc.add_RegistryConfigServiceServicer_to_server(servicer, self.server)
-        # --- HTTP/JSON (Connect) listener, service/http/: the same gates' state, reporters'
-        # sinks and servicer as the gRPC server above; off without `http.listen`.
-        self.http: HttpListener | None = None
+        self.upstream = parts.upstream
+        self.redis = parts.redis
+        self.health = parts.health
+        self.history = parts.history
+        self.locks = parts.locks
+        self.drift = parts.drift
+        self.pipeline = parts.pipeline
+        self.call_slots = parts.call_slots
+        self.server = parts.server
+        self.operations = parts.operations
+        self.drift_check = parts.drift_check
+        self.http = parts.http
         self.http_port = 0
-        if config.http.listen is not None:
-            self.http = HttpListener(
-                config.http,
-                config.server,
-                ConnectPipeline(self.pipeline, self.call_slots),
-                ConnectService(servicer),
-                reuse_port=reuse_port,
-            )
-        # --- end of the HTTP listener
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        if config.server.reflection:
-            reflection.enable(
-                self.server,
-                [SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
-            )
-        self.tls = [TlsCredentials(lst.tls) for lst in config.effective_listeners() if lst.tls]
         self.reloader = (
             Reloader(config_path, self.tenancy, self.tls, self._environ, metrics=self.metrics)
             if config_path
@@ -346,41 +134,8 @@ class Gateway:
         )
         self.ports: list[int] = []
         self.metrics_port = 0
-        self.health_server: grpc.aio.Server | None = None
+        self.health_server = parts.health_server
         self.health_port = 0
-        if config.server.health_listen is not None:
-            # Same HealthServicer: the probe port sees exactly what the API ports report.
-            # Its own slots per address (a stranger on the API port cannot fill the probes'),
-            # the same time-to-message limit and streams per connection; no tenant calls
-            # here (only health is served), hence a tenant cap of 1; the server's cap bounds
-            # the probes' unauthenticated calls in all.
-            probe_slots = CallSlots(
-                config.server.max_concurrent_rpcs,
-                1,
-                config.server.max_unauthenticated_calls_per_address,
-            )
-            self.health_server = grpc.aio.server(
-                interceptors=[
-                    interceptor.GatewayInterceptor(
-                        self.pipeline,
-                        probe_slots,
-                        TimeToMessage(config.server.message_timeout_seconds),
-                    )
-                ],
-                options=[
-                    ("grpc.so_reuseport", int(reuse_port)),
-                    ("grpc.max_concurrent_streams", config.server.max_streams_per_connection),
-                ],
-            )
-            health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
-            host, port = parse_listen(config.server.health_listen)
-            try:
-                self.health_port = self.health_server.add_insecure_port(f"{host}:{port}")
-            except RuntimeError:
-                self.health_port = 0
-            if self.health_port == 0:
-                raise BindError(f"cannot listen on {config.server.health_listen} (health)")
-        self._background: set[asyncio.Task[None]] = set()
         self._redis_answers: bool | None = None
         # (account, region) -> (reason, why) of each account that did not answer as it
         # should at its last probe: what the start-up diagnosis last said of it.
@@ -388,70 +143,8 @@ class Gateway:
         # Registries whose account did not answer at the last probe (not merely refused).
         self._unanswered: set[str] = set()
 
-    def _cache(self) -> ReadCache:
-        cache = self.config.cache
-        store: Store
-        if self.redis is not None:
-            store = RedisStore(
-                self.redis,
-                cache.key_prefix,
-                cache.max_entries,
-                on_availability=self._redis_health,
-            )
-        else:
-            store = MemoryStore(cache.max_entries)
-        return ReadCache(cache, store, count=self.metrics.count_cache)
-
-    def _history(self) -> HistoryStore:
-        history = self.config.history
-        if self.redis is not None:
-            return RedisHistory(
-                self.redis, self.config.cache.key_prefix, history.max_versions, history.max_bytes
-            )
-        return MemoryHistory(history.max_versions, history.max_bytes)
-
-    def _locks(self) -> RegistryLocks | RedisRegistryLocks:
-        if self.redis is None:
-            return RegistryLocks(
-                time_left, max_wait_seconds=self.config.server.max_deadline_seconds
-            )
-        # A short expiry renewed while held (up to the longest a write may take): a live
-        # writer keeps its lock, a dead replica's frees within the TTL. A writer waits for the
-        # lock no longer than its deadline allows (WRITE_LOCK_BUSY), and a release Redis does
-        # not answer is retried in the background (`_spawn`: cancelled at shutdown).
-        longest = self.config.server.max_deadline_seconds
-        return RedisRegistryLocks(
-            self.redis,
-            self.config.cache.key_prefix,
-            self.config.cache.lock_ttl_seconds,
-            time_left,
-            max_wait_seconds=longest,
-            max_hold_seconds=longest + LOCK_HOLD_MARGIN_SECONDS,
-            spawn=self._spawn,
-        )
-
     def _targets(self) -> list[Target]:
-        seen: dict[tuple[str, str], Target] = {}
-        for tenant in self.config.tenants:
-            for registry in tenant.registries:
-                region = registry_regions(self.config, registry)[0]
-                seen.setdefault(
-                    (registry.registry_id, region), Target(tenant.name, registry, region)
-                )
-        return list(seen.values())
-
-    def _every_target(self) -> list[Target]:
-        """One target per configured (registry, region), from the current config (a reload
-        adds or drops registries for the next drift check)."""
-        config = self.tenancy.current.config
-        seen: dict[tuple[str, str], Target] = {}
-        for tenant in config.tenants:
-            for registry in tenant.registries:
-                for region in registry_regions(config, registry):
-                    seen.setdefault(
-                        (registry.registry_id, region), Target(tenant.name, registry, region)
-                    )
-        return list(seen.values())
+        return first_targets(self.config)
 
     async def _any_upstream_reachable(self) -> bool:
         """Probe every (account, region) once, say what changed for each, and answer
@@ -593,6 +286,10 @@ class Gateway:
     async def start(self, listen: str | None = None, http_listen: str | None = None) -> int:
         """Bind every listener and start serving; `listen` replaces the first one's address,
         `http_listen` the HTTP listener's."""
+        if self.health_server is not None:
+            # The probes' port first, as when it was bound at construction: a taken one
+            # stops the start-up before any other listener is bound.
+            self.health_port = self._bind_health(self.health_server)
         listeners = list(self.config.effective_listeners())
         if listen:
             listeners[0] = ListenerConfig(listen=listen, tls=listeners[0].tls)
@@ -666,6 +363,18 @@ class Gateway:
                 extra={"listen": f"{host}:{self.http_port}"},
             )
         return self.port
+
+    def _bind_health(self, server: grpc.aio.Server) -> int:
+        address = self.config.server.health_listen
+        assert address is not None
+        host, port = parse_listen(address)
+        try:
+            bound = server.add_insecure_port(f"{host}:{port}")
+        except RuntimeError:
+            bound = 0
+        if bound == 0:
+            raise BindError(f"cannot listen on {address} (health)")
+        return bound
 
     def _bind(self, address: str, credentials: grpc.ServerCredentials | None) -> int:
         host, port = parse_listen(address)

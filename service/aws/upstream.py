@@ -263,7 +263,7 @@ class Upstream:
     async def reachable(self, target: Target) -> Reachability:
         """Whether AWS answers for the target (STS, when its client is made); a refusal for
         another account counts as an answer, unreachable or timed out does not. The error
-        met, answered or not, comes with it: the server says why (service/app/server.py)."""
+        met, answered or not, comes with it: the server says why (service/aws/diagnosis.py)."""
         try:
             async with asyncio.timeout(self.probe_timeout_seconds):
                 await self._client(target)
