@@ -1,10 +1,11 @@
 """The call in flight, independent of the transport that carries it.
 
-The pipeline (service/rpc/interceptor.py today; an HTTP transport could be another) builds
-one `Call` per request once the caller is authenticated, and makes it current for the task
-that serves the request. The servicer reads it (who, which tenancy snapshot, `no-cache`) and
-records what the domain returned for the caller and the reporters: trailers (`x-cache`), the
-registry acted on, the audit fields of a write. Below the servicer nothing writes into it:
+The pipeline builds one `Call` per request once the caller is admitted
+(service/pipeline/pipeline.py `admit_call`, for either transport), and makes it current for
+the task that serves the request (read only by `time_left`). The transport hands it to the
+servicer with the request; the servicer reads it (who, which tenancy snapshot, `no-cache`)
+and records what the domain returned for the caller and the reporters: trailers (`x-cache`),
+the registry acted on, the audit fields of a write. Below the servicer nothing writes into it:
 the domain returns results, and the AWS client sees only the deadline, through `time_left`,
 passed in when the server is built.
 """
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from service.auth.identity import Identity
 from service.auth.tenancy import Tenancy
@@ -21,6 +24,7 @@ from service.config import TenantConfig
 from service.observability.audit import WriteRecord
 
 CACHE_OUTCOME_KEY = "x-cache"
+T = TypeVar("T")
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, which doubles the
@@ -81,3 +85,10 @@ def time_left() -> float:
     if call is None:
         return float("inf")
     return call.deadline - asyncio.get_running_loop().time()
+
+
+def outside_call(read: Callable[[], Coroutine[Any, Any, T]]) -> Awaitable[T]:
+    """`read()` run as a task outside any call, so `time_left` (the AWS client's view of the
+    deadline) is unbounded for it: a write already sent reads back past its caller's
+    deadline (service/registry/writes/context.py `WriteContext.outlive`)."""
+    return asyncio.create_task(read(), context=contextvars.Context())

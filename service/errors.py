@@ -26,6 +26,13 @@ from service.echo import echo
 
 DOMAIN = "registry-gateway"
 REQUEST_ID_KEY = "x-request-id"
+# The reason of a request refused for its fields (service/registry/rpcs/validation.py, and
+# the domain's own checks of a request's content: service/registry/model/slices.py).
+INVALID_REQUEST = "INVALID_REQUEST"
+# Field violations listed in one answer: enough to fix a request by, and small enough that
+# the status details stay well inside the 8 KiB of trailing metadata a gRPC client accepts
+# by default.
+MAX_VIOLATIONS = 25
 
 
 @dataclass(frozen=True)
@@ -49,6 +56,10 @@ class GatewayError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
     reason: str = "INTERNAL"
+    # A write that failed after reading the resource fresh inside the registry's lock: the
+    # etag it read, for the audit trail (set by service/registry/writes/operations.py, which
+    # alone knows it; never part of the answer). None: it failed before reading.
+    etag_read_before: str | None = None
 
     def __init__(
         self,
@@ -59,6 +70,7 @@ class GatewayError(Exception):
         field_violations: Sequence[FieldViolation] = (),
         retry_after_seconds: float | None = None,
         quota_violations: Sequence[QuotaViolation] = (),
+        etag_read_before: str | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -68,6 +80,7 @@ class GatewayError(Exception):
         self.field_violations = tuple(field_violations)
         self.retry_after_seconds = retry_after_seconds
         self.quota_violations = tuple(quota_violations)
+        self.etag_read_before = etag_read_before
 
 
 class Unauthenticated(GatewayError):

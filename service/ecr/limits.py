@@ -1,8 +1,8 @@
 """ECR's registry-wide limits, and each tenant's share of them on a shared registry.
 
 One registry has one replication configuration and one policy, so ECR's limits on them are
-shared by every tenant holding a slice (service/registry/slices.py). Each slice gets its own share,
-so that one team filling its part never refuses another team's write:
+shared by every tenant holding a slice (service/registry/model/slices.py). Each slice gets its
+own share, so that one team filling its part never refuses another team's write:
 
 - configured per registry entry (`max_rules`, `max_destinations`, `max_policy_chars`), or
 - absent, an equal split of what ECR allows among the tenants holding slices of that kind
@@ -18,10 +18,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:  # config imports this module; at runtime only attributes are read
-    from service.config import TenantConfig
+from typing import Any, Protocol
 
 # "A maximum of 10 rules" per replication configuration (the service model's list maximum).
 MAX_RULES = 10
@@ -32,7 +29,8 @@ MAX_RULES = 10
 MAX_UNIQUE_DESTINATIONS = 25
 # `policyText` is at most 10,240 characters (the service model's maximum length).
 MAX_POLICY_CHARS = 10_240
-# What a merged policy holds besides its statements (service/registry/slices.py writes it compact).
+# What a merged policy holds besides its statements (service/registry/model/slices.py writes
+# it compact).
 POLICY_ENVELOPE = '{"Version":"2012-10-17","Statement":[]}'
 # What the statements of every slice together may take: each statement costs its compact
 # JSON plus one comma, which over-counts the whole document by one character at most.
@@ -57,7 +55,7 @@ NOTHING = Share(0, 0, 0)
 def statement_chars(statements: Sequence[Any]) -> int:
     """The characters statements take in a merged policy (compact JSON, one comma each).
 
-    A share is measured on the statements as AWS stores them (service/registry/slices.py's
+    A share is measured on the statements as AWS stores them (service/registry/model/slices.py's
     `stored_chars`): what a merge carries of a slice is AWS's form of it, not the request."""
     return sum(len(json.dumps(s, separators=(",", ":"))) + 1 for s in statements)
 
@@ -97,7 +95,35 @@ _KINDS = (
 )
 
 
-def effective_shares(tenants: Sequence[TenantConfig]) -> dict[tuple[str, str], Share]:
+class SliceEntry(Protocol):
+    """What `effective_shares` reads of a tenant's registry entry (service/config's
+    RegistryConfig): the slices it holds and their explicit shares."""
+
+    @property
+    def registry_id(self) -> str: ...
+    @property
+    def owned_repository_prefixes(self) -> Sequence[str]: ...
+    @property
+    def owned_statement_sid_prefix(self) -> str | None: ...
+    @property
+    def max_rules(self) -> int | None: ...
+    @property
+    def max_destinations(self) -> int | None: ...
+    @property
+    def max_policy_chars(self) -> int | None: ...
+
+
+class SliceHolder(Protocol):
+    """What `effective_shares` reads of a tenant (service/config's TenantConfig): this
+    module is below the config, which imports its limits."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def registries(self) -> Sequence[SliceEntry]: ...
+
+
+def effective_shares(tenants: Sequence[SliceHolder]) -> dict[tuple[str, str], Share]:
     """The share of every (tenant, registry_id) holding a slice.
 
     ValueError (one line, naming the registry and the tenants) when an explicit share is

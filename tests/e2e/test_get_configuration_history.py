@@ -23,7 +23,7 @@ from service.app.server import Gateway
 from service.ecr import etags
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
-from service.registry import slices
+from service.registry.model import slices
 from service.registry.rpcs.history_view import page_token
 from service.state.cache.base import CacheKey
 from tests.conftest import GatewayFactory

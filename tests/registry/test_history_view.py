@@ -14,7 +14,7 @@ from service.auth.targets import Target
 from service.ecr import etags
 from service.errors import InvalidArgument
 from service.gen.v1 import registry_pb2 as pb
-from service.registry import slices
+from service.registry.model import slices
 from service.registry.rpcs.history_view import (
     DEFAULT_PAGE_SIZE,
     MAX_PAGE_SIZE,

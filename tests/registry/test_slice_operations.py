@@ -17,7 +17,7 @@ from service.errors import (
     PermissionDenied,
 )
 from service.gen.v1 import registry_pb2 as pb
-from service.registry import slices
+from service.registry.model import slices
 from service.registry.writes.operations import etag_read_before
 from tests.registry.conftest import ACCOUNT, PARTNER, REGION, Domain, target
 

@@ -11,7 +11,7 @@ import pytest
 from service.config import PolicyGuardrails
 from service.ecr import limits, policy_grammar
 from service.errors import FailedPrecondition, InvalidArgument
-from service.registry import slices
+from service.registry.model import slices
 from tests.registry.conftest import ACCOUNT, REGION, Domain, target
 
 PARTNER = "210987654321"

@@ -13,7 +13,7 @@ import redis.asyncio as redis
 
 from service.auth.targets import Target
 from service.gen.v1 import registry_pb2 as pb
-from service.registry import slices
+from service.registry.model import slices
 from service.registry.rpcs.history_view import HistoryView, parse_query
 from service.state.cache import CacheKey
 from service.state.history import (

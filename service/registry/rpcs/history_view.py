@@ -11,7 +11,7 @@ writes, changes made around it); this module only reads them, newest first:
   version kept is listed as where its history begins, as CHANGE_ORIGIN_BASELINE with no time
   and no author, since which version is oldest moves with everyone's writes), each with the
   caller's rules or
-  statements (service/registry/slices.py's ownership), the etag of that slice (what
+  statements (service/registry/model/slices.py's ownership), the etag of that slice (what
   GetReplicationRules / GetPolicyStatements answered then), and who wrote it only when the
   caller itself did. Versions in which only other tenants' parts changed are not listed at
   all, so their timing and number (how often another tenant writes) do not show.
@@ -62,11 +62,15 @@ from google.protobuf.message import DecodeError
 
 from service.auth.history import HistoryResource, View
 from service.auth.targets import Target
-from service.errors import FailedPrecondition, FieldViolation, InvalidArgument
+from service.errors import (
+    INVALID_REQUEST,
+    MAX_VIOLATIONS,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+)
 from service.gen.v1 import registry_pb2 as pb
-from service.registry import slices
-from service.registry.rpcs.validation import MAX_VIOLATIONS
-from service.registry.rpcs.validation import REASON as INVALID_REQUEST
+from service.registry.model import slices
 from service.state.cache.base import CacheKey
 from service.state.history import SLICE, HistoryStore, Origin, Piece, Version
 

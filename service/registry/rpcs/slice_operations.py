@@ -5,7 +5,7 @@ caller's part alone (ownership, its destinations or guardrails, its share of ECR
 limits), then merges it, under the registry's lock, into the configuration read fresh from
 AWS (`RegistryOperations.update_*`): the caller's etag is checked against its slice, the
 merged whole only for what no single part decides, and AWS's refusal of the merged whole
-never shows its text. The rules of ownership and merging are in service/registry/slices.py.
+never shows its text. The rules of ownership and merging are in service/registry/model/slices.py.
 
 A slice write holds when the caller's slice holds (`CallerSlice`, in
 service/registry/writes/settlement.py): a change another writer made to someone else's part
@@ -35,8 +35,10 @@ from service.auth.content import ContentRules
 from service.auth.targets import Target
 from service.config import PolicyGuardrails
 from service.gen.v1 import registry_pb2 as pb
-from service.registry import slices
+from service.registry.model import slices
+from service.registry.rpcs import slice_responses as responses
 from service.registry.rpcs.validation import RequestValidator
+from service.registry.writes.context import UNATTRIBUTED, WriteContext
 from service.registry.writes.operations import Read, RegistryOperations, WriteResult, check_etag
 from service.registry.writes.settlement import CallerSlice
 from service.state.cache import Outcome
@@ -86,7 +88,7 @@ class SliceOperations:
         """The caller's rules, their etag and its use of its share."""
         read = await self._ops.describe_registry(target, fresh=fresh)
         owner = slices.Ownership.of(target)
-        return Read(slices.rules_response(target, owner, read.answer()), read.cache_outcome)
+        return Read(responses.rules_response(target, owner, read.answer()), read.cache_outcome)
 
     async def get_statements(
         self, target: Target, *, fresh: bool = False
@@ -95,7 +97,7 @@ class SliceOperations:
         read = await self._ops.get_registry_policy(target, fresh=fresh)
         text = None if read.value is None else read.value.policy_text
         owner = slices.Ownership.of(target)
-        return Read(slices.statements_response(target, owner, text), read.cache_outcome)
+        return Read(responses.statements_response(target, owner, text), read.cache_outcome)
 
     async def put_rules(
         self,
@@ -103,6 +105,8 @@ class SliceOperations:
         rules: Sequence[pb.ReplicationRule],
         etag: str,
         validate_only: bool,
+        *,
+        context: WriteContext = UNATTRIBUTED,
     ) -> WriteResult[pb.PutReplicationRulesResponse]:
         """Replace the caller's rules, keeping everyone else's in place."""
         owner = slices.Ownership.of(target)
@@ -132,7 +136,7 @@ class SliceOperations:
             )
             return merged
 
-        with slices.aws_refusals_withheld(target):
+        with responses.aws_refusals_withheld(target):
             update = await self._ops.update_replication(
                 target,
                 merge,
@@ -142,8 +146,9 @@ class SliceOperations:
                     merged=lambda whole, part: owner.merge_rules(whole, list(part.rules)),
                     etag=lambda whole: slices.rules_etag(owner.rules_in(whole)),
                 ),
+                context=context,
             )
-        return WriteResult.of(slices.put_rules_response(target, owner, update), update)
+        return WriteResult.of(responses.put_rules_response(target, owner, update), update)
 
     async def put_statements(
         self,
@@ -152,6 +157,8 @@ class SliceOperations:
         statements_json: str,
         etag: str,
         validate_only: bool,
+        *,
+        context: WriteContext = UNATTRIBUTED,
     ) -> WriteResult[pb.PutPolicyStatementsResponse]:
         """Replace the caller's policy statements, keeping everyone else's in place; when
         no statement is left, the policy is deleted. `guardrails`: the caller's own."""
@@ -174,11 +181,11 @@ class SliceOperations:
             merged = owner.merge_policy(current, mine)
             if merged is not None:
                 # Only what no single statement decides: the size. The others' statements are
-                # carried as AWS stores them, never judged again (service/registry/slices.py).
+                # carried as AWS stores them, never judged again (service/registry/model/slices.py).
                 slices.check_policy_size(target, merged, mine)
             return merged
 
-        with slices.aws_refusals_withheld(target):
+        with responses.aws_refusals_withheld(target):
             update = await self._ops.update_policy(
                 target,
                 merge,
@@ -189,5 +196,6 @@ class SliceOperations:
                     merged=lambda text, part: owner.merge_policy(text, owner.statements_in(part)),
                     etag=lambda text: slices.statements_etag(owner.statements_in(text)),
                 ),
+                context=context,
             )
-        return WriteResult.of(slices.put_statements_response(target, owner, update), update)
+        return WriteResult.of(responses.put_statements_response(target, owner, update), update)

@@ -29,25 +29,23 @@ import botocore.session
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from service import wire_format
 from service.auth.targets import Target
 from service.aws.account_settings import PolicyScopes, Scope
 from service.config import ECR_OPERATIONS, SLICE_OPERATIONS, WRITE_OPERATIONS
 from service.ecr import policy_grammar, regions
 from service.ecr.limits import MAX_UNIQUE_DESTINATIONS
-from service.errors import FieldViolation, InvalidArgument
+from service.errors import INVALID_REQUEST, FieldViolation, InvalidArgument
+from service.errors import MAX_VIOLATIONS as MAX_VIOLATIONS  # re-exported: the bound it keeps
 from service.gen.v1 import registry_pb2 as pb
-from service.rpc import wire
 
-REASON = "INVALID_REQUEST"
-# Enough to fix a request by, and small enough that the status details stay well inside
-# the 8 KiB of trailing metadata a gRPC client accepts by default.
-MAX_VIOLATIONS = 25
+REASON = INVALID_REQUEST
 # Bounds on the work one request can cause: a 4 MiB message of empty destinations must not
 # cost seconds. A list longer than the model's maximum is refused for its length, so only
 # its first `max` items (or _SCAN_LIMIT, for a list the model does not bound) are looked at.
 _SCAN_LIMIT = 100
 # Unknown fields named: enough to show what a newer client sent, never a walk of every
-# field a flood holds (the walk also stops after wire.MAX_FIELDS fields read).
+# field a flood holds (the walk also stops after wire_format.MAX_FIELDS fields read).
 _UNKNOWN_FIELD_BUDGET = 100
 # Policies longer than this get only their length reported: parsing and walking megabytes
 # of JSON for a policy refused anyway would hand a caller a cheap way to burn CPU.
@@ -239,7 +237,7 @@ class RequestValidator:
             return
         problems = _Problems()
         if rpc in WRITE_OPERATIONS and _has_unknown_fields(request):
-            found, more = wire.unknown_fields(
+            found, more = wire_format.unknown_fields(
                 _request_descriptor(rpc), request.SerializeToString(), _UNKNOWN_FIELD_BUDGET
             )
             # Outermost first: a field the request itself lacks says most about the client.
@@ -403,7 +401,7 @@ class RequestValidator:
 
 def _statements_under(statements_json: str, scope: Scope) -> list[FieldViolation]:
     """How the statements (a JSON array) break the policy grammar under `scope`, with paths
-    into `statements_json` (as service/registry/slices.py's check_statement_grammar)."""
+    into `statements_json` (as service/registry/model/slices.py's check_statement_grammar)."""
     text = f'{{"Version":"2012-10-17","Statement":{statements_json}}}'
     return [
         FieldViolation(
@@ -456,7 +454,7 @@ def _has_unknown_fields(message: Message) -> bool:
     """Whether `message` (or a message inside it) carries fields the contract lacks.
 
     All in C (upb): a copy without them is smaller. Only then are the bytes read, by a
-    bounded walk (service/rpc/wire.py), to name them.
+    bounded walk (service/wire_format.py), to name them.
     """
     known = type(message)()
     known.CopyFrom(message)

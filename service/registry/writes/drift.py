@@ -39,7 +39,7 @@ The report's diff matches rules by their filters and destinations and statements
 (service/registry/model/plan.py), at most MAX_DIFF entries, each a short description: which
 destinations and filters a rule has, the effect and actions of a statement, never a
 policy's principals, resources or text. Each entry names the tenants whose slice
-(service/registry/slices.py Ownership) holds the rule or statement, from the config current
+(service/registry/model/slices.py Ownership) holds the rule or statement, from the config current
 when it is reported.
 """
 
@@ -57,7 +57,7 @@ from service.config import GatewayConfig, registry_regions
 from service.ecr import etags
 from service.gen.v1 import registry_pb2 as pb
 from service.registry.model import plan, read_back
-from service.registry.slices import Ownership
+from service.registry.model.slices import Ownership
 from service.state.cache import CacheKey
 from service.state.clock import SharedClock
 from service.state.history import HistoryStore, Version

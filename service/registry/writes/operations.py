@@ -20,8 +20,10 @@ in the cache (it is the truth).
 
 Operations return what happened and write into nothing: a read answers a `Read` (the value
 and how the cache served it), a write a `WriteResult` (the response and the etags around
-it). A write that fails after its fresh read says which etag it read
-(`etag_read_before(error)`), so the audit trail records it for failed writes too.
+it). A write that fails after its fresh read says which etag it read (`etag_read_before(error)`:
+the field of its GatewayError), so the audit trail records it for failed writes too,
+abandoned ones included. Who writes and the caller's deadline come in as data, a
+`WriteContext` (service/registry/writes/context.py): nothing here reads the call in flight.
 
 With a drift detector (service/registry/writes/drift.py), every read from AWS is observed against
 the resource's history: here cache loads and the fresh read inside a write; the read-back,
@@ -34,27 +36,31 @@ import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
 from service.auth.targets import Target
 from service.aws.port import EcrPort, NoPolicy
 from service.ecr import convert, etags
-from service.errors import EtagMismatch, NotFound, QuotaViolation, ResourceExhausted
+from service.errors import (
+    EtagMismatch,
+    GatewayError,
+    NotFound,
+    QuotaViolation,
+    ResourceExhausted,
+)
 from service.gen.v1 import registry_pb2 as pb
 from service.registry.model import plan
+from service.registry.writes.context import UNATTRIBUTED, WriteContext
+from service.registry.writes.drift import DriftDetector, Observed
 from service.registry.writes.settlement import CallerSlice, Verdict, WriteSettlement, overwritten
 from service.state.cache import CacheKey, Outcome, ReadCache
 from service.state.cache.base import Resource
 from service.state.locks import HeldLock
 
-if TYPE_CHECKING:  # drift.py imports slices.py, which imports this module
-    from service.registry.writes.drift import DriftDetector, Observed
-
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
-E = TypeVar("E", bound=BaseException)
 
 
 @dataclass(frozen=True)
@@ -128,23 +134,23 @@ class PolicyUpdate:
         return etags.of_policy(self.after) if self.done else None
 
 
-# The attribute naming, on the exception a write failed with, the etag it had read.
-_ETAG_READ_BEFORE = "registry_gateway_etag_read_before"
-
-
 def etag_read_before(error: BaseException) -> str | None:
     """The etag a write read inside the lock before it failed with `error`; None when it
-    failed before reading (refused, lock unavailable, AWS unreachable on the read)."""
+    failed before reading (refused, lock unavailable, AWS unreachable on the read).
+
+    A GatewayError carries it as its field (`GatewayError.etag_read_before`). An abandoned
+    write fails with the caller's CancelledError, which must stay that very type
+    (asyncio.timeout turns only `exc_type is CancelledError` into TimeoutError, so neither a
+    subclass nor a wrapper will do), and an unexpected error is not the gateway's to type:
+    on those the same attribute is set (`_update`)."""
+    if isinstance(error, GatewayError):
+        return error.etag_read_before
     etag = getattr(error, _ETAG_READ_BEFORE, None)
     return etag if isinstance(etag, str) else None
 
 
-def keep_etag_read_before(error: E, cause: BaseException) -> E:
-    """`error`, raised in place of the `cause` a write failed with, saying the same etag."""
-    etag = etag_read_before(cause)
-    if etag is not None:
-        setattr(error, _ETAG_READ_BEFORE, etag)
-    return error
+# The attribute an abandoned write's CancelledError carries, named as GatewayError's field.
+_ETAG_READ_BEFORE = "etag_read_before"
 
 
 class Locks(Protocol):
@@ -270,7 +276,13 @@ class RegistryOperations:
     # --- the full writes ---------------------------------------------------------------------
 
     async def put_registry_policy(
-        self, target: Target, policy_text: str, etag: str, validate_only: bool
+        self,
+        target: Target,
+        policy_text: str,
+        etag: str,
+        validate_only: bool,
+        *,
+        context: WriteContext = UNATTRIBUTED,
     ) -> WriteResult[pb.PutRegistryPolicyResponse]:
         """Set the registry policy if `etag` (when given; "absent": none yet) still holds."""
 
@@ -278,7 +290,7 @@ class RegistryOperations:
             check_etag(etag, etags.of_policy(current), target)
             return policy_text
 
-        update = await self.update_policy(target, replace, validate_only)
+        update = await self.update_policy(target, replace, validate_only, context=context)
         if not update.done:
             return WriteResult.of(
                 pb.PutRegistryPolicyResponse(
@@ -299,7 +311,12 @@ class RegistryOperations:
         )
 
     async def delete_registry_policy(
-        self, target: Target, etag: str, validate_only: bool
+        self,
+        target: Target,
+        etag: str,
+        validate_only: bool,
+        *,
+        context: WriteContext = UNATTRIBUTED,
     ) -> WriteResult[pb.DeleteRegistryPolicyResponse]:
         """Delete the registry policy if `etag` (when given) still holds; NotFound if none."""
 
@@ -310,7 +327,7 @@ class RegistryOperations:
                     "the registry has no registry policy", reason="REGISTRY_POLICY_NOT_FOUND"
                 )
 
-        update = await self.update_policy(target, remove, validate_only)
+        update = await self.update_policy(target, remove, validate_only, context=context)
         if not update.done:
             return WriteResult.of(
                 pb.DeleteRegistryPolicyResponse(
@@ -336,6 +353,8 @@ class RegistryOperations:
         configuration: pb.ReplicationConfiguration,
         etag: str,
         validate_only: bool,
+        *,
+        context: WriteContext = UNATTRIBUTED,
     ) -> WriteResult[pb.PutReplicationConfigurationResponse]:
         """Replace the replication configuration if `etag` (when given) still holds."""
 
@@ -343,7 +362,7 @@ class RegistryOperations:
             check_etag(etag, current.etag, target)
             return configuration
 
-        update = await self.update_replication(target, replace, validate_only)
+        update = await self.update_replication(target, replace, validate_only, context=context)
         if update.after is None:
             return WriteResult.of(
                 pb.PutReplicationConfigurationResponse(
@@ -374,6 +393,7 @@ class RegistryOperations:
         validate_only: bool,
         *,
         caller_slice: CallerSlice[pb.ReplicationConfiguration] | None = None,
+        context: WriteContext = UNATTRIBUTED,
     ) -> ReplicationUpdate:
         """Read-modify-write of the replication configuration under the registry's lock.
 
@@ -381,10 +401,10 @@ class RegistryOperations:
         one to write, or raises (etag, quota, validation) to write nothing. With
         validate_only nothing is written and `after` is None. `caller_slice` (a slice write):
         the write holds when that slice holds, and WriteOverwritten names that slice's etag
-        rather than the whole's.
+        rather than the whole's. `context`: who writes, and the caller's deadline.
         """
         key = _registry_key(target)
-        async with self._update(target) as (held, attempt):
+        async with self._update(target, context) as (held, attempt):
             started = self._started()
             current = await self._ecr.describe_registry(target)
             attempt.etag_before = current.etag
@@ -395,7 +415,7 @@ class RegistryOperations:
                 return ReplicationUpdate(current, proposed, None)
             async with self._writing(key, held):
                 after, verdict = await self._settlement.replication(
-                    target, key, current, proposed, caller_slice, held
+                    target, key, current, proposed, caller_slice, held, context
                 )
             if verdict is Verdict.OVERWRITTEN:
                 # Outside `_writing`: the cache keeps the read-back, the truth.
@@ -414,6 +434,7 @@ class RegistryOperations:
         validate_only: bool,
         *,
         caller_slice: CallerSlice[str | None] | None = None,
+        context: WriteContext = UNATTRIBUTED,
     ) -> PolicyUpdate:
         """Read-modify-write of the registry policy under the registry's lock.
 
@@ -423,7 +444,7 @@ class RegistryOperations:
         `update_replication`.
         """
         key = _policy_key(target)
-        async with self._update(target) as (held, attempt):
+        async with self._update(target, context) as (held, attempt):
             started = self._started()
             current = await self._current_policy(target)
             attempt.etag_before = etags.of_policy(current)
@@ -440,7 +461,7 @@ class RegistryOperations:
                 return PolicyUpdate(current, proposed, None, done=True)
             async with self._writing(key, held):
                 after, verdict, answered = await self._settlement.policy(
-                    target, key, current, proposed, caller_slice, held
+                    target, key, current, proposed, caller_slice, held, context
                 )
             if verdict is Verdict.OVERWRITTEN:
                 # Outside `_writing`: the cache keeps the read-back, the truth.
@@ -451,15 +472,22 @@ class RegistryOperations:
             return PolicyUpdate(current, proposed, after, done=True, answered=answered)
 
     @asynccontextmanager
-    async def _update(self, target: Target) -> AsyncIterator[tuple[HeldLock, _Attempt]]:
+    async def _update(
+        self, target: Target, context: WriteContext
+    ) -> AsyncIterator[tuple[HeldLock, _Attempt]]:
         """The registry's lock for one read-modify-write; a failure (once the write has
-        read the current value) says the etag it read (`etag_read_before`)."""
+        read the current value) says the etag it read (`GatewayError.etag_read_before`)."""
         attempt = _Attempt()
         try:
             async with self._hold(target) as held:
                 yield held, attempt
+        except GatewayError as exc:
+            if attempt.etag_before is not None:
+                exc.etag_read_before = attempt.etag_before
+            raise
         except BaseException as exc:
-            # BaseException: a cancelled (abandoned) write is audited with its etag too.
+            # A cancelled (abandoned) write, or one failed unexpectedly, is audited with its
+            # etag too (see `etag_read_before` for why this is an attribute, not a field).
             if attempt.etag_before is not None:
                 setattr(exc, _ETAG_READ_BEFORE, attempt.etag_before)
             raise

@@ -39,6 +39,10 @@ outcome unknown (UNAVAILABLE `WRITE_OUTCOME_UNKNOWN`: read again before retrying
 nothing recorded. A connection that failed before sending is answered as it is
 (UPSTREAM_UNREACHABLE): nothing reached AWS.
 
+Who writes (for the record) and the caller's deadline (for the read-back past it) come in as
+data, the `WriteContext` (service/registry/writes/context.py) the servicer builds; nothing
+here reads the call in flight.
+
 At shutdown (service/app/server.py), once the grace period is over, no new write is sent
 (`stop_writes`: a write reaching this point answers UNAVAILABLE `SHUTTING_DOWN`, nothing
 written), and the gateway waits for the settlements in flight (`settled`) before it closes
@@ -49,17 +53,15 @@ recorded and answered.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import enum
 import logging
 import math
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from service.auth.targets import Target
 from service.aws.port import EcrPort, NoPolicy
-from service.call import Call, current_call, time_left
 from service.ecr import convert, etags
 from service.errors import (
     DeadlineExceeded,
@@ -70,11 +72,10 @@ from service.errors import (
 )
 from service.gen.v1 import registry_pb2 as pb
 from service.registry.model import read_back
+from service.registry.writes.context import WriteContext
+from service.registry.writes.drift import Document, DriftDetector, Observed
 from service.state.cache import CacheKey, ReadCache
 from service.state.locks import HeldLock, lock_lost
-
-if TYPE_CHECKING:  # drift.py imports slices.py, which imports operations.py, which imports this
-    from service.registry.writes.drift import Document, DriftDetector, Observed
 
 T = TypeVar("T")
 D = TypeVar("D")  # a document: pb.ReplicationConfiguration, or a policy's text (None: none)
@@ -236,11 +237,13 @@ class WriteSettlement:
         proposed: pb.ReplicationConfiguration,
         caller_slice: CallerSlice[pb.ReplicationConfiguration] | None,
         held: HeldLock,
+        context: WriteContext,
     ) -> tuple[pb.DescribeRegistryResponse, Verdict]:
         """Write `proposed` over `current` (read fresh under `held`, the registry's lock) as
         one unit a caller's leaving does not cut: the read-back and its verdict."""
         return await self._sent(
-            target, self._write_replication(target, key, current, proposed, caller_slice, held)
+            target,
+            self._write_replication(target, key, current, proposed, caller_slice, held, context),
         )
 
     async def policy(
@@ -251,11 +254,13 @@ class WriteSettlement:
         proposed: str | None,
         caller_slice: CallerSlice[str | None] | None,
         held: HeldLock,
+        context: WriteContext,
     ) -> tuple[str | None, Verdict, str]:
         """Put `proposed` (None: delete) over `current` as one unit a caller's leaving does
         not cut: the read-back, its verdict, and what AWS answered the write."""
         return await self._sent(
-            target, self._write_policy(target, key, current, proposed, caller_slice, held)
+            target,
+            self._write_policy(target, key, current, proposed, caller_slice, held, context),
         )
 
     async def _write_replication(
@@ -266,6 +271,7 @@ class WriteSettlement:
         proposed: pb.ReplicationConfiguration,
         caller_slice: CallerSlice[pb.ReplicationConfiguration] | None,
         held: HeldLock,
+        context: WriteContext,
     ) -> tuple[pb.DescribeRegistryResponse, Verdict]:
         """Put, read back, write through, record: one unit (run by `_sent`)."""
         operation = "put_replication_configuration"
@@ -294,6 +300,7 @@ class WriteSettlement:
                     lambda: self._ecr.describe_registry(target),
                     verdict,
                     unchanged=lambda after: after.etag == current.etag,
+                    context=context,
                 ),
             )
         except _LockRunOut:
@@ -304,7 +311,7 @@ class WriteSettlement:
             if answered is None:
                 raise _unknown(target, operation) from None
             await self._record_answered(
-                target, key, _described(current, answered), etag_before=current.etag
+                target, key, _described(current, answered), current.etag, context
             )
             raise
         if not await held.owned():
@@ -326,6 +333,7 @@ class WriteSettlement:
             after=after,
             expected=expected,
             etag_before=current.etag,
+            context=context,
         )
         return after, judged
 
@@ -337,6 +345,7 @@ class WriteSettlement:
         proposed: str | None,
         caller_slice: CallerSlice[str | None] | None,
         held: HeldLock,
+        context: WriteContext,
     ) -> tuple[str | None, Verdict, str]:
         """Put (or delete), read back, write through, record: one unit (run by `_sent`)."""
         operation = "put_registry_policy" if proposed is not None else "delete_registry_policy"
@@ -365,6 +374,7 @@ class WriteSettlement:
                         read_back.policy_holds, proposed, after, form, caller_slice
                     ),
                     unchanged=lambda after: etags.of_policy(after) == etag_before,
+                    context=context,
                 ),
             )
         except _LockRunOut:
@@ -375,7 +385,7 @@ class WriteSettlement:
             if unanswered:
                 raise _unknown(target, operation) from None
             taken = None if proposed is None else (form or proposed)
-            await self._record_answered(target, key, taken, etag_before)
+            await self._record_answered(target, key, taken, etag_before, context)
             raise
         if not await held.owned():
             raise _lost(target, "the lock was lost during its read-back")
@@ -400,6 +410,7 @@ class WriteSettlement:
             after=after,
             expected=expected,
             etag_before=etag_before,
+            context=context,
         )
         return after, judged, answered
 
@@ -440,6 +451,7 @@ class WriteSettlement:
         after: Observed,
         expected: Callable[[], Observed],
         etag_before: str,
+        context: WriteContext,
     ) -> None:
         """After a write's read-back, written through to the cache: record the write's
         version, or report that another writer's state stands (`overwritten`).
@@ -449,7 +461,8 @@ class WriteSettlement:
         so the other part's change is reported once as drift (`out_of_band_change`)."""
         if self._drift is None:
             return
-        tenant, who, rpc, request_id = _author(target)
+        # Who writes, as the history and the audit name it (`context`: from the servicer).
+        tenant, who, rpc = target.tenant, context.identity, context.rpc
         if verdict is Verdict.OVERWRITTEN:
             await self._drift.overwritten(
                 key,
@@ -459,7 +472,7 @@ class WriteSettlement:
                 tenant=tenant,
                 identity=who,
                 rpc=rpc,
-                request_id=request_id,
+                request_id=context.request_id,
             )
             return
         recorded = after if verdict is Verdict.HOLDS else expected()
@@ -470,7 +483,12 @@ class WriteSettlement:
             await self._drift.observe(key, after, started=self._drift.clock(), under_lock=True)
 
     async def _record_answered(
-        self, target: Target, key: CacheKey, answered: Observed, etag_before: str
+        self,
+        target: Target,
+        key: CacheKey,
+        answered: Observed,
+        etag_before: str,
+        context: WriteContext,
     ) -> None:
         """A write reached AWS but its read-back failed: record what AWS answered the write
         as its version (the cache forgets the key), so that the next read does not report
@@ -478,27 +496,14 @@ class WriteSettlement:
         with a head the gateway wrote)."""
         if self._drift is None:
             return
-        tenant, who, rpc, _ = _author(target)
         await self._drift.record_write(
-            key, answered, tenant=tenant, identity=who, rpc=rpc, etag_before=etag_before
+            key,
+            answered,
+            tenant=target.tenant,
+            identity=context.identity,
+            rpc=context.rpc,
+            etag_before=etag_before,
         )
-
-
-def _call() -> Call | None:
-    """The call in flight (read only: who wrote, for the history), None outside one."""
-    try:
-        return current_call()
-    except LookupError:
-        return None
-
-
-def _author(target: Target) -> tuple[str, str | None, str | None, str | None]:
-    """Who writes, as the history and the audit name it: tenant, identity, rpc, request id."""
-    call = _call()
-    identity = call.identity if call is not None else None
-    who = f"{identity.kind}:{identity.subject}" if identity is not None else None
-    rpc = call.rpc if call is not None else None
-    return target.tenant, who, rpc, call.request_id if call is not None else None
 
 
 def _described(
@@ -600,6 +605,7 @@ async def _read_back(
     verdict: Callable[[T], Verdict],
     *,
     unchanged: Callable[[T], bool],
+    context: WriteContext,
 ) -> tuple[T, Verdict]:
     """The read-back of a write, and what it says of the write. A read-back that does not
     hold and still answers the state before the write (`unchanged`) may be a read that lags
@@ -608,7 +614,7 @@ async def _read_back(
     hears DEADLINE_EXCEEDED, never a false WRITE_OVERWRITTEN)."""
     delays = iter(READ_BACK_RETRY_SECONDS)
     while True:
-        after = await _finished(read)
+        after = await _finished(read, context)
         judged = verdict(after)
         if judged is not Verdict.OVERWRITTEN or not unchanged(after):
             return after, judged
@@ -618,14 +624,14 @@ async def _read_back(
         await asyncio.sleep(delay)
 
 
-async def _finished(read: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """A read that belongs to a write already sent: within the call while its caller waits,
-    and once the caller's deadline has passed, like a cache load (in an empty context:
-    bounded by the AWS client's own timeouts), so the write's outcome is still known."""
-    if time_left() > 0:
+async def _finished(read: Callable[[], Coroutine[Any, Any, T]], context: WriteContext) -> T:
+    """A read that belongs to a write already sent: within the caller's deadline while it
+    waits, and once that has passed, outside it (`WriteContext.outlive`: bounded by the AWS
+    client's own timeouts, like a cache load), so the write's outcome is still known."""
+    if context.time_left() > 0:
         try:
             return await read()
         except DeadlineExceeded:
-            if time_left() > 0:
+            if context.time_left() > 0:
                 raise
-    return await asyncio.create_task(read(), context=contextvars.Context())
+    return await context.outlive(read)

@@ -22,10 +22,14 @@ the merge; the merged whole is judged only for what no single part decides (ECR'
 limits; for rules, the configuration's validity), and a failure there names counts, never
 content. Plans and responses show the caller's slice only.
 
+This module is the pure model (no I/O; it imports nothing of writes/ nor rpcs/): the
+drift detector reads ownership from it, the slice RPCs build on it.
+
 Other tenants' statements are carried as AWS stores them and never judged again by the
 gateway's grammar: AWS rewrites what it stores (a deleted role's ARN becomes its unique id,
 `AROA...`), and a rule the owner can no longer meet must not lock everyone else out. AWS,
-which took them, judges the merged document; its refusal is answered without its text.
+which took them, judges the merged document; its refusal is answered without its text
+(service/registry/rpcs/slice_responses.py, with the slice RPCs' answers).
 A share counts a tenant's statements as AWS will store them (account ids as root ARNs,
 service/ecr/policy_grammar.py's `stored_form`): that form, not what was sent, is what
 every later merge carries, so counting the request would let one slice grow into another's.
@@ -35,8 +39,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,20 +55,14 @@ from service.ecr.limits import (
     statement_chars,
 )
 from service.errors import (
+    INVALID_REQUEST,
+    MAX_VIOLATIONS,
     FailedPrecondition,
     FieldViolation,
     InvalidArgument,
     QuotaViolation,
 )
 from service.gen.v1 import registry_pb2 as pb
-from service.registry.model import plan
-from service.registry.rpcs.validation import MAX_VIOLATIONS
-from service.registry.rpcs.validation import REASON as INVALID_REQUEST
-from service.registry.writes.operations import (
-    PolicyUpdate,
-    ReplicationUpdate,
-    keep_etag_read_before,
-)
 
 # A registry without a policy gets this Version when a tenant adds the first statement.
 POLICY_VERSION = "2012-10-17"
@@ -216,7 +213,8 @@ def unique_destinations(rules: Sequence[pb.ReplicationRule]) -> set[tuple[str, s
     return {(d.registry_id, d.region) for rule in rules for d in rule.destinations}
 
 
-def _where(target: Target) -> str:
+def where_of(target: Target) -> str:
+    """How messages name the target's registry."""
     return f"registry {target.registry_id} in {target.region}"
 
 
@@ -240,7 +238,7 @@ def check_rule_share(target: Target, mine: Sequence[pb.ReplicationRule]) -> None
 
     Judged on the caller's rules alone, so what other slices hold never decides it.
     """
-    share, where = target.share, _where(target)
+    share, where = target.share, where_of(target)
     violations: list[QuotaViolation] = []
     if len(mine) > share.rules:
         violations.append(
@@ -278,7 +276,7 @@ def check_registry_rules(
     PutReplicationConfiguration, count too). Only counts are said: what fills the rest of
     the registry is not the caller's to see.
     """
-    where = _where(target)
+    where = where_of(target)
     violations: list[QuotaViolation] = []
     if len(merged.rules) > MAX_RULES:
         violations.append(
@@ -334,7 +332,7 @@ def _partition(region: str) -> str:
 def check_statement_share(target: Target, mine: Sequence[Any]) -> None:
     """FailedPrecondition with a QuotaFailure when the caller's statements, as AWS will store
     them, pass its share of the policy's characters (judged on its statements alone)."""
-    chars, share, where = stored_chars(target, mine), target.share.policy_chars, _where(target)
+    chars, share, where = stored_chars(target, mine), target.share.policy_chars, where_of(target)
     if chars <= share:
         return
     sent = statement_chars(mine)
@@ -360,7 +358,7 @@ def check_policy_size(target: Target, merged: str, mine: Sequence[Any]) -> None:
     ECR's 10,240 characters although the caller keeps to its share; counts only."""
     if len(merged) <= MAX_POLICY_CHARS:
         return
-    where = _where(target)
+    where = where_of(target)
     violation = QuotaViolation(
         f"{where}: registry policy characters",
         f"at most {MAX_POLICY_CHARS} characters per registry policy; the merged policy would "
@@ -425,7 +423,7 @@ def merged_must_validate(target: Target, what: str, reason: str, check: Callable
     except InvalidArgument as exc:
         count = exc.metadata.get("violations", str(len(exc.field_violations) or 1))
         raise FailedPrecondition(
-            f"the {what} of {_where(target)} breaks {count} validation rule(s) outside the "
+            f"the {what} of {where_of(target)} breaks {count} validation rule(s) outside the "
             f"slice of tenant {target.tenant}; it cannot be merged into until the registry's "
             f"administrators repair it",
             reason=reason,
@@ -436,104 +434,6 @@ def merged_must_validate(target: Target, what: str, reason: str, check: Callable
                 "violations": count,
             },
         ) from None
-
-
-# AWS's and botocore's texts about a request may quote it, and a slice write's request is
-# the merged whole: other slices included.
-_AWS_REFUSALS = frozenset({"AWS_INVALID_PARAMETER", "AWS_PARAM_VALIDATION"})
-
-
-@contextmanager
-def aws_refusals_withheld(target: Target) -> Iterator[None]:
-    """Around a slice write's call to AWS: AWS refusing the merged document answers its
-    error code and request id (for the operators), never its text, which could quote
-    another slice."""
-    try:
-        yield
-    except InvalidArgument as exc:
-        if exc.reason not in _AWS_REFUSALS:
-            raise
-        withheld = InvalidArgument(
-            f"AWS refused the merged configuration of {_where(target)} "
-            f"({exc.metadata.get('awsErrorCode', 'parameter validation')}); its text is "
-            f"withheld from slice writes, as it may quote other tenants' slices; the "
-            f"registry's operators can look up awsRequestId",
-            reason=exc.reason,
-            metadata=exc.metadata,
-        )
-        raise keep_etag_read_before(withheld, exc) from None
-
-
-# --- responses -----------------------------------------------------------------------------
-
-
-def rules_response(
-    target: Target, owner: Ownership, described: pb.DescribeRegistryResponse
-) -> pb.GetReplicationRulesResponse:
-    """GetReplicationRules: the tenant's rules, their etag and the shared limits' use."""
-    mine = owner.rules_in(described.replication_configuration)
-    # Use and limits are the caller's own: its rules against its share. That is what a team
-    # can act on (its share is all it may fill), and the other slices' use is not its to see.
-    return pb.GetReplicationRulesResponse(
-        registry_id=described.registry_id or target.registry_id,
-        rules=mine,
-        etag=rules_etag(mine),
-        rules_used=len(mine),
-        rules_limit=target.share.rules,
-        unique_destinations_used=len(unique_destinations(mine)),
-        unique_destinations_limit=target.share.destinations,
-    )
-
-
-def put_rules_response(
-    target: Target, owner: Ownership, update: ReplicationUpdate
-) -> pb.PutReplicationRulesResponse:
-    """PutReplicationRules: the slice after the write, or the plan of a validate_only call."""
-    if update.after is None:
-        current = owner.rules_in(update.before.replication_configuration)
-        proposed = owner.rules_in(update.proposed)
-        return pb.PutReplicationRulesResponse(
-            registry_id=update.before.registry_id or target.registry_id,
-            rules=proposed,
-            etag=rules_etag(current),
-            # The caller's slice only: the others' rules are not its to see, nor its change.
-            changes=plan.rule_changes(current, proposed, "rules"),
-        )
-    mine = owner.rules_in(update.after.replication_configuration)
-    return pb.PutReplicationRulesResponse(
-        registry_id=update.after.registry_id or target.registry_id,
-        rules=mine,
-        etag=rules_etag(mine),
-    )
-
-
-def statements_response(
-    target: Target, owner: Ownership, policy_text: str | None
-) -> pb.GetPolicyStatementsResponse:
-    """GetPolicyStatements: the tenant's statements and their etag."""
-    mine = owner.statements_in(policy_text)
-    return pb.GetPolicyStatementsResponse(
-        registry_id=target.registry_id, statements_json=json.dumps(mine), etag=statements_etag(mine)
-    )
-
-
-def put_statements_response(
-    target: Target, owner: Ownership, update: PolicyUpdate
-) -> pb.PutPolicyStatementsResponse:
-    """PutPolicyStatements: the slice after the write, or the plan of a validate_only call."""
-    if not update.done:
-        current = owner.statements_in(update.before)
-        proposed = owner.statements_in(update.proposed)
-        return pb.PutPolicyStatementsResponse(
-            registry_id=target.registry_id,
-            statements_json=json.dumps(proposed),
-            etag=statements_etag(current),
-            changes=plan.statement_changes(current, proposed),
-        )
-    mine = owner.statements_in(update.after)
-    return pb.PutPolicyStatementsResponse(
-        registry_id=target.registry_id, statements_json=json.dumps(mine), etag=statements_etag(mine)
-    )
 
 
 def _document(policy_text: str | None) -> dict[str, Any]:
