@@ -4,9 +4,48 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from service.config.base import Strict
+from service.config.base import Strict, parse_listen
+
+
+def _host_ports(nodes: tuple[str, ...]) -> tuple[str, ...]:
+    for node in nodes:
+        parse_listen(node)  # HOST:PORT, IPv6 hosts in brackets
+    if len(set(nodes)) != len(nodes):
+        raise ValueError("a node is listed twice")
+    return nodes
+
+
+class RedisSentinelConfig(Strict):
+    """`cache.redis_sentinel`: the primary is asked of these sentinels, and asked again after
+    a failover (service/state/redis_circuit.py)."""
+
+    master_name: str = Field(min_length=1)
+    nodes: tuple[str, ...] = Field(min_length=1, max_length=16)  # "host:port" of each sentinel
+    # The environment variable holding the sentinels' own password (`requirepass` in
+    # sentinel.conf), if they have one; the primary's is `cache.redis_password_env`.
+    password_env: str | None = Field(None, min_length=1)
+
+    @field_validator("nodes")
+    @classmethod
+    def _nodes(cls, nodes: tuple[str, ...]) -> tuple[str, ...]:
+        return _host_ports(nodes)
+
+
+class RedisTlsConfig(Strict):
+    """`cache.redis_tls`: TLS to Redis (and to the sentinels or cluster nodes). Files are read
+    at start-up, not by `check-config`."""
+
+    ca_file: str | None = Field(None, min_length=1)  # else the system's CAs
+    cert_file: str | None = Field(None, min_length=1)  # a client certificate (mutual TLS)
+    key_file: str | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _pair(self) -> RedisTlsConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
 
 
 class CacheConfig(Strict):
@@ -21,12 +60,65 @@ class CacheConfig(Strict):
     # The name of the environment variable holding Redis's password (AUTH), e.g. from a
     # Kubernetes Secret: the password itself is never in the config (nor its ConfigMap).
     redis_password_env: str | None = Field(None, min_length=1)
+    # The environment variable holding the Redis ACL user name (AUTH user password).
+    redis_username_env: str | None = Field(None, min_length=1)
+    # One of three modes: `redis_url` (one Redis), `redis_sentinel` (the primary found
+    # through sentinels) or `redis_cluster_nodes` (a Redis Cluster, any of its nodes).
+    redis_sentinel: RedisSentinelConfig | None = None
+    redis_cluster_nodes: tuple[str, ...] | None = Field(None, min_length=1, max_length=64)
+    # TLS in every mode (a `rediss://` URL alone uses the system's CAs).
+    redis_tls: RedisTlsConfig | None = None
     # Every key the gateway writes starts with this: several deployments can share a Redis.
     key_prefix: str = Field("registry-gateway:", min_length=1)
     # The expiry of a write lock in Redis, renewed every third of it while its writer holds
     # it (service/state/locks.py): a replica that dies mid-write blocks its registry's writes
     # this long at most. At least 3 s: a renewal may wait out Redis's 1 s timeout.
     lock_ttl_seconds: float = Field(10.0, ge=3, le=300)
+
+    @field_validator("redis_cluster_nodes")
+    @classmethod
+    def _cluster_nodes(cls, nodes: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if nodes is None else _host_ports(nodes)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str) -> str:
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")
+        return url
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> CacheConfig:
+        # Two ways to find Redis in one config: whichever the gateway chose, the other was
+        # what somebody meant, so neither is guessed.
+        modes = [
+            key
+            for key, given in (
+                ("redis_url", "redis_url" in self.model_fields_set),
+                ("redis_sentinel", self.redis_sentinel is not None),
+                ("redis_cluster_nodes", self.redis_cluster_nodes is not None),
+            )
+            if given
+        ]
+        if len(modes) > 1:
+            raise ValueError(f"conflicting Redis modes: {' and '.join(modes)}; choose one")
+        if (
+            self.redis_tls is not None
+            and self.redis_mode() == "url"
+            and not self.redis_url.startswith("rediss://")
+        ):
+            raise ValueError("redis_tls needs a rediss:// redis_url (or redis_sentinel)")
+        if self.redis_cluster_nodes is not None:
+            # Refused rather than half-served: the gateway's scripts keep keys of several
+            # hash slots together (service/state/), which a cluster answers with CROSSSLOT.
+            raise ValueError("redis_cluster_nodes: Redis Cluster is not supported yet")
+        return self
+
+    def redis_mode(self) -> Literal["url", "sentinel", "cluster"]:
+        """How Redis is found."""
+        if self.redis_sentinel is not None:
+            return "sentinel"
+        return "cluster" if self.redis_cluster_nodes is not None else "url"
 
 
 # The bounds of the `history:` section (a slice view reads a whole history, bounded by

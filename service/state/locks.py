@@ -218,17 +218,70 @@ class RegistryLocks:
         return (registry_id, region, resource) in self._marks
 
 
+class LockReplication:
+    """An acquisition acknowledged by a replica before the writer goes on (`WAIT 1`), so that
+    a failover right after it (Sentinel promoting the replica) does not forget the lock.
+
+    Redis replicates asynchronously: a lock SET on the primary and not yet on its replica is
+    gone if the primary dies then and the replica is promoted, and another replica's writer
+    could take it. `WAIT` closes that window for the acquisition. When no replica
+    acknowledges within `timeout_ms` (none connected: the only replica was just promoted,
+    or it lags), the writer goes on under a lock held by the primary alone (availability:
+    a Sentinel set that lost its replica still takes writes), a warning says so, and further
+    acquisitions skip the wait for `skip_seconds` rather than each pay it; the settlement's
+    etag check and read-back still judge each write (docs/operations.md)."""
+
+    def __init__(self, timeout_ms: int = 250, skip_seconds: float = 10.0) -> None:
+        self._timeout_ms = timeout_ms
+        self._skip_seconds = skip_seconds
+        self._skip_until = 0.0
+        self.unreplicated = 0  # acquisitions no replica acknowledged in time (for tests, logs)
+
+    async def acknowledged(self, connection: redis.Redis, name: str) -> bool:
+        """WAIT on the connection that set the lock (WAIT counts that client's writes)."""
+        if time.monotonic() < self._skip_until:
+            self.unreplicated += 1
+            return False
+        acked = int(await connection.wait(1, self._timeout_ms))
+        if acked >= 1:
+            if self._skip_until:
+                log.warning("write locks are acknowledged by a Redis replica again")
+                self._skip_until = 0.0
+            return True
+        self.unreplicated += 1
+        self._skip_until = time.monotonic() + self._skip_seconds
+        log.warning(
+            "write lock %s was acknowledged by no Redis replica within %d ms: held by the "
+            "primary alone (a failover now could lose it); not waiting again for %.0f s",
+            name,
+            self._timeout_ms,
+            self._skip_seconds,
+        )
+        return False
+
+
 class _TimedLock(Lock):
     """redis-py's Lock, noting when its last acquisition attempt began: the lock's expiry
-    runs from no earlier than that moment."""
+    runs from no earlier than that moment; with `replication`, an acquisition waits for a
+    replica's acknowledgement (LockReplication)."""
 
     attempted_at = 0.0
     attempted_token: bytes | None = None
+    replication: LockReplication | None = None
 
     async def do_acquire(self, token: str | bytes) -> bool:
         self.attempted_at = time.monotonic()
         self.attempted_token = token if isinstance(token, bytes) else token.encode()
-        return await super().do_acquire(token)
+        if self.replication is None:
+            return await super().do_acquire(token)
+        # One connection for SET and WAIT: WAIT waits for this client's own writes.
+        assert isinstance(self.redis, redis.Redis)  # RedisRegistryLocks's client
+        async with self.redis.client() as connection:
+            px = int(self.timeout * 1000) if self.timeout else None
+            if not await connection.set(self.name, token, nx=True, px=px):
+                return False
+            await self.replication.acknowledged(connection, str(self.name))
+            return True
 
 
 # Deletes a key only if it still holds this writer's token: a write-in-flight marker, or a
@@ -392,8 +445,10 @@ class RedisRegistryLocks:
         max_wait_seconds: float = 60.0,
         max_hold_seconds: float = math.inf,
         spawn: Callable[[Coroutine[Any, Any, None]], None] | None = None,
+        replication: LockReplication | None = None,
     ) -> None:
         self._redis = client
+        self._replication = replication
         self._prefix = f"{key_prefix}lock:"
         self._ttl = min(ttl_seconds, max_hold_seconds)
         # The longest a writer keeps its lock by renewals: what a write may take at most, so
@@ -456,6 +511,7 @@ class RedisRegistryLocks:
                 thread_local=False,  # used by the writer's task and its watchdog's
             )
             assert isinstance(lock, _TimedLock)
+            lock.replication = self._replication
             try:
                 acquired = await lock.acquire()
             except (redis.RedisError, OSError) as exc:

@@ -9,6 +9,10 @@ command of this client fails at once with ConnectionError (what each user alread
 as "Redis away"), while one probe at a time PINGs Redis on a connection of its own; the
 first PONG closes the circuit. A refused connection does not open it: it fails fast anyway.
 
+With Sentinel (`sentinel_client`) each connection asks the sentinels for the primary
+whenever it connects, and a primary that was demoted (it answers READONLY) is a Redis away
+for that command: the connection drops and the next one asks the sentinels again.
+
 redis-py has no such breaker for a single endpoint (its `multidb` client's breakers choose
 between databases), so the check lives in the client's connection class: every command,
 pipeline and script of the client goes through `send_packed_command` and `read_response`.
@@ -29,7 +33,9 @@ from redis.asyncio.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 log = logging.getLogger("registry_gateway.redis")
@@ -48,9 +54,9 @@ class RedisCircuit:
         self._interval = probe_interval
         self._open = False
         self._prober: asyncio.Task[None] | None = None
-        self._pool: CircuitPool | None = None
+        self._pool: ConnectionPool | None = None
 
-    def attach(self, pool: CircuitPool) -> None:
+    def attach(self, pool: ConnectionPool) -> None:
         """The pool whose connections it guards: its probes connect as they do."""
         self._pool = pool
 
@@ -95,7 +101,7 @@ class RedisCircuit:
             prober.cancel()
             await asyncio.wait({prober})  # its CancelledError is its own, not raised here
 
-    async def _probe(self, pool: CircuitPool) -> None:
+    async def _probe(self, pool: ConnectionPool) -> None:
         _probing.set(True)  # this task's own context
         while self._open:
             # Not one of the pool's: those are in use, or fail fast while the circuit is open.
@@ -141,6 +147,12 @@ class _CircuitConnection(AbstractConnection):
         except (RedisTimeoutError, TimeoutError):
             self._circuit.timed_out()
             raise
+        except ReadOnlyError as exc:
+            # A primary demoted by a failover (Sentinel, a managed Redis behind one name)
+            # answers writes with READONLY: this Redis is not the primary any more. Dropped,
+            # so the next connection finds the new one; for this command, Redis is away.
+            await self.disconnect()
+            raise RedisConnectionError("Redis is a replica now (READONLY); reconnecting") from exc
         self._circuit.answered()
         return response
 
@@ -154,6 +166,33 @@ class _Tls(_CircuitConnection, SSLConnection):
 
 
 class _Unix(_CircuitConnection, UnixDomainSocketConnection):
+    pass
+
+
+class _SentinelTcp(_CircuitConnection, SentinelManagedConnection):
+    """A connection to the primary the sentinels name, asked at every connect.
+
+    redis-py asks the sentinels only in `connect()`; a connection that dropped and is
+    reconnected by its next command (`send_packed_command` calls `connect_check_health`)
+    goes back to the old address: redis/redis-py#3874. Here every connect asks them."""
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self.is_connected:
+            return
+        self._circuit.check()
+        self.host, self.port = await self.connection_pool.get_master_address()
+        await super().connect_check_health(check_health, retry_socket_connect)
+
+    async def _connect_retry(self) -> None:
+        # The primary only (no replica pools here), asked once, in connect_check_health.
+        await self.connect_check_health(
+            check_health=self.connection_pool.check_connection, retry_socket_connect=False
+        )
+
+
+class _SentinelTls(_SentinelTcp, SSLConnection):
     pass
 
 
@@ -180,6 +219,43 @@ class CircuitPool(ConnectionPool):
         await super().aclose()
 
 
+class CircuitSentinelPool(SentinelConnectionPool):
+    """redis-py's Sentinel pool for the primary, each connection behind one circuit."""
+
+    def __init__(self, service_name: str, sentinel_manager: Sentinel, **kwargs: Any) -> None:
+        self.circuit = RedisCircuit()
+        tls = kwargs.pop("ssl", False)
+        super().__init__(  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+            service_name,
+            sentinel_manager,
+            connection_class=_SentinelTls if tls else _SentinelTcp,
+            circuit=self.circuit,
+            is_master=True,
+            **({"ssl": True} if tls else {}),
+            **kwargs,
+        )
+        self.circuit.attach(self)
+
+    async def aclose(self) -> None:
+        await self.circuit.stop()
+        await super().aclose()
+
+
 def circuit_client(url: str, **kwargs: Any) -> redis.Redis:
     """`redis.Redis.from_url(url, **kwargs)` behind a circuit (`CircuitPool`)."""
     return redis.Redis.from_pool(CircuitPool.from_url(url, **kwargs))
+
+
+def sentinel_client(
+    master_name: str,
+    sentinels: list[tuple[str, int]],
+    *,
+    sentinel_kwargs: dict[str, Any],
+    **kwargs: Any,
+) -> redis.Redis:
+    """The primary named `master_name`, found through `sentinels` (and found again after a
+    failover), behind a circuit. `kwargs` are the primary's connection's, `sentinel_kwargs`
+    the sentinels' (their timeouts, password, TLS)."""
+    manager = Sentinel(sentinels, sentinel_kwargs=sentinel_kwargs)  # type: ignore[no-untyped-call]
+    pool = CircuitSentinelPool(master_name, manager, **kwargs)
+    return redis.Redis.from_pool(pool)
