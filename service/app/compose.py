@@ -17,8 +17,6 @@ from typing import Any
 import grpc
 import redis.asyncio as redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 
 from service.app.drift_check import DriftCheck
 from service.auth.content import ContentRules
@@ -29,7 +27,6 @@ from service.aws.upstream import SessionFactory, Upstream
 from service.call import time_left
 from service.config import ConfigError, GatewayConfig, registry_regions
 from service.gen.v1 import registry_pb2 as pb
-from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.http.listener import HttpListener
 from service.http.transport import ConnectPipeline, ConnectService
 from service.observability.audit import AuditLog
@@ -37,20 +34,21 @@ from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing
 from service.pipeline.pipeline import Pipeline
 from service.pipeline.slots import CallSlots
+from service.registry.rpcs.destination_watch import DestinationWatch
 from service.registry.rpcs.validation import RequestValidator
 from service.registry.writes.drift import DriftDetector
 from service.registry.writes.operations import RegistryOperations
 from service.rpc import interceptor, reflection
 from service.rpc.messages import TimeToMessage
 from service.rpc.request_limits import largest_request_bytes
-from service.rpc.servicer import RegistryConfigServicer
+from service.rpc.servicer import RegistryConfigServicer, add_to_server
 from service.state.cache import MemoryStore, ReadCache, RedisStore, Store
 from service.state.claims import MemoryClaims, RedisClaims
 from service.state.clock import RedisClock
 from service.state.history import HistoryStore, MemoryHistory, RedisHistory
-from service.state.locks import RedisRegistryLocks, RegistryLocks
+from service.state.locks import LockReplication, RedisRegistryLocks, RegistryLocks
 from service.state.ratelimit import build_rate_limiter, build_upstream_budget
-from service.state.redis_circuit import circuit_client
+from service.state.redis_connect import redis_client as build_redis_client
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RegistryConfigService"].full_name
 # A write lock is renewed for at most the longest deadline plus this: what a write, its
@@ -169,18 +167,11 @@ def compose(
         metrics=metrics,
         tracing=tracing,
     )
-    # No client-side retries: the rate limiter fails open at once when Redis is away
-    # (redis-py would otherwise retry a refused connection with backoff on every call).
-    # Behind a circuit: a Redis that stops answering is waited for once (1 s), then every
-    # command fails fast until a probe answers (service/state/redis_circuit.py).
+    # One URL or the primary found through Sentinel, behind a circuit: a Redis that stops
+    # answering is waited for once (1 s), then every command fails fast until a probe
+    # answers (service/state/redis_connect.py, service/state/redis_circuit.py).
     redis_client = (
-        circuit_client(
-            config.cache.redis_url,
-            password=redis_secret,
-            socket_timeout=1.0,
-            socket_connect_timeout=1.0,
-            retry=Retry(NoBackoff(), 0),
-        )
+        build_redis_client(config.cache, redis_secret, environ)
         if config.cache.backend == "redis"
         else None
     )
@@ -258,6 +249,10 @@ def compose(
         if redis_client is not None
         else MemoryClaims(),
         config.drift.check_seconds,
+        # ... and judges its rules' cross-account destinations again.
+        destinations=DestinationWatch(
+            operations, lambda: tenancy.current.config, audit, metrics.destination_judged
+        ).rejudge,
     )
     servicer = RegistryConfigServicer(
         ContentRules(),
@@ -268,7 +263,7 @@ def compose(
         ),
         history=history,
     )
-    pb_grpc.add_RegistryConfigServiceServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     # --- HTTP/JSON (Connect) listener, service/http/: the same gates' state, reporters'
     # sinks and servicer as the gRPC server above; off without `http.listen`.
     http: HttpListener | None = None
@@ -390,4 +385,7 @@ def _locks(
         max_wait_seconds=longest,
         max_hold_seconds=longest + LOCK_HOLD_MARGIN_SECONDS,
         spawn=spawn,
+        # With Sentinel a replica exists to be promoted: an acquisition waits for its
+        # acknowledgement (service/state/locks.py, LockReplication).
+        replication=LockReplication() if config.cache.redis_mode() == "sentinel" else None,
     )

@@ -15,10 +15,11 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from service.auth.targets import Target
 from service.errors import GatewayError
+from service.gen.v1 import registry_pb2 as pb
 from service.registry.writes.operations import RegistryOperations
 from service.state.claims import PeriodClaims
 
@@ -38,8 +39,13 @@ class DriftCheck:
         *,
         jitter: Callable[[], float] = lambda: random.uniform(0.9, 1.1),  # noqa: S311
         clock: Callable[[], float] = time.time,
+        destinations: Callable[[Target, pb.DescribeRegistryResponse], Awaitable[None]]
+        | None = None,
     ) -> None:
         self._clock = clock
+        # The registry configuration read, handed on to judge its rules' destinations again
+        # (service/registry/rpcs/destination_watch.py); None: not judged.
+        self._destinations = destinations
         self._operations = operations
         self._targets = targets
         self._claims = claims
@@ -68,7 +74,12 @@ class DriftCheck:
                 try:
                     # Bounded by the period: a hung read must not stall the next check.
                     async with asyncio.timeout(self._every):
-                        await load(target, fresh=True)
+                        read_now = await load(target, fresh=True)
+                        described = read_now.value
+                        if self._destinations is not None and isinstance(
+                            described, pb.DescribeRegistryResponse
+                        ):
+                            await self._destinations(target, described)
                 except (GatewayError, TimeoutError) as exc:
                     # AWS sick (breaker open, unavailable, deadline) or no policy: nothing
                     # to compare; the next period tries again.

@@ -28,6 +28,11 @@ DEMO_TENANT = "demo"
 # moto's default account: credentials that name no other account act on this one.
 DEMO_ACCOUNT = "123456789012"
 DEMO_REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
+# A second account in the embedded moto, reached by role (moto's STS honours AssumeRole),
+# for trying cross-account replication: the demo tenant may replicate to it, and the
+# gateway can read its registry policy (docs/validation.md, "Cross-account destinations").
+DEMO_PARTNER_ACCOUNT = "111122223333"
+DEMO_PARTNER_REGION = "eu-west-1"
 # The HTTP/JSON (Connect) listener of `make serve`, beside gRPC's 127.0.0.1:50051.
 DEMO_HTTP_LISTEN = "127.0.0.1:8080"
 SERVICE_PATH = "ecr.registry.v1.RegistryConfigService"
@@ -113,11 +118,29 @@ def demo_config(
                         "owned_repository_prefixes": ["prod/"],
                         "owned_statement_sid_prefix": "Demo",
                         "replication_destinations": [
-                            {"registry_id": DEMO_ACCOUNT, "regions": list(DEMO_REGIONS)}
+                            {"registry_id": DEMO_ACCOUNT, "regions": list(DEMO_REGIONS)},
+                            {
+                                "registry_id": DEMO_PARTNER_ACCOUNT,
+                                "regions": [DEMO_PARTNER_REGION],
+                            },
                         ],
                     }
                 ],
-            }
+            },
+            {
+                # The partner account's own tenant, with a key nobody is told: it is there
+                # so that the gateway holds credentials for the destination account.
+                "name": "demo-partner",
+                "api_keys": [hash_key(secrets.token_urlsafe(24))],
+                "registries": [
+                    {
+                        "registry_id": DEMO_PARTNER_ACCOUNT,
+                        "role_arn": f"arn:aws:iam::{DEMO_PARTNER_ACCOUNT}:role/registry-gateway",
+                        "regions": [DEMO_PARTNER_REGION],
+                        "operations": ["GetRegistryPolicy"],
+                    }
+                ],
+            },
         ],
     }
     return from_mapping(raw, environ)

@@ -71,7 +71,8 @@ _CORS_REQUEST_HEADERS = (
     "grpc-timeout, x-grpc-web, x-user-agent, x-request-id, cache-control, if-none-match"
 )
 _CORS_EXPOSED_HEADERS = (
-    "x-request-id, x-cache, etag, grpc-status, grpc-message, grpc-status-details-bin"
+    "x-request-id, x-cache, x-unverified-destinations, etag, grpc-status, grpc-message, "
+    "grpc-status-details-bin"
 )
 _CORS_MAX_AGE = "7200"
 # The details the gateway sends, by the type name Connect's error JSON gives them.

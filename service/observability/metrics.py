@@ -14,6 +14,7 @@ histogram's buckets in Python, ~3 us of a cached read's ~17 us of gateway Python
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from bisect import bisect_left
@@ -157,6 +158,15 @@ class Metrics:
             ["why"],
             registry=r,
         )
+        self.destination_accepting = Gauge(
+            "registry_gateway_replication_destination_accepting",
+            "Per configured replication rule's cross-account destination (`account/region`) "
+            "of a registry the gateway also holds: 1 while its registry policy lets the source "
+            "replicate, 0 while it does not (absent when it cannot be verified). Set by the "
+            "drift check.",
+            ["registry_id", "region", "destination"],
+            registry=r,
+        )
         self.breaker = Gauge(
             "registry_gateway_breaker_state",
             "Circuit breaker per (account, region): 0 closed, 1 half-open, 2 open.",
@@ -199,6 +209,19 @@ class Metrics:
     def audit_lost(self, why: str, lines: int) -> None:
         """Count audit lines lost (AuditLog's `lost`; called from its writer thread too)."""
         self.audit_lines_lost.labels(why).inc(lines)
+
+    def destination_judged(
+        self, registry_id: str, region: str, destination: str, accepting: bool | None
+    ) -> None:
+        """Record whether a destination accepts replication (None: not verified, unset)."""
+        if accepting is None:
+            # Never set: nothing to remove.
+            with contextlib.suppress(KeyError):
+                self.destination_accepting.remove(registry_id, region, destination)
+            return
+        self.destination_accepting.labels(registry_id, region, destination).set(
+            1 if accepting else 0
+        )
 
     def breaker_changed(self, circuit: str, state: str) -> None:
         """Record a breaker's new state."""

@@ -32,6 +32,7 @@ FIELDS = {
     "etag_before",
     "etag_after",
     "policy_sha256",
+    "unverified_destinations",
 }
 
 

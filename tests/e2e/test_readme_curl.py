@@ -204,7 +204,11 @@ def check(step: Step, ran: Ran) -> None:
     answer = json.loads(body)
     assert isinstance(answer, dict), shown
     if step.subsection == ERRORS:
-        assert answer["code"] in ("permission_denied", "invalid_argument"), shown
+        assert answer["code"] in (
+            "permission_denied",
+            "invalid_argument",
+            "failed_precondition",
+        ), shown
         infos = [d for d in answer["details"] if d["type"] == "google.rpc.ErrorInfo"]
         assert len(infos) == 1 and infos[0]["debug"]["domain"] == "registry-gateway", shown
         assert infos[0]["debug"]["metadata"]["requestId"], shown

@@ -138,6 +138,15 @@ export class CallInfo {
   get requestId(): string {
     return this.get("x-request-id");
   }
+  /**
+   * The cross-account replication destinations (`account/region`) a write went through
+   * without the gateway verifying that their registry policy accepts replication
+   * (`x-unverified-destinations`); empty when every destination was verified.
+   */
+  get unverifiedDestinations(): string[] {
+    const value = this.get("x-unverified-destinations");
+    return value === "" ? [] : value.split(",");
+  }
 }
 
 /** Per-call retry policy (merged over the client's), set through `callOptions`. */

@@ -168,6 +168,31 @@ for (const transport of TRANSPORTS) {
     assert.equal(cached.metadata.get("x-cache"), "hit");
   });
 
+  test(`[${transport}] a write names the destinations it could not verify: CallInfo`, async () => {
+    // 210987654321/us-west-2: the tenant's allowed destination outside the gateway's config
+    // (tests/support/helpers.py), whose registry policy the gateway cannot read.
+    const outside = new CallInfo();
+    await gateway.putReplicationConfiguration(
+      {
+        replicationConfiguration: {
+          rules: [{ destinations: [{ region: "us-west-2", registryId: "210987654321" }] }],
+        },
+        validateOnly: true,
+      },
+      { info: outside },
+    );
+    assert.deepEqual(outside.unverifiedDestinations, ["210987654321/us-west-2"]);
+    const same = new CallInfo();
+    await gateway.putReplicationConfiguration(
+      {
+        replicationConfiguration: { rules: [{ destinations: [{ region: "eu-west-1", registryId }] }] },
+        validateOnly: true,
+      },
+      { info: same },
+    );
+    assert.deepEqual(same.unverifiedDestinations, []);
+  });
+
   test(`[${transport}] every read takes noCache`, async () => {
     const reads = {
       DescribeRegistry: (o: { noCache: boolean; info: CallInfo }) => gateway.describeRegistry({}, o),

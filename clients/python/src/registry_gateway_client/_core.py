@@ -31,6 +31,7 @@ __version__ = "0.3.0"
 
 DEFAULT_TIMEOUT = 10.0
 CACHE_KEY = "x-cache"
+UNVERIFIED_DESTINATIONS_KEY = "x-unverified-destinations"
 CACHE_CONTROL_KEY = "cache-control"
 USER_AGENT = f"registry-gateway-client-python/{__version__}"
 
@@ -130,13 +131,17 @@ class CallInfo:
     """What one call learned besides its response; pass one as `info=` to have it filled.
 
     `cache` is the gateway's `x-cache` trailer on reads (`hit`, `miss` or `stale`), empty on
-    writes; `attempts` counts the attempts the retries made (1 when the first succeeded).
+    writes; `attempts` counts the attempts the retries made (1 when the first succeeded);
+    `unverified_destinations` the cross-account replication destinations (`account/region`)
+    a write went through without the gateway verifying that their registry policy accepts
+    replication (`x-unverified-destinations`), empty when every one was verified.
     """
 
     request_id: str = ""
     cache: str = ""
     attempts: int = 0
     trailing_metadata: dict[str, str] = field(default_factory=dict)
+    unverified_destinations: tuple[str, ...] = ()
 
     def record(self, trailing_metadata: Any, attempts: int) -> None:
         """Fill in from a call's trailing metadata."""
@@ -144,6 +149,8 @@ class CallInfo:
         self.trailing_metadata = text
         self.request_id = text.get(REQUEST_ID_KEY, "")
         self.cache = text.get(CACHE_KEY, "")
+        unverified = text.get(UNVERIFIED_DESTINATIONS_KEY, "")
+        self.unverified_destinations = tuple(unverified.split(",")) if unverified else ()
         self.attempts = attempts
 
 
