@@ -201,7 +201,7 @@ async def measure(calls: int = 20000) -> tuple[list[tuple[str, float]], str]:
 
     async def servicer_only() -> Any:
         begin(call)
-        return await servicer.DescribeRegistry(request, context)
+        return await servicer.DescribeRegistry(request, call)
 
     async def timeout_only() -> None:
         # Its own cost: arming and cancelling the timer (nothing inside can time out).

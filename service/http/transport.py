@@ -4,8 +4,9 @@ for gRPC, with the same gates, servicer and reporters.
 connectrpc runs a *metadata interceptor* at the front of its list before it reads or parses
 the request body ("allowing logic such as authentication to reject a request without
 processing its body"). `ConnectPipeline.on_start` is that interceptor: request id,
-deadline, tracing, then the gates (authenticate, admit); a stranger is refused before a
-byte of its body is read. connectrpc then reads the body (within the largest request any
+deadline, then the pipeline's admission (`Pipeline.admit_call`, the same as gRPC's:
+authenticate, the tenant's slot, rate limit and upstream pass); a stranger is refused
+before a byte of its body is read. connectrpc then reads the body (within the largest request any
 RPC takes) and decodes it with the gateway's codecs (service/http/codec.py), within the
 RPC's own byte limit. `ConnectService` calls the servicer, the same object the gRPC server
 serves. `on_end` sees how the call ended, whatever ended it (the servicer, the codec,
@@ -23,8 +24,10 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from connectrpc.errors import ConnectError
@@ -32,25 +35,21 @@ from connectrpc.request import RequestContext
 from google.protobuf.message import Message
 from prometheus_client import Counter
 
-from service.call import Call, begin, current_call
-from service.catalog import UNCACHED_READS
-from service.config import WRITE_OPERATIONS
+from service.call import Call
+from service.catalog import RPCS
 from service.errors import (
     REQUEST_ID_KEY,
     DeadlineExceeded,
     FieldViolation,
     GatewayError,
     InvalidArgument,
-    internal,
 )
 from service.gen.v1 import registry_connect
-from service.gen.v1 import registry_pb2 as pb
 from service.http.codec import transport_limit
 from service.http.errors import GRPC_CODES, to_connect_error, unreadable_request
 from service.http.protocol_headers import REFUSAL
 from service.observability.metrics import GO_CODE_NAMES
-from service.pipeline.gates import FailedAuthentication
-from service.pipeline.pipeline import Pipeline, no_cache
+from service.pipeline.pipeline import Pipeline
 from service.pipeline.reporters import (
     Outcome,
 )
@@ -59,9 +58,6 @@ from service.rpc.servicer import RegistryConfigServicer
 
 ETAG_KEY = "etag"
 IF_NONE_MATCH_KEY = "if-none-match"
-# The servicer's methods take grpc.aio's context for their signature only; they read the
-# call from service/call.py. None here: a servicer that touched it would fail loudly.
-_NO_GRPC_CONTEXT: Any = None
 
 
 @dataclass(slots=True)
@@ -84,9 +80,13 @@ class _Pending:
     budget: float
     own_timer: bool  # True: connectrpc enforces no deadline (or a longer one) for this call
     protocol: str  # "connect" or "grpc-web": the label of registry_gateway_http_handled_total
+    client_address: str | None
     ended: bool = False
     served: bool = False  # the servicer was called: connectrpc had read the request
-    tenant_slot: str | None = None  # the tenant whose call slot this call holds
+
+    def peer(self) -> str:
+        """The caller's address as gRPC names a peer."""
+        return grpc_peer(self.client_address)
 
 
 _PENDING: contextvars.ContextVar[_Pending] = contextvars.ContextVar("registry_gateway_pending")
@@ -142,45 +142,39 @@ class ConnectPipeline:
         self._by_protocol_children: dict[tuple[str, str, grpc.StatusCode], Any] = {}
 
     async def on_start(self, ctx: RequestContext[Any, Any]) -> _Pending:
-        """Request id, deadline, tracing and the gates; a refusal is answered from here."""
+        """Request id, deadline, tracing and the pipeline's admission; a refusal is answered
+        from here."""
         pipeline = self._pipeline
-        rpc = ctx.method.name
-        method = f"/{ctx.method.service_name}/{rpc}"
-        is_write = rpc in WRITE_OPERATIONS
+        method = f"/{ctx.method.service_name}/{ctx.method.name}"
         metadata = list(ctx.request_headers.allitems())
         outcome = pipeline.started(method, metadata)
-        request_id = outcome.request_id
-        ctx.response_headers[REQUEST_ID_KEY] = request_id
-        tenancy = pipeline.tenancy.current
+        ctx.response_headers[REQUEST_ID_KEY] = outcome.request_id
         # connectrpc enforces `connect-timeout-ms` when the caller sent one.
         remaining = None if ctx.timeout_ms is None else ctx.timeout_ms / 1000
         budget, own_timer = pipeline.budget(remaining)
         content_type = ctx.request_headers.get("content-type", "")
         protocol = "grpc-web" if content_type.startswith("application/grpc-web") else "connect"
-        pending = _Pending(outcome, budget, own_timer, protocol)
+        pending = _Pending(outcome, budget, own_timer, protocol, ctx.client_address)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + budget
         try:
             async with asyncio.timeout_at(deadline if own_timer else None):
-                identity = outcome.identity = pipeline.authenticate(
-                    tenancy,
+                # The tenant's slot is held from here, released in on_end; the servicer and
+                # the codec run later in this same task, so they see the call.
+                await pipeline.admit_call(
+                    outcome,
+                    self._slots,
                     metadata,
                     None,  # no TLS client certificates over HTTP: mTLS stays on gRPC
-                    lambda: grpc_peer(ctx.client_address),
+                    pending.peer,
+                    deadline,
+                    # A protocol header connectrpc would have refused unseen, taken out in
+                    # front of it (service/http/protocol_headers.py): refused here, traced.
+                    REFUSAL.get(),
                 )
-                # A protocol header connectrpc would have refused unseen, taken out in
-                # front of it (service/http/protocol_headers.py): refused here, traced.
-                refused = REFUSAL.get()
-                if refused is not None:
-                    raise refused
-                fresh = not is_write and no_cache(metadata)
-                await pipeline.admit(identity.tenant.name, is_write, fresh or rpc in UNCACHED_READS)
-                # Last: nothing below awaits, so a slot taken is always released in on_end.
-                self._slots.take_tenant(identity.tenant.name)
-                pending.tenant_slot = identity.tenant.name
         except TimeoutError:
             raise self._end(pending, ctx, self._deadline_exceeded(pending)) from None
-        except (GatewayError, FailedAuthentication) as exc:
+        except Exception as exc:
             raise self._end(pending, ctx, exc) from None
         except BaseException:
             # Cancelled (the caller left, or connectrpc's deadline): still one outcome.
@@ -191,17 +185,6 @@ class ConnectPipeline:
                 )
             self._report(pending)
             raise
-        call = outcome.call = Call(
-            request_id,
-            identity,
-            rpc,
-            deadline,
-            tenancy,
-            outcome.record,
-            no_cache=fresh,
-        )
-        # The servicer and the codec run later in this same task, so they see the call.
-        begin(call)
         _PENDING.set(pending)
         return pending
 
@@ -209,9 +192,6 @@ class ConnectPipeline:
         self, pending: _Pending, ctx: RequestContext[Any, Any], error: Exception | None
     ) -> None:
         """Report how the call ended; answer an error as gRPC would (it replaces `error`)."""
-        if pending.tenant_slot is not None:
-            self._slots.release_tenant(pending.tenant_slot)
-            pending.tenant_slot = None
         if pending.ended:
             return
         call = pending.outcome.call
@@ -221,8 +201,17 @@ class ConnectPipeline:
         if error is None:
             pending.outcome.code, pending.outcome.reason = grpc.StatusCode.OK, None
             self._report(pending)
+            await self._audited(pending)
             return
-        raise self._end(pending, ctx, error)
+        answer = self._end(pending, ctx, error)
+        await self._audited(pending)
+        raise answer
+
+    @staticmethod
+    async def _audited(pending: _Pending) -> None:
+        """A write's answer leaves once its audit line is written (bounded), as over gRPC."""
+        if pending.outcome.audit_written is not None:
+            await pending.outcome.audit_written()
 
     def _deadline_exceeded(self, pending: _Pending) -> DeadlineExceeded:
         return DeadlineExceeded(
@@ -240,15 +229,8 @@ class ConnectPipeline:
         if isinstance(error, ConnectError) and isinstance(error.__cause__, GatewayError):
             # The codec's refusal, wrapped by connectrpc as `unmarshal message: ...`.
             error = error.__cause__
-        if isinstance(error, FailedAuthentication):
-            outcome.quiet = not error.log
-            # Who failed to authenticate is known only by address.
-            outcome.peer = grpc_peer(ctx.client_address)
-            error = error.error
-        gateway: GatewayError
-        if isinstance(error, GatewayError):
-            gateway = error
-        elif isinstance(error, ConnectError):
+        if isinstance(error, ConnectError):
+            gateway: GatewayError
             code = GRPC_CODES.get(error.code, grpc.StatusCode.UNKNOWN)
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:
                 gateway = self._deadline_exceeded(pending)
@@ -271,16 +253,16 @@ class ConnectPipeline:
                 # connectrpc writes these messages itself (no caller text, no secret).
                 gateway = _Unexpected(error.message, reason=code.name)
                 gateway.code = code
-        else:
-            outcome.error_type = type(error).__name__
-            gateway = internal(request_id)
-        outcome.code, outcome.reason = gateway.code, gateway.reason
+            error = gateway
+        answer = self._pipeline.fail_call(outcome, error, pending.peer)
         self._report(pending)
-        return to_connect_error(gateway, request_id)
+        return to_connect_error(answer, request_id)
 
     def _report(self, pending: _Pending) -> None:
         pending.ended = True
         outcome = pending.outcome
+        if outcome.call is not None:  # admitted: it holds its tenant's slot
+            self._slots.release_tenant(outcome.call.tenant.name)
         self._pipeline.ended(outcome)
         key = (pending.protocol, outcome.method, outcome.code)
         child = self._by_protocol_children.get(key)
@@ -292,19 +274,49 @@ class ConnectPipeline:
         child.inc()
 
 
+def python_name(rpc: str) -> str:
+    """The name connectrpc's generated code gives an RPC's method (`DescribeRegistry` ->
+    `describe_registry`)."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", rpc).lower()
+
+
+_ServicerMethod: TypeAlias = "Callable[[Any, Call], Awaitable[Any]]"
+_ConnectMethod: TypeAlias = "Callable[[Any, RequestContext[Any, Any]], Awaitable[Any]]"
+
+
 class ConnectService(registry_connect.RegistryConfigService):
-    """The RPCs for connectrpc: each calls the servicer the gRPC server serves."""
+    """The RPCs for connectrpc, one for each RPC of the contract's descriptor
+    (service/catalog.py): each calls the servicer's method of that RPC, the object the gRPC
+    server serves. The methods are set on the instance, over the generated Protocol's
+    defaults (which answer UNIMPLEMENTED), so an RPC added to the contract is served here
+    without a line written for it."""
 
     def __init__(self, servicer: RegistryConfigServicer) -> None:
+        for rpc in RPCS:
+            name = python_name(rpc)
+            if not hasattr(registry_connect.RegistryConfigService, name):
+                # Fail at start-up: connectrpc would look the method up by another name.
+                raise RuntimeError(f"{rpc}: no method {name} in the generated Connect service")
+            setattr(self, name, self._delegate(rpc))
         self._servicer = servicer
+
+    def _delegate(self, rpc: str) -> _ConnectMethod:
+        async def serve(request: Any, ctx: RequestContext[Any, Any], /) -> Any:
+            # The servicer's method looked up per call, as a method call would.
+            method: _ServicerMethod = getattr(self._servicer, rpc)
+            return await self._serve(method, request, ctx)
+
+        return serve
 
     async def _serve(self, method: Any, request: Message, ctx: RequestContext[Any, Any]) -> Any:
         pending = _PENDING.get()
         pending.served = True
-        deadline = current_call().deadline if pending.own_timer else None
+        call = pending.outcome.call
+        assert call is not None  # admitted in on_start
+        deadline = call.deadline if pending.own_timer else None
         try:
             async with asyncio.timeout_at(deadline):
-                response = await method(request, _NO_GRPC_CONTEXT)
+                response = await method(request, call)
         except TimeoutError:
             raise DeadlineExceeded(
                 f"deadline of {pending.budget:.3g}s exceeded",
@@ -319,116 +331,4 @@ class ConnectService(registry_connect.RegistryConfigService):
                     exchange = EXCHANGE.get(None)
                     if exchange is not None:
                         exchange.not_modified = True
-        return response
-
-    async def describe_registry(
-        self,
-        request: pb.DescribeRegistryRequest,
-        ctx: RequestContext[pb.DescribeRegistryRequest, pb.DescribeRegistryResponse],
-        /,
-    ) -> pb.DescribeRegistryResponse:
-        response: pb.DescribeRegistryResponse = await self._serve(
-            self._servicer.DescribeRegistry, request, ctx
-        )
-        return response
-
-    async def get_registry_policy(
-        self,
-        request: pb.GetRegistryPolicyRequest,
-        ctx: RequestContext[pb.GetRegistryPolicyRequest, pb.GetRegistryPolicyResponse],
-        /,
-    ) -> pb.GetRegistryPolicyResponse:
-        response: pb.GetRegistryPolicyResponse = await self._serve(
-            self._servicer.GetRegistryPolicy, request, ctx
-        )
-        return response
-
-    async def put_registry_policy(
-        self,
-        request: pb.PutRegistryPolicyRequest,
-        ctx: RequestContext[pb.PutRegistryPolicyRequest, pb.PutRegistryPolicyResponse],
-        /,
-    ) -> pb.PutRegistryPolicyResponse:
-        response: pb.PutRegistryPolicyResponse = await self._serve(
-            self._servicer.PutRegistryPolicy, request, ctx
-        )
-        return response
-
-    async def delete_registry_policy(
-        self,
-        request: pb.DeleteRegistryPolicyRequest,
-        ctx: RequestContext[pb.DeleteRegistryPolicyRequest, pb.DeleteRegistryPolicyResponse],
-        /,
-    ) -> pb.DeleteRegistryPolicyResponse:
-        response: pb.DeleteRegistryPolicyResponse = await self._serve(
-            self._servicer.DeleteRegistryPolicy, request, ctx
-        )
-        return response
-
-    async def put_replication_configuration(
-        self,
-        request: pb.PutReplicationConfigurationRequest,
-        ctx: RequestContext[
-            pb.PutReplicationConfigurationRequest, pb.PutReplicationConfigurationResponse
-        ],
-        /,
-    ) -> pb.PutReplicationConfigurationResponse:
-        response: pb.PutReplicationConfigurationResponse = await self._serve(
-            self._servicer.PutReplicationConfiguration, request, ctx
-        )
-        return response
-
-    async def get_replication_rules(
-        self,
-        request: pb.GetReplicationRulesRequest,
-        ctx: RequestContext[pb.GetReplicationRulesRequest, pb.GetReplicationRulesResponse],
-        /,
-    ) -> pb.GetReplicationRulesResponse:
-        response: pb.GetReplicationRulesResponse = await self._serve(
-            self._servicer.GetReplicationRules, request, ctx
-        )
-        return response
-
-    async def put_replication_rules(
-        self,
-        request: pb.PutReplicationRulesRequest,
-        ctx: RequestContext[pb.PutReplicationRulesRequest, pb.PutReplicationRulesResponse],
-        /,
-    ) -> pb.PutReplicationRulesResponse:
-        response: pb.PutReplicationRulesResponse = await self._serve(
-            self._servicer.PutReplicationRules, request, ctx
-        )
-        return response
-
-    async def get_policy_statements(
-        self,
-        request: pb.GetPolicyStatementsRequest,
-        ctx: RequestContext[pb.GetPolicyStatementsRequest, pb.GetPolicyStatementsResponse],
-        /,
-    ) -> pb.GetPolicyStatementsResponse:
-        response: pb.GetPolicyStatementsResponse = await self._serve(
-            self._servicer.GetPolicyStatements, request, ctx
-        )
-        return response
-
-    async def put_policy_statements(
-        self,
-        request: pb.PutPolicyStatementsRequest,
-        ctx: RequestContext[pb.PutPolicyStatementsRequest, pb.PutPolicyStatementsResponse],
-        /,
-    ) -> pb.PutPolicyStatementsResponse:
-        response: pb.PutPolicyStatementsResponse = await self._serve(
-            self._servicer.PutPolicyStatements, request, ctx
-        )
-        return response
-
-    async def get_configuration_history(
-        self,
-        request: pb.GetConfigurationHistoryRequest,
-        ctx: RequestContext[pb.GetConfigurationHistoryRequest, pb.GetConfigurationHistoryResponse],
-        /,
-    ) -> pb.GetConfigurationHistoryResponse:
-        response: pb.GetConfigurationHistoryResponse = await self._serve(
-            self._servicer.GetConfigurationHistory, request, ctx
-        )
         return response

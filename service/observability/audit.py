@@ -31,6 +31,7 @@ time, as the trail always did: it serves nobody else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import hashlib
 import json
@@ -52,6 +53,10 @@ log = logging.getLogger("registry_gateway.audit")
 AUDIT_QUEUE_LINES = 10_000
 # How long `close()` waits for the sink to take what is queued.
 CLOSE_SECONDS = 5.0
+# How long a write's answer waits for its audit line to be written by the writer thread
+# (awaited, never blocking the loop): the answer then implies the line is in the file,
+# unless the sink is slower than this, when the answer goes and the line stays queued.
+WRITTEN_WAIT_SECONDS = 0.5
 
 
 @dataclass
@@ -64,6 +69,9 @@ class WriteRecord:
     etag_before: str | None = None
     etag_after: str | None = None
     policy_sha256: str | None = None
+    # Cross-account destinations whose policy the gateway could not verify, `account/region`
+    # comma-separated (service/registry/rpcs/destinations.py); None when there were none.
+    unverified_destinations: str | None = None
 
 
 def _bounded(value: object) -> object:
@@ -116,13 +124,26 @@ class _LineSink(logging.Handler):
     trail's readers tail). A failed write loses that line only; `failed(first)` hears of it
     (`first`: the last write before it succeeded)."""
 
-    def __init__(self, stream: IO[str], failed: Callable[[bool], None]) -> None:
+    def __init__(
+        self,
+        stream: IO[str],
+        failed: Callable[[bool], None],
+        handled: Callable[[], None] = lambda: None,
+    ) -> None:
         super().__init__()
         self._stream = stream
         self._failed = failed
+        self._handled = handled
         self._wrote = True
 
     def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.write_line(record)
+        finally:
+            self._handled()  # counted: the writer thread's lines only
+
+    def write_line(self, record: logging.LogRecord) -> None:
+        """Write one line now, in the caller's thread."""
         try:
             self._stream.write(f"{record.msg}\n")
             self._stream.flush()
@@ -174,13 +195,18 @@ class AuditLog:
             self._owned = True
         self._lost = lost or (lambda why, lines: None)
         self._queue: queue.Queue[logging.LogRecord] = queue.Queue(queue_lines)
-        self._sink = _LineSink(self._stream, self._write_failed)
+        self._sink = _LineSink(self._stream, self._write_failed, self._line_handled)
         self._writer = _Writer(self._queue, self._sink)
         self._queued = 0  # lines put in the queue (the writer counts those it took)
         self._started = False  # the thread starts with the first queued line
         self._closed = False
         self._overflowing = False  # dropping lines since the last one queued
         self._lock = threading.Lock()  # start and close, from any thread
+        # Lines the sink has handled, in queue order (the writer thread counts; the loop
+        # reads), and the calls awaiting theirs: (the line's number, its future).
+        self._handled = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiting: list[tuple[int, asyncio.Future[None]]] = []
 
     def write(
         self,
@@ -192,8 +218,9 @@ class AuditLog:
         outcome: str,
         reason: str | None,
         record: WriteRecord,
-    ) -> None:
-        """Append one line for one write attempt."""
+    ) -> int:
+        """Append one line for one write attempt; the line's number for `written` (0: it was
+        written at once, or not queued at all)."""
         fields: dict[str, Any] = {
             "request_id": request_id,
             "tenant": tenant,
@@ -208,7 +235,7 @@ class AuditLog:
             "time": datetime.datetime.now(datetime.UTC).isoformat(timespec="milliseconds"),
             **{k: _bounded(v) for k, v in fields.items()},
         }
-        self._emit(line)
+        return self._emit(line)
 
     def event(self, event: str, /, **fields: object) -> None:
         """Append one line for something the gateway saw rather than a call it served:
@@ -227,25 +254,25 @@ class AuditLog:
         }
         self._emit(line)
 
-    def _emit(self, line: dict[str, Any]) -> None:
+    def _emit(self, line: dict[str, Any]) -> int:
         # Serialized here: the queue holds finished text, nothing a caller could still change.
         record = logging.makeLogRecord(
             {"msg": json.dumps(line, separators=(",", ":"), ensure_ascii=False)}
         )
         try:
-            asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._sink.handle(record)  # no event loop to keep free: written in the caller
-            return
+            self._sink.write_line(record)  # no event loop to keep free: written in the caller
+            return 0
         if self._closed:
             log.error("an audit line came after the audit trail was closed: it is lost")
             self._lost("closed", 1)
-            return
+            return 0
+        self._loop = loop
         if not self._started:
             self._start()
         try:
             self._queue.put_nowait(record)
-            self._queued += 1
         except queue.Full:
             if not self._overflowing:
                 self._overflowing = True
@@ -255,8 +282,48 @@ class AuditLog:
                     self._queue.maxsize,
                 )
             self._lost("queue_full", 1)
-        else:
-            self._overflowing = False
+            return 0
+        self._queued += 1
+        self._overflowing = False
+        return self._queued
+
+    async def written(self, line: int) -> None:
+        """Wait (without blocking the loop) until line number `line` has been handled by
+        the sink, at most WRITTEN_WAIT_SECONDS: a write's answer then implies its line is in
+        the trail (service/rpc/interceptor.py, service/http/transport.py)."""
+        if line <= self._handled:
+            return
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((line, future))
+        if line <= self._handled:  # handled while we got ready to wait: no wake will come
+            future.cancel()
+            self._waiting.remove((line, future))
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(future), WRITTEN_WAIT_SECONDS)
+        except TimeoutError:
+            pass  # a slow sink: the answer goes, the line stays queued
+        finally:
+            if not future.done():
+                future.cancel()
+
+    def _line_handled(self) -> None:
+        # In the writer thread: count, and wake the loop's waiters (if any wait).
+        self._handled += 1
+        loop = self._loop
+        if self._waiting and loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        handled, still = self._handled, []
+        for line, future in self._waiting:
+            if line <= handled:
+                if not future.done():
+                    future.set_result(None)
+            elif not future.done():
+                still.append((line, future))
+        self._waiting = still
 
     def _start(self) -> None:
         with self._lock:

@@ -4,7 +4,9 @@ One object holds what a call passes before the servicer (the gates) and what obs
 it ended (the reporters), with the deadline rules and the per-call bookkeeping both
 transports share: the gRPC interceptor (service/rpc/interceptor.py) and the HTTP one
 (service/http/transport.py) adapt their requests to it and keep only what their protocol
-needs (reading the request, answering the status). One instance serves both, so a tenant's
+needs (reading the request, answering the status): each calls `started`, `budget`,
+`admit_call` (the one admission: a gate added there is added for both), `fail_call` and
+`ended`. One instance serves both, so a tenant's
 rate limit and upstream budget, an address's failed logins, the metrics, the access log and
 the audit trail are the same whichever transport a call came by.
 """
@@ -24,22 +26,23 @@ import grpc
 
 from service.auth.failures import AuthFailures
 from service.auth.tenancy import TenancyHolder
-from service.catalog import WRITES
+from service.call import Call, begin
+from service.catalog import UNCACHED_READS, WRITES
 from service.config import ServerConfig
 from service.echo import safe_request_id
-from service.errors import REQUEST_ID_KEY
+from service.errors import REQUEST_ID_KEY, GatewayError, internal
 from service.observability.audit import AuditLog, WriteRecord
 from service.observability.metrics import MethodMetrics, Metrics
-from service.observability.tracing import Tracing
-from service.pipeline.gates import Admit, Authenticate
+from service.observability.tracing import Tracing, end_rpc
+from service.pipeline.gates import Admit, Authenticate, FailedAuthentication
 from service.pipeline.reporters import (
     AccessLogReporter,
     AuditReporter,
     MetricsReporter,
     Outcome,
     Reporter,
-    TracingReporter,
 )
+from service.pipeline.slots import CallSlots
 from service.state.ratelimit import RateLimiter, UpstreamBudget
 
 CACHE_CONTROL_KEY = "cache-control"
@@ -108,12 +111,14 @@ def no_cache(metadata: Iterable[tuple[str, Any]]) -> bool:
 @dataclass(frozen=True, slots=True)
 class MethodPlan:
     """What the pipeline does for every call of one method, decided on its first call: its
-    name, whether it writes, its metrics' label children, and the reporters that observe it
-    (a reporter with nothing to do for the method is left out: the audit for reads, the
-    tracing one when tracing is off)."""
+    name, whether it writes, whether it is a read no cache answers, its metrics' label
+    children, and the reporters that observe it (a reporter with nothing to do for the
+    method is left out: the audit for reads). The call's span is not a reporter's: `started`
+    opens it and `ended` closes it."""
 
     rpc: str
     is_write: bool
+    uncached: bool
     metrics: MethodMetrics
     reporters: tuple[Reporter, ...]
 
@@ -147,8 +152,6 @@ class Pipeline:
         # In the order they run: metrics first (the count stands whatever the others do).
         reporters: list[Reporter] = [self._method_metrics]
         self._tracing = self.tracing.enabled  # decided at start-up (service/app/server.py)
-        if self._tracing:
-            reporters.append(TracingReporter())
         reporters.append(AccessLogReporter(hit_log_sample_rate, sample))
         self._reads_reporters = tuple(reporters)
         if audit is not None:
@@ -174,6 +177,7 @@ class Pipeline:
             plan = self._plans[method] = MethodPlan(
                 rpc,
                 is_write,
+                rpc in UNCACHED_READS,
                 self._method_metrics.for_method(method),
                 self._writes_reporters if is_write else self._reads_reporters,
             )
@@ -190,8 +194,9 @@ class Pipeline:
         return max(remaining, 0.0), False
 
     def started(self, method: str, metadata: Iterable[tuple[str, Any]]) -> Outcome:
-        """A call has arrived: count it, open its span, name it; its outcome so far is
-        CANCELLED (what it stays if the call ends before anything else is known)."""
+        """A call has arrived: count it, open its span (closed by `ended`, the span's one
+        other owner), name it; its outcome so far is CANCELLED (what it stays if the call
+        ends before anything else is known)."""
         plan = self._plans.get(method) or self.plan(method)
         plan.metrics.start()
         traced = span = None
@@ -214,6 +219,76 @@ class Pipeline:
             started=time.perf_counter(),
         )
 
+    async def admit_call(
+        self,
+        outcome: Outcome,
+        slots: CallSlots,
+        metadata: Iterable[tuple[str, Any]],
+        auth_context: Any,
+        peer: Callable[[], str],
+        deadline: float,
+        refused: GatewayError | None = None,
+    ) -> Call:
+        """Admit a call that has `started`, at its headers (before its request is read): its
+        caller authenticated under the current tenancy (`auth_context`: the TLS peer's, None
+        without one; `peer`: the address, asked only if authentication fails), then
+        `refused` raised (what the transport found wrong that only a known caller hears),
+        one of its tenant's `slots` taken, its rate limit and upstream pass (`no-cache`
+        read off `metadata`); then its `Call` (`deadline`: loop time), made current for
+        this task, where the transport then runs the servicer.
+
+        Raises a GatewayError or FailedAuthentication (`fail_call` makes either the answer);
+        a refused call holds no slot. An admitted one holds its tenant's slot until the
+        transport gives it back (`slots.release_tenant(call.tenant.name)`) as the call ends.
+        """
+        plan = self._plans[outcome.method]  # made by `started`
+        tenancy = self.tenancy.current
+        identity = outcome.identity = self.authenticate(tenancy, metadata, auth_context, peer)
+        if refused is not None:
+            raise refused
+        tenant = identity.tenant.name
+        slots.take_tenant(tenant)
+        try:
+            is_write = plan.is_write
+            fresh = not is_write and no_cache(metadata)
+            past_cache = fresh or plan.uncached
+            if self.rate_limited or is_write or past_cache:
+                # A cached read without a rate limit has nothing to pass here: it holds no
+                # upstream pass, as its task's fresh context says.
+                await self.admit(tenant, is_write, past_cache)
+        except BaseException:
+            slots.release_tenant(tenant)
+            raise
+        call = outcome.call = Call(
+            outcome.request_id,
+            identity,
+            plan.rpc,
+            deadline,
+            tenancy,
+            outcome.record,
+            no_cache=fresh,
+        )
+        begin(call)
+        return call
+
+    def fail_call(
+        self, outcome: Outcome, error: BaseException, peer: Callable[[], str]
+    ) -> GatewayError:
+        """The error to answer for a call that failed with `error`, recorded in `outcome`:
+        a GatewayError as it is; a failed authentication's error (its line sampled as its
+        peer's budget says, the peer named: who failed is known only by address); anything
+        else INTERNAL with the request id only (its type recorded, never its text: a
+        traceback or an exception's text may carry secrets)."""
+        if isinstance(error, FailedAuthentication):
+            outcome.quiet = not error.log
+            outcome.peer = peer()
+            error = error.error
+        if not isinstance(error, GatewayError):
+            outcome.error_type = type(error).__name__
+            error = internal(outcome.request_id)
+        outcome.code, outcome.reason = error.code, error.reason
+        return error
+
     def ended(self, outcome: Outcome) -> None:
         """The call has ended as `outcome` says: every reporter of its method observes it.
 
@@ -224,6 +299,8 @@ class Pipeline:
         outcome.seconds = time.perf_counter() - outcome.started
         plan = self._plans.get(outcome.method) or self.plan(outcome.method)
         try:
+            if outcome.traced is not None:
+                self._end_span(outcome)
             for reporter in plan.reporters:
                 try:
                     reporter.post_call(outcome)
@@ -233,6 +310,18 @@ class Pipeline:
             self._open -= 1
             if not self._open and self._idle is not None:
                 self._idle.set()
+
+    def _end_span(self, outcome: Outcome) -> None:
+        """Close the span `started` opened, with the call's real code (OpenTelemetry's aio
+        instrumentation would record an abort as OK); before the reporters, so the access
+        log and the audit see the call's span ended. Guarded as a reporter is."""
+        traced = outcome.traced
+        assert traced is not None
+        try:
+            end_rpc(outcome.span, outcome.code, outcome.reason)
+            traced.__exit__(None, None, None)
+        except Exception as exc:  # the span never fails the call either
+            self._reporter_failed("tracing", exc)
 
     def _reporter_failed(self, name: str, exc: Exception) -> None:
         self.metrics.reporter_failures.labels(name).inc()

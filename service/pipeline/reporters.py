@@ -10,9 +10,10 @@ that fails is counted and logged and the others still run.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -23,7 +24,6 @@ from service.auth.identity import Identity
 from service.call import Call
 from service.observability.audit import AuditLog, WriteRecord
 from service.observability.metrics import Metrics
-from service.observability.tracing import end_rpc
 
 log = logging.getLogger("registry_gateway.calls")
 
@@ -47,9 +47,13 @@ class Outcome:
     error_type: str | None = None  # INTERNAL: the exception's type, never its text
     peer: str | None = None  # only for failed authentication: who, by address
     quiet: bool = False  # a failed authentication past its peer's budget: not logged
+    # The call's span: opened by `Pipeline.started`, closed by `Pipeline.ended`, its owner.
     span: Span | None = None
     traced: contextlib.AbstractContextManager[Span | None] | None = None
     started: float = 0.0  # time.perf_counter() when the call arrived
+    # A write's audit line, written by the audit's thread: the transport awaits it before
+    # the answer leaves (bounded), so an answer implies its line is in the trail.
+    audit_written: Callable[[], Awaitable[None]] | None = None
 
 
 class Reporter(Protocol):
@@ -77,19 +81,6 @@ class MetricsReporter:
         self.for_method(outcome.method).handled(outcome.code, outcome.seconds)
         if outcome.code in _DENIED:
             self._metrics.denied.labels(outcome.reason or outcome.code.name).inc()
-
-
-class TracingReporter:
-    """Ends the call's span with the real code (OpenTelemetry's aio instrumentation would
-    record an abort as OK)."""
-
-    name = "tracing"
-
-    def post_call(self, outcome: Outcome) -> None:
-        """Set the span's status and close it."""
-        end_rpc(outcome.span, outcome.code, outcome.reason)
-        if outcome.traced is not None:
-            outcome.traced.__exit__(None, None, None)
 
 
 class AccessLogReporter:
@@ -147,7 +138,7 @@ class AuditReporter:
         if outcome.record is None or outcome.quiet:
             return
         identity = outcome.identity
-        self._audit.write(
+        line = self._audit.write(
             request_id=outcome.request_id,
             tenant=identity.tenant.name if identity else None,
             identity=f"{identity.kind}:{identity.subject}" if identity else None,
@@ -156,3 +147,5 @@ class AuditReporter:
             reason=outcome.reason,
             record=outcome.record,
         )
+        if line:
+            outcome.audit_written = functools.partial(self._audit.written, line)

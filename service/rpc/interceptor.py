@@ -1,12 +1,14 @@
 """The gRPC transport of the call pipeline: one wrapper on the hot path.
 
 Wrapping interceptors cost about 15% of a bare call each in Python, so there is one. It
-adapts a gRPC call to the transport-neutral pipeline (service/pipeline/): request id and
-deadline, then the gates (authenticate, admit), the decode check, the servicer; the error
-becomes a rich status; the outcome goes to each reporter (metrics, tracing, access log,
-audit). It wraps the handler (not just `intercept_service`) to see the request and the
-context. It fails closed: every method not explicitly exempt (health, reflection) requires
-credentials.
+adapts a gRPC call to the transport-neutral pipeline (service/pipeline/), which admits it
+(`Pipeline.admit_call`: authenticate, the tenant's slot, rate limit and upstream pass, the
+`Call`) and turns a failure into the error to answer (`Pipeline.fail_call`); here remain
+what is gRPC's: metadata, deadline and TLS peer read off the context, the message read and
+decode check, the servicer (given the `Call`, not the context), the error as a rich
+status, the trailers. It wraps the handler (not just `intercept_service`) to see the request
+and the context. It fails closed: every method not explicitly exempt (health, reflection)
+requires credentials.
 
 Bounded work before authentication: the handler takes the request as raw bytes (grpc.aio
 would otherwise parse it on the event loop before any gateway code runs, for anyone), and
@@ -20,11 +22,11 @@ unary-unary behaviour is called only after the message has arrived, while grpc.a
 never sent their message held every slot). At the headers the caller is authenticated
 (`intercept_service` sees the metadata but neither the TLS peer's `auth_context()`, which
 mTLS needs, nor the address, so the behaviour does it), takes a slot of its tenant and of
-the server (service/pipeline/slots.py; a stranger is refused at once and holds nothing), and
-only then is the one message read, within `server.message_timeout_seconds`
-(service/rpc/messages.py). Health and reflection need no credentials: their calls take a
-slot of the caller's address instead, and their request messages too must arrive within
-that limit.
+the server (service/pipeline/slots.py; a stranger is refused at once and holds nothing), is
+admitted (its rate limit), and only then is the one message read, within
+`server.message_timeout_seconds` (service/rpc/messages.py). Health and reflection need no
+credentials: their calls take a slot of the caller's address instead, and their request
+messages too must arrive within that limit.
 """
 
 from __future__ import annotations
@@ -40,19 +42,17 @@ from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import DecodeError
 
 from service.auth.failures import peer_key
-from service.call import Call, begin
-from service.catalog import UNCACHED_READS
+from service.call import Call
 from service.errors import (
     REQUEST_ID_KEY,
     DeadlineExceeded,
     FieldViolation,
     GatewayError,
     InvalidArgument,
-    internal,
     to_status,
 )
-from service.pipeline.gates import FailedAuthentication
-from service.pipeline.pipeline import Pipeline, no_cache, request_id
+from service.pipeline.pipeline import Pipeline, request_id
+from service.pipeline.reporters import Outcome
 from service.pipeline.slots import CallSlots
 from service.rpc import wire
 from service.rpc.messages import TimeToMessage
@@ -116,7 +116,8 @@ Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
 Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 
-_Unary: TypeAlias = "Callable[[Any, Context], Awaitable[Any]]"
+# A servicer method: the request and the call admitted (service/rpc/servicer.py).
+_Unary: TypeAlias = "Callable[[Any, Call], Awaitable[Any]]"
 _Behaviour: TypeAlias = "Callable[[Any, Context], Awaitable[Any]]"
 
 
@@ -247,87 +248,72 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         # up here, once: the handler runs on every call (the hot path of a cached read).
         pipeline = self._pipeline
         started, ended, budget_of = pipeline.started, pipeline.ended, pipeline.budget
-        authenticate, admit, tenancies = pipeline.authenticate, pipeline.admit, pipeline.tenancy
-        take_tenant, release_tenant = self._slots.take_tenant, self._slots.release_tenant
+        admit_call, fail_call = pipeline.admit_call, pipeline.fail_call
+        slots = self._slots
+        release_tenant = slots.release_tenant
         read_one = self._messages.read_one
         message_seconds = self._messages.seconds
         tls = self._tls
-        rate_limited = pipeline.rate_limited
-        plan = pipeline.plan(method)
-        rpc, is_write = plan.rpc, plan.is_write
-        uncached = rpc in UNCACHED_READS
+        rpc = pipeline.plan(method).rpc
         get_loop = asyncio.get_running_loop
         ok = grpc.StatusCode.OK
 
+        async def report(outcome: Outcome) -> None:
+            if outcome.call is not None:
+                release_tenant(outcome.call.identity.tenant.name)
+            ended(outcome)
+            if outcome.audit_written is not None:
+                # A write: its answer leaves once its audit line is written (bounded).
+                await outcome.audit_written()
+
         async def handle(requests: object, context: Context) -> Any:
-            # Runs at the call's headers; its one message is read below, once the caller
-            # is known and holds its slot.
+            # Runs at the call's headers: the pipeline admits the call (service/pipeline/);
+            # its one message is read below, once the caller is known and holds its slot.
             metadata = context.invocation_metadata() or ()
             outcome = started(method, metadata)
             request_id = outcome.request_id
-            tenancy = tenancies.current
             # grpc.aio cancels the handler at a deadline the caller sent itself; a timer of
             # the gateway's own (~3-4 us a call) only for the default deadline or the cap.
             budget, own_timer = budget_of(context.time_remaining())
-            tenant: str | None = None
+            reported = False
             try:
                 try:
                     async with asyncio.timeout(budget) if own_timer else _NO_TIMER:
-                        identity = outcome.identity = authenticate(
-                            tenancy, metadata, context.auth_context() if tls else None, context.peer
-                        )
-                        take_tenant(identity.tenant.name)
-                        tenant = identity.tenant.name  # taken: released below
-                        # A sooner deadline bounds the wait for the message by itself.
-                        raw = await read_one(context, message_seconds < budget)
-                        fresh = not is_write and no_cache(metadata)
-                        if rate_limited or is_write or fresh or uncached:
-                            # A cached read without a rate limit has nothing to pass here:
-                            # it holds no upstream pass, as its task's fresh context says.
-                            await admit(tenant, is_write, fresh or uncached)
-                        request = decode(raw)
-                        call = outcome.call = Call(
-                            request_id,
-                            identity,
-                            rpc,
+                        call = await admit_call(
+                            outcome,
+                            slots,
+                            metadata,
+                            context.auth_context() if tls else None,
+                            context.peer,
                             get_loop().time() + budget,
-                            tenancy,
-                            outcome.record,
-                            no_cache=fresh,
                         )
-                        begin(call)
-                        response = await inner(request, context)
+                        # A sooner deadline bounds the wait for the message by itself.
+                        request = decode(await read_one(context, message_seconds < budget))
+                        response = await inner(request, call)
                         outcome.code, outcome.reason = ok, None
                 except TimeoutError:
                     raise DeadlineExceeded(
                         f"deadline of {budget:.3g}s exceeded", metadata={"rpc": rpc}
                     ) from None
-            except (GatewayError, FailedAuthentication) as exc:
-                if isinstance(exc, FailedAuthentication):
-                    outcome.quiet = not exc.log
-                    # Who failed to authenticate is known only by address.
-                    outcome.peer = context.peer()
-                    exc = exc.error
-                outcome.code, outcome.reason = exc.code, exc.reason
-                status = to_status(exc, request_id)
-                call_trailers = outcome.call.trailers if outcome.call else ()
-                await context.abort(
-                    status.code, status.message, (*status.trailing_metadata, *call_trailers)
-                )
             except (asyncio.CancelledError, grpc.aio.AbortError):
                 raise
             except Exception as exc:
-                outcome.code, outcome.reason = grpc.StatusCode.INTERNAL, "INTERNAL"
-                # The type only: a traceback or exception text may carry secrets.
-                outcome.error_type = type(exc).__name__
-                status = to_status(internal(request_id), request_id)
-                await context.abort(status.code, status.message, status.trailing_metadata)
+                error = fail_call(outcome, exc, context.peer)
+                status = to_status(error, request_id)
+                # Per-call facts (x-cache) go with the gateway's own errors, not INTERNAL's.
+                call_trailers = (
+                    outcome.call.trailers if outcome.call and outcome.error_type is None else ()
+                )
+                # grpc.aio sends the status inside `abort`: the call is reported first.
+                reported = True
+                await report(outcome)
+                await context.abort(
+                    status.code, status.message, (*status.trailing_metadata, *call_trailers)
+                )
             finally:
-                if tenant is not None:
-                    release_tenant(tenant)
-                ended(outcome)
-            assert outcome.call is not None
-            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), *outcome.call.trailers))
+                if not reported:
+                    await report(outcome)
+            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), *call.trailers))
             return response
 
         return handle

@@ -12,22 +12,24 @@ refuses itself never reached AWS.
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Any, TypeAlias, TypeVar
+from typing import TypeAlias, TypeVar, cast
 
 import grpc
 
 from service.auth.content import ContentRules
 from service.auth.history import history_view
 from service.auth.targets import Target
-from service.call import Call, current_call
+from service.call import Call, outside_call
 from service.errors import GatewayError
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.observability.audit import WriteRecord, policy_digest
 from service.pipeline.gates import past_the_cache
+from service.registry.rpcs.destinations import UNVERIFIED_KEY, Checked, DestinationCheck
 from service.registry.rpcs.history_view import HistoryView, parse_query
 from service.registry.rpcs.slice_operations import SliceOperations, told_cache_outcome
 from service.registry.rpcs.validation import RequestValidator
+from service.registry.writes.context import WriteContext
 from service.registry.writes.operations import (
     Read,
     RegistryOperations,
@@ -36,7 +38,6 @@ from service.registry.writes.operations import (
 )
 from service.state.history import HistoryStore
 
-Context: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"  # generic only in the stubs
 T = TypeVar("T")
 _Request: TypeAlias = (
     pb.DescribeRegistryRequest
@@ -53,8 +54,10 @@ _WriteRequest: TypeAlias = (
 )
 
 
-class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
-    """ecr.registry.v1.RegistryConfigService."""
+class RegistryConfigServicer:
+    """ecr.registry.v1.RegistryConfigService: each method takes the request and the call
+    the pipeline admitted (service/call.py), passed by the transport that serves it (the
+    gRPC interceptor, the Connect service), never grpc's context."""
 
     def __init__(
         self,
@@ -72,6 +75,7 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         self._slices = SliceOperations(
             operations, content, self._validator, past_the_cache=past_the_cache
         )
+        self._destinations = DestinationCheck(operations, content)
 
     @staticmethod
     def _target(call: Call, registry_id: str, region: str) -> Target:
@@ -136,6 +140,27 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         return read.answer()
 
     @staticmethod
+    def _write_context(call: Call) -> WriteContext:
+        """What the domain is told of a write's caller, as data: who writes, its deadline,
+        and how a write already sent outlives that deadline."""
+        identity = call.identity
+        return WriteContext(
+            identity=f"{identity.kind}:{identity.subject}",
+            rpc=call.rpc,
+            request_id=call.request_id,
+            deadline=call.deadline,
+            outlive=outside_call,
+        )
+
+    @staticmethod
+    def _unverified(call: Call, record: WriteRecord, checked: Checked) -> None:
+        """Tell the caller (trailer) and the audit line which destinations were not verified."""
+        shown = checked.trailer()
+        if shown is not None:
+            call.trailers.append((UNVERIFIED_KEY, shown))
+            record.unverified_destinations = shown
+
+    @staticmethod
     async def _written(record: WriteRecord, write: Awaitable[WriteResult[T]]) -> T:
         """Run a write; record the etags around it for the audit line (a failed write's,
         the one it had read); answer its response."""
@@ -148,78 +173,96 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         return done.response
 
     async def DescribeRegistry(
-        self, request: pb.DescribeRegistryRequest, context: Context
+        self, request: pb.DescribeRegistryRequest, call: Call
     ) -> pb.DescribeRegistryResponse:
-        call = current_call()
         target = await self._read_request(call, request)
         return self._served(call, await self._ops.describe_registry(target, fresh=call.no_cache))
 
     async def GetRegistryPolicy(
-        self, request: pb.GetRegistryPolicyRequest, context: Context
+        self, request: pb.GetRegistryPolicyRequest, call: Call
     ) -> pb.GetRegistryPolicyResponse:
-        call = current_call()
         target = await self._read_request(call, request)
         return self._served(call, await self._ops.get_registry_policy(target, fresh=call.no_cache))
 
     async def PutRegistryPolicy(
-        self, request: pb.PutRegistryPolicyRequest, context: Context
+        self, request: pb.PutRegistryPolicyRequest, call: Call
     ) -> pb.PutRegistryPolicyResponse:
-        call = current_call()
         target, record = self._write_request(call, request, request.policy_text)
         self._content.check_policy(target, call.tenant.policy_guardrails, request.policy_text)
         await past_the_cache()
         write = self._ops.put_registry_policy(
-            target, request.policy_text, request.etag, request.validate_only
+            target,
+            request.policy_text,
+            request.etag,
+            request.validate_only,
+            context=self._write_context(call),
         )
         return await self._written(record, write)
 
     async def DeleteRegistryPolicy(
-        self, request: pb.DeleteRegistryPolicyRequest, context: Context
+        self, request: pb.DeleteRegistryPolicyRequest, call: Call
     ) -> pb.DeleteRegistryPolicyResponse:
-        target, record = self._write_request(current_call(), request)
+        target, record = self._write_request(call, request)
         await past_the_cache()
-        write = self._ops.delete_registry_policy(target, request.etag, request.validate_only)
+        write = self._ops.delete_registry_policy(
+            target, request.etag, request.validate_only, context=self._write_context(call)
+        )
         return await self._written(record, write)
 
     async def PutReplicationConfiguration(
-        self, request: pb.PutReplicationConfigurationRequest, context: Context
+        self, request: pb.PutReplicationConfigurationRequest, call: Call
     ) -> pb.PutReplicationConfigurationResponse:
-        target, record = self._write_request(current_call(), request)
+        target, record = self._write_request(call, request)
         self._content.check_destinations(target, request.replication_configuration)
+        checked = await self._destinations.check(
+            target, call.tenancy.config, request.replication_configuration.rules
+        )
+        self._unverified(call, record, checked)
         await past_the_cache()
         write = self._ops.put_replication_configuration(
-            target, request.replication_configuration, request.etag, request.validate_only
+            target,
+            request.replication_configuration,
+            request.etag,
+            request.validate_only,
+            context=self._write_context(call),
         )
         return await self._written(record, write)
 
     # --- tenant-owned slices of a shared registry (service/registry/rpcs/slice_operations.py) ----
 
     async def GetReplicationRules(
-        self, request: pb.GetReplicationRulesRequest, context: Context
+        self, request: pb.GetReplicationRulesRequest, call: Call
     ) -> pb.GetReplicationRulesResponse:
-        call = current_call()
         target = await self._read_request(call, request)
         return self._served_slice(call, await self._slices.get_rules(target, fresh=call.no_cache))
 
     async def PutReplicationRules(
-        self, request: pb.PutReplicationRulesRequest, context: Context
+        self, request: pb.PutReplicationRulesRequest, call: Call
     ) -> pb.PutReplicationRulesResponse:
-        target, record = self._write_request(current_call(), request)
-        write = self._slices.put_rules(target, request.rules, request.etag, request.validate_only)
+        target, record = self._write_request(call, request)
+        checked = await self._destinations.check(
+            target, call.tenancy.config, request.rules, rpc=call.rpc, field="rules"
+        )
+        self._unverified(call, record, checked)
+        write = self._slices.put_rules(
+            target,
+            request.rules,
+            request.etag,
+            request.validate_only,
+            context=self._write_context(call),
+        )
         return await self._written(record, write)
 
     async def GetPolicyStatements(
-        self, request: pb.GetPolicyStatementsRequest, context: Context
+        self, request: pb.GetPolicyStatementsRequest, call: Call
     ) -> pb.GetPolicyStatementsResponse:
-        call = current_call()
         target = await self._read_request(call, request)
         read = await self._slices.get_statements(target, fresh=call.no_cache)
         return self._served_slice(call, read)
 
     async def PutPolicyStatements(
-        self, request: pb.PutPolicyStatementsRequest, context: Context
+        self, request: pb.PutPolicyStatementsRequest, call: Call
     ) -> pb.PutPolicyStatementsResponse:
-        call = current_call()
         target, record = self._write_request(call, request, request.statements_json)
         write = self._slices.put_statements(
             target,
@@ -227,15 +270,15 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
             request.statements_json,
             request.etag,
             request.validate_only,
+            context=self._write_context(call),
         )
         return await self._written(record, write)
 
     # --- the recorded versions of a resource (service/registry/rpcs/history_view.py) --------------
 
     async def GetConfigurationHistory(
-        self, request: pb.GetConfigurationHistoryRequest, context: Context
+        self, request: pb.GetConfigurationHistoryRequest, call: Call
     ) -> pb.GetConfigurationHistoryResponse:
-        call = current_call()
         target = self._target(call, request.registry_id, request.region)
         query = parse_query(request, target)
         # Which view (whole documents or the caller's slice) is a rule of its own, on the
@@ -245,3 +288,13 @@ class RegistryConfigServicer(pb_grpc.RegistryConfigServiceServicer):
         # Read from the history store, not through the cache: no x-cache. A store that does
         # not answer is UNAVAILABLE (HISTORY_UNAVAILABLE), never an empty history.
         return await self._history.page(target, query, view)
+
+
+def add_to_server(servicer: RegistryConfigServicer, server: grpc.aio.Server) -> None:
+    """Serve `servicer` on `server`. Its methods take the `Call` where grpc's generated base
+    class has the context: the interceptor (service/rpc/interceptor.py) wraps every method
+    of the service (fail closed) and calls each with the call it admitted, so grpc never
+    calls them itself."""
+    pb_grpc.add_RegistryConfigServiceServicer_to_server(
+        cast(pb_grpc.RegistryConfigServiceServicer, servicer), server
+    )

@@ -21,7 +21,7 @@ from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.state.cache import CacheKey
 from tests.conftest import GatewayFactory, wait_until
-from tests.support.helpers import ACCOUNT, KEY, metadata, rich_error
+from tests.support.helpers import ACCOUNT, KEY, metadata, rich_error, settled_text
 from tests.support.moto_writes import behave_like_ecr
 from tests.support.slices_support import (
     ADMIN_KEY,
@@ -42,9 +42,7 @@ POLICY = CacheKey(ACCOUNT, REGION, "policy")
 
 
 def lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in settled_text(path).splitlines()]
 
 
 def events(path: Path, event: str | None = None) -> list[dict[str, Any]]:

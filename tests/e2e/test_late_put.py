@@ -32,7 +32,7 @@ from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.state.cache import CacheKey
 from tests.conftest import GatewayFactory, wait_until
 from tests.support.aws_proxy import CountingProxy, Fault, ecr_error
-from tests.support.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error
+from tests.support.helpers import ACCOUNT, POLICY, config_dict, metadata, rich_error, settled_text
 
 REGION = "us-east-1"
 PUT_POLICY = frozenset({"ecr:PutRegistryPolicy"})
@@ -55,7 +55,7 @@ def late_config(proxy: CountingProxy, audit: Path, **aws: Any) -> dict[str, Any]
 
 
 def audit_lines(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [json.loads(line) for line in settled_text(path).splitlines()]
 
 
 def drift_events(path: Path) -> list[dict[str, Any]]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -61,7 +63,8 @@ def config_dict(endpoint_url: str, **server: Any) -> dict[str, Any]:
                         "registry_id": ACCOUNT,
                         "regions": ["us-east-1", "eu-west-1"],
                         "operations": list(OPERATIONS),
-                        # Its slice of the registry for the slice RPCs (service/registry/slices.py).
+                        # Its slice of the registry for the slice RPCs
+                        # (service/registry/model/slices.py).
                         "owned_repository_prefixes": ["payments/"],
                         "owned_statement_sid_prefix": "Payments",
                         "replication_destinations": [
@@ -153,3 +156,18 @@ async def describe_status(port: int, key: str = KEY) -> grpc.StatusCode:
         except grpc.aio.AioRpcError as exc:
             return exc.code()
     return grpc.StatusCode.OK
+
+
+def settled_text(path: Path, quiet: float = 0.1, at_most: float = 3.0) -> str:
+    """The text of an audit trail once its writer thread has caught up: the file unchanged
+    for `quiet` seconds (at most `at_most`). Event lines (drift, overwritten) are queued
+    before the call that saw them answers, and written by the audit's thread just after;
+    a write's own line is written before its answer (service/observability/audit.py)."""
+    deadline = time.monotonic() + at_most
+    size = -1
+    while True:
+        now = path.stat().st_size if path.exists() else 0
+        if now == size or time.monotonic() > deadline:
+            return path.read_text() if path.exists() else ""
+        size = now
+        time.sleep(quiet)
