@@ -32,6 +32,8 @@ in the settlement.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -539,8 +541,13 @@ class RegistryOperations:
                 yield
             except BaseException:
                 # AWS may or may not have applied it: no replica may serve the old value as
-                # current. BaseException: a cancelled (abandoned) write counts too.
-                await self._cache.invalidate(key)
+                # current. BaseException: a cancelled (abandoned) write counts too. Shielded:
+                # a second cancellation (the gateway's timer, then grpc's deadline) must not
+                # cut the invalidation, or the fresh read written through before the put
+                # would stay served as current.
+                invalidation = asyncio.ensure_future(self._cache.invalidate(key))
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(invalidation)
                 raise
 
     async def _current_policy(self, target: Target) -> str | None:
