@@ -53,32 +53,23 @@ class CallSlots:
         (the tenant's is checked first: a flooding tenant hears its own limit)."""
         held = self._tenants.get(tenant, 0)
         if held >= self.per_tenant:
-            raise ResourceExhausted(
+            raise _full(
                 f"tenant {tenant} already has {held} calls in flight (its limit is "
                 f"{self.per_tenant}); retry when one has finished",
-                reason="TENANT_CALLS_IN_FLIGHT",
-                metadata={"tenant": tenant, "limit": str(self.per_tenant)},
-                retry_after_seconds=RETRY_AFTER_SECONDS,
-                quota_violations=(
-                    QuotaViolation(
-                        subject=f"tenant:{tenant}",
-                        description=f"calls in flight per tenant: {self.per_tenant}",
-                    ),
-                ),
+                "TENANT_CALLS_IN_FLIGHT",
+                self.per_tenant,
+                f"tenant:{tenant}",
+                "calls in flight per tenant",
+                tenant=tenant,
             )
         if self._calls >= self.max_calls:
-            raise ResourceExhausted(
+            raise _full(
                 f"the server has {self._calls} calls in flight (its limit is "
                 f"{self.max_calls}); retry shortly",
-                reason="SERVER_CALLS_IN_FLIGHT",
-                metadata={"limit": str(self.max_calls)},
-                retry_after_seconds=RETRY_AFTER_SECONDS,
-                quota_violations=(
-                    QuotaViolation(
-                        subject="server",
-                        description=f"calls in flight on this server: {self.max_calls}",
-                    ),
-                ),
+                "SERVER_CALLS_IN_FLIGHT",
+                self.max_calls,
+                "server",
+                "calls in flight on this server",
             )
         self._tenants[tenant] = held + 1
         self._calls += 1
@@ -96,35 +87,23 @@ class CallSlots:
         """One slot of an unauthenticated caller's address (`ipv4:10.0.0.1`, no port)."""
         held = self._addresses.get(address, 0)
         if held >= self.per_address:
-            raise ResourceExhausted(
+            raise _full(
                 f"this address already has {held} calls in flight to the services that "
                 f"need no credentials (its limit is {self.per_address}); retry when one has "
                 "finished",
-                reason="ADDRESS_CALLS_IN_FLIGHT",
-                metadata={"limit": str(self.per_address)},
-                retry_after_seconds=RETRY_AFTER_SECONDS,
-                quota_violations=(
-                    QuotaViolation(
-                        subject="peer address",
-                        description=(
-                            f"unauthenticated calls in flight per address: {self.per_address}"
-                        ),
-                    ),
-                ),
+                "ADDRESS_CALLS_IN_FLIGHT",
+                self.per_address,
+                "peer address",
+                "unauthenticated calls in flight per address",
             )
         if self._unauthenticated >= self.max_calls:
-            raise ResourceExhausted(
+            raise _full(
                 f"the server has {self._unauthenticated} calls in flight to the services that "
                 f"need no credentials (its limit is {self.max_calls}); retry shortly",
-                reason="SERVER_CALLS_IN_FLIGHT",
-                metadata={"limit": str(self.max_calls)},
-                retry_after_seconds=RETRY_AFTER_SECONDS,
-                quota_violations=(
-                    QuotaViolation(
-                        subject="server",
-                        description=f"unauthenticated calls in flight: {self.max_calls}",
-                    ),
-                ),
+                "SERVER_CALLS_IN_FLIGHT",
+                self.max_calls,
+                "server",
+                "unauthenticated calls in flight",
             )
         self._addresses[address] = held + 1
         self._unauthenticated += 1
@@ -137,3 +116,16 @@ class CallSlots:
             self._addresses[address] = held
         else:
             del self._addresses[address]
+
+
+def _full(
+    message: str, reason: str, limit: int, subject: str, what: str, **metadata: str
+) -> ResourceExhausted:
+    """A refusal naming the limit reached and whose it is (RetryInfo, one QuotaViolation)."""
+    return ResourceExhausted(
+        message,
+        reason=reason,
+        metadata={**metadata, "limit": str(limit)},
+        retry_after_seconds=RETRY_AFTER_SECONDS,
+        quota_violations=(QuotaViolation(subject=subject, description=f"{what}: {limit}"),),
+    )
