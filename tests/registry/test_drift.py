@@ -27,7 +27,7 @@ from service.registry.writes import settlement
 from service.registry.writes.drift import DriftDetector
 from service.registry.writes.operations import RegistryOperations
 from service.state.cache import CacheKey, MemoryStore, ReadCache
-from service.state.history import HistoryStore, MemoryHistory, RedisHistory
+from service.state.history import HistoryStore, MemoryHistory, RedisHistory, Version
 from service.state.locks import RegistryLocks
 from tests.registry.conftest import ACCOUNT, CACHE, REGION, Clock, target
 
@@ -183,6 +183,27 @@ async def test_a_change_is_reported_with_a_diff_naming_the_tenants_it_touched(
     clock.now += 100
     await drift.observe(REPLICATION, after, started=clock.now)
     assert len(seen.events) == 1
+
+
+async def test_a_head_whose_document_does_not_parse_is_reported_without_a_diff(
+    history: MemoryHistory, clock: Clock, seen: Recorded
+) -> None:
+    # A stored replication document that is not one (written by another version, damaged):
+    # the change is still reported, once, as a change without a diff; nothing raises.
+    await history.append(
+        REPLICATION,
+        Version(0, clock.now, "baseline", "etag-of-junk", b"\xff\xff"),
+        if_head_etag=None,
+    )
+    drift = detector(history, clock, seen)
+    clock.now += 100
+    after = described(rule("payments/"))
+    await drift.observe(REPLICATION, after, started=clock.now)
+    [(event, line)] = seen.events
+    assert event == "out_of_band_change" and line["resource"] == "replication"
+    assert (line["etag_before"], line["etag_after"]) == ("etag-of-junk", after.etag)
+    assert line["diff"] == [] and "diff_unavailable" in line
+    assert seen.counts == [("out_of_band_change", ACCOUNT, REGION, "replication")]
 
 
 async def test_a_policy_diff_names_statements_by_sid_never_their_text(

@@ -1,5 +1,6 @@
 """RegistryOperations on the in-memory ECR: reads through the cache, the read-modify-write
-of each resource, and what each operation returns (Read, WriteResult)."""
+of each resource (one generic path, each resource a description), and what each operation
+returns (Read, WriteResult)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,27 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import pytest
+from google.protobuf.message import Message
 
+from service.auth.targets import Target
 from service.aws.memory import MemoryEcr
+from service.aws.port import EcrPort
 from service.ecr import convert, etags
-from service.errors import EtagMismatch, NotFound, ResourceExhausted, Unavailable, UpstreamFailure
+from service.errors import (
+    EtagMismatch,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    UpstreamFailure,
+    UpstreamNoAnswer,
+    WriteOverwritten,
+)
 from service.gen.v1 import registry_pb2 as pb
-from service.registry.writes.operations import RegistryOperations, etag_read_before
+from service.registry.writes import resources
+from service.registry.writes.operations import RegistryOperations, check_etag, etag_read_before
+from service.registry.writes.resources import KINDS, Changed, ResourceKind, key_of, kind_of
+from service.state.cache import CacheKey
+from service.state.cache.base import Resource
 from service.state.locks import HeldLock, RegistryLocks
 from tests.registry.conftest import ACCOUNT, REGION, Domain, build, target
 
@@ -364,3 +380,170 @@ async def test_a_tenant_has_a_bounded_number_of_writes_in_flight() -> None:
     assert domain.ecr.policy(ACCOUNT, REGION) == OTHER_POLICY
     # Once finished, the tenant may write again.
     await domain.ops.put_registry_policy(PAYMENTS, POLICY, "", False)
+
+
+# --- one read-modify-write for every resource (service/registry/writes/resources.py) -------
+
+
+class Unanswered(MemoryEcr):
+    """ECR that applies each write, then its answer is lost (botocore's read timeout)."""
+
+    async def put_registry_policy(
+        self, target: Target, policy_text: str, *, finish_once_sent: bool = False
+    ) -> str:
+        await super().put_registry_policy(target, policy_text, finish_once_sent=finish_once_sent)
+        raise UpstreamNoAnswer("read timeout", reason="UPSTREAM_UNREACHABLE")
+
+    async def delete_registry_policy(
+        self, target: Target, *, finish_once_sent: bool = False
+    ) -> str:
+        await super().delete_registry_policy(target, finish_once_sent=finish_once_sent)
+        raise UpstreamNoAnswer("read timeout", reason="UPSTREAM_UNREACHABLE")
+
+    async def put_replication_configuration(
+        self,
+        target: Target,
+        configuration: pb.ReplicationConfiguration,
+        *,
+        finish_once_sent: bool = False,
+    ) -> pb.ReplicationConfiguration:
+        await super().put_replication_configuration(
+            target, configuration, finish_once_sent=finish_once_sent
+        )
+        raise UpstreamNoAnswer("read timeout", reason="UPSTREAM_UNREACHABLE")
+
+
+async def test_an_unanswered_put_answers_the_policy_its_read_back_holds() -> None:
+    domain = build(Unanswered(rewrite_policy=root_arns))
+    written = await domain.ops.put_registry_policy(PAYMENTS, POLICY, "", False)
+    # AWS's form (root ARNs), as read back: not the text sent, which AWS never echoed.
+    assert written.response.policy_text == root_arns(POLICY)
+    assert written.etag_after == etags.of_policy(root_arns(POLICY))
+    assert (await domain.ops.get_registry_policy(PAYMENTS)).cache_outcome == "hit"
+
+
+async def test_an_unanswered_delete_answers_the_policy_it_deleted() -> None:
+    domain = build(Unanswered())
+    domain.ecr.set_policy(ACCOUNT, REGION, POLICY)
+    deleted = await domain.ops.delete_registry_policy(PAYMENTS, "", False)
+    assert deleted.response.policy_text == POLICY
+    assert (deleted.etag_before, deleted.etag_after) == (etags.of_policy(POLICY), etags.ABSENT)
+
+
+async def test_an_unanswered_replication_put_answers_its_read_back() -> None:
+    domain = build(Unanswered())
+    configuration = pb.ReplicationConfiguration(rules=[EU_RULE])
+    written = await domain.ops.put_replication_configuration(PAYMENTS, configuration, "", False)
+    assert list(written.response.replication_configuration.rules) == [EU_RULE]
+    assert written.etag_after == (await domain.ops.describe_registry(PAYMENTS)).answer().etag
+
+
+def test_each_resource_keeps_its_stored_name_and_its_reported_name() -> None:
+    # Stored names key the cache, the history and the write markers in Redis: unchanged.
+    assert [(k.stored_as, k.name) for k in KINDS.values()] == [
+        ("registry", "replication"),
+        ("policy", "policy"),
+    ]
+    assert kind_of(CacheKey(ACCOUNT, REGION, "registry")) is resources.REPLICATION
+    assert kind_of(CacheKey(ACCOUNT, REGION, "policy")) is resources.POLICY
+
+
+class Notes:
+    """A resource of another kind, described in a few lines: one note per registry, stored
+    here rather than in AWS, whose "AWS" upper-cases what it stores."""
+
+    name = "note"
+    stored_as: Resource = "policy"  # a test resource borrows a stored name (no drift here)
+
+    def __init__(self) -> None:
+        self.notes: dict[str, str] = {}
+        self.puts: list[str] = []
+        self.overwrite_with: str | None = None  # another writer's note, after the put
+
+    async def read(
+        self, ecr: EcrPort, target: Target, *, shared: bool = False
+    ) -> tuple[str, NotFound | None]:
+        return self.notes.get(target.registry_id, ""), None
+
+    def entry(self, target: Target, value: str) -> Message | None:
+        return convert.policy_response(target.registry_id, value)
+
+    def etag(self, value: str) -> str:
+        return etags.of_policy(value)
+
+    def document(self, value: str) -> str:
+        return value
+
+    def with_document(self, like: str, document: str) -> str:
+        return document
+
+    def operation(self, proposed: str) -> str:
+        return "put_note"
+
+    def nothing_to_send(self, current: str, proposed: str) -> bool:
+        return False
+
+    async def put(self, ecr: EcrPort, target: Target, proposed: str) -> str:
+        self.puts.append(proposed)
+        self.notes[target.registry_id] = self.overwrite_with or proposed.upper()
+        return proposed.upper()
+
+    def taken(self, proposed: str, answered: str) -> str | None:
+        return answered
+
+    def holds(self, written: str, after: str, answered: str | None) -> bool:
+        return after in (written, answered)
+
+    def serialized(self, document: str) -> bytes:
+        return document.encode()
+
+    def parsed(self, stored: bytes) -> str:
+        return stored.decode()
+
+    def changes(self, before: str, after: str) -> list[Changed]:
+        return []
+
+
+async def test_a_new_resource_is_one_description_on_the_same_read_modify_write(
+    domain: Domain,
+) -> None:
+    notes = Notes()
+    kind: ResourceKind[str, str] = notes
+    notes.notes[ACCOUNT] = "FIRST"
+
+    planned = await domain.ops.update(kind, PAYMENTS, lambda now: now + " and second", True)
+    assert (planned.done, planned.sent, notes.puts) == (False, False, [])
+
+    update = await domain.ops.update(kind, PAYMENTS, lambda now: now + " and second", False)
+    assert notes.puts == ["FIRST and second"]
+    # Judged against AWS's form of what it took, written through, etags around it.
+    assert (update.after, update.answered) == ("FIRST AND SECOND", "FIRST AND SECOND")
+    assert (update.etag_before, update.etag_after) == (
+        etags.of_policy("FIRST"),
+        etags.of_policy("FIRST AND SECOND"),
+    )
+    cached = await domain.cache.get_or_load(key_of(kind, PAYMENTS), _no_load)
+    assert isinstance(cached, pb.GetRegistryPolicyResponse)
+    assert cached.policy_text == "FIRST AND SECOND"
+
+    # The caller's precondition, checked in `change` under the lock, with the etag read.
+    def stale(now: str) -> str:
+        check_etag(etags.of_policy("FIRST"), etags.of_policy(now), PAYMENTS)
+        return "third"
+
+    with pytest.raises(EtagMismatch) as mismatch:
+        await domain.ops.update(kind, PAYMENTS, stale, False)
+    assert etag_read_before(mismatch.value) == etags.of_policy("FIRST AND SECOND")
+
+    # Another writer's note read back: overwritten, the cache keeping what stands.
+    notes.overwrite_with = "THEIRS"
+    with pytest.raises(WriteOverwritten) as caught:
+        await domain.ops.update(kind, PAYMENTS, lambda now: "mine", False)
+    assert caught.value.metadata["currentEtag"] == etags.of_policy("THEIRS")
+    cached = await domain.cache.get_or_load(key_of(kind, PAYMENTS), _no_load)
+    assert isinstance(cached, pb.GetRegistryPolicyResponse)
+    assert cached.policy_text == "THEIRS"
+
+
+async def _no_load() -> Message:
+    raise AssertionError("served from the cache, never loaded")

@@ -1,7 +1,10 @@
 """Changes made around the gateway: drift, and writes another writer overwrote.
 
 Every read of a resource from AWS (a cache load, the fresh read inside a write, the
-read-back after one) is `observe`d against the head of its history (service/state/history.py):
+read-back after one) is `observe`d against the head of its history (service/state/history.py).
+Nothing here is written per resource: the key's resource description (resources.py
+`kind_of`) gives its etag, the document the history stores, the comparison by meaning, the
+diff, and the name audit lines and metrics use.
 
 - no history yet: the state is the baseline (no event);
 - the head's etag: nothing happened;
@@ -51,13 +54,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
-from google.protobuf.message import DecodeError
-
 from service.config import GatewayConfig, registry_regions
-from service.ecr import etags
-from service.gen.v1 import registry_pb2 as pb
-from service.registry.model import plan, read_back
 from service.registry.model.slices import Ownership
+from service.registry.writes.resources import Changed, kind_of
 from service.state.cache import CacheKey
 from service.state.clock import SharedClock
 from service.state.history import HistoryStore, Version
@@ -73,10 +72,11 @@ MAX_DIFF = 20
 OUT_OF_BAND = "out_of_band_change"
 OVERWRITTEN = "overwritten"
 
-# A resource's value as read from AWS: DescribeRegistry's answer, or the policy text (None:
-# no policy). What a write wrote: the configuration, or the policy text.
-Observed = pb.DescribeRegistryResponse | str | None
-Document = pb.ReplicationConfiguration | str | None
+# A resource's value as read from AWS, and a document as a write wrote it: of the kind of
+# resource the key names (service/registry/writes/resources.py `kind_of`), which alone knows
+# their types. The methods below take any resource.
+Observed = object
+Document = object
 
 
 class Audit(Protocol):
@@ -98,11 +98,6 @@ class WritesInFlight(Protocol):
 
 # (event, registry_id, region, resource): Metrics.count_change.
 Count = Callable[[str, str, str, str], None]
-
-
-def resource_name(key: CacheKey) -> str:
-    """The resource as audit lines and metrics name it: `replication` or `policy`."""
-    return "replication" if key.resource == "registry" else "policy"
 
 
 class DriftDetector:
@@ -325,13 +320,13 @@ class DriftDetector:
         etag_after: str,
         fields: dict[str, Any],
     ) -> None:
-        resource = resource_name(key)
+        resource = kind_of(key).name  # as audit lines and metrics name it
         changes, unknown = _diff(key, before, after)
         owners = _owners(self._config(), key)
         entries: list[dict[str, Any]] = []
         touched: set[str] = set()
-        for change, subject in changes:
-            tenants = sorted(_owning(owners, subject))
+        for change, owned in changes:
+            tenants = sorted({owner.tenant for owner in owners if owned(owner)})
             touched.update(tenants)
             entries.append(
                 {
@@ -371,17 +366,12 @@ class DriftDetector:
 
 def _snapshot(key: CacheKey, value: Observed) -> tuple[str, bytes]:
     """(etag, document) of a value read from AWS, as the history stores them."""
-    if key.resource == "registry":
-        assert isinstance(value, pb.DescribeRegistryResponse)
-        return value.etag, value.replication_configuration.SerializeToString(deterministic=True)
-    assert value is None or isinstance(value, str)
-    return etags.of_policy(value), b"" if value is None else value.encode("utf-8")
+    kind = kind_of(key)
+    return kind.etag(value), kind.serialized(kind.document(value))
 
 
 def _value_document(key: CacheKey, value: Observed) -> Document:
-    if isinstance(value, pb.DescribeRegistryResponse):
-        return value.replication_configuration
-    return value
+    return kind_of(key).document(value)
 
 
 def _same_meaning(key: CacheKey, head: Version, value: Observed) -> bool:
@@ -389,13 +379,8 @@ def _same_meaning(key: CacheKey, head: Version, value: Observed) -> bool:
     recorded = _document(key, head)
     if isinstance(recorded, _Omitted):
         return False
-    if isinstance(value, pb.DescribeRegistryResponse):
-        return isinstance(recorded, pb.ReplicationConfiguration) and read_back.replication_holds(
-            recorded, value.replication_configuration
-        )
-    return not isinstance(recorded, pb.ReplicationConfiguration) and read_back.policy_holds(
-        recorded, value
-    )
+    kind = kind_of(key)
+    return kind.holds(recorded, kind.document(value), None)
 
 
 class _Omitted:
@@ -405,58 +390,21 @@ class _Omitted:
 def _document(key: CacheKey, version: Version) -> Document | _Omitted:
     if version.document_omitted:
         return _Omitted()
-    if key.resource == "registry":
-        try:
-            return pb.ReplicationConfiguration.FromString(version.document)
-        except DecodeError:
-            return _Omitted()
-    if not version.document:
-        return None
-    return version.document.decode("utf-8", "replace")
-
-
-# What a change is of: a rule, a statement's Sid, or nothing (an order change).
-_Subject = pb.ReplicationRule | str | None
+    try:
+        parsed: Document = kind_of(key).parsed(version.document)
+    except ValueError:
+        return _Omitted()
+    return parsed
 
 
 def _diff(
     key: CacheKey, before: Document | _Omitted, after: Document
-) -> tuple[list[tuple[pb.Change, _Subject]], bool]:
-    """The changes from `before` to `after`, each with what it is of; True when `before`
-    is unknown (kept without its document)."""
+) -> tuple[list[Changed], bool]:
+    """The changes from `before` to `after`, each with whose slices it concerns; True when
+    `before` is unknown (kept without its document)."""
     if isinstance(before, _Omitted):
         return [], True
-    if key.resource == "registry":
-        old = before if isinstance(before, pb.ReplicationConfiguration) else None
-        new = after if isinstance(after, pb.ReplicationConfiguration) else None
-        old = old or pb.ReplicationConfiguration()
-        new = new or pb.ReplicationConfiguration()
-        found: list[tuple[pb.Change, _Subject]] = []
-        for change in plan.replication_changes(old, new):
-            rules = old.rules if change.action == "remove" else new.rules
-            index = _index(change.path)
-            rule = rules[index] if index is not None and index < len(rules) else None
-            found.append((change, rule))
-        return found, False
-    old_text = before if isinstance(before, str) else None
-    new_text = after if isinstance(after, str) else None
-    return [(c, _sid(c.path)) for c in plan.policy_changes(old_text, new_text)], False
-
-
-def _index(path: str) -> int | None:
-    # plan.rule_changes names a rule `replication_configuration.rules[i]`.
-    prefix = plan.RULES + "["
-    if path.startswith(prefix) and path.endswith("]"):
-        digits = path[len(prefix) : -1]
-        return int(digits) if digits.isdigit() else None
-    return None
-
-
-def _sid(path: str) -> str | None:
-    # plan.policy_changes names a statement `policy_text.Statement[Sid=X]` (or by index).
-    marker = "[Sid="
-    at = path.find(marker)
-    return path[at + len(marker) : -1] if at >= 0 and path.endswith("]") else None
+    return kind_of(key).changes(before, after), False
 
 
 def _owners(config: GatewayConfig, key: CacheKey) -> list[Ownership]:
@@ -475,11 +423,3 @@ def _owners(config: GatewayConfig, key: CacheKey) -> list[Ownership]:
                     )
                 )
     return owners
-
-
-def _owning(owners: list[Ownership], subject: _Subject) -> set[str]:
-    if isinstance(subject, pb.ReplicationRule):
-        return {o.tenant for o in owners if o.owns_rule(subject)}
-    if isinstance(subject, str):
-        return {o.tenant for o in owners if o.owns_statement({"Sid": subject})}
-    return set()

@@ -1,10 +1,13 @@
 """The five ECR operations as the gateway performs them: reads through the cache, writes
-under the registry's lock. Every write is a read-modify-write of one resource through
-`update_replication` or `update_policy`, with a change function: the full writes
-(PutRegistryPolicy, DeleteRegistryPolicy, PutReplicationConfiguration) here, the slice
-writes in service/registry/rpcs/slice_operations.py. What happens once a write is sent to AWS
-(read-back, write-through, whether it held, its record) is service/registry/writes/settlement.py's
-(`WriteSettlement`), so this module owns the lock, the fresh read and the answer.
+under the registry's lock. Every write is a read-modify-write of one resource through one
+generic `update`, given the resource's description (service/registry/writes/resources.py:
+how it is read, put, judged, cached) and a change function; `update_replication` and
+`update_policy` are its typed entry points, answering `ReplicationUpdate` / `PolicyUpdate`.
+The full writes (PutRegistryPolicy, DeleteRegistryPolicy, PutReplicationConfiguration) are
+here, the slice writes in service/registry/rpcs/slice_operations.py. What happens once a
+write is sent to AWS (read-back, write-through, whether it held, its record) is
+service/registry/writes/settlement.py's (`WriteSettlement`), so this module owns the lock,
+the fresh read and the answer.
 
 A write takes the lock, reads the current value fresh from AWS (for the caller's etag
 precondition, the plan and the audit trail) and writes that read through to the cache, so
@@ -34,17 +37,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
 from service.auth.targets import Target
-from service.aws.port import EcrPort, NoPolicy
-from service.ecr import convert, etags
+from service.aws.port import EcrPort
+from service.ecr import etags
 from service.errors import (
     EtagMismatch,
     GatewayError,
@@ -55,14 +57,22 @@ from service.errors import (
 from service.gen.v1 import registry_pb2 as pb
 from service.registry.model import plan
 from service.registry.writes.context import UNATTRIBUTED, WriteContext
-from service.registry.writes.drift import DriftDetector, Observed
-from service.registry.writes.settlement import CallerSlice, Verdict, WriteSettlement, overwritten
+from service.registry.writes.drift import DriftDetector
+from service.registry.writes.resources import POLICY, REPLICATION, ResourceKind, key_of
+from service.registry.writes.settlement import (
+    CallerSlice,
+    Verdict,
+    Write,
+    WriteSettlement,
+    overwritten,
+)
 from service.state.cache import CacheKey, Outcome, ReadCache
-from service.state.cache.base import Resource
 from service.state.locks import HeldLock
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
+V = TypeVar("V")  # a value as read from AWS (resources.py ResourceKind)
+D = TypeVar("D")  # a document as written
 
 
 @dataclass(frozen=True)
@@ -81,6 +91,20 @@ class Read(Generic[T]):
         return self.value
 
 
+class _Etags(Protocol):
+    """An update's etags: of the state it read fresh, and of the state it left."""
+
+    @property
+    def etag_before(self) -> str:
+        """The etag of the state the change saw."""
+        ...
+
+    @property
+    def etag_after(self) -> str | None:
+        """The etag of the state read back; None: validate_only wrote nothing."""
+        ...
+
+
 @dataclass(frozen=True)
 class WriteResult(Generic[T]):
     """What a write did: its response, and the etags around it for the audit trail."""
@@ -90,14 +114,30 @@ class WriteResult(Generic[T]):
     etag_after: str | None  # of the configuration read back; None: validate_only wrote nothing
 
     @classmethod
-    def of(cls, response: T, update: ReplicationUpdate | PolicyUpdate) -> WriteResult[T]:
+    def of(cls, response: T, update: _Etags) -> WriteResult[T]:
         """The result of a write that answers `response`, built from its update."""
         return cls(response, update.etag_before, update.etag_after)
 
 
 @dataclass(frozen=True)
+class Update(Generic[V, D]):
+    """A read-modify-write of any resource (`RegistryOperations.update`): before, asked,
+    after, and what AWS answered."""
+
+    before: V  # read fresh from AWS inside the lock
+    proposed: D
+    after: V  # read back after the write; `before` when nothing was written
+    done: bool  # False with validate_only
+    sent: bool  # whether the write went to AWS (not with nothing to send)
+    answered: D | None  # what AWS answered the write; None: not sent, or no answer
+    etag_before: str  # of `before`
+    etag_after: str | None  # of `after`; None with validate_only
+
+
+@dataclass(frozen=True)
 class ReplicationUpdate:
-    """A read-modify-write of the replication configuration: before, asked, after."""
+    """A read-modify-write of the replication configuration: before, asked, after (the
+    typed view of an `Update` of REPLICATION that slice writes and responses read)."""
 
     before: pb.DescribeRegistryResponse  # read fresh from AWS inside the lock
     proposed: pb.ReplicationConfiguration
@@ -113,10 +153,18 @@ class ReplicationUpdate:
         """The etag of the configuration read back; None with validate_only."""
         return None if self.after is None else self.after.etag
 
+    @classmethod
+    def of(
+        cls, update: Update[pb.DescribeRegistryResponse, pb.ReplicationConfiguration]
+    ) -> ReplicationUpdate:
+        """The typed view of a replication update."""
+        return cls(update.before, update.proposed, update.after if update.done else None)
+
 
 @dataclass(frozen=True)
 class PolicyUpdate:
-    """A read-modify-write of the registry policy: before, asked, after (None: no policy)."""
+    """A read-modify-write of the registry policy: before, asked, after (None: no policy)
+    (the typed view of an `Update` of POLICY)."""
 
     before: str | None  # read fresh from AWS inside the lock
     proposed: str | None
@@ -134,6 +182,19 @@ class PolicyUpdate:
     def etag_after(self) -> str | None:
         """The etag of the policy read back; None with validate_only."""
         return etags.of_policy(self.after) if self.done else None
+
+    @classmethod
+    def of(cls, update: Update[str | None, str | None]) -> PolicyUpdate:
+        """The typed view of a policy update."""
+        answered = update.answered
+        if update.sent and answered is None:
+            # AWS did not answer; the read-back settled the write. A delete took the policy
+            # before; a put, what now stands (AWS's form of it).
+            if update.proposed is None:
+                answered = update.before or ""
+            else:
+                answered = update.proposed if update.after is None else update.after
+        return cls(update.before, update.proposed, update.after, update.done, answered)
 
 
 def etag_read_before(error: BaseException) -> str | None:
@@ -161,20 +222,6 @@ class Locks(Protocol):
     def hold(self, registry_id: str, region: str) -> AbstractAsyncContextManager[HeldLock]:
         """An async context manager holding the registry's lock."""
         ...
-
-
-@functools.lru_cache(maxsize=4096)
-def _key(registry_id: str, region: str, resource: Resource) -> CacheKey:
-    # One key object per resource, not one per call (a frozen dataclass is slow to build).
-    return CacheKey(registry_id, region, resource)
-
-
-def _registry_key(target: Target) -> CacheKey:
-    return _key(target.registry_id, target.region, "registry")
-
-
-def _policy_key(target: Target) -> CacheKey:
-    return _key(target.registry_id, target.region, "policy")
 
 
 @dataclass
@@ -215,54 +262,42 @@ class RegistryOperations:
         self, target: Target, *, fresh: bool = False
     ) -> Read[pb.DescribeRegistryResponse]:
         """DescribeRegistry of the target through the cache, with the configuration's etag."""
-        return await self._read(
-            _registry_key(target),
-            # A cache load is shared: see `shared` in service/aws/port.py.
-            lambda: self._load_registry(target),
-            fresh,
-            pb.DescribeRegistryResponse,
-        )
+        return await self._read(REPLICATION, target, fresh, pb.DescribeRegistryResponse)
 
     async def get_registry_policy(
         self, target: Target, *, fresh: bool = False
     ) -> Read[pb.GetRegistryPolicyResponse]:
         """GetRegistryPolicy of the target through the cache; no policy (cached too) is a
         Read without a value, whose `answer()` is NotFound."""
-        return await self._read(
-            _policy_key(target),
-            lambda: self._load_policy(target),
-            fresh,
-            pb.GetRegistryPolicyResponse,
-        )
+        return await self._read(POLICY, target, fresh, pb.GetRegistryPolicyResponse)
 
     async def _read(
-        self, key: CacheKey, load: Callable[[], Awaitable[M]], fresh: bool, kind: type[M]
+        self, kind: ResourceKind[Any, Any], target: Target, fresh: bool, answer: type[M]
     ) -> Read[M]:
         outcomes: list[Outcome] = []
         try:
             value = await self._cache.get_or_load(
-                key, load, fresh=fresh, on_outcome=outcomes.append
+                key_of(kind, target),
+                # A cache load is shared: see `shared` in service/aws/port.py.
+                lambda: self._load(kind, target),
+                fresh=fresh,
+                on_outcome=outcomes.append,
             )
         except NotFound as exc:
             # Served from the cache (a negative entry) or not (negative caching off).
             return Read(None, outcomes[0] if outcomes else None, exc)
-        assert isinstance(value, kind)
+        assert isinstance(value, answer)
         return Read(value, outcomes[0])
 
-    async def _load_registry(self, target: Target) -> pb.DescribeRegistryResponse:
+    async def _load(self, kind: ResourceKind[V, D], target: Target) -> Message:
         started = self._started()
-        described = await self._ecr.describe_registry(target, shared=True)
-        await self._observe(_registry_key(target), described, started)
-        return described
-
-    async def _load_policy(self, target: Target) -> pb.GetRegistryPolicyResponse:
-        started = self._started()
-        policy = await self._ecr.get_registry_policy(target, shared=True)
-        text = None if isinstance(policy, NoPolicy) else policy
-        await self._observe(_policy_key(target), text, started)
-        if isinstance(policy, NoPolicy):
-            raise policy.not_found()  # kept by the cache as a negative entry
-        return convert.policy_response(target.registry_id, policy)
+        value, missing = await kind.read(self._ecr, target, shared=True)
+        await self._observe(key_of(kind, target), value, started)
+        entry = kind.entry(target, value)
+        if entry is None:
+            assert missing is not None
+            raise missing  # kept by the cache as a negative entry
+        return entry
 
     # --- drift: what every read from AWS is compared with --------------------------------------
 
@@ -270,7 +305,7 @@ class RegistryOperations:
         return self._drift.clock() if self._drift is not None else 0.0
 
     async def _observe(
-        self, key: CacheKey, value: Observed, started: float, *, under_lock: bool = False
+        self, key: CacheKey, value: object, started: float, *, under_lock: bool = False
     ) -> None:
         if self._drift is not None:
             await self._drift.observe(key, value, started=started, under_lock=under_lock)
@@ -386,7 +421,7 @@ class RegistryOperations:
             update,
         )
 
-    # --- the read-modify-write primitives, one per resource ----------------------------------
+    # --- the read-modify-write: one, generic; a typed entry point per resource -------------
 
     async def update_replication(
         self,
@@ -397,37 +432,20 @@ class RegistryOperations:
         caller_slice: CallerSlice[pb.ReplicationConfiguration] | None = None,
         context: WriteContext = UNATTRIBUTED,
     ) -> ReplicationUpdate:
-        """Read-modify-write of the replication configuration under the registry's lock.
+        """Read-modify-write of the replication configuration (`update` of REPLICATION).
 
-        `change` sees the configuration read fresh from AWS inside the lock and answers the
-        one to write, or raises (etag, quota, validation) to write nothing. With
-        validate_only nothing is written and `after` is None. `caller_slice` (a slice write):
-        the write holds when that slice holds, and WriteOverwritten names that slice's etag
-        rather than the whole's. `context`: who writes, and the caller's deadline.
-        """
-        key = _registry_key(target)
-        async with self._update(target, context) as (held, attempt):
-            started = self._started()
-            current = await self._ecr.describe_registry(target)
-            attempt.etag_before = current.etag
-            await self._observe(key, current, started, under_lock=True)
-            await self._cache.put(key, current)  # the state it is judged against
-            proposed = change(current)
-            if validate_only:
-                return ReplicationUpdate(current, proposed, None)
-            async with self._writing(key, held):
-                after, verdict = await self._settlement.replication(
-                    target, key, current, proposed, caller_slice, held, context
-                )
-            if verdict is Verdict.OVERWRITTEN:
-                # Outside `_writing`: the cache keeps the read-back, the truth.
-                raise overwritten(
-                    target,
-                    after.etag
-                    if caller_slice is None
-                    else caller_slice.etag(after.replication_configuration),
-                )
-            return ReplicationUpdate(current, proposed, after)
+        `change` sees DescribeRegistry's answer read fresh from AWS inside the lock and
+        answers the configuration to write. With validate_only nothing is written and
+        `after` is None."""
+        update = await self.update(
+            REPLICATION,
+            target,
+            change,
+            validate_only,
+            caller_slice=caller_slice,
+            context=context,
+        )
+        return ReplicationUpdate.of(update)
 
     async def update_policy(
         self,
@@ -438,40 +456,76 @@ class RegistryOperations:
         caller_slice: CallerSlice[str | None] | None = None,
         context: WriteContext = UNATTRIBUTED,
     ) -> PolicyUpdate:
-        """Read-modify-write of the registry policy under the registry's lock.
+        """Read-modify-write of the registry policy (`update` of POLICY).
 
         `change` sees the policy read fresh from AWS inside the lock (None: there is none)
         and answers the one to write, None to have none (DeleteRegistryPolicy, or nothing
-        when there is none already), or raises to write nothing. `caller_slice`: as for
-        `update_replication`.
+        when there is none already). With validate_only, `after` is the current policy."""
+        update = await self.update(
+            POLICY, target, change, validate_only, caller_slice=caller_slice, context=context
+        )
+        return PolicyUpdate.of(update)
+
+    async def update(
+        self,
+        kind: ResourceKind[V, D],
+        target: Target,
+        change: Callable[[V], D],
+        validate_only: bool,
+        *,
+        caller_slice: CallerSlice[D] | None = None,
+        context: WriteContext = UNATTRIBUTED,
+    ) -> Update[V, D]:
+        """Read-modify-write of one resource of the target under the registry's lock.
+
+        `change` sees the value read fresh from AWS inside the lock and answers the document
+        to write, or raises (etag, quota, validation) to write nothing. With validate_only
+        nothing is written (`done` False). `caller_slice` (a slice write): the write holds
+        when that slice holds, and WriteOverwritten names that slice's etag rather than the
+        whole's. `context`: who writes, and the caller's deadline.
         """
-        key = _policy_key(target)
+        key = key_of(kind, target)
         async with self._update(target, context) as (held, attempt):
             started = self._started()
-            current = await self._current_policy(target)
-            attempt.etag_before = etags.of_policy(current)
+            current, _ = await kind.read(self._ecr, target)
+            etag_before = attempt.etag_before = kind.etag(current)
             await self._observe(key, current, started, under_lock=True)
-            await self._cache.put(  # the state it is judged against
-                key,
-                None if current is None else convert.policy_response(target.registry_id, current),
-            )
+            await self._cache.put(key, kind.entry(target, current))  # what it is judged against
             proposed = change(current)
-            if validate_only:
-                return PolicyUpdate(current, proposed, current, done=False)
-            if proposed is None and current is None:
-                # Nothing to delete: AWS would answer RegistryPolicyNotFoundException.
-                return PolicyUpdate(current, proposed, None, done=True)
-            async with self._writing(key, held):
-                after, verdict, answered = await self._settlement.policy(
-                    target, key, current, proposed, caller_slice, held, context
+            if validate_only or kind.nothing_to_send(current, proposed):
+                # Nothing written: what stands is what was read.
+                return Update(
+                    current,
+                    proposed,
+                    after=current,
+                    done=not validate_only,
+                    sent=False,
+                    answered=None,
+                    etag_before=etag_before,
+                    etag_after=None if validate_only else etag_before,
                 )
-            if verdict is Verdict.OVERWRITTEN:
+            write = Write(kind, target, current, proposed, held, context, caller_slice)
+            async with self._writing(key, held):
+                settled = await self._settlement.write(write)
+            after = settled.after
+            if settled.verdict is Verdict.OVERWRITTEN:
                 # Outside `_writing`: the cache keeps the read-back, the truth.
                 raise overwritten(
                     target,
-                    etags.of_policy(after) if caller_slice is None else caller_slice.etag(after),
+                    kind.etag(after)
+                    if caller_slice is None
+                    else caller_slice.etag(kind.document(after)),
                 )
-            return PolicyUpdate(current, proposed, after, done=True, answered=answered)
+            return Update(
+                current,
+                proposed,
+                after=after,
+                done=True,
+                sent=True,
+                answered=settled.answered,
+                etag_before=etag_before,
+                etag_after=kind.etag(after),
+            )
 
     @asynccontextmanager
     async def _update(
@@ -549,10 +603,6 @@ class RegistryOperations:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(invalidation)
                 raise
-
-    async def _current_policy(self, target: Target) -> str | None:
-        policy = await self._ecr.get_registry_policy(target)
-        return None if isinstance(policy, NoPolicy) else policy
 
 
 def check_etag(expected: str, current: str, target: Target, what: str = "") -> None:

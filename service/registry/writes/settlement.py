@@ -2,7 +2,9 @@
 to the cache, the verdict on whether the write held, and its record in the history (or its
 report as overwritten). `RegistryOperations` (service/registry/writes/operations.py) holds the
 registry's lock around it and answers the caller from the verdict; what happens between the
-AWS call and that answer, and when a write counts as held, is decided here alone.
+AWS call and that answer, and when a write counts as held, is decided here alone. It is
+written once for every resource (`Write`, `WriteSettlement.write`): what differs between a
+replication configuration and a policy is their description (resources.py `ResourceKind`).
 
 Put, read-back, write-through and record are one unit that a caller's leaving (its deadline)
 does not cut (`_sent`): a write that reached AWS is always recorded, so no later read takes
@@ -53,6 +55,7 @@ recorded and answered.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import math
@@ -61,8 +64,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from service.auth.targets import Target
-from service.aws.port import EcrPort, NoPolicy
-from service.ecr import convert, etags
+from service.aws.port import EcrPort
 from service.errors import (
     DeadlineExceeded,
     GatewayError,
@@ -70,15 +72,15 @@ from service.errors import (
     UpstreamNoAnswer,
     WriteOverwritten,
 )
-from service.gen.v1 import registry_pb2 as pb
-from service.registry.model import read_back
 from service.registry.writes.context import WriteContext
-from service.registry.writes.drift import Document, DriftDetector, Observed
+from service.registry.writes.drift import DriftDetector
+from service.registry.writes.resources import ResourceKind, key_of
 from service.state.cache import CacheKey, ReadCache
 from service.state.locks import HeldLock, lock_lost
 
 T = TypeVar("T")
-D = TypeVar("D")  # a document: pb.ReplicationConfiguration, or a policy's text (None: none)
+V = TypeVar("V")  # a value as read from AWS (resources.py ResourceKind)
+D = TypeVar("D")  # a document as written: pb.ReplicationConfiguration, or a policy's text
 
 # A read-back that still answers the state before the write is read again after these many
 # seconds (1 s in all) before it counts as another writer's: AWS's reads may lag its writes.
@@ -113,6 +115,34 @@ class Verdict(enum.Enum):
     HOLDS = "holds"  # AWS holds what was written
     SLICE_HOLDS = "slice_holds"  # the caller's slice holds; another part changed meanwhile
     OVERWRITTEN = "overwritten"  # another writer's state stands
+
+
+@dataclass(frozen=True)
+class Write(Generic[V, D]):
+    """One write about to be sent to AWS: its resource, what it writes over what it read
+    fresh, under which lock, for whom. `RegistryOperations.update` builds it under the lock."""
+
+    kind: ResourceKind[V, D]
+    target: Target
+    current: V  # read fresh from AWS under `held`
+    proposed: D
+    held: HeldLock  # the registry's lock
+    context: WriteContext
+    caller_slice: CallerSlice[D] | None = None  # a slice write: judged on that slice
+
+    @property
+    def key(self) -> CacheKey:
+        """The resource's cache key (its history's and write marker's too)."""
+        return key_of(self.kind, self.target)
+
+
+@dataclass(frozen=True)
+class Settled(Generic[V, D]):
+    """A write settled: its read-back, what that says of it, and what AWS answered it."""
+
+    after: V
+    verdict: Verdict
+    answered: D | None  # None: AWS did not answer (settled by the read-back alone)
 
 
 def _judged(
@@ -229,78 +259,37 @@ class WriteSettlement:
         while pending := {task for task in self._settling if not task.done()}:
             await asyncio.wait(pending)
 
-    async def replication(
-        self,
-        target: Target,
-        key: CacheKey,
-        current: pb.DescribeRegistryResponse,
-        proposed: pb.ReplicationConfiguration,
-        caller_slice: CallerSlice[pb.ReplicationConfiguration] | None,
-        held: HeldLock,
-        context: WriteContext,
-    ) -> tuple[pb.DescribeRegistryResponse, Verdict]:
-        """Write `proposed` over `current` (read fresh under `held`, the registry's lock) as
-        one unit a caller's leaving does not cut: the read-back and its verdict."""
-        return await self._sent(
-            target,
-            self._write_replication(target, key, current, proposed, caller_slice, held, context),
-        )
+    async def write(self, write: Write[V, D]) -> Settled[V, D]:
+        """Put `write.proposed` over `write.current` (read fresh under `write.held`, the
+        registry's lock) as one unit a caller's leaving does not cut: the read-back, its
+        verdict, and what AWS answered the write."""
+        return await self._sent(write.target, self._write(write))
 
-    async def policy(
-        self,
-        target: Target,
-        key: CacheKey,
-        current: str | None,
-        proposed: str | None,
-        caller_slice: CallerSlice[str | None] | None,
-        held: HeldLock,
-        context: WriteContext,
-    ) -> tuple[str | None, Verdict, str]:
-        """Put `proposed` (None: delete) over `current` as one unit a caller's leaving does
-        not cut: the read-back, its verdict, and what AWS answered the write."""
-        return await self._sent(
-            target,
-            self._write_policy(target, key, current, proposed, caller_slice, held, context),
-        )
-
-    async def _write_replication(
-        self,
-        target: Target,
-        key: CacheKey,
-        current: pb.DescribeRegistryResponse,
-        proposed: pb.ReplicationConfiguration,
-        caller_slice: CallerSlice[pb.ReplicationConfiguration] | None,
-        held: HeldLock,
-        context: WriteContext,
-    ) -> tuple[pb.DescribeRegistryResponse, Verdict]:
+    async def _write(self, write: Write[V, D]) -> Settled[V, D]:
         """Put, read back, write through, record: one unit (run by `_sent`)."""
-        operation = "put_replication_configuration"
-        answered: pb.ReplicationConfiguration | None = None
-        unanswered = False
-        try:
-            answered = await self._ecr.put_replication_configuration(
-                target, proposed, finish_once_sent=True
-            )
-        except UpstreamNoAnswer:
-            unanswered = True  # sent: settled by the read-back alone
+        kind, target, held, proposed = write.kind, write.target, write.held, write.proposed
+        caller_slice = write.caller_slice
+        answered: D | None = None  # None: AWS did not answer (the write was sent)
+        with contextlib.suppress(UpstreamNoAnswer):  # sent: settled by the read-back alone
+            answered = await kind.put(self._ecr, target, proposed)
+        # AWS's own form of what it took, which the read-back may hold instead of `proposed`.
+        form = None if answered is None else kind.taken(proposed, answered)
+        etag_before = kind.etag(write.current)
 
-        def verdict(after: pb.DescribeRegistryResponse) -> Verdict:
-            return _judged(
-                read_back.replication_holds,
-                proposed,
-                after.replication_configuration,
-                answered,
-                caller_slice,
-            )
+        async def read() -> V:
+            value, _ = await kind.read(self._ecr, target)
+            return value
 
         try:
             after, judged = await _within(
                 held,
                 _read_back(
-                    lambda: self._ecr.describe_registry(target),
-                    verdict,
-                    unchanged=lambda after: after.etag == current.etag,
-                    context=context,
+                    read,
+                    lambda after: _judged(
+                        kind.holds, proposed, kind.document(after), form, caller_slice
+                    ),
+                    unchanged=lambda after: kind.etag(after) == etag_before,
+                    context=write.context,
                 ),
             )
         except _LockRunOut:
@@ -309,112 +298,27 @@ class WriteSettlement:
             if not await held.owned():
                 raise _lost(target, "the lock was lost during its read-back") from None
             if answered is None:
-                raise _unknown(target, operation) from None
-            await self._record_answered(
-                target, key, _described(current, answered), current.etag, context
-            )
+                raise _unknown(target, kind.operation(proposed)) from None
+            taken = proposed if form is None else form
+            await self._record_answered(write, kind.with_document(write.current, taken))
             raise
         if not await held.owned():
             raise _lost(target, "the lock was lost during its read-back")
-        if unanswered:
-            _unanswered(target, operation, judged, after.etag == current.etag, current.etag)
-        await self._cache.put(key, after)
+        if answered is None:
+            unchanged = kind.etag(after) == etag_before
+            _unanswered(target, kind.operation(proposed), judged, unchanged, etag_before)
+        await self._cache.put(write.key, kind.entry(target, after))
 
-        def expected() -> pb.DescribeRegistryResponse:
+        def expected() -> V:
+            # The others' parts as written, the caller's as read back.
             assert caller_slice is not None
-            mine = caller_slice.part(after.replication_configuration)
-            return _described(after, caller_slice.merged(proposed, mine))
+            mine = caller_slice.part(kind.document(after))
+            return kind.with_document(after, caller_slice.merged(proposed, mine))
 
-        await self._settle(
-            target,
-            key,
-            judged,
-            written=proposed,
-            after=after,
-            expected=expected,
-            etag_before=current.etag,
-            context=context,
-        )
-        return after, judged
+        await self._settle(write, judged, after=after, expected=expected)
+        return Settled(after, judged, answered)
 
-    async def _write_policy(
-        self,
-        target: Target,
-        key: CacheKey,
-        current: str | None,
-        proposed: str | None,
-        caller_slice: CallerSlice[str | None] | None,
-        held: HeldLock,
-        context: WriteContext,
-    ) -> tuple[str | None, Verdict, str]:
-        """Put (or delete), read back, write through, record: one unit (run by `_sent`)."""
-        operation = "put_registry_policy" if proposed is not None else "delete_registry_policy"
-        unanswered = False
-        try:
-            if proposed is None:
-                answered = await self._ecr.delete_registry_policy(target, finish_once_sent=True)
-            else:
-                answered = await self._ecr.put_registry_policy(
-                    target, proposed, finish_once_sent=True
-                )
-        except UpstreamNoAnswer:
-            # Sent: settled by the read-back alone. A delete answers the policy it deleted.
-            unanswered = True
-            answered = (current or "") if proposed is None else proposed
-        # A delete answers the policy it deleted: no form of what now stands (nor has a write
-        # AWS did not answer).
-        form = answered if proposed is not None and not unanswered else None
-        etag_before = etags.of_policy(current)
-        try:
-            after, judged = await _within(
-                held,
-                _read_back(
-                    lambda: self._current_policy(target),
-                    lambda after: _judged(
-                        read_back.policy_holds, proposed, after, form, caller_slice
-                    ),
-                    unchanged=lambda after: etags.of_policy(after) == etag_before,
-                    context=context,
-                ),
-            )
-        except _LockRunOut:
-            raise _lost(target, "its read-back would outlast the lock") from None
-        except Exception:
-            if not await held.owned():
-                raise _lost(target, "the lock was lost during its read-back") from None
-            if unanswered:
-                raise _unknown(target, operation) from None
-            taken = None if proposed is None else (form or proposed)
-            await self._record_answered(target, key, taken, etag_before, context)
-            raise
-        if not await held.owned():
-            raise _lost(target, "the lock was lost during its read-back")
-        if unanswered:
-            unchanged = etags.of_policy(after) == etag_before
-            _unanswered(target, operation, judged, unchanged, etag_before)
-            if proposed is not None and after is not None:
-                answered = after  # AWS's form of what it took
-        await self._cache.put(
-            key, None if after is None else convert.policy_response(target.registry_id, after)
-        )
-
-        def expected() -> str | None:
-            assert caller_slice is not None
-            return caller_slice.merged(proposed, caller_slice.part(after))
-
-        await self._settle(
-            target,
-            key,
-            judged,
-            written=proposed,
-            after=after,
-            expected=expected,
-            etag_before=etag_before,
-            context=context,
-        )
-        return after, judged, answered
-
-    async def _sent(self, target: Target, write: Coroutine[Any, Any, T]) -> T:
+    async def _sent(self, target: Target, settling: Coroutine[Any, Any, T]) -> T:
         """A write sent to AWS is not abandoned half-way: if the caller leaves (its deadline
         passed, or the server cut the call at shutdown), the write, with its read-back and
         its record, still finishes, under the registry lock, before the cancellation goes
@@ -422,9 +326,9 @@ class WriteSettlement:
         says CANCELLED (outcome unknown to the caller). Once `stop_writes` was called,
         nothing is sent (SHUTTING_DOWN)."""
         if not self._sending:
-            write.close()
+            settling.close()
             raise shutting_down(target)
-        task = asyncio.ensure_future(write)
+        task = asyncio.ensure_future(settling)
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
         try:
@@ -435,23 +339,10 @@ class WriteSettlement:
                 task.exception()  # retrieved: the caller has left, and `_writing` forgets the key
             raise
 
-    async def _current_policy(self, target: Target) -> str | None:
-        policy = await self._ecr.get_registry_policy(target)
-        return None if isinstance(policy, NoPolicy) else policy
-
     # --- drift: recording the write, or reporting it overwritten -------------------------------
 
     async def _settle(
-        self,
-        target: Target,
-        key: CacheKey,
-        verdict: Verdict,
-        *,
-        written: Document,
-        after: Observed,
-        expected: Callable[[], Observed],
-        etag_before: str,
-        context: WriteContext,
+        self, write: Write[V, D], verdict: Verdict, *, after: V, expected: Callable[[], V]
     ) -> None:
         """After a write's read-back, written through to the cache: record the write's
         version, or report that another writer's state stands (`overwritten`).
@@ -462,11 +353,13 @@ class WriteSettlement:
         if self._drift is None:
             return
         # Who writes, as the history and the audit name it (`context`: from the servicer).
+        target, context, key = write.target, write.context, write.key
         tenant, who, rpc = target.tenant, context.identity, context.rpc
+        etag_before = write.kind.etag(write.current)
         if verdict is Verdict.OVERWRITTEN:
             await self._drift.overwritten(
                 key,
-                written,
+                write.proposed,
                 after,
                 etag_before=etag_before,
                 tenant=tenant,
@@ -482,14 +375,7 @@ class WriteSettlement:
         if verdict is Verdict.SLICE_HOLDS:
             await self._drift.observe(key, after, started=self._drift.clock(), under_lock=True)
 
-    async def _record_answered(
-        self,
-        target: Target,
-        key: CacheKey,
-        answered: Observed,
-        etag_before: str,
-        context: WriteContext,
-    ) -> None:
+    async def _record_answered(self, write: Write[V, D], answered: V) -> None:
         """A write reached AWS but its read-back failed: record what AWS answered the write
         as its version (the cache forgets the key), so that the next read does not report
         the gateway's own write as a change made around it (drift.py compares by meaning
@@ -497,25 +383,13 @@ class WriteSettlement:
         if self._drift is None:
             return
         await self._drift.record_write(
-            key,
+            write.key,
             answered,
-            tenant=target.tenant,
-            identity=context.identity,
-            rpc=context.rpc,
-            etag_before=etag_before,
+            tenant=write.target.tenant,
+            identity=write.context.identity,
+            rpc=write.context.rpc,
+            etag_before=write.kind.etag(write.current),
         )
-
-
-def _described(
-    like: pb.DescribeRegistryResponse, configuration: pb.ReplicationConfiguration
-) -> pb.DescribeRegistryResponse:
-    """A DescribeRegistry answer holding `configuration` (with its etag), for the history."""
-    return convert.describe_response(
-        {
-            "registryId": like.registry_id,
-            "replicationConfiguration": convert.replication_to_aws(configuration),
-        }
-    )
 
 
 def _unanswered(
