@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import redis.asyncio as redis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from service.app.drift_check import DriftCheck
@@ -49,6 +48,7 @@ from service.state.history import HistoryStore, MemoryHistory, RedisHistory
 from service.state.locks import LockReplication, RedisRegistryLocks, RegistryLocks
 from service.state.ratelimit import build_rate_limiter, build_upstream_budget
 from service.state.redis_connect import redis_client as build_redis_client
+from service.state.redis_keys import RedisClient
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RegistryConfigService"].full_name
 # A write lock is renewed for at most the longest deadline plus this: what a write, its
@@ -121,7 +121,7 @@ def every_target(config: GatewayConfig) -> list[Target]:
 class Parts:
     """The gateway's object graph, built by `compose`; nothing in it is started."""
 
-    redis: redis.Redis | None
+    redis: RedisClient | None
     health: health.aio.HealthServicer
     upstream: Upstream
     history: HistoryStore
@@ -169,7 +169,9 @@ def compose(
     )
     # One URL or the primary found through Sentinel, behind a circuit: a Redis that stops
     # answering is waited for once (1 s), then every command fails fast until a probe
-    # answers (service/state/redis_connect.py, service/state/redis_circuit.py).
+    # answers (service/state/redis_connect.py, service/state/redis_circuit.py). Or a Redis
+    # Cluster, whose keys are hash-tagged per registry and region, per tenant
+    # (service/state/redis_keys.py).
     redis_client = (
         build_redis_client(config.cache, redis_secret, environ)
         if config.cache.backend == "redis"
@@ -190,7 +192,9 @@ def compose(
         skew_seconds=config.drift.clock_skew_seconds,
         locks=locks,
         # Times replicas compare are on Redis's clock, whatever their own clocks say.
-        shared_clock=RedisClock(redis_client) if redis_client is not None else None,
+        shared_clock=RedisClock(redis_client, key_prefix=config.cache.key_prefix)
+        if redis_client is not None
+        else None,
     )
     # One pipeline (gates, reporters), built once and run by the gRPC and the HTTP
     # transport alike: a tenant's rate and upstream budget, an address's failed
@@ -338,7 +342,7 @@ def _health_server(
 
 def _cache(
     config: GatewayConfig,
-    redis_client: redis.Redis | None,
+    redis_client: RedisClient | None,
     metrics: Metrics,
     on_redis_availability: Callable[[bool], None],
 ) -> ReadCache:
@@ -356,7 +360,7 @@ def _cache(
     return ReadCache(cache, store, count=metrics.count_cache)
 
 
-def _history(config: GatewayConfig, redis_client: redis.Redis | None) -> HistoryStore:
+def _history(config: GatewayConfig, redis_client: RedisClient | None) -> HistoryStore:
     history = config.history
     if redis_client is not None:
         return RedisHistory(
@@ -367,7 +371,7 @@ def _history(config: GatewayConfig, redis_client: redis.Redis | None) -> History
 
 def _locks(
     config: GatewayConfig,
-    redis_client: redis.Redis | None,
+    redis_client: RedisClient | None,
     spawn: Callable[[Coroutine[Any, Any, None]], None],
 ) -> RegistryLocks | RedisRegistryLocks:
     if redis_client is None:
@@ -386,6 +390,9 @@ def _locks(
         max_hold_seconds=longest + LOCK_HOLD_MARGIN_SECONDS,
         spawn=spawn,
         # With Sentinel a replica exists to be promoted: an acquisition waits for its
-        # acknowledgement (service/state/locks.py, LockReplication).
-        replication=LockReplication() if config.cache.redis_mode() == "sentinel" else None,
+        # acknowledgement (service/state/locks.py, LockReplication). On a cluster, the
+        # replica of the lock's shard, where it has one.
+        replication=LockReplication()
+        if config.cache.redis_mode() in ("sentinel", "cluster")
+        else None,
     )

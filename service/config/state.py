@@ -66,6 +66,9 @@ class CacheConfig(Strict):
     # through sentinels) or `redis_cluster_nodes` (a Redis Cluster, any of its nodes).
     redis_sentinel: RedisSentinelConfig | None = None
     redis_cluster_nodes: tuple[str, ...] | None = Field(None, min_length=1, max_length=64)
+    # With `redis_cluster_nodes` the nodes are the cluster's entry points (the rest are found
+    # from them, and found again after a failover); keys are hash-tagged per registry and
+    # region, per tenant (service/state/redis_keys.py). The password is every node's.
     # TLS in every mode (a `rediss://` URL alone uses the system's CAs).
     redis_tls: RedisTlsConfig | None = None
     # Every key the gateway writes starts with this: several deployments can share a Redis.
@@ -108,10 +111,12 @@ class CacheConfig(Strict):
             and not self.redis_url.startswith("rediss://")
         ):
             raise ValueError("redis_tls needs a rediss:// redis_url (or redis_sentinel)")
-        if self.redis_cluster_nodes is not None:
-            # Refused rather than half-served: the gateway's scripts keep keys of several
-            # hash slots together (service/state/), which a cluster answers with CROSSSLOT.
-            raise ValueError("redis_cluster_nodes: Redis Cluster is not supported yet")
+        if self.redis_cluster_nodes is not None and (
+            "{" in self.key_prefix or "}" in self.key_prefix
+        ):
+            # A cluster hashes the first {...} of a key: the prefix's would put every key
+            # in one slot, or split the gateway's own hash tags (service/state/redis_keys.py).
+            raise ValueError("key_prefix: no { or } with redis_cluster_nodes (hash tags)")
         return self
 
     def redis_mode(self) -> Literal["url", "sentinel", "cluster"]:

@@ -13,8 +13,9 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-import redis.asyncio as redis
 from redis.exceptions import RedisError
+
+from service.state.redis_keys import RedisClient, RedisKeys
 
 log = logging.getLogger("registry_gateway.claims")
 
@@ -46,16 +47,16 @@ class MemoryClaims:
 class RedisClaims:
     """Claims shared by every replica on one Redis."""
 
-    def __init__(self, client: redis.Redis, key_prefix: str) -> None:
+    def __init__(self, client: RedisClient, key_prefix: str) -> None:
         self._redis = client
-        self._prefix = f"{key_prefix}claim:"
+        self._names = RedisKeys.of(client, f"{key_prefix}claim:")
 
     async def claim(self, name: str, seconds: float) -> bool:
         """Whether this replica got `name` for `seconds`. Redis unavailable: no claim — the
         work it guards waits for Redis rather than running on every replica at once."""
         try:
             got = await self._redis.set(
-                f"{self._prefix}{name}", b"1", nx=True, px=max(1, int(seconds * 1000))
+                self._names.key(name), b"1", nx=True, px=max(1, int(seconds * 1000))
             )
         except (RedisError, OSError) as exc:
             log.debug("claim %s not taken: Redis unavailable (%s)", name, type(exc).__name__)

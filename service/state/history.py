@@ -51,6 +51,7 @@ import redis.asyncio as redis
 
 from service.errors import Unavailable
 from service.state.cache.base import CacheKey
+from service.state.redis_keys import RedisClient, RedisKeys
 
 log = logging.getLogger("registry_gateway.history")
 
@@ -819,32 +820,37 @@ return {out, digests, pieces, introduced}
 class RedisHistory:
     """Versions in Redis under `<key_prefix>history:<registry>:<region>:<resource>:*`:
     `versions` (the records, newest first), `seq`, `head` (its etag), `pieces` and
-    `introduced` (hashes by digest).
+    `introduced` (hashes by digest). On a Redis Cluster `<registry>:<region>` is a hash tag
+    (service/state/redis_keys.py): the scripts read and write all five keys at once.
 
     The keys have no expiry: a history is bounded in size, and one that expired while its
     registry stood still would lose the state drift is measured against.
     """
 
-    def __init__(self, client: redis.Redis, key_prefix: str, max_versions: int, max_bytes: int):
+    def __init__(self, client: RedisClient, key_prefix: str, max_versions: int, max_bytes: int):
         self._redis = client
-        self._prefix = f"{key_prefix}history:"
+        self._names = RedisKeys.of(client, f"{key_prefix}history:")
         self._max_versions = max_versions
         self._max_bytes = max_bytes
         self._state = client.register_script(_STATE)
         self._append = client.register_script(_APPEND)
         self._page = client.register_script(_PAGE)
         self._available: bool | None = None
+        self._failing: set[str] = set()  # the groups (`_group`) whose last command failed
 
     def _keys(self, key: CacheKey) -> list[str]:
-        base = f"{self._prefix}{key}"
-        return [f"{base}:{name}" for name in ("versions", "seq", "head", "pieces", "introduced")]
+        group = f"{key.registry_id}:{key.region}"
+        return [
+            self._names.key(group, key.resource, name)
+            for name in ("versions", "seq", "head", "pieces", "introduced")
+        ]
 
     async def head(self, key: CacheKey) -> Version | None:
         """The newest version; None when there is none or Redis does not answer."""
         try:
             versions = await self._read(key, before_seq=None, limit=1)
         except (redis.RedisError, OSError) as exc:
-            self._down(exc)
+            self._down(key, exc)
             return None
         return versions[0] if versions else None
 
@@ -886,9 +892,9 @@ class RedisHistory:
                 args += group
             stored_seq = int(await self._append(keys=keys, args=args))
         except (redis.RedisError, OSError) as exc:
-            self._down(exc)
+            self._down(key, exc)
             return None
-        self._up()
+        self._up(key)
         return replace(prepared.version, seq=stored_seq) if stored_seq else None
 
     async def page(self, key: CacheKey, *, before_seq: int | None, limit: int) -> list[Version]:
@@ -908,7 +914,7 @@ class RedisHistory:
         return [_in_pieces(r, pieces, introduced) for r in records]
 
     def _unavailable(self, key: CacheKey, exc: BaseException) -> Unavailable:
-        self._down(exc)
+        self._down(key, exc)
         return Unavailable(
             "the configuration history (Redis) is unavailable; retry later",
             reason=HISTORY_UNAVAILABLE,
@@ -932,7 +938,7 @@ class RedisHistory:
             keys=[keys[0], keys[3], keys[4]],
             args=["" if before_seq is None else before_seq, limit, "1" if introduced else "0"],
         )
-        self._up()
+        self._up(key)
         records = [
             r
             for r in (_decode(item) for item in raw if isinstance(item, bytes))
@@ -947,12 +953,22 @@ class RedisHistory:
         }
         return records[: limit if limit >= 0 else None], pieces, who
 
-    def _up(self) -> None:
+    def _up(self, key: CacheKey) -> None:
+        # Once every registry that failed answers again: on a cluster with one node down,
+        # its registries and the others' alternate (as in cache/redis_store.py).
+        self._failing.discard(self._group(key))
+        if self._failing:
+            return
         if self._available is False:
             log.warning("Redis history is reachable again; drift detection resumes")
         self._available = True
 
-    def _down(self, exc: BaseException) -> None:
+    def _group(self, key: CacheKey) -> str:
+        """What fails together: one Redis; on a cluster, the node of the key's hash tag."""
+        return f"{key.registry_id}:{key.region}" if self._names.cluster else ""
+
+    def _down(self, key: CacheKey, exc: BaseException) -> None:
+        self._failing.add(self._group(key))
         if self._available is not False:
             # Once per outage: a line per read would flood the log.
             log.warning(

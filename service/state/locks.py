@@ -25,11 +25,12 @@ What a Redis fault costs here, bounded:
 A write also marks, for as long as it settles (put, read-back, write-through, record), that a
 write of its resource is in flight (`writing`): the drift detector skips unlocked reads of
 that resource meanwhile (service/registry/writes/drift.py), not of the registry's other one. In
-Redis the marker is `{prefix}lock:writing:{registry}:{region}:{resource}`, set with the
-lock's TTL, renewed with the lock and deleted by its owner. A held lock also says how long
-it stays valid (`remaining`, moved on by each renewal) and whether it is still owned
-(`owned`): the settlement of a write is bounded by the one and checks the other before it
-records anything (service/registry/writes/settlement.py).
+Redis the marker is `<prefix>lock:writing:<registry>:<region>:<resource>` (the lock
+`<prefix>lock:<registry>:<region>`; on a Redis Cluster `<registry>:<region>` is a hash tag,
+service/state/redis_keys.py), set with the lock's TTL, renewed with the lock and deleted by
+its owner. A held lock also says how long it stays valid (`remaining`, moved on by each
+renewal) and whether it is still owned (`owned`): the settlement of a write is bounded by the
+one and checks the other before it records anything (service/registry/writes/settlement.py).
 
 The window that remains, which no lock closes: AWS has no conditional write and cannot check
 a fencing token, so a writer whose lock expired between that check and AWS applying its
@@ -46,16 +47,18 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from typing import Any, Protocol
 
 import redis.asyncio as redis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.lock import Lock
 from redis.exceptions import LockError, LockNotOwnedError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from service.errors import Unavailable
+from service.state.redis_keys import RedisClient, RedisKeys
 
 log = logging.getLogger("registry_gateway.locks")
 
@@ -220,7 +223,8 @@ class RegistryLocks:
 
 class LockReplication:
     """An acquisition acknowledged by a replica before the writer goes on (`WAIT 1`), so that
-    a failover right after it (Sentinel promoting the replica) does not forget the lock.
+    a failover right after it (Sentinel promoting the replica, or a Redis Cluster the replica
+    of the lock's shard) does not forget the lock.
 
     Redis replicates asynchronously: a lock SET on the primary and not yet on its replica is
     gone if the primary dies then and the replica is promoted, and another replica's writer
@@ -239,10 +243,14 @@ class LockReplication:
 
     async def acknowledged(self, connection: redis.Redis, name: str) -> bool:
         """WAIT on the connection that set the lock (WAIT counts that client's writes)."""
+        return await self.acknowledged_by(connection.wait, name)
+
+    async def acknowledged_by(self, wait: Callable[[int, int], Awaitable[int]], name: str) -> bool:
+        """`wait(replicas, timeout_ms)`: WAIT sent on the connection that set the lock."""
         if time.monotonic() < self._skip_until:
             self.unreplicated += 1
             return False
-        acked = int(await connection.wait(1, self._timeout_ms))
+        acked = int(await wait(1, self._timeout_ms))
         if acked >= 1:
             if self._skip_until:
                 log.warning("write locks are acknowledged by a Redis replica again")
@@ -274,6 +282,8 @@ class _TimedLock(Lock):
         self.attempted_token = token if isinstance(token, bytes) else token.encode()
         if self.replication is None:
             return await super().do_acquire(token)
+        if isinstance(self.redis, RedisCluster):
+            return await self._acquire_in_cluster(self.redis, self.replication, token)
         # One connection for SET and WAIT: WAIT waits for this client's own writes.
         assert isinstance(self.redis, redis.Redis)  # RedisRegistryLocks's client
         async with self.redis.client() as connection:
@@ -282,6 +292,39 @@ class _TimedLock(Lock):
                 return False
             await self.replication.acknowledged(connection, str(self.name))
             return True
+
+    async def _acquire_in_cluster(
+        self, cluster: RedisCluster, replication: LockReplication, token: str | bytes
+    ) -> bool:
+        """On a cluster, WAIT is the business of the node owning the lock's slot: SET and WAIT
+        go on one connection of that primary (the cluster client would send each command on
+        any pooled connection, and WAIT counts only its own connection's writes). A shard
+        without a replica has nobody to wait for (and no failover to lose the lock in)."""
+        name = str(self.name)
+        await cluster.initialize()  # the slots known (a no-op once they are)
+        shard = cluster.nodes_manager.slots_cache.get(cluster.keyslot(name), [])
+        if len(shard) < 2:
+            return await super().do_acquire(token)
+        node = shard[0]  # the primary (redis-py lists it first)
+        px = int(self.timeout * 1000) if self.timeout else None
+        connection = node.acquire_connection()
+        try:
+            await connection.send_command("SET", name, token, "NX", *(("PX", px) if px else ()))
+            if await connection.read_response() is None:
+                return False
+
+            async def wait(replicas: int, timeout_ms: int) -> int:
+                await connection.send_command("WAIT", replicas, timeout_ms)
+                return int(await connection.read_response())
+
+            await replication.acknowledged_by(wait, name)
+            return True
+        except BaseException:
+            # A reply may be left unread (a cancellation, a timeout): not reused as it is.
+            await connection.disconnect()
+            raise
+        finally:
+            node.release(connection)
 
 
 # Deletes a key only if it still holds this writer's token: a write-in-flight marker, or a
@@ -437,7 +480,7 @@ class RedisRegistryLocks:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         key_prefix: str,
         ttl_seconds: float,
         time_left: Callable[[], float],
@@ -449,7 +492,9 @@ class RedisRegistryLocks:
     ) -> None:
         self._redis = client
         self._replication = replication
-        self._prefix = f"{key_prefix}lock:"
+        # A registry and region's lock and markers are hash-tagged alike on a cluster.
+        self._names = RedisKeys.of(client, f"{key_prefix}lock:")
+        self._marker_names = RedisKeys.of(client, f"{key_prefix}lock:writing:")
         self._ttl = min(ttl_seconds, max_hold_seconds)
         # The longest a writer keeps its lock by renewals: what a write may take at most, so
         # that a writer stuck alive cannot hold its registry for ever (settlement.py ends
@@ -465,10 +510,10 @@ class RedisRegistryLocks:
         self._releasing: set[asyncio.Task[None]] = set()
 
     def _key(self, registry_id: str, region: str) -> str:
-        return f"{self._prefix}{registry_id}:{region}"
+        return self._names.key(f"{registry_id}:{region}")
 
     def _marker(self, registry_id: str, region: str, resource: str) -> str:
-        return f"{self._prefix}writing:{registry_id}:{region}:{resource}"
+        return self._marker_names.key(f"{registry_id}:{region}", resource)
 
     async def writing(self, registry_id: str, region: str, resource: str) -> bool:
         """Whether any replica has a write of the resource in flight right now (its marker

@@ -31,6 +31,7 @@ import redis.exceptions
 
 from service.config import RateLimitConfig
 from service.errors import QuotaViolation, ResourceExhausted
+from service.state.redis_keys import RedisClient, RedisKeys
 
 # Which bucket a call draws from.
 RateKind = Literal["read", "write"]
@@ -158,7 +159,8 @@ class RedisRateLimiter:
     an outage for every tenant. Two things keep an outage cheap:
     - after a failure, Redis is left alone for `retry_redis_after_seconds` and calls pass at
       once (redis-py retries a refused connection ten times with backoff by default, and a
-      silent Redis would hold each call for `timeout_seconds`);
+      silent Redis would hold each call for `timeout_seconds`); on a Redis Cluster only that
+      tenant's bucket is left alone (its node may be the only one away);
     - the warning is logged at most once per `warn_interval_seconds`, with the number of
       calls let through since the last one: a line per call would flood the log.
     """
@@ -166,7 +168,7 @@ class RedisRateLimiter:
     def __init__(
         self,
         config: RateLimitConfig,
-        client: redis.asyncio.Redis,
+        client: RedisClient,
         key_prefix: str = DEFAULT_KEY_PREFIX,
         *,
         timeout_seconds: float = 0.25,
@@ -175,7 +177,8 @@ class RedisRateLimiter:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._config = config
-        self._key_prefix = key_prefix
+        # A tenant's bucket is one key, hash-tagged by tenant on a cluster (redis_keys.py).
+        self._names = RedisKeys.of(client, key_prefix)
         self._script = client.register_script(_BUCKET_SCRIPT)
         # A Redis that accepts connections but never answers would otherwise hold every call
         # until its deadline: bound the round trip and fail open past it.
@@ -183,21 +186,24 @@ class RedisRateLimiter:
         self._retry_redis_after_seconds = retry_redis_after_seconds
         self._warn_interval_seconds = warn_interval_seconds
         self._clock = clock
-        self._skip_redis_until: float | None = None
+        # Per tenant on a cluster (its bucket's node may be the only one away), else one.
+        self._skip_redis_until: dict[str, float] = {}
         self._last_warning: float | None = None
         self._failed_open_since_warning = 0
         self._last_error = ""
 
     def key(self, tenant: str, kind: RateKind) -> str:
         """The Redis key of a tenant's `kind` bucket."""
-        return f"{self._key_prefix}{tenant}:{kind}"
+        return self._names.key(tenant, kind)
 
     async def acquire(self, tenant: str, kind: RateKind) -> None:
         """Take one token from the shared bucket, or raise `ResourceExhausted`.
 
         When Redis cannot answer, the call is allowed (see the class docstring).
         """
-        if self._skip_redis_until is not None and self._clock() < self._skip_redis_until:
+        group = tenant if self._names.cluster else ""
+        skip_until = self._skip_redis_until.get(group)
+        if skip_until is not None and self._clock() < skip_until:
             self._fail_open(None)
             return
         rate = _rate(self._config, kind)
@@ -207,10 +213,10 @@ class RedisRateLimiter:
                     keys=[self.key(tenant, kind)], args=[self._config.burst, repr(rate)]
                 )
         except (redis.exceptions.RedisError, OSError) as exc:  # TimeoutError is an OSError
-            self._skip_redis_until = self._clock() + self._retry_redis_after_seconds
+            self._skip_redis_until[group] = self._clock() + self._retry_redis_after_seconds
             self._fail_open(exc)
             return
-        self._skip_redis_until = None
+        self._skip_redis_until.pop(group, None)
         granted, wait_us = (int(x) for x in result)
         if granted:
             return
@@ -239,7 +245,7 @@ class RedisRateLimiter:
 
 def build_rate_limiter(
     config: RateLimitConfig | None,
-    redis_client: redis.asyncio.Redis | None,
+    redis_client: RedisClient | None,
     key_prefix: str = "registry-gateway:",
 ) -> RateLimiter | None:
     """The limiter the config asks for: None when off, shared through Redis when given one."""
@@ -298,7 +304,7 @@ class UpstreamBudget:
 def build_upstream_budget(
     per_second: float,
     burst: int,
-    redis_client: redis.asyncio.Redis | None,
+    redis_client: RedisClient | None,
     key_prefix: str = "registry-gateway:",
 ) -> UpstreamBudget:
     """The per-tenant upstream budget: in Redis when the cache is, else in this process."""

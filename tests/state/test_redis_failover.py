@@ -63,6 +63,7 @@ async def test_a_connection_kept_across_the_failover_reconnects_to_the_new_prima
             redis_sentinel={"master_name": MASTER_NAME, "nodes": servers.sentinel_nodes},
         )
         client = redis_client(cache, None, {})
+        assert isinstance(client, redis.asyncio.Redis)  # one primary, not a cluster
         try:
             async with client.client() as single:
                 assert await single.set("before", "1")
@@ -97,6 +98,7 @@ async def test_a_demoted_primary_is_redis_away_and_the_connection_is_dropped(
     new.start()
     try:
         client = redis_client(CacheConfig(backend="redis", redis_url=old.url), None, {})
+        assert isinstance(client, redis.asyncio.Redis)
         try:
             assert await client.set("k", "1")
             # What a failover does to the old primary: it becomes a replica of the new one

@@ -39,9 +39,24 @@ def _with_cache(cache: dict[str, Any]) -> dict[str, Any]:
             "conflicting Redis modes: redis_sentinel and redis_cluster_nodes",
         ),
         (
-            {"redis_cluster_nodes": ["127.0.0.1:7000"]},
+            {"redis_url": "redis://127.0.0.1:9/0", "redis_cluster_nodes": ["127.0.0.1:7000"]},
             "cache",
-            "Redis Cluster is not supported yet",
+            "conflicting Redis modes: redis_url and redis_cluster_nodes",
+        ),
+        (
+            {"redis_cluster_nodes": ["127.0.0.1:7000"], "key_prefix": "gw{a}:"},
+            "cache",
+            "key_prefix: no { or } with redis_cluster_nodes",
+        ),
+        (
+            {"redis_cluster_nodes": ["127.0.0.1:7000", "127.0.0.1:7000"]},
+            "cache.redis_cluster_nodes",
+            "listed twice",
+        ),
+        (
+            {"redis_cluster_nodes": []},
+            "cache.redis_cluster_nodes",
+            "",
         ),
         (
             {"redis_sentinel": {"master_name": "m", "nodes": ["sentinel-without-port"]}},
@@ -73,7 +88,10 @@ def _with_cache(cache: dict[str, Any]) -> dict[str, Any]:
     ids=[
         "url-and-sentinel",
         "sentinel-and-cluster",
-        "cluster-not-yet",
+        "url-and-cluster",
+        "cluster-prefix-with-a-brace",
+        "cluster-node-twice",
+        "cluster-without-nodes",
         "node-without-port",
         "node-twice",
         "empty-master-name",
@@ -101,6 +119,11 @@ async def test_check_config_accepts_each_mode_alone(tmp_path: Path) -> None:
             "redis_sentinel": {**SENTINEL, "password_env": "SENTINEL_PASSWORD"},
             "redis_username_env": "REDIS_USER",
             "redis_tls": {"ca_file": "/ca.pem", "cert_file": "/c.pem", "key_file": "/k.pem"},
+        },
+        {
+            "redis_cluster_nodes": ["10.0.0.1:6379", "[::1]:7001", "redis-2.internal:6379"],
+            "redis_password_env": "REDIS_PASSWORD",
+            "redis_tls": {"ca_file": "/ca.pem"},
         },
     ):
         path = write(tmp_path, _with_cache(cache))

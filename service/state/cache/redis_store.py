@@ -35,6 +35,7 @@ from google.protobuf.message import Message
 
 from service.gen.v1 import registry_pb2 as pb
 from service.state.cache.base import CacheKey, Entry
+from service.state.redis_keys import RedisClient, RedisKeys
 
 log = logging.getLogger("registry_gateway.cache")
 
@@ -92,7 +93,7 @@ class RedisStore:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: RedisClient,
         key_prefix: str,
         max_local_entries: int,
         *,
@@ -101,7 +102,8 @@ class RedisStore:
         new_version: Callable[[], int] = _new_version,
     ) -> None:
         self._redis = client
-        self._prefix = f"{key_prefix}cache:"
+        # One registry and region's keys share a hash slot on a cluster (redis_keys.py).
+        self._names = RedisKeys.of(client, f"{key_prefix}cache:")
         self._local: LRUCache[CacheKey, tuple[int, Entry]] = LRUCache(maxsize=max_local_entries)
         # Per key: the version the last read found; the one the load in flight began under
         # (a single flight per key: one load at a time), which its value is stored under.
@@ -111,12 +113,16 @@ class RedisStore:
         self._store = client.register_script(_STORE)
         self._on_availability = on_availability
         self._available: bool | None = None
+        self._failing: set[str] = set()  # the groups (`_group`) whose last command failed
         self._clock = clock
         self._new_version = new_version
 
     def _keys(self, key: CacheKey) -> tuple[str, str]:
-        base = f"{self._prefix}{key}"
-        return f"{base}:version", f"{base}:value"
+        group = f"{key.registry_id}:{key.region}"
+        return (
+            self._names.key(group, key.resource, "version"),
+            self._names.key(group, key.resource, "value"),
+        )
 
     async def get(self, key: CacheKey) -> Entry | None:
         """The entry current in Redis, from the in-process copy when its version still holds."""
@@ -130,7 +136,7 @@ class RedisStore:
                 # predate any write made since the restart.
                 return await self._get(key, local)
         except (redis.RedisError, OSError) as exc:
-            self._down(exc)
+            self._down(key, exc)
             return local[1] if local is not None else None
 
     async def _get(self, key: CacheKey, local: tuple[int, Entry] | None) -> Entry | None:
@@ -138,13 +144,13 @@ class RedisStore:
         if local is not None:
             current = await self._redis.get(version_key)
             if current is not None and int(current) == local[0]:
-                self._up()
+                self._up(key)
                 self._seen[key] = local[0]
                 return local[1]
         reply = await self._read(
             keys=[version_key, value_key], args=[self._new_version(), _VERSION_TTL_SECONDS]
         )
-        self._up()
+        self._up(key)
         version = int(reply[0])
         # Redis's clock less this process's: what turns the entry's times into ours.
         redis_now = int(reply[1]) + int(reply[2]) / 1_000_000
@@ -187,9 +193,9 @@ class RedisStore:
                 pipe.delete(value_key)
                 await pipe.execute()
         except (redis.RedisError, OSError) as exc:
-            self._down(exc)
+            self._down(key, exc)
             return
-        self._up()
+        self._up(key)
 
     async def _put(self, mode: str, key: CacheKey, version: int, entry: Entry) -> bool:
         """Run the store script; whether Redis answered (not whether it stored)."""
@@ -211,9 +217,9 @@ class RedisStore:
                 ],
             )
         except (redis.RedisError, OSError) as exc:
-            self._down(exc)
+            self._down(key, exc)
             return False
-        self._up()
+        self._up(key)
         return True
 
     def _decode(self, key: CacheKey, raw: bytes | None, version: int, shift: float) -> Entry | None:
@@ -229,7 +235,18 @@ class RedisStore:
             value.ParseFromString(raw[_HEADER.size :])
         return Entry(value, fresh_until + shift, stale_until + shift)
 
-    def _up(self) -> None:
+    def _group(self, key: CacheKey) -> str:
+        """What fails together: one Redis as a whole; on a cluster, the node of the key's
+        slot, known by the registry and region that chose it (its hash tag)."""
+        return f"{key.registry_id}:{key.region}" if self._names.cluster else ""
+
+    def _up(self, key: CacheKey) -> None:
+        # Up once every group that failed has answered again: on a cluster with one node
+        # down, reads of its registries and of the others' alternate, and the cache is
+        # reported away once, not once per read.
+        self._failing.discard(self._group(key))
+        if self._failing:
+            return
         if self._available is not True:
             if self._available is False:
                 log.warning("Redis cache is reachable again")
@@ -237,7 +254,8 @@ class RedisStore:
             if self._on_availability is not None:
                 self._on_availability(True)
 
-    def _down(self, exc: BaseException) -> None:
+    def _down(self, key: CacheKey, exc: BaseException) -> None:
+        self._failing.add(self._group(key))
         if self._available is not False:
             # Once per outage, not per call: a line per read would flood the log.
             log.warning(
