@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import getpass
 import json
@@ -152,7 +151,7 @@ async def _serve(
 def _run_serve(opts: argparse.Namespace) -> int:
     # The server, the AWS SDK and moto load only to serve (about a second of imports):
     # `--version`, `hash-key`, `check-config` and `config-schema` answer without them.
-    from service.app import embedded
+    from service.app import embedded, event_loop
     from service.app.server import BindError
     from service.app.workers import run_workers
 
@@ -200,7 +199,10 @@ def _run_serve(opts: argparse.Namespace) -> int:
             # takes a free port rather than the demo's fixed one.
             opts.http_listen = f"{parse_listen(opts.listen)[0]}:0"
         if opts.workers == 1:
-            asyncio.run(_serve(config, opts.listen, key, path, http_listen=opts.http_listen))
+            event_loop.run(
+                _serve(config, opts.listen, key, path, http_listen=opts.http_listen),
+                config.server.event_loop,
+            )
             return 0
         listen = opts.listen or config.listen
         if parse_listen(listen)[1] == 0 or len(config.effective_listeners()) > 1:
@@ -223,7 +225,7 @@ def _run_serve(opts: argparse.Namespace) -> int:
                     reuse_port=True,
                     announce=index == 0,
                 )
-                asyncio.run(coroutine)
+                event_loop.run(coroutine, config.server.event_loop)
             except (ConfigError, BindError) as exc:
                 print(str(exc), file=sys.stderr)
                 return 2

@@ -26,6 +26,7 @@ from service.app.compose import (
     first_targets,
     redis_password,
 )
+from service.app.event_loop import name as loop_name
 from service.app.gc_pause import gc_paused
 from service.app.reload import Reloader
 from service.auth.targets import Target
@@ -345,6 +346,8 @@ class Gateway:
             self._spawn(self._until_reachable(serving))
         if self.config.drift.check_seconds > 0:
             self._spawn(self.drift_check.run())
+        # Which loop calls run on (`server.event_loop`: uvloop when it is installed).
+        log.info("event loop: %s", loop_name(asyncio.get_running_loop()))
         for listener, port in zip(listeners, self.ports, strict=True):
             host = parse_listen(listener.listen)[0]
             kind = (

@@ -60,6 +60,10 @@ class ServerConfig(Strict):
     # Reload when the config file changes (checked this often; 0: only on SIGHUP). Follows
     # symlinks, so a Kubernetes ConfigMap update (an atomic symlink swap) is seen.
     watch_config_seconds: float = Field(0.0, ge=0)
+    # The event loop served on (service/app/event_loop.py): `auto` is uvloop when it is
+    # installed (the image and `make install` install it), else asyncio's own; `asyncio`
+    # always asyncio's; `uvloop` refuses to start without it.
+    event_loop: Literal["auto", "asyncio", "uvloop"] = "auto"
 
     @field_validator("health_listen")
     @classmethod

@@ -46,6 +46,7 @@ from service.pipeline.slots import CallSlots
 from service.state.ratelimit import RateLimiter, UpstreamBudget
 
 CACHE_CONTROL_KEY = "cache-control"
+_CANCELLED = grpc.StatusCode.CANCELLED
 log = logging.getLogger("registry_gateway.calls")
 
 # Random bytes drawn from the kernel per batch of request ids, not per id.
@@ -204,19 +205,23 @@ class Pipeline:
             traced = self.tracing.rpc(method, metadata)
             span = traced.__enter__()
         self._open += 1  # until `ended`
+        # Every field by position (keywords cost more to match, once per call).
         return Outcome(
             method,
             plan.rpc,
             request_id(metadata),
-            None,
-            None,
+            None,  # identity
+            None,  # call
             WriteRecord() if plan.is_write else None,
-            grpc.StatusCode.CANCELLED,
+            _CANCELLED,
             "CANCELLED",
-            0.0,
-            span=span,
-            traced=traced,
-            started=time.perf_counter(),
+            0.0,  # seconds
+            None,  # error_type
+            None,  # peer
+            False,  # quiet
+            span,
+            traced,
+            time.perf_counter(),  # started
         )
 
     async def admit_call(

@@ -27,7 +27,10 @@ from service.observability.metrics import Metrics
 
 log = logging.getLogger("registry_gateway.calls")
 
-_DENIED = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
+# Compared by identity: a set lookup hashes the StatusCode with enum's __hash__, in Python.
+_UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+_PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
+_OK = grpc.StatusCode.OK
 
 
 # Not frozen, slots: one per call on the hot path (see service/call.py).
@@ -78,9 +81,10 @@ class MetricsReporter:
 
     def post_call(self, outcome: Outcome) -> None:
         """Count the call by code, with its latency."""
-        self.for_method(outcome.method).handled(outcome.code, outcome.seconds)
-        if outcome.code in _DENIED:
-            self._metrics.denied.labels(outcome.reason or outcome.code.name).inc()
+        code = outcome.code
+        self.for_method(outcome.method).handled(code, outcome.seconds)
+        if code is _UNAUTHENTICATED or code is _PERMISSION_DENIED:
+            self._metrics.denied.labels(outcome.reason or code.name).inc()
 
 
 class AccessLogReporter:
@@ -101,7 +105,7 @@ class AccessLogReporter:
             return
         call = outcome.call
         cache = call.cache_result[0] if call is not None and call.cache_result else None
-        hit = outcome.code == grpc.StatusCode.OK and cache == "hit"
+        hit = outcome.code is _OK and cache == "hit"
         if hit and self._sample() >= self._hit_sample_rate:
             return
         identity = outcome.identity

@@ -32,9 +32,8 @@ messages too must arrive within that limit.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeAlias, cast
 
 import grpc
@@ -58,9 +57,6 @@ from service.rpc import wire
 from service.rpc.messages import TimeToMessage
 from service.rpc.request_limits import max_request_bytes
 
-# `async with` of no timer: a caller's own deadline is enforced by grpc.aio.
-_NO_TIMER = contextlib.nullcontext()
-
 # Services that need no credentials: load balancers and grpcurl must reach them bare.
 EXEMPT_PREFIXES = (
     "/grpc.health.v1.Health/",
@@ -70,6 +66,7 @@ EXEMPT_PREFIXES = (
 
 
 Deserializer: TypeAlias = "Callable[[bytes], Any]"
+Metadata: TypeAlias = "Iterable[tuple[str, Any]]"
 
 
 def _decoder(rpc: str, deserializer: Deserializer | None, limit: int) -> Deserializer:
@@ -258,13 +255,30 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         get_loop = asyncio.get_running_loop
         ok = grpc.StatusCode.OK
 
-        async def report(outcome: Outcome) -> None:
+        def report(outcome: Outcome) -> Callable[[], Awaitable[None]] | None:
+            """The call has ended: its tenant's slot given back, its reporters run. A
+            write's answer leaves once its audit line is written (bounded): what to await
+            for that, None for a read (a plain function: no coroutine made per read)."""
             if outcome.call is not None:
                 release_tenant(outcome.call.identity.tenant.name)
             ended(outcome)
-            if outcome.audit_written is not None:
-                # A write: its answer leaves once its audit line is written (bounded).
-                await outcome.audit_written()
+            return outcome.audit_written
+
+        async def admitted(
+            outcome: Outcome, metadata: Metadata, context: Context, budget: float
+        ) -> tuple[Call, Any]:
+            """The call admitted, its one message read and decoded, the servicer's answer."""
+            call = await admit_call(
+                outcome,
+                slots,
+                metadata,
+                context.auth_context() if tls else None,
+                context.peer,
+                get_loop().time() + budget,
+            )
+            # A sooner deadline bounds the wait for the message by itself.
+            request = decode(await read_one(context, message_seconds < budget))
+            return call, await inner(request, call)
 
         async def handle(requests: object, context: Context) -> Any:
             # Runs at the call's headers: the pipeline admits the call (service/pipeline/);
@@ -278,19 +292,14 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             reported = False
             try:
                 try:
-                    async with asyncio.timeout(budget) if own_timer else _NO_TIMER:
-                        call = await admit_call(
-                            outcome,
-                            slots,
-                            metadata,
-                            context.auth_context() if tls else None,
-                            context.peer,
-                            get_loop().time() + budget,
-                        )
-                        # A sooner deadline bounds the wait for the message by itself.
-                        request = decode(await read_one(context, message_seconds < budget))
-                        response = await inner(request, call)
-                        outcome.code, outcome.reason = ok, None
+                    if own_timer:
+                        async with asyncio.timeout(budget):
+                            call, response = await admitted(outcome, metadata, context, budget)
+                    else:
+                        # No `async with` of a null context: its enter and exit are two
+                        # coroutines a call.
+                        call, response = await admitted(outcome, metadata, context, budget)
+                    outcome.code, outcome.reason = ok, None
                 except TimeoutError:
                     raise DeadlineExceeded(
                         f"deadline of {budget:.3g}s exceeded", metadata={"rpc": rpc}
@@ -306,13 +315,15 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
                 )
                 # grpc.aio sends the status inside `abort`: the call is reported first.
                 reported = True
-                await report(outcome)
+                written = report(outcome)
+                if written is not None:
+                    await written()
                 await context.abort(
                     status.code, status.message, (*status.trailing_metadata, *call_trailers)
                 )
             finally:
-                if not reported:
-                    await report(outcome)
+                if not reported and (written := report(outcome)) is not None:
+                    await written()
             context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), *call.trailers))
             return response
 

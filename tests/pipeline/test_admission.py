@@ -5,6 +5,7 @@ call's span, owned by the pipeline from `started` to `ended`."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 
 import grpc
 import pytest
@@ -114,11 +115,18 @@ def test_the_pipeline_owns_the_calls_span_from_started_to_ended(tenancy: Tenancy
     exporter = InMemorySpanExporter()
     tracing = Tracing(TracingConfig(otlp_endpoint="http://127.0.0.1:1"), exporter, environ={})
     pipeline = Pipeline(ServerConfig(), TenancyHolder(tenancy), tracing=tracing)
-    outcome = pipeline.started(DESCRIBE, metadata(KEY))
-    assert outcome.span is not None and outcome.span.is_recording()
-    outcome.code, outcome.reason = grpc.StatusCode.PERMISSION_DENIED, "TARGET_NOT_ALLOWED"
-    # Closed by `ended` with the real code, though a reporter after it raises.
-    pipeline.ended(outcome)
+
+    def call() -> None:
+        outcome = pipeline.started(DESCRIBE, metadata(KEY))
+        assert outcome.span is not None and outcome.span.is_recording()
+        outcome.code, outcome.reason = grpc.StatusCode.PERMISSION_DENIED, "TARGET_NOT_ALLOWED"
+        # Closed by `ended` with the real code, though a reporter after it raises.
+        pipeline.ended(outcome)
+
+    # In a context of its own, as a served call's task has: the span's id, kept in a context
+    # variable for the call's log lines, must not outlive the test (it would mark every
+    # later test's log lines with a trace).
+    contextvars.Context().run(call)
     tracing.flush()
     (span,) = exporter.get_finished_spans()
     assert span.attributes is not None
