@@ -6,9 +6,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from service.app import cli
 from service.auth.api_keys import hash_key
 from service.config import ConfigError, GatewayConfig, from_mapping, load
+from service.ecr import limits
 from tests.support.helpers import ACCOUNT, KEY
 
 MINIMAL = f"""\
@@ -315,3 +318,106 @@ def test_one_registry_has_one_policy_scope() -> None:
     assert "has one policy scope" in message and "payments" in message and "billing" in message
     second["registries"][0]["policy_scope"] = "V2"
     assert from_mapping({"tenants": [first, second]}, environ={})
+
+
+# --- shares of a packed registry (service/ecr/limits.py) ----------------------------------
+
+EU = {"registry_id": ACCOUNT, "regions": ["eu-west-1"]}
+WEST = {"registry_id": ACCOUNT, "regions": ["us-west-2"]}
+PARTNER = {"registry_id": "210987654321", "regions": ["us-west-2"]}
+# Four destination sets every team may use (a YAML anchor in a real file).
+CATALOG = [[EU], [WEST], [EU, WEST], [EU, PARTNER]]
+
+
+def teams(count: int, **entry: Any) -> dict[str, Any]:
+    """`count` tenants on one registry, each owning team<i>/, with `entry`'s keys."""
+    return {
+        "tenants": [
+            {
+                "name": f"team{i:03d}",
+                "api_keys": [hash_key(f"key-{i}")],
+                "registries": [
+                    {
+                        "registry_id": ACCOUNT,
+                        "owned_repository_prefixes": [f"team{i:03d}/"],
+                        "operations": ["GetReplicationRules", "PutReplicationRules"],
+                        **entry,
+                    }
+                ],
+            }
+            for i in range(count)
+        ]
+    }
+
+
+def test_twelve_teams_replicating_to_one_region_load() -> None:
+    # The issue's example, refused while one tenant rule was one ECR rule: with packing,
+    # their filters share one rule (or two: a filter may replicate nowhere).
+    config = from_mapping(teams(12, replication_destinations=[EU]), environ={})
+    plan = limits.share_plan(config.tenants)
+    case = plan.worst_cases[ACCOUNT]
+    assert (case.destination_sets, case.destinations) == (2, 1)
+    assert case.rules <= limits.MAX_RULES and case.filters == 12 * 75
+    assert plan.shares[("team000", ACCOUNT)].filters == 75
+
+
+def test_hundreds_of_teams_sharing_a_catalog_load() -> None:
+    config = from_mapping(
+        teams(200, replication_destinations=[EU, WEST, PARTNER], destination_sets=CATALOG),
+        environ={},
+    )
+    plan = limits.share_plan(config.tenants)
+    case = plan.worst_cases[ACCOUNT]
+    # 4 sets: 703 filters always pack into 10 rules, 3 for each of 200 teams.
+    assert (case.destination_sets, case.filters, case.rules, case.destinations) == (4, 600, 9, 3)
+    share = plan.shares[("team199", ACCOUNT)]
+    assert (share.filters, share.rules) == (3, limits.MAX_RULES)
+    assert share.destination_sets is not None and len(share.destination_sets) == 4
+    # Without the catalog, every subset of three destinations counts (8 sets): 307 filters
+    # always fit, one each for 200 teams, none for 400.
+    bare = from_mapping(teams(200, replication_destinations=[EU, WEST, PARTNER]), environ={})
+    assert limits.share_plan(bare.tenants).shares[("team199", ACCOUNT)].filters == 1
+    message = refusal(teams(400, replication_destinations=[EU, WEST, PARTNER]))
+    assert "too few to split among tenants team000, team001" in message
+    assert "max_filters" in message and "destination_sets" in message
+
+
+def test_explicit_filter_shares_must_fit_the_registrys_capacity() -> None:
+    raw = teams(2, replication_destinations=[EU], destination_sets=[[EU]])
+    raw["tenants"][0]["registries"][0]["max_filters"] = 990
+    raw["tenants"][1]["registries"][0]["max_filters"] = 11
+    message = refusal(raw)
+    assert "the max_filters of tenants team000 990, team001 11 add up to 1001" in message
+    raw["tenants"][1]["registries"][0]["max_filters"] = 10
+    plan = limits.share_plan(from_mapping(raw, environ={}).tenants)
+    assert plan.worst_cases[ACCOUNT].rules == limits.MAX_RULES
+
+
+def test_a_catalog_set_outside_the_allow_list_is_refused() -> None:
+    raw = teams(1, replication_destinations=[EU], destination_sets=[[EU], [EU, WEST]])
+    message = refusal(raw)
+    assert "destination_sets[1]" in message and "us-west-2" in message
+    assert "replication_destinations do not allow" in message
+
+
+@pytest.mark.parametrize("key", ["max_filters", "destination_sets"])
+def test_a_packing_share_without_a_rule_slice_is_refused(key: str) -> None:
+    value: Any = 5 if key == "max_filters" else [[EU]]
+    registry = {"registry_id": ACCOUNT, "replication_destinations": [EU], key: value}
+    message = refusal({"tenants": [tenant(registries=[registry])]})
+    assert f"{key} on registry {ACCOUNT} limits a slice it does not hold" in message
+
+
+def test_check_config_prints_each_registrys_worst_case(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    raw = teams(200, replication_destinations=[EU, WEST, PARTNER], destination_sets=CATALOG)
+    path = write(tmp_path, yaml.safe_dump(raw))
+    assert cli.main(["check-config", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"{path}: ok (200 tenants")
+    assert lines[1] == (
+        f"registry {ACCOUNT}: if every slice used its whole share: 9 of 10 rules (600 filters "
+        "of 200 rule slice(s) over at most 4 destination set(s)), 3 of 25 unique "
+        "destinations, 0 of 10201 policy statement characters"
+    )

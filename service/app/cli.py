@@ -21,6 +21,7 @@ from service.config import (
     load,
     parse_listen,
 )
+from service.ecr import limits as ecr_limits
 from service.observability import build
 from service.observability.logs import configure_logging
 from service.observability.tracing import settings as tracing_settings
@@ -279,7 +280,28 @@ def _check_config(opts: argparse.Namespace) -> int:
             f"{with_env}; offline: AWS, Redis, env secrets and the files it names are not "
             "checked)"
         )
+        for line in _worst_cases(config):
+            print(line)
     return 0 if config is not None else 1
+
+
+def _worst_cases(config: GatewayConfig) -> list[str]:
+    """Per registry holding slices, what its replication configuration and policy would
+    hold if every tenant used its whole share (service/ecr/limits.py): the headroom an
+    operator sees before deploying."""
+    lines = []
+    plan = ecr_limits.share_plan(config.tenants)
+    for registry_id, case in sorted(plan.worst_cases.items()):
+        lines.append(
+            f"registry {registry_id}: if every slice used its whole share: "
+            f"{case.rules} of {ecr_limits.MAX_RULES} rules ({case.filters} filters of "
+            f"{case.rule_slices} rule slice(s) over at most {case.destination_sets} "
+            f"destination set(s)), {case.destinations} of "
+            f"{ecr_limits.MAX_UNIQUE_DESTINATIONS} unique destinations, "
+            f"{case.policy_chars} of {ecr_limits.POLICY_STATEMENT_CHARS} policy statement "
+            "characters"
+        )
+    return lines
 
 
 def _config_schema() -> int:

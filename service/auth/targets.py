@@ -56,8 +56,9 @@ class TargetAuthorizer:
         # Bounded by the config (only allowed combinations are kept); a reload builds a new
         # authorizer, so nothing outlives the config it came from.
         self._allowed: dict[tuple[str, str, str, str], Target] = {}
-        # Once per config: the loader has already checked that they fit.
-        self._shares = ecr_limits.effective_shares(config.tenants)
+        # The shares the config check computed when the config was loaded (share_plan keeps
+        # its result for the same tenants): computed once per config, checked to fit.
+        self._shares = ecr_limits.share_plan(config.tenants).shares
 
     def authorize(self, tenant: TenantConfig, rpc: str, registry_id: str, region: str) -> Target:
         """The target of the call, or PermissionDenied / InvalidArgument."""

@@ -1,7 +1,8 @@
 """The checks across tenants, run when the config is validated (`GatewayConfig.tenants`):
 names, keys and SPIFFE IDs prove one tenant each, owned slices of a registry do not
-overlap, one policy scope per registry, slice writers own slices, and the shares of each
-registry fit ECR's limits (service/ecr/limits.py). Each raises ValueError, which pydantic
+overlap, one policy scope per registry, slice writers own slices, a catalog of destination
+sets lies inside its allow-list, and the shares of each registry fit ECR's limits
+(service/ecr/limits.py). Each raises ValueError, which pydantic
 reports under the key `tenants`."""
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def check_tenants(tenants: tuple[TenantConfig, ...]) -> None:
     _unambiguous_ownership(tenants)
     _one_policy_scope_per_registry(tenants)
     _slice_writers_own_slices(tenants)
-    ecr_limits.effective_shares(tenants)  # the shares of each registry fit ECR's limits
+    _catalogs_inside_allow_lists(tenants)
+    ecr_limits.share_plan(tenants)  # the shares of each registry fit ECR's limits
 
 
 def _unambiguous_ownership(tenants: tuple[TenantConfig, ...]) -> None:
@@ -103,3 +105,25 @@ def _slice_writers_own_slices(tenants: tuple[TenantConfig, ...]) -> None:
                         f"{registry.registry_id} but has no {' and no '.join(missing)}: "
                         f"it would own nothing to write"
                     )
+
+
+def _catalogs_inside_allow_lists(tenants: tuple[TenantConfig, ...]) -> None:
+    """Refuse a destination set of a catalog (`destination_sets`) naming a destination its
+    entry's `replication_destinations` does not allow: no write could ever use it, and the
+    registry's worst case would count a set nobody can reach as if one could."""
+    for tenant in tenants:
+        for registry in tenant.registries:
+            allowed = {
+                (d.registry_id, region)
+                for d in registry.replication_destinations
+                for region in d.regions
+            }
+            for i, destination_set in enumerate(registry.destination_sets or ()):
+                for d in destination_set:
+                    for region in d.regions:
+                        if (d.registry_id, region) not in allowed:
+                            raise ValueError(
+                                f"tenant {tenant.name}: destination_sets[{i}] on registry "
+                                f"{registry.registry_id} names registry {d.registry_id} in "
+                                f"{region}, which its replication_destinations do not allow"
+                            )

@@ -54,6 +54,18 @@ class RegistryConfig(Strict):
     max_rules: int | None = Field(None, ge=1, le=ecr_limits.MAX_RULES)
     max_destinations: int | None = Field(None, ge=1, le=ecr_limits.MAX_UNIQUE_DESTINATIONS)
     max_policy_chars: int | None = Field(None, ge=1, le=ecr_limits.POLICY_STATEMENT_CHARS)
+    # The repository filters this slice's rules may hold; absent, an equal part of what the
+    # registry's rules can always hold once packed (service/ecr/limits.py).
+    max_filters: int | None = Field(
+        None, ge=1, le=ecr_limits.MAX_RULES * ecr_limits.MAX_FILTERS_PER_RULE
+    )
+    # A catalog: the only destination sets (each a list of registries and regions, as in
+    # `replication_destinations`) this slice's filters may replicate to. Tenants sharing a
+    # catalog (a YAML anchor) share its sets, which is what lets hundreds of slices fit
+    # ECR's 10 rules; each set must lie inside `replication_destinations`.
+    destination_sets: (
+        tuple[Annotated[tuple[DestinationAllow, ...], Field(max_length=25)], ...] | None
+    ) = Field(None, max_length=100)
 
     @field_validator("registry_id", mode="before")
     @classmethod

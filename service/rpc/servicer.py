@@ -154,7 +154,9 @@ class RegistryConfigServicer:
 
     @staticmethod
     def _unverified(call: Call, record: WriteRecord, checked: Checked) -> None:
-        """Tell the caller (trailer) and the audit line which destinations were not verified."""
+        """Tell the caller (trailer) and the audit line which destinations were not verified
+        (the answer's `unverified_destinations`, the plan of a dry run included, is filled
+        once the domain has returned it)."""
         shown = checked.trailer()
         if shown is not None:
             call.trailers.append((UNVERIFIED_KEY, shown))
@@ -226,7 +228,9 @@ class RegistryConfigServicer:
             request.validate_only,
             context=self._write_context(call),
         )
-        return await self._written(record, write)
+        answer = await self._written(record, write)
+        answer.unverified_destinations.extend(checked.messages())
+        return answer
 
     # --- tenant-owned slices of a shared registry (service/registry/rpcs/slice_operations.py) ----
 
@@ -251,7 +255,9 @@ class RegistryConfigServicer:
             request.validate_only,
             context=self._write_context(call),
         )
-        return await self._written(record, write)
+        answer = await self._written(record, write)
+        answer.unverified_destinations.extend(checked.messages())
+        return answer
 
     async def GetPolicyStatements(
         self, request: pb.GetPolicyStatementsRequest, call: Call

@@ -441,11 +441,11 @@ async def test_a_rules_plan_shows_only_the_callers_slice(
     assert writes.total == 0
 
 
-async def test_a_rules_plan_matches_by_identity_not_position(stub: Any, writes: MotoWrites) -> None:
+async def test_a_rules_plan_compares_canonical_forms(stub: Any, writes: MotoWrites) -> None:
     seed_rules(
         aws_rule(BILLING_FILTERS[1]),
         aws_rule("payments/a"),
-        aws_rule("payments/b", "payments/c"),
+        aws_rule("payments/b", "payments/c", registry_id=PARTNER_ACCOUNT, region="us-west-2"),
     )
 
     async def plan(*rules: pb.ReplicationRule) -> list[tuple[str, str]]:
@@ -455,16 +455,18 @@ async def test_a_rules_plan_matches_by_identity_not_position(stub: Any, writes: 
         assert leaked(response) == []
         return [(c.action, c.path) for c in response.changes]
 
-    # Dropping the first rule removes it; the second, moved up, is not "changed".
-    assert await plan(rule("payments/b", "payments/c")) == [("remove", "rules[0]")]
-    # Filters in another order are the same rule.
-    assert await plan(rule("payments/a"), rule("payments/c", "payments/b")) == []
-    # The same rules swapped: an order change, nothing added or removed.
-    assert await plan(rule("payments/b", "payments/c"), rule("payments/a")) == [("change", "rules")]
-    # Another destination makes another rule: the old one removed, the new one added.
-    assert await plan(rule("payments/a", to=PARTNER), rule("payments/b", "payments/c")) == [
+    # Its canonical rules: payments/a to EU, then payments/b and payments/c to PARTNER.
+    # Dropping payments/a removes its rule; the other, moved up, is not "changed".
+    assert await plan(rule("payments/b", "payments/c", to=PARTNER)) == [("remove", "rules[0]")]
+    # Filters in another order, rules in another order: the same canonical form.
+    assert await plan(rule("payments/a"), rule("payments/c", "payments/b", to=PARTNER)) == []
+    assert await plan(rule("payments/c", "payments/b", to=PARTNER), rule("payments/a")) == []
+    # payments/a to PARTNER as well: its destination set changes, so does its rule.
+    assert await plan(
+        rule("payments/a"), rule("payments/a", "payments/b", "payments/c", to=PARTNER)
+    ) == [
         ("remove", "rules[0]"),
-        ("add", "rules[0]"),
+        ("add", "rules[1]"),
     ]
     assert writes.total == 0
 
@@ -495,8 +497,12 @@ async def test_reads_show_only_the_callers_slice_and_share(stub: Any) -> None:
     )
     assert list(rules.rules) == [rule("payments/a")]
     # Its own use of its own share: billing's two rules and two destinations are not counted.
+    # Without a catalog, the two slices can reach more destination sets than ECR has rules
+    # (every subset of their allow-lists): five canonical rules each, so ten sets at most,
+    # over which 109 filters always fit ten rules: 54 each.
     assert (rules.rules_used, rules.rules_limit) == (1, 5)
-    assert (rules.unique_destinations_used, rules.unique_destinations_limit) == (1, 12)
+    assert (rules.unique_destinations_used, rules.unique_destinations_limit) == (1, 3)
+    assert (rules.filters_used, rules.filters_limit) == (1, 54)
     assert json.loads(statements.statements_json) == []
     assert leaked(rules) == leaked(statements) == []
 
@@ -507,32 +513,46 @@ async def test_reads_show_only_the_callers_slice_and_share(stub: Any) -> None:
 async def test_payments_filling_its_share_is_refused_and_billing_still_writes(
     stub: Any, writes: MotoWrites
 ) -> None:
-    five = [rule(f"payments/r{i}") for i in range(5)]
+    # 54 filters each (service/ecr/limits.py: ten destination sets reachable, so 109
+    # filters in all always fit ten rules once packed).
+    five = [rule(*(f"payments/r{i}" for i in range(54)))]
     await stub.PutReplicationRules(
         pb.PutReplicationRulesRequest(rules=five), metadata=metadata(KEY)
     )
     writes.calls.clear()
     error = await refused(
         stub.PutReplicationRules(
-            pb.PutReplicationRulesRequest(rules=[*five, rule("payments/r5")]),
+            pb.PutReplicationRulesRequest(rules=[*five, rule("payments/r54")]),
             metadata=metadata(KEY),
         )
     )
     details = rich_error(error)
     assert (details.code, details.info.reason) == (
-        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
         "REPLICATION_QUOTA_EXCEEDED",
     )
     (violation,) = quota_failure(error).violations
     assert violation.subject.startswith("tenant payments on registry")
-    assert "share of tenant payments is 5 of the 10 rules" in violation.description
+    assert "share of tenant payments is 54 repository filters" in violation.description
     assert writes.total == 0
-    # Billing's share is its own: payments filling its part leaves billing's free.
-    billing_five = [rule(f"billing/r{i}") for i in range(4)] + [rule(BILLING_FILTERS[1])]
+    # Billing's share is its own: payments filling its part leaves billing's free, in five
+    # destination sets (five canonical rules, its whole share of rules too).
+    far = pb.ReplicationDestination(region=BILLING_FAR.region, registry_id=BILLING_FAR.registry_id)
+    billing_five = [
+        rule("billing/r0"),
+        rule("billing/r1", to=PARTNER),
+        rule("billing/r2", to=far),
+        pb.ReplicationRule(
+            destinations=[EU, PARTNER], repository_filters=rule("billing/r3").repository_filters
+        ),
+        pb.ReplicationRule(
+            destinations=[EU, far], repository_filters=rule(BILLING_FILTERS[1]).repository_filters
+        ),
+    ]
     await stub.PutReplicationRules(
         pb.PutReplicationRulesRequest(rules=billing_five), metadata=metadata(BILLING_KEY)
     )
-    assert len(stored_rules()) == 10
+    assert len(stored_rules()) == 5  # packed: payments' filters share billing's EU rule
     # And billing's full share never refuses payments' rewrite of its own five.
     await stub.PutReplicationRules(
         pb.PutReplicationRulesRequest(rules=five[::-1]), metadata=metadata(KEY)
@@ -632,14 +652,19 @@ def shares_of(raw: dict[str, Any]) -> dict[str, ecr_limits.Share]:
 
 
 def test_equal_and_explicit_shares(aws: str) -> None:
+    # Every subset of their allow-lists (three and two destinations) makes eight destination
+    # sets: few enough for ECR's rules, so no rule share is needed (each may hold ten), and
+    # the filters that always pack into ten rules over eight sets (307) are split.
     assert shares_of(shared_config(aws)) == {
-        "payments": ecr_limits.Share(rules=5, destinations=12, policy_chars=5100),
-        "billing": ecr_limits.Share(rules=5, destinations=12, policy_chars=5100),
+        "payments": ecr_limits.Share(rules=10, destinations=3, policy_chars=5100, filters=153),
+        "billing": ecr_limits.Share(rules=10, destinations=2, policy_chars=5100, filters=153),
     }
+    # isolation_config lets billing reach a third destination: ten sets and more, so the
+    # rules are shared out (and then the filters: 109 over ten sets).
     explicit = with_shares(aws, payments={"max_rules": 6, "max_policy_chars": 1000})
     assert shares_of(explicit) == {
-        "payments": ecr_limits.Share(rules=6, destinations=12, policy_chars=1000),
-        "billing": ecr_limits.Share(rules=4, destinations=12, policy_chars=9201),
+        "payments": ecr_limits.Share(rules=6, destinations=3, policy_chars=1000, filters=54),
+        "billing": ecr_limits.Share(rules=4, destinations=3, policy_chars=9201, filters=54),
     }
 
 
@@ -659,8 +684,9 @@ def refusal(raw: dict[str, Any]) -> str:
             f"registry {ACCOUNT}: the max_rules of tenants payments 6, billing 5 add up to 11",
         ),
         (
-            {"payments": {"max_destinations": 20}, "billing": {"max_destinations": 6}},
-            "the max_destinations of tenants payments 20, billing 6 add up to 26",
+            {"payments": {"max_filters": 60}, "billing": {"max_filters": 50}},
+            "the max_filters of tenants payments 60, billing 50 add up to 110, more than the "
+            "109 repository filters that always pack into the 10 replication rules",
         ),
         (
             {"payments": {"max_policy_chars": 10000}, "billing": {"max_policy_chars": 202}},
@@ -672,7 +698,7 @@ def refusal(raw: dict[str, Any]) -> str:
             "left after the explicit max_rules, too few to split among tenants billing",
         ),
     ],
-    ids=["rules", "destinations", "policy-chars", "nothing-left"],
+    ids=["rules", "filters", "policy-chars", "nothing-left"],
 )
 def test_shares_that_do_not_fit_are_refused(
     aws: str, shares: dict[str, dict[str, int]], expected: str
@@ -709,12 +735,22 @@ def test_a_slice_writer_without_a_slice_is_refused(
 
 
 def test_many_slices_split_to_nothing_are_refused(aws: str) -> None:
+    # Eleven teams, each allowed a destination of its own: twelve destination sets in all
+    # (each destination alone, and none), more than ECR's rules, and no catalog to share.
     raw = config_dict(aws)
     raw["tenants"] = [
         {
             "name": f"team{i}",
             "api_keys": [hash_key(f"key-{i}")],
-            "registries": [{"registry_id": ACCOUNT, "owned_repository_prefixes": [f"team{i}/"]}],
+            "registries": [
+                {
+                    "registry_id": ACCOUNT,
+                    "owned_repository_prefixes": [f"team{i}/"],
+                    "replication_destinations": [
+                        {"registry_id": f"{i + 1:012d}", "regions": ["eu-west-1"]}
+                    ],
+                }
+            ],
         }
         for i in range(11)
     ]
@@ -774,7 +810,8 @@ async def test_a_reload_reports_unowned_prefixes_and_deletes_nothing(
             put([statement("BillingTeamC")]),
             metadata=metadata(BILLING_KEY),
         )
-    assert stored_rules() == [aws_rule("payments/a"), aws_rule("billing/c")]
+    # Packed: what nobody owns keeps its destinations, in the rule of that destination set.
+    assert stored_rules() == [aws_rule("billing/c", "payments/a")]
     assert stored_sids() == ["PaymentsA", "BillingB", "BillingTeamC"]
     # Widening again leaves nothing unowned: no new warning.
     caplog.clear()

@@ -1,6 +1,7 @@
 """The Python client exposes the destinations a write could not verify (issue 24): the
 `x-unverified-destinations` trailer (a header over HTTP) as `CallInfo.unverified_destinations`,
-over gRPC and Connect; and a refusal as the typed error with its reason."""
+and the response's `unverified_destinations` (a dry run's plan), over gRPC and Connect; and a
+refusal as the typed error with its reason."""
 
 from __future__ import annotations
 
@@ -34,10 +35,10 @@ async def test_the_client_exposes_unverified_destinations(
         address(gateway, transport), api_key=KEY, registry_id=ACCOUNT, region="us-east-1"
     ) as client:
         unverified, verified = CallInfo(), CallInfo()
-        await client.put_replication_configuration(
+        plan = await client.put_replication_configuration(
             replication_configuration=configuration(OUTSIDE), validate_only=True, info=unverified
         )
-        await client.put_replication_configuration(
+        written = await client.put_replication_configuration(
             replication_configuration=configuration(SAME), info=verified
         )
         with pytest.raises(RegistryGatewayError) as caught:
@@ -46,4 +47,7 @@ async def test_the_client_exposes_unverified_destinations(
             )
     assert unverified.unverified_destinations == (f"{PARTNER_ACCOUNT}/us-west-2",)
     assert verified.unverified_destinations == ()
+    # The dry run's plan names them too; the verified write's answer none.
+    assert list(plan.unverified_destinations) == [OUTSIDE]
+    assert list(written.unverified_destinations) == []
     assert caught.value.reason == "DESTINATION_NOT_ACCEPTING"

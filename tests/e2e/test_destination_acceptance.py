@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import pytest
 from moto.ecr.models import ecr_backends
 
@@ -19,7 +20,9 @@ from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from tests.conftest import GatewayFactory, wait_until
 from tests.support.helpers import (
     ACCOUNT,
+    KEY,
     OTHER_ACCOUNT,
+    OTHER_KEY,
     PARTNER_ACCOUNT,
     config_dict,
     metadata,
@@ -118,7 +121,7 @@ def full_write(
     )
 
 
-async def put(gateway_port: int, request: Any) -> tuple[Any, dict[str, Any]]:
+async def put(gateway_port: int, request: Any, key: str = KEY) -> tuple[Any, dict[str, Any]]:
     """The answer of a write and its trailers."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway_port}") as channel:
         stub = pb_grpc.RegistryConfigServiceStub(channel)
@@ -127,15 +130,15 @@ async def put(gateway_port: int, request: Any) -> tuple[Any, dict[str, Any]]:
             if isinstance(request, pb.PutReplicationRulesRequest)
             else stub.PutReplicationConfiguration
         )
-        call = method(request, metadata=metadata())
+        call = method(request, metadata=metadata(key) if key else ())
         answer = await call
         trailers = dict(await call.trailing_metadata() or ())
         return answer, trailers
 
 
-async def refused(gateway_port: int, request: Any) -> Any:
+async def refused(gateway_port: int, request: Any, key: str = KEY) -> Any:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await put(gateway_port, request)
+        await put(gateway_port, request, key)
     return rich_error(caught.value)
 
 
@@ -302,6 +305,106 @@ async def test_slices_judge_only_the_callers_rules(
     assert len(written()) == 2
 
 
+# --- the plan of a dry run and the answer of a write name them; over HTTP/JSON too -----------
+
+UNREADABLE = pb.ReplicationDestination(registry_id=UNREADABLE_ACCOUNT, region="eu-west-1")
+OUTSIDE = pb.ReplicationDestination(registry_id=PARTNER_ACCOUNT, region="us-west-2")
+SAME = pb.ReplicationDestination(registry_id=ACCOUNT, region="eu-west-1")
+
+
+async def test_the_plan_of_a_dry_run_names_the_unverified_destinations(
+    gateway_factory: GatewayFactory, aws: str
+) -> None:
+    destination_policy(allow())  # DEST accepts: verified, so never named
+    gateway = await gateway_factory(two_accounts(aws))
+    answer, trailers = await put(
+        gateway.port, full_write(SAME, DEST, UNREADABLE, OUTSIDE, validate_only=True)
+    )
+    # In the rules' order, as the trailer names them; beside the plan's changes.
+    assert list(answer.unverified_destinations) == [UNREADABLE, OUTSIDE]
+    assert trailers["x-unverified-destinations"] == (
+        f"{UNREADABLE_ACCOUNT}/eu-west-1,{PARTNER_ACCOUNT}/us-west-2"
+    )
+    assert len(answer.changes) > 0
+    assert not written()
+    # The write answers the same, and writes.
+    answer, _ = await put(gateway.port, full_write(SAME, DEST, UNREADABLE, OUTSIDE))
+    assert list(answer.unverified_destinations) == [UNREADABLE, OUTSIDE]
+    assert len(written()[0]["destinations"]) == 4
+    # Every destination verified (or same-account): the plan names none.
+    answer, trailers = await put(gateway.port, full_write(SAME, DEST, validate_only=True))
+    assert list(answer.unverified_destinations) == []
+    assert "x-unverified-destinations" not in trailers
+
+
+async def test_a_slice_plan_names_only_the_callers_unverified_destinations(
+    gateway_factory: GatewayFactory, aws: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    behave_like_ecr(monkeypatch)
+    # Someone else's rule to a destination the gateway cannot verify: not the caller's to see.
+    seed_rules(aws_rule("billing/", registry_id=UNREADABLE_ACCOUNT))
+    gateway = await gateway_factory(two_accounts(aws))
+
+    def mine(*to: pb.ReplicationDestination) -> pb.PutReplicationRulesRequest:
+        rule = pb.ReplicationRule(
+            destinations=list(to),
+            repository_filters=[
+                pb.RepositoryFilter(filter="payments/", filter_type="PREFIX_MATCH")
+            ],
+        )
+        return pb.PutReplicationRulesRequest(registry_id=ACCOUNT, region="us-east-1", rules=[rule])
+
+    for validate_only in (True, False):
+        request = mine(SAME, OUTSIDE)
+        request.validate_only = validate_only
+        answer, trailers = await put(gateway.port, request)
+        assert list(answer.unverified_destinations) == [OUTSIDE]
+        assert trailers["x-unverified-destinations"] == f"{PARTNER_ACCOUNT}/us-west-2"
+        assert UNREADABLE_ACCOUNT not in repr(answer) + repr(trailers)
+    assert len(written()) == 2
+    answer, trailers = await put(gateway.port, mine(SAME))
+    assert list(answer.unverified_destinations) == []
+    assert "x-unverified-destinations" not in trailers
+
+
+async def test_over_http_the_plan_the_header_and_the_refusal(
+    gateway_factory: GatewayFactory, aws: str
+) -> None:
+    raw = two_accounts(aws)
+    raw["http"] = {"listen": "127.0.0.1:0"}
+    gateway = await gateway_factory(raw)
+    url = f"http://127.0.0.1:{gateway.http_port}/ecr.registry.v1.RegistryConfigService"
+
+    def body(registry_id: str, region: str) -> dict[str, Any]:
+        destinations = [{"region": region, "registryId": registry_id}]
+        return {
+            "validateOnly": True,
+            "replicationConfiguration": {"rules": [{"destinations": destinations}]},
+        }
+
+    async with httpx.AsyncClient(headers={"authorization": f"Bearer {KEY}"}) as client:
+        reply = await client.post(
+            f"{url}/PutReplicationConfiguration", json=body(PARTNER_ACCOUNT, "us-west-2")
+        )
+        assert reply.status_code == 200, reply.text
+        assert reply.headers["x-unverified-destinations"] == f"{PARTNER_ACCOUNT}/us-west-2"
+        assert reply.json()["unverifiedDestinations"] == [
+            {"region": "us-west-2", "registryId": PARTNER_ACCOUNT}
+        ]
+        reply = await client.post(
+            f"{url}/PutReplicationConfiguration", json=body(OTHER_ACCOUNT, "eu-west-1")
+        )
+    assert reply.status_code == 400, reply.text
+    error = reply.json()
+    assert error["code"] == "failed_precondition"
+    [info] = [d["debug"] for d in error["details"] if d["type"] == "google.rpc.ErrorInfo"]
+    assert info["reason"] == "DESTINATION_NOT_ACCEPTING"
+    assert info["metadata"]["destinationRegistryId"] == OTHER_ACCOUNT
+    assert statement_in(error["message"])["Action"] == BOTH
+    assert "x-unverified-destinations" not in reply.headers
+    assert not written()
+
+
 # --- hostile: what a tenant can learn of another account's policy -----------------------------
 
 
@@ -352,6 +455,46 @@ async def test_a_destination_the_tenant_may_not_name_is_never_judged(
         pb.PutReplicationRulesRequest(registry_id=ACCOUNT, region="us-east-1", rules=[mine]),
     )
     assert err.info.reason == "DESTINATION_NOT_ALLOWED"
+
+
+async def test_a_caller_that_may_not_write_learns_no_verdict(
+    gateway_factory: GatewayFactory, aws: str
+) -> None:
+    # A tenant without the write RPC, and a stranger without credentials, asking for a dry
+    # run to the destination: refused before any verdict, the same answer whether the
+    # destination accepts or not (but for the request id).
+    answers: list[list[tuple[Any, str, dict[str, str]]]] = []
+    for policy in ((), (allow(),)):
+        destination_policy(*policy)
+        gateway = await gateway_factory(two_accounts(aws))  # a fresh cache
+        seen = []
+        for key, code in ((OTHER_KEY, grpc.StatusCode.PERMISSION_DENIED), ("", None)):
+            err = await refused(gateway.port, full_write(DEST, validate_only=True), key)
+            assert err.code == (code or grpc.StatusCode.UNAUTHENTICATED)
+            metadata = {k: v for k, v in err.info.metadata.items() if k != "requestId"}
+            assert OTHER_ACCOUNT not in err.message + repr(metadata)
+            assert "x-unverified-destinations" not in err.trailing
+            seen.append((err.code, err.message, metadata))
+        answers.append(seen)
+    assert answers[0] == answers[1]
+    assert not written()
+
+
+async def test_unreadable_and_unconfigured_look_alike(
+    gateway_factory: GatewayFactory, aws: str
+) -> None:
+    # Why a destination was not verified (no registry entry, a policy it cannot read, one it
+    # cannot judge) is never told: only `account/region`, in the trailer and the plan.
+    destination_policy(allow("*", Condition={"StringEquals": {"aws:PrincipalOrgID": SECRET}}))
+    gateway = await gateway_factory(two_accounts(aws))
+    for destination in (DEST, UNREADABLE, OUTSIDE):
+        answer, trailers = await put(gateway.port, full_write(destination, validate_only=True))
+        assert list(answer.unverified_destinations) == [destination]
+        shown = {k: v for k, v in trailers.items() if k.startswith("x-") and k != "x-request-id"}
+        assert shown == {
+            "x-unverified-destinations": f"{destination.registry_id}/{destination.region}"
+        }
+        assert SECRET not in repr(answer)
 
 
 # --- the background drift check judges the configured rules' destinations again -------------

@@ -26,6 +26,7 @@ from tests.support.moto_writes import behave_like_ecr
 from tests.support.slices_support import (
     ADMIN_KEY,
     BILLING_KEY,
+    PARTNER,
     aws_rule,
     repositories,
     rule,
@@ -395,10 +396,12 @@ async def test_an_overwritten_slice_write_names_only_the_callers_slice(
 async def test_a_slice_write_that_holds_while_another_part_changed_is_ok_and_reported_as_drift(
     gateway: Gateway, stub: Any, tmp_path: Path, competing: dict[str, Any]
 ) -> None:
-    seed_rules(aws_rule("payments/api"))
+    # payments replicates elsewhere than billing: packing keeps their rules apart.
+    to_partner = {"registry_id": PARTNER.registry_id, "region": PARTNER.region}
+    seed_rules(aws_rule("payments/api", **to_partner))
     # Right after billing's write reaches AWS, a script changes payments' rule only: billing's
     # rule is exactly what billing wrote.
-    competing["rules"] = [aws_rule("payments/other"), aws_rule("billing/a")]
+    competing["rules"] = [aws_rule("billing/a"), aws_rule("payments/other", **to_partner)]
     answer = await stub.PutReplicationRules(
         pb.PutReplicationRulesRequest(rules=[rule("billing/a")]), metadata=metadata(BILLING_KEY)
     )
@@ -428,6 +431,6 @@ async def test_a_slice_write_that_holds_while_another_part_changed_is_ok_and_rep
     assert (head.origin, head.etag) == ("out-of-band", (await describe(stub)).etag)
     assert (written.origin, written.tenant) == ("gateway", "billing")
     assert pb.ReplicationConfiguration.FromString(written.document).rules == [
-        rule("payments/api"),
         rule("billing/a"),
+        rule("payments/api", to=PARTNER),
     ]

@@ -51,6 +51,8 @@ POLICY = pb.HISTORY_RESOURCE_POLICY
 UNOWNED = pb.ReplicationRule(destinations=[EU])  # no filter: nobody's slice
 PAYMENTS_RULE = rule("payments/api")
 BILLING_RULES = [rule("billing/ledger", to=BILLING_FAR), rule("invoices/2024")]
+# Billing's rules read back in their canonical form: one rule per destination set, sorted.
+BILLING_CANONICAL = [rule("invoices/2024"), rule("billing/ledger", to=BILLING_FAR)]
 
 
 def history_config(aws: str) -> dict[str, Any]:
@@ -133,10 +135,15 @@ async def test_the_full_history_pages_newest_first(transport: Transport) -> None
     assert first.meta.get("x-cache") is None  # not cached, so no cache outcome to tell
     newest, before = first.response.versions
     assert (newest.tenant, newest.rpc) == ("billing", "PutReplicationRules")
-    assert list(newest.replication_configuration.rules) == [UNOWNED, PAYMENTS_RULE, *BILLING_RULES]
+    # Packed: payments/api and invoices/2024 go to one destination set; UNOWNED carried after.
+    assert list(newest.replication_configuration.rules) == [
+        rule("invoices/2024", "payments/api"),
+        rule("billing/ledger", to=BILLING_FAR),
+        UNOWNED,
+    ]
     assert (before.tenant, before.rpc) == ("payments", "PutReplicationRules")
     assert before.identity.startswith("api_key:sha256:")
-    assert list(before.replication_configuration.rules) == [UNOWNED, PAYMENTS_RULE]
+    assert list(before.replication_configuration.rules) == [PAYMENTS_RULE, UNOWNED]
     assert {v.origin for v in first.response.versions} == {pb.CHANGE_ORIGIN_GATEWAY}
     assert newest.recorded_at.ToNanoseconds() >= before.recorded_at.ToNanoseconds()
     # The newest version is what DescribeRegistry answers now.
@@ -166,10 +173,10 @@ async def test_a_slice_tenant_sees_only_its_slice_and_its_own_name(transport: Tr
     assert [v.tenant for v in versions] == ["billing", ""]
     assert versions[1].origin == pb.CHANGE_ORIGIN_BASELINE
     assert versions[0].rpc == "PutReplicationRules" and versions[0].identity
-    assert [list(v.replication_configuration.rules) for v in versions] == [BILLING_RULES, []]
+    assert [list(v.replication_configuration.rules) for v in versions] == [BILLING_CANONICAL, []]
     # Each etag is the slice's, as GetReplicationRules answers it.
     rules = await ok(transport, "GetReplicationRules", pb.GetReplicationRulesRequest(), BILLING_KEY)
-    assert versions[0].etag == rules.etag == slices.rules_etag(BILLING_RULES)
+    assert versions[0].etag == rules.etag == slices.rules_etag(BILLING_CANONICAL)
     assert versions[1].etag == slices.rules_etag([])
     # Nothing of the others: their names, their rules, their identities.
     shown = str(answer.response)

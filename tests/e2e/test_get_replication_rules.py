@@ -51,19 +51,22 @@ async def test_each_tenant_reads_only_its_rules_and_its_share(stub: Any) -> None
         aws_rule("billing/api"),
         aws_rule("payments/api", registry_id=PARTNER_ACCOUNT, region="us-west-2"),
         aws_rule(),  # every repository: nobody's
-        aws_rule("payments/x", "billing/y"),  # straddles two slices: nobody's
+        aws_rule("payments/x", "billing/y"),  # straddles two slices: each owns its filter
         aws_rule("invoices/z"),
     )
+    # Each reads its filters in its canonical form: one rule per destination set, sorted.
     payments = await rules_of(stub, KEY)
-    assert list(payments.rules) == [rule("payments/api", to=PARTNER)]
+    assert list(payments.rules) == [rule("payments/x"), rule("payments/api", to=PARTNER)]
     billing = await rules_of(stub, BILLING_KEY)
-    assert list(billing.rules) == [rule("billing/api"), rule("invoices/z")]
-    # Its own use of its own share: ECR's 10 rules and 25 destinations split between the
-    # two tenants holding slices (platform holds none).
-    assert (payments.rules_used, payments.rules_limit) == (1, 5)
-    assert (payments.unique_destinations_used, payments.unique_destinations_limit) == (1, 12)
-    assert (billing.rules_used, billing.rules_limit) == (2, 5)
-    assert (billing.unique_destinations_used, billing.unique_destinations_limit) == (1, 12)
+    assert list(billing.rules) == [rule("billing/api", "billing/y", "invoices/z")]
+    # Its own use of its own share (platform holds none): every subset of the two
+    # allow-lists makes eight destination sets, few enough that each may hold ten rules;
+    # each may name the destinations its allow-list has.
+    assert (payments.rules_used, payments.rules_limit) == (2, 10)
+    assert (payments.unique_destinations_used, payments.unique_destinations_limit) == (2, 3)
+    assert (payments.filters_used, payments.filters_limit) == (2, 153)
+    assert (billing.rules_used, billing.rules_limit) == (1, 10)
+    assert (billing.unique_destinations_used, billing.unique_destinations_limit) == (1, 2)
     assert payments.etag != billing.etag
 
 
@@ -117,11 +120,9 @@ async def test_admin_full_writes_and_slices_coexist(stub: Any) -> None:
     await stub.PutReplicationRules(
         pb.PutReplicationRulesRequest(rules=[rule("payments/b")]), metadata=metadata(KEY)
     )
-    assert stored_rules() == [aws_rule("payments/b"), aws_rule("billing/a"), aws_rule()]
+    # Packed: payments/b and billing/a go to one destination set; the rule for everything
+    # is carried as the admin wrote it.
+    assert stored_rules() == [aws_rule("billing/a", "payments/b"), aws_rule()]
     # Through the same cache: the admin's DescribeRegistry sees the merged configuration.
     after = await stub.DescribeRegistry(pb.DescribeRegistryRequest(), metadata=metadata(ADMIN_KEY))
-    assert list(after.replication_configuration.rules) == [
-        rule("payments/b"),
-        rule("billing/a"),
-        rule(),
-    ]
+    assert list(after.replication_configuration.rules) == [rule("billing/a", "payments/b"), rule()]

@@ -42,7 +42,7 @@ async def stub(
         yield pb_grpc.RegistryConfigServiceStub(channel)
 
 
-async def test_own_rules_are_replaced_in_place_and_others_kept(
+async def test_own_rules_are_replaced_and_packed_with_the_others(
     stub: Any, writes: MotoWrites
 ) -> None:
     seed_rules(
@@ -55,9 +55,10 @@ async def test_own_rules_are_replaced_in_place_and_others_kept(
         pb.PutReplicationRulesRequest(rules=[rule("payments/a"), rule("payments/b", to=PARTNER)]),
         metadata=metadata(KEY),
     )
+    # Packed: one rule per destination set (billing's filter and payments/a share one),
+    # the rule without filters carried after.
     assert stored_rules() == [
-        aws_rule("billing/api"),
-        aws_rule("payments/a"),
+        aws_rule("billing/api", "payments/a"),
         aws_rule("payments/b", registry_id=PARTNER.registry_id, region=PARTNER.region),
         aws_rule(),
     ]
@@ -67,13 +68,13 @@ async def test_own_rules_are_replaced_in_place_and_others_kept(
     assert got.etag == response.etag
 
 
-async def test_a_tenant_without_rules_gets_them_appended(stub: Any) -> None:
+async def test_a_tenant_without_rules_gets_its_filters_packed_in(stub: Any) -> None:
     seed_rules(aws_rule("payments/a"))
     await stub.PutReplicationRules(
         pb.PutReplicationRulesRequest(rules=[rule("billing/x", "invoices/y")]),
         metadata=metadata(BILLING_KEY),
     )
-    assert stored_rules() == [aws_rule("payments/a"), aws_rule("billing/x", "invoices/y")]
+    assert stored_rules() == [aws_rule("billing/x", "invoices/y", "payments/a")]
     # And an empty slice removes them again, leaving payments' rule alone.
     await stub.PutReplicationRules(pb.PutReplicationRulesRequest(), metadata=metadata(BILLING_KEY))
     assert stored_rules() == [aws_rule("payments/a")]
@@ -126,35 +127,51 @@ async def test_destination_outside_the_allow_list_is_denied(stub: Any, writes: M
     assert writes.total == 0
 
 
-async def test_own_share_of_rules_gives_quota_failure(stub: Any, writes: MotoWrites) -> None:
-    # payments and billing hold slices and give no shares: 5 of ECR's 10 rules each.
+async def test_own_share_of_filters_gives_quota_failure(stub: Any, writes: MotoWrites) -> None:
+    # payments and billing give no shares: every subset of their allow-lists makes 8
+    # destination sets, over which 307 filters always pack into ECR's 10 rules: 153 each.
     seed_rules(aws_rule("payments/a"))
+    many = [
+        rule(*[f"payments/f{i}" for i in range(100)]),
+        rule(*[f"payments/g{i}" for i in range(54)]),
+    ]
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.PutReplicationRules(
-            pb.PutReplicationRulesRequest(rules=[rule(f"payments/{n}") for n in "uvwxyz"]),
-            metadata=metadata(KEY),
+            pb.PutReplicationRulesRequest(rules=many), metadata=metadata(KEY)
         )
-    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert rich_error(caught.value).info.reason == "REPLICATION_QUOTA_EXCEEDED"
     (violation,) = quota_failure(caught.value).violations
     assert violation.subject == (
-        f"tenant payments on registry {ACCOUNT} in us-east-1: replication rules"
+        f"tenant payments on registry {ACCOUNT} in us-east-1: repository filters"
     )
-    assert "share of tenant payments is 5 of the 10 rules" in violation.description
-    assert "would number 6" in violation.description
+    assert "share of tenant payments is 153 repository filters" in violation.description
+    assert "would hold 154" in violation.description
     assert stored_rules() == [aws_rule("payments/a")]
     assert writes.total == 0
+    # Within it, the same filters are written (two rules of one set: 100 filters, then 53).
+    await stub.PutReplicationRules(
+        pb.PutReplicationRulesRequest(
+            rules=[many[0], rule(*[f"payments/g{i}" for i in range(53)])]
+        ),
+        metadata=metadata(KEY),
+    )
+    assert [len(r["repositoryFilters"]) for r in stored_rules()] == [100, 53]
 
 
 async def test_a_registry_full_of_unowned_rules_refuses_with_counts_only(
     stub: Any, writes: MotoWrites
 ) -> None:
-    # An admin's full write left 8 rules no slice owns; payments keeps to its share of 5.
-    others = [aws_rule(f"shared/r{i}") for i in range(8)] + [aws_rule("payments/a")]
+    # An admin's full write left 9 rules without filters (every repository, to nine
+    # accounts): carried as they are, they leave one rule, and payments asks two sets.
+    others = [aws_rule(registry_id=f"30000000000{i}") for i in range(9)]
+    others.append(aws_rule("payments/a"))
     seed_rules(*others)
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.PutReplicationRules(
-            pb.PutReplicationRulesRequest(rules=[rule(f"payments/{n}") for n in "xyz"]),
+            pb.PutReplicationRulesRequest(
+                rules=[rule("payments/x"), rule("payments/y", to=PARTNER)]
+            ),
             metadata=metadata(KEY),
         )
     assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -162,8 +179,8 @@ async def test_a_registry_full_of_unowned_rules_refuses_with_counts_only(
     (violation,) = quota_failure(caught.value).violations
     assert violation.subject == f"registry {ACCOUNT} in us-east-1: replication rules"
     assert "at most 10 rules" in violation.description
-    assert "11: 3 of tenant payments (within its share of 5), 8 outside" in violation.description
-    assert "shared/" not in violation.description + (caught.value.details() or "")
+    assert "would hold 11, with tenant payments holding 2" in violation.description
+    assert "30000000000" not in violation.description + (caught.value.details() or "")
     assert stored_rules() == others
     assert writes.total == 0
 
@@ -207,13 +224,14 @@ async def test_validate_only_answers_the_plan_of_the_callers_slice(
     seed_rules(aws_rule("billing/api"), aws_rule("payments/old"))
     response = await stub.PutReplicationRules(
         pb.PutReplicationRulesRequest(
-            rules=[rule("payments/new"), rule("payments/old")], validate_only=True
+            rules=[rule("payments/new", to=PARTNER), rule("payments/old")], validate_only=True
         ),
         metadata=metadata(KEY),
     )
-    # By identity, in the caller's slice: payments/old is kept though it moved, and
-    # payments/new is the request's rules[0]; billing's rule is not in the plan.
-    assert [(c.action, c.path) for c in response.changes] == [("add", "rules[0]")]
+    # By identity, between the caller's canonical forms: payments/old is kept though it
+    # moved, payments/new (another destination set) is a rule of its own, the canonical
+    # form's rules[1]; billing's rule is not in the plan.
+    assert [(c.action, c.path) for c in response.changes] == [("add", "rules[1]")]
     assert "filter payments/new" in response.changes[0].description
     assert not any("billing" in c.description for c in response.changes)
     assert writes.total == 0
@@ -242,4 +260,4 @@ async def test_stale_slice_etag_is_aborted(stub: Any, writes: MotoWrites) -> Non
     error = rich_error(caught.value)
     assert (error.code, error.info.reason) == (grpc.StatusCode.ABORTED, "ETAG_MISMATCH")
     assert error.info.metadata["currentEtag"] == ok.etag
-    assert stored_rules() == [aws_rule("payments/b"), aws_rule("billing/x")]
+    assert stored_rules() == [aws_rule("billing/x", "payments/b")]

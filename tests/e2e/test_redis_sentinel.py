@@ -207,7 +207,7 @@ async def test_primary_killed_mid_storm_loses_no_acknowledged_write_silently(
         line for line in lines if line.get("event") in ("overwritten", "out_of_band_change")
     ]
     final = stored_rules()
-    assert final[0] == aws_rule()  # nobody's rule survived every merge
+    assert final[-1] == aws_rule()  # nobody's rule survived every merge (carried last)
     for tenant in TENANTS:
         acknowledged = [w[0] for w in storm.writes[tenant] if w[3] == grpc.StatusCode.OK]
         last_ok = max(acknowledged)

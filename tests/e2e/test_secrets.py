@@ -33,7 +33,9 @@ ISSUER, AUDIENCE = "https://issuer.example", "registry-gateway"
 
 def sentinel_jwt(**overrides: Any) -> str:
     now = int(time.time())
-    claims = {"iss": ISSUER, "aud": AUDIENCE, "tenant": "payments", "exp": now + 300}
+    # Minted when the module is imported (collection), used minutes later in a long run:
+    # an hour, not five minutes, or the suite's length decides the test.
+    claims = {"iss": ISSUER, "aud": AUDIENCE, "tenant": "payments", "exp": now + 3600}
     return jwt.encode({**claims, **overrides}, SENTINEL_JWT_SECRET, algorithm="HS256")
 
 

@@ -138,10 +138,10 @@ async def test_slice_rules_and_statements(
         pb.PutReplicationRulesRequest(rules=[rule("payments/api")], etag=mine.response.etag),
     )
     assert put.code == OK, put
-    # The other tenant's rule is kept; ours is added.
-    assert [r.get("repositoryFilters", [{}])[0].get("filter") for r in stored_rules()] == [
-        "someone-else/",
-        "payments/api",
+    # The other tenant's filter is kept; ours is added, packed into the rule of its
+    # destination set.
+    assert [[f["filter"] for f in r.get("repositoryFilters", [])] for r in stored_rules()] == [
+        ["payments/api", "someone-else/"]
     ]
     outside = await transport.call(
         "PutReplicationRules", pb.PutReplicationRulesRequest(rules=[rule("billing/")])

@@ -15,6 +15,7 @@ from service.errors import (
     FailedPrecondition,
     InvalidArgument,
     PermissionDenied,
+    ResourceExhausted,
 )
 from service.gen.v1 import registry_pb2 as pb
 from service.registry.model import slices
@@ -70,12 +71,19 @@ def seed_rules(domain: Domain, *rules: pb.ReplicationRule) -> None:
 # --- replication rules ---------------------------------------------------------------------
 
 
-async def test_put_rules_replaces_the_callers_rules_where_they_stood(domain: Domain) -> None:
+async def test_put_rules_packs_the_callers_filters_with_the_others(domain: Domain) -> None:
     seed_rules(domain, BILLING_RULE, OLD_RULE, UNOWNED_RULE)
     written = await domain.slices.put_rules(PAYMENTS, NEW_RULES, "", False)
     stored = list(domain.ecr.replication(ACCOUNT, REGION).rules)
-    assert stored == [BILLING_RULE, *NEW_RULES, UNOWNED_RULE]
-    # The answer is the caller's slice, read back: the others' rules are not in it.
+    # Packed: one rule per destination set (billing's filter and payments/api both go to
+    # eu-west-1), rules by destination set; the rule without filters carried after.
+    assert stored == [
+        rule("billing/invoices", "payments/api"),
+        rule("payments/web", region="us-west-2"),
+        UNOWNED_RULE,
+    ]
+    # The answer is the caller's slice in its canonical form: the others' filters are not
+    # in it, though they share its rule.
     assert list(written.response.rules) == NEW_RULES
     assert written.response.etag == slices.rules_etag(NEW_RULES)
     # The audit trail gets the etags of the whole configuration around the write.
@@ -84,18 +92,37 @@ async def test_put_rules_replaces_the_callers_rules_where_they_stood(domain: Dom
     assert written.etag_after == read.answer().etag != written.etag_before
 
 
-async def test_put_rules_appends_when_the_caller_had_none(domain: Domain) -> None:
-    seed_rules(domain, BILLING_RULE, UNOWNED_RULE)
-    await domain.slices.put_rules(PAYMENTS, NEW_RULES, "", False)
+async def test_the_packed_document_does_not_depend_on_the_order_of_writes(
+    domain: Domain,
+) -> None:
+    billing_rules = [rule("billing/b", "billing/a"), rule("billing/a", region="us-west-2")]
+    documents = []
+    for order in ((PAYMENTS, BILLING), (BILLING, PAYMENTS)):
+        seed_rules(domain, UNOWNED_RULE)
+        for writer in order:
+            mine = NEW_RULES if writer is PAYMENTS else billing_rules
+            await domain.slices.put_rules(writer, mine, "", False)
+        documents.append(domain.ecr.replication(ACCOUNT, REGION).SerializeToString())
+    assert documents[0] == documents[1]
+    # billing/a goes to both regions (the union of billing's rules naming it): a set of its own.
     assert list(domain.ecr.replication(ACCOUNT, REGION).rules) == [
-        BILLING_RULE,
+        rule("billing/b", "payments/api"),
+        rule("payments/web", region="us-west-2"),
+        pb.ReplicationRule(
+            destinations=[
+                pb.ReplicationDestination(region="eu-west-1", registry_id=ACCOUNT),
+                pb.ReplicationDestination(region="us-west-2", registry_id=ACCOUNT),
+            ],
+            repository_filters=[
+                pb.RepositoryFilter(filter="billing/a", filter_type="PREFIX_MATCH")
+            ],
+        ),
         UNOWNED_RULE,
-        *NEW_RULES,
     ]
 
 
 async def test_empty_rules_remove_only_the_callers(domain: Domain) -> None:
-    seed_rules(domain, BILLING_RULE, OLD_RULE, UNOWNED_RULE)
+    seed_rules(domain, rule("billing/invoices", "payments/old"), UNOWNED_RULE)
     await domain.slices.put_rules(PAYMENTS, [], "", False)
     assert list(domain.ecr.replication(ACCOUNT, REGION).rules) == [BILLING_RULE, UNOWNED_RULE]
 
@@ -113,36 +140,82 @@ async def test_rules_outside_the_slice_are_refused_before_ecr(domain: Domain) ->
     assert domain.ecr.calls == []  # nothing read, nothing written
 
 
+def both(*filters: str) -> pb.ReplicationRule:
+    """A rule replicating `filters` to eu-west-1 and us-west-2."""
+    two = rule(*filters)
+    two.destinations.append(pb.ReplicationDestination(region="us-west-2", registry_id=ACCOUNT))
+    return two
+
+
 async def test_rule_share_is_the_callers_own(domain: Domain) -> None:
-    small = target(share=limits.Share(rules=2, destinations=1, policy_chars=1000))
-    # Billing holds six rules: they do not count against payments' share of two.
-    seed_rules(domain, *[rule(f"billing/{i}") for i in range(6)])
-    await domain.slices.put_rules(small, [rule("payments/a"), rule("payments/b")], "", False)
-    with pytest.raises(FailedPrecondition) as caught:
+    small = target(share=limits.Share(rules=2, destinations=2, policy_chars=1000, filters=3))
+    # Billing holds six filters in six sets of its own: they do not count against payments'.
+    seed_rules(domain, *[rule(f"billing/{i}", account=f"{i:012d}") for i in range(6)])
+    await domain.slices.put_rules(
+        small, [rule("payments/a"), rule("payments/b", region="us-west-2")], "", False
+    )
+    # A third destination set is a third canonical rule: past a share of two. Refused alone,
+    # RESOURCE_EXHAUSTED, naming its share.
+    with pytest.raises(ResourceExhausted) as caught:
         await domain.slices.put_rules(
-            small, [rule("payments/a"), rule("payments/b"), rule("payments/c")], "", False
+            small,
+            [rule("payments/a"), rule("payments/b", region="us-west-2"), both("payments/c")],
+            "",
+            False,
         )
     assert caught.value.reason == "REPLICATION_QUOTA_EXCEEDED"
     [violation] = caught.value.quota_violations
     assert "share of tenant payments is 2" in violation.description
-    # Two destinations pass a share of one unique destination.
-    with pytest.raises(FailedPrecondition):
+    # Filters in one rule count one by one: four pass a share of three.
+    with pytest.raises(ResourceExhausted) as caught:
         await domain.slices.put_rules(
-            small, [rule("payments/a"), rule("payments/b", region="us-west-2")], "", False
+            small, [rule("payments/a", "payments/b", "payments/c", "payments/d")], "", False
         )
+    [violation] = caught.value.quota_violations
+    assert "is 3 repository filters" in violation.description
+    # Many rules of one destination set are one canonical rule: within the share.
+    await domain.slices.put_rules(
+        small, [rule("payments/a"), rule("payments/b"), rule("payments/c")], "", False
+    )
+    # Two destinations pass a share of one unique destination.
+    one = target(share=limits.Share(rules=2, destinations=1, policy_chars=1000))
+    with pytest.raises(ResourceExhausted):
+        await domain.slices.put_rules(
+            one, [rule("payments/a"), rule("payments/b", region="us-west-2")], "", False
+        )
+    assert len(domain.ecr.writes()) == 2
+
+
+async def test_a_catalog_refuses_a_destination_set_outside_it_alone(domain: Domain) -> None:
+    eu = frozenset({(ACCOUNT, "eu-west-1")})
+    cataloged = target(
+        share=limits.Share(
+            rules=10, destinations=2, policy_chars=1000, destination_sets=frozenset({eu})
+        )
+    )
+    await domain.slices.put_rules(cataloged, [rule("payments/a")], "", False)
+    # payments/b goes to eu-west-1 and us-west-2 (the union of the rules naming it).
+    with pytest.raises(PermissionDenied) as caught:
+        await domain.slices.put_rules(
+            cataloged,
+            [rule("payments/a"), rule("payments/b"), rule("payments/b", region="us-west-2")],
+            "",
+            False,
+        )
+    assert caught.value.reason == "DESTINATION_SET_NOT_IN_CATALOG"
+    assert caught.value.metadata["field"] == "rules[1].destinations"
+    assert "destination_sets" in caught.value.message
     assert len(domain.ecr.writes()) == 1
 
 
 async def test_the_registry_wide_limit_is_a_backstop_that_names_counts_only(
     domain: Domain,
 ) -> None:
-    # Nine rules outside every slice (a full write put them there) leave room for one.
+    # Nine rules without filters (a full write put them there, to nine destinations) are
+    # carried as they are and leave room for one rule: payments' two sets do not fit.
     outside = [
         pb.ReplicationRule(
-            destinations=[pb.ReplicationDestination(region="us-west-2", registry_id=ACCOUNT)],
-            repository_filters=[
-                pb.RepositoryFilter(filter=f"team{i}/", filter_type="PREFIX_MATCH")
-            ],
+            destinations=[pb.ReplicationDestination(region="us-west-2", registry_id=f"{i:012d}")]
         )
         for i in range(9)
     ]
@@ -150,7 +223,7 @@ async def test_the_registry_wide_limit_is_a_backstop_that_names_counts_only(
     with pytest.raises(FailedPrecondition) as caught:
         await domain.slices.put_rules(PAYMENTS, NEW_RULES, "", False)
     assert caught.value.reason == "REPLICATION_QUOTA_EXCEEDED"
-    assert "team" not in caught.value.message  # the others' rules are not the caller's to see
+    assert "000000000003" not in caught.value.message  # the others' rules are not its to see
     assert etag_read_before(caught.value) is not None  # it had read the configuration
     assert domain.ecr.writes() == []
 
@@ -218,6 +291,7 @@ async def test_get_rules_answers_the_callers_rules_and_share(domain: Domain) -> 
     assert list(answer.rules) == [OLD_RULE]
     assert (answer.rules_used, answer.rules_limit) == (1, limits.MAX_RULES)
     assert answer.unique_destinations_used == 1
+    assert (answer.filters_used, answer.filters_limit) == (1, limits.WHOLE_REGISTRY.filters)
 
 
 # --- policy statements ---------------------------------------------------------------------

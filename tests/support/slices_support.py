@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -82,6 +83,18 @@ def aws_rule(
     found: dict[str, Any] = {"destinations": [{"region": region, "registryId": registry_id}]}
     if filters:
         found["repositoryFilters"] = [{"filter": f, "filterType": "PREFIX_MATCH"} for f in filters]
+    return found
+
+
+def filters_in(rules: Iterable[pb.ReplicationRule | dict[str, Any]]) -> set[str]:
+    """Every repository filter of `rules` (messages, or rules as AWS stores them), whichever
+    rule holds it: slices are packed, several tenants' filters sharing one rule."""
+    found: set[str] = set()
+    for r in rules:
+        if isinstance(r, dict):
+            found.update(f["filter"] for f in r.get("repositoryFilters", ()))
+        else:
+            found.update(f.filter for f in r.repository_filters)
     return found
 
 

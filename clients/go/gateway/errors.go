@@ -120,6 +120,10 @@ var (
 	ErrVersionNotFound = &Error{Code: codes.NotFound, Reason: "VERSION_NOT_FOUND"}
 	// ErrVersionNotRestorable: the version was kept without its document; nothing written.
 	ErrVersionNotRestorable = &Error{Code: codes.FailedPrecondition, Reason: "DOCUMENT_OMITTED"}
+	// ErrDestinationNotAccepting: a replication destination in another account does not let
+	// the source replicate into it (its Metadata: destinationRegistryId, destinationRegion,
+	// missingActions; the Message holds the statement to add to its policy); nothing written.
+	ErrDestinationNotAccepting = &Error{Code: codes.FailedPrecondition, Reason: "DESTINATION_NOT_ACCEPTING"}
 )
 
 // FromError decodes any error of a call into an *Error; nil for nil. An *Error (anywhere

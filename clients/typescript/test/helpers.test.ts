@@ -93,8 +93,10 @@ function policy(): string {
   return JSON.stringify({ Version: "2012-10-17", Statement: [statement("Whole", "")] });
 }
 
+// A tenant's rules read back in their canonical form: its filters of one destination set
+// share one rule, sorted; the filters, in order, are what the tests compare.
 function filters(rules: readonly { repositoryFilters: readonly { filter: string }[] }[]): string[] {
-  return rules.map((r) => r.repositoryFilters.map((f) => f.filter).join(","));
+  return rules.flatMap((r) => r.repositoryFilters.map((f) => f.filter));
 }
 
 /** Fails the test when a call that should fail does not, and returns what it threw. */
@@ -172,7 +174,7 @@ for (const transport of TRANSPORTS) {
     // 210987654321/us-west-2: the tenant's allowed destination outside the gateway's config
     // (tests/support/helpers.py), whose registry policy the gateway cannot read.
     const outside = new CallInfo();
-    await gateway.putReplicationConfiguration(
+    const plan = await gateway.putReplicationConfiguration(
       {
         replicationConfiguration: {
           rules: [{ destinations: [{ region: "us-west-2", registryId: "210987654321" }] }],
@@ -182,8 +184,13 @@ for (const transport of TRANSPORTS) {
       { info: outside },
     );
     assert.deepEqual(outside.unverifiedDestinations, ["210987654321/us-west-2"]);
+    // The dry run's plan names them too (the response's unverifiedDestinations).
+    assert.deepEqual(
+      plan.unverifiedDestinations.map((d) => `${d.registryId}/${d.region}`),
+      ["210987654321/us-west-2"],
+    );
     const same = new CallInfo();
-    await gateway.putReplicationConfiguration(
+    const verified = await gateway.putReplicationConfiguration(
       {
         replicationConfiguration: { rules: [{ destinations: [{ region: "eu-west-1", registryId }] }] },
         validateOnly: true,
@@ -191,6 +198,7 @@ for (const transport of TRANSPORTS) {
       { info: same },
     );
     assert.deepEqual(same.unverifiedDestinations, []);
+    assert.deepEqual(verified.unverifiedDestinations, []);
   });
 
   test(`[${transport}] every read takes noCache`, async () => {

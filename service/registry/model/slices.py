@@ -3,17 +3,24 @@
 A registry has one replication configuration and one policy; several teams sharing it would
 overwrite each other's parts. Each tenant's registry entry names what it owns:
 
-- a replication rule is the tenant's when it has at least one repository filter and every
-  filter starts with one of its `owned_repository_prefixes`. A rule without filters applies
-  to every repository, so it belongs to nobody: only a full PutReplicationConfiguration
-  changes it;
+- a repository filter is the tenant's when it starts with one of its
+  `owned_repository_prefixes` (config loading refuses overlapping prefixes of two tenants,
+  service/config/tenancy_checks.py, so ownership is never ambiguous). A tenant's rules are
+  its filters and where each goes: read back in one canonical form (`rules_in`: one rule per
+  destination set, filters sorted, split every 100), whatever rules of the registry hold
+  them. A rule without filters applies to every repository, so it belongs to nobody: only a
+  full PutReplicationConfiguration changes it;
 - a policy statement is the tenant's when its `Sid` starts with `owned_statement_sid_prefix`.
 
-A slice write replaces the caller's part and keeps every other one in order, the caller's
-new part standing where its old one stood (appended when it had none). The merge runs
-inside `RegistryOperations.update_*`, on the configuration read fresh under the registry's
-write lock, so two tenants writing at once both keep their parts. Config loading refuses
-overlapping prefixes of two tenants (service/config.py), so ownership is never ambiguous.
+A replication slice write replaces the caller's filters and packs the whole configuration
+(service/registry/model/packing.py): every filter keeps exactly its destinations (the union
+of the rules naming it), rules are one per destination set, so hundreds of slices fit ECR's
+10 rules, and the document depends only on what the slices ask, never on the order of the
+writes. A slice etag is of the canonical form, so another tenant's write, which repacks the
+rules, never moves it. A statement slice write replaces the caller's statements and keeps
+every other one in order, the caller's new ones standing where its old ones stood (appended
+when it had none). Merges run inside `RegistryOperations.update_*`, on the document read
+fresh under the registry's write lock, so two tenants writing at once both keep their parts.
 
 Isolation: one tenant's part never decides another's write, nor shows in its answers.
 The caller's rules and statements are judged alone (grammar, ownership, confinement to its
@@ -49,6 +56,7 @@ import botocore.session
 from service.auth.targets import Target, denied
 from service.ecr import convert, etags, policy_grammar
 from service.ecr.limits import (
+    MAX_FILTERS_PER_RULE,
     MAX_POLICY_CHARS,
     MAX_RULES,
     MAX_UNIQUE_DESTINATIONS,
@@ -61,8 +69,10 @@ from service.errors import (
     FieldViolation,
     InvalidArgument,
     QuotaViolation,
+    ResourceExhausted,
 )
 from service.gen.v1 import registry_pb2 as pb
+from service.registry.model import packing
 
 # A registry without a policy gets this Version when a tenant adds the first statement.
 POLICY_VERSION = "2012-10-17"
@@ -92,13 +102,17 @@ class Ownership:
         return any(value.startswith(prefix) for prefix in self.repository_prefixes)
 
     def owns_rule(self, rule: pb.ReplicationRule) -> bool:
-        """At least one filter, and every filter inside the owned prefixes."""
-        filters = rule.repository_filters
-        return bool(filters) and all(self.owns_filter(f.filter) for f in filters)
+        """Whether the tenant holds a part of the rule: one of its filters (a packed rule
+        holds the filters of every slice that replicates to its destinations)."""
+        return any(self.owns_filter(f.filter) for f in rule.repository_filters)
 
     def rules_in(self, configuration: pb.ReplicationConfiguration) -> list[pb.ReplicationRule]:
-        """The tenant's rules of a configuration, in order."""
-        return [rule for rule in configuration.rules if self.owns_rule(rule)]
+        """The tenant's rules of a configuration, in their canonical form: what its filters
+        ask (each filter's destinations: the union of the rules naming it), one rule per
+        destination set, split every 100 filters, sorted (service/registry/model/packing.py).
+        The same whatever rules hold them, so repacking never changes a tenant's slice."""
+        meaning = packing.filter_destinations(configuration.rules)
+        return packing.grouped({k: v for k, v in meaning.items() if self.owns_filter(k[0])})
 
     def check_rules(self, target: Target, rules: Sequence[pb.ReplicationRule]) -> None:
         """PermissionDenied naming the first new rule the tenant could not own."""
@@ -129,19 +143,9 @@ class Ownership:
     def merge_rules(
         self, current: pb.ReplicationConfiguration, mine: Sequence[pb.ReplicationRule]
     ) -> pb.ReplicationConfiguration:
-        """`current` with the tenant's rules replaced by `mine`, everything else in order."""
-        merged = pb.ReplicationConfiguration()
-        placed = False
-        for rule in current.rules:
-            if not self.owns_rule(rule):
-                merged.rules.append(rule)
-            elif not placed:
-                # Where the old slice began, so a team's rules keep their place in the list.
-                merged.rules.extend(mine)
-                placed = True
-        if not placed:
-            merged.rules.extend(mine)
-        return merged
+        """`current` with the tenant's filters replaced by those of `mine`, packed: every
+        other filter keeps exactly its destinations, rules without filters are carried."""
+        return packing.pack(current, lambda key: self.owns_filter(key[0]), mine)
 
     # --- policy statements ---------------------------------------------------------------
 
@@ -224,28 +228,69 @@ def _quota_error(
     return FailedPrecondition(
         message,
         reason=reason,
-        metadata={
-            "tenant": target.tenant,
-            "registryId": target.registry_id,
-            "region": target.region,
-        },
+        metadata=_where_metadata(target),
         quota_violations=violations,
     )
 
 
+def _where_metadata(target: Target) -> dict[str, str]:
+    return {"tenant": target.tenant, "registryId": target.registry_id, "region": target.region}
+
+
+def check_destination_sets(target: Target, mine: Sequence[pb.ReplicationRule]) -> None:
+    """PermissionDenied naming the first rule whose filter would replicate to a destination
+    set outside the catalog of the caller's registry entry (`destination_sets`), if it has
+    one. A filter's set is the union of the caller's rules naming it (what it asks)."""
+    catalog = target.share.destination_sets
+    if catalog is None:
+        return
+    for key, targets in packing.filter_destinations(mine).items():
+        if targets in catalog:
+            continue
+        i = next(
+            i
+            for i, rule in enumerate(mine)
+            if any((f.filter, f.filter_type) == key for f in rule.repository_filters)
+        )
+        shown = ", ".join(f"{region} of {registry}" for registry, region in sorted(targets))
+        raise denied(
+            target,
+            "PutReplicationRules",
+            "DESTINATION_SET_NOT_IN_CATALOG",
+            f"rules[{i}]: filter {key[0][:120]!r} would replicate to {{{shown or 'nowhere'}}} "
+            f"(the destinations of every rule naming it), which is not one of the "
+            f"{len(catalog)} destination sets of the catalog of tenant {target.tenant} on "
+            f"{where_of(target)} (its destination_sets)",
+            f"rules[{i}].destinations",
+        )
+
+
 def check_rule_share(target: Target, mine: Sequence[pb.ReplicationRule]) -> None:
-    """FailedPrecondition with a QuotaFailure when the caller's rules pass its own share.
+    """ResourceExhausted with a QuotaFailure when the caller's rules pass its own share:
+    its canonical rules, its filters, its unique destinations (service/ecr/limits.py).
 
     Judged on the caller's rules alone, so what other slices hold never decides it.
     """
     share, where = target.share, where_of(target)
+    canonical = packing.canonical(mine)
     violations: list[QuotaViolation] = []
-    if len(mine) > share.rules:
+    if len(canonical) > share.rules:
         violations.append(
             QuotaViolation(
                 f"tenant {target.tenant} on {where}: replication rules",
                 f"the share of tenant {target.tenant} is {share.rules} of the {MAX_RULES} "
-                f"rules of the registry; its rules would number {len(mine)}",
+                f"rules of the registry; its rules would number {len(canonical)} in their "
+                f"canonical form (one per destination set, split every "
+                f"{MAX_FILTERS_PER_RULE} filters)",
+            )
+        )
+    filters = sum(len(rule.repository_filters) for rule in canonical)
+    if filters > share.filters:
+        violations.append(
+            QuotaViolation(
+                f"tenant {target.tenant} on {where}: repository filters",
+                f"the share of tenant {target.tenant} is {share.filters} repository filters "
+                f"of the registry's replication rules; its rules would hold {filters}",
             )
         )
     own = unique_destinations(mine)
@@ -259,32 +304,34 @@ def check_rule_share(target: Target, mine: Sequence[pb.ReplicationRule]) -> None
             )
         )
     if violations:
-        raise _quota_error(
-            target,
-            "REPLICATION_QUOTA_EXCEEDED",
+        raise ResourceExhausted(
             f"the replication rules of tenant {target.tenant} would pass its share of "
             f"{where}: {violations[0].description}",
-            violations,
+            reason="REPLICATION_QUOTA_EXCEEDED",
+            metadata=_where_metadata(target),
+            quota_violations=violations,
         )
 
 
 def check_registry_rules(
     target: Target, merged: pb.ReplicationConfiguration, mine: Sequence[pb.ReplicationRule]
 ) -> None:
-    """The backstop: FailedPrecondition with a QuotaFailure when the merge passes ECR's own
-    limits although the caller keeps to its share (rules no slice owns, written by a full
-    PutReplicationConfiguration, count too). Only counts are said: what fills the rest of
-    the registry is not the caller's to see.
+    """The backstop: FailedPrecondition with a QuotaFailure when the packed merge passes
+    ECR's own limits although the caller keeps to its share. Shares that fit the config
+    check cannot get here: only rules and filters no slice owns (written by a full
+    PutReplicationConfiguration) can. Only counts are said: what fills the rest of the
+    registry is not the caller's to see.
     """
     where = where_of(target)
+    own_rules = len(packing.canonical(mine))
     violations: list[QuotaViolation] = []
     if len(merged.rules) > MAX_RULES:
         violations.append(
             QuotaViolation(
                 f"{where}: replication rules",
-                f"at most {MAX_RULES} rules per registry; the merge would hold "
-                f"{len(merged.rules)}: {len(mine)} of tenant {target.tenant} (within its share "
-                f"of {target.share.rules}), {len(merged.rules) - len(mine)} outside its slice",
+                f"at most {MAX_RULES} rules per registry; the packed merge would hold "
+                f"{len(merged.rules)}, with tenant {target.tenant} holding {own_rules} "
+                f"canonical rule(s) (within its share of {target.share.rules})",
             )
         )
     used = unique_destinations(merged.rules)

@@ -12,7 +12,8 @@ and judges it, before the write takes the registry's lock:
   (account, region), the actions missing and the statement to add; nothing is written;
 - not seen (no registry entry for the account, its policy unreadable, or a policy the judge
   cannot evaluate soundly): the write goes on, and the check answers the destinations
-  (`account/region`) for the servicer to tell (trailer `x-unverified-destinations`, audit).
+  (`account/region`) for the servicer to tell (trailer `x-unverified-destinations`, the
+  response's `unverified_destinations`, a dry run's plan included, and the audit line).
 
 Same-account destinations need no policy and are never judged. Only destinations the caller
 may name (its content rules: `replication_destinations`) are ever read, so the check tells a
@@ -60,6 +61,14 @@ class Checked:
     def trailer(self) -> str | None:
         """`account/region` comma-separated, or None when every destination was verified."""
         return ",".join(str(d) for d in self.unverified) or None
+
+    def messages(self) -> list[pb.ReplicationDestination]:
+        """The unverified destinations as the responses' `unverified_destinations` field
+        holds them (a dry run's plan, a write's answer)."""
+        return [
+            pb.ReplicationDestination(registry_id=d.account, region=d.region)
+            for d in self.unverified
+        ]
 
 
 def registries_by_account(config: GatewayConfig) -> dict[str, RegistryConfig]:

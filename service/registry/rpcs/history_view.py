@@ -19,8 +19,10 @@ writes, changes made around it); this module only reads them, newest first:
 A version kept without its document (larger than `history.max_bytes`, or some of its pieces
 given up to stay within it: service/state/history.py) is marked `document_omitted`: the full
 view shows its etag, the slice view no slice and no etag, unless every piece it lacks is
-another tenant's own (introduced by that tenant's slice write): then the caller's slice is
-whole in it and shown as in any other version.
+another tenant's own statement (introduced by that tenant's slice write): then the caller's
+slice is whole in it and shown as in any other version. A lacking rule is never taken for
+another's alone: rules are packed (service/registry/model/packing.py), one rule holding the
+filters of several slices.
 
 Page tokens are opaque to callers: the urlsafe base64 of a format byte, a position, and a
 digest binding them to (registry, region, resource). In the full view the position is the
@@ -70,7 +72,7 @@ from service.errors import (
     InvalidArgument,
 )
 from service.gen.v1 import registry_pb2 as pb
-from service.registry.model import slices
+from service.registry.model import packing, slices
 from service.state.cache.base import CacheKey
 from service.state.history import SLICE, HistoryStore, Origin, Piece, Version
 
@@ -322,6 +324,10 @@ class _Slicer:
             if owned:
                 found.extend(owned)
                 digests.append(piece.digest)
+        if self.resource == "registry":
+            # Each piece is one rule, and packed rules hold filters of several slices: the
+            # caller's canonical rules are of its filters across every piece.
+            found = packing.canonical(found)
         return found, tuple(digests)
 
     def etag(self, mine: tuple[list[Any], tuple[str, ...]]) -> str:
@@ -337,8 +343,12 @@ class _Slicer:
         return etag
 
     def _anothers(self, piece: Piece) -> bool:
-        """A piece another tenant's slice write introduced: its own part, never the
-        caller's (an owned rule or statement names its owner's prefix)."""
+        """A statement another tenant's slice write introduced: its own part, never the
+        caller's (an owned statement names its owner's Sid prefix). Not so for a rule:
+        rules are packed (service/registry/model/packing.py), so a rule another tenant's
+        write introduced may hold the caller's filters too."""
+        if self.resource == "registry":
+            return False
         by = piece.introduced_by
         return by.startswith(SLICE) and by[len(SLICE) :] != self._owner.tenant
 

@@ -1,11 +1,13 @@
 """The four slice RPCs as the gateway performs them, on RegistryOperations.
 
-Reads answer the caller's slice of what the cache holds. A slice write judges the
-caller's part alone (ownership, its destinations or guardrails, its share of ECR's
-limits), then merges it, under the registry's lock, into the configuration read fresh from
-AWS (`RegistryOperations.update_*`): the caller's etag is checked against its slice, the
-merged whole only for what no single part decides, and AWS's refusal of the merged whole
-never shows its text. The rules of ownership and merging are in service/registry/model/slices.py.
+Reads answer the caller's slice of what the cache holds (its rules in their canonical
+form). A slice write judges the caller's part alone (ownership, its destinations, its
+catalog of destination sets or guardrails, its share of ECR's limits), then merges it,
+under the registry's lock, into the configuration read fresh from AWS
+(`RegistryOperations.update_*`; rules are packed: service/registry/model/packing.py): the
+caller's etag is checked against its slice, the merged whole only for what no single part
+decides, and AWS's refusal of the merged whole never shows its text. The rules of
+ownership and merging are in service/registry/model/slices.py.
 
 A slice write holds when the caller's slice holds (`CallerSlice`, in
 service/registry/writes/settlement.py): a change another writer made to someone else's part
@@ -116,6 +118,7 @@ class SliceOperations:
             target, pb.ReplicationConfiguration(rules=rules), rpc=PUT_RULES, field="rules"
         )
         mine = list(rules)
+        slices.check_destination_sets(target, mine)
         slices.check_rule_share(target, mine)
         await self._past_the_cache()
 

@@ -44,7 +44,8 @@ def aws_refusals_withheld(target: Target) -> Iterator[None]:
 def rules_response(
     target: Target, owner: slices.Ownership, described: pb.DescribeRegistryResponse
 ) -> pb.GetReplicationRulesResponse:
-    """GetReplicationRules: the tenant's rules, their etag and the shared limits' use."""
+    """GetReplicationRules: the tenant's rules (canonical form), their etag and its use of
+    its share."""
     mine = owner.rules_in(described.replication_configuration)
     # Use and limits are the caller's own: its rules against its share. That is what a team
     # can act on (its share is all it may fill), and the other slices' use is not its to see.
@@ -56,6 +57,8 @@ def rules_response(
         rules_limit=target.share.rules,
         unique_destinations_used=len(slices.unique_destinations(mine)),
         unique_destinations_limit=target.share.destinations,
+        filters_used=sum(len(rule.repository_filters) for rule in mine),
+        filters_limit=target.share.filters,
     )
 
 

@@ -547,6 +547,7 @@ class PutReplicationConfigurationResponse(_message.Message):
     ETAG_FIELD_NUMBER: _builtins.int
     REGISTRY_ID_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    UNVERIFIED_DESTINATIONS_FIELD_NUMBER: _builtins.int
     etag: _builtins.str
     """The etag of the configuration as read back after the write (with validate_only: the current one)."""
     registry_id: _builtins.str
@@ -559,6 +560,15 @@ class PutReplicationConfigurationResponse(_message.Message):
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]:
         """With validate_only: what the write would change against the current configuration."""
 
+    @_builtins.property
+    def unverified_destinations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicationDestination]:
+        """The destinations in another account that the gateway could not verify accept
+        replication from this registry (its config has no registry of that account, the
+        destination's policy could not be read, or it could not be judged soundly), in the
+        rules' order; the write went on (with validate_only: it would go on). The same as the
+        `x-unverified-destinations` trailer; empty when every destination was verified.
+        """
+
     def __init__(
         self,
         *,
@@ -566,10 +576,11 @@ class PutReplicationConfigurationResponse(_message.Message):
         etag: _builtins.str = ...,
         registry_id: _builtins.str = ...,
         changes: _abc.Iterable[Global___Change] | None = ...,
+        unverified_destinations: _abc.Iterable[Global___ReplicationDestination] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["replication_configuration", b"replication_configuration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "etag", b"etag", "registry_id", b"registry_id", "replication_configuration", b"replication_configuration"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "etag", b"etag", "registry_id", b"registry_id", "replication_configuration", b"replication_configuration", "unverified_destinations", b"unverified_destinations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -614,25 +625,35 @@ class GetReplicationRulesResponse(_message.Message):
     RULES_LIMIT_FIELD_NUMBER: _builtins.int
     UNIQUE_DESTINATIONS_USED_FIELD_NUMBER: _builtins.int
     UNIQUE_DESTINATIONS_LIMIT_FIELD_NUMBER: _builtins.int
+    FILTERS_USED_FIELD_NUMBER: _builtins.int
+    FILTERS_LIMIT_FIELD_NUMBER: _builtins.int
     registry_id: _builtins.str
     """The registry read (the 12-digit account id)."""
     etag: _builtins.str
-    """A digest of the caller's rules; pass it as `etag` to PutReplicationRules to write only
-    if nobody changed them in between (changes to other tenants' rules do not move it).
+    """A digest of the caller's canonical rules; pass it as `etag` to PutReplicationRules to
+    write only if nobody changed them in between (other tenants' writes do not move it).
     """
     rules_used: _builtins.int
-    """Read-only: the caller's rules (other tenants' use is theirs to see, not the caller's)."""
+    """Read-only: the caller's canonical rules (other tenants' use is theirs to see)."""
     rules_limit: _builtins.int
-    """Read-only: the caller's share of ECR's 10 rules per registry (config `max_rules`, else
-    an equal split among the tenants holding slices of the registry).
+    """Read-only: the caller's share of canonical rules (config `max_rules`; see the README's
+    capacity model).
     """
     unique_destinations_used: _builtins.int
     """Read-only: the unique destinations (registry and region) across the caller's rules."""
     unique_destinations_limit: _builtins.int
     """Read-only: the caller's share of ECR's 25 unique destinations (`max_destinations`)."""
+    filters_used: _builtins.int
+    """Read-only: the repository filters across the caller's rules."""
+    filters_limit: _builtins.int
+    """Read-only: the caller's share of the registry's repository filters (`max_filters`)."""
     @_builtins.property
     def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicationRule]:
-        """The caller's rules, in the order they stand in the registry's configuration."""
+        """The caller's rules in their canonical form, whatever rules of the registry hold its
+        filters (slices are packed together): each of its filters with where it replicates (the
+        union of the rules naming it), one rule per destination set, filters sorted, split every
+        100 filters, rules ordered by destination set.
+        """
 
     def __init__(
         self,
@@ -644,10 +665,12 @@ class GetReplicationRulesResponse(_message.Message):
         rules_limit: _builtins.int = ...,
         unique_destinations_used: _builtins.int = ...,
         unique_destinations_limit: _builtins.int = ...,
+        filters_used: _builtins.int = ...,
+        filters_limit: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "registry_id", b"registry_id", "rules", b"rules", "rules_limit", b"rules_limit", "rules_used", b"rules_used", "unique_destinations_limit", b"unique_destinations_limit", "unique_destinations_used", b"unique_destinations_used"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["etag", b"etag", "filters_limit", b"filters_limit", "filters_used", b"filters_used", "registry_id", b"registry_id", "rules", b"rules", "rules_limit", b"rules_limit", "rules_used", b"rules_used", "unique_destinations_limit", b"unique_destinations_limit", "unique_destinations_used", b"unique_destinations_used"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -707,18 +730,28 @@ class PutReplicationRulesResponse(_message.Message):
     RULES_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     CHANGES_FIELD_NUMBER: _builtins.int
+    UNVERIFIED_DESTINATIONS_FIELD_NUMBER: _builtins.int
     registry_id: _builtins.str
     """The registry that was changed (the 12-digit account id)."""
     etag: _builtins.str
     """The etag of the caller's rules after the write (with validate_only: the current one)."""
     @_builtins.property
     def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicationRule]:
-        """The caller's rules as read back after the write (with validate_only: as they would be)."""
+        """The caller's rules as read back after the write, in their canonical form (as in
+        GetReplicationRulesResponse; with validate_only: as they would be).
+        """
 
     @_builtins.property
     def changes(self) -> _containers.RepeatedCompositeFieldContainer[Global___Change]:
         """With validate_only: what the write would change in the caller's own rules, each rule
         matched by its filters and destinations (other tenants' rules never appear).
+        """
+
+    @_builtins.property
+    def unverified_destinations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReplicationDestination]:
+        """The destinations of the caller's rules in another account that the gateway could not
+        verify accept replication from this registry, as in PutReplicationConfigurationResponse
+        (other tenants' rules are never judged); empty when every destination was verified.
         """
 
     def __init__(
@@ -728,10 +761,11 @@ class PutReplicationRulesResponse(_message.Message):
         rules: _abc.Iterable[Global___ReplicationRule] | None = ...,
         etag: _builtins.str = ...,
         changes: _abc.Iterable[Global___Change] | None = ...,
+        unverified_destinations: _abc.Iterable[Global___ReplicationDestination] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "etag", b"etag", "registry_id", b"registry_id", "rules", b"rules"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changes", b"changes", "etag", b"etag", "registry_id", b"registry_id", "rules", b"rules", "unverified_destinations", b"unverified_destinations"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
