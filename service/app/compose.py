@@ -241,6 +241,7 @@ def compose(
         locks,
         _cache(config, redis_client, metrics, on_redis_availability),
         max_writes_per_tenant=config.server.max_writes_in_flight_per_tenant,
+        max_writes_per_batch=config.cache.max_writes_per_batch,
         drift=drift,
     )
     # Reads every configured (registry, region) once a period, so drift is seen when

@@ -77,6 +77,10 @@ class CacheConfig(Strict):
     # it (service/state/locks.py): a replica that dies mid-write blocks its registry's writes
     # this long at most. At least 3 s: a renewal may wait out Redis's 1 s timeout.
     lock_ttl_seconds: float = Field(10.0, ge=3, le=300)
+    # Slice writes (PutReplicationRules, PutPolicyStatements) queued on one registry's lock
+    # are applied together, at most this many in one read-modify-write (one fresh read, one
+    # put, one read-back; service/registry/writes/group_commit.py). 1: each write alone.
+    max_writes_per_batch: int = Field(50, ge=1, le=1000)
 
     @field_validator("redis_cluster_nodes")
     @classmethod

@@ -28,6 +28,15 @@ the field of its GatewayError), so the audit trail records it for failed writes 
 abandoned ones included. Who writes and the caller's deadline come in as data, a
 `WriteContext` (service/registry/writes/context.py): nothing here reads the call in flight.
 
+Slice writes (a `caller_slice`, not validate_only) queue on the registry's lock and are
+applied together (group commit: service/registry/writes/group_commit.py, `_commit`): under
+the lock, one fresh read, each waiting change applied on its own in arrival order on the
+document the ones before it left (one per tenant, at most `max_writes_per_batch`; a change
+that raises fails its caller alone), one put, one read-back, a verdict per caller on its own
+slice, and each caller answered its own `Update`. A batch of one is the write of one caller,
+exactly as without batching; a batch AWS refuses as invalid is sent again one write at a
+time (`_one_by_one`), so that only the caller whose document AWS refuses hears it.
+
 With a drift detector (service/registry/writes/drift.py), every read from AWS is observed against
 the resource's history: here cache loads and the fresh read inside a write; the read-back,
 in the settlement.
@@ -37,7 +46,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable
+import math
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -48,8 +58,10 @@ from service.auth.targets import Target
 from service.aws.port import EcrPort
 from service.ecr import etags
 from service.errors import (
+    DeadlineExceeded,
     EtagMismatch,
     GatewayError,
+    InvalidArgument,
     NotFound,
     QuotaViolation,
     ResourceExhausted,
@@ -58,16 +70,18 @@ from service.gen.v1 import registry_pb2 as pb
 from service.registry.model import plan
 from service.registry.writes.context import UNATTRIBUTED, WriteContext
 from service.registry.writes.drift import DriftDetector
-from service.registry.writes.resources import POLICY, REPLICATION, ResourceKind, key_of
+from service.registry.writes.group_commit import GroupCommit, Queued, Takes, copied
+from service.registry.writes.resources import POLICY, REPLICATION, ResourceKind, key_of, kind_of
 from service.registry.writes.settlement import (
     CallerSlice,
     Verdict,
     Write,
+    Writer,
     WriteSettlement,
     overwritten,
 )
 from service.state.cache import CacheKey, Outcome, ReadCache
-from service.state.locks import HeldLock
+from service.state.locks import HeldLock, lock_busy, wait_budget
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
@@ -231,6 +245,37 @@ class _Attempt:
     etag_before: str | None = None
 
 
+@dataclass(frozen=True)
+class _Slice(Generic[V, D]):
+    """A slice write waiting to be applied with others (`RegistryOperations._commit`)."""
+
+    target: Target
+    change: Callable[[V], D]
+    caller_slice: CallerSlice[D]
+    context: WriteContext
+    attempt: _Attempt
+
+
+@dataclass(frozen=True)
+class _Applied(Generic[V, D]):
+    """A slice write of a batch whose change was applied: on what, and what it made."""
+
+    queued: Queued[_Slice[V, D], Update[V, D]]
+    before: V  # the value its change saw (the writers' before it applied)
+    proposed: D  # what its change answered
+    value: V  # the value once applied
+
+
+def _with_etag(error: BaseException, etag: str | None) -> BaseException:
+    """`error` saying the etag its write read (`etag_read_before`)."""
+    if etag is not None:
+        if isinstance(error, GatewayError):
+            error.etag_read_before = etag
+        else:
+            setattr(error, _ETAG_READ_BEFORE, etag)
+    return error
+
+
 class RegistryOperations:
     """Reads and writes of registry configuration through the cache and the ECR port."""
 
@@ -241,6 +286,7 @@ class RegistryOperations:
         cache: ReadCache,
         *,
         max_writes_per_tenant: int = 4,
+        max_writes_per_batch: int = 1,
         drift: DriftDetector | None = None,
     ) -> None:
         self._ecr = ecr
@@ -250,6 +296,13 @@ class RegistryOperations:
         self._settlement = WriteSettlement(ecr, cache, drift=drift)
         self._max_writes_per_tenant = max_writes_per_tenant
         self._in_flight: dict[tuple[str, str, str], int] = {}
+        # Slice writes queued on a registry's lock, applied together (group_commit.py);
+        # None (one write per batch): each takes the lock alone.
+        self._batches: GroupCommit[CacheKey, _Slice[Any, Any], Update[Any, Any]] | None = (
+            GroupCommit(self._commit, max_batch=max_writes_per_batch)
+            if max_writes_per_batch > 1
+            else None
+        )
 
     @property
     def settlement(self) -> WriteSettlement:
@@ -484,13 +537,11 @@ class RegistryOperations:
         when that slice holds, and WriteOverwritten names that slice's etag rather than the
         whole's. `context`: who writes, and the caller's deadline.
         """
-        key = key_of(kind, target)
+        if caller_slice is not None and not validate_only and self._batches is not None:
+            return await self._queued(kind, target, change, caller_slice, context)
         async with self._update(target, context) as (held, attempt):
-            started = self._started()
-            current, _ = await kind.read(self._ecr, target)
+            current = await self._fresh(kind, target)
             etag_before = attempt.etag_before = kind.etag(current)
-            await self._observe(key, current, started, under_lock=True)
-            await self._cache.put(key, kind.entry(target, current))  # what it is judged against
             proposed = change(current)
             if validate_only or kind.nothing_to_send(current, proposed):
                 # Nothing written: what stands is what was read.
@@ -504,28 +555,253 @@ class RegistryOperations:
                     etag_before=etag_before,
                     etag_after=None if validate_only else etag_before,
                 )
-            write = Write(kind, target, current, proposed, held, context, caller_slice)
-            async with self._writing(key, held):
-                settled = await self._settlement.write(write)
-            after = settled.after
-            if settled.verdict is Verdict.OVERWRITTEN:
-                # Outside `_writing`: the cache keeps the read-back, the truth.
-                raise overwritten(
-                    target,
-                    kind.etag(after)
-                    if caller_slice is None
-                    else caller_slice.etag(kind.document(after)),
-                )
-            return Update(
-                current,
-                proposed,
-                after=after,
-                done=True,
-                sent=True,
-                answered=settled.answered,
-                etag_before=etag_before,
-                etag_after=kind.etag(after),
+            return await self._send(
+                Write(kind, target, current, proposed, held, context, caller_slice)
             )
+
+    async def _fresh(self, kind: ResourceKind[V, D], target: Target) -> V:
+        """The value read fresh from AWS under the lock, observed for drift and written
+        through to the cache (what the write is judged against)."""
+        key = key_of(kind, target)
+        started = self._started()
+        current, _ = await kind.read(self._ecr, target)
+        await self._observe(key, current, started, under_lock=True)
+        await self._cache.put(key, kind.entry(target, current))
+        return current
+
+    async def _send(self, write: Write[V, D]) -> Update[V, D]:
+        """One caller's write sent to AWS and settled; its update, or WriteOverwritten."""
+        kind, target, caller_slice = write.kind, write.target, write.caller_slice
+        async with self._writing(write.key, write.held):
+            settled = await self._settlement.write(write)
+        after = settled.after
+        if settled.verdict is Verdict.OVERWRITTEN:
+            # Outside `_writing`: the cache keeps the read-back, the truth.
+            raise overwritten(
+                target,
+                kind.etag(after)
+                if caller_slice is None
+                else caller_slice.etag(kind.document(after)),
+            )
+        return Update(
+            write.current,
+            write.proposed,
+            after=after,
+            done=True,
+            sent=True,
+            answered=settled.answered,
+            etag_before=kind.etag(write.current),
+            etag_after=kind.etag(after),
+        )
+
+    # --- slice writes applied together (group commit) --------------------------------------
+
+    async def _queued(
+        self,
+        kind: ResourceKind[V, D],
+        target: Target,
+        change: Callable[[V], D],
+        caller_slice: CallerSlice[D],
+        context: WriteContext,
+    ) -> Update[V, D]:
+        """A slice write queued on the registry's lock, applied by the queue's leader with
+        the others waiting (`_commit`); counted in the tenant's writes in flight while it
+        waits. Until its change is applied, its caller's leaving takes it out of the queue
+        (nothing of it written); a caller still waiting when its deadline leaves no time for
+        the lock answers WRITE_LOCK_BUSY, as a writer waiting for the lock does."""
+        assert self._batches is not None
+        attempt = _Attempt()
+        registry = target.registry
+        try:
+            with self._counted(target):
+                update = await self._batches.submit(
+                    key_of(kind, target),
+                    _Slice(target, change, caller_slice, context, attempt),
+                    tenant=target.tenant,
+                    # A batch is written with its first writer's credentials: the same ones.
+                    affinity=(registry.role_arn, registry.external_id_env),
+                    patience=wait_budget(context.time_left(), math.inf),
+                    tired=lambda: lock_busy(target.registry_id, target.region),
+                )
+        except GatewayError:
+            raise  # its etag_read_before set by the leader, on its own copy
+        except BaseException as exc:
+            # Left after its change was taken (the write went on), or failed unexpectedly.
+            _with_etag(exc, attempt.etag_before)
+            raise
+        return update
+
+    async def _commit(
+        self, key: CacheKey, takes: Takes[_Slice[Any, Any], Update[Any, Any]]
+    ) -> None:
+        """The queue's leader (group_commit.py): under the registry's lock, one fresh read;
+        then the writes waiting, each change applied on its own in arrival order on the
+        document the ones before it left (its etag, share and validation are in its change:
+        one that raises fails its caller alone and leaves the document as it was); one put,
+        one read-back, and each caller answered on its own slice."""
+        kind: ResourceKind[Any, Any] = kind_of(key)
+        async with self._locks.hold(key.registry_id, key.region) as held:
+            first = takes.first
+            if first is None:
+                return  # every writer left while the lock was awaited
+            # Bounded by the latest deadline of the writes waiting, as a caller's fresh read
+            # is by its own: past it, every one of them has left.
+            latest = max(queued.payload.context.deadline for queued in takes.waiting)
+            bound = asyncio.timeout_at(None if math.isinf(latest) else latest)
+            try:
+                async with bound:
+                    current = await self._fresh(kind, first.payload.target)
+            except TimeoutError:
+                if not bound.expired():
+                    raise
+                raise DeadlineExceeded(
+                    f"deadline exceeded waiting for AWS ECR's {kind.name} of registry "
+                    f"{key.registry_id} in {key.region}",
+                ) from None
+            applied: list[_Applied[Any, Any]] = []
+            running = current
+            for queued in takes.take():
+                item = queued.payload
+                etag = item.attempt.etag_before = kind.etag(running)
+                try:
+                    proposed = item.change(running)
+                except Exception as exc:  # its own refusal (etag, share, validation): its alone
+                    queued.failed(_with_etag(exc, etag))
+                    continue
+                value = kind.with_document(running, proposed)
+                applied.append(_Applied(queued, running, proposed, value))
+                running = value
+                # Each change is pure work (merge, validation): the loop serves others between.
+                await asyncio.sleep(0)
+            if applied:
+                await self._apply(kind, held, current, applied)
+
+    async def _apply(
+        self,
+        kind: ResourceKind[V, D],
+        held: HeldLock,
+        current: V,
+        applied: list[_Applied[V, D]],
+    ) -> None:
+        """The changes applied, sent as one write; each caller answered."""
+        if len(applied) == 1:
+            # Alone: the write of one caller, as without batching (its context, its verdict).
+            one = applied[0]
+            item = one.queued.payload
+            write = Write(
+                kind, item.target, current, one.proposed, held, item.context, item.caller_slice
+            )
+            try:
+                if kind.nothing_to_send(current, one.proposed):
+                    one.queued.answered(_unsent(kind, one, one.proposed, current))
+                else:
+                    one.queued.answered(await self._send(write))
+            except Exception as exc:
+                one.queued.failed(_with_etag(exc, item.attempt.etag_before))
+            return
+        proposed = applied[-1].proposed
+        if kind.nothing_to_send(current, proposed):
+            for one in applied:
+                one.queued.answered(_unsent(kind, one, proposed, current))
+            return
+        writers = tuple(
+            Writer(
+                one.queued.payload.target,
+                one.queued.payload.context,
+                one.queued.payload.caller_slice,
+                one.value,
+            )
+            for one in applied
+        )
+        first = applied[0].queued.payload.target
+        # The latest of its callers' deadlines (the leader runs outside every call: AWS
+        # sees none of them); the settlement's reads outlive it as any write's do.
+        deadline = max(one.queued.payload.context.deadline for one in applied)
+        context = WriteContext(deadline=deadline, outlive=applied[0].queued.payload.context.outlive)
+        write = Write(kind, first, current, proposed, held, context, writers=writers)
+        try:
+            async with self._writing(write.key, held):
+                settled = await self._settlement.write(write)
+        except InvalidArgument as exc:
+            if exc.reason not in AWS_REFUSALS:
+                for one in applied:
+                    one.queued.failed(_with_etag(copied(exc), kind.etag(one.before)))
+                return
+            # AWS refused the combined document (nothing applied): whose change it cannot
+            # take is not known, and one caller's must not fail the others'. Each is sent
+            # alone instead, in order, under the same lock.
+            await self._one_by_one(kind, held, current, applied)
+            return
+        except Exception as exc:
+            for one in applied:
+                one.queued.failed(_with_etag(copied(exc), kind.etag(one.before)))
+            return
+        after = settled.after
+        for one, verdict in zip(applied, settled.verdicts, strict=True):
+            item = one.queued.payload
+            if verdict is Verdict.OVERWRITTEN:
+                error = overwritten(item.target, item.caller_slice.etag(kind.document(after)))
+                one.queued.failed(_with_etag(error, kind.etag(one.before)))
+                continue
+            one.queued.answered(
+                Update(
+                    one.before,
+                    proposed,
+                    after=after,
+                    done=True,
+                    sent=True,
+                    answered=settled.answered,
+                    etag_before=kind.etag(one.before),
+                    etag_after=kind.etag(after),
+                )
+            )
+
+    async def _one_by_one(
+        self,
+        kind: ResourceKind[V, D],
+        held: HeldLock,
+        current: V,
+        applied: list[_Applied[V, D]],
+    ) -> None:
+        """A batch AWS refused, sent again one write at a time (each change applied anew on
+        what the one before left), so that AWS's refusal fails only the callers whose own
+        document it refuses. After a write that failed once sent, the value is read fresh
+        again before the next."""
+        running = current
+        for one in applied:
+            item = one.queued.payload
+            etag = item.attempt.etag_before = kind.etag(running)
+            try:
+                proposed = item.change(running)
+                write = Write(
+                    kind, item.target, running, proposed, held, item.context, item.caller_slice
+                )
+                if kind.nothing_to_send(running, proposed):
+                    update = Update(
+                        running,
+                        proposed,
+                        after=running,
+                        done=True,
+                        sent=False,
+                        answered=None,
+                        etag_before=etag,
+                        etag_after=etag,
+                    )
+                else:
+                    update = await self._send(write)
+            except Exception as exc:
+                one.queued.failed(_with_etag(exc, etag))
+                if not (isinstance(exc, InvalidArgument) and exc.reason in AWS_REFUSALS):
+                    try:
+                        running = await self._fresh(kind, item.target)
+                    except Exception as error:
+                        rest = applied[applied.index(one) + 1 :]
+                        for other in rest:
+                            other.queued.failed(_with_etag(copied(error), None))
+                        return
+                continue
+            one.queued.answered(update)
+            running = update.after
 
     @asynccontextmanager
     async def _update(
@@ -553,6 +829,14 @@ class RegistryOperations:
         """The registry's write lock, for at most `max_writes_per_tenant` writes of one tenant
         at once (waiting or holding): the lock is a queue every tenant of the registry waits
         in, and one tenant's flood of writes must not push another's past its deadline."""
+        with self._counted(target):
+            async with self._locks.hold(target.registry_id, target.region) as held:
+                yield held
+
+    @contextlib.contextmanager
+    def _counted(self, target: Target) -> Iterator[None]:
+        """One of the tenant's writes in flight on the registry (waiting for the lock, queued
+        for a batch, or writing); WRITES_IN_FLIGHT past `max_writes_per_tenant`."""
         key = (target.tenant, target.registry_id, target.region)
         if self._in_flight.get(key, 0) >= self._max_writes_per_tenant:
             raise ResourceExhausted(
@@ -575,8 +859,7 @@ class RegistryOperations:
             )
         self._in_flight[key] = self._in_flight.get(key, 0) + 1
         try:
-            async with self._locks.hold(target.registry_id, target.region) as held:
-                yield held
+            yield
         finally:
             left = self._in_flight[key] - 1
             if left:
@@ -603,6 +886,27 @@ class RegistryOperations:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(invalidation)
                 raise
+
+
+# What AWS answers a document it will not take (service/aws/errors.py): nothing applied.
+AWS_REFUSALS = frozenset({"AWS_INVALID_PARAMETER", "AWS_PARAM_VALIDATION"})
+
+
+def _unsent(
+    kind: ResourceKind[V, D], applied: _Applied[V, D], proposed: D, current: V
+) -> Update[V, D]:
+    """The update of a write whose batch needed no AWS call: what stands is what was read."""
+    etag = kind.etag(current)
+    return Update(
+        applied.before,
+        proposed,
+        after=current,
+        done=True,
+        sent=False,
+        answered=None,
+        etag_before=kind.etag(applied.before),
+        etag_after=etag,
+    )
 
 
 def check_etag(expected: str, current: str, target: Target, what: str = "") -> None:

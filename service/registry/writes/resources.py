@@ -141,12 +141,31 @@ class _Replication:
     def with_document(
         self, like: pb.DescribeRegistryResponse, document: pb.ReplicationConfiguration
     ) -> pb.DescribeRegistryResponse:
-        # Through AWS's JSON, so that the etag is the one AWS's answer would have.
-        return convert.describe_response(
-            {
-                "registryId": like.registry_id,
-                "replicationConfiguration": convert.replication_to_aws(document),
-            }
+        # Through AWS's JSON, so that the etag is the one AWS's answer would have, and the
+        # message the one `convert.describe_response` would parse from it. Built from that
+        # JSON directly rather than through protobuf's json_format, which costs ~10 ms for a
+        # packed configuration of hundreds of filters: a group write builds one per writer.
+        aws = convert.replication_to_aws(document)
+        return pb.DescribeRegistryResponse(
+            registry_id=like.registry_id,
+            replication_configuration=pb.ReplicationConfiguration(
+                rules=[
+                    pb.ReplicationRule(
+                        destinations=[
+                            pb.ReplicationDestination(
+                                region=d["region"], registry_id=d["registryId"]
+                            )
+                            for d in rule["destinations"]
+                        ],
+                        repository_filters=[
+                            pb.RepositoryFilter(filter=f["filter"], filter_type=f["filterType"])
+                            for f in rule.get("repositoryFilters", ())
+                        ],
+                    )
+                    for rule in aws["rules"]
+                ]
+            ),
+            etag=etags.of_json(aws),
         )
 
     def operation(self, proposed: pb.ReplicationConfiguration) -> str:

@@ -31,6 +31,13 @@ A slice write (service/registry/rpcs/slice_operations.py, `CallerSlice`) holds w
 slice holds: a change to another tenant's part between the write and its read-back is not
 the caller's to hear (it is answered OK) but the operators': it is reported as drift.
 
+A group write (slice writes applied together under one lock, service/registry/writes/
+group_commit.py) is one `Write` whose `writers` made `proposed` one after the other: one put,
+one read-back, and a verdict per writer on its own slice (`Settled.verdicts`); its record is
+one version per writer, in order, each its own author, the last the read-back
+(`_settle_group`). AWS failing the put fails the whole group: the caller of each writer is
+answered the error (operations.py), nothing is recorded.
+
 A write sent to AWS that got no answer (`UpstreamNoAnswer`: botocore's read timeout, a
 connection dropped after sending; service/aws/errors.py) has an unknown outcome, so it is
 settled by its read-back alone: what holds what was written is the caller's write (recorded
@@ -109,6 +116,18 @@ class CallerSlice(Generic[D]):
     etag: Callable[[D], str]  # the etag of the caller's part of a document (its slice etag)
 
 
+@dataclass(frozen=True)
+class Writer(Generic[V, D]):
+    """One caller of a group write (service/registry/writes/group_commit.py): its slice
+    write, applied in arrival order on the document read fresh; judged on its slice alone,
+    recorded as its own version."""
+
+    target: Target
+    context: WriteContext
+    caller_slice: CallerSlice[D]
+    value: V  # the value once its change was applied (on those of the writers before it)
+
+
 class Verdict(enum.Enum):
     """What a write's read-back says of it."""
 
@@ -129,6 +148,9 @@ class Write(Generic[V, D]):
     held: HeldLock  # the registry's lock
     context: WriteContext
     caller_slice: CallerSlice[D] | None = None  # a slice write: judged on that slice
+    # A group write: these writers' changes, in order, make `proposed`; each is judged on
+    # its own slice and recorded as its own version (`caller_slice` is then None).
+    writers: tuple[Writer[V, D], ...] = ()
 
     @property
     def key(self) -> CacheKey:
@@ -143,6 +165,7 @@ class Settled(Generic[V, D]):
     after: V
     verdict: Verdict
     answered: D | None  # None: AWS did not answer (settled by the read-back alone)
+    verdicts: tuple[Verdict, ...] = ()  # a group write: each writer's, in order
 
 
 def _judged(
@@ -155,14 +178,40 @@ def _judged(
     if holds(written, after, answered):
         return Verdict.HOLDS
     if caller_slice is not None:
-        part = caller_slice.part
-        try:
-            mine = holds(part(written), part(after), None if answered is None else part(answered))
-        except GatewayError:
-            mine = False  # what stands has no slice to tell (a policy that is not JSON)
-        if mine:
-            return Verdict.SLICE_HOLDS
+        return _slice_judged(holds, written, after, answered, caller_slice)
     return Verdict.OVERWRITTEN
+
+
+def _slice_judged(
+    holds: Callable[[D, D, D | None], bool],
+    written: D,
+    after: D,
+    answered: D | None,
+    caller_slice: CallerSlice[D],
+) -> Verdict:
+    """A write whose whole does not hold: whether the caller's slice does."""
+    part = caller_slice.part
+    try:
+        mine = holds(part(written), part(after), None if answered is None else part(answered))
+    except GatewayError:
+        mine = False  # what stands has no slice to tell (a policy that is not JSON)
+    return Verdict.SLICE_HOLDS if mine else Verdict.OVERWRITTEN
+
+
+def _group_judged(
+    holds: Callable[[D, D, D | None], bool],
+    written: D,
+    after: D,
+    answered: D | None,
+    writers: tuple[Writer[Any, D], ...],
+) -> tuple[Verdict, tuple[Verdict, ...]]:
+    """A group write's verdict (OVERWRITTEN when any writer's is), and each writer's: on its
+    own slice, so another writer's part changing meanwhile is not its to hear."""
+    if holds(written, after, answered):
+        return Verdict.HOLDS, (Verdict.HOLDS,) * len(writers)
+    each = tuple(_slice_judged(holds, written, after, answered, w.caller_slice) for w in writers)
+    overall = Verdict.OVERWRITTEN if Verdict.OVERWRITTEN in each else Verdict.SLICE_HOLDS
+    return overall, each
 
 
 def overwritten(target: Target, current_etag: str) -> WriteOverwritten:
@@ -280,14 +329,20 @@ class WriteSettlement:
             value, _ = await kind.read(self._ecr, target)
             return value
 
+        def verdict(after: V) -> Verdict:
+            if write.writers:
+                whole, _ = _group_judged(
+                    kind.holds, proposed, kind.document(after), form, write.writers
+                )
+                return whole
+            return _judged(kind.holds, proposed, kind.document(after), form, caller_slice)
+
         try:
             after, judged = await _within(
                 held,
                 _read_back(
                     read,
-                    lambda after: _judged(
-                        kind.holds, proposed, kind.document(after), form, caller_slice
-                    ),
+                    verdict,
                     unchanged=lambda after: kind.etag(after) == etag_before,
                     context=write.context,
                 ),
@@ -315,6 +370,12 @@ class WriteSettlement:
             mine = caller_slice.part(kind.document(after))
             return kind.with_document(after, caller_slice.merged(proposed, mine))
 
+        if write.writers:
+            _, verdicts = _group_judged(
+                kind.holds, proposed, kind.document(after), form, write.writers
+            )
+            await self._settle_group(write, verdicts, after=after)
+            return Settled(after, judged, answered, verdicts)
         await self._settle(write, judged, after=after, expected=expected)
         return Settled(after, judged, answered)
 
@@ -375,12 +436,74 @@ class WriteSettlement:
         if verdict is Verdict.SLICE_HOLDS:
             await self._drift.observe(key, after, started=self._drift.clock(), under_lock=True)
 
+    async def _settle_group(
+        self, write: Write[V, D], verdicts: tuple[Verdict, ...], *, after: V
+    ) -> None:
+        """After a group write's read-back, written through to the cache: one version per
+        writer, in order, each its own (its tenant, identity and rpc), as the writes
+        serialized one after the other would have left them: each writer's history entry
+        is its own write, so each tenant sees the version where its slice changed. The
+        last is the read-back AWS holds when the whole holds.
+
+        Otherwise (another writer changed something between the put and the read-back) the
+        versions are the ones written, then what stands: reported as overwritten, once per
+        writer whose slice did not hold (which hears WRITE_OVERWRITTEN), else as drift
+        (`out_of_band_change`, once)."""
+        if self._drift is None:
+            return
+        kind, key = write.kind, write.key
+        holds = all(verdict is Verdict.HOLDS for verdict in verdicts)
+        etag = kind.etag(write.current)
+        for i, writer in enumerate(write.writers):
+            value = after if holds and i == len(write.writers) - 1 else writer.value
+            await self._drift.record_write(
+                key,
+                value,
+                tenant=writer.target.tenant,
+                identity=writer.context.identity,
+                rpc=writer.context.rpc,
+                etag_before=etag,
+            )
+            etag = kind.etag(value)
+        if holds:
+            return
+        lost = [w for w, v in zip(write.writers, verdicts, strict=True) if v is Verdict.OVERWRITTEN]
+        for writer in lost:
+            await self._drift.overwritten(
+                key,
+                write.proposed,
+                after,
+                etag_before=etag,
+                tenant=writer.target.tenant,
+                identity=writer.context.identity,
+                rpc=writer.context.rpc,
+                request_id=writer.context.request_id,
+            )
+        if not lost:
+            await self._drift.observe(key, after, started=self._drift.clock(), under_lock=True)
+
     async def _record_answered(self, write: Write[V, D], answered: V) -> None:
         """A write reached AWS but its read-back failed: record what AWS answered the write
         as its version (the cache forgets the key), so that the next read does not report
         the gateway's own write as a change made around it (drift.py compares by meaning
         with a head the gateway wrote)."""
         if self._drift is None:
+            return
+        if write.writers:
+            # A group write: its writers' versions in order, the last what AWS answered.
+            etag = write.kind.etag(write.current)
+            last = len(write.writers) - 1
+            for i, writer in enumerate(write.writers):
+                value = answered if i == last else writer.value
+                await self._drift.record_write(
+                    write.key,
+                    value,
+                    tenant=writer.target.tenant,
+                    identity=writer.context.identity,
+                    rpc=writer.context.rpc,
+                    etag_before=etag,
+                )
+                etag = write.kind.etag(value)
             return
         await self._drift.record_write(
             write.key,
@@ -502,10 +625,18 @@ async def _finished(read: Callable[[], Coroutine[Any, Any, T]], context: WriteCo
     """A read that belongs to a write already sent: within the caller's deadline while it
     waits, and once that has passed, outside it (`WriteContext.outlive`: bounded by the AWS
     client's own timeouts, like a cache load), so the write's outcome is still known."""
-    if context.time_left() > 0:
+    left = context.time_left()
+    if left > 0:
+        # Bounded here too, not only by the AWS client's view of the call: a group write's
+        # leader runs outside every call (group_commit.py), its context the group's deadline.
+        bound = asyncio.timeout(None if math.isinf(left) else left)
         try:
-            return await read()
+            async with bound:
+                return await read()
         except DeadlineExceeded:
             if context.time_left() > 0:
+                raise
+        except TimeoutError:
+            if not bound.expired():
                 raise
     return await context.outlive(read)
