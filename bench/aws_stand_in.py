@@ -142,11 +142,25 @@ def answer_account_settings() -> None:
         ECRResponse.get_account_setting = get_account_setting  # type: ignore[attr-defined]
 
 
+def store_many_rules() -> None:
+    """Let moto's ECR store up to ECR's 10 replication rules: moto 5.x refuses more than one
+    ("This feature is disabled"), which ECR does not (bench/many_teams.py writes packed
+    configurations of several rules; tests/support/moto_writes.py lifts it the same way)."""
+    from moto.ecr.models import ECRBackend
+
+    def put_replication(self: ECRBackend, replication_config: dict[str, Any]) -> dict[str, Any]:
+        self.replication_config = replication_config
+        return {"replicationConfiguration": replication_config}
+
+    ECRBackend.put_replication_configuration = put_replication  # type: ignore[method-assign]
+
+
 def main() -> int:
     """Start moto and the proxy, print their URLs, serve until stdin closes."""
     from moto.server import ThreadedMotoServer
 
     answer_account_settings()
+    store_many_rules()
     moto = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
     host, port = moto.get_host_and_port()

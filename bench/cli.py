@@ -6,16 +6,16 @@
                                only; the published page is left alone
     python -m bench --only reads,storm       some scenarios: reads paired cold storm writes
                                              scale ablation attack edge-body edge-json
-                                             edge-idle edge-streams accounts (ablation,
-                                             paired, edge-* and accounts are not in --quick
-                                             by default); writes
+                                             edge-idle edge-streams accounts teams
+                                             (ablation, paired, edge-*, accounts and teams
+                                             are not in --quick by default); writes
                                              bench/results/<mode>-<names>.json only, never
                                              latest.json or the page
     python -m bench --quick --only attack --gateway-rev HEAD
                                              the gateway from a commit's service/, not the
                                              working tree's (a before figure)
     python -m bench --only attack --merge    a full run of self-contained scenarios (attack,
-                                             edge-*, accounts), their rows and verdicts put
+                                             edge-*, accounts, teams), their rows and verdicts put
                                              in place of those scenarios' in
                                              bench/results/latest.json (the page says so),
                                              and the page re-rendered
@@ -38,7 +38,16 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.harness import EDGE_SCENARIOS, FULL, MANY_ACCOUNTS, QUICK, ROOT, SELF_CONTAINED, running
+from bench.common import (
+    EDGE_SCENARIOS,
+    FULL,
+    MANY_ACCOUNTS,
+    MANY_TEAMS,
+    QUICK,
+    ROOT,
+    SELF_CONTAINED,
+)
+from bench.harness import running
 
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
@@ -54,6 +63,7 @@ SCENARIOS = (
     "attack",
     *EDGE_SCENARIOS,
     MANY_ACCOUNTS,
+    MANY_TEAMS,
 )
 LATEST = RESULTS / "latest.json"
 

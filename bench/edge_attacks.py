@@ -53,11 +53,24 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import httpcore
 
+from bench.common import (
+    ATTACK_P99_GOAL,
+    ATTACKER_NICE,
+    CLIENT_CPUS,
+    DESCRIBE,
+    Loaded,
+    Row,
+    Verdict,
+    _all_hits,
+    _attack_config,
+    _codes_and_cache,
+    attacker_summary,
+)
 from bench.loadgen import SERVICE, JobResult, LoadPool, Metadata, UnaryJob, loopback_only
 from bench.stats import measure
 
 if TYPE_CHECKING:
-    from bench.harness import Loaded, Row, Run
+    from bench.harness import Run
 
 Go = Callable[[], Awaitable[None]]
 
@@ -749,7 +762,6 @@ def edge_config(proxy_url: str, key: str, attacker_key: str) -> dict[str, Any]:
     """The attack scenario's gateway config with the HTTP listener on, the attacker tenant
     allowed PutReplicationRules on a slice of its own, and fewer RPC slots than the
     attacks' connections or streams."""
-    from bench.harness import _attack_config
 
     config = _attack_config(proxy_url, key, attacker_key)
     config["http"] = {"listen": "127.0.0.1:0"}
@@ -807,7 +819,6 @@ def attacker_job(
 def edge_summary(results: Sequence[JobResult], seconds: float, attack: Attack) -> dict[str, Any]:
     """attacker_summary (outcomes, times) with each kind's counters summed over phases
     (peaks: the largest) and what the kind does."""
-    from bench.harness import attacker_summary
 
     summary = attacker_summary(list(results), seconds)
     for result in results:
@@ -829,7 +840,6 @@ def edge_summary(results: Sequence[JobResult], seconds: float, attack: Attack) -
 
 def _one(load: Loaded, index: int) -> Loaded:
     """The `index`-th job's calls of a load as a load of their own (same server CPU)."""
-    from bench.harness import Loaded
 
     result = load.results[index]
     return Loaded(
@@ -850,7 +860,6 @@ def failed_share(row: Row) -> float:
 
 def run_scenario(run: Run, name: str) -> None:
     """Scenario `name`: its gateway, the rounds of quiet and attacked phases, rows, verdicts."""
-    from bench.harness import ATTACKER_NICE, CLIENT_CPUS, DESCRIBE
 
     attack = ATTACKS[name]
     plan = EDGE_PLANS.get(run.plan.name, EDGE_PLANS["quick"])
@@ -902,7 +911,6 @@ def run_scenario(run: Run, name: str) -> None:
 def _rows(
     run: Run, name: str, attack: Attack, plan: EdgePlan, loads: dict[str, list[Loaded]]
 ) -> None:
-    from bench.harness import ATTACK_P99_GOAL, Verdict, _all_hits, _codes_and_cache
 
     rate = run.plan.attack_rate
     where = "server cpu0, clients cpu1" if run.pin else "unpinned"

@@ -33,13 +33,14 @@ import grpc
 import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.common import Row, Verdict, _delta, _hash_key
 from bench.loadgen import SERVICE
 from bench.processes import cpu_seconds
 from bench.stats import CURVE_PERCENTILES, Measurement, percentile
 from service.gen.v1 import registry_pb2 as pb
 
 if TYPE_CHECKING:
-    from bench.harness import Row, Run
+    from bench.harness import Run
 
 SCENARIO = "accounts"
 # (accounts, regions) per plan, smallest first: 1 to 300 (account, region) clients.
@@ -204,7 +205,6 @@ def _one_call_each(
 
 def measure_size(run: Run, accounts: int, regions: int) -> SizeResult:
     """One gateway of `accounts` x `regions` clients: started, timed to SERVING, called."""
-    from bench.harness import _delta, _hash_key
 
     name = f"gateway-accounts-{accounts}x{regions}"
     config = accounts_config(run.aws.proxy_url, _hash_key(run.key), accounts, regions)
@@ -272,7 +272,6 @@ def _measurement(result: SizeResult) -> Measurement:
 
 
 def _row(run: Run, result: SizeResult) -> Row:
-    from bench.harness import Row
 
     a, r = result.accounts, result.regions
     row = Row(
@@ -306,7 +305,6 @@ def _row(run: Run, result: SizeResult) -> Row:
 
 def run_scenario(run: Run) -> None:
     """Every size of the plan: rows, the fitted growth, the goal's verdicts."""
-    from bench.harness import Verdict
 
     sizes = SIZES.get(run.plan.name, SIZES["quick"])
     run.log(

@@ -30,11 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench.common import DESCRIBE, FULL, QUICK, ROOT, Loaded, Row, Verdict, _gateway_config
 from bench.machine import cpu_model
 from bench.processes import clean_env
 
 if TYPE_CHECKING:
-    from bench.harness import Loaded, Row, Run
+    from bench.harness import Run
     from bench.processes import ServerProcess
 
 SCENARIO = "paired"
@@ -77,8 +78,6 @@ def _spread(values: Sequence[float]) -> dict[str, float]:
 def _export(run: Run, rev: str) -> dict[str, str]:
     """The environment of a gateway process running commit `rev`'s service/ (read-only:
     `git archive`, as the harness's --gateway-rev does)."""
-    from bench.harness import ROOT
-
     commit = subprocess.run(
         ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
         cwd=ROOT,
@@ -103,8 +102,6 @@ def _export(run: Run, rev: str) -> dict[str, str]:
 def _before(run: Run, rev: str) -> ServerProcess:
     """A second gateway, of commit `rev` (or of the `service/` under directory `rev`: a copy
     of a working tree's), configured as the run's own."""
-    from bench.harness import _gateway_config
-
     source = Path(rev)
     before = (
         clean_env({"PYTHONPATH": str(source.resolve())})
@@ -121,8 +118,6 @@ def _before(run: Run, rev: str) -> ServerProcess:
 def run_scenario(run: Run, before: str | None = None) -> None:
     """Rounds of (bare, gateway[, gateway of `before`]), each order alternating; rows of the
     medians, the per-round differences, and the goals' verdicts."""
-    from bench.harness import DESCRIBE, Verdict
-
     plan = PLANS.get(run.plan.name, PLANS["quick"])
     concurrency = CLIENT_PROCESSES * CONCURRENCY_PER_PROCESS
     bare = run.bare if run.bare is not None else run.start_bare()
@@ -224,8 +219,6 @@ def _report(
 
 
 def _verdicts(run: Run, x: dict[str, Any]) -> None:
-    from bench.harness import Verdict
-
     over, ratio = x["cpu_over_bare"], x["calls_ratio"]
     run.verdicts += [
         Verdict(
@@ -314,7 +307,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     written to bench/results/paired-<mode>.json (never the published page)."""
     import json
 
-    from bench.harness import FULL, QUICK, ROOT, running
+    # The run itself (an entry point of its own: the harness imports this module only
+    # when it runs the scenario, so this is no circle at import time).
+    from bench.harness import running
 
     parser = argparse.ArgumentParser(prog="python -m bench.paired", description=__doc__)
     parser.add_argument("--quick", action="store_true", help=f"{PLANS['quick'].rounds} rounds")
@@ -324,11 +319,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="REV",
         help="also the gateway of commit REV (or of REV/service/, a directory)",
     )
+    parser.add_argument(
+        "--after",
+        metavar="DIR",
+        help="the gateway under test runs DIR/service/ (a copy of a tree), not this tree's",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        help="the gateway under test's server.event_loop (default: its config's, auto)",
+    )
     opts = parser.parse_args(argv)
     plan = QUICK if opts.quick else FULL
     if opts.rounds:
         PLANS[plan.name] = PairedPlan(opts.rounds, PLANS[plan.name].calls, PLANS[plan.name].warmup)
     with running(plan, only={SCENARIO}) as run:
+        extra: dict[str, str] = {}
+        if opts.after:
+            extra["PYTHONPATH"] = str(Path(opts.after).resolve())
+            run.log(f"the gateway under test runs {opts.after}/service/")
+        if opts.event_loop:
+            # An env override (docs/configuration.md): the config file stays the run's own.
+            extra["REGISTRY_GATEWAY__SERVER__EVENT_LOOP"] = opts.event_loop
+        run._gateway_env = clean_env(extra)
         run.start()
         run_scenario(run, before=opts.before)
         doc = {

@@ -19,7 +19,8 @@ from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
-from bench.harness import DESCRIBE, ROOT, Plan, running
+from bench.common import DESCRIBE, ROOT, Plan
+from bench.harness import running
 from bench.processes import BIN
 
 RESULTS = ROOT / "bench" / "results"

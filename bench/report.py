@@ -150,7 +150,7 @@ def chart(doc: dict[str, Any], path: Path) -> None:
 
     # The edge attacks' and many accounts' rows have sections of their own (and would crowd
     # the bars).
-    rows = [r for r in doc["rows"] if r["group"] not in ("edge", "accounts")]
+    rows = [r for r in doc["rows"] if r["group"] not in ("edge", "accounts", "teams")]
     fig, (bars, curves) = plt.subplots(
         1, 2, figsize=(15, 6.5), gridspec_kw={"width_ratios": [1.6, 1]}
     )

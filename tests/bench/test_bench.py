@@ -22,7 +22,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from bench import cli, edge_attacks, many_accounts, report
-from bench.harness import EDGE_SCENARIOS, SELF_CONTAINED, _gateway_config, attacker_summary
+from bench.common import EDGE_SCENARIOS, SELF_CONTAINED, _gateway_config, attacker_summary
 from bench.loadgen import (
     AttackJob,
     HttpJob,

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 from bench import cli, paired, report
-from bench.harness import Verdict
+from bench.common import Verdict
 from tests.bench.test_bench import _doc
 
 
