@@ -7,6 +7,7 @@ writes queue and go together."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
@@ -15,9 +16,23 @@ from typing import Any
 import grpc
 import pytest
 
+from service.auth.targets import Target
+from service.aws.memory import MemoryEcr
+from service.errors import FailedPrecondition, Unavailable
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
+from service.registry.model import slices
 from tests.conftest import GatewayFactory
+from tests.registry.conftest import ACCOUNT, REGION
+from tests.registry.test_group_commit import (
+    WHO,
+    build,
+    context,
+    holding_the_lock,
+    intent,
+    mine,
+    queued,
+)
 from tests.support.aws_proxy import CountingProxy, Fault
 from tests.support.helpers import KEY, metadata, rich_error
 from tests.support.moto_writes import behave_like_ecr
@@ -170,3 +185,112 @@ async def test_a_stranger_queues_nothing(stub: Any, proxy: CountingProxy) -> Non
     assert isinstance(got, grpc.aio.AioRpcError)
     assert got.code() == grpc.StatusCode.UNAUTHENTICATED
     assert proxy.count("ecr:DescribeRegistry") == before and proxy.count(PUT) == 0
+
+
+# --- a neighbour's credentials or AWS call slots (in-memory ECR, real locks, cache, history:
+# the helpers of tests/registry/test_group_commit.py) ---------------------------------------
+
+BROKEN_ROLE = "arn:aws:iam::222222222222:role/team01-broken"
+
+
+class BrokenRole(MemoryEcr):
+    """ECR reached with team01's role fails (its role cannot be assumed, its external id is
+    unset: what service/aws/upstream.py answers EXTERNAL_ID_MISSING / AccessDenied for)."""
+
+    async def describe_registry(
+        self, target: Target, *, shared: bool = False
+    ) -> pb.DescribeRegistryResponse:
+        if target.registry.role_arn == BROKEN_ROLE:
+            raise FailedPrecondition(
+                "env TEAM01_EXTERNAL_ID is not set", reason="EXTERNAL_ID_MISSING"
+            )
+        return await super().describe_registry(target, shared=shared)
+
+
+def with_role(who: Target, role_arn: str) -> Target:
+    return dataclasses.replace(who, registry=who.registry.model_copy(update={"role_arn": role_arn}))
+
+
+async def test_review_one_tenants_broken_credentials_fail_anothers_queued_write() -> None:
+    """team01's credentials are broken; team02's are fine (another affinity: never in the
+    same batch). Without batching each write reads with its own credentials, so only team01
+    fails. With batching the leader's fresh read used the first queued writer's target, and a
+    failure before `take()` failed EVERY write queued on the registry, team02's included."""
+    domain = build(ecr=BrokenRole())
+    gate, first = await holding_the_lock(domain)
+    broken = with_role(WHO["team01"], BROKEN_ROLE)
+    bad = asyncio.create_task(
+        domain.slices.put_rules(broken, intent("team01"), "", False, context=context("team01"))
+    )
+    await queued(domain, 1)
+    good = asyncio.create_task(
+        domain.slices.put_rules(
+            WHO["team02"], intent("team02"), "", False, context=context("team02")
+        )
+    )
+    await queued(domain, 2)
+    gate.set()
+    await first
+    bad_answer, good_answer = await asyncio.gather(bad, good, return_exceptions=True)
+    assert isinstance(bad_answer, FailedPrecondition)  # its own fault: fine
+    # team02's valid write must not fail because of team01's credentials.
+    assert not isinstance(good_answer, BaseException), good_answer
+    assert mine(domain, "team02") == slices.Ownership.of(WHO["team02"]).rules_in(
+        pb.ReplicationConfiguration(rules=intent("team02"))
+    )
+
+
+class Team01SlotsFull(MemoryEcr):
+    """Every AWS call made on behalf of team01 finds its share of the AWS call slots full
+    (what service/aws/resilience.py answers TENANT_BULKHEAD_FULL): team01 keeps them busy."""
+
+    def _full(self, target: Target) -> None:
+        if target.tenant == "team01":
+            raise Unavailable(
+                f"tenant {target.tenant} has 2 AWS calls in flight for {ACCOUNT}:{REGION}",
+                reason="TENANT_BULKHEAD_FULL",
+                metadata={"tenant": target.tenant},
+            )
+
+    async def describe_registry(
+        self, target: Target, *, shared: bool = False
+    ) -> pb.DescribeRegistryResponse:
+        if not shared:
+            self._full(target)
+        return await super().describe_registry(target, shared=shared)
+
+    async def put_replication_configuration(
+        self,
+        target: Target,
+        configuration: pb.ReplicationConfiguration,
+        *,
+        finish_once_sent: bool = False,
+    ) -> pb.ReplicationConfiguration:
+        self._full(target)
+        return await super().put_replication_configuration(
+            target, configuration, finish_once_sent=finish_once_sent
+        )
+
+
+async def test_a_tenant_keeping_its_aws_call_slots_full_fails_no_other_write_of_its_batch() -> None:
+    """team01 (same credentials as team02: the same batch) keeps its own AWS call slots full
+    and queues first. The batch's fresh read, put and read-back are made on behalf of no
+    one tenant: team02's write is applied, and no answer names team01."""
+    domain = build(ecr=Team01SlotsFull())
+    gate, first = await holding_the_lock(domain)
+    writes = {
+        name: asyncio.create_task(
+            domain.slices.put_rules(WHO[name], intent(name), "", False, context=context(name))
+        )
+        for name in ("team01", "team02", "team03")
+    }
+    await queued(domain, 3)
+    gate.set()
+    await first
+    answers = dict(
+        zip(writes, await asyncio.gather(*writes.values(), return_exceptions=True), strict=True)
+    )
+    for name in ("team02", "team03"):
+        assert not isinstance(answers[name], BaseException), answers[name]
+        assert mine(domain, name) == intent(name)
+    assert domain.puts() == 2  # team00 alone, then the three together

@@ -6,13 +6,15 @@ judged on its own, each caller answered and recorded on its own; the queue alone
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
+from service import call as call_mod
 from service import config as config_mod
 from service.auth.content import ContentRules
 from service.auth.targets import Target
@@ -382,8 +384,37 @@ async def test_aws_refusing_a_batch_fails_only_the_caller_whose_document_it_refu
     assert raised.value.reason == "AWS_INVALID_PARAMETER"
     assert "team01" not in raised.value.message  # the merged document's text withheld
     assert all(mine(domain, n) == intent(n) for n in names) and mine(domain, "team04") == []
-    # The first alone, the refused batch, then each alone again.
+    # The first alone, the refused batch, then in halves: [1, 2] taken, [3, 4] refused,
+    # then [3] taken and [4] refused.
     assert domain.puts() == 1 + 1 + 4
+
+
+async def test_one_change_aws_refuses_costs_log_n_puts_not_n() -> None:
+    """A tenant whose change AWS alone refuses must not make every batch serial: the
+    refused batch is sent again in halves, so 11 writes cost 2*ceil(log2 11) more puts, not
+    11 (one at a time)."""
+    domain = build(ecr=Refusing())
+    gate, first = await holding_the_lock(domain)
+    names = TENANTS[1:]
+    writes = {
+        n: asyncio.create_task(
+            domain.slices.put_rules(
+                WHO[n], [rule(f"{n}/poison")] if n == "team05" else intent(n), "", False
+            )
+        )
+        for n in names
+    }
+    await queued(domain, len(names))
+    gate.set()
+    await first
+    answers = dict(
+        zip(writes, await asyncio.gather(*writes.values(), return_exceptions=True), strict=True)
+    )
+    poison = answers.pop("team05")
+    assert isinstance(poison, InvalidArgument) and poison.reason == "AWS_INVALID_PARAMETER"
+    assert not any(isinstance(a, BaseException) for a in answers.values()), answers
+    assert all(mine(domain, n) == intent(n) for n in answers) and mine(domain, "team05") == []
+    assert domain.puts() <= 1 + 1 + 2 * math.ceil(math.log2(len(names)))
 
 
 async def test_a_batch_is_bounded_and_a_tenants_writes_in_flight_count_while_queued() -> None:
@@ -538,3 +569,57 @@ def test_a_writers_running_value_is_the_one_aws_json_would_give() -> None:
         {"registryId": ACCOUNT, "replicationConfiguration": convert.replication_to_aws(document)}
     )
     assert resources.REPLICATION.with_document(like, document) == expected
+
+
+class SeesDeadline(MemoryEcr):
+    """ECR remembering the deadline each put was made within, as the AWS client sees it
+    (service/call.py `time_left`: what bounds the time before a write is sent)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.put_time_left: list[float] = []
+
+    async def put_replication_configuration(
+        self,
+        target: Target,
+        configuration: pb.ReplicationConfiguration,
+        *,
+        finish_once_sent: bool = False,
+    ) -> pb.ReplicationConfiguration:
+        self.put_time_left.append(call_mod.time_left())
+        return await super().put_replication_configuration(
+            target, configuration, finish_once_sent=finish_once_sent
+        )
+
+
+async def test_a_batchs_put_is_made_within_the_latest_deadline_of_its_callers() -> None:
+    """The leader runs outside every call; its put must still be bounded (before it is sent)
+    by a caller's deadline, the latest of the batch's, as a caller's own put is by its own."""
+    ecr = SeesDeadline()
+    domain = build(ecr=ecr)
+    gate, first = await holding_the_lock(domain)
+    now = asyncio.get_running_loop().time()
+
+    async def within(name: str, seconds: float) -> Any:
+        deadline = now + seconds
+        call_mod.begin(
+            call_mod.Call(
+                "r-" + name, cast(Any, None), "PutReplicationRules", deadline, cast(Any, None)
+            )
+        )
+        return await domain.slices.put_rules(
+            WHO[name], intent(name), "", False, context=context(name, deadline=deadline)
+        )
+
+    loop = asyncio.get_running_loop()
+    writes = [
+        loop.create_task(within(name, seconds), context=contextvars.Context())
+        for name, seconds in (("team01", 30.0), ("team02", 60.0), ("team03", 45.0))
+    ]
+    await queued(domain, 3)
+    gate.set()
+    await asyncio.gather(first, *writes)
+    assert domain.puts() == 2
+    first_put, batch_put = ecr.put_time_left
+    assert math.isinf(first_put)  # team00's write, outside any call
+    assert 50.0 < batch_put <= 60.0  # team02's, the latest

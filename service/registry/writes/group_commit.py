@@ -10,8 +10,10 @@ order, one put, one read-back, a verdict and an answer per caller).
 This module is the queue alone, of any payload and answer (no AWS, no lock of its own):
 
 - the leader is a task of its own context, like a cache load: it belongs to no caller, so no
-  caller's deadline or departure cuts a batch half-way, and AWS sees no caller's deadline
-  through it (service/call.py `time_left`); each caller waits for its own answer;
+  caller's departure cuts a batch half-way; each caller waits for its own answer. Each
+  queued write keeps a copy of its caller's context (`Queued.context`), so that the commit
+  can make the batch's put within the latest of its callers' deadlines as AWS sees them
+  (service/call.py `time_left`): bounded before sending, never abandoned once sent;
 - a write is *taken* when the leader applies its change (`Takes.take`); until then its caller
   may leave (its deadline, its cancellation) and it leaves the queue, nothing of it written;
   one taken is answered whatever its caller does (as a write sent to AWS today), and a
@@ -22,9 +24,12 @@ This module is the queue alone, of any payload and answer (no AWS, no lock of it
   writes with: a write is never sent with another tenant's role);
 - a caller waits to be taken no longer than its `patience` (what its deadline leaves for a
   lock, service/state/locks.py `wait_budget`), then answers `tired()` (WRITE_LOCK_BUSY);
-- a failure of the leader before it takes a batch (the lock unavailable or busy, the fresh
-  read failing) fails every write still queued, each with its own copy of the error; after,
-  the writes it took and did not answer; the leader goes on while writes are queued.
+- a failure of the leader before it takes a batch (the registry's lock unavailable or busy:
+  every writer of the registry would meet it) fails every write still queued, each with its
+  own copy of the error; once it has taken one (the commit takes it before any AWS call, so
+  that the fresh read is made with the batch's own credentials), only the writes it took and
+  did not answer: another batch's failure (another tenant's credentials) is never another
+  write's; the leader goes on while writes are queued.
 """
 
 from __future__ import annotations
@@ -50,6 +55,9 @@ class Queued(Generic[P, R]):
     tenant: str
     affinity: Hashable  # only writes of one affinity go in one batch
     answer: asyncio.Future[R]
+    # The caller's context as it queued (a copy): what bounds, through it, the AWS calls of
+    # the caller's batch that precede sending its write (operations.py `_in_context`).
+    context: contextvars.Context = field(default_factory=contextvars.Context)
     taken: bool = False
 
     def answered(self, result: R) -> None:
@@ -151,7 +159,9 @@ class GroupCommit(Generic[K, P, R]):
     ) -> R:
         """Queue a write and wait for its answer (its result, or its error raised)."""
         loop = asyncio.get_running_loop()
-        queued: Queued[P, R] = Queued(payload, tenant, affinity, loop.create_future())
+        queued: Queued[P, R] = Queued(
+            payload, tenant, affinity, loop.create_future(), contextvars.copy_context()
+        )
         self._queues.setdefault(key, []).append(queued)
         self._lead(key)
         answer = queued.answer
@@ -197,7 +207,8 @@ class GroupCommit(Generic[K, P, R]):
                 try:
                     await self._commit(key, takes)
                 except BaseException as exc:
-                    # Before taking: every write still queued; after: the batch's unanswered.
+                    # Before taking (the lock): every write still queued; after: the batch's
+                    # unanswered alone.
                     failed = list(takes.taken) if takes.taken else list(waiting)
                     if not takes.taken:
                         waiting.clear()

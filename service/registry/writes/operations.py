@@ -34,8 +34,12 @@ the lock, one fresh read, each waiting change applied on its own in arrival orde
 document the ones before it left (one per tenant, at most `max_writes_per_batch`; a change
 that raises fails its caller alone), one put, one read-back, a verdict per caller on its own
 slice, and each caller answered its own `Update`. A batch of one is the write of one caller,
-exactly as without batching; a batch AWS refuses as invalid is sent again one write at a
-time (`_one_by_one`), so that only the caller whose document AWS refuses hears it.
+exactly as without batching; a batch AWS refuses as invalid is sent again in halves
+(`_halves`), so that only the caller whose document AWS refuses hears it, at the cost of
+about 2*log2(N) more puts for one bad change among N. A batch holds writes of one
+affinity (the same credentials) and its AWS calls are made with its own target
+(`_batch_target`, on behalf of no one tenant when it holds several): a failure of its fresh
+read fails its writes alone, never those of another batch still queued.
 
 With a drift detector (service/registry/writes/drift.py), every read from AWS is observed against
 the resource's history: here cache loads and the fresh read inside a write; the read-back,
@@ -46,8 +50,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import math
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
@@ -74,6 +79,7 @@ from service.registry.writes.group_commit import GroupCommit, Queued, Takes, cop
 from service.registry.writes.resources import POLICY, REPLICATION, ResourceKind, key_of, kind_of
 from service.registry.writes.settlement import (
     CallerSlice,
+    Settled,
     Verdict,
     Write,
     Writer,
@@ -634,23 +640,26 @@ class RegistryOperations:
     async def _commit(
         self, key: CacheKey, takes: Takes[_Slice[Any, Any], Update[Any, Any]]
     ) -> None:
-        """The queue's leader (group_commit.py): under the registry's lock, one fresh read;
-        then the writes waiting, each change applied on its own in arrival order on the
-        document the ones before it left (its etag, share and validation are in its change:
-        one that raises fails its caller alone and leaves the document as it was); one put,
-        one read-back, and each caller answered on its own slice."""
+        """The queue's leader (group_commit.py): under the registry's lock, the batch taken
+        first (writes of one affinity: the same credentials), then one fresh read with the
+        batch's own target (`_batch_target`), so that a failure of it fails that batch's
+        writes alone and none other still queued; then each change applied on its own in
+        arrival order on the document the ones before it left (its etag, share and validation
+        are in its change: one that raises fails its caller alone and leaves the document as
+        it was); one put, one read-back, and each caller answered on its own slice."""
         kind: ResourceKind[Any, Any] = kind_of(key)
         async with self._locks.hold(key.registry_id, key.region) as held:
-            first = takes.first
-            if first is None:
+            if takes.first is None:
                 return  # every writer left while the lock was awaited
-            # Bounded by the latest deadline of the writes waiting, as a caller's fresh read
+            batch = takes.take()
+            target = _batch_target(batch)
+            # Bounded by the latest deadline of the batch's writes, as a caller's fresh read
             # is by its own: past it, every one of them has left.
-            latest = max(queued.payload.context.deadline for queued in takes.waiting)
+            latest = max(queued.payload.context.deadline for queued in batch)
             bound = asyncio.timeout_at(None if math.isinf(latest) else latest)
             try:
                 async with bound:
-                    current = await self._fresh(kind, first.payload.target)
+                    current = await self._fresh(kind, target)
             except TimeoutError:
                 if not bound.expired():
                     raise
@@ -658,32 +667,47 @@ class RegistryOperations:
                     f"deadline exceeded waiting for AWS ECR's {kind.name} of registry "
                     f"{key.registry_id} in {key.region}",
                 ) from None
-            applied: list[_Applied[Any, Any]] = []
-            running = current
-            for queued in takes.take():
-                item = queued.payload
-                etag = item.attempt.etag_before = kind.etag(running)
-                try:
-                    proposed = item.change(running)
-                except Exception as exc:  # its own refusal (etag, share, validation): its alone
-                    queued.failed(_with_etag(exc, etag))
-                    continue
-                value = kind.with_document(running, proposed)
-                applied.append(_Applied(queued, running, proposed, value))
-                running = value
-                # Each change is pure work (merge, validation): the loop serves others between.
-                await asyncio.sleep(0)
-            if applied:
-                await self._apply(kind, held, current, applied)
+            await self._batch(kind, held, target, current, batch)
+
+    async def _batch(
+        self,
+        kind: ResourceKind[V, D],
+        held: HeldLock,
+        target: Target,
+        current: V,
+        batch: list[Queued[_Slice[V, D], Update[V, D]]],
+    ) -> V | None:
+        """Each change of `batch` applied in order on `current`, the result sent as one
+        write and each caller answered; what stands after it (None: not known)."""
+        applied: list[_Applied[V, D]] = []
+        running = current
+        for queued in batch:
+            item = queued.payload
+            etag = item.attempt.etag_before = kind.etag(running)
+            try:
+                proposed = item.change(running)
+            except Exception as exc:  # its own refusal (etag, share, validation): its alone
+                queued.failed(_with_etag(exc, etag))
+                continue
+            value = kind.with_document(running, proposed)
+            applied.append(_Applied(queued, running, proposed, value))
+            running = value
+            # Each change is pure work (merge, validation): the loop serves others between.
+            await asyncio.sleep(0)
+        if not applied:
+            return current
+        return await self._apply(kind, held, target, current, applied)
 
     async def _apply(
         self,
         kind: ResourceKind[V, D],
         held: HeldLock,
+        target: Target,
         current: V,
         applied: list[_Applied[V, D]],
-    ) -> None:
-        """The changes applied, sent as one write; each caller answered."""
+    ) -> V | None:
+        """The changes applied, sent as one write; each caller answered. What stands after
+        it (None: not known, the next write reads it fresh)."""
         if len(applied) == 1:
             # Alone: the write of one caller, as without batching (its context, its verdict).
             one = applied[0]
@@ -694,16 +718,19 @@ class RegistryOperations:
             try:
                 if kind.nothing_to_send(current, one.proposed):
                     one.queued.answered(_unsent(kind, one, one.proposed, current))
-                else:
-                    one.queued.answered(await self._send(write))
+                    return current
+                update = await _within_latest([one.queued], self._send(write))
             except Exception as exc:
                 one.queued.failed(_with_etag(exc, item.attempt.etag_before))
-            return
+                # AWS refusing the document applied nothing: what was read still stands.
+                return current if _refused(exc) else None
+            one.queued.answered(update)
+            return update.after
         proposed = applied[-1].proposed
         if kind.nothing_to_send(current, proposed):
             for one in applied:
                 one.queued.answered(_unsent(kind, one, proposed, current))
-            return
+            return current
         writers = tuple(
             Writer(
                 one.queued.payload.target,
@@ -713,29 +740,29 @@ class RegistryOperations:
             )
             for one in applied
         )
-        first = applied[0].queued.payload.target
-        # The latest of its callers' deadlines (the leader runs outside every call: AWS
-        # sees none of them); the settlement's reads outlive it as any write's do.
+        # The latest of its callers' deadlines: the put is made within it as AWS sees it
+        # (`_within_latest`), and the settlement's reads outlive it as any write's do.
         deadline = max(one.queued.payload.context.deadline for one in applied)
         context = WriteContext(deadline=deadline, outlive=applied[0].queued.payload.context.outlive)
-        write = Write(kind, first, current, proposed, held, context, writers=writers)
-        try:
+        write = Write(kind, target, current, proposed, held, context, writers=writers)
+
+        async def send() -> Settled[V, D]:
             async with self._writing(write.key, held):
-                settled = await self._settlement.write(write)
-        except InvalidArgument as exc:
-            if exc.reason not in AWS_REFUSALS:
-                for one in applied:
-                    one.queued.failed(_with_etag(copied(exc), kind.etag(one.before)))
-                return
-            # AWS refused the combined document (nothing applied): whose change it cannot
-            # take is not known, and one caller's must not fail the others'. Each is sent
-            # alone instead, in order, under the same lock.
-            await self._one_by_one(kind, held, current, applied)
-            return
+                return await self._settlement.write(write)
+
+        try:
+            settled = await _within_latest([one.queued for one in applied], send())
         except Exception as exc:
+            if _refused(exc):
+                # AWS refused the combined document (nothing applied): whose change it
+                # cannot take is not known, and one caller's must not fail the others'.
+                # The batch is sent again in halves, each change applied anew on what the
+                # half before left, until the document AWS refuses is one caller's alone:
+                # one bad change among N costs about 2*log2(N) more puts, not N.
+                return await self._halves(kind, held, target, current, applied)
             for one in applied:
                 one.queued.failed(_with_etag(copied(exc), kind.etag(one.before)))
-            return
+            return None
         after = settled.after
         for one, verdict in zip(applied, settled.verdicts, strict=True):
             item = one.queued.payload
@@ -755,53 +782,33 @@ class RegistryOperations:
                     etag_after=kind.etag(after),
                 )
             )
+        return after
 
-    async def _one_by_one(
+    async def _halves(
         self,
         kind: ResourceKind[V, D],
         held: HeldLock,
+        target: Target,
         current: V,
         applied: list[_Applied[V, D]],
-    ) -> None:
-        """A batch AWS refused, sent again one write at a time (each change applied anew on
-        what the one before left), so that AWS's refusal fails only the callers whose own
-        document it refuses. After a write that failed once sent, the value is read fresh
-        again before the next."""
-        running = current
-        for one in applied:
-            item = one.queued.payload
-            etag = item.attempt.etag_before = kind.etag(running)
-            try:
-                proposed = item.change(running)
-                write = Write(
-                    kind, item.target, running, proposed, held, item.context, item.caller_slice
-                )
-                if kind.nothing_to_send(running, proposed):
-                    update = Update(
-                        running,
-                        proposed,
-                        after=running,
-                        done=True,
-                        sent=False,
-                        answered=None,
-                        etag_before=etag,
-                        etag_after=etag,
-                    )
-                else:
-                    update = await self._send(write)
-            except Exception as exc:
-                one.queued.failed(_with_etag(exc, etag))
-                if not (isinstance(exc, InvalidArgument) and exc.reason in AWS_REFUSALS):
-                    try:
-                        running = await self._fresh(kind, item.target)
-                    except Exception as error:
-                        rest = applied[applied.index(one) + 1 :]
-                        for other in rest:
-                            other.queued.failed(_with_etag(copied(error), None))
-                        return
-                continue
-            one.queued.answered(update)
-            running = update.after
+    ) -> V | None:
+        """A batch AWS refused, sent again as two batches, in order, each applied anew on
+        what the one before left (read fresh again when that is not known), so that AWS's
+        refusal ends up failing only the callers whose own change it refuses."""
+        middle = len(applied) // 2
+        running: V | None = current
+        halves = (applied[:middle], applied[middle:])
+        for i, half in enumerate(halves):
+            batch = [one.queued for one in half]
+            if running is None:
+                try:
+                    running = await self._fresh(kind, target)
+                except Exception as error:
+                    for queued in [q for h in halves[i:] for q in (one.queued for one in h)]:
+                        queued.failed(_with_etag(copied(error), None))
+                    return None
+            running = await self._batch(kind, held, target, running, batch)
+        return running
 
     @asynccontextmanager
     async def _update(
@@ -890,6 +897,42 @@ class RegistryOperations:
 
 # What AWS answers a document it will not take (service/aws/errors.py): nothing applied.
 AWS_REFUSALS = frozenset({"AWS_INVALID_PARAMETER", "AWS_PARAM_VALIDATION"})
+
+# The tenant a group write's AWS calls are made for (upstream's per-tenant bulkhead,
+# service/aws/resilience.py): no one tenant of the batch, so that none of them, by keeping
+# its own share of the AWS call slots full, fails the others' writes. Its slots are the
+# batches' alone; they run one at a time per registry, under its lock.
+GROUP_WRITE = "(group write)"
+
+
+def _refused(error: BaseException) -> bool:
+    """Whether AWS refused the document (nothing applied)."""
+    return isinstance(error, InvalidArgument) and error.reason in AWS_REFUSALS
+
+
+async def _within_latest(
+    writers: list[Queued[_Slice[V, D], Update[V, D]]], send: Coroutine[Any, Any, T]
+) -> T:
+    """`send` (a batch's put and its settlement) run in a copy of the context of the writer
+    whose deadline is the latest, as it queued (group_commit.py `Queued.context`): the leader
+    runs outside every call, and AWS's client sees a deadline only through the call's
+    context (service/call.py `time_left`). So the put is bounded as a caller's own is: what
+    precedes sending it (the AWS call slots, the client) by that deadline, past which every
+    caller of the batch has left (nothing is sent: DEADLINE_EXCEEDED); once sent, it is not
+    abandoned (`finish_once_sent`), and its read-back outlives the deadline."""
+    latest = max(writers, key=lambda queued: queued.payload.context.deadline)
+    return await asyncio.get_running_loop().create_task(send, context=latest.context.copy())
+
+
+def _batch_target(batch: list[Queued[_Slice[V, D], Update[V, D]]]) -> Target:
+    """The target a batch's AWS calls are made with: its writer's own when it holds one
+    (charged to that tenant, as without batching); else the first's registry entry (every
+    writer of a batch has the same credentials: group_commit.py `affinity`) on behalf of
+    no one tenant (`GROUP_WRITE`), so that an error of it names none of them."""
+    first = batch[0].payload.target
+    if len({queued.tenant for queued in batch}) == 1:
+        return first
+    return dataclasses.replace(first, tenant=GROUP_WRITE)
 
 
 def _unsent(
