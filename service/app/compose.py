@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from service.app.drift_check import DriftCheck
+from service.app.drift_check import DriftCheck, OverShareWatch
 from service.auth.content import ContentRules
 from service.auth.failures import AuthFailures
 from service.auth.targets import Target
@@ -258,6 +258,11 @@ def compose(
         destinations=DestinationWatch(
             operations, lambda: tenancy.current.config, audit, metrics.destination_judged
         ).rejudge,
+        # ... and counts it against the current config's shares (slices a reload left over
+        # their shares: gauge, audit event).
+        over_share=OverShareWatch(
+            lambda: tenancy.current.config, audit, metrics.slice_judged
+        ).judge,
     )
     servicer = RegistryConfigServicer(
         ContentRules(),

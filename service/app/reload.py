@@ -4,7 +4,10 @@ The new config is read and built whole before anything changes; a broken one is 
 with one log line and the old one stays in force. Keys that shape the process itself
 (listeners, server limits, AWS, cache, rate limits, audit sink) need a restart: a reload
 keeps their running values and logs which ones differ. A reload that leaves a slice prefix
-of a shared registry without an owner warns and counts it (nothing is deleted).
+of a shared registry without an owner warns and counts it (nothing is deleted). One that
+shrinks a slice's share (a tenant added) warns, naming the registry and tenants: what they
+wrote stays in AWS, and the next drift check (service/app/drift_check.py's
+`OverShareWatch`) counts it against the new shares and reports each slice over its own.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from service.auth.tenancy import TenancyHolder, build_tenancy
 from service.config import ConfigError, GatewayConfig, load
+from service.ecr import limits
 from service.observability.metrics import Metrics
 from service.rpc.tls import TlsCredentials
 
@@ -67,6 +71,14 @@ class Reloader:
             credentials.use(prepared)
         self._holder.swap(tenancy)
         self._report_unowned(running, kept)
+        for registry_id, tenants in sorted(shrunk_shares(running, kept).items()):
+            log.warning(
+                "reload: the replication shares of %s on registry %s shrank; a slice holding "
+                "more than its new share is reported by the next drift check "
+                "(slice_over_share), and other tenants' writes may meet SLICES_OVER_SHARE",
+                ", ".join(tenants),
+                registry_id,
+            )
         differ = [key for key in RESTART_ONLY if getattr(new, key) != getattr(running, key)]
         log.info(
             "config reloaded: %d tenants%s",
@@ -93,6 +105,23 @@ class Reloader:
             )
             if self._metrics is not None:
                 self._metrics.unowned_slices.labels(registry_id, kind).inc()
+
+
+def shrunk_shares(old: GatewayConfig, new: GatewayConfig) -> dict[str, list[str]]:
+    """registry_id -> the tenants (sorted) whose replication share (rules, filters or unique
+    destinations) is smaller in `new` than in `old`."""
+    before = limits.share_plan(old.tenants).shares
+    after = limits.share_plan(new.tenants).shares
+    shrunk: dict[str, list[str]] = {}
+    for (tenant, registry_id), share in sorted(after.items()):
+        was = before.get((tenant, registry_id))
+        if was is not None and (
+            share.rules < was.rules
+            or share.filters < was.filters
+            or share.destinations < was.destinations
+        ):
+            shrunk.setdefault(registry_id, []).append(tenant)
+    return shrunk
 
 
 def unowned_prefixes(old: GatewayConfig, new: GatewayConfig) -> set[tuple[str, str, str]]:

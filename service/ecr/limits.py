@@ -26,7 +26,10 @@ use together and F the filters of every share, the packed rules are at most
 at every reload) and gives each registry's worst case, which `registry-gateway check-config`
 prints. Rules and filters written around the slices (a full PutReplicationConfiguration)
 are outside the guarantee: a slice write that would pass ECR's limits because of them is
-refused naming counts only (service/registry/model/slices.py's backstop).
+refused naming counts only (service/registry/model/slices.py's backstop). So are slices a
+reload left over their new, smaller shares (a tenant added): the backstop names that
+overflow apart (`SLICES_OVER_SHARE`), each tenant's own answers show it past its share, and
+operators see it per tenant (service/app/drift_check.py).
 """
 
 from __future__ import annotations
@@ -75,6 +78,25 @@ class Share:
     policy_chars: int
     filters: int = MAX_RULES * MAX_FILTERS_PER_RULE
     destination_sets: frozenset[DestinationSet] | None = None
+    # Every replication slice of the registry with its share (the holder's own included):
+    # what the backstop counts when the registry is full although the caller keeps to its
+    # share (service/registry/model/slices.py's `census`). Only counts of it are ever told
+    # to a tenant; it takes no part in comparing shares.
+    registry_slices: tuple[RegistrySlice, ...] = field(default=(), compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class RegistrySlice:
+    """One tenant's replication slice of a registry as the config gives it: its repository
+    prefixes and its share of rules, filters and unique destinations. A reload that adds a
+    tenant shrinks the others' shares, while what they wrote stays in AWS: the census of
+    service/registry/model/slices.py compares the two."""
+
+    tenant: str
+    repository_prefixes: tuple[str, ...]
+    rules: int
+    filters: int
+    destinations: int
 
 
 # A target built without a config (a test, a tool) may use the whole registry.
@@ -205,6 +227,7 @@ class _Holder:
     statements: bool = False  # holds a Sid prefix
     explicit: dict[str, object] = field(default_factory=dict)
     allowed: set[Destination] = field(default_factory=set)
+    prefixes: set[str] = field(default_factory=set)  # of every entry on the registry
 
     @property
     def catalog(self) -> frozenset[DestinationSet] | None:
@@ -285,6 +308,7 @@ def _gather(tenant: str, entry: SliceEntry, holder: _Holder) -> None:
             )
         holder.explicit[key] = value
     holder.rules = holder.rules or bool(entry.owned_repository_prefixes)
+    holder.prefixes.update(entry.owned_repository_prefixes)
     holder.statements = holder.statements or bool(entry.owned_statement_sid_prefix)
     holder.allowed |= _pairs(entry.replication_destinations)
 
@@ -338,6 +362,16 @@ def _registry(registry_id: str, holders: list[_Holder]) -> tuple[dict[str, Share
         _WHAT["max_policy_chars"],
         statement_holders,
     )
+    registry_slices = tuple(
+        RegistrySlice(
+            h.name,
+            tuple(sorted(h.prefixes)),
+            rules.get(h.name, 0),
+            filters.get(h.name, 0),
+            destinations.get(h.name, 0),
+        )
+        for h in rule_holders
+    )
     shares = {
         h.name: Share(
             rules=rules.get(h.name, 0),
@@ -345,6 +379,7 @@ def _registry(registry_id: str, holders: list[_Holder]) -> tuple[dict[str, Share
             policy_chars=chars.get(h.name, 0),
             filters=filters.get(h.name, 0),
             destination_sets=h.catalog,
+            registry_slices=registry_slices,
         )
         for h in holders
         if h.rules or h.statements

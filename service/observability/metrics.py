@@ -167,6 +167,15 @@ class Metrics:
             ["registry_id", "region", "destination"],
             registry=r,
         )
+        self.slice_over_share = Gauge(
+            "registry_gateway_slice_over_share",
+            "Per replication slice (tenant) of a registry and region: 1 while what it holds "
+            "in AWS passes its share of the current config (a reload shrank it, or a full "
+            "write filled its prefixes), 0 while within. Other tenants' slice writes may then "
+            "be refused (SLICES_OVER_SHARE). Set by the drift check.",
+            ["registry_id", "region", "tenant"],
+            registry=r,
+        )
         self.breaker = Gauge(
             "registry_gateway_breaker_state",
             "Circuit breaker per (account, region): 0 closed, 1 half-open, 2 open.",
@@ -222,6 +231,14 @@ class Metrics:
         self.destination_accepting.labels(registry_id, region, destination).set(
             1 if accepting else 0
         )
+
+    def slice_judged(self, registry_id: str, region: str, tenant: str, over: bool | None) -> None:
+        """Record whether a tenant's slice passes its share (None: no slice any more)."""
+        if over is None:
+            with contextlib.suppress(KeyError):
+                self.slice_over_share.remove(registry_id, region, tenant)
+            return
+        self.slice_over_share.labels(registry_id, region, tenant).set(1 if over else 0)
 
     def breaker_changed(self, circuit: str, state: str) -> None:
         """Record a breaker's new state."""

@@ -33,7 +33,7 @@ def promtool(*args: str, cwd: Path = RULES) -> subprocess.CompletedProcess[str]:
 def test_rules_check() -> None:
     result = promtool("check", "rules", "alerts.yaml")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "9 rules found" in result.stdout
+    assert "10 rules found" in result.stdout
 
 
 def test_rules_fire_as_tested() -> None:
@@ -64,6 +64,7 @@ def test_every_metric_in_the_rules_is_exported() -> None:
         "registry_gateway_drift",
         "registry_gateway_overwritten_writes",
         "registry_gateway_replication_destination_accepting",
+        "registry_gateway_slice_over_share",
     ):
         assert name in text and name in exported
 

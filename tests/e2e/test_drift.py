@@ -155,6 +155,21 @@ async def test_a_change_made_around_the_gateway_is_reported_on_the_next_load(
     assert (head.origin, head.etag) == ("out-of-band", after.etag)
 
 
+async def test_a_change_to_a_packed_rule_names_only_the_tenants_whose_slice_changed(
+    gateway: Gateway, stub: Any, aws: str, tmp_path: Path
+) -> None:
+    """One packed rule holds payments' and billing's filters (same destination); a script
+    adds a payments filter to it. Billing's slice is what it was: only payments is named,
+    in the line and in the diff (not every tenant holding a filter of the changed rule)."""
+    seed_rules(aws_rule("payments/api", "billing/api"))
+    await describe(stub)
+    await aws_put_replication([aws_rule("payments/api", "billing/api", "payments/new")], aws)
+    await describe(stub)
+    [line] = events(tmp_path / "audit.jsonl", "out_of_band_change")
+    assert line["tenants"] == ["payments"]
+    assert line["diff"] and all(d["tenants"] == ["payments"] for d in line["diff"])
+
+
 async def test_a_policy_change_names_the_statements_slice_and_never_its_text(
     gateway: Gateway, stub: Any, aws: str, tmp_path: Path
 ) -> None:

@@ -60,6 +60,7 @@ from service.ecr.limits import (
     MAX_POLICY_CHARS,
     MAX_RULES,
     MAX_UNIQUE_DESTINATIONS,
+    RegistrySlice,
     statement_chars,
 )
 from service.errors import (
@@ -313,14 +314,69 @@ def check_rule_share(target: Target, mine: Sequence[pb.ReplicationRule]) -> None
         )
 
 
+@dataclass(frozen=True)
+class SliceUse:
+    """What one tenant's slice holds of a configuration, against its share."""
+
+    tenant: str
+    rules: int  # canonical rules
+    filters: int
+    destinations: int  # unique destinations
+    share: RegistrySlice
+
+    @property
+    def over(self) -> bool:
+        """Whether the slice holds more than its share allows."""
+        return (
+            self.rules > self.share.rules
+            or self.filters > self.share.filters
+            or self.destinations > self.share.destinations
+        )
+
+
+@dataclass(frozen=True)
+class Census:
+    """Who holds what of a registry's replication configuration: the slices over their
+    shares, and what lies outside every slice (rules without filters, filters no tenant
+    owns, in their canonical rules). The shares are a guarantee only while both are empty."""
+
+    over_share: tuple[SliceUse, ...]
+    rules_outside: int
+    filters_outside: int
+
+
+def census(
+    configuration: pb.ReplicationConfiguration, registry_slices: Sequence[RegistrySlice]
+) -> Census:
+    """The census of a configuration against the slices the config gives its registry."""
+    over: list[SliceUse] = []
+    owners = [Ownership(s.tenant, s.repository_prefixes, None) for s in registry_slices]
+    for owner, share in zip(owners, registry_slices, strict=True):
+        rules = owner.rules_in(configuration)
+        use = SliceUse(
+            share.tenant,
+            len(rules),
+            sum(len(rule.repository_filters) for rule in rules),
+            len(unique_destinations(rules)),
+            share,
+        )
+        if use.over:
+            over.append(use)
+    meaning = packing.filter_destinations(configuration.rules)
+    outside = {k: v for k, v in meaning.items() if not any(o.owns_filter(k[0]) for o in owners)}
+    unfiltered = sum(1 for rule in configuration.rules if not rule.repository_filters)
+    return Census(tuple(over), len(packing.grouped(outside)) + unfiltered, len(outside))
+
+
 def check_registry_rules(
     target: Target, merged: pb.ReplicationConfiguration, mine: Sequence[pb.ReplicationRule]
 ) -> None:
     """The backstop: FailedPrecondition with a QuotaFailure when the packed merge passes
     ECR's own limits although the caller keeps to its share. Shares that fit the config
-    check cannot get here: only rules and filters no slice owns (written by a full
-    PutReplicationConfiguration) can. Only counts are said: what fills the rest of the
-    registry is not the caller's to see.
+    check cannot get here while every slice keeps to its share: slices a reload left over
+    their new, smaller shares (`SLICES_OVER_SHARE`), or rules and filters no slice owns
+    (written by a full PutReplicationConfiguration, `REPLICATION_QUOTA_EXCEEDED`) can. Only
+    counts are said: who and what fills the rest of the registry is not the caller's to see.
     """
     where = where_of(target)
     own_rules = len(packing.canonical(mine))
@@ -346,12 +402,31 @@ def check_registry_rules(
             )
         )
     if violations:
+        found = census(merged, target.share.registry_slices)
+        # The caller keeps to its share (checked before the merge): never counted over.
+        over = [use for use in found.over_share if use.tenant != target.tenant]
+        outside = (
+            f"{found.rules_outside} rule(s) holding {found.filters_outside} filter(s) are "
+            f"outside every slice"
+        )
+        if over:
+            raise _quota_error(
+                target,
+                "SLICES_OVER_SHARE",
+                f"{where} has no room for the rules of tenant {target.tenant}, although they "
+                f"keep to its share: {violations[0].description}; {len(over)} other slice(s) "
+                f"hold more than their shares after a config change (together "
+                f"{sum(u.rules for u in over)} canonical rule(s) for shares of "
+                f"{sum(u.share.rules for u in over)}); {outside}; the registry's operators "
+                f"are alerted (registry_gateway_slice_over_share), ask them",
+                violations,
+            )
         raise _quota_error(
             target,
             "REPLICATION_QUOTA_EXCEEDED",
             f"{where} has no room for the rules of tenant {target.tenant}, although they keep "
-            f"to its share: {violations[0].description}; rules outside the slices fill it, "
-            f"ask the registry's administrators",
+            f"to its share: {violations[0].description}; {outside}, ask the registry's "
+            f"administrators",
             violations,
         )
 

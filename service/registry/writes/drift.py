@@ -55,6 +55,7 @@ from dataclasses import replace
 from typing import Any, Protocol
 
 from service.config import GatewayConfig, registry_regions
+from service.gen.v1 import registry_pb2 as pb
 from service.registry.model.slices import Ownership
 from service.registry.writes.resources import Changed, kind_of
 from service.state.cache import CacheKey
@@ -322,7 +323,7 @@ class DriftDetector:
     ) -> None:
         resource = kind_of(key).name  # as audit lines and metrics name it
         changes, unknown = _diff(key, before, after)
-        owners = _owners(self._config(), key)
+        owners = _owning(_owners(self._config(), key), before, after)
         entries: list[dict[str, Any]] = []
         touched: set[str] = set()
         for change, owned in changes:
@@ -405,6 +406,22 @@ def _diff(
     if isinstance(before, _Omitted):
         return [], True
     return kind_of(key).changes(before, after), False
+
+
+def _owning(
+    owners: list[Ownership], before: Document | _Omitted, after: Document
+) -> list[Ownership]:
+    """The owners whose slice a change concerns. A packed rule holds the filters of every
+    tenant replicating to its destinations, so a change to it (a filter added, the rules
+    repacked) is not a change to each of them: of a replication configuration, only the
+    tenants whose canonical slice (`rules_in`) differs are named. A statement belongs to one
+    tenant, so a policy's changes already name only its owner."""
+    if not (
+        isinstance(before, pb.ReplicationConfiguration)
+        and isinstance(after, pb.ReplicationConfiguration)
+    ):
+        return owners
+    return [owner for owner in owners if owner.rules_in(before) != owner.rules_in(after)]
 
 
 def _owners(config: GatewayConfig, key: CacheKey) -> list[Ownership]:
