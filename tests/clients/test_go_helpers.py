@@ -12,7 +12,10 @@ the history), a TCP peer that never answers and a port where nothing listens:
   loop); HistoryIterator across pages; Restore of whole documents and of a slice;
 - the default service config: a read of a gateway whose AWS is unreachable is attempted 4
   times (counted by the gateway), a write once; with grpc-go 1.33 only when
-  GRPC_GO_RETRY=on (before 1.40 grpc-go retries only then), else once.
+  GRPC_GO_RETRY=on (before 1.40 grpc-go retries only then), else once;
+- the interceptor: a read refused RESOURCE_EXHAUSTED with a RetryInfo (a gateway limiting
+  the tenant's reads) is retried after that delay; one without (past the tenant's share of
+  one repository filter) is final.
 """
 
 from __future__ import annotations
@@ -47,11 +50,13 @@ LIVE_TESTS = {
     "TestLiveHistoryIterator",
     "TestLiveRestore",
     "TestLiveASliceTenantRestoresItsSlice",
+    "TestLiveResourceExhausted",
 }
 UNIT_TESTS = {
     "TestFromErrorDecodesTheDetails",
     "TestFromErrorTypesWhatIsNotAStatus",
     "TestTheServiceConfigRetriesTheReadsOnly",
+    "TestTheInterceptorRetriesOnlyTransientResourceExhausted",
 }
 
 
@@ -125,7 +130,14 @@ async def test_the_go_helpers_against_a_live_gateway(
     # Several replication rules (the tenants' slices beside each other), as ECR takes.
     behave_like_ecr(monkeypatch)
     gateway = await gateway_factory(with_slice_tenant(config_dict(aws)))
+    # A read every 4 s (a retry waits out the RetryInfo), and a share of one filter (a write
+    # of two is refused RESOURCE_EXHAUSTED without RetryInfo, REPLICATION_QUOTA_EXCEEDED).
+    limited = config_dict(aws)
+    limited["rate_limit"] = {"reads_per_second": 0.25, "writes_per_second": 100, "burst": 1}
+    limited["tenants"][0]["registries"][0]["max_filters"] = 1
+    limited_gateway = await gateway_factory(limited)
     env = {
+        "GATEWAY_LIMITED_TARGET": f"127.0.0.1:{limited_gateway.port}",
         "GATEWAY_TARGET": f"127.0.0.1:{gateway.port}",
         "GATEWAY_API_KEY": KEY,
         "GATEWAY_SLICE_API_KEY": SLICE_KEY,
@@ -135,7 +147,9 @@ async def test_the_go_helpers_against_a_live_gateway(
         "GATEWAY_CLOSED_TARGET": closed_port(),
         "GRPC_GO_RETRY": "on",
     }
-    ran = await run_tests(gateway_tests, env, "^Test(Live|FromError|TheServiceConfig)")
+    ran = await run_tests(
+        gateway_tests, env, "^Test(Live|FromError|TheServiceConfig|TheInterceptor)"
+    )
     assert ran.returncode == 0, ran.stdout
     # Every test ran and passed; none skipped (a live test skips without its gateway).
     assert ran.passed == LIVE_TESTS | UNIT_TESTS, ran.stdout

@@ -20,15 +20,19 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2, status_pb2
 from moto.core.exceptions import JsonRESTError
 from moto.ecr.models import ECRBackend
 from registry_gateway_client import (
+    DOMAIN,
     CallInfo,
     EtagMismatch,
     InvalidArgument,
     NotFound,
     PermissionDenied,
     RegistryConfigClient,
+    RegistryGatewayError,
     ResourceExhausted,
     RetryPolicy,
     SyncRegistryConfigClient,
@@ -36,6 +40,8 @@ from registry_gateway_client import (
     Unauthenticated,
     Unavailable,
     from_rpc_error,
+    from_status,
+    retryable,
 )
 from registry_gateway_client._retry import Attempts
 from registry_gateway_client.v1 import registry_pb2 as pb
@@ -390,6 +396,64 @@ async def test_unavailable_write_with_etag_stops_after_max_attempts(
     assert caught.value.metadata["awsErrorCode"] == "ThrottlingException"
 
 
+@pytest.fixture
+async def one_filter_share(gateway_factory: GatewayFactory, aws: str) -> Gateway:
+    """Tenant payments' share of the registry: one repository filter (`max_filters`)."""
+    raw = base_config(aws)
+    raw["tenants"][0]["registries"][0]["max_filters"] = 1
+    return await gateway_factory(raw)
+
+
+def started(gateway: Gateway, rpc: str) -> float:
+    """Calls of `rpc` the gateway saw begin (its own count, not the client's)."""
+    labels = {
+        "grpc_type": "unary",
+        "grpc_service": "ecr.registry.v1.RegistryConfigService",
+        "grpc_method": rpc,
+    }
+    return gateway.metrics.registry.get_sample_value("grpc_server_started_total", labels) or 0
+
+
+async def test_a_share_refusal_is_not_retried(one_filter_share: Gateway) -> None:
+    # Retry-safe (an etag), patient (8 attempts, 20 s): still one call, for the refusal has
+    # no RetryInfo and no repeat can change it. Hostile side: a tenant's client cannot turn
+    # one refused request into a stream of them against the registry's lock and budget.
+    rule = {
+        "destinations": [{"region": "eu-west-1", "registryId": ACCOUNT}],
+        "repositoryFilters": [
+            {"filter": "payments/a", "filterType": "PREFIX_MATCH"},
+            {"filter": "payments/b", "filterType": "PREFIX_MATCH"},
+        ],
+    }
+    patient = RetryPolicy(max_attempts=8, initial_backoff=0.01)
+    info = CallInfo()
+    async with RegistryConfigClient(target(one_filter_share), api_key=KEY) as client:
+        empty = await client.get_replication_rules()
+        with pytest.raises(ResourceExhausted) as caught:
+            await client.put_replication_rules(
+                rules=[rule], etag=empty.etag, retry=patient, timeout=20, info=info
+            )
+    assert caught.value.reason == "REPLICATION_QUOTA_EXCEEDED"
+    assert caught.value.retry_delay is None
+    assert caught.value.quota_violations  # still typed, with its QuotaFailure
+    assert info.attempts == 1
+    assert started(one_filter_share, "PutReplicationRules") == 1
+
+
+async def test_a_rate_limited_read_is_retried(gateway_factory: GatewayFactory, aws: str) -> None:
+    raw = base_config(aws)
+    # A burst of one read, then one every 0.5 s: the second read waits out the RetryInfo.
+    raw["rate_limit"] = {"reads_per_second": 2, "writes_per_second": 100, "burst": 1}
+    gateway = await gateway_factory(raw)
+    info = CallInfo()
+    async with RegistryConfigClient(target(gateway), api_key=KEY) as client:
+        await client.describe_registry()
+        described = await client.describe_registry(timeout=10, info=info)
+    assert described.registry_id == ACCOUNT
+    assert info.attempts == 2
+    assert started(gateway, "DescribeRegistry") == 3
+
+
 async def test_no_retry_when_the_wait_would_pass_the_deadline(slowly_refilled: Gateway) -> None:
     info = CallInfo()
     async with RegistryConfigClient(target(slowly_refilled), api_key=KEY) as client:
@@ -528,24 +592,43 @@ def test_backoff_is_full_jitter_capped_and_never_sooner_than_retry_info() -> Non
     assert 2.0 <= policy.backoff(1, 2.0, rand=lambda: 1.0) <= 2.2
 
 
+def rich(code: grpc.StatusCode, reason: str, retry_after: float | None) -> RegistryGatewayError:
+    """The typed error of a status as the gateway builds it: ErrorInfo, and RetryInfo when
+    `retry_after` is given."""
+    status = status_pb2.Status(code=code.value[0], message="x")
+    status.details.add().Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))
+    if retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(retry_after * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return from_status(code, "x", status)
+
+
 @pytest.mark.parametrize(
-    ("code", "safe", "retried"),
+    ("error", "safe", "retried"),
     [
-        (grpc.StatusCode.UNAVAILABLE, True, True),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, True, True),
-        (grpc.StatusCode.UNAVAILABLE, False, False),
-        (grpc.StatusCode.ABORTED, True, False),
-        (grpc.StatusCode.INTERNAL, True, False),
-        (grpc.StatusCode.DEADLINE_EXCEEDED, True, False),
+        (from_rpc_error(grpc.StatusCode.UNAVAILABLE, "x", ()), True, True),
+        (rich(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", 0.2), True, True),
+        (rich(grpc.StatusCode.RESOURCE_EXHAUSTED, "TENANT_CALLS_IN_FLIGHT", 0.0), True, True),
+        # A tenant's share (service/registry/model/slices.py): no RetryInfo, final.
+        (rich(grpc.StatusCode.RESOURCE_EXHAUSTED, "REPLICATION_QUOTA_EXCEEDED", None), True, False),
+        # grpc's own (a message over its size limit): no details at all.
+        (from_rpc_error(grpc.StatusCode.RESOURCE_EXHAUSTED, "x", ()), True, False),
+        (rich(grpc.StatusCode.RESOURCE_EXHAUSTED, "RATE_LIMITED", 0.2), False, False),
+        (from_rpc_error(grpc.StatusCode.UNAVAILABLE, "x", ()), False, False),
+        (from_rpc_error(grpc.StatusCode.ABORTED, "x", ()), True, False),
+        (from_rpc_error(grpc.StatusCode.INTERNAL, "x", ()), True, False),
+        (from_rpc_error(grpc.StatusCode.DEADLINE_EXCEEDED, "x", ()), True, False),
     ],
 )
-def test_only_unavailable_and_resource_exhausted_are_retried(
-    code: grpc.StatusCode, safe: bool, retried: bool
+def test_only_unavailable_and_resource_exhausted_with_retry_info_are_retried(
+    error: RegistryGatewayError, safe: bool, retried: bool
 ) -> None:
     now = [0.0]
     attempts = Attempts(RetryPolicy(max_attempts=3), 10.0, retry_safe=safe, clock=lambda: now[0])
     assert attempts.start() == 10.0
-    error = from_rpc_error(code, "x", ())
+    if safe:
+        assert retryable(error) is retried
     assert (attempts.delay_after(error) is not None) is retried
 
 

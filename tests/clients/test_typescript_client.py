@@ -1,14 +1,15 @@
 """The TypeScript client (clients/typescript) against live gateways on moto, and its package.
 
 The TypeScript test starts nothing itself: this module compiles it with the project's own
-`tsc` (from `npm ci`, which `make test` runs first) into build/, starts two gateways
-in-process (one open, one rate-limiting the tenant, both with the gRPC and the HTTP
-listener), and runs `node --test` on the compiled file with their addresses and a key in the
-environment: the nine RPCs over gRPC and over Connect (HTTP/1.1), retries, the
-read-modify-write helper. Node runs as a child process through asyncio, so the gateways keep
-serving meanwhile. The package `npm publish` would ship (dist/, tsconfig.build.json) is
-built and imported by its name through its `exports` map. No `node` or no node_modules is a
-failure, not a skip: CI has Node.js and `make test` runs `npm ci`.
+`tsc` (from `npm ci`, which `make test` runs first) into build/, starts three gateways
+in-process (one open, one rate-limiting the tenant, one giving it a share of one repository
+filter, each with the gRPC and the HTTP listener), and runs `node --test` on the compiled
+file with their addresses and a key in the environment: the nine RPCs over gRPC and over
+Connect (HTTP/1.1), retries, the read-modify-write helper. Node runs as a child process
+through asyncio, so the gateways keep serving meanwhile. The package `npm publish` would
+ship (dist/, tsconfig.build.json) is built and imported by its name through its `exports`
+map. No `node` or no node_modules is a failure, not a skip: CI has Node.js and `make test`
+runs `npm ci`.
 """
 
 from __future__ import annotations
@@ -119,11 +120,18 @@ async def test_the_typescript_live_test_passes(
     # retry waits out within the 10 s deadline.
     limited["rate_limit"] = {"reads_per_second": 0.25, "writes_per_second": 0.25, "burst": 1}
     limited_gateway = await gateway_factory(limited)
+    # The tenant's share of the registry is one repository filter: a write of two is refused
+    # RESOURCE_EXHAUSTED without RetryInfo (REPLICATION_QUOTA_EXCEEDED), never retried.
+    share = with_http(config_dict(aws))
+    share["tenants"][0]["registries"][0]["max_filters"] = 1
+    share_gateway = await gateway_factory(share)
     env = {
         **gateway_env(open_gateway),
         "GATEWAY_HTTP_TARGET": f"127.0.0.1:{open_gateway.http_port}",
         "GATEWAY_LIMITED_TARGET": f"127.0.0.1:{limited_gateway.port}",
         "GATEWAY_LIMITED_HTTP_TARGET": f"127.0.0.1:{limited_gateway.http_port}",
+        "GATEWAY_SHARE_TARGET": f"127.0.0.1:{share_gateway.port}",
+        "GATEWAY_SHARE_HTTP_TARGET": f"127.0.0.1:{share_gateway.http_port}",
     }
     ran = await run_node(node, "--test", "build/test/live.test.js", env=env)
     report = ran.stdout + ran.stderr

@@ -6,7 +6,8 @@
 //     with the code, ErrorInfo reason and metadata, request id, RetryInfo delay and field
 //     and quota violations; errors.Is matches it against ErrEtagMismatch, ErrNotFound, ...;
 //   - dialling: DialOptions gives a default service config that retries the read RPCs on
-//     UNAVAILABLE, and an interceptor that types every error; Bearer sends an API key or a
+//     UNAVAILABLE, and an interceptor that types every error and retries the read RPCs on
+//     RESOURCE_EXHAUSTED with a RetryInfo (Error.Transient); Bearer sends an API key or a
 //     JWT on every call; NoCache reads past the gateway's cache;
 //   - helpers: UpdateReplicationRules and UpdatePolicyStatements (read-modify-write of the
 //     caller's slice under its etag, one deadline for the loop), UpdateReplicationConfiguration,

@@ -55,6 +55,22 @@ type Error struct {
 
 	status *status.Status
 	cause  error
+	// retryInfo: the status carried a RetryInfo (RetryDelay alone cannot say: it may be 0).
+	retryInfo bool
+}
+
+// Transient says whether the same call may succeed later: UNAVAILABLE, or RESOURCE_EXHAUSTED
+// that the gateway sent with a RetryInfo (the tenant over its rate, its calls or writes in
+// flight). A RESOURCE_EXHAUSTED without one is final: a request past the tenant's share of
+// the registry's limits (REPLICATION_QUOTA_EXCEEDED) gets the same answer however often it
+// is sent, and grpc's own size limits carry no details. The gateway says what is transient
+// with that detail, so the rule is its presence, not a list of reasons (the same rule as
+// the Python and TypeScript clients).
+func (e *Error) Transient() bool {
+	if e.Code == codes.ResourceExhausted {
+		return e.retryInfo
+	}
+	return e.Code == codes.Unavailable
 }
 
 // Error says the code, the reason and the message.
@@ -172,6 +188,7 @@ func fromStatus(st *status.Status) *Error {
 				e.RequestID = d.GetRequestId()
 			}
 		case *errdetails.RetryInfo:
+			e.retryInfo = true
 			delay := d.GetRetryDelay()
 			e.RetryDelay = time.Duration(delay.GetSeconds())*time.Second + time.Duration(delay.GetNanos())
 		case *errdetails.BadRequest:

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/golang/protobuf/proto"
 	"github.com/golang/protobuf/ptypes/duration"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
@@ -121,4 +122,92 @@ func TestTheServiceConfigRetriesTheReadsOnly(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn.Close()
+}
+
+// exhausted is RESOURCE_EXHAUSTED as the gateway answers it: with a RetryInfo of retryDelay
+// for a rate or a slot, none (retryDelay < 0) for a tenant's share.
+func exhausted(t *testing.T, reason string, retryDelay time.Duration) error {
+	t.Helper()
+	details := []proto.Message{&errdetails.ErrorInfo{Reason: reason, Domain: Domain}}
+	if retryDelay >= 0 {
+		details = append(details, &errdetails.RetryInfo{RetryDelay: &duration.Duration{
+			Seconds: int64(retryDelay / time.Second), Nanos: int32(retryDelay % time.Second)}})
+	}
+	st, err := status.New(codes.ResourceExhausted, reason).WithDetails(details...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st.Err()
+}
+
+func TestTheInterceptorRetriesOnlyTransientResourceExhausted(t *testing.T) {
+	const read = "/ecr.registry.v1.RegistryConfigService/DescribeRegistry"
+	const write = "/ecr.registry.v1.RegistryConfigService/PutReplicationRules"
+	rateLimited := exhausted(t, "RATE_LIMITED", 20*time.Millisecond)
+	share := exhausted(t, "REPLICATION_QUOTA_EXCEEDED", -1)
+	if !FromError(rateLimited).Transient() || !FromError(exhausted(t, "TENANT_CALLS_IN_FLIGHT", 0)).Transient() {
+		t.Fatal("RESOURCE_EXHAUSTED with a RetryInfo is transient")
+	}
+	if FromError(share).Transient() || FromError(status.Error(codes.ResourceExhausted, "too large")).Transient() {
+		t.Fatal("RESOURCE_EXHAUSTED without RetryInfo is final")
+	}
+	if !FromError(status.Error(codes.Unavailable, "down")).Transient() || FromError(status.Error(codes.Aborted, "x")).Transient() {
+		t.Fatal("UNAVAILABLE is transient, ABORTED is not")
+	}
+	reads := map[string]bool{read: true}
+	for _, c := range []struct {
+		name     string
+		method   string
+		answers  []error
+		attempts int
+		code     codes.Code
+	}{
+		{"a rate limit is retried up to 4 attempts", read, []error{rateLimited}, 4, codes.ResourceExhausted},
+		{"a rate limit then an answer", read, []error{rateLimited, nil}, 2, codes.OK},
+		{"a share refusal is final", read, []error{share}, 1, codes.ResourceExhausted},
+		{"grpc's own RESOURCE_EXHAUSTED is final", read, []error{status.Error(codes.ResourceExhausted, "too large")}, 1, codes.ResourceExhausted},
+		{"a write is never retried", write, []error{rateLimited}, 1, codes.ResourceExhausted},
+		{"UNAVAILABLE is grpc-go's to retry", read, []error{status.Error(codes.Unavailable, "down")}, 1, codes.Unavailable},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			attempts := 0
+			invoker := func(ctx context.Context, method string, req, reply interface{}, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+				// The last answer repeats.
+				i := attempts
+				if i >= len(c.answers) {
+					i = len(c.answers) - 1
+				}
+				attempts++
+				return c.answers[i]
+			}
+			var waits []time.Duration
+			sleep := func(ctx context.Context, d time.Duration) error {
+				waits = append(waits, d)
+				return nil
+			}
+			err := retrying(reads, 4, sleep)(context.Background(), c.method, nil, nil, nil, invoker)
+			if attempts != c.attempts || status.Code(err) != c.code {
+				t.Fatalf("%d attempts, %v", attempts, err)
+			}
+			if err != nil && !errors.Is(err, &Error{Code: c.code}) {
+				t.Fatalf("not typed: %T %v", err, err)
+			}
+			for _, d := range waits {
+				if d < 20*time.Millisecond {
+					t.Fatalf("waited %s, less than the RetryInfo asked", d)
+				}
+			}
+		})
+	}
+	// A wait that would pass the call's deadline is not taken.
+	attempts := 0
+	invoker := func(ctx context.Context, method string, req, reply interface{}, cc *grpc.ClientConn, opts ...grpc.CallOption) error {
+		attempts++
+		return exhausted(t, "RATE_LIMITED", time.Hour)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if err := retrying(reads, 4, wait)(ctx, read, nil, nil, nil, invoker); attempts != 1 || !errors.Is(err, ErrResourceExhausted) {
+		t.Fatalf("%d attempts, %v", attempts, err)
+	}
 }

@@ -12,6 +12,8 @@ package gateway
 //	GATEWAY_SILENT_TARGET      a peer that accepts connections and never answers
 //	GATEWAY_CLOSED_TARGET      a port where nothing listens
 //	GATEWAY_UNAVAILABLE_TARGET a gateway whose AWS is unreachable (TestUnavailable only)
+//	GATEWAY_LIMITED_TARGET     a gateway allowing GATEWAY_API_KEY's tenant a read every 4 s
+//	                           (bursts of one), and a share of one repository filter
 
 import (
 	"context"
@@ -550,5 +552,46 @@ func TestUnavailable(t *testing.T) {
 	_, err = client.PutRegistryPolicy(ctx, &registryv1.PutRegistryPolicyRequest{PolicyText: policyText})
 	if down := failure(t, err); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("write: %+v", down)
+	}
+}
+
+// TestLiveResourceExhausted: a read refused for the tenant's rate (RESOURCE_EXHAUSTED with a
+// RetryInfo) is retried after the delay the gateway asked; a write past the tenant's share
+// (RESOURCE_EXHAUSTED without RetryInfo: final) is sent once.
+func TestLiveResourceExhausted(t *testing.T) {
+	client, calls := dial(t, live(t, "GATEWAY_LIMITED_TARGET"), live(t, "GATEWAY_API_KEY"))
+	ctx := within(t, 60*time.Second)
+	if _, err := client.DescribeRegistry(ctx, &registryv1.DescribeRegistryRequest{}); err != nil {
+		t.Fatal(err)
+	}
+	started := time.Now()
+	if _, err := client.DescribeRegistry(ctx, &registryv1.DescribeRegistryRequest{}); err != nil {
+		t.Fatalf("the rate-limited read: %v", err)
+	}
+	if calls.count("DescribeRegistry") != 3 || time.Since(started) < time.Second {
+		t.Fatalf("%d reads sent, answered after %s", calls.count("DescribeRegistry"), time.Since(started))
+	}
+	// A deadline shorter than the wait asked: refused at once, saying how long to wait.
+	short, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	_, err := client.DescribeRegistry(short, &registryv1.DescribeRegistryRequest{})
+	if limited := failure(t, err); limited.Reason != "RATE_LIMITED" || !limited.Transient() || limited.RetryDelay <= 0 {
+		t.Fatalf("over the rate: %+v", limited)
+	}
+	if calls.count("DescribeRegistry") != 4 {
+		t.Fatalf("%d reads sent", calls.count("DescribeRegistry"))
+	}
+	two := rule("payments/a")
+	two.RepositoryFilters = append(two.RepositoryFilters, rule("payments/b").RepositoryFilters...)
+	_, err = client.PutReplicationRules(ctx, &registryv1.PutReplicationRulesRequest{
+		Rules: []*registryv1.ReplicationRule{two},
+	})
+	refused := failure(t, err)
+	if !errors.Is(err, ErrResourceExhausted) || refused.Reason != "REPLICATION_QUOTA_EXCEEDED" ||
+		refused.Transient() || refused.RetryDelay != 0 || len(refused.QuotaViolations) == 0 {
+		t.Fatalf("past the share: %+v", refused)
+	}
+	if calls.count("PutReplicationRules") != 1 {
+		t.Fatalf("%d writes sent", calls.count("PutReplicationRules"))
 	}
 }

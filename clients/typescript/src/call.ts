@@ -38,9 +38,10 @@ export interface RetryEvent {
 }
 
 /**
- * How often and how patiently a call is retried. Only UNAVAILABLE and RESOURCE_EXHAUSTED
- * are retried (AWS throttling or down, the tenant over its rate), and only when a repeat
- * cannot undo someone else's change: reads, and writes with an `etag` (a repeat at worst
+ * How often and how patiently a call is retried. Only UNAVAILABLE, and RESOURCE_EXHAUSTED
+ * that carries a RetryInfo, are retried (AWS throttling or down, the tenant over its rate or
+ * its calls in flight: see `retryable`), and only when a repeat cannot undo someone else's
+ * change: reads, and writes with an `etag` (a repeat at worst
  * answers ETAG_MISMATCH) or `validate_only`. The n-th wait is random up to
  * `min(maxBackoffMs, initialBackoffMs * multiplier**(n-1))`, never shorter than the
  * gateway's RetryInfo delay, and never past the call's deadline (`timeoutMs`).
@@ -71,7 +72,20 @@ export const NO_RETRY: Readonly<RetryPolicy> = Object.freeze({
   maxAttempts: 1,
 });
 
-const RETRYABLE = new Set<Code>([Code.Unavailable, Code.ResourceExhausted]);
+/**
+ * Whether an error is worth another attempt: UNAVAILABLE, and RESOURCE_EXHAUSTED only when
+ * the gateway sent a RetryInfo with it (a rate limit, a slot, writes in flight: transient).
+ * Without one it is final: a request past the tenant's share of the registry's limits
+ * (REPLICATION_QUOTA_EXCEEDED) gets the same answer however often it is sent, and the
+ * transport's own size limits carry no details. RetryInfo's presence, not a list of
+ * reasons: the gateway says what is transient (the same rule as the Python and Go clients).
+ */
+export function retryable(err: Pick<GatewayError, "code" | "retryDelayMs">): boolean {
+  if (err.code === Code.ResourceExhausted) {
+    return err.retryDelayMs !== undefined;
+  }
+  return err.code === Code.Unavailable;
+}
 
 /** Milliseconds to wait after failed attempt number `attempt` (counted from 1). */
 export function backoffMs(
@@ -262,7 +276,7 @@ export function retryInterceptor(policy: RetryPolicy = DEFAULT_RETRY_POLICY): In
           info.header = new Headers();
           info.trailer = err.metadata;
         }
-        if (!safe || !RETRYABLE.has(err.code) || attempt >= effective.maxAttempts) {
+        if (!safe || !retryable(err) || attempt >= effective.maxAttempts) {
           throw err;
         }
         const delay = backoffMs(effective, attempt, err.retryDelayMs);

@@ -123,7 +123,10 @@ export class VersionNotFound extends NotFound {}
 export class AlreadyExists extends GatewayError {}
 /** The tenant may not do this: target, replication destination or policy guardrail. */
 export class PermissionDenied extends GatewayError {}
-/** Over the tenant's rate or the server's capacity; see `retryDelayMs`, `quotaViolations`. */
+/**
+ * Over the tenant's rate or the server's capacity (`retryDelayMs` set: retried), or over the
+ * tenant's share of the registry's limits (no `retryDelayMs`: final); see `quotaViolations`.
+ */
 export class ResourceExhausted extends GatewayError {}
 /** The gateway cannot do this now, e.g. its AWS credentials reach another account. */
 export class FailedPrecondition extends GatewayError {}

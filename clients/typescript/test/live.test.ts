@@ -1,11 +1,13 @@
 /**
  * The TypeScript client against live gateways, over both transports. It starts nothing: the
- * Python suite (tests/clients/test_typescript_client.py) starts two gateways on moto, each
+ * Python suite (tests/clients/test_typescript_client.py) starts three gateways on moto, each
  * with its gRPC and its HTTP listener, and runs `node --test` on the compiled file with:
  *   GATEWAY_TARGET              host:port of the gateway's plaintext gRPC listener
  *   GATEWAY_HTTP_TARGET         host:port of its HTTP listener (Connect over HTTP/1.1)
  *   GATEWAY_LIMITED_TARGET      the same two of a gateway that rate-limits the tenant
  *   GATEWAY_LIMITED_HTTP_TARGET   (one read and one write a second, bursts of one)
+ *   GATEWAY_SHARE_TARGET        the same two of a gateway where the tenant's share of the
+ *   GATEWAY_SHARE_HTTP_TARGET     registry is one repository filter (`max_filters: 1`)
  *   GATEWAY_API_KEY             a key of a tenant allowed everything on GATEWAY_REGISTRY_ID,
  *                               owning the slice `payments/` (statement Sids `Payments...`)
  *   GATEWAY_REGISTRY_ID         that tenant's registry
@@ -19,6 +21,7 @@ import { test } from "node:test";
 import {
   CallInfo,
   callOptions,
+  ConnectError,
   ChangeOrigin,
   Code,
   create,
@@ -38,6 +41,8 @@ import {
   ReplicationRuleSchema,
   RepositoryFilterSchema,
   ResourceExhausted,
+  retryable,
+  toGatewayError,
   trailers,
   Unauthenticated,
   type Interceptor,
@@ -56,9 +61,17 @@ const forbidden = env("GATEWAY_FORBIDDEN_REGISTRY");
 const partner = env("GATEWAY_PARTNER_ACCOUNT");
 const apiKey = env("GATEWAY_API_KEY");
 const TRANSPORTS: readonly TransportKind[] = ["grpc", "connect"];
-const targets: Record<TransportKind, { open: string; limited: string }> = {
-  grpc: { open: env("GATEWAY_TARGET"), limited: env("GATEWAY_LIMITED_TARGET") },
-  connect: { open: env("GATEWAY_HTTP_TARGET"), limited: env("GATEWAY_LIMITED_HTTP_TARGET") },
+const targets: Record<TransportKind, { open: string; limited: string; share: string }> = {
+  grpc: {
+    open: env("GATEWAY_TARGET"),
+    limited: env("GATEWAY_LIMITED_TARGET"),
+    share: env("GATEWAY_SHARE_TARGET"),
+  },
+  connect: {
+    open: env("GATEWAY_HTTP_TARGET"),
+    limited: env("GATEWAY_LIMITED_HTTP_TARGET"),
+    share: env("GATEWAY_SHARE_HTTP_TARGET"),
+  },
 };
 
 /** Every RPC a client of this file sent, as "transport:Method" (checked by the last test). */
@@ -121,6 +134,16 @@ async function failure(call: Promise<unknown>): Promise<GatewayError> {
   }
   assert.fail("the call succeeded");
 }
+
+test("RESOURCE_EXHAUSTED is retryable only with a RetryInfo", () => {
+  const bare = toGatewayError(new ConnectError("share", Code.ResourceExhausted));
+  assert.ok(bare instanceof ResourceExhausted);
+  assert.equal(retryable(bare), false);
+  assert.equal(retryable({ code: Code.ResourceExhausted, retryDelayMs: 0 }), true);
+  assert.equal(retryable({ code: Code.ResourceExhausted, retryDelayMs: 250 }), true);
+  assert.equal(retryable({ code: Code.Unavailable, retryDelayMs: undefined }), true);
+  assert.equal(retryable({ code: Code.Aborted, retryDelayMs: 250 }), false);
+});
 
 test("the reads come from the contract's NO_SIDE_EFFECTS mark", () => {
   assert.deepEqual(
@@ -368,6 +391,31 @@ for (const transport of TRANSPORTS) {
     assert.ok(refused instanceof ResourceExhausted);
     assert.equal(once.attempts, 1);
     assert.ok((refused.retryDelayMs ?? 0) > 0);
+  });
+
+  test(`[${transport}] a refusal past the tenant's share is not retried`, async () => {
+    // Retry-safe (an etag) and patient, yet one attempt: no RetryInfo, so no repeat helps.
+    const shared = client(transport, { target: targets[transport].share });
+    const mine = await shared.getReplicationRules({});
+    const twoFilters = create(ReplicationRuleSchema, {
+      destinations: [{ region: "eu-west-1", registryId }],
+      repositoryFilters: [
+        { filter: "payments/a", filterType: "PREFIX_MATCH" },
+        { filter: "payments/b", filterType: "PREFIX_MATCH" },
+      ],
+    });
+    const info = new CallInfo();
+    const refused = await failure(
+      shared.putReplicationRules(
+        { rules: [twoFilters], etag: mine.etag },
+        callOptions({ info, timeoutMs: 20_000, retry: { maxAttempts: 8, initialBackoffMs: 10 } }),
+      ),
+    );
+    assert.ok(refused instanceof ResourceExhausted, refused.message);
+    assert.equal(refused.reason, "REPLICATION_QUOTA_EXCEEDED");
+    assert.equal(refused.retryDelayMs, undefined);
+    assert.ok(refused.quotaViolations.length > 0);
+    assert.equal(info.attempts, 1);
   });
 
   test(`[${transport}] a write is retried only with an etag`, async () => {

@@ -172,7 +172,9 @@ class PermissionDenied(RegistryGatewayError):
 
 
 class ResourceExhausted(RegistryGatewayError):
-    """Over the tenant's rate or the server's capacity; see `retry_delay`, `quota_violations`."""
+    """Over the tenant's rate or the server's capacity (`retry_delay` set: retried), or over
+    the tenant's share of the registry's limits (no `retry_delay`: final); see
+    `quota_violations`."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

@@ -1,16 +1,23 @@
 """When a failed call is tried again, how long the client waits first, and who hears of it.
 
-By default only UNAVAILABLE and RESOURCE_EXHAUSTED are retried: the gateway answers them
-when AWS is throttling or down, or when the tenant is over its rate, and says how long to
-wait in a RetryInfo, which is honoured. A `predicate` may choose other errors (google-api-core's
-`Retry(predicate=...)` is the model), but two rules hold whatever it says: a write without an
-`etag` is never retried unless the caller opts in (if the first attempt reached AWS before
-the answer was lost, a blind second attempt could overwrite a colleague's change made in
-between; with an etag a repeat is safe, at worst ETAG_MISMATCH, and `validate_only` changes
-nothing), and WRITE_OVERWRITTEN is never retried (another writer's state stands: the caller
-decides). Each retry is logged (logger `registry_gateway_client`, INFO) and handed to the
-policy's `on_retry` hook: which RPC, which attempt failed and why, how long into the call,
-and how long the client waits before the next.
+By default only UNAVAILABLE, and RESOURCE_EXHAUSTED that carries a RetryInfo, are retried:
+the gateway answers them when AWS is throttling or down, or when the tenant is over its rate
+or its calls or writes in flight, and says how long to wait in a RetryInfo, which is
+honoured. A RESOURCE_EXHAUSTED without RetryInfo is final: the gateway sends it when a
+request passes the tenant's share of the registry's limits (REPLICATION_QUOTA_EXCEEDED),
+which no repeat of the same request can change, and grpc sends it, without details, for a
+message over its size limits. The rule is RetryInfo's presence rather than a list of
+reasons: the server decides what is transient and says so with that detail (the same rule in
+the TypeScript and Go clients), so a reason added later needs no new client. A `predicate`
+may choose other errors (google-api-core's `Retry(predicate=...)` is the model), but two
+rules hold whatever it says: a write without an `etag` is never retried unless the caller
+opts in (if the first attempt reached AWS before the answer was lost, a blind second attempt
+could overwrite a colleague's change made in between; with an etag a repeat is safe, at
+worst ETAG_MISMATCH, and `validate_only` changes nothing), and WRITE_OVERWRITTEN is never
+retried (another writer's state stands: the caller decides). Each retry is logged (logger
+`registry_gateway_client`, INFO) and handed to the policy's `on_retry` hook: which RPC,
+which attempt failed and why, how long into the call, and how long the client waits before
+the next.
 """
 
 from __future__ import annotations
@@ -30,7 +37,11 @@ LOGGER = logging.getLogger("registry_gateway_client")
 
 
 def retryable(error: RegistryGatewayError) -> bool:
-    """The default predicate: UNAVAILABLE and RESOURCE_EXHAUSTED."""
+    """The default predicate: UNAVAILABLE, and RESOURCE_EXHAUSTED only when the gateway sent
+    a RetryInfo with it (transient: a rate limit, a slot, writes in flight). Without one it
+    is final (a tenant's share, REPLICATION_QUOTA_EXCEEDED; grpc's own size limits)."""
+    if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return error.retry_delay is not None
     return error.code in RETRYABLE_CODES
 
 
@@ -59,7 +70,8 @@ class RetryPolicy:
     never shorter than the RetryInfo delay the gateway sent. Every attempt and wait fits in
     the call's one deadline (`timeout`): a wait that would pass it is not taken.
     `predicate(error)` says which errors are worth another attempt (default: `retryable`,
-    UNAVAILABLE and RESOURCE_EXHAUSTED); `on_retry(event)` is called before each wait.
+    UNAVAILABLE, and RESOURCE_EXHAUSTED with a RetryInfo); `on_retry(event)` is called
+    before each wait.
     """
 
     max_attempts: int = 4
