@@ -9,12 +9,18 @@ that of several replicas seeing one change, exactly one records (and reports) it
 **Stored in pieces.** A registry's documents are shared by its tenants, and each version
 used to hold the whole document: one tenant's large part made every version large, so a few
 of its writes pushed every other tenant's versions past the byte bound. Each document is now
-kept as pieces (`Piece`): each replication rule (its field entry in the serialized
-configuration) and each policy statement (its JSON text, exactly as AWS returned it, with
-the text around the statements kept in the version itself) is stored once per history,
-under its digest, and every version that holds it refers to it. A version costs its own
-header plus the pieces no older version held. Each piece remembers who first stored it
-(`introduced_by`): a slice write's new pieces are that tenant's own part.
+kept as pieces (`Piece`): each policy statement (its JSON text, exactly as AWS returned it,
+with the text around the statements kept in the version itself) and each part of a
+replication rule is stored once per history, under its digest, and every version that holds
+it refers to it. A rule is packed with the filters of several tenants
+(service/registry/model/packing.py), so it is stored as its parts: each repository filter
+(its field entry) a piece, its destinations (the run of its other fields) a shared piece,
+and the rule's layout (its field header and its parts' digests) a piece the version names
+(`_Rule`). A version costs its own header plus the pieces no older version held. Each piece
+remembers who first stored it (`introduced_by`): a slice write's new pieces are that
+tenant's own part, and a filter is a piece of the tenant whose slice write first stored it,
+whatever rule it is packed in. Versions stored before rules were split (a piece per rule)
+are read as they were: `_whole` and `_in_pieces` read both layouts.
 
 **Retention, per author.** Each author (the tenant of a gateway write; changes made around
 the gateway and baselines count as one author, "") keeps its newest `max_versions`
@@ -25,8 +31,10 @@ history is larger, the author holding the most bytes (its versions' records, and
 it introduced) gives some up, oldest first — first its pieces no longer in the current state
 (the versions holding them are then kept without their document, `document_omitted`, as
 before; another tenant's version missing only pieces another tenant's slice write introduced
-still shows that tenant its own slice), then its versions. A tenant's large writes thus
-evict its own history first, never another's. The newest version is always kept whole. A
+still shows that tenant its own slice), then its versions. Shared structure (rules' layouts
+and destinations: what every slice in a rule is read through) is never given up on its own:
+it goes with the last version holding it. A tenant's large writes thus evict its own
+history first, never another's. The newest version is always kept whole. A
 version whose document alone exceeds `max_bytes` is kept without it (`document_omitted`):
 its etag, time and author still say what happened, which is what drift detection needs.
 
@@ -56,6 +64,7 @@ from service.state.redis_keys import RedisClient, RedisKeys
 log = logging.getLogger("registry_gateway.history")
 
 Origin = Literal["baseline", "gateway", "out-of-band"]
+PieceKind = Literal["element", "text", "whole", "rule", "filter", "shared"]
 ORIGINS: tuple[Origin, ...] = ("baseline", "gateway", "out-of-band")
 
 # Bounded parsing of a stored version: a header longer than this is not one of ours (a
@@ -81,17 +90,22 @@ WHOLE = "whole:"  # of a whole-document write's: "whole:<tenant>" (anyone's part
 class Piece:
     """One piece of a stored document, in order.
 
-    `element`: a replication rule (its field entry in the serialized configuration) or a
-    policy statement (its JSON text); `text`: what lies between a policy's statements;
-    `whole`: a document that could not be split (or was stored before documents were)."""
+    `element`: a policy statement (its JSON text), or a replication rule stored whole (as
+    versions recorded before rules were split are, or a rule that does not parse); `rule`: a
+    replication rule stored as its parts (`data`: its layout); `text`: what lies between a
+    policy's statements; `whole`: a document that could not be split (or was stored before
+    documents were)."""
 
-    kind: Literal["element", "text", "whole"]
+    kind: PieceKind
     data: bytes | None  # None: no longer kept (given up to stay within the bound)
-    digest: str = ""  # element, whole: the digest it is stored under
+    digest: str = ""  # element, whole, rule, filter, shared: the digest it is stored under
     # Who first stored it: "slice:<tenant>" (that tenant's slice write: its own part),
     # "whole:<tenant>" or "" (a whole document's write, a baseline, a change made around
     # the gateway: anyone's part).
     introduced_by: str = ""
+    # A rule: its parts in order ("shared": its destinations and any other field but its
+    # filters; "filter": one repository filter each). Empty when its layout is gone.
+    parts: tuple[Piece, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -255,39 +269,130 @@ def _elements(text: str, pos: int) -> tuple[list[tuple[int, int]], int]:
 
 
 # A version's layout, in its header: the text around statements inline, each stored piece as
-# [digest, size] (an element) or [digest, size, 1] (a document kept whole).
-_Item: TypeAlias = "str | tuple[str, int, bool]"
+# [digest, size] (an element) or [digest, size, 1] (a document kept whole), each replication
+# rule stored as its parts as ["r", digest, size] (its layout, a piece of its own: `_Rule`).
+# A record with a rule item is not one a replica before rules were split reads (its
+# `_layout` refuses the item, so it skips the record rather than join a rule's layout into
+# the document).
+_Kind: TypeAlias = Literal["element", "whole", "rule"]
+_Item: TypeAlias = "str | tuple[str, int, _Kind]"
+_RULE = "r"
+_RULE_TAG = 0x0A  # ReplicationConfiguration.rules: field 1, length-delimited
+_FILTER_TAG = 0x12  # ReplicationRule.repository_filters: field 2, length-delimited
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """A replication rule's layout, stored as a piece (JSON: the rule's field header in hex,
+    then [digest, size] per filter and [digest, size, 0] per run of its other fields).
+
+    Each repository filter is a piece of its own, so a tenant's filters are pieces it
+    introduced whatever rule packing puts them in (service/registry/model/packing.py): a
+    slice is read from its own filters and the rule's shared parts (its destinations), and
+    another tenant giving up its filters' pieces takes nothing of it."""
+
+    header: bytes
+    parts: tuple[tuple[str, int, bool], ...]  # digest, size, shared (not a filter)
+
+    def encode(self) -> bytes:
+        items: list[Any] = [self.header.hex()]
+        items += [[d, n, 0] if shared else [d, n] for d, n, shared in self.parts]
+        return json.dumps(items, separators=(",", ":")).encode("ascii")
+
+    @classmethod
+    def decode(cls, data: bytes | None) -> _Rule | None:
+        """The layout stored as `data`; None for anything else (never raises)."""
+        if data is None:
+            return None
+        try:
+            items = json.loads(data)
+            header = bytes.fromhex(items[0])
+        except (ValueError, TypeError, IndexError, KeyError, UnicodeDecodeError):
+            return None
+        parts: list[tuple[str, int, bool]] = []
+        for item in items[1:]:
+            if not (
+                isinstance(item, list)
+                and len(item) in (2, 3)
+                and _is_digest(item[0])
+                and isinstance(item[1], int)
+                and item[1] >= 0
+            ):
+                return None
+            parts.append((item[0], item[1], len(item) == 3))
+        return cls(header, tuple(parts))
+
+
+def _is_digest(value: Any) -> bool:
+    return isinstance(value, str) and len(value) == 2 * _DIGEST_BYTES
+
+
+def _rule_parts(entry: bytes) -> tuple[bytes, list[tuple[bytes, bool]]] | None:
+    """A rule's field entry as its header and its parts (bytes, shared): each filter's field
+    entry alone, each run of other fields (destinations) as one part. None when the entry is
+    not a length-delimited field 1 whose value parses as fields (then stored whole)."""
+    if not entry or entry[0] != _RULE_TAG:
+        return None
+    try:
+        start = _varint(entry, 1)
+    except ValueError:
+        return None
+    body = _fields(entry[start:])
+    if body is None:
+        return None
+    parts: list[tuple[bytes, bool]] = []
+    run = b""
+    for field_entry in body:
+        if field_entry[0] == _FILTER_TAG:
+            if run:
+                parts.append((run, True))
+                run = b""
+            parts.append((field_entry, False))
+        else:
+            run += field_entry
+    if run:
+        parts.append((run, True))
+    return entry[:start], parts
 
 
 def _split(resource: str, document: bytes) -> tuple[list[_Item], dict[str, bytes]]:
     """The layout of `document` and the pieces it refers to (digest -> bytes). The pieces
-    joined in order are the document, byte for byte."""
+    joined in order (a rule's as its layout says) are the document, byte for byte."""
     layout: list[_Item] = []
     pieces: dict[str, bytes] = {}
 
-    def stored(data: bytes, whole: bool = False) -> None:
+    def piece(data: bytes) -> tuple[str, int]:
         digest = _digest(data)
         pieces[digest] = data
-        layout.append((digest, len(data), whole))
+        return digest, len(data)
+
+    def stored(data: bytes, kind: _Kind = "element") -> None:
+        layout.append((*piece(data), kind))
 
     if not document:
         return layout, pieces
     if resource == "registry":
         entries = _fields(document)
         if entries is None:
-            stored(document, whole=True)
-        else:
-            for entry in entries:
+            stored(document, "whole")
+            return layout, pieces
+        for entry in entries:
+            split = _rule_parts(entry)
+            if split is None:
                 stored(entry)
+                continue
+            header, parts = split
+            rule = _Rule(header, tuple((*piece(data), shared) for data, shared in parts))
+            stored(rule.encode(), "rule")
         return layout, pieces
     try:
         text = document.decode("utf-8")
     except UnicodeDecodeError:
-        stored(document, whole=True)
+        stored(document, "whole")
         return layout, pieces
     spans = _statement_spans(text)
     if spans is None:
-        stored(document, whole=True)
+        stored(document, "whole")
         return layout, pieces
     at = 0
     for start, end in spans:
@@ -321,8 +426,10 @@ def _header(version: Version, layout: Sequence[_Item] | None) -> bytes:
 def _item(item: _Item) -> str | list[str | int]:
     if isinstance(item, str):
         return item
-    digest, size, whole = item
-    return [digest, size, 1] if whole else [digest, size]
+    digest, size, kind = item
+    if kind == "rule":
+        return [_RULE, digest, size]
+    return [digest, size, 1] if kind == "whole" else [digest, size]
 
 
 def _record(version: Version, layout: Sequence[_Item] | None) -> bytes:
@@ -355,7 +462,13 @@ class _Stored:
 
     @property
     def digests(self) -> tuple[str, ...]:
+        """The pieces its layout names (a rule's layout, not its parts: `_uses`)."""
         return tuple(item[0] for item in self.layout or () if not isinstance(item, str))
+
+    @property
+    def rules(self) -> tuple[str, ...]:
+        """The digests of its rules' layouts."""
+        return tuple(i[0] for i in self.layout or () if not isinstance(i, str) and i[2] == "rule")
 
     @property
     def author(self) -> str:
@@ -372,15 +485,19 @@ def _layout(value: Any) -> tuple[_Item, ...] | None:
     for item in value:
         if isinstance(item, str):
             items.append(item)
+        elif not isinstance(item, list):
+            return None
+        elif len(item) == 3 and item[0] == _RULE:
+            if not (_is_digest(item[1]) and isinstance(item[2], int) and item[2] >= 0):
+                return None
+            items.append((item[1], item[2], "rule"))
         elif (
-            isinstance(item, list)
-            and len(item) in (2, 3)
-            and isinstance(item[0], str)
-            and len(item[0]) == 2 * _DIGEST_BYTES
+            len(item) in (2, 3)
+            and _is_digest(item[0])
             and isinstance(item[1], int)
             and item[1] >= 0
         ):
-            items.append((item[0], item[1], len(item) == 3))
+            items.append((item[0], item[1], "whole" if len(item) == 3 else "element"))
         else:
             return None
     return tuple(items)
@@ -424,16 +541,24 @@ def _whole(stored: _Stored, parts: Mapping[str, bytes]) -> Version:
     """The version with its document whole, or `document_omitted` when a piece is gone."""
     if stored.layout is None:
         return stored.version
-    chunks: list[bytes] = []
+    chunks: list[bytes | None] = []
     for item in stored.layout:
         if isinstance(item, str):
             chunks.append(item.encode("utf-8"))
             continue
         data = parts.get(item[0])
-        if data is None:
-            return replace(stored.version, document=b"", document_omitted=True)
-        chunks.append(data)
-    return replace(stored.version, document=b"".join(chunks))
+        if item[2] != "rule" or data is None:
+            chunks.append(data)
+            continue
+        rule = _Rule.decode(data)
+        if rule is None:
+            chunks.append(None)
+            continue
+        chunks.append(rule.header)
+        chunks += [parts.get(digest) for digest, _, _ in rule.parts]
+    if any(chunk is None for chunk in chunks):
+        return replace(stored.version, document=b"", document_omitted=True)
+    return replace(stored.version, document=b"".join(c for c in chunks if c is not None))
 
 
 def _in_pieces(
@@ -453,11 +578,30 @@ def _in_pieces(
         if isinstance(item, str):
             pieces.append(Piece("text", item.encode("utf-8")))
             continue
-        digest, _, whole_document = item
+        digest, _, kind = item
         data = parts.get(digest)
         missing = missing or data is None
-        kind: Literal["element", "whole"] = "whole" if whole_document else "element"
-        pieces.append(Piece(kind, data, digest, introduced.get(digest, "")))
+        if kind != "rule":
+            pieces.append(Piece(kind, data, digest, introduced.get(digest, "")))
+            continue
+        rule = _Rule.decode(data)
+        missing = missing or rule is None
+        inner: list[Piece] = []
+        for part, _, shared in rule.parts if rule is not None else ():
+            found = parts.get(part)
+            missing = missing or found is None
+            inner.append(
+                Piece("shared" if shared else "filter", found, part, introduced.get(part, ""))
+            )
+        pieces.append(
+            Piece(
+                "rule",
+                data if rule is not None else None,
+                digest,
+                introduced.get(digest, ""),
+                tuple(inner),
+            )
+        )
     return replace(
         version, document_omitted=version.document_omitted or missing, pieces=tuple(pieces)
     )
@@ -481,6 +625,35 @@ def _payer(introduced_by: str) -> str:
 # --- what to give up to stay within the bounds ------------------------------------------------
 
 
+def _uses(stored: _Stored, layouts: Mapping[str, _Rule]) -> tuple[list[str], set[str]]:
+    """Every piece a record's document is made of (a rule's layout and its parts), and those
+    that are shared structure: rules' layouts and their runs of destinations. Structure is
+    never given up on its own (a slice is read through it): it goes with the last version
+    holding it."""
+    used = list(stored.digests)
+    structure: set[str] = set()
+    for digest in stored.rules:
+        structure.add(digest)
+        rule = layouts.get(digest)
+        for part, _, shared in rule.parts if rule is not None else ():
+            used.append(part)
+            if shared:
+                structure.add(part)
+    return used, structure
+
+
+def _rule_layouts(records: Iterable[_Stored], data: Mapping[str, bytes | None]) -> dict[str, _Rule]:
+    """The layouts of the records' rules found in `data` (digest -> the layout piece)."""
+    found: dict[str, _Rule] = {}
+    for record in records:
+        for digest in record.rules:
+            if digest not in found:
+                rule = _Rule.decode(data.get(digest))
+                if rule is not None:
+                    found[digest] = rule
+    return found
+
+
 @dataclass
 class _Trim:
     """What one append gives up: versions (by seq), pieces no version refers to any more
@@ -496,16 +669,19 @@ def _trim(
     records: Sequence[_Stored],
     sizes: Mapping[str, int],
     introduced: Mapping[str, str],
+    layouts: Mapping[str, _Rule],
     max_versions: int,
     max_bytes: int,
 ) -> _Trim:
     """What to give up so that `records` (newest first; the first is the head, always kept
     whole) keep at most `max_versions` versions per author and at most `max_bytes` bytes.
-    `sizes`: the pieces stored now (digest -> bytes); `introduced`: who introduced each.
+    `sizes`: the pieces stored now (digest -> bytes); `introduced`: who introduced each;
+    `layouts`: the records' rules' layouts (digest -> `_Rule`).
 
     Bytes: while over, the author holding the most removable bytes (its versions' records
     but the head's, and the pieces it introduced that the head does not hold) gives up its
-    oldest piece, or, when it has none left, its oldest version."""
+    oldest piece (never shared structure: `_uses`), or, when it has none left, its oldest
+    version."""
     trim = _Trim()
     kept: list[_Stored] = []
     counts: Counter[str] = Counter()
@@ -518,8 +694,13 @@ def _trim(
             trim.drop.add(stored.version.seq)
     users: dict[str, set[int]] = defaultdict(set)
     first_held: dict[str, int] = {}
+    uses: dict[int, list[str]] = {}
+    structure: set[str] = set()
     for stored in kept:
-        for digest in stored.digests:
+        used, shared = _uses(stored, layouts)
+        uses[stored.version.seq] = used
+        structure |= shared
+        for digest in used:
             users[digest].add(stored.version.seq)
             first_held[digest] = stored.version.seq  # oldest last: newest first
     live = {d: size + _PIECE_OVERHEAD for d, size in sizes.items() if d in users}
@@ -531,7 +712,7 @@ def _trim(
     if total <= max_bytes or not kept:
         return trim
     head = kept[0]
-    in_head = set(head.digests)
+    in_head = set(uses[head.version.seq])
     charge: Counter[str] = Counter()
     versions_of: dict[str, deque[_Stored]] = defaultdict(deque)
     for stored in reversed(kept[1:]):  # oldest first
@@ -540,7 +721,8 @@ def _trim(
     pieces_of: dict[str, deque[str]] = defaultdict(deque)
     for digest in sorted((d for d in live if d not in in_head), key=lambda d: (first_held[d], d)):
         payer = _payer(introduced.get(digest, ""))
-        pieces_of[payer].append(digest)
+        if digest not in structure:
+            pieces_of[payer].append(digest)
         charge[payer] += live[digest]
     while total > max_bytes:
         candidates = [
@@ -564,7 +746,7 @@ def _trim(
         trim.drop.add(stored.version.seq)
         total -= stored.size
         charge[author] -= stored.size
-        for digest in stored.digests:
+        for digest in uses[stored.version.seq]:
             holders = users[digest]
             holders.discard(stored.version.seq)
             if holders:
@@ -586,9 +768,17 @@ class _Prepared:
     record: bytes
     new_pieces: dict[str, tuple[bytes, str]]  # digest -> (bytes, introduced_by)
     stored: _Stored  # as it will read back (seq to be set)
+    # The new pieces that are rules' layouts and parts (Redis keeps them in hashes of their
+    # own: `RedisHistory`).
+    parts: frozenset[str] = frozenset()
 
 
-def _prepare(key: CacheKey, version: Version, max_bytes: int) -> _Prepared:
+def _prepare(key: CacheKey, version: Version, max_bytes: int, *, first: bool) -> _Prepared:
+    """`version` ready to append. `first`: on an empty history (an append conditional on
+    none), its pieces are the whole state, not its author's part: a slice write's are then
+    introduced as a whole document's (still charged to its author), so that a slice write
+    recorded first (the history lost, or away when its fresh read was observed) never makes
+    another tenant's filters or statements its own."""
     fitted = _fitted(version, max_bytes)
     if fitted.document_omitted:
         record = _record(fitted, None)
@@ -596,12 +786,17 @@ def _prepare(key: CacheKey, version: Version, max_bytes: int) -> _Prepared:
     layout, pieces = _split(key.resource, fitted.document)
     record = _record(fitted, layout)
     by = _introducer(fitted)
-    kept = replace(fitted, document=b"")
+    if first and by.startswith(SLICE):
+        by = WHOLE + by[len(SLICE) :]
+    stored = _Stored(replace(fitted, document=b""), tuple(layout), _SEQ.size + len(record))
+    rules = _rule_layouts([stored], pieces)
+    parts = {digest for rule in rules.values() for digest, _, _ in rule.parts}
     return _Prepared(
         fitted,
         record,
         {digest: (data, by) for digest, data in pieces.items()},
-        _Stored(kept, tuple(layout), _SEQ.size + len(record)),
+        stored,
+        frozenset(rules) | frozenset(parts),
     )
 
 
@@ -611,6 +806,7 @@ def _plan(
     records: Sequence[_Stored],
     sizes: Mapping[str, int],
     introduced: Mapping[str, str],
+    layouts: Mapping[str, _Rule],
     max_versions: int,
     max_bytes: int,
 ) -> _Trim:
@@ -621,7 +817,12 @@ def _plan(
     for digest, (data, by) in prepared.new_pieces.items():
         with_new_sizes.setdefault(digest, len(data))
         with_new_intro.setdefault(digest, by)
-    return _trim([new, *records], with_new_sizes, with_new_intro, max_versions, max_bytes)
+    with_new_layouts = dict(layouts)
+    news = {digest: data for digest, (data, _) in prepared.new_pieces.items()}
+    with_new_layouts.update(_rule_layouts([new], news))
+    return _trim(
+        [new, *records], with_new_sizes, with_new_intro, with_new_layouts, max_versions, max_bytes
+    )
 
 
 # --- in this process --------------------------------------------------------------------------
@@ -657,7 +858,7 @@ class MemoryHistory:
         head = versions.records[0].version if versions.records else None
         if (head.etag if head is not None else None) != if_head_etag:
             return None
-        prepared = _prepare(key, version, self._max_bytes)
+        prepared = _prepare(key, version, self._max_bytes, first=if_head_etag is None)
         seq = versions.seq + 1
         trim = _plan(
             prepared,
@@ -665,6 +866,7 @@ class MemoryHistory:
             versions.records,
             {d: len(data) for d, data in versions.pieces.items()},
             versions.introduced,
+            _rule_layouts(versions.records, versions.pieces),
             self._max_versions,
             self._max_bytes,
         )
@@ -699,23 +901,64 @@ class MemoryHistory:
 
 # --- in Redis, shared by every replica ---------------------------------------------------------
 
-# KEYS: list (newest first), seq counter, head etag, pieces (hash), introduced (hash).
-# What an append's trim is computed from: the seq, every record, the pieces stored, and who
-# introduced each.
-_STATE = """
+# Lua shared by the scripts: the rules' layouts a record's header names (["r", digest, size]
+# items: `_Rule`), and HMGET by batches (unpack() has a bound on how many values it passes).
+_LUA_PARTS = """
+local function rules_of(item, into, seen)
+  if #item < 8 then return end
+  local nl = string.find(item, '\\n', 9, true)
+  if not nl then return end
+  local ok, header = pcall(cjson.decode, string.sub(item, 9, nl - 1))
+  if not ok or type(header) ~= 'table' or type(header['l']) ~= 'table' then return end
+  for _, piece in ipairs(header['l']) do
+    if type(piece) == 'table' and piece[1] == 'r' and type(piece[2]) == 'string'
+        and not seen[piece[2]] then
+      seen[piece[2]] = true
+      table.insert(into, piece[2])
+    end
+  end
+end
+local function fetch(hash, names)
+  local found = {}
+  for first = 1, #names, 1000 do
+    local batch = {}
+    for j = first, math.min(first + 999, #names) do table.insert(batch, names[j]) end
+    for _, value in ipairs(redis.call('HMGET', hash, unpack(batch))) do
+      table.insert(found, value)
+    end
+  end
+  return found
+end
+"""
+# KEYS: list (newest first), seq counter, head etag, pieces (hash), introduced (hash), and
+# the same two hashes of rules' layouts and parts. What an append's trim is computed from:
+# the seq, every record, the pieces stored, who introduced each, and the layouts of the
+# records' rules (their digests, then their data).
+_STATE = (
+    _LUA_PARTS
+    + """
+local items = redis.call('LRANGE', KEYS[1], 0, -1)
+local rules, seen = {}, {}
+for _, item in ipairs(items) do rules_of(item, rules, seen) end
 return {
   redis.call('GET', KEYS[2]) or '0',
-  redis.call('LRANGE', KEYS[1], 0, -1),
+  items,
   redis.call('HKEYS', KEYS[4]),
   redis.call('HGETALL', KEYS[5]),
+  rules,
+  fetch(KEYS[6], rules),
+  redis.call('HKEYS', KEYS[6]),
+  redis.call('HGETALL', KEYS[7]),
 }
 """
+)
 # KEYS: as _STATE. ARGV: mode ("empty" or "etag"), the expected head etag, the seq the trim
 # was computed at, the record without its seq, its etag, then counted lists: the new pieces
-# (digest, bytes, introduced by), the seqs to drop, the pieces to strip, the pieces to
-# forget. The head's etag has a key of its own so the comparison needs no parsing in Lua.
-# The trim applies only when no append came between (the seq is the one it was computed
-# at); otherwise the later append's trim covers this one.
+# (digest, bytes, introduced by, "1" for a rule's layout or part), the seqs to drop, the
+# pieces to strip, the pieces to forget (from either pair of hashes). The head's etag has a
+# key of its own so the comparison needs no parsing in Lua. The trim applies only when no
+# append came between (the seq is the one it was computed at); otherwise the later append's
+# trim covers this one.
 _APPEND = """
 local head = redis.call('GET', KEYS[3])
 if ARGV[1] == 'empty' then
@@ -731,9 +974,10 @@ local i = 6
 local n = tonumber(ARGV[i])
 i = i + 1
 for _ = 1, n do
-  redis.call('HSETNX', KEYS[4], ARGV[i], ARGV[i + 1])
-  redis.call('HSETNX', KEYS[5], ARGV[i], ARGV[i + 2])
-  i = i + 3
+  local at = ARGV[i + 3] == '1' and 6 or 4
+  redis.call('HSETNX', KEYS[at], ARGV[i], ARGV[i + 1])
+  redis.call('HSETNX', KEYS[at + 1], ARGV[i], ARGV[i + 2])
+  i = i + 4
 end
 if before ~= ARGV[3] then return seq end
 n = tonumber(ARGV[i])
@@ -756,6 +1000,7 @@ n = tonumber(ARGV[i])
 i = i + 1
 for _ = 1, n do
   redis.call('HDEL', KEYS[4], ARGV[i])
+  redis.call('HDEL', KEYS[6], ARGV[i])
   i = i + 1
 end
 n = tonumber(ARGV[i])
@@ -763,14 +1008,19 @@ i = i + 1
 for _ = 1, n do
   redis.call('HDEL', KEYS[4], ARGV[i])
   redis.call('HDEL', KEYS[5], ARGV[i])
+  redis.call('HDEL', KEYS[6], ARGV[i])
+  redis.call('HDEL', KEYS[7], ARGV[i])
   i = i + 1
 end
 return seq
 """
-# KEYS: list, pieces, introduced. ARGV: before_seq ("" for none), limit (-1: all), whether
-# to return who introduced the pieces. The records newest first, the digests they refer to,
-# those pieces (false: given up) and who introduced them: one consistent read.
-_PAGE = """
+# KEYS: list, pieces, introduced, parts, parts' introduced. ARGV: before_seq ("" for none),
+# limit (-1: all), whether to return who introduced the pieces. The records newest first,
+# the digests they refer to (their rules' parts too, named in the rules' layouts), those
+# pieces (false: given up) and who introduced them: one consistent read.
+_PAGE = (
+    _LUA_PARTS
+    + """
 local before = ARGV[1]
 local limit = tonumber(ARGV[2])
 local items
@@ -779,7 +1029,7 @@ if before == '' and limit >= 0 then
 else
   items = redis.call('LRANGE', KEYS[1], 0, -1)
 end
-local out, digests, seen = {}, {}, {}
+local out, digests, seen, rules, rule_seen = {}, {}, {}, {}, {}
 local bound = before ~= '' and tonumber(before) or nil
 for _, item in ipairs(items) do
   if limit >= 0 and #out >= limit then break end
@@ -790,38 +1040,57 @@ for _, item in ipairs(items) do
       local ok, header = pcall(cjson.decode, string.sub(item, 9, nl - 1))
       if ok and type(header) == 'table' and type(header['l']) == 'table' then
         for _, piece in ipairs(header['l']) do
-          if type(piece) == 'table' and type(piece[1]) == 'string' and not seen[piece[1]] then
-            seen[piece[1]] = true
-            table.insert(digests, piece[1])
+          if type(piece) == 'table' then
+            local name = piece[1]
+            if name == 'r' then name = piece[2] end
+            if type(name) == 'string' and not seen[name] then
+              seen[name] = true
+              table.insert(digests, name)
+            end
           end
+        end
+      end
+      rules_of(item, rules, rule_seen)
+    end
+  end
+end
+for _, data in ipairs(fetch(KEYS[4], rules)) do
+  if data then
+    local ok, layout = pcall(cjson.decode, data)
+    if ok and type(layout) == 'table' then
+      for j = 2, #layout do
+        local part = layout[j]
+        if type(part) == 'table' and type(part[1]) == 'string' and not seen[part[1]] then
+          seen[part[1]] = true
+          table.insert(digests, part[1])
         end
       end
     end
   end
 end
--- HMGET by batches: unpack() has a bound on how many values it passes.
-local function fetch(hash)
-  local found = {}
-  for first = 1, #digests, 1000 do
-    local batch = {}
-    for j = first, math.min(first + 999, #digests) do table.insert(batch, digests[j]) end
-    for _, value in ipairs(redis.call('HMGET', hash, unpack(batch))) do
-      table.insert(found, value)
-    end
+local function either(a, b)
+  local found, other = fetch(a, digests), fetch(b, digests)
+  for j = 1, #digests do
+    if not found[j] then found[j] = other[j] end
   end
   return found
 end
-local pieces, introduced = fetch(KEYS[2]), {}
-if ARGV[3] == '1' then introduced = fetch(KEYS[3]) end
+local pieces, introduced = either(KEYS[2], KEYS[4]), {}
+if ARGV[3] == '1' then introduced = either(KEYS[3], KEYS[5]) end
 return {out, digests, pieces, introduced}
 """
+)
 
 
 class RedisHistory:
     """Versions in Redis under `<key_prefix>history:<registry>:<region>:<resource>:*`:
     `versions` (the records, newest first), `seq`, `head` (its etag), `pieces` and
-    `introduced` (hashes by digest). On a Redis Cluster `<registry>:<region>` is a hash tag
-    (service/state/redis_keys.py): the scripts read and write all five keys at once.
+    `introduced` (hashes by digest), and `parts` and `parts_by`: the same of rules' layouts
+    and parts. Those have hashes of their own for a rolling upgrade: a replica from before
+    rules were split skips a record naming a rule's layout (`_layout`) and, trimming, forgets
+    every piece of `pieces` no record it reads names; it never reads `parts`, so its appends
+    leave the newer versions whole. On a Redis Cluster `<registry>:<region>` is a hash tag
+    (service/state/redis_keys.py): the scripts read and write all seven keys at once.
 
     The keys have no expiry: a history is bounded in size, and one that expired while its
     registry stood still would lose the state drift is measured against.
@@ -842,7 +1111,7 @@ class RedisHistory:
         group = f"{key.registry_id}:{key.region}"
         return [
             self._names.key(group, key.resource, name)
-            for name in ("versions", "seq", "head", "pieces", "introduced")
+            for name in ("versions", "seq", "head", "pieces", "introduced", "parts", "parts_by")
         ]
 
     async def head(self, key: CacheKey) -> Version | None:
@@ -859,14 +1128,17 @@ class RedisHistory:
     ) -> Version | None:
         """Compare-and-append in one script, trimmed as read just before; None when the head
         moved or Redis is away."""
-        prepared = _prepare(key, version, self._max_bytes)
+        prepared = _prepare(key, version, self._max_bytes, first=if_head_etag is None)
         keys = self._keys(key)
         mode = "empty" if if_head_etag is None else "etag"
         try:
-            seq_now, raw, stored_digests, introduced_flat = await self._state(keys=keys)
+            state = await self._state(keys=keys)
+            seq_now, raw, stored_digests, introduced_flat, rule_names, rule_data = state[:6]
+            part_digests, parts_by_flat = state[6:]
             records = [r for r in (_decode(item) for item in raw) if r is not None]
-            sizes = _sizes(records, stored_digests)
-            introduced = _pairs(introduced_flat)
+            layouts = _rule_layouts(records, _found(rule_names, rule_data))
+            sizes = _sizes(records, [*stored_digests, *part_digests], layouts)
+            introduced = {**_pairs(introduced_flat), **_pairs(parts_by_flat)}
             seq = int(seq_now)
             trim = _plan(
                 prepared,
@@ -874,6 +1146,7 @@ class RedisHistory:
                 records,
                 sizes,
                 introduced,
+                layouts,
                 self._max_versions,
                 self._max_bytes,
             )
@@ -886,7 +1159,7 @@ class RedisHistory:
             ]
             args.append(len(prepared.new_pieces))
             for digest, (data, by) in prepared.new_pieces.items():
-                args += [digest, data, by]
+                args += [digest, data, by, "1" if digest in prepared.parts else "0"]
             for group in (sorted(trim.drop), sorted(trim.strip), sorted(trim.forget)):
                 args.append(len(group))
                 args += group
@@ -935,7 +1208,7 @@ class RedisHistory:
     ) -> tuple[list[_Stored], dict[str, bytes], dict[str, str]]:
         keys = self._keys(key)
         raw, digests, found, by = await self._page(
-            keys=[keys[0], keys[3], keys[4]],
+            keys=[keys[0], keys[3], keys[4], keys[5], keys[6]],
             args=["" if before_seq is None else before_seq, limit, "1" if introduced else "0"],
         )
         self._up(key)
@@ -978,13 +1251,29 @@ class RedisHistory:
         self._available = False
 
 
-def _sizes(records: Iterable[_Stored], stored: Iterable[Any]) -> dict[str, int]:
+def _found(names: Sequence[Any], values: Sequence[Any]) -> dict[str, bytes | None]:
+    """HMGET's answer by digest (None: not stored)."""
+    return {
+        _name(n): (v if isinstance(v, bytes) else None) for n, v in zip(names, values, strict=False)
+    }
+
+
+def _name(value: Any) -> str:
+    return value.decode("ascii", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _sizes(
+    records: Iterable[_Stored], stored: Iterable[Any], layouts: Mapping[str, _Rule]
+) -> dict[str, int]:
     """The size of each piece stored (from the layouts that refer to it)."""
     known: dict[str, int] = {}
     for record in records:
         for item in record.layout or ():
             if not isinstance(item, str):
                 known[item[0]] = item[1]
+    for rule in layouts.values():
+        for digest, size, _ in rule.parts:
+            known[digest] = size
     names = (d.decode("ascii", "replace") if isinstance(d, bytes) else str(d) for d in stored)
     return {name: known.get(name, 0) for name in names}
 

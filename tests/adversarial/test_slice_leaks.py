@@ -329,16 +329,10 @@ def big_rules(i: int, count: int, to: pb.ReplicationDestination) -> list[pb.Repl
     [
         ("memory", False),
         ("redis", False),
-        pytest.param(
-            "memory",
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="issue 22: history pieces are rules, and packing puts billing's filter "
-                "in payments' large rules when they share a destination set; per-filter "
-                "pieces in service/state/history.py would restore it",
-            ),
-        ),
+        # One destination set: packing puts billing's filter in payments' large rules, and
+        # the history stores each filter as a piece of its own (service/state/history.py).
+        ("memory", True),
+        ("redis", True),
     ],
 )
 async def test_another_tenants_large_writes_never_erase_a_slices_history(

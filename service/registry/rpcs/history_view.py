@@ -19,10 +19,12 @@ writes, changes made around it); this module only reads them, newest first:
 A version kept without its document (larger than `history.max_bytes`, or some of its pieces
 given up to stay within it: service/state/history.py) is marked `document_omitted`: the full
 view shows its etag, the slice view no slice and no etag, unless every piece it lacks is
-another tenant's own statement (introduced by that tenant's slice write): then the caller's
-slice is whole in it and shown as in any other version. A lacking rule is never taken for
-another's alone: rules are packed (service/registry/model/packing.py), one rule holding the
-filters of several slices.
+another tenant's own statement or repository filter (introduced by that tenant's slice
+write): then the caller's slice is whole in it and shown as in any other version. Rules are
+packed (service/registry/model/packing.py), one rule holding the filters of several slices,
+so a rule is stored as its parts (each filter a piece, its destinations a shared one): a
+caller's slice needs only its own filters and the shared parts. A lacking rule stored whole
+(a version recorded before rules were split) is never taken for another's alone.
 
 Page tokens are opaque to callers: the urlsafe base64 of a format byte, a position, and a
 digest binding them to (registry, region, resource). In the full view the position is the
@@ -301,6 +303,7 @@ class _Slicer:
         self.resource = resource
         self._owner = owner
         self._owned: dict[str, list[Any] | None] = {}
+        self._filters: dict[str, list[pb.RepositoryFilter]] = {}
         self._etags: dict[tuple[str, ...], str] = {}
 
     def mine(self, version: Version) -> _Mine:
@@ -311,6 +314,16 @@ class _Slicer:
         digests: list[str] = []
         for piece in version.pieces or ():
             if piece.kind == "text":
+                continue
+            if piece.kind == "rule":
+                if piece.digest not in self._owned:
+                    self._owned[piece.digest] = self._rule(piece)
+                owned = self._owned[piece.digest]
+                if owned is None:
+                    return None
+                if owned:
+                    found.extend(owned)
+                    digests.append(piece.digest)
                 continue
             if piece.data is None:
                 if piece.kind == "element" and self._anothers(piece):
@@ -325,8 +338,8 @@ class _Slicer:
                 found.extend(owned)
                 digests.append(piece.digest)
         if self.resource == "registry":
-            # Each piece is one rule, and packed rules hold filters of several slices: the
-            # caller's canonical rules are of its filters across every piece.
+            # Packed rules hold filters of several slices: the caller's canonical rules are
+            # of its filters across every rule.
             found = packing.canonical(found)
         return found, tuple(digests)
 
@@ -343,14 +356,57 @@ class _Slicer:
         return etag
 
     def _anothers(self, piece: Piece) -> bool:
-        """A statement another tenant's slice write introduced: its own part, never the
-        caller's (an owned statement names its owner's Sid prefix). Not so for a rule:
-        rules are packed (service/registry/model/packing.py), so a rule another tenant's
-        write introduced may hold the caller's filters too."""
-        if self.resource == "registry":
+        """A statement or a repository filter another tenant's slice write introduced: its
+        own part, never the caller's (an owned statement names its owner's Sid prefix; a
+        slice write holds only filters inside its writer's prefixes, which no other tenant
+        owns: service/config/tenancy_checks.py). Not so for a rule stored whole (versions
+        recorded before rules were split): rules are packed
+        (service/registry/model/packing.py), so a rule another tenant's write introduced
+        may hold the caller's filters too."""
+        if piece.kind == "element" and self.resource == "registry":
             return False
         by = piece.introduced_by
         return by.startswith(SLICE) and by[len(SLICE) :] != self._owner.tenant
+
+    def _rule(self, piece: Piece) -> list[Any] | None:
+        """The caller's part of a rule stored as its parts: its own filters with the rule's
+        destinations; None when it cannot be told (the rule's layout or shared parts are
+        gone, or a filter it lacks may have been the caller's)."""
+        if piece.data is None:
+            return None
+        shared = b""
+        filters: list[pb.RepositoryFilter] = []
+        for part in piece.parts:
+            if part.kind == "shared":
+                if part.data is None:
+                    return None
+                shared += part.data
+                continue
+            if part.data is None:
+                if self._anothers(part):
+                    continue
+                return None
+            owned = self._filters.get(part.digest)
+            if owned is None:
+                try:
+                    owned = list(pb.ReplicationRule.FromString(part.data).repository_filters)
+                except DecodeError:
+                    return None
+                owned = self._filters[part.digest] = [
+                    f for f in owned if self._owner.owns_filter(f.filter)
+                ]
+            filters.extend(owned)
+        try:
+            structure = pb.ReplicationRule.FromString(shared)
+        except DecodeError:
+            return None
+        if structure.repository_filters:
+            # A filter outside the filter parts (a field the gateway's serialization never
+            # writes so): it may be the caller's, and is not judged as one.
+            return None
+        if not filters:
+            return []
+        return [pb.ReplicationRule(destinations=structure.destinations, repository_filters=filters)]
 
     def _judge(self, piece: Piece) -> list[Any] | None:
         """The caller's rules or statements in one piece; None when it cannot be read."""
