@@ -7,7 +7,7 @@ the same answer, so a caller cannot probe which registries exist.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from service.config import GatewayConfig, RegistryConfig, TenantConfig, registry_regions
 from service.echo import echo
@@ -24,11 +24,12 @@ class Target:
     region: str
     # The tenant's share of ECR's registry-wide limits for its slice (service/ecr/limits.py).
     share: ecr_limits.Share = ecr_limits.WHOLE_REGISTRY
+    # The 12-digit account id of the registry: a field, not a property, read on every call
+    # (a property is a Python call each time); derived from `registry`, so not compared.
+    registry_id: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def registry_id(self) -> str:
-        """The 12-digit account id of the registry."""
-        return self.registry.registry_id
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "registry_id", self.registry.registry_id)
 
 
 def denied(target: Target, rpc: str, reason: str, message: str, field: str) -> PermissionDenied:

@@ -16,9 +16,11 @@ history store), and only then can the call be refused UPSTREAM_BUDGET_EXHAUSTED.
 from __future__ import annotations
 
 import contextvars
+import hashlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from service.auth.authenticator import PEER_CERT_KEY
 from service.auth.failures import AuthFailures
 from service.auth.identity import Identity
 from service.auth.tenancy import Tenancy
@@ -50,6 +52,45 @@ class Authenticate:
     def __init__(self, metrics: Metrics, failures: AuthFailures | None) -> None:
         self._metrics = metrics
         self._failures = failures
+        # API keys already accepted, by the sha256 of the `authorization` value that carried
+        # them, for one tenancy snapshot only (`_memo_of`): see `memoized`.
+        self._memo: dict[bytes, Identity] = {}
+        self._memo_of: Tenancy | None = None
+
+    def memoized(
+        self,
+        tenancy: Tenancy,
+        authorization: str | bytes | None,
+        metadata: Metadata | None,
+        auth_context: Any,
+        peer: Callable[[], str],
+    ) -> Identity:
+        """As calling this, with the call's first `authorization` value read off
+        `metadata` already, and an API key accepted under `tenancy` remembered.
+
+        An API key's identity is a pure function of the snapshot and the value presented
+        (its digest against the snapshot's digests), so a key accepted once under a
+        snapshot is accepted under it again: the memo skips the parse, the JWT test and
+        the scan of every digest. It holds only what was accepted (a stranger's attempt
+        takes the full path and its failure is counted), keyed by the sha256 of the value
+        (no key is kept in clear), only values of the one canonical form
+        `Bearer <key>` (so at most one entry per key of the snapshot: a tenant sending its
+        key with other spacing cannot grow it), and only for the snapshot it was filled
+        under: a reload (a key revoked, a tenant removed) replaces the snapshot, and the
+        next call under the new one starts an empty memo. Not for JWTs (they expire) nor
+        client certificates (they are the identity on an mTLS listener, checked first)."""
+        if type(authorization) is not str or (auth_context and auth_context.get(PEER_CERT_KEY)):
+            return self(tenancy, metadata, auth_context, peer)
+        if self._memo_of is not tenancy:
+            self._memo = {}
+            self._memo_of = tenancy
+        digest = hashlib.sha256(authorization.encode("utf-8")).digest()
+        identity = self._memo.get(digest)
+        if identity is None:
+            identity = self(tenancy, metadata, auth_context, peer)
+            if identity.kind == "api_key" and _canonical(authorization):
+                self._memo[digest] = identity
+        return identity
 
     def __call__(
         self,
@@ -68,6 +109,12 @@ class Authenticate:
                 raise FailedAuthentication(exc, log=True) from None
             verdict = self._failures.failed(peer())
             raise FailedAuthentication(verdict.refuse or exc, verdict.log) from None
+
+
+def _canonical(authorization: str) -> bool:
+    """Whether the value is exactly `Bearer <token>`, the one spelling of each token."""
+    token = authorization[7:]
+    return authorization[:7] == "Bearer " and token == token.strip()
 
 
 class UpstreamPass:

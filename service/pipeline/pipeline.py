@@ -18,26 +18,28 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, cast
 
 import grpc
 
+from service.auth.api_keys import AUTHORIZATION_KEY
 from service.auth.failures import AuthFailures
-from service.auth.tenancy import TenancyHolder
+from service.auth.identity import Identity
+from service.auth.tenancy import Tenancy, TenancyHolder
 from service.call import Call, begin
 from service.catalog import UNCACHED_READS, WRITES
 from service.config import ServerConfig
 from service.echo import safe_request_id
 from service.errors import REQUEST_ID_KEY, GatewayError, internal
 from service.observability.audit import AuditLog, WriteRecord
-from service.observability.metrics import MethodMetrics, Metrics
+from service.observability.metrics import Metrics
 from service.observability.tracing import Tracing, end_rpc
 from service.pipeline.gates import Admit, Authenticate, FailedAuthentication
 from service.pipeline.reporters import (
     AccessLogReporter,
     AuditReporter,
+    MethodPlan,
     MetricsReporter,
     Outcome,
     Reporter,
@@ -56,7 +58,8 @@ _ID_BATCH = 256
 
 class _RandomHex:
     """Request ids: 32 hex digits (128 bits, the size of uuid4().hex) from `os.urandom`, drawn
-    a batch of 256 ids at a time instead of one `getrandom` system call per call.
+    a batch of 256 ids at a time instead of one `getrandom` system call per call, and cut
+    into ids when drawn (a call then only pops one).
 
     Each id is as random as `secrets.token_hex(16)`'s: no counter or process prefix a caller
     could read other callers' ids or the replica's call rate from (ids are echoed to
@@ -64,26 +67,22 @@ class _RandomHex:
     processes hand out the same ids. Called on the event loop's thread only.
     """
 
-    __slots__ = ("_at", "_pool")
+    __slots__ = ("_ids",)
 
     def __init__(self) -> None:
-        self._pool = ""
-        self._at = 0
+        self._ids: list[str] = []
 
     def take(self) -> str:
         """The next id."""
-        at = self._at
-        end = at + _ID_HEX_DIGITS
-        if end > len(self._pool):
-            self._pool = os.urandom(_ID_HEX_DIGITS // 2 * _ID_BATCH).hex()
-            at, end = 0, _ID_HEX_DIGITS
-        self._at = end
-        return self._pool[at:end]
+        ids = self._ids
+        if not ids:
+            pool = os.urandom(_ID_HEX_DIGITS // 2 * _ID_BATCH).hex()
+            ids.extend(pool[at : at + _ID_HEX_DIGITS] for at in range(0, len(pool), _ID_HEX_DIGITS))
+        return ids.pop()
 
     def forget(self) -> None:
         """Drop the batch (in a forked child: the parent's ids are the parent's)."""
-        self._pool = ""
-        self._at = 0
+        self._ids.clear()
 
 
 _NEW_IDS = _RandomHex()
@@ -101,27 +100,15 @@ def request_id(metadata: Iterable[tuple[str, Any]]) -> str:
     return _NEW_IDS.take()
 
 
-def no_cache(metadata: Iterable[tuple[str, Any]]) -> bool:
-    """Whether the caller asked for a fresh read (`cache-control: no-cache`)."""
-    for key, value in metadata:
-        if key == CACHE_CONTROL_KEY and isinstance(value, str):
-            return "no-cache" in value.lower()
-    return False
-
-
-@dataclass(frozen=True, slots=True)
-class MethodPlan:
-    """What the pipeline does for every call of one method, decided on its first call: its
-    name, whether it writes, whether it is a read no cache answers, its metrics' label
-    children, and the reporters that observe it (a reporter with nothing to do for the
-    method is left out: the audit for reads). The call's span is not a reporter's: `started`
-    opens it and `ended` closes it."""
-
-    rpc: str
-    is_write: bool
-    uncached: bool
-    metrics: MethodMetrics
-    reporters: tuple[Reporter, ...]
+def _admitted(
+    outcome: Outcome, identity: Identity, rpc: str, tenancy: Tenancy, deadline: float, fresh: bool
+) -> Call:
+    """The admitted call's `Call`, recorded in its outcome and made current for this task."""
+    call = outcome.call = Call(
+        outcome.request_id, identity, rpc, deadline, tenancy, outcome.record, fresh
+    )
+    begin(call)
+    return call
 
 
 class Pipeline:
@@ -205,11 +192,20 @@ class Pipeline:
             traced = self.tracing.rpc(method, metadata)
             span = traced.__enter__()
         self._open += 1  # until `ended`
+        # `request_id(metadata)`, written out (it runs on every call).
+        for key, value in metadata:
+            if key == REQUEST_ID_KEY and isinstance(value, str):
+                value = value.strip()
+                if safe_request_id(value):
+                    new_id = value
+                    break
+        else:
+            new_id = _NEW_IDS.take()
         # Every field by position (keywords cost more to match, once per call).
         return Outcome(
             method,
             plan.rpc,
-            request_id(metadata),
+            new_id,
             None,  # identity
             None,  # call
             WriteRecord() if plan.is_write else None,
@@ -222,6 +218,8 @@ class Pipeline:
             span,
             traced,
             time.perf_counter(),  # started
+            None,  # audit_written
+            plan,
         )
 
     async def admit_call(
@@ -246,35 +244,82 @@ class Pipeline:
         a refused call holds no slot. An admitted one holds its tenant's slot until the
         transport gives it back (`slots.release_tenant(call.tenant.name)`) as the call ends.
         """
-        plan = self._plans[outcome.method]  # made by `started`
+        admitted = self.admission(outcome, slots, metadata, auth_context, peer, deadline, refused)
+        return admitted if type(admitted) is Call else await cast(Awaitable[Call], admitted)
+
+    def admission(
+        self,
+        outcome: Outcome,
+        slots: CallSlots,
+        metadata: Iterable[tuple[str, Any]],
+        auth_context: Any,
+        peer: Callable[[], str],
+        deadline: float,
+        refused: GatewayError | None = None,
+    ) -> Call | Awaitable[Call]:
+        """`admit_call` without a coroutine of its own when the call has no gate to wait
+        for (a cached read without a rate limit: the hot path): the `Call`, admitted; else
+        what to await for it. Raises as `admit_call` does."""
+        plan = outcome.plan or self.plan(outcome.method)  # made by `started`
         tenancy = self.tenancy.current
-        identity = outcome.identity = self.authenticate(tenancy, metadata, auth_context, peer)
+        # One pass over the metadata for what admission reads of it.
+        authorization: str | bytes | None = None
+        cache_control: str | None = None
+        for key, value in metadata:
+            if key == AUTHORIZATION_KEY:
+                if authorization is None:
+                    authorization = value
+            elif key == CACHE_CONTROL_KEY and cache_control is None and isinstance(value, str):
+                cache_control = value
+        identity = outcome.identity = self.authenticate.memoized(
+            tenancy, authorization, metadata, auth_context, peer
+        )
         if refused is not None:
             raise refused
         tenant = identity.tenant.name
+        is_write = plan.is_write
+        fresh = not is_write and cache_control is not None and "no-cache" in cache_control.lower()
+        past_cache = fresh or plan.uncached
         slots.take_tenant(tenant)
-        try:
-            is_write = plan.is_write
-            fresh = not is_write and no_cache(metadata)
-            past_cache = fresh or plan.uncached
-            if self.rate_limited or is_write or past_cache:
-                # A cached read without a rate limit has nothing to pass here: it holds no
-                # upstream pass, as its task's fresh context says.
-                await self.admit(tenant, is_write, past_cache)
-        except BaseException:
-            slots.release_tenant(tenant)
-            raise
+        if self.rate_limited or is_write or past_cache:
+            return self._gated(
+                outcome,
+                slots,
+                tenant,
+                is_write,
+                past_cache,
+                (identity, plan.rpc, tenancy),
+                deadline,
+                fresh,
+            )
+        # A cached read without a rate limit has nothing to pass: it holds no upstream
+        # pass, as its task's fresh context says. (`_admitted`, written out: the hot path.)
         call = outcome.call = Call(
-            outcome.request_id,
-            identity,
-            plan.rpc,
-            deadline,
-            tenancy,
-            outcome.record,
-            no_cache=fresh,
+            outcome.request_id, identity, plan.rpc, deadline, tenancy, outcome.record, fresh
         )
         begin(call)
         return call
+
+    async def _gated(
+        self,
+        outcome: Outcome,
+        slots: CallSlots,
+        tenant: str,
+        is_write: bool,
+        past_cache: bool,
+        who: tuple[Identity, str, Tenancy],
+        deadline: float,
+        fresh: bool,
+    ) -> Call:
+        """The call past its rate limit and upstream pass (`admit`), then admitted; its
+        tenant's slot given back if it is refused there."""
+        try:
+            await self.admit(tenant, is_write, past_cache)
+        except BaseException:
+            slots.release_tenant(tenant)
+            raise
+        identity, rpc, tenancy = who
+        return _admitted(outcome, identity, rpc, tenancy, deadline, fresh)
 
     def fail_call(
         self, outcome: Outcome, error: BaseException, peer: Callable[[], str]
@@ -302,7 +347,7 @@ class Pipeline:
         logged once per kind, by the exception's type only (its text may carry what the
         call carried), and the reporters after it still run."""
         outcome.seconds = time.perf_counter() - outcome.started
-        plan = self._plans.get(outcome.method) or self.plan(outcome.method)
+        plan = outcome.plan or self.plan(outcome.method)
         try:
             if outcome.traced is not None:
                 self._end_span(outcome)

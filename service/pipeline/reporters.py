@@ -23,7 +23,7 @@ from opentelemetry.trace import Span
 from service.auth.identity import Identity
 from service.call import Call
 from service.observability.audit import AuditLog, WriteRecord
-from service.observability.metrics import Metrics
+from service.observability.metrics import MethodMetrics, Metrics
 
 log = logging.getLogger("registry_gateway.calls")
 
@@ -57,6 +57,9 @@ class Outcome:
     # A write's audit line, written by the audit's thread: the transport awaits it before
     # the answer leaves (bounded), so an answer implies its line is in the trail.
     audit_written: Callable[[], Awaitable[None]] | None = None
+    # What the pipeline does for the call's method (None: an outcome built outside the
+    # pipeline, in tests): the reporters and the metrics, found without a lookup per call.
+    plan: MethodPlan | None = None
 
 
 class Reporter(Protocol):
@@ -68,6 +71,21 @@ class Reporter(Protocol):
     def post_call(self, outcome: Outcome) -> None:
         """Record one call's outcome."""
         ...
+
+
+@dataclass(frozen=True, slots=True)
+class MethodPlan:
+    """What the pipeline does for every call of one method, decided on its first call: its
+    name, whether it writes, whether it is a read no cache answers, its metrics' label
+    children, and the reporters that observe it (a reporter with nothing to do for the
+    method is left out: the audit for reads). The call's span is not a reporter's: `started`
+    opens it and `ended` closes it."""
+
+    rpc: str
+    is_write: bool
+    uncached: bool
+    metrics: MethodMetrics
+    reporters: tuple[Reporter, ...]
 
 
 class MetricsReporter:
@@ -82,7 +100,9 @@ class MetricsReporter:
     def post_call(self, outcome: Outcome) -> None:
         """Count the call by code, with its latency."""
         code = outcome.code
-        self.for_method(outcome.method).handled(code, outcome.seconds)
+        plan = outcome.plan
+        metrics = plan.metrics if plan is not None else self.for_method(outcome.method)
+        metrics.handled(code, outcome.seconds)
         if code is _UNAUTHENTICATED or code is _PERMISSION_DENIED:
             self._metrics.denied.labels(outcome.reason or code.name).inc()
 

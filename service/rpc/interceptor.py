@@ -245,7 +245,11 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         # up here, once: the handler runs on every call (the hot path of a cached read).
         pipeline = self._pipeline
         started, ended, budget_of = pipeline.started, pipeline.ended, pipeline.budget
-        admit_call, fail_call = pipeline.admit_call, pipeline.fail_call
+        admit_call, admission, fail_call = (
+            pipeline.admit_call,
+            pipeline.admission,
+            pipeline.fail_call,
+        )
         slots = self._slots
         release_tenant = slots.release_tenant
         read_one = self._messages.read_one
@@ -254,6 +258,7 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
         rpc = pipeline.plan(method).rpc
         get_loop = asyncio.get_running_loop
         ok = grpc.StatusCode.OK
+        max_deadline = pipeline.max_deadline
 
         def report(outcome: Outcome) -> Callable[[], Awaitable[None]] | None:
             """The call has ended: its tenant's slot given back, its reporters run. A
@@ -285,46 +290,73 @@ class GatewayInterceptor(grpc.aio.ServerInterceptor):
             # its one message is read below, once the caller is known and holds its slot.
             metadata = context.invocation_metadata() or ()
             outcome = started(method, metadata)
-            request_id = outcome.request_id
             # grpc.aio cancels the handler at a deadline the caller sent itself; a timer of
             # the gateway's own (~3-4 us a call) only for the default deadline or the cap.
-            budget, own_timer = budget_of(context.time_remaining())
-            reported = False
+            remaining = context.time_remaining()
+            if remaining is not None and 0.0 <= remaining <= max_deadline:
+                # `budget_of(remaining)`'s answer for a caller's deadline within the cap.
+                budget, own_timer = remaining, False
+            else:
+                budget, own_timer = budget_of(remaining)
             try:
-                try:
-                    if own_timer:
+                if own_timer:
+                    try:
                         async with asyncio.timeout(budget):
                             call, response = await admitted(outcome, metadata, context, budget)
-                    else:
-                        # No `async with` of a null context: its enter and exit are two
-                        # coroutines a call.
-                        call, response = await admitted(outcome, metadata, context, budget)
-                    outcome.code, outcome.reason = ok, None
-                except TimeoutError:
-                    raise DeadlineExceeded(
-                        f"deadline of {budget:.3g}s exceeded", metadata={"rpc": rpc}
-                    ) from None
+                    except TimeoutError:
+                        raise DeadlineExceeded(
+                            f"deadline of {budget:.3g}s exceeded", metadata={"rpc": rpc}
+                        ) from None
+                else:
+                    # The same steps as `admitted`, written out: no coroutine of its own, and
+                    # no `async with` of a null context (two more coroutines a call).
+                    admitted_call = admission(
+                        outcome,
+                        slots,
+                        metadata,
+                        context.auth_context() if tls else None,
+                        context.peer,
+                        get_loop().time() + budget,
+                    )
+                    # A call with no gate to wait for is admitted without a coroutine.
+                    call = (
+                        admitted_call
+                        if type(admitted_call) is Call
+                        else await cast(Awaitable[Call], admitted_call)
+                    )
+                    request = decode(await read_one(context, message_seconds < budget))
+                    response = await inner(request, call)
+                outcome.code, outcome.reason = ok, None
             except (asyncio.CancelledError, grpc.aio.AbortError):
+                # Reported as it stands (CANCELLED, or what the abort answered).
+                if (written := report(outcome)) is not None:
+                    await written()
                 raise
             except Exception as exc:
                 error = fail_call(outcome, exc, context.peer)
-                status = to_status(error, request_id)
+                status = to_status(error, outcome.request_id)
                 # Per-call facts (x-cache) go with the gateway's own errors, not INTERNAL's.
                 call_trailers = (
                     outcome.call.trailers if outcome.call and outcome.error_type is None else ()
                 )
                 # grpc.aio sends the status inside `abort`: the call is reported first.
-                reported = True
                 written = report(outcome)
                 if written is not None:
                     await written()
                 await context.abort(
                     status.code, status.message, (*status.trailing_metadata, *call_trailers)
                 )
-            finally:
-                if not reported and (written := report(outcome)) is not None:
+                raise AssertionError("grpc.aio's abort returned") from None  # pragma: no cover
+            except BaseException:
+                if (written := report(outcome)) is not None:
                     await written()
-            context.set_trailing_metadata(((REQUEST_ID_KEY, request_id), *call.trailers))
+                raise
+            # `report(outcome)`, written out for the answered call (it runs on every call).
+            release_tenant(call.identity.tenant.name)
+            ended(outcome)
+            if (written := outcome.audit_written) is not None:
+                await written()
+            context.set_trailing_metadata(((REQUEST_ID_KEY, outcome.request_id), *call.trailers))
             return response
 
         return handle

@@ -20,6 +20,7 @@ deadline passes through unchanged).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from typing import Any
 
 import grpc
@@ -50,20 +51,24 @@ class TimeToMessage:
         self._expired: set[asyncio.Task[Any]] = set()
         self._sweeping: asyncio.TimerHandle | None = None
 
-    async def read(self, context: Any, limited: bool = True) -> Any:
+    async def read(self, context: Any, limited: bool = True, *, one: bool = False) -> Any:
         """The call's next message (grpc.aio.EOF when the caller has closed its side),
         waited for at most `seconds` when `limited` (else as long as the call lasts).
-        Raises Cancelled (REQUEST_MESSAGE_TIMEOUT) when the time runs out."""
+        Raises Cancelled (REQUEST_MESSAGE_TIMEOUT) when the time runs out; with `one`, the
+        one message of a unary call (see `read_one`)."""
         if not limited:
-            return await context.read()
-        task = asyncio.current_task()
-        assert task is not None
+            message = await context.read()
+            if one and message is grpc.aio.EOF:
+                raise _no_message()
+            return message
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task(loop)  # the loop passed: one lookup fewer a call
+        assert task is not None
         self._waiting[task] = loop.time() + self.seconds
         if self._sweeping is None:
             self._sweeping = loop.call_later(self._every, self._sweep, loop)
         try:
-            return await context.read()
+            message = await context.read()
         except asyncio.CancelledError:
             # Ours alone: then the call goes on to answer why; anyone else's (the caller
             # left, its deadline passed, the server stops) is passed on.
@@ -74,6 +79,9 @@ class TimeToMessage:
         finally:
             self._waiting.pop(task, None)
             self._expired.discard(task)
+        if one and message is grpc.aio.EOF:
+            raise _no_message()
+        return message
 
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         self._sweeping = None
@@ -89,17 +97,19 @@ class TimeToMessage:
         if waiting:
             self._sweeping = loop.call_later(self._every, self._sweep, loop)
 
-    async def read_one(self, context: Any, limited: bool = True) -> Any:
+    def read_one(self, context: Any, limited: bool = True) -> Coroutine[Any, Any, Any]:
         """The one request message of a unary call; a call that ends without one is
         INVALID_ARGUMENT (grpc would leave it unanswered). grpc's transport ends it so too
         when it refused the message (larger than `grpc.max_receive_message_length`: that
-        caller has already heard RESOURCE_EXHAUSTED from grpc itself)."""
-        message = await self.read(context, limited)
-        if message is grpc.aio.EOF:
-            raise InvalidArgument(
-                "no request message was received: none was sent (a unary call carries "
-                "exactly one), or the transport refused it",
-                reason="REQUEST_NOT_RECEIVED",
-                field_violations=[FieldViolation("", "no request message received")],
-            )
-        return message
+        caller has already heard RESOURCE_EXHAUSTED from grpc itself). `read`'s own
+        coroutine, not one more around it (this runs on every call)."""
+        return self.read(context, limited, one=True)
+
+
+def _no_message() -> InvalidArgument:
+    return InvalidArgument(
+        "no request message was received: none was sent (a unary call carries "
+        "exactly one), or the transport refused it",
+        reason="REQUEST_NOT_RECEIVED",
+        field_violations=[FieldViolation("", "no request message received")],
+    )

@@ -19,7 +19,7 @@ import grpc
 from service.auth.content import ContentRules
 from service.auth.history import history_view
 from service.auth.targets import Target
-from service.call import Call, outside_call
+from service.call import CACHE_OUTCOME_KEY, Call, outside_call
 from service.errors import GatewayError
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
@@ -79,8 +79,12 @@ class RegistryConfigServicer:
 
     @staticmethod
     def _target(call: Call, registry_id: str, region: str) -> Target:
-        target = call.tenancy.authorizer.authorize(call.tenant, call.rpc, registry_id, region)
-        call.where.update(registry_id=target.registry_id, region=target.region)
+        target = call.tenancy.authorizer.authorize(
+            call.identity.tenant, call.rpc, registry_id, region
+        )
+        where = call.where
+        where["registry_id"] = target.registry.registry_id
+        where["region"] = target.region
         return target
 
     @staticmethod
@@ -101,13 +105,18 @@ class RegistryConfigServicer:
         record.registry_id, record.region = target.registry_id, target.region
         return target, record
 
-    async def _read_request(self, call: Call, request: _Request) -> Target:
-        """The target of a read, authorized, and the request validated; a `no-cache` read
-        then spends its pass past the cache."""
-        target = self._target(call, request.registry_id, request.region)
+    def _read_request(self, call: Call, request: _Request) -> Target:
+        """The target of a read, authorized, and the request validated. A plain function
+        (it runs on every read): a `no-cache` read then spends its pass past the cache
+        (`past_the_cache`), in the RPC's method."""
+        # `_target`, written out: this runs on every read.
+        target = call.tenancy.authorizer.authorize(
+            call.identity.tenant, call.rpc, request.registry_id, request.region
+        )
+        where = call.where
+        where["registry_id"] = target.registry.registry_id
+        where["region"] = target.region
         self._validator.check(request, target)
-        if call.no_cache:
-            await past_the_cache()
         return target
 
     def _write_request(
@@ -126,8 +135,11 @@ class RegistryConfigServicer:
     @staticmethod
     def _served(call: Call, read: Read[T]) -> T:
         """Tell the caller how the cache served its read (x-cache); answer it."""
-        if read.cache_outcome is not None:
-            call.cache_outcome(read.cache_outcome)
+        outcome = read.cache_outcome
+        if outcome is not None:
+            # `call.cache_outcome(outcome)`, written out: this runs on every read.
+            call.trailers.append((CACHE_OUTCOME_KEY, outcome))
+            call.cache_result.append(outcome)
         return read.answer()
 
     @staticmethod
@@ -177,13 +189,17 @@ class RegistryConfigServicer:
     async def DescribeRegistry(
         self, request: pb.DescribeRegistryRequest, call: Call
     ) -> pb.DescribeRegistryResponse:
-        target = await self._read_request(call, request)
+        target = self._read_request(call, request)
+        if call.no_cache:
+            await past_the_cache()
         return self._served(call, await self._ops.describe_registry(target, fresh=call.no_cache))
 
     async def GetRegistryPolicy(
         self, request: pb.GetRegistryPolicyRequest, call: Call
     ) -> pb.GetRegistryPolicyResponse:
-        target = await self._read_request(call, request)
+        target = self._read_request(call, request)
+        if call.no_cache:
+            await past_the_cache()
         return self._served(call, await self._ops.get_registry_policy(target, fresh=call.no_cache))
 
     async def PutRegistryPolicy(
@@ -237,7 +253,9 @@ class RegistryConfigServicer:
     async def GetReplicationRules(
         self, request: pb.GetReplicationRulesRequest, call: Call
     ) -> pb.GetReplicationRulesResponse:
-        target = await self._read_request(call, request)
+        target = self._read_request(call, request)
+        if call.no_cache:
+            await past_the_cache()
         return self._served_slice(call, await self._slices.get_rules(target, fresh=call.no_cache))
 
     async def PutReplicationRules(
@@ -262,7 +280,9 @@ class RegistryConfigServicer:
     async def GetPolicyStatements(
         self, request: pb.GetPolicyStatementsRequest, call: Call
     ) -> pb.GetPolicyStatementsResponse:
-        target = await self._read_request(call, request)
+        target = self._read_request(call, request)
+        if call.no_cache:
+            await past_the_cache()
         read = await self._slices.get_statements(target, fresh=call.no_cache)
         return self._served_slice(call, read)
 

@@ -220,7 +220,9 @@ class RequestValidator:
         assert isinstance(replication, _Struct)
         self._replication_shape = replication
         self._inputs: dict[str, _Struct] = {}
-        self._empty_reads_ok: set[str] = set()
+        # The request types of reads an empty request of which passed, by descriptor (Any:
+        # the upb and the pure-Python implementations type their descriptors apart).
+        self._empty_reads_ok: set[Any] = set()
         for rpc in ECR_OPERATIONS:
             descriptor = _request_descriptor(rpc)
             node = _compile(model.operation_model(rpc).input_shape, descriptor)
@@ -229,12 +231,13 @@ class RequestValidator:
 
     def check(self, request: Message, target: Target) -> None:
         """Raise InvalidArgument listing every problem of `request` (an RPC's request)."""
-        rpc = request.DESCRIPTOR.name.removesuffix("Request")
+        descriptor = request.DESCRIPTOR
         empty = not request.ListFields()
-        if empty and rpc in self._empty_reads_ok:
+        if empty and descriptor in self._empty_reads_ok:
             # Most reads carry no field at all (the tenant's only registry, the default
             # region): once one empty request of this read passed, every other one does.
             return
+        rpc = descriptor.name.removesuffix("Request")
         problems = _Problems()
         if rpc in WRITE_OPERATIONS and _has_unknown_fields(request):
             found, more = wire_format.unknown_fields(
@@ -283,7 +286,7 @@ class RequestValidator:
                 problems.extend(policy_grammar.check_policy(request.policy_text, scope))
         problems.raise_if_any(rpc)
         if empty and rpc not in WRITE_OPERATIONS:
-            self._empty_reads_ok.add(rpc)
+            self._empty_reads_ok.add(descriptor)
 
     def policy_scope(self, target: Target) -> Scope:
         """The registry policy scope the target's policy writes are judged under: as pinned
