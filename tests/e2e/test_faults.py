@@ -194,11 +194,14 @@ async def test_slow_write_past_the_deadline_is_written_once_and_not_half(
     finally:
         proxy.fault = None
         proxy.released.set()  # AWS answers now
-    # The write finishes on its own, and is then visible in full.
-    await wait_until(
-        lambda: ecr_backends[ACCOUNT]["us-east-1"].registry_policy is not None,
-        what="the abandoned write to reach AWS",
-    )
+    # The write finishes on its own, and is then visible in full. Its end is the end of its
+    # call (reported once its handler returns), not AWS holding the policy: the put's answer,
+    # read-back, write-through and record come after moto applies it (settlement.py `_sent`),
+    # and only then does the caller's leaving reach `_writing`, which forgets the key
+    # (operations.py). A read before that is concurrent with the write and may be answered
+    # the state the write read fresh and wrote through before its put (here a "no policy"
+    # entry, fresh for the negative TTL): a write not finished may not have taken effect.
+    await asyncio.wait_for(gateway.pipeline.idle(), timeout=30)
     assert ecr_backends[ACCOUNT]["us-east-1"].registry_policy == POLICY
     assert proxy.count("ecr:PutRegistryPolicy") == 1
     code, _, outcome = await call(gateway, "GetRegistryPolicy", pb.GetRegistryPolicyRequest())
