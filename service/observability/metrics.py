@@ -19,7 +19,7 @@ import threading
 import time
 from bisect import bisect_left
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from prometheus_client import (
@@ -197,17 +197,17 @@ class Metrics:
 
     def count_cache(self, result: str) -> None:
         """Count one read by how the cache served it."""
-        counted = self._cache_counts.get(result)
-        if counted is None:
-            counted = self._cache_counts[result] = [0, time.time()]
-        counted[0] += 1
+        try:
+            self._cache_counts[result][0] += 1
+        except KeyError:  # the result's first read
+            self._cache_counts[result] = [1, time.time()]
 
     def for_method(self, full_method: str) -> MethodMetrics:
         """The metrics of one unary method (`/package.Service/Method`), made on first use."""
         measured = self._methods.get(full_method)
         if measured is None:
             service, name = full_method.lstrip("/").rsplit("/", 1)
-            measured = self._methods[full_method] = MethodMetrics(service, name)
+            measured = self._methods[full_method] = MethodMetrics(service, name, self.denied)
         return measured
 
     def count_change(self, event: str, registry_id: str, region: str, resource: str) -> None:
@@ -268,15 +268,30 @@ class Metrics:
             self._server = None
 
 
+class Ended(Protocol):
+    """What `MethodMetrics.post_call` reads of a call's outcome (the pipeline's Outcome)."""
+
+    code: grpc.StatusCode
+    reason: str | None
+    seconds: float
+
+
 class MethodMetrics:
     """grpc_server_started / handled / handling_seconds of one method: plain numbers.
 
     Only the event loop's thread adds to them; a scrape (the metrics server's thread) reads
-    them under the GIL, at worst one call behind in one of the figures, never torn."""
+    them under the GIL, at worst one call behind in one of the figures, never torn.
+
+    Also the method's metrics reporter (`post_call`, named "metrics"): the pipeline's plan
+    of the method holds it directly, one call per call rather than a reporter's and this
+    one's (service/pipeline/reporters.py)."""
+
+    name = "metrics"
 
     __slots__ = (
         "_buckets",
         "_codes",
+        "_denied",
         "_handled",
         "_ok",
         "created",
@@ -286,8 +301,10 @@ class MethodMetrics:
         "sum",
     )
 
-    def __init__(self, service: str, method: str) -> None:
+    def __init__(self, service: str, method: str, denied: Counter | None = None) -> None:
         self.labels = ("unary", service, method)
+        # registry_gateway_authz_denied (by reason), counted with the call's code.
+        self._denied = denied
         self.started = 0
         # OK counted apart, found by identity: hashing a StatusCode runs enum's __hash__ in
         # Python (~0.3 us a lookup), and nearly every call is OK.
@@ -301,8 +318,22 @@ class MethodMetrics:
         self.created = time.time()
 
     def start(self) -> None:
-        """Count a call started."""
+        """Count a call started (the pipeline adds to `started` itself, on the hot path)."""
         self.started += 1
+
+    def post_call(self, outcome: Ended) -> None:
+        """Count a completed call by its code, with its latency, and a denial by reason
+        (`handled`, written out: this runs on every call)."""
+        code = outcome.code
+        seconds = outcome.seconds
+        if code is _OK and self._ok:
+            self._ok += 1
+        else:
+            self._count(code)
+        self._buckets[bisect_left(_BUCKETS, seconds)] += 1
+        self.sum += seconds
+        if (code is _UNAUTHENTICATED or code is _PERMISSION_DENIED) and self._denied is not None:
+            self._denied.labels(outcome.reason or code.name).inc()
 
     def handled(self, code: grpc.StatusCode, seconds: float) -> None:
         """Count a completed call with its code and latency."""
@@ -341,6 +372,9 @@ class MethodMetrics:
 
 
 _OK = grpc.StatusCode.OK
+# Compared by identity: a set lookup hashes the StatusCode with enum's __hash__, in Python.
+_UNAUTHENTICATED = grpc.StatusCode.UNAUTHENTICATED
+_PERMISSION_DENIED = grpc.StatusCode.PERMISSION_DENIED
 # The `le` labels prometheus_client writes for _BUCKETS (Go's float formatting: "1.0").
 _BOUNDS = tuple(repr(float(bound)) for bound in _BUCKETS)
 _METHOD_LABELS = ("grpc_type", "grpc_service", "grpc_method")

@@ -48,6 +48,7 @@ from service.pipeline.slots import CallSlots
 from service.state.ratelimit import RateLimiter, UpstreamBudget
 
 CACHE_CONTROL_KEY = "cache-control"
+_new = object.__new__
 _CANCELLED = grpc.StatusCode.CANCELLED
 log = logging.getLogger("registry_gateway.calls")
 
@@ -87,6 +88,9 @@ class _RandomHex:
 
 _NEW_IDS = _RandomHex()
 os.register_at_fork(after_in_child=_NEW_IDS.forget)
+# The batch itself (emptied in place by `forget`, never replaced): `started` pops from it
+# without a frame of `take` while it holds ids.
+_BATCH = _NEW_IDS._ids
 
 
 def request_id(metadata: Iterable[tuple[str, Any]]) -> str:
@@ -162,12 +166,16 @@ class Pipeline:
         if plan is None:
             rpc = method.rsplit("/", 1)[-1]
             is_write = rpc in WRITES
+            metrics = self._method_metrics.for_method(method)
+            others = self._writes_reporters if is_write else self._reads_reporters
             plan = self._plans[method] = MethodPlan(
                 rpc,
                 is_write,
                 rpc in UNCACHED_READS,
-                self._method_metrics.for_method(method),
-                self._writes_reporters if is_write else self._reads_reporters,
+                metrics,
+                # The method's metrics report the call themselves (the MetricsReporter's
+                # counting, without its frame), first as the MetricsReporter was.
+                (metrics, *others[1:]),
             )
         return plan
 
@@ -186,7 +194,7 @@ class Pipeline:
         other owner), name it; its outcome so far is CANCELLED (what it stays if the call
         ends before anything else is known)."""
         plan = self._plans.get(method) or self.plan(method)
-        plan.metrics.start()
+        plan.metrics.started += 1  # `start()`, written out
         traced = span = None
         if self._tracing:
             traced = self.tracing.rpc(method, metadata)
@@ -200,27 +208,27 @@ class Pipeline:
                     new_id = value
                     break
         else:
-            new_id = _NEW_IDS.take()
-        # Every field by position (keywords cost more to match, once per call).
-        return Outcome(
-            method,
-            plan.rpc,
-            new_id,
-            None,  # identity
-            None,  # call
-            WriteRecord() if plan.is_write else None,
-            _CANCELLED,
-            "CANCELLED",
-            0.0,  # seconds
-            None,  # error_type
-            None,  # peer
-            False,  # quiet
-            span,
-            traced,
-            time.perf_counter(),  # started
-            None,  # audit_written
-            plan,
-        )
+            new_id = _BATCH.pop() if _BATCH else _NEW_IDS.take()
+        # `Outcome(method, plan.rpc, new_id, None, None, record, _CANCELLED, "CANCELLED",
+        # 0.0, span=span, traced=traced, started=..., plan=plan)`, written out: every field
+        # without a default stored here, the others left to their class defaults unless set
+        # (tests/pipeline/test_outcome_fields.py holds this to the dataclass's fields).
+        outcome = _new(Outcome)
+        outcome.method = method
+        outcome.rpc = plan.rpc
+        outcome.request_id = new_id
+        outcome.identity = None
+        outcome.call = None
+        outcome.record = WriteRecord() if plan.is_write else None
+        outcome.code = _CANCELLED
+        outcome.reason = "CANCELLED"
+        outcome.seconds = 0.0
+        if traced is not None:
+            outcome.span = span
+            outcome.traced = traced
+        outcome.plan = plan
+        outcome.started = time.perf_counter()
+        return outcome
 
     async def admit_call(
         self,
@@ -293,10 +301,21 @@ class Pipeline:
                 fresh,
             )
         # A cached read without a rate limit has nothing to pass: it holds no upstream
-        # pass, as its task's fresh context says. (`_admitted`, written out: the hot path.)
-        call = outcome.call = Call(
-            outcome.request_id, identity, plan.rpc, deadline, tenancy, outcome.record, fresh
-        )
+        # pass, as its task's fresh context says. (`_admitted`, written out: the hot path;
+        # `Call(outcome.request_id, identity, plan.rpc, deadline, tenancy, outcome.record,
+        # fresh)` too, without its `__init__` frame: tests/pipeline/test_hot_path_shapes.py
+        # holds these stores to what `Call.__init__` sets.)
+        call = outcome.call = _new(Call)
+        call.request_id = outcome.request_id
+        call.identity = identity
+        call.rpc = plan.rpc
+        call.deadline = deadline
+        call.tenancy = tenancy
+        call.write = outcome.record
+        call.no_cache = fresh
+        call.trailers = []
+        call.where = {}
+        call.cache_result = []
         begin(call)
         return call
 

@@ -51,11 +51,15 @@ class TimeToMessage:
         self._expired: set[asyncio.Task[Any]] = set()
         self._sweeping: asyncio.TimerHandle | None = None
 
-    async def read(self, context: Any, limited: bool = True, *, one: bool = False) -> Any:
+    async def read(
+        self, context: Any, limited: bool = True, one: bool = False, now: float | None = None
+    ) -> Any:
         """The call's next message (grpc.aio.EOF when the caller has closed its side),
         waited for at most `seconds` when `limited` (else as long as the call lasts).
         Raises Cancelled (REQUEST_MESSAGE_TIMEOUT) when the time runs out; with `one`, the
-        one message of a unary call (see `read_one`)."""
+        one message of a unary call (see `read_one`; `one` may be passed by position, as the
+        interceptor's hot path does, without `read_one`'s frame). `now`: the loop's time
+        if the caller has just read it (the limit then counts from it), not read twice."""
         if not limited:
             message = await context.read()
             if one and message is grpc.aio.EOF:
@@ -64,7 +68,7 @@ class TimeToMessage:
         loop = asyncio.get_running_loop()
         task = asyncio.current_task(loop)  # the loop passed: one lookup fewer a call
         assert task is not None
-        self._waiting[task] = loop.time() + self.seconds
+        self._waiting[task] = (loop.time() if now is None else now) + self.seconds
         if self._sweeping is None:
             self._sweeping = loop.call_later(self._every, self._sweep, loop)
         try:
@@ -78,7 +82,8 @@ class TimeToMessage:
             raise
         finally:
             self._waiting.pop(task, None)
-            self._expired.discard(task)
+            if self._expired:  # nearly always empty: no call to discard from it
+                self._expired.discard(task)
         if one and message is grpc.aio.EOF:
             raise _no_message()
         return message

@@ -51,11 +51,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import math
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
@@ -76,7 +77,14 @@ from service.registry.model import plan
 from service.registry.writes.context import UNATTRIBUTED, WriteContext
 from service.registry.writes.drift import DriftDetector
 from service.registry.writes.group_commit import GroupCommit, Queued, Takes, copied
-from service.registry.writes.resources import POLICY, REPLICATION, ResourceKind, key_of, kind_of
+from service.registry.writes.resources import (
+    POLICY,
+    REPLICATION,
+    ResourceKind,
+    cache_key,
+    key_of,
+    kind_of,
+)
 from service.registry.writes.settlement import (
     CallerSlice,
     Settled,
@@ -95,9 +103,11 @@ V = TypeVar("V")  # a value as read from AWS (resources.py ResourceKind)
 D = TypeVar("D")  # a document as written
 
 
-@dataclass(frozen=True)
-class Read(Generic[T]):
-    """A read through the cache: what it found, and how the cache served it (`x-cache`)."""
+class Read(NamedTuple, Generic[T]):
+    """A read through the cache: what it found, and how the cache served it (`x-cache`).
+
+    A NamedTuple, not a frozen dataclass: one is built per read (a cached one too), and a
+    frozen dataclass's `__init__` sets each field through `object.__setattr__`."""
 
     value: T | None  # None: there is none (a registry without a policy)
     cache_outcome: Outcome | None  # None: not served by the cache (negative caching off)
@@ -109,6 +119,9 @@ class Read(Generic[T]):
             assert self.not_found is not None
             raise self.not_found
         return self.value
+
+
+_tuple_new = tuple.__new__
 
 
 class _Etags(Protocol):
@@ -317,18 +330,20 @@ class RegistryOperations:
 
     # --- reads -------------------------------------------------------------------------------
 
-    async def describe_registry(
+    # The two reads return `_read`'s own coroutine, not one more around it (every cached
+    # read runs one of them); awaited as before.
+    def describe_registry(
         self, target: Target, *, fresh: bool = False
-    ) -> Read[pb.DescribeRegistryResponse]:
+    ) -> Coroutine[Any, Any, Read[pb.DescribeRegistryResponse]]:
         """DescribeRegistry of the target through the cache, with the configuration's etag."""
-        return await self._read(REPLICATION, target, fresh, pb.DescribeRegistryResponse)
+        return self._read(REPLICATION, target, fresh, pb.DescribeRegistryResponse)
 
-    async def get_registry_policy(
+    def get_registry_policy(
         self, target: Target, *, fresh: bool = False
-    ) -> Read[pb.GetRegistryPolicyResponse]:
+    ) -> Coroutine[Any, Any, Read[pb.GetRegistryPolicyResponse]]:
         """GetRegistryPolicy of the target through the cache; no policy (cached too) is a
         Read without a value, whose `answer()` is NotFound."""
-        return await self._read(POLICY, target, fresh, pb.GetRegistryPolicyResponse)
+        return self._read(POLICY, target, fresh, pb.GetRegistryPolicyResponse)
 
     async def _read(
         self, kind: ResourceKind[Any, Any], target: Target, fresh: bool, answer: type[M]
@@ -336,9 +351,11 @@ class RegistryOperations:
         outcomes: list[Outcome] = []
         try:
             value = await self._cache.get_or_load(
-                key_of(kind, target),
-                # A cache load is shared: see `shared` in service/aws/port.py.
-                lambda: self._load(kind, target),
+                # `key_of`, written out (every read runs it).
+                cache_key(target.registry_id, target.region, kind.stored_as),
+                # A cache load is shared: see `shared` in service/aws/port.py. A partial,
+                # not a closure made per read.
+                functools.partial(self._load, kind, target),
                 fresh=fresh,
                 on_outcome=outcomes.append,
             )
@@ -346,7 +363,9 @@ class RegistryOperations:
             # Served from the cache (a negative entry) or not (negative caching off).
             return Read(None, outcomes[0] if outcomes else None, exc)
         assert isinstance(value, answer)
-        return Read(value, outcomes[0])
+        # `Read(value, outcomes[0])`, built as the tuple it is (no frame of NamedTuple's
+        # generated `__new__`: this is every cached read's result).
+        return _tuple_new(Read, (value, outcomes[0], None))
 
     async def _load(self, kind: ResourceKind[V, D], target: Target) -> Message:
         started = self._started()

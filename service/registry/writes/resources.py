@@ -287,12 +287,13 @@ def kind_of(key: CacheKey) -> ResourceKind[Any, Any]:
 
 def key_of(kind: ResourceKind[Any, Any], target: Target) -> CacheKey:
     """The cache key of a target's resource (also its history's and write marker's)."""
-    return _key(target.registry_id, target.region, kind.stored_as)
+    return cache_key(target.registry_id, target.region, kind.stored_as)
 
 
 @functools.lru_cache(maxsize=4096)
-def _key(registry_id: str, region: str, resource: Resource) -> CacheKey:
-    # One key object per resource, not one per call (a frozen dataclass is slow to build).
+def cache_key(registry_id: str, region: str, resource: Resource) -> CacheKey:
+    """`key_of` by its parts (the read path calls it without a frame of `key_of`'s): one
+    key object per resource, not one per call."""
     return CacheKey(registry_id, region, resource)
 
 
