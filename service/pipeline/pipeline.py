@@ -212,7 +212,7 @@ class Pipeline:
         # `Outcome(method, plan.rpc, new_id, None, None, record, _CANCELLED, "CANCELLED",
         # 0.0, span=span, traced=traced, started=..., plan=plan)`, written out: every field
         # without a default stored here, the others left to their class defaults unless set
-        # (tests/pipeline/test_outcome_fields.py holds this to the dataclass's fields).
+        # (tests/pipeline/test_hot_path_shapes.py holds this to the dataclass's fields).
         outcome = _new(Outcome)
         outcome.method = method
         outcome.rpc = plan.rpc
