@@ -36,7 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from bench.common import Row, Verdict, _delta, _hash_key
 from bench.loadgen import SERVICE
 from bench.processes import cpu_seconds
-from bench.stats import CURVE_PERCENTILES, Measurement, percentile
+from bench.stats import Measurement, measured
 from service.gen.v1 import registry_pb2 as pb
 
 if TYPE_CHECKING:
@@ -250,24 +250,8 @@ def measure_size(run: Run, accounts: int, regions: int) -> SizeResult:
 
 
 def _measurement(result: SizeResult) -> Measurement:
-    latencies = result.latencies
-    calls = len(latencies)
-    seconds = max(result.calls_seconds, 1e-9)
-    return Measurement(
-        calls=calls,
-        seconds=seconds,
-        calls_per_s=calls / seconds,
-        p50_ms=percentile(latencies, 50) * 1000,
-        p90_ms=percentile(latencies, 90) * 1000,
-        p99_ms=percentile(latencies, 99) * 1000,
-        max_ms=(latencies[-1] if latencies else float("nan")) * 1000,
-        server_cpu_s=result.calls_cpu_s,
-        server_cpu_per_1k=result.calls_cpu_s * 1000 / calls if calls else float("nan"),
-        server_busy=result.calls_cpu_s / seconds,
-        client_cpu_per_1k=float("nan"),
-        codes=result.codes,
-        details=result.details,
-        curve_ms=[(q, percentile(latencies, q) * 1000) for q in CURVE_PERCENTILES],
+    return measured(
+        result.latencies, result.calls_seconds, result.calls_cpu_s, result.codes, result.details
     )
 
 

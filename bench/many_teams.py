@@ -31,7 +31,7 @@ import boto3  # type: ignore[import-untyped]  # no stubs; aioboto3's botocore pi
 import grpc
 
 from bench.common import ACCOUNT, REGION, Row, Verdict, _delta, _hash_key
-from bench.stats import CURVE_PERCENTILES, Measurement, percentile
+from bench.stats import Measurement, measured, percentile
 from service.gen.v1 import registry_pb2 as pb
 from service.gen.v1 import registry_pb2_grpc as pb_grpc
 from service.registry.model import packing
@@ -282,25 +282,7 @@ def measure_size(run: Run, count: int) -> tuple[Phase, Phase]:
 
 
 def _measurement(phase: Phase) -> Measurement:
-    latencies = phase.latencies
-    seconds = max(phase.converge_s, 1e-9)
-    calls = len(latencies)
-    return Measurement(
-        calls=calls,
-        seconds=seconds,
-        calls_per_s=calls / seconds,
-        p50_ms=percentile(latencies, 50) * 1000,
-        p90_ms=percentile(latencies, 90) * 1000,
-        p99_ms=percentile(latencies, 99) * 1000,
-        max_ms=(latencies[-1] if latencies else float("nan")) * 1000,
-        server_cpu_s=phase.cpu_s,
-        server_cpu_per_1k=phase.cpu_s * 1000 / calls if calls else float("nan"),
-        server_busy=phase.cpu_s / seconds,
-        client_cpu_per_1k=float("nan"),
-        codes=phase.codes,
-        details=phase.details,
-        curve_ms=[(q, percentile(latencies, q) * 1000) for q in CURVE_PERCENTILES],
-    )
+    return measured(phase.latencies, phase.converge_s, phase.cpu_s, phase.codes, phase.details)
 
 
 def _row(run: Run, count: int, name: str, title: str, phase: Phase) -> Row:

@@ -70,8 +70,6 @@ def measure(results: Sequence[JobResult], server_cpu_s: float) -> Measurement:
     latencies = sorted(v for r in results for v in r.latency_list())
     started = min(r.started for r in results)
     finished = max(r.finished for r in results)
-    seconds = max(finished - started, 1e-9)
-    calls = len(latencies)
     codes: Counter[str] = Counter()
     cache: Counter[str] = Counter()
     details: dict[str, str] = {}
@@ -81,6 +79,31 @@ def measure(results: Sequence[JobResult], server_cpu_s: float) -> Measurement:
         for code, text in r.details.items():
             details.setdefault(code, text)
     client_cpu = sum(r.client_cpu_seconds for r in results)
+    return measured(
+        latencies,
+        max(finished - started, 1e-9),
+        server_cpu_s,
+        dict(codes),
+        details,
+        client_cpu_s=client_cpu,
+        cache=dict(cache),
+    )
+
+
+def measured(
+    latencies: Sequence[float],
+    seconds: float,
+    server_cpu_s: float,
+    codes: dict[str, int],
+    details: dict[str, str],
+    *,
+    client_cpu_s: float = math.nan,
+    cache: dict[str, int] | None = None,
+) -> Measurement:
+    """The figures of one timed load: its sorted latencies (seconds), how long it took and
+    what the server spent (the client's CPU: nan where the load ran in the bench itself)."""
+    seconds = max(seconds, 1e-9)
+    calls = len(latencies)
     per_1k = 1000 / calls if calls else math.nan
     return Measurement(
         calls=calls,
@@ -93,9 +116,9 @@ def measure(results: Sequence[JobResult], server_cpu_s: float) -> Measurement:
         server_cpu_s=server_cpu_s,
         server_cpu_per_1k=server_cpu_s * per_1k,
         server_busy=server_cpu_s / seconds,
-        client_cpu_per_1k=client_cpu * per_1k,
-        codes=dict(codes),
-        cache=dict(cache),
+        client_cpu_per_1k=client_cpu_s * per_1k,
+        codes=codes,
+        cache={} if cache is None else cache,
         details=details,
         curve_ms=[(q, percentile(latencies, q) * 1000) for q in CURVE_PERCENTILES],
     )
