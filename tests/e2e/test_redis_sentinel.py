@@ -171,7 +171,7 @@ async def test_primary_killed_mid_storm_loses_no_acknowledged_write_silently(
                 await asyncio.gather(*tasks, return_exceptions=True)
                 for channel in channels:
                     await channel.close()
-            assert servers.primary() == servers.replica_port  # the sentinels promoted it
+            assert servers.agreed_primary() == servers.replica_port  # the sentinels promoted it
 
     kill_at = storm.kill_at
     assert kill_at is not None

@@ -44,7 +44,7 @@ async def test_sentinel_client_finds_the_new_primary_after_a_kill(tmp_path: Path
             await wait_until(write_lands, timeout=60, interval=0.1, what="a write after failover")
             recovered = time.monotonic() - killed_at
             # The write went to the promoted replica, found through the sentinels.
-            assert servers.primary() == servers.replica_port
+            assert servers.agreed_primary() == servers.replica_port
             assert servers.client(servers.replica_port).get("after") == b"2"
             print(f"sentinel failover: first write {recovered:.1f} s after SIGKILL")
         finally:

@@ -115,6 +115,26 @@ class SentinelSet:
         address: Any = sentinel.sentinel_get_master_addr_by_name(MASTER_NAME)
         return int(address[1])
 
+    def agreed_primary(self, timeout: float = 30.0) -> int:
+        """The port every sentinel names as the primary, once they agree. After a failover
+        only the leader knows at once; the others learn it from its hellos (every 2 s), so
+        one sentinel asked right after the first write to the new primary may still name
+        the old one (seen in CI: the write had landed on the promoted replica)."""
+        agreed: list[int] = []
+
+        def all_agree() -> bool:
+            ports = set()
+            for port in self.sentinel_ports:
+                address: Any = self.client(port).sentinel_get_master_addr_by_name(MASTER_NAME)
+                ports.add(int(address[1]))
+            if len(ports) != 1:
+                return False
+            agreed[:] = list(ports)
+            return True
+
+        _poll("the sentinels to agree on the primary", all_agree, timeout)
+        return agreed[0]
+
     def kill_primary(self) -> int:
         """SIGKILL the current primary (no goodbye to anyone); its port."""
         port = self.primary()
