@@ -51,7 +51,7 @@ import json
 import logging
 import struct
 from collections import Counter, defaultdict, deque
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, TypeAlias
 
@@ -82,8 +82,17 @@ RETRY_AFTER_SECONDS = 1.0
 # The writes that change only their author's part of a document (service/registry/rpcs/
 # slice_operations.py): a piece first stored by one of them is that tenant's own.
 SLICE_WRITES = frozenset({"PutReplicationRules", "PutPolicyStatements"})
-SLICE = "slice:"  # introduced_by of a slice write's pieces: "slice:<tenant>"
-WHOLE = "whole:"  # of a whole-document write's: "whole:<tenant>" (anyone's part)
+SLICE = "slice:"  # introduced_by of a slice write's own pieces: "slice:<tenant>"
+WHOLE = "whole:"  # of a whole-document write's, or a slice write's others: "whole:<tenant>"
+
+# Which of a slice write's new pieces are its writer's own part (its repository filters, its
+# statements), judged by the writer's ownership (service/registry/writes/resources.py): only
+# those are introduced as "slice:<tenant>". A slice write's document holds every other
+# tenant's part too, and some of it may be new to the history (recorded first, a change made
+# around the gateway that no read observed, versions stored before rules were split): such a
+# piece is anyone's, never the writer's, or another slice view would skip it when given up
+# (service/registry/rpcs/history_view.py `_anothers`) and show a slice without it.
+Mine: TypeAlias = Callable[[PieceKind, bytes], bool]
 
 
 @dataclass(frozen=True)
@@ -136,11 +145,17 @@ class HistoryStore(Protocol):
         ...
 
     async def append(
-        self, key: CacheKey, version: Version, *, if_head_etag: str | None
+        self,
+        key: CacheKey,
+        version: Version,
+        *,
+        if_head_etag: str | None,
+        mine: Mine | None = None,
     ) -> Version | None:
         """Append unless the head's etag is not `if_head_etag` (None: the history must be
         empty) — compare-and-append, atomic across replicas (a Lua script on Redis). Returns
-        the stored Version (with its seq) or None when the condition failed."""
+        the stored Version (with its seq) or None when the condition failed. `mine`: a slice
+        write's own pieces (`Mine`); without it none of its pieces is told as its own."""
         ...
 
     async def page(self, key: CacheKey, *, before_seq: int | None, limit: int) -> list[Version]:
@@ -773,28 +788,35 @@ class _Prepared:
     parts: frozenset[str] = frozenset()
 
 
-def _prepare(key: CacheKey, version: Version, max_bytes: int, *, first: bool) -> _Prepared:
-    """`version` ready to append. `first`: on an empty history (an append conditional on
-    none), its pieces are the whole state, not its author's part: a slice write's are then
-    introduced as a whole document's (still charged to its author), so that a slice write
-    recorded first (the history lost, or away when its fresh read was observed) never makes
-    another tenant's filters or statements its own."""
+def _prepare(key: CacheKey, version: Version, max_bytes: int, mine: Mine | None) -> _Prepared:
+    """`version` ready to append. A slice write's new pieces are introduced as its own only
+    where `mine` says they are its writer's part; every other new piece (and all of them
+    without `mine`) as a whole document's, still charged to its author: the write's document
+    holds the whole state, and a piece new to the history may be another tenant's."""
     fitted = _fitted(version, max_bytes)
     if fitted.document_omitted:
         record = _record(fitted, None)
         return _Prepared(fitted, record, {}, _Stored(fitted, None, _SEQ.size + len(record)))
     layout, pieces = _split(key.resource, fitted.document)
     record = _record(fitted, layout)
-    by = _introducer(fitted)
-    if first and by.startswith(SLICE):
-        by = WHOLE + by[len(SLICE) :]
+    own = _introducer(fitted)
+    anyones = WHOLE + own[len(SLICE) :] if own.startswith(SLICE) else own
     stored = _Stored(replace(fitted, document=b""), tuple(layout), _SEQ.size + len(record))
     rules = _rule_layouts([stored], pieces)
     parts = {digest for rule in rules.values() for digest, _, _ in rule.parts}
+    kinds: dict[str, PieceKind] = {item[0]: item[2] for item in layout if not isinstance(item, str)}
+    for rule in rules.values():
+        kinds.update({d: "shared" if shared else "filter" for d, _, shared in rule.parts})
+
+    def introducer(digest: str, data: bytes) -> str:
+        if own == anyones or mine is None:
+            return anyones
+        return own if mine(kinds.get(digest, "whole"), data) else anyones
+
     return _Prepared(
         fitted,
         record,
-        {digest: (data, by) for digest, data in pieces.items()},
+        {digest: (data, introducer(digest, data)) for digest, data in pieces.items()},
         stored,
         frozenset(rules) | frozenset(parts),
     )
@@ -851,14 +873,19 @@ class MemoryHistory:
         return found[0] if found else None
 
     async def append(
-        self, key: CacheKey, version: Version, *, if_head_etag: str | None
+        self,
+        key: CacheKey,
+        version: Version,
+        *,
+        if_head_etag: str | None,
+        mine: Mine | None = None,
     ) -> Version | None:
         """Compare-and-append (one event loop: no await between compare and append)."""
         versions = self._keys.setdefault(key, _Versions())
         head = versions.records[0].version if versions.records else None
         if (head.etag if head is not None else None) != if_head_etag:
             return None
-        prepared = _prepare(key, version, self._max_bytes, first=if_head_etag is None)
+        prepared = _prepare(key, version, self._max_bytes, mine)
         seq = versions.seq + 1
         trim = _plan(
             prepared,
@@ -1124,11 +1151,16 @@ class RedisHistory:
         return versions[0] if versions else None
 
     async def append(
-        self, key: CacheKey, version: Version, *, if_head_etag: str | None
+        self,
+        key: CacheKey,
+        version: Version,
+        *,
+        if_head_etag: str | None,
+        mine: Mine | None = None,
     ) -> Version | None:
         """Compare-and-append in one script, trimmed as read just before; None when the head
         moved or Redis is away."""
-        prepared = _prepare(key, version, self._max_bytes, first=if_head_etag is None)
+        prepared = _prepare(key, version, self._max_bytes, mine)
         keys = self._keys(key)
         mode = "empty" if if_head_etag is None else "etag"
         try:

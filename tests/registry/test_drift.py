@@ -330,7 +330,9 @@ class Broken:
     async def head(self, key: CacheKey) -> Any:
         raise RuntimeError("broken")
 
-    async def append(self, key: CacheKey, version: Any, *, if_head_etag: str | None) -> Any:
+    async def append(
+        self, key: CacheKey, version: Any, *, if_head_etag: str | None, mine: Any = None
+    ) -> Any:
         raise RuntimeError("broken")
 
     async def page(self, key: CacheKey, *, before_seq: int | None, limit: int) -> Any:

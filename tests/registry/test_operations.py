@@ -26,11 +26,13 @@ from service.errors import (
     WriteOverwritten,
 )
 from service.gen.v1 import registry_pb2 as pb
+from service.registry.model.slices import Ownership
 from service.registry.writes import resources
 from service.registry.writes.operations import RegistryOperations, check_etag, etag_read_before
 from service.registry.writes.resources import KINDS, Changed, ResourceKind, key_of, kind_of
 from service.state.cache import CacheKey
 from service.state.cache.base import Resource
+from service.state.history import Mine
 from service.state.locks import HeldLock, RegistryLocks
 from tests.registry.conftest import ACCOUNT, REGION, Domain, build, target
 
@@ -502,6 +504,9 @@ class Notes:
 
     def changes(self, before: str, after: str) -> list[Changed]:
         return []
+
+    def owned_pieces(self, owner: Ownership) -> Mine:
+        return lambda kind, data: False  # no slices of a note
 
 
 async def test_a_new_resource_is_one_description_on_the_same_read_modify_write(

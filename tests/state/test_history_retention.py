@@ -18,6 +18,7 @@ from service.auth.targets import Target
 from service.gen.v1 import registry_pb2 as pb
 from service.registry.model import packing, slices
 from service.registry.rpcs.history_view import HistoryView, parse_query
+from service.registry.writes import resources
 from service.state.cache import CacheKey
 from service.state.history import (
     HistoryStore,
@@ -66,8 +67,15 @@ def rules(*names: str, big: tuple[str, ...] = ()) -> bytes:
     return configuration.SerializeToString(deterministic=True)
 
 
+OWNERS = {
+    "payments": slices.Ownership("payments", ("payments/",), "Payments"),
+    "billing": slices.Ownership("billing", ("billing/",), "Billing"),
+}
+
+
 class Writer:
-    """Appends versions on the head, as the gateway's recording does."""
+    """Appends versions on the head, as the gateway's recording does: a write's own pieces
+    told by its tenant's ownership (service/registry/writes/settlement.py)."""
 
     def __init__(self, store: HistoryStore, key: CacheKey = REGISTRY) -> None:
         self.store = store
@@ -79,8 +87,13 @@ class Writer:
         head = await self.store.head(self.key)
         origin: Origin = "gateway" if tenant else "out-of-band"
         version = Version(0, 1000.0 + self.n, origin, f"e{self.n}", document, tenant, "id", rpc)
+        kind = resources.kind_of(self.key)
+        owner = OWNERS.get(tenant or "")
         stored = await self.store.append(
-            self.key, version, if_head_etag=None if head is None else head.etag
+            self.key,
+            version,
+            if_head_etag=None if head is None else head.etag,
+            mine=None if owner is None else kind.owned_pieces(owner),
         )
         assert stored is not None
         return stored
@@ -311,6 +324,39 @@ async def test_a_slice_write_recorded_first_never_makes_another_s_filters_its_ow
     assert begins.document_omitted and not begins.etag
     truth = owner.rules_in(pb.ReplicationConfiguration.FromString(packed("payments/small")))
     assert [list(v.replication_configuration.rules) for v in view.versions[:-1]] == [truth]
+
+
+async def test_a_slice_write_never_makes_another_s_filters_new_to_the_history_its_own(
+    stores: Factory,
+) -> None:
+    # The history holds the state before (a baseline), but not payments' filters: they came
+    # around the gateway and no read observed them (or were recorded by a replica before
+    # rules were split). billing's slice write's document holds them: they are new pieces
+    # of billing's write, yet payments' part, never billing's.
+    store = stores(50, MIB)
+    writer = Writer(store)
+    await writer.baseline()
+    unseen = tuple(f"payments/p0r{r}" for r in range(4))  # ~240 KB
+    await writer.write(packed("billing/a", big=unseen), "billing", "PutReplicationRules")
+    await writer.write(packed("billing/a", "payments/small"), "payments", "PutReplicationRules")
+    for i in range(4):  # billing's own large parts: billing gives up its oldest pieces
+        part = tuple(f"billing/v{i}r{r}" for r in range(4))
+        document = packed(f"billing/b{i}", "payments/small", big=part)
+        await writer.write(document, "billing", "PutReplicationRules")
+    kept = {v.recorded_at: v for v in await store.page(REGISTRY, before_seq=None, limit=50)}
+    assert kept[1001.0].document_omitted  # payments' unseen filters given up (billing paid)
+    view = await slice_page(store, PAYMENTS)
+    told = {v.recorded_at.seconds: v for v in view.versions}
+    # In billing's first write payments' slice is not told (no slice, no etag): a version
+    # missing payments' filters is never shown as payments' slice without them.
+    assert 1001 in told
+    assert told[1001].document_omitted and not told[1001].etag
+    assert not told[1001].replication_configuration.rules
+    # billing's own slice is told in its newest write: its own pieces are its.
+    own = await slice_page(store, BILLING)
+    newest = own.versions[0]
+    assert newest.tenant == "billing" and not newest.document_omitted
+    assert newest.replication_configuration.rules[0].repository_filters[0].filter == "billing/b3f0"
 
 
 async def test_pieces_a_whole_document_write_introduced_leave_every_slice_untold(

@@ -60,7 +60,7 @@ from service.registry.model.slices import Ownership
 from service.registry.writes.resources import Changed, kind_of
 from service.state.cache import CacheKey
 from service.state.clock import SharedClock
-from service.state.history import HistoryStore, Version
+from service.state.history import HistoryStore, Mine, Version
 
 log = logging.getLogger("registry_gateway.drift")
 
@@ -218,11 +218,13 @@ class DriftDetector:
         identity: str | None,
         rpc: str | None,
         etag_before: str | None = None,
+        mine: Mine | None = None,
     ) -> None:
         """After a gateway write's read-back: append its version ("gateway").
 
         `etag_before`: the etag read fresh inside the lock, which `observe` has made the
-        head; the append is conditional on it. A write that changed nothing adds none."""
+        head; the append is conditional on it. A write that changed nothing adds none.
+        `mine`: a slice write's own pieces (service/state/history.py `Mine`)."""
         try:
             etag, document = _snapshot(key, value)
             if etag == etag_before:
@@ -230,7 +232,7 @@ class DriftDetector:
             version = Version(
                 0, await self._now(), "gateway", etag, document, tenant, identity, rpc
             )
-            await self._append_after(key, version, etag_before)
+            await self._append_after(key, version, etag_before, mine)
         except Exception as exc:
             log.error(
                 "recording a write failed for %s", key, extra={"error_type": type(exc).__name__}
@@ -274,18 +276,20 @@ class DriftDetector:
                 extra={"error_type": type(exc).__name__},
             )
 
-    async def _append_after(self, key: CacheKey, version: Version, etag_before: str | None) -> None:
+    async def _append_after(
+        self, key: CacheKey, version: Version, etag_before: str | None, mine: Mine | None = None
+    ) -> None:
         """Append on the etag read inside the lock; when the history's head is not that one
         (the fresh read could not be recorded: the history was away), append after whatever
         head stands, so that the next read does not take this state for drift."""
         stored = None
         if etag_before is not None:
-            stored = await self._history.append(key, version, if_head_etag=etag_before)
+            stored = await self._history.append(key, version, if_head_etag=etag_before, mine=mine)
         if stored is None:
             head = await self._history.head(key)
             if head is None or head.etag != version.etag:
                 await self._history.append(
-                    key, version, if_head_etag=None if head is None else head.etag
+                    key, version, if_head_etag=None if head is None else head.etag, mine=mine
                 )
 
     # --- the report ---------------------------------------------------------------------

@@ -19,6 +19,7 @@ Every description is a value without state: the ECR port is passed in to its rea
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -33,6 +34,7 @@ from service.registry.model import plan, read_back
 from service.registry.model.slices import Ownership
 from service.state.cache import CacheKey
 from service.state.cache.base import Resource
+from service.state.history import Mine, PieceKind
 
 V = TypeVar("V")  # a value as read from AWS
 D = TypeVar("D")  # a document, as a write writes it
@@ -114,6 +116,12 @@ class ResourceKind(Protocol[V, D]):
     def changes(self, before: D, after: D) -> list[Changed]:
         """What changed, as a plan (service/registry/model/plan.py), each change with whose
         slices it concerns."""
+        ...
+
+    def owned_pieces(self, owner: Ownership) -> Mine:
+        """Which pieces of the history's split of a document (service/state/history.py
+        `Mine`) are `owner`'s own part: what a slice write's history entry introduces as
+        its writer's."""
         ...
 
 
@@ -214,6 +222,20 @@ class _Replication:
             found.append((change, _rule_owned(rule)))
         return found
 
+    def owned_pieces(self, owner: Ownership) -> Mine:
+        def mine(kind: PieceKind, data: bytes) -> bool:
+            # A filter part is the field entry of one repository filter: a ReplicationRule
+            # holding only it. A rule stored whole is never one tenant's (rules are packed).
+            if kind != "filter":
+                return False
+            try:
+                filters = pb.ReplicationRule.FromString(data).repository_filters
+            except DecodeError:
+                return False
+            return bool(filters) and all(owner.owns_filter(f.filter) for f in filters)
+
+        return mine
+
 
 class _Policy:
     """The registry policy: its text as ECR stores it, None when there is none."""
@@ -268,6 +290,18 @@ class _Policy:
 
     def changes(self, before: str | None, after: str | None) -> list[Changed]:
         return [(c, _statement_owned(_sid(c.path))) for c in plan.policy_changes(before, after)]
+
+    def owned_pieces(self, owner: Ownership) -> Mine:
+        def mine(kind: PieceKind, data: bytes) -> bool:
+            if kind != "element":  # a statement; not the text between, nor a whole policy
+                return False
+            try:
+                statement = json.loads(data)
+            except ValueError:
+                return False
+            return owner.owns_statement(statement)
+
+        return mine
 
 
 REPLICATION: ResourceKind[pb.DescribeRegistryResponse, pb.ReplicationConfiguration] = _Replication()

@@ -79,6 +79,7 @@ from service.errors import (
     UpstreamNoAnswer,
     WriteOverwritten,
 )
+from service.registry.model.slices import Ownership
 from service.registry.writes.context import WriteContext
 from service.registry.writes.drift import DriftDetector
 from service.registry.writes.resources import ResourceKind, key_of
@@ -431,7 +432,13 @@ class WriteSettlement:
             return
         recorded = after if verdict is Verdict.HOLDS else expected()
         await self._drift.record_write(
-            key, recorded, tenant=tenant, identity=who, rpc=rpc, etag_before=etag_before
+            key,
+            recorded,
+            tenant=tenant,
+            identity=who,
+            rpc=rpc,
+            etag_before=etag_before,
+            mine=write.kind.owned_pieces(Ownership.of(target)),
         )
         if verdict is Verdict.SLICE_HOLDS:
             await self._drift.observe(key, after, started=self._drift.clock(), under_lock=True)
@@ -463,6 +470,7 @@ class WriteSettlement:
                 identity=writer.context.identity,
                 rpc=writer.context.rpc,
                 etag_before=etag,
+                mine=kind.owned_pieces(Ownership.of(writer.target)),
             )
             etag = kind.etag(value)
         if holds:
@@ -502,6 +510,7 @@ class WriteSettlement:
                     identity=writer.context.identity,
                     rpc=writer.context.rpc,
                     etag_before=etag,
+                    mine=write.kind.owned_pieces(Ownership.of(writer.target)),
                 )
                 etag = write.kind.etag(value)
             return
@@ -512,6 +521,7 @@ class WriteSettlement:
             identity=write.context.identity,
             rpc=write.context.rpc,
             etag_before=write.kind.etag(write.current),
+            mine=write.kind.owned_pieces(Ownership.of(write.target)),
         )
 
 
