@@ -36,6 +36,7 @@ from service.pipeline.slots import CallSlots
 from service.registry.rpcs.destination_watch import DestinationWatch
 from service.registry.rpcs.validation import RequestValidator
 from service.registry.writes.drift import DriftDetector
+from service.registry.writes.handoff import RedisHandOff
 from service.registry.writes.operations import RegistryOperations
 from service.rpc import interceptor, reflection
 from service.rpc.messages import TimeToMessage
@@ -243,6 +244,12 @@ def compose(
         max_writes_per_tenant=config.server.max_writes_in_flight_per_tenant,
         max_writes_per_batch=config.cache.max_writes_per_batch,
         drift=drift,
+        # Slice writes handed to the replica holding a registry's lock, so that replicas'
+        # batches go together rather than in turns (service/registry/writes/handoff.py).
+        handoff=RedisHandOff(redis_client, config.cache.key_prefix)
+        if redis_client is not None and config.cache.hand_over_writes
+        else None,
+        count_handed=metrics.count_handed,
     )
     # Reads every configured (registry, region) once a period, so drift is seen when
     # nobody calls (service/app/drift_check.py); started with the server. From the current
@@ -272,6 +279,7 @@ def compose(
             policy_scopes=upstream.policy_scopes,
         ),
         history=history,
+        tenancy=lambda: tenancy.current,
     )
     add_to_server(servicer, server)
     # --- HTTP/JSON (Connect) listener, service/http/: the same gates' state, reporters'

@@ -81,6 +81,10 @@ class CacheConfig(Strict):
     # are applied together, at most this many in one read-modify-write (one fresh read, one
     # put, one read-back; service/registry/writes/group_commit.py). 1: each write alone.
     max_writes_per_batch: int = Field(50, ge=1, le=1000)
+    # With Redis: a replica whose slice writes find the lock held by another replica hands
+    # them to it, to go in its next batch, rather than waiting for the lock in turn
+    # (service/registry/writes/handoff.py). Off: each replica batches its own writes only.
+    hand_over_writes: bool = True
 
     @field_validator("redis_cluster_nodes")
     @classmethod

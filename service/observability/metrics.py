@@ -141,6 +141,17 @@ class Metrics:
             resource,
             registry=r,
         )
+        # Slice writes handed between replicas (service/registry/writes/handoff.py).
+        self.handed_writes = Counter(
+            "registry_gateway_handed_writes",
+            "Slice writes handed to another replica holding the registry's write lock, by how "
+            "each ended on the replica that handed it: answered (applied or refused by the "
+            "replica that took it), returned (nobody took it: applied here), lock_busy (its "
+            "wait for the lock ran out, nothing written), unknown (taken and never answered: "
+            "WRITE_OUTCOME_UNKNOWN); and `taken` on the replica that took another's.",
+            ["outcome"],
+            registry=r,
+        )
         # A reporter that raised (the call's answer stands: service/pipeline/pipeline.py), and
         # audit lines that never reached the audit sink (service/observability/audit.py).
         self.reporter_failures = Counter(
@@ -214,6 +225,10 @@ class Metrics:
         """Count a drift (`out_of_band_change`) or an overwritten write (`overwritten`)."""
         counter = self.drift if event == "out_of_band_change" else self.overwritten_writes
         counter.labels(registry_id, region, resource).inc()
+
+    def count_handed(self, outcome: str) -> None:
+        """Count a slice write handed over (or taken from another replica) by outcome."""
+        self.handed_writes.labels(outcome).inc()
 
     def audit_lost(self, why: str, lines: int) -> None:
         """Count audit lines lost (AuditLog's `lost`; called from its writer thread too)."""

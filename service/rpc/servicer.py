@@ -11,7 +11,7 @@ refuses itself never reached AWS.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TypeAlias, TypeVar, cast
 
 import grpc
@@ -19,6 +19,7 @@ import grpc
 from service.auth.content import ContentRules
 from service.auth.history import history_view
 from service.auth.targets import Target
+from service.auth.tenancy import Tenancy
 from service.call import CACHE_OUTCOME_KEY, Call, outside_call
 from service.errors import GatewayError
 from service.gen.v1 import registry_pb2 as pb
@@ -66,14 +67,17 @@ class RegistryConfigServicer:
         validator: RequestValidator | None = None,
         *,
         history: HistoryStore,
+        tenancy: Callable[[], Tenancy] | None = None,
     ) -> None:
         self._content = content
         self._ops = operations
         self._history = HistoryView(history)
         # Default: the installed AWS model and botocore's known regions.
         self._validator = validator if validator is not None else RequestValidator()
+        # `tenancy`: the config current now, for slice writes other replicas hand over
+        # (service/registry/writes/handoff.py).
         self._slices = SliceOperations(
-            operations, content, self._validator, past_the_cache=past_the_cache
+            operations, content, self._validator, past_the_cache=past_the_cache, tenancy=tenancy
         )
         self._destinations = DestinationCheck(operations, content)
 

@@ -216,6 +216,10 @@ class RegistryLocks:
         lock = self._locks.get((registry_id, region))
         return lock is not None and lock.locked()
 
+    async def held_elsewhere(self, registry_id: str, region: str) -> bool:
+        """In one process there is no elsewhere."""
+        return False
+
     async def writing(self, registry_id: str, region: str, resource: str) -> bool:
         """Whether a write of the resource is in flight (`HeldLock.writing`) right now."""
         return (registry_id, region, resource) in self._marks
@@ -535,6 +539,17 @@ class RedisRegistryLocks:
             return bool(await self._redis.exists(self._key(registry_id, region)))
         except (redis.RedisError, OSError):
             return True
+
+    async def held_elsewhere(self, registry_id: str, region: str) -> bool:
+        """Whether another replica holds the registry's lock, and no writer of this process
+        holds or waits for it (a slice write is then handed over: service/registry/writes/
+        handoff.py). Redis away: False (the lock, taken here, says so)."""
+        if await self._local.held(registry_id, region):
+            return False
+        try:
+            return bool(await self._redis.exists(self._key(registry_id, region)))
+        except (redis.RedisError, OSError):
+            return False
 
     @asynccontextmanager
     async def hold(self, registry_id: str, region: str) -> AsyncIterator[HeldLock]:

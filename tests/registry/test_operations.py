@@ -319,6 +319,12 @@ class LostLocks:
         async with self._locks.hold(registry_id, region):
             yield self
 
+    async def held(self, registry_id: str, region: str) -> bool:
+        return await self._locks.held(registry_id, region)
+
+    async def held_elsewhere(self, registry_id: str, region: str) -> bool:
+        return False
+
     async def ensure_owned(self) -> None:
         raise Unavailable("lost", reason="WRITE_LOCK_LOST")
 
@@ -507,6 +513,12 @@ class Notes:
 
     def owned_pieces(self, owner: Ownership) -> Mine:
         return lambda kind, data: False  # no slices of a note
+
+    def value_bytes(self, value: str) -> bytes:
+        return value.encode()
+
+    def value_from(self, raw: bytes) -> str:
+        return raw.decode()
 
 
 async def test_a_new_resource_is_one_description_on_the_same_read_modify_write(

@@ -59,6 +59,12 @@ class Queued(Generic[P, R]):
     # the caller's batch that precede sending its write (operations.py `_in_context`).
     context: contextvars.Context = field(default_factory=contextvars.Context)
     taken: bool = False
+    seq: int = 0  # its place in arrival order
+    # loop.time() past which its caller no longer waits to be taken, and what it is then
+    # answered (`GroupCommit.submit`): a write given back untaken (`Takes.give_back`) after
+    # it is answered so.
+    patience_until: float = math.inf
+    tired: Callable[[], BaseException] | None = None
 
     def answered(self, result: R) -> None:
         """Answer the write (once)."""
@@ -90,11 +96,12 @@ class Takes(Generic[P, R]):
         """The write waiting longest, None when none waits."""
         return self._waiting[0] if self._waiting else None
 
-    def take(self) -> list[Queued[P, R]]:
-        """The next batch, in arrival order: at most one write per tenant, of the first's
-        affinity, at most `max_batch`; the others stay queued, in their order."""
+    def take(self, exclude: frozenset[str] = frozenset()) -> list[Queued[P, R]]:
+        """The next batch, in arrival order: at most one write per tenant (none of the
+        tenants in `exclude`), of the first's affinity, at most `max_batch`; the others
+        stay queued, in their order."""
         batch: list[Queued[P, R]] = []
-        tenants: set[str] = set()
+        tenants: set[str] = set(exclude)
         rest: list[Queued[P, R]] = []
         for queued in self._waiting:
             fits = (
@@ -111,6 +118,22 @@ class Takes(Generic[P, R]):
         self._waiting[:] = rest
         self.taken.extend(batch)
         return batch
+
+    def give_back(self, queued: Queued[P, R]) -> None:
+        """A write taken but not applied (nothing of it written: operations.py hands writes
+        to another replica, which may not take them), queued again at its place in arrival
+        order, as if never taken; answered `tired()` at once when its caller's patience ran
+        out meanwhile (its caller waits for an answer since it was taken)."""
+        if queued.answer.done():
+            return
+        if queued in self.taken:
+            self.taken.remove(queued)
+        if asyncio.get_running_loop().time() >= queued.patience_until:
+            queued.failed(queued.tired() if queued.tired is not None else TimeoutError())
+            return
+        queued.taken = False
+        self._waiting.append(queued)
+        self._waiting.sort(key=lambda each: each.seq)
 
 
 # A leader's commit: takes the registry's lock, takes a batch, answers each write of it.
@@ -137,6 +160,7 @@ class GroupCommit(Generic[K, P, R]):
         self._max_batch = max_batch
         self._queues: dict[K, list[Queued[P, R]]] = {}
         self._leaders: dict[K, asyncio.Task[None]] = {}
+        self._arrivals = 0
 
     @property
     def max_batch(self) -> int:
@@ -159,8 +183,16 @@ class GroupCommit(Generic[K, P, R]):
     ) -> R:
         """Queue a write and wait for its answer (its result, or its error raised)."""
         loop = asyncio.get_running_loop()
+        self._arrivals += 1
         queued: Queued[P, R] = Queued(
-            payload, tenant, affinity, loop.create_future(), contextvars.copy_context()
+            payload,
+            tenant,
+            affinity,
+            loop.create_future(),
+            contextvars.copy_context(),
+            seq=self._arrivals,
+            patience_until=loop.time() + patience,
+            tired=tired,
         )
         self._queues.setdefault(key, []).append(queued)
         self._lead(key)

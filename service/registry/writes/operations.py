@@ -49,10 +49,15 @@ in the settlement.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import contextvars
 import dataclasses
 import functools
+import logging
 import math
+import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -71,12 +76,25 @@ from service.errors import (
     NotFound,
     QuotaViolation,
     ResourceExhausted,
+    Unavailable,
 )
 from service.gen.v1 import registry_pb2 as pb
 from service.registry.model import plan
 from service.registry.writes.context import UNATTRIBUTED, WriteContext
 from service.registry.writes.drift import DriftDetector
 from service.registry.writes.group_commit import GroupCommit, Queued, Takes, copied
+from service.registry.writes.handoff import (
+    POLL_SECONDS,
+    TAKEN_GRACE_SECONDS,
+    Handed,
+    HandOff,
+    HandOffAway,
+    error_answer,
+    not_judged,
+    outcome_unknown,
+    parse_answer,
+    value_answer,
+)
 from service.registry.writes.resources import (
     POLICY,
     REPLICATION,
@@ -96,6 +114,8 @@ from service.registry.writes.settlement import (
 )
 from service.state.cache import CacheKey, Outcome, ReadCache
 from service.state.locks import HeldLock, lock_busy, wait_budget
+
+log = logging.getLogger("registry_gateway.operations")
 
 T = TypeVar("T")
 M = TypeVar("M", bound=Message)
@@ -256,6 +276,14 @@ class Locks(Protocol):
         """An async context manager holding the registry's lock."""
         ...
 
+    async def held(self, registry_id: str, region: str) -> bool:
+        """Whether anyone holds (or waits here for) the registry's lock right now."""
+        ...
+
+    async def held_elsewhere(self, registry_id: str, region: str) -> bool:
+        """Whether another replica holds the registry's lock (and nobody here)."""
+        ...
+
 
 @dataclass
 class _Attempt:
@@ -273,6 +301,27 @@ class _Slice(Generic[V, D]):
     caller_slice: CallerSlice[D]
     context: WriteContext
     attempt: _Attempt
+    # The caller's request, serialized, as another replica judges it again when the write
+    # is handed over (handoff.py); None: it is applied here or not at all.
+    request: bytes | None = None
+    # When it queued (Unix time): no older write of its tenant handed over by another
+    # replica is applied after it (handoff.py `HandOff.last_applied`).
+    queued_at: float = 0.0
+
+
+@dataclass(frozen=True)
+class Rejudged(Generic[V, D]):
+    """A handed-over slice request judged again by the replica that applies it, with its
+    own tenant config: the caller's target there, its change and its slice."""
+
+    target: Target
+    change: Callable[[V], D]
+    caller_slice: CallerSlice[D]
+
+
+# Judges a handed-over request again (service/registry/rpcs/slice_operations.py
+# `SliceOperations.rejudge`); raises the GatewayError its caller is answered.
+Rejudge = Callable[[CacheKey, Handed], Rejudged[Any, Any]]
 
 
 @dataclass(frozen=True)
@@ -307,6 +356,8 @@ class RegistryOperations:
         max_writes_per_tenant: int = 4,
         max_writes_per_batch: int = 1,
         drift: DriftDetector | None = None,
+        handoff: HandOff | None = None,
+        count_handed: Callable[[str], None] = lambda outcome: None,
     ) -> None:
         self._ecr = ecr
         self._locks = locks
@@ -322,6 +373,19 @@ class RegistryOperations:
             if max_writes_per_batch > 1
             else None
         )
+        # Slice writes handed to the replica holding the lock (handoff.py), once the slice
+        # RPCs' side says how to judge a handed request again (`serve_handed`).
+        self._handoff = handoff
+        self._rejudge: Rejudge | None = None
+        self._count_handed = count_handed
+
+    def serve_handed(self, rejudge: Rejudge) -> None:
+        """Take slice writes other replicas hand over, judged again by `rejudge`; and hand
+        this replica's over while another holds the lock (with a `handoff` only)."""
+        self._rejudge = rejudge
+
+    def _handing(self) -> bool:
+        return self._handoff is not None and self._rejudge is not None
 
     @property
     def settlement(self) -> WriteSettlement:
@@ -509,6 +573,7 @@ class RegistryOperations:
         *,
         caller_slice: CallerSlice[pb.ReplicationConfiguration] | None = None,
         context: WriteContext = UNATTRIBUTED,
+        request: bytes | None = None,
     ) -> ReplicationUpdate:
         """Read-modify-write of the replication configuration (`update` of REPLICATION).
 
@@ -522,6 +587,7 @@ class RegistryOperations:
             validate_only,
             caller_slice=caller_slice,
             context=context,
+            request=request,
         )
         return ReplicationUpdate.of(update)
 
@@ -533,6 +599,7 @@ class RegistryOperations:
         *,
         caller_slice: CallerSlice[str | None] | None = None,
         context: WriteContext = UNATTRIBUTED,
+        request: bytes | None = None,
     ) -> PolicyUpdate:
         """Read-modify-write of the registry policy (`update` of POLICY).
 
@@ -540,7 +607,13 @@ class RegistryOperations:
         and answers the one to write, None to have none (DeleteRegistryPolicy, or nothing
         when there is none already). With validate_only, `after` is the current policy."""
         update = await self.update(
-            POLICY, target, change, validate_only, caller_slice=caller_slice, context=context
+            POLICY,
+            target,
+            change,
+            validate_only,
+            caller_slice=caller_slice,
+            context=context,
+            request=request,
         )
         return PolicyUpdate.of(update)
 
@@ -553,6 +626,7 @@ class RegistryOperations:
         *,
         caller_slice: CallerSlice[D] | None = None,
         context: WriteContext = UNATTRIBUTED,
+        request: bytes | None = None,
     ) -> Update[V, D]:
         """Read-modify-write of one resource of the target under the registry's lock.
 
@@ -560,10 +634,11 @@ class RegistryOperations:
         to write, or raises (etag, quota, validation) to write nothing. With validate_only
         nothing is written (`done` False). `caller_slice` (a slice write): the write holds
         when that slice holds, and WriteOverwritten names that slice's etag rather than the
-        whole's. `context`: who writes, and the caller's deadline.
+        whole's. `context`: who writes, and the caller's deadline. `request`: a slice
+        write's request, serialized, for another replica to judge again (handoff.py).
         """
         if caller_slice is not None and not validate_only and self._batches is not None:
-            return await self._queued(kind, target, change, caller_slice, context)
+            return await self._queued(kind, target, change, caller_slice, context, request)
         async with self._update(target, context) as (held, attempt):
             current = await self._fresh(kind, target)
             etag_before = attempt.etag_before = kind.etag(current)
@@ -628,6 +703,7 @@ class RegistryOperations:
         change: Callable[[V], D],
         caller_slice: CallerSlice[D],
         context: WriteContext,
+        request: bytes | None = None,
     ) -> Update[V, D]:
         """A slice write queued on the registry's lock, applied by the queue's leader with
         the others waiting (`_commit`); counted in the tenant's writes in flight while it
@@ -641,7 +717,7 @@ class RegistryOperations:
             with self._counted(target):
                 update = await self._batches.submit(
                     key_of(kind, target),
-                    _Slice(target, change, caller_slice, context, attempt),
+                    _Slice(target, change, caller_slice, context, attempt, request, time.time()),
                     tenant=target.tenant,
                     # A batch is written with its first writer's credentials: the same ones.
                     affinity=(registry.role_arn, registry.external_id_env),
@@ -665,28 +741,415 @@ class RegistryOperations:
         writes alone and none other still queued; then each change applied on its own in
         arrival order on the document the ones before it left (its etag, share and validation
         are in its change: one that raises fails its caller alone and leaves the document as
-        it was); one put, one read-back, and each caller answered on its own slice."""
+        it was); one put, one read-back, and each caller answered on its own slice.
+
+        Across replicas (handoff.py): while another replica holds the lock, the batch is
+        handed to it rather than waiting for the lock, and what it does not take comes back
+        here; holding the lock, the batch takes the writes other replicas handed over too."""
         kind: ResourceKind[Any, Any] = kind_of(key)
+        if self._handing() and await self._locks.held_elsewhere(key.registry_id, key.region):
+            await self._hand_over(kind, key, takes)
+            if takes.first is None:
+                return  # every write answered by the replica that took it (or left)
         async with self._locks.hold(key.registry_id, key.region) as held:
             if takes.first is None:
                 return  # every writer left while the lock was awaited
             batch = takes.take()
-            target = _batch_target(batch)
-            # Bounded by the latest deadline of the batch's writes, as a caller's fresh read
-            # is by its own: past it, every one of them has left.
-            latest = max(queued.payload.context.deadline for queued in batch)
-            bound = asyncio.timeout_at(None if math.isinf(latest) else latest)
+            if not self._handing():
+                await self._commit_batch(kind, key, held, batch)
+                return
+            adopted = await self._adopt(key, batch)
+            await self._commit_adopted(kind, key, held, batch, adopted)
+            # Writes handed over meanwhile (or more than one batch of them): while the lock is
+            # held here nobody else takes them, and their replicas take them back only once
+            # it is free; so the next batches, with this replica's own writes waiting, go
+            # while the lock is held.
+            for _ in range(MAX_HELD_BATCHES):
+                batch = takes.take() if takes.first is not None else []
+                adopted = await self._adopt(key, batch)
+                if not batch and not adopted:
+                    break
+                await self._commit_adopted(kind, key, held, batch, adopted)
+
+    async def _commit_adopted(
+        self,
+        kind: ResourceKind[V, D],
+        key: CacheKey,
+        held: HeldLock,
+        batch: list[Queued[_Slice[V, D], Update[V, D]]],
+        adopted: list[tuple[Handed, Queued[_Slice[V, D], Update[V, D]]]],
+    ) -> None:
+        """A batch with the handed writes it took; each of those answered to its replica.
+        The writes it applied are recorded per tenant (when each queued), so that no older
+        write of the same tenant still waiting in the list is applied after them."""
+        writes = [*batch, *(q for _, q in adopted)]
+        try:
+            await self._commit_batch(kind, key, held, writes)
+        except BaseException as exc:
+            for _, queued in adopted:
+                queued.failed(copied(exc))
+            raise
+        finally:
+            await self._record_applied(key, writes)
+            if adopted:
+                await self._answer_adopted(kind, key, adopted)
+
+    async def _record_applied(
+        self, key: CacheKey, writes: list[Queued[_Slice[V, D], Update[V, D]]]
+    ) -> None:
+        """When the latest applied write of each tenant of `writes` queued (handoff.py)."""
+        assert self._handoff is not None
+        latest: dict[str, float] = {}
+        for queued in writes:
+            answer = queued.answer
+            if answer.done() and not answer.cancelled() and answer.exception() is None:
+                stamp = queued.payload.queued_at
+                latest[queued.tenant] = max(latest.get(queued.tenant, 0.0), stamp)
+        try:
+            await self._handoff.applied(key, latest)
+        except HandOffAway:
+            log.warning("the writes applied on %s could not be recorded for hand-overs", key)
+
+    async def _commit_batch(
+        self,
+        kind: ResourceKind[V, D],
+        key: CacheKey,
+        held: HeldLock,
+        batch: list[Queued[_Slice[V, D], Update[V, D]]],
+    ) -> None:
+        """One batch under the lock: its fresh read (bounded by its writers' latest
+        deadline), then its changes applied and sent (`_batch`)."""
+        target = _batch_target(batch)
+        # Bounded by the latest deadline of the batch's writes, as a caller's fresh read
+        # is by its own: past it, every one of them has left.
+        latest = max(queued.payload.context.deadline for queued in batch)
+        bound = asyncio.timeout_at(None if math.isinf(latest) else latest)
+        try:
+            async with bound:
+                current = await self._fresh(kind, target)
+        except TimeoutError:
+            if not bound.expired():
+                raise
+            raise DeadlineExceeded(
+                f"deadline exceeded waiting for AWS ECR's {kind.name} of registry "
+                f"{key.registry_id} in {key.region}",
+            ) from None
+        await self._batch(kind, held, target, current, batch)
+
+    # --- slice writes handed between replicas (handoff.py) ------------------------------------
+
+    async def _hand_over(
+        self,
+        kind: ResourceKind[V, D],
+        key: CacheKey,
+        takes: Takes[_Slice[V, D], Update[V, D]],
+    ) -> None:
+        """The writes waiting here handed to the replica holding the lock, each answered by
+        it (or WRITE_LOCK_BUSY, or WRITE_OUTCOME_UNKNOWN), and those that queue here
+        meanwhile too, until one comes back (nobody took it: the lock is free, or the holder
+        takes nothing). One that comes back is queued again at its place, untaken (group_
+        commit.py `Takes.give_back`): the lock, taken here next, applies it with the others
+        in their order, their credentials and their callers' patience. A tenant has one write
+        handed at a time, so that its writes stay in order."""
+        handing: dict[asyncio.Future[bool], Queued[_Slice[V, D], Update[V, D]]] = {}
+        came_back = False
+        while True:
+            if not came_back and takes.first is not None:
+                busy = frozenset(queued.tenant for queued in handing.values())
+                for queued in takes.take(exclude=busy):
+                    handing[asyncio.ensure_future(self._hand_one(kind, key, queued))] = queued
+            if not handing:
+                return
+            done, _ = await asyncio.wait(
+                handing, timeout=POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
+            )
+            for future in done:
+                queued = handing.pop(future)
+                if future.exception() is not None:
+                    log.error(
+                        "handing a write over failed on %s",
+                        key,
+                        extra={"error_type": type(future.exception()).__name__},
+                    )
+                    queued.failed(outcome_unknown(key.registry_id, key.region))
+                elif future.result():
+                    takes.give_back(queued)
+                    came_back = True
+
+    async def _hand_one(
+        self, kind: ResourceKind[V, D], key: CacheKey, queued: Queued[_Slice[V, D], Update[V, D]]
+    ) -> bool:
+        """One write handed over and answered; True when no replica took it (it is this
+        replica's to apply again: nothing of it was written)."""
+        handoff = self._handoff
+        assert handoff is not None
+        item = queued.payload
+        if item.request is None:
+            return True
+        loop = asyncio.get_running_loop()
+        time_left = item.context.time_left()
+        patience = wait_budget(time_left, math.inf)
+        now = time.time()
+        # Taken by no replica past this (its own takes it back by then): a request left in
+        # the list by a replica that died is applied, if at all, within a second.
+        take_by = min(patience, UNTAKEN_SECONDS + TAKE_BY_MARGIN_SECONDS)
+        handed = Handed(
+            id=uuid.uuid4().hex,
+            replica=handoff.replica,
+            tenant=item.target.tenant,
+            rpc=item.context.rpc or "",
+            body=item.request,
+            identity=item.context.identity,
+            request_id=item.context.request_id,
+            patience_until=now + take_by,
+            deadline=now + time_left,
+            queued_at=item.queued_at,
+        )
+        raw = handed.encode()
+        try:
+            await handoff.give(key, raw)
+        except HandOffAway as away:
+            if not away.maybe_sent:
+                return True  # not in the list: the lock, taken here, says what Redis does
+            # It may be in the list all the same (a paused Redis runs it when it resumes):
+            # handed, as far as anyone can tell.
+        give_up_at = loop.time() + patience
+        # Untaken this long, it is taken back and waits for the lock here as any write does:
+        # a holder that takes nothing (a full-document write, a replica of an older version
+        # during a rolling upgrade) costs a handed write at most this.
+        untaken_until = loop.time() + UNTAKEN_SECONDS
+        try:
+            while True:
+                left = give_up_at - loop.time()
+                answer = await handoff.wait(key, handed.id, min(POLL_SECONDS, max(0.0, left)))
+                if answer is not None:
+                    if _expired(answer):
+                        self._count_handed("returned")
+                        return True  # taken past its time: refused, nothing written
+                    self._count_handed("answered")
+                    self._answered(kind, queued, answer)
+                    return False
+                if left <= 0:
+                    if await self._withdrawn(key, raw):
+                        self._count_handed("lock_busy")
+                        queued.failed(lock_busy(key.registry_id, key.region))
+                        return False
+                    break  # taken meanwhile: its answer comes
+                # Nobody holds the lock, so nobody will take it; or the holder does not take:
+                # ours again.
+                nobody = loop.time() >= untaken_until or not await self._locks.held(
+                    key.registry_id, key.region
+                )
+                if nobody and await self._withdrawn(key, raw):
+                    self._count_handed("returned")
+                    return True
+            # Taken by another replica: answered before its caller's deadline (the caller
+            # then hears WRITE_OUTCOME_UNKNOWN, not DEADLINE_EXCEEDED), or without one
+            # within the time a write takes to settle; else its outcome is unknown.
+            time_left = item.context.time_left()
+            wait = (
+                TAKEN_GRACE_SECONDS
+                if math.isinf(time_left)
+                else max(0.0, time_left - ANSWER_MARGIN_SECONDS)
+            )
+            answer = await handoff.wait(key, handed.id, wait)
+            if answer is not None and _expired(answer):
+                self._count_handed("returned")
+                return True
+            if answer is not None:
+                self._count_handed("answered")
+                self._answered(kind, queued, answer)
+            else:
+                self._count_handed("unknown")
+                log.warning(
+                    "a slice write of tenant %s handed over on registry %s in %s was taken "
+                    "and not answered: outcome unknown",
+                    item.target.tenant,
+                    key.registry_id,
+                    key.region,
+                )
+                queued.failed(outcome_unknown(key.registry_id, key.region))
+            return False
+        finally:
+            handoff.forget(handed.id)
+
+    async def _withdrawn(self, key: CacheKey, raw: bytes) -> bool:
+        """Whether a handed request was taken back (no replica took it). Redis not
+        answering: not known, so it counts as taken (its answer is waited for)."""
+        assert self._handoff is not None
+        try:
+            return await self._handoff.withdraw(key, raw)
+        except HandOffAway:
+            return False
+
+    def _answered(
+        self, kind: ResourceKind[V, D], queued: Queued[_Slice[V, D], Update[V, D]], raw: bytes
+    ) -> None:
+        """A handed write answered as the replica that applied it answered."""
+        key = key_of(kind, queued.payload.target)
+        parsed = parse_answer(raw)
+        if parsed is None:
+            queued.failed(outcome_unknown(key.registry_id, key.region))
+            return
+        _, result = parsed
+        if isinstance(result, GatewayError):
+            queued.failed(result)
+            return
+        try:
+            before = kind.value_from(base64.b64decode(result["before"]))
+            after = kind.value_from(base64.b64decode(result["after"]))
+            update = Update(
+                before,
+                kind.document(after),
+                after=after,
+                done=True,
+                sent=bool(result["sent"]),
+                answered=None,
+                etag_before=str(result["etag_before"]),
+                etag_after=str(result["etag_after"]),
+            )
+        except (KeyError, ValueError, TypeError):
+            queued.failed(outcome_unknown(key.registry_id, key.region))
+            return
+        queued.answered(update)
+
+    async def _adopt(
+        self, key: CacheKey, batch: list[Queued[_Slice[Any, Any], Update[Any, Any]]]
+    ) -> list[tuple[Handed, Queued[_Slice[Any, Any], Update[Any, Any]]]]:
+        """The writes other replicas handed over, judged again here, that fit in `batch`
+        (room left, one per tenant, the same credentials); the others back in the list, or
+        answered at once (refused when judged again, or no longer waited for)."""
+        assert self._handoff is not None and self._rejudge is not None and self._batches
+        try:
+            raws = await self._handoff.take(key, self._batches.max_batch - len(batch))
+        except HandOffAway:
+            return []
+        loop = asyncio.get_running_loop()
+        tenants = {queued.tenant for queued in batch}
+        affinity = batch[0].affinity if batch else None
+        requests = [(raw, Handed.decode(raw)) for raw in raws]
+        try:
+            applied = await self._handoff.last_applied(
+                key, sorted({h.tenant for _, h in requests if h is not None})
+            )
+        except HandOffAway:
+            # Whether a later write of theirs went first cannot be told: not taken now.
+            await self._put_back(key, raws)
+            return []
+        adopted: list[tuple[Handed, Queued[_Slice[Any, Any], Update[Any, Any]]]] = []
+        back: list[bytes] = []
+        refused: list[tuple[Handed, GatewayError]] = []
+        now = time.time()
+        for raw, handed in requests:
+            if handed is None:
+                log.warning("a handed-over write on %s could not be read; dropped", key)
+                continue
+            if handed.patience_until <= now:
+                # Past its time (its replica takes it back): nothing of it is written.
+                refused.append((handed, _expired_error(key)))
+                continue
+            if handed.queued_at < applied.get(handed.tenant, 0.0):
+                # A later write of its tenant was applied first (its replica died with it
+                # handed, and its caller wrote again elsewhere): never applied over it.
+                refused.append((handed, _superseded(key, handed.tenant)))
+                continue
+            if handed.tenant in tenants:
+                back.append(raw)  # a tenant's writes stay serial: the next batch
+                continue
             try:
-                async with bound:
-                    current = await self._fresh(kind, target)
-            except TimeoutError:
-                if not bound.expired():
-                    raise
-                raise DeadlineExceeded(
-                    f"deadline exceeded waiting for AWS ECR's {kind.name} of registry "
-                    f"{key.registry_id} in {key.region}",
-                ) from None
-            await self._batch(kind, held, target, current, batch)
+                judged = self._rejudge(key, handed)
+            except GatewayError as error:
+                refused.append((handed, error))
+                continue
+            except Exception:
+                # Not judged: refused (never applied unjudged), and the batch goes on.
+                log.exception("judging a handed-over write of tenant %s failed", handed.tenant)
+                refused.append((handed, not_judged(key.registry_id, key.region)))
+                continue
+            registry = judged.target.registry
+            credentials = (registry.role_arn, registry.external_id_env)
+            if affinity is None:
+                affinity = credentials
+            if credentials != affinity:
+                back.append(raw)  # written with other credentials: another batch
+                continue
+            tenants.add(handed.tenant)
+            context = WriteContext(
+                identity=handed.identity,
+                rpc=handed.rpc,
+                request_id=handed.request_id,
+                deadline=math.inf
+                if math.isinf(handed.deadline)
+                else loop.time() + (handed.deadline - now),
+            )
+            payload: _Slice[Any, Any] = _Slice(
+                judged.target,
+                judged.change,
+                judged.caller_slice,
+                context,
+                _Attempt(),
+                queued_at=handed.queued_at,
+            )
+            # Its own empty context: no call of this replica's bounds its AWS calls (its
+            # caller's deadline bounds the batch's fresh read, through `context.deadline`).
+            queued: Queued[_Slice[Any, Any], Update[Any, Any]] = Queued(
+                payload, handed.tenant, affinity, loop.create_future(), contextvars.Context()
+            )
+            queued.taken = True
+            adopted.append((handed, queued))
+            self._count_handed("taken")
+        await self._put_back(key, back)
+        try:
+            for handed, refusal in refused:
+                await self._handoff.answer(key, handed.replica, error_answer(handed.id, refusal))
+        except HandOffAway:
+            pass  # their replicas' waits end them (taken: WRITE_OUTCOME_UNKNOWN)
+        return adopted
+
+    async def _put_back(self, key: CacheKey, raws: list[bytes]) -> None:
+        assert self._handoff is not None
+        try:
+            await self._handoff.put_back(key, raws)
+        except HandOffAway:
+            # Lost with Redis: their replicas take them back (or answer them unknown).
+            log.warning("%d handed-over writes on %s could not be put back", len(raws), key)
+
+    async def _answer_adopted(
+        self,
+        kind: ResourceKind[Any, Any],
+        key: CacheKey,
+        adopted: list[tuple[Handed, Queued[_Slice[Any, Any], Update[Any, Any]]]],
+    ) -> None:
+        """Each handed write's answer, to the replica that waits for it."""
+        assert self._handoff is not None
+        for handed, queued in adopted:
+            answer = queued.answer
+            if not answer.done():
+                queued.failed(RuntimeError("a write taken into a batch was not answered"))
+            error = answer.exception()
+            if isinstance(error, GatewayError):
+                raw = error_answer(handed.id, error)
+            elif error is not None:
+                raw = error_answer(handed.id, outcome_unknown(key.registry_id, key.region))
+            else:
+                update = answer.result()
+                raw = value_answer(
+                    handed.id,
+                    {
+                        "before": base64.b64encode(kind.value_bytes(update.before)).decode(),
+                        "after": base64.b64encode(kind.value_bytes(update.after)).decode(),
+                        "sent": update.sent,
+                        "etag_before": update.etag_before,
+                        "etag_after": update.etag_after,
+                    },
+                )
+            try:
+                await self._handoff.answer(key, handed.replica, raw)
+            except HandOffAway:
+                log.warning(
+                    "the answer to a handed-over write of tenant %s could not be sent",
+                    queued.tenant,
+                )
 
     async def _batch(
         self,
@@ -917,11 +1380,56 @@ class RegistryOperations:
 # What AWS answers a document it will not take (service/aws/errors.py): nothing applied.
 AWS_REFUSALS = frozenset({"AWS_INVALID_PARAMETER", "AWS_PARAM_VALIDATION"})
 
+# How long a handed write waits to be taken before its replica takes it back (handoff.py),
+# and past that, how long a replica may still take it (its replica's withdrawal racing).
+UNTAKEN_SECONDS = 1.0
+TAKE_BY_MARGIN_SECONDS = 0.5
+HANDOFF_EXPIRED = "HANDOFF_EXPIRED"
+
+# Before its caller's deadline, a handed write taken and not answered is answered
+# WRITE_OUTCOME_UNKNOWN by this much: what the answer takes to reach the caller.
+ANSWER_MARGIN_SECONDS = 0.25
+
+# How many more batches (this replica's writes and those handed over) one holder of the lock
+# applies while the writes keep coming, before it lets the lock go to another replica.
+MAX_HELD_BATCHES = 8
+
 # The tenant a group write's AWS calls are made for (upstream's per-tenant bulkhead,
 # service/aws/resilience.py): no one tenant of the batch, so that none of them, by keeping
 # its own share of the AWS call slots full, fails the others' writes. Its slots are the
 # batches' alone; they run one at a time per registry, under its lock.
 GROUP_WRITE = "(group write)"
+
+
+def _expired_error(key: CacheKey) -> Unavailable:
+    """What an applier answers a handed write taken past its time: its replica takes it back
+    (nothing of it written) and applies it itself."""
+    return Unavailable(
+        "taken by the replica holding the lock past its time; nothing was written",
+        reason=HANDOFF_EXPIRED,
+        metadata={"registryId": key.registry_id, "region": key.region},
+        retry_after_seconds=0.1,
+    )
+
+
+def _expired(raw: bytes) -> bool:
+    parsed = parse_answer(raw)
+    return (
+        parsed is not None
+        and isinstance(parsed[1], GatewayError)
+        and parsed[1].reason == HANDOFF_EXPIRED
+    )
+
+
+def _superseded(key: CacheKey, tenant: str) -> Unavailable:
+    return Unavailable(
+        f"a later write of tenant {tenant[:64]} was applied before this one reached the "
+        f"replica holding registry {key.registry_id}'s write lock in {key.region}; nothing "
+        "of this one was written: read your slice before writing again",
+        reason="WRITE_NOT_APPLIED",
+        metadata={"registryId": key.registry_id, "region": key.region},
+        retry_after_seconds=1.0,
+    )
 
 
 def _refused(error: BaseException) -> bool:

@@ -118,6 +118,15 @@ class ResourceKind(Protocol[V, D]):
         slices it concerns."""
         ...
 
+    def value_bytes(self, value: V) -> bytes:
+        """A value as another replica reads it back (`value_from`): a handed-over write's
+        answer (handoff.py)."""
+        ...
+
+    def value_from(self, raw: bytes) -> V:
+        """The value `value_bytes` made; ValueError when the bytes are not one."""
+        ...
+
     def owned_pieces(self, owner: Ownership) -> Mine:
         """Which pieces of the history's split of a document (service/state/history.py
         `Mine`) are `owner`'s own part: what a slice write's history entry introduces as
@@ -222,6 +231,15 @@ class _Replication:
             found.append((change, _rule_owned(rule)))
         return found
 
+    def value_bytes(self, value: pb.DescribeRegistryResponse) -> bytes:
+        return value.SerializeToString(deterministic=True)
+
+    def value_from(self, raw: bytes) -> pb.DescribeRegistryResponse:
+        try:
+            return pb.DescribeRegistryResponse.FromString(raw)
+        except DecodeError as exc:
+            raise ValueError("not a DescribeRegistry answer") from exc
+
     def owned_pieces(self, owner: Ownership) -> Mine:
         def mine(kind: PieceKind, data: bytes) -> bool:
             # A filter part is the field entry of one repository filter: a ReplicationRule
@@ -290,6 +308,15 @@ class _Policy:
 
     def changes(self, before: str | None, after: str | None) -> list[Changed]:
         return [(c, _statement_owned(_sid(c.path))) for c in plan.policy_changes(before, after)]
+
+    def value_bytes(self, value: str | None) -> bytes:
+        return json.dumps(value).encode("utf-8")  # null: no policy
+
+    def value_from(self, raw: bytes) -> str | None:
+        value = json.loads(raw)  # ValueError when not JSON
+        if value is not None and not isinstance(value, str):
+            raise ValueError("not a policy")
+        return value
 
     def owned_pieces(self, owner: Ownership) -> Mine:
         def mine(kind: PieceKind, data: bytes) -> bool:
