@@ -10,7 +10,8 @@ lifecycle's (service/app/server.py), which calls it once.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Mapping
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -185,6 +186,12 @@ def compose(
     # The write locks, which the drift detector asks too: a read racing a write that is
     # not recorded yet is not drift (service/registry/writes/drift.py).
     locks = _locks(config, redis_client, spawn)
+    # Times replicas compare are on Redis's clock, whatever their own clocks say.
+    shared_clock = (
+        RedisClock(redis_client, key_prefix=config.cache.key_prefix)
+        if redis_client is not None
+        else None
+    )
     drift = DriftDetector(
         history,
         audit,
@@ -192,10 +199,7 @@ def compose(
         config=lambda: tenancy.current.config,
         skew_seconds=config.drift.clock_skew_seconds,
         locks=locks,
-        # Times replicas compare are on Redis's clock, whatever their own clocks say.
-        shared_clock=RedisClock(redis_client, key_prefix=config.cache.key_prefix)
-        if redis_client is not None
-        else None,
+        shared_clock=shared_clock,
     )
     # One pipeline (gates, reporters), built once and run by the gRPC and the HTTP
     # transport alike: a tenant's rate and upstream budget, an address's failed
@@ -250,6 +254,8 @@ def compose(
         if redis_client is not None and config.cache.hand_over_writes
         else None,
         count_handed=metrics.count_handed,
+        # Which of a tenant's writes came later, across replicas: on Redis's clock.
+        shared_now=_shared_now(shared_clock) if shared_clock is not None else None,
     )
     # Reads every configured (registry, region) once a period, so drift is seen when
     # nobody calls (service/app/drift_check.py); started with the server. From the current
@@ -316,6 +322,13 @@ def compose(
         http=http,
         health_server=_health_server(config, pipeline, health_servicer, reuse_port),
     )
+
+
+def _shared_now(clock: RedisClock) -> Callable[[], Awaitable[float]]:
+    async def now() -> float:
+        return time.time() + await clock.offset(time.time)
+
+    return now
 
 
 def _health_server(

@@ -186,10 +186,17 @@ class RegistryLocks:
         self._max_wait = max_wait_seconds
 
     @asynccontextmanager
-    async def hold(self, registry_id: str, region: str) -> AsyncIterator[HeldLock]:
-        """Hold the registry's lock for the duration of the block."""
+    async def hold(
+        self, registry_id: str, region: str, *, within: float | None = None
+    ) -> AsyncIterator[HeldLock]:
+        """Hold the registry's lock for the duration of the block (waited for at most
+        `within` seconds when given, else as the caller's deadline allows)."""
         wait = (
-            math.inf if self._time_left is None else wait_budget(self._time_left(), self._max_wait)
+            within
+            if within is not None
+            else math.inf
+            if self._time_left is None
+            else wait_budget(self._time_left(), self._max_wait)
         )
         async with self.hold_within(registry_id, region, wait):
             yield _LocalHold(self._marks, registry_id, region)
@@ -552,15 +559,19 @@ class RedisRegistryLocks:
             return False
 
     @asynccontextmanager
-    async def hold(self, registry_id: str, region: str) -> AsyncIterator[HeldLock]:
+    async def hold(
+        self, registry_id: str, region: str, *, within: float | None = None
+    ) -> AsyncIterator[HeldLock]:
         """Hold the registry's lock across replicas, renewed while held.
 
         Unavailable when Redis cannot grant it (WRITE_LOCK_UNAVAILABLE): writes fail rather
         than go unlocked while Redis is away, since a lost update is worse than a retry; or
-        when another writer holds it until this one's wait runs out (WRITE_LOCK_BUSY).
+        when another writer holds it until this one's wait runs out (WRITE_LOCK_BUSY): at
+        most `within` seconds when given, else as the caller's deadline allows.
         """
         loop = asyncio.get_running_loop()
-        give_up_at = loop.time() + wait_budget(self._time_left(), self._max_wait)
+        wait = wait_budget(self._time_left(), self._max_wait) if within is None else within
+        give_up_at = loop.time() + wait
         async with self._local.hold_within(registry_id, region, give_up_at - loop.time()):
             lock = self._redis.lock(
                 self._key(registry_id, region),

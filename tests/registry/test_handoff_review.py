@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import AsyncIterator, Coroutine, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -173,10 +173,12 @@ class ElsewhereLocks:
         self.unavailable = False  # Redis away: the lock cannot be granted
 
     @asynccontextmanager
-    async def hold(self, registry_id: str, region: str) -> AsyncIterator[HeldLock]:
+    async def hold(
+        self, registry_id: str, region: str, *, within: float | None = None
+    ) -> AsyncIterator[HeldLock]:
         if self.unavailable:
             raise Unavailable("nothing was written", reason="WRITE_LOCK_UNAVAILABLE")
-        async with self.inner.hold(registry_id, region) as held:
+        async with self.inner.hold(registry_id, region, within=within) as held:
             yield held
 
     async def held(self, registry_id: str, region: str) -> bool:
@@ -198,7 +200,13 @@ class Replica:
         return self.slices.put_rules(who, filters, "", False, context=c)
 
 
-def replica(ecr: MemoryEcr, lists: Lists, locks: ElsewhereLocks, name: str) -> Replica:
+def replica(
+    ecr: MemoryEcr,
+    lists: Lists,
+    locks: ElsewhereLocks,
+    name: str,
+    shared_now: Callable[[], Awaitable[float]] | None = None,
+) -> Replica:
     cache = ReadCache(CACHE, MemoryStore(100), clock=Clock(), jitter=lambda: 1.0)
     ops = RegistryOperations(
         ecr,
@@ -207,6 +215,7 @@ def replica(ecr: MemoryEcr, lists: Lists, locks: ElsewhereLocks, name: str) -> R
         max_writes_per_tenant=4,
         max_writes_per_batch=50,
         handoff=MemoryHandOff(lists, name),
+        shared_now=shared_now,
     )
     tenancy = build_tenancy(CONFIG, {})
     return Replica(

@@ -315,8 +315,10 @@ class LostLocks:
         self._locks = RegistryLocks()
 
     @asynccontextmanager
-    async def hold(self, registry_id: str, region: str) -> AsyncIterator[HeldLock]:
-        async with self._locks.hold(registry_id, region):
+    async def hold(
+        self, registry_id: str, region: str, *, within: float | None = None
+    ) -> AsyncIterator[HeldLock]:
+        async with self._locks.hold(registry_id, region, within=within):
             yield self
 
     async def held(self, registry_id: str, region: str) -> bool:

@@ -65,6 +65,7 @@ class Queued(Generic[P, R]):
     # it is answered so.
     patience_until: float = math.inf
     tired: Callable[[], BaseException] | None = None
+    left: bool = False  # its caller was cancelled while it was taken
 
     def answered(self, result: R) -> None:
         """Answer the write (once)."""
@@ -119,6 +120,16 @@ class Takes(Generic[P, R]):
         self.taken.extend(batch)
         return batch
 
+    def takeable(self, exclude: frozenset[str]) -> bool:
+        """Whether a write waits of a tenant not in `exclude`."""
+        return any(queued.tenant not in exclude for queued in self._waiting)
+
+    def release(self, queued: Queued[P, R]) -> None:
+        """A taken write answered by someone else than the commit (a task of its own): the
+        leader no longer answers it if the commit does not."""
+        if queued in self.taken:
+            self.taken.remove(queued)
+
     def give_back(self, queued: Queued[P, R]) -> None:
         """A write taken but not applied (nothing of it written: operations.py hands writes
         to another replica, which may not take them), queued again at its place in arrival
@@ -128,6 +139,9 @@ class Takes(Generic[P, R]):
             return
         if queued in self.taken:
             self.taken.remove(queued)
+        if queued.left:
+            queued.answer.cancel()  # its caller is gone, and nothing of it was written
+            return
         if asyncio.get_running_loop().time() >= queued.patience_until:
             queued.failed(queued.tired() if queued.tired is not None else TimeoutError())
             return
@@ -211,7 +225,9 @@ class GroupCommit(Generic[K, P, R]):
                 self._leave(key, queued)
                 raise
             # Taken: the write goes on (the leader's); its caller hears the cancellation once
-            # it is answered. A second cancellation cuts only this wait, never the write.
+            # it is answered (or given back: `Takes.give_back`, nothing written). A second
+            # cancellation cuts only this wait, never the write.
+            queued.left = True
             await asyncio.wait({answer})
             if not answer.cancelled():
                 answer.exception()  # retrieved: the caller has left

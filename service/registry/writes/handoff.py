@@ -36,9 +36,11 @@ applied within that second or never; and never after a later write of its tenant
 applied (`HandOff.last_applied`: when each tenant's latest applied write queued). A tenant
 has one write handed at a time, so that its writes stay in arrival order.
 
-Deadlines cross replicas as Unix times: replicas' clocks are assumed within a fraction of a
-second of each other (NTP), as the history's `clock_skew_seconds` already assumes; a
-skewed clock only moves when an applier gives up on a request nobody would wait for.
+Which of a tenant's writes queued first is told on the clock every replica reads alike,
+Redis's TIME (service/state/clock.py, `queued_at`); deadlines and the take-by second cross
+replicas as Unix times, so replicas' own clocks are assumed within a fraction of a second
+(NTP), as the history's `clock_skew_seconds` already assumes: a skew there only moves when
+a request is given up (taken back sooner or later, answered unknown sooner or later).
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ class Handed:
                 request_id=_optional(item.get("request_id")),
                 patience_until=_unix(item["patience_until"]),
                 deadline=_unix(item["deadline"]),
-                queued_at=_unix(item.get("queued_at", 0.0)),
+                queued_at=_finite_time(item.get("queued_at")),
             )
         except (ValueError, TypeError, KeyError, UnicodeDecodeError):
             return None
@@ -171,6 +173,13 @@ def _unix(value: Any) -> float:
         return math.inf
     found = float(value)
     if math.isnan(found):
+        raise ValueError("not a time")
+    return found
+
+
+def _finite_time(value: Any) -> float:
+    found = float(value or 0.0)
+    if not math.isfinite(found):
         raise ValueError("not a time")
     return found
 

@@ -58,7 +58,8 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
@@ -272,8 +273,11 @@ _ETAG_READ_BEFORE = "etag_read_before"
 class Locks(Protocol):
     """Per-registry write locks (in-process or in Redis)."""
 
-    def hold(self, registry_id: str, region: str) -> AbstractAsyncContextManager[HeldLock]:
-        """An async context manager holding the registry's lock."""
+    def hold(
+        self, registry_id: str, region: str, *, within: float | None = None
+    ) -> AbstractAsyncContextManager[HeldLock]:
+        """An async context manager holding the registry's lock (waited for at most
+        `within` seconds when given: else WRITE_LOCK_BUSY)."""
         ...
 
     async def held(self, registry_id: str, region: str) -> bool:
@@ -290,6 +294,8 @@ class _Attempt:
     """What a write has read so far, for its failure to say."""
 
     etag_before: str | None = None
+    # Its change went into a document a batch sent (or was to send): it may be applied.
+    proposed: bool = False
 
 
 @dataclass(frozen=True)
@@ -358,6 +364,7 @@ class RegistryOperations:
         drift: DriftDetector | None = None,
         handoff: HandOff | None = None,
         count_handed: Callable[[str], None] = lambda outcome: None,
+        shared_now: Callable[[], Awaitable[float]] | None = None,
     ) -> None:
         self._ecr = ecr
         self._locks = locks
@@ -378,6 +385,14 @@ class RegistryOperations:
         self._handoff = handoff
         self._rejudge: Rejudge | None = None
         self._count_handed = count_handed
+        # When a slice write queued, on the clock every replica reads alike (Redis's TIME,
+        # service/state/clock.py): what tells which of a tenant's writes came later across
+        # replicas (`_adopt`). Without one, this process's clock.
+        self._shared_now = shared_now
+        # Per key, the tenants with a write taken by another replica and not answered yet:
+        # none of their next writes is applied or handed until it is (their order).
+        self._awaiting: dict[CacheKey, Counter[str]] = {}
+        self._detached: set[asyncio.Task[None]] = set()
 
     def serve_handed(self, rejudge: Rejudge) -> None:
         """Take slice writes other replicas hand over, judged again by `rejudge`; and hand
@@ -386,6 +401,14 @@ class RegistryOperations:
 
     def _handing(self) -> bool:
         return self._handoff is not None and self._rejudge is not None
+
+    async def _now(self) -> float:
+        return await self._shared_now() if self._shared_now is not None else time.time()
+
+    def _exclusions(self, key: CacheKey) -> frozenset[str]:
+        """Tenants whose writes wait for an earlier one's answer from another replica."""
+        awaiting = self._awaiting.get(key)
+        return frozenset(t for t, n in awaiting.items() if n > 0) if awaiting else frozenset()
 
     @property
     def settlement(self) -> WriteSettlement:
@@ -717,7 +740,15 @@ class RegistryOperations:
             with self._counted(target):
                 update = await self._batches.submit(
                     key_of(kind, target),
-                    _Slice(target, change, caller_slice, context, attempt, request, time.time()),
+                    _Slice(
+                        target,
+                        change,
+                        caller_slice,
+                        context,
+                        attempt,
+                        request,
+                        await self._now() if self._handing() else 0.0,
+                    ),
                     tenant=target.tenant,
                     # A batch is written with its first writer's credentials: the same ones.
                     affinity=(registry.role_arn, registry.external_id_env),
@@ -747,29 +778,63 @@ class RegistryOperations:
         handed to it rather than waiting for the lock, and what it does not take comes back
         here; holding the lock, the batch takes the writes other replicas handed over too."""
         kind: ResourceKind[Any, Any] = kind_of(key)
-        if self._handing() and await self._locks.held_elsewhere(key.registry_id, key.region):
-            await self._hand_over(kind, key, takes)
-            if takes.first is None:
-                return  # every write answered by the replica that took it (or left)
-        async with self._locks.hold(key.registry_id, key.region) as held:
-            if takes.first is None:
-                return  # every writer left while the lock was awaited
-            batch = takes.take()
-            if not self._handing():
-                await self._commit_batch(kind, key, held, batch)
+        if not self._handing():
+            async with self._locks.hold(key.registry_id, key.region) as held:
+                if takes.first is None:
+                    return  # every writer left while the lock was awaited
+                await self._commit_batch(kind, key, held, takes.take())
+            return
+        # Across replicas: while another replica holds the lock, hand the writes to it; else
+        # try the lock briefly (another may take it first: then hand over to that one). A
+        # hand-over that came back (nobody took it) is followed by a try of the lock, so a
+        # holder that takes nothing never starves this replica's writes.
+        came_back = False
+        while takes.first is not None:
+            if not takes.takeable(self._exclusions(key)):
+                # Only writes of tenants whose earlier write another replica took wait: they
+                # go once it is answered (their order).
+                await asyncio.sleep(POLL_SECONDS)
+                continue
+            if not came_back and await self._locks.held_elsewhere(key.registry_id, key.region):
+                came_back = await self._hand_over(kind, key, takes)
+                continue
+            came_back = False
+            entered = False
+            try:
+                async with self._locks.hold(
+                    key.registry_id, key.region, within=LOCK_TRY_SECONDS
+                ) as held:
+                    entered = True
+                    await self._under_lock(kind, key, held, takes)
                 return
+            except Unavailable as busy:
+                if entered or busy.reason != "WRITE_LOCK_BUSY":
+                    raise
+
+    async def _under_lock(
+        self,
+        kind: ResourceKind[Any, Any],
+        key: CacheKey,
+        held: HeldLock,
+        takes: Takes[_Slice[Any, Any], Update[Any, Any]],
+    ) -> None:
+        """Holding the lock: this replica's batch with the writes handed over, then the next
+        batches while writes keep coming (at most MAX_HELD_BATCHES more)."""
+        batch = takes.take(exclude=self._exclusions(key))
+        adopted = await self._adopt(key, batch)
+        if not batch and not adopted:
+            return  # every writer left while the lock was awaited
+        await self._commit_adopted(kind, key, held, batch, adopted)
+        # Writes handed over meanwhile (or more than one batch of them): while the lock is
+        # held here nobody else takes them, and their replicas take them back only once it
+        # is free; so the next batches, with this replica's own writes waiting, go while
+        # the lock is held.
+        for _ in range(MAX_HELD_BATCHES):
+            batch = takes.take(exclude=self._exclusions(key)) if takes.first is not None else []
             adopted = await self._adopt(key, batch)
+            if not batch and not adopted:
+                break
             await self._commit_adopted(kind, key, held, batch, adopted)
-            # Writes handed over meanwhile (or more than one batch of them): while the lock is
-            # held here nobody else takes them, and their replicas take them back only once
-            # it is free; so the next batches, with this replica's own writes waiting, go
-            # while the lock is held.
-            for _ in range(MAX_HELD_BATCHES):
-                batch = takes.take() if takes.first is not None else []
-                adopted = await self._adopt(key, batch)
-                if not batch and not adopted:
-                    break
-                await self._commit_adopted(kind, key, held, batch, adopted)
 
     async def _commit_adopted(
         self,
@@ -797,12 +862,15 @@ class RegistryOperations:
     async def _record_applied(
         self, key: CacheKey, writes: list[Queued[_Slice[V, D], Update[V, D]]]
     ) -> None:
-        """When the latest applied write of each tenant of `writes` queued (handoff.py)."""
+        """When the latest write of each tenant of `writes` that may be applied queued
+        (handoff.py)."""
         assert self._handoff is not None
         latest: dict[str, float] = {}
         for queued in writes:
-            answer = queued.answer
-            if answer.done() and not answer.cancelled() and answer.exception() is None:
+            # Recorded whatever its answer once its change went into a document sent: AWS
+            # may hold it (a put answered late, a read-back that failed). Recording one AWS
+            # refused only refuses an older handed write, nothing of which is written.
+            if queued.payload.attempt.proposed:
                 stamp = queued.payload.queued_at
                 latest[queued.tenant] = max(latest.get(queued.tenant, 0.0), stamp)
         try:
@@ -843,23 +911,23 @@ class RegistryOperations:
         kind: ResourceKind[V, D],
         key: CacheKey,
         takes: Takes[_Slice[V, D], Update[V, D]],
-    ) -> None:
+    ) -> bool:
         """The writes waiting here handed to the replica holding the lock, each answered by
         it (or WRITE_LOCK_BUSY, or WRITE_OUTCOME_UNKNOWN), and those that queue here
         meanwhile too, until one comes back (nobody took it: the lock is free, or the holder
         takes nothing). One that comes back is queued again at its place, untaken (group_
         commit.py `Takes.give_back`): the lock, taken here next, applies it with the others
         in their order, their credentials and their callers' patience. A tenant has one write
-        handed at a time, so that its writes stay in order."""
-        handing: dict[asyncio.Future[bool], Queued[_Slice[V, D], Update[V, D]]] = {}
+        handed at a time, so that its writes stay in order. Whether one came back."""
+        handing: dict[asyncio.Future[str | None], Queued[_Slice[V, D], Update[V, D]]] = {}
         came_back = False
         while True:
             if not came_back and takes.first is not None:
                 busy = frozenset(queued.tenant for queued in handing.values())
-                for queued in takes.take(exclude=busy):
+                for queued in takes.take(exclude=busy | self._exclusions(key)):
                     handing[asyncio.ensure_future(self._hand_one(kind, key, queued))] = queued
             if not handing:
-                return
+                return came_back
             done, _ = await asyncio.wait(
                 handing, timeout=POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
             )
@@ -872,20 +940,26 @@ class RegistryOperations:
                         extra={"error_type": type(future.exception()).__name__},
                     )
                     queued.failed(outcome_unknown(key.registry_id, key.region))
-                elif future.result():
+                elif future.result() == _BACK:
                     takes.give_back(queued)
                     came_back = True
+                elif (handed_id := future.result()) is not None:
+                    # Taken by another replica: its answer is waited for on its own, so that
+                    # the writes that come back meanwhile are not held behind it.
+                    takes.release(queued)
+                    self._await_taken(kind, key, queued, handed_id)
 
     async def _hand_one(
         self, kind: ResourceKind[V, D], key: CacheKey, queued: Queued[_Slice[V, D], Update[V, D]]
-    ) -> bool:
-        """One write handed over and answered; True when no replica took it (it is this
-        replica's to apply again: nothing of it was written)."""
+    ) -> str | None:
+        """One write handed over: None once answered; `_BACK` when no replica took it (it is
+        this replica's to apply again: nothing of it was written); the request's id when
+        another replica took it and its answer is still to come (`_await_taken`)."""
         handoff = self._handoff
         assert handoff is not None
         item = queued.payload
         if item.request is None:
-            return True
+            return _BACK
         loop = asyncio.get_running_loop()
         time_left = item.context.time_left()
         patience = wait_budget(time_left, math.inf)
@@ -910,7 +984,7 @@ class RegistryOperations:
             await handoff.give(key, raw)
         except HandOffAway as away:
             if not away.maybe_sent:
-                return True  # not in the list: the lock, taken here, says what Redis does
+                return _BACK  # not in the list: the lock, taken here, says what Redis does
             # It may be in the list all the same (a paused Redis runs it when it resumes):
             # handed, as far as anyone can tell.
         give_up_at = loop.time() + patience
@@ -918,6 +992,7 @@ class RegistryOperations:
         # a holder that takes nothing (a full-document write, a replica of an older version
         # during a rolling upgrade) costs a handed write at most this.
         untaken_until = loop.time() + UNTAKEN_SECONDS
+        taken = False
         try:
             while True:
                 left = give_up_at - loop.time()
@@ -925,38 +1000,79 @@ class RegistryOperations:
                 if answer is not None:
                     if _expired(answer):
                         self._count_handed("returned")
-                        return True  # taken past its time: refused, nothing written
+                        return _BACK  # taken past its time: refused, nothing written
                     self._count_handed("answered")
                     self._answered(kind, queued, answer)
-                    return False
+                    return None
                 if left <= 0:
                     if await self._withdrawn(key, raw):
                         self._count_handed("lock_busy")
                         queued.failed(lock_busy(key.registry_id, key.region))
-                        return False
-                    break  # taken meanwhile: its answer comes
+                        return None
+                    taken = True
+                    return handed.id  # taken meanwhile: its answer comes
                 # Nobody holds the lock, so nobody will take it; or the holder does not take:
-                # ours again.
+                # ours again, unless it was taken meanwhile.
                 nobody = loop.time() >= untaken_until or not await self._locks.held(
                     key.registry_id, key.region
                 )
-                if nobody and await self._withdrawn(key, raw):
-                    self._count_handed("returned")
-                    return True
-            # Taken by another replica: answered before its caller's deadline (the caller
-            # then hears WRITE_OUTCOME_UNKNOWN, not DEADLINE_EXCEEDED), or without one
-            # within the time a write takes to settle; else its outcome is unknown.
+                if nobody:
+                    if await self._withdrawn(key, raw):
+                        self._count_handed("returned")
+                        return _BACK
+                    taken = True
+                    return handed.id
+        finally:
+            if not taken:
+                handoff.forget(handed.id)
+
+    def _await_taken(
+        self,
+        kind: ResourceKind[V, D],
+        key: CacheKey,
+        queued: Queued[_Slice[V, D], Update[V, D]],
+        handed_id: str,
+    ) -> None:
+        """A handed write another replica took: answered as that replica answers it, before
+        its caller's deadline (the caller then hears WRITE_OUTCOME_UNKNOWN, not
+        DEADLINE_EXCEEDED), or without one within the time a write takes to settle; else its
+        outcome is unknown. Meanwhile its tenant's next writes wait (`_exclusions`)."""
+        awaiting = self._awaiting.setdefault(key, Counter())
+        awaiting[queued.tenant] += 1
+        task = asyncio.ensure_future(self._answer_taken(kind, key, queued, handed_id))
+        self._detached.add(task)
+
+        def done(_: asyncio.Task[None]) -> None:
+            self._detached.discard(task)
+            awaiting[queued.tenant] -= 1
+            if awaiting[queued.tenant] <= 0:
+                del awaiting[queued.tenant]
+
+        task.add_done_callback(done)
+
+    async def _answer_taken(
+        self,
+        kind: ResourceKind[V, D],
+        key: CacheKey,
+        queued: Queued[_Slice[V, D], Update[V, D]],
+        handed_id: str,
+    ) -> None:
+        handoff = self._handoff
+        assert handoff is not None
+        item = queued.payload
+        try:
             time_left = item.context.time_left()
             wait = (
                 TAKEN_GRACE_SECONDS
                 if math.isinf(time_left)
                 else max(0.0, time_left - ANSWER_MARGIN_SECONDS)
             )
-            answer = await handoff.wait(key, handed.id, wait)
+            answer = await handoff.wait(key, handed_id, wait)
             if answer is not None and _expired(answer):
-                self._count_handed("returned")
-                return True
-            if answer is not None:
+                # Refused past its time by the replica that took it: nothing written.
+                self._count_handed("lock_busy")
+                queued.failed(lock_busy(key.registry_id, key.region))
+            elif answer is not None:
                 self._count_handed("answered")
                 self._answered(kind, queued, answer)
             else:
@@ -969,9 +1085,11 @@ class RegistryOperations:
                     key.region,
                 )
                 queued.failed(outcome_unknown(key.registry_id, key.region))
-            return False
+        except BaseException:
+            queued.failed(outcome_unknown(key.registry_id, key.region))
+            raise
         finally:
-            handoff.forget(handed.id)
+            handoff.forget(handed_id)
 
     async def _withdrawn(self, key: CacheKey, raw: bytes) -> bool:
         """Whether a handed request was taken back (no replica took it). Redis not
@@ -1171,6 +1289,7 @@ class RegistryOperations:
             except Exception as exc:  # its own refusal (etag, share, validation): its alone
                 queued.failed(_with_etag(exc, etag))
                 continue
+            item.attempt.proposed = True
             value = kind.with_document(running, proposed)
             applied.append(_Applied(queued, running, proposed, value))
             running = value
@@ -1379,6 +1498,13 @@ class RegistryOperations:
 
 # What AWS answers a document it will not take (service/aws/errors.py): nothing applied.
 AWS_REFUSALS = frozenset({"AWS_INVALID_PARAMETER", "AWS_PARAM_VALIDATION"})
+
+# `_hand_one`'s answer for a write no replica took (nothing of it written).
+_BACK = "back"
+
+# How long a leader that hands writes over tries the lock itself, when no other replica
+# held it a moment ago, before it looks again who holds it.
+LOCK_TRY_SECONDS = 0.5
 
 # How long a handed write waits to be taken before its replica takes it back (handoff.py),
 # and past that, how long a replica may still take it (its replica's withdrawal racing).
