@@ -52,6 +52,7 @@ SETS: tuple[tuple[str, ...], ...] = (
 )
 SEED = 22
 PUT = "ecr:PutReplicationConfiguration"
+DESCRIBE = "ecr:DescribeRegistry"
 MAX_RULES = 10
 CALL_TIMEOUT_SECONDS = 60.0
 REPLICAS = 2
@@ -90,6 +91,14 @@ def teams(count: int, key_prefix: str) -> list[Team]:
         filters = tuple(f"{name}/{part}" for part in ("api", "web", "jobs")[: 2 + i % 2])
         found.append(Team(name, f"{key_prefix}-{name}", filters, draw.randrange(len(SETS))))
     return found
+
+
+# The comparison of hand-over on and off: a burst of WIDE_TEAMS writes through WIDE_REPLICAS
+# replicas, each DescribeRegistry and PutReplicationConfiguration held by the proxy about
+# what real ECR takes.
+SLOW_AWS_MS = 60
+WIDE_TEAMS = 24
+WIDE_REPLICAS = 6
 
 
 def teams_config(
@@ -262,13 +271,21 @@ def _phase(
     )
 
 
-def measure_size(run: Run, count: int) -> tuple[Phase, Phase]:
-    """Two replicas for `count` tenants: every one writing at once, then a third changing."""
+def measure_size(
+    run: Run, count: int, *, hand_over: bool = True, aws_ms: int = 0, replicas: int = REPLICAS
+) -> tuple[Phase, Phase]:
+    """Two replicas for `count` tenants: every one writing at once, then a third changing.
+    `hand_over`: `cache.hand_over_writes`; `aws_ms`: each DescribeRegistry and put held that
+    long by the proxy (real ECR answers in tens of ms; moto in one or two)."""
     members = teams(count, run.key[:12])
-    prefix = f"{run.redis_prefix}teams{count}:"
+    prefix = f"{run.redis_prefix}teams{count}{'' if hand_over else 'alone'}{aws_ms}:"
     config = teams_config(run.aws.proxy_url, run.redis_url, prefix, members)
+    config["cache"]["hand_over_writes"] = hand_over
     _clear_replication(run.aws.moto_url)
-    gateways = [run._start_gateway(f"gateway-teams-{count}-{i}", config) for i in range(REPLICAS)]
+    for op in (PUT, DESCRIBE):
+        run.aws.control(f"hold?op={op}&ms={aws_ms}")
+    label = f"{count}-{'h' if hand_over else 'n'}{aws_ms}-{replicas}"
+    gateways = [run._start_gateway(f"gateway-teams-{label}-{i}", config) for i in range(replicas)]
     try:
         intents: dict[str, tuple[Team, int]] = {}
         first = _phase(run, gateways, [(t, t.destinations) for t in members], intents)
@@ -278,6 +295,8 @@ def measure_size(run: Run, count: int) -> tuple[Phase, Phase]:
     finally:
         for gateway in gateways:
             gateway.stop()
+        for op in (PUT, DESCRIBE):
+            run.aws.control(f"hold?op={op}&ms=0")
     return first, second
 
 
@@ -374,6 +393,39 @@ def run_scenario(run: Run) -> None:
             run._add(_row(run, count, name, title, phase))
             run.verdicts += _checks(count, title, phase, count)
     small, large = min(sizes), max(sizes)
+    # Across replicas: a burst spread over many replicas (a few writes each), AWS answering
+    # as slowly as real ECR, writes handed to the replica holding the lock (the default)
+    # against each replica batching its own (one batch per replica, in turn).
+    slow: dict[bool, Phase] = {}
+    for hand_over in (False, True):
+        slow[hand_over], _ = measure_size(
+            run, WIDE_TEAMS, hand_over=hand_over, aws_ms=SLOW_AWS_MS, replicas=WIDE_REPLICAS
+        )
+        phase = slow[hand_over]
+        title = (
+            f"{WIDE_TEAMS} teams through {WIDE_REPLICAS} replicas, AWS {SLOW_AWS_MS} ms a "
+            f"call, hand-over {'on' if hand_over else 'off'}"
+        )
+        run.log(
+            f"  {title}: converged in {phase.converge_s:.2f} s, p99 "
+            f"{percentile(phase.latencies, 99) * 1000:.0f} ms, {phase.puts} puts for "
+            f"{phase.writes} writes; codes {phase.codes}"
+        )
+        run.verdicts += _checks(WIDE_TEAMS, title, phase, WIDE_TEAMS)
+    on, off = slow[True], slow[False]
+    run.verdicts.append(
+        Verdict(
+            f"many teams: {WIDE_TEAMS} teams through {WIDE_REPLICAS} replicas, AWS "
+            f"{SLOW_AWS_MS} ms a call, writes handed across replicas against each replica's "
+            "own batches",
+            on.puts < off.puts,
+            f"{on.puts} puts, converged in {on.converge_s:.2f} s, p99 "
+            f"{percentile(on.latencies, 99) * 1000:.0f} ms against {off.puts} puts, "
+            f"{off.converge_s:.2f} s, {percentile(off.latencies, 99) * 1000:.0f} ms",
+            "fewer puts",
+            "target",
+        )
+    )
     if small != large:
         for index, title in ((0, "all at once"), (1, "a third change destinations")):
             a, b = measured[small][index], measured[large][index]
