@@ -10,6 +10,7 @@ lifecycle's (service/app/server.py), which calls it once.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
@@ -325,8 +326,16 @@ def compose(
 
 
 def _shared_now(clock: RedisClock) -> Callable[[], Awaitable[float]]:
+    """Redis's clock as read here: this clock plus the offset measured at most a second ago
+    (a TIME per slice write would add a Redis round trip to each; the offset moves with
+    clock drift, microseconds a second)."""
+    measured = [-math.inf, 0.0]  # when (monotonic), the offset
+
     async def now() -> float:
-        return time.time() + await clock.offset(time.time)
+        if time.monotonic() - measured[0] >= 1.0:
+            measured[1] = await clock.offset(time.time)
+            measured[0] = time.monotonic()
+        return time.time() + measured[1]
 
     return now
 
