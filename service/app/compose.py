@@ -10,6 +10,8 @@ lifecycle's (service/app/server.py), which calls it once.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -326,15 +328,26 @@ def compose(
 
 
 def _shared_now(clock: RedisClock) -> Callable[[], Awaitable[float]]:
-    """Redis's clock as read here: this clock plus the offset measured at most a second ago
-    (a TIME per slice write would add a Redis round trip to each; the offset moves with
+    """Redis's clock as read here: this clock plus the last offset measured, refreshed in
+    the background (one reading at a time) once it is a second old. No slice write waits
+    for a TIME: a paused or slow Redis would add its bound to each (the offset moves with
     clock drift, microseconds a second)."""
     measured = [-math.inf, 0.0]  # when (monotonic), the offset
+    reading: list[asyncio.Task[None]] = []
+
+    async def refresh() -> None:
+        try:
+            measured[1] = await clock.offset(time.time)
+        finally:
+            measured[0] = time.monotonic()
+            reading.clear()
 
     async def now() -> float:
-        if time.monotonic() - measured[0] >= 1.0:
-            measured[1] = await clock.offset(time.time)
-            measured[0] = time.monotonic()
+        if not reading and time.monotonic() - measured[0] >= 1.0:
+            # Its own context: the reading belongs to no caller.
+            reading.append(
+                asyncio.get_running_loop().create_task(refresh(), context=contextvars.Context())
+            )
         return time.time() + measured[1]
 
     return now

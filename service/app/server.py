@@ -449,6 +449,9 @@ class Gateway:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(settle_by):
                 await settlement.settled()
+        # Writes handed to another replica and taken there: their answers would come from
+        # Redis, which closes next; their callers hear WRITE_OUTCOME_UNKNOWN now.
+        await self.operations.stop_handing()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout_at(max(settle_by, loop.time() + REPORT_SECONDS)):
                 await self.pipeline.idle()
@@ -477,6 +480,7 @@ class Gateway:
     async def _close(self) -> None:
         for task in list(self._background):
             task.cancel()
+        await self.operations.stop_handing()
         await self.upstream.close()
         self.metrics.close()
         self.tracing.shutdown()

@@ -1,7 +1,8 @@
 """A second hostile review of the hand-over of slice writes between replicas (the redesign:
 `Takes.give_back`, one handed write per tenant, `patience_until`, `HandOff.applied`). Reuses
 the first review's in-memory lists and replicas (tests/registry/test_handoff_review.py).
-Each test states an invariant the redesign still breaks; the docstring says how."""
+Each test states an invariant the redesign broke (its docstring says how), held since the
+fix."""
 
 from __future__ import annotations
 

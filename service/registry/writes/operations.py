@@ -402,6 +402,15 @@ class RegistryOperations:
     def _handing(self) -> bool:
         return self._handoff is not None and self._rejudge is not None
 
+    async def stop_handing(self) -> None:
+        """At shutdown, before Redis closes: the writes another replica took and has not
+        answered are answered WRITE_OUTCOME_UNKNOWN now (their callers' calls end and are
+        audited) rather than at their deadlines."""
+        tasks = list(self._detached)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def _now(self) -> float:
         return await self._shared_now() if self._shared_now is not None else time.time()
 
@@ -919,7 +928,7 @@ class RegistryOperations:
         commit.py `Takes.give_back`): the lock, taken here next, applies it with the others
         in their order, their credentials and their callers' patience. A tenant has one write
         handed at a time, so that its writes stay in order. Whether one came back."""
-        handing: dict[asyncio.Future[str | None], Queued[_Slice[V, D], Update[V, D]]] = {}
+        handing: dict[asyncio.Future[_Taken | str | None], Queued[_Slice[V, D], Update[V, D]]] = {}
         came_back = False
         while True:
             if not came_back and takes.first is not None:
@@ -943,18 +952,18 @@ class RegistryOperations:
                 elif future.result() == _BACK:
                     takes.give_back(queued)
                     came_back = True
-                elif (handed_id := future.result()) is not None:
+                elif isinstance(taken := future.result(), _Taken):
                     # Taken by another replica: its answer is waited for on its own, so that
                     # the writes that come back meanwhile are not held behind it.
                     takes.release(queued)
-                    self._await_taken(kind, key, queued, handed_id)
+                    self._await_taken(kind, key, queued, taken)
 
     async def _hand_one(
         self, kind: ResourceKind[V, D], key: CacheKey, queued: Queued[_Slice[V, D], Update[V, D]]
-    ) -> str | None:
+    ) -> _Taken | str | None:
         """One write handed over: None once answered; `_BACK` when no replica took it (it is
-        this replica's to apply again: nothing of it was written); the request's id when
-        another replica took it and its answer is still to come (`_await_taken`)."""
+        this replica's to apply again: nothing of it was written); `_Taken` when another
+        replica took it (or seemed to) and its answer is still to come (`_await_taken`)."""
         handoff = self._handoff
         assert handoff is not None
         item = queued.payload
@@ -1010,7 +1019,7 @@ class RegistryOperations:
                         queued.failed(lock_busy(key.registry_id, key.region))
                         return None
                     taken = True
-                    return handed.id  # taken meanwhile: its answer comes
+                    return _taken(handed, raw)  # taken meanwhile: its answer comes
                 # Nobody holds the lock, so nobody will take it; or the holder does not take:
                 # ours again, unless it was taken meanwhile.
                 nobody = loop.time() >= untaken_until or not await self._locks.held(
@@ -1021,7 +1030,7 @@ class RegistryOperations:
                         self._count_handed("returned")
                         return _BACK
                     taken = True
-                    return handed.id
+                    return _taken(handed, raw)
         finally:
             if not taken:
                 handoff.forget(handed.id)
@@ -1031,7 +1040,7 @@ class RegistryOperations:
         kind: ResourceKind[V, D],
         key: CacheKey,
         queued: Queued[_Slice[V, D], Update[V, D]],
-        handed_id: str,
+        taken: _Taken,
     ) -> None:
         """A handed write another replica took: answered as that replica answers it, before
         its caller's deadline (the caller then hears WRITE_OUTCOME_UNKNOWN, not
@@ -1039,7 +1048,7 @@ class RegistryOperations:
         outcome is unknown. Meanwhile its tenant's next writes wait (`_exclusions`)."""
         awaiting = self._awaiting.setdefault(key, Counter())
         awaiting[queued.tenant] += 1
-        task = asyncio.ensure_future(self._answer_taken(kind, key, queued, handed_id))
+        task = asyncio.ensure_future(self._answer_taken(kind, key, queued, taken))
         self._detached.add(task)
 
         def done(_: asyncio.Task[None]) -> None:
@@ -1055,11 +1064,12 @@ class RegistryOperations:
         kind: ResourceKind[V, D],
         key: CacheKey,
         queued: Queued[_Slice[V, D], Update[V, D]],
-        handed_id: str,
+        taken: _Taken,
     ) -> None:
         handoff = self._handoff
         assert handoff is not None
         item = queued.payload
+        loop = asyncio.get_running_loop()
         try:
             time_left = item.context.time_left()
             wait = (
@@ -1067,7 +1077,23 @@ class RegistryOperations:
                 if math.isinf(time_left)
                 else max(0.0, time_left - ANSWER_MARGIN_SECONDS)
             )
-            answer = await handoff.wait(key, handed_id, wait)
+            give_up_at = loop.time() + wait
+            # Past its take-by time no replica takes it: if it is still in the list (the
+            # holder took it and put it back, as a batch that had no room for it does),
+            # withdrawing it now proves nothing of it was written.
+            past_take_by = loop.time() + max(0.0, taken.take_by - time.time())
+            answer = None
+            while answer is None and loop.time() < give_up_at:
+                left = give_up_at - loop.time()
+                answer = await handoff.wait(key, taken.id, min(POLL_SECONDS, left))
+                if (
+                    answer is None
+                    and loop.time() >= past_take_by
+                    and await self._withdrawn(key, taken.raw)
+                ):
+                    self._count_handed("lock_busy")
+                    queued.failed(lock_busy(key.registry_id, key.region))
+                    return
             if answer is not None and _expired(answer):
                 # Refused past its time by the replica that took it: nothing written.
                 self._count_handed("lock_busy")
@@ -1089,7 +1115,7 @@ class RegistryOperations:
             queued.failed(outcome_unknown(key.registry_id, key.region))
             raise
         finally:
-            handoff.forget(handed_id)
+            handoff.forget(taken.id)
 
     async def _withdrawn(self, key: CacheKey, raw: bytes) -> bool:
         """Whether a handed request was taken back (no replica took it). Redis not
@@ -1501,6 +1527,20 @@ AWS_REFUSALS = frozenset({"AWS_INVALID_PARAMETER", "AWS_PARAM_VALIDATION"})
 
 # `_hand_one`'s answer for a write no replica took (nothing of it written).
 _BACK = "back"
+
+
+@dataclass(frozen=True)
+class _Taken:
+    """A handed write another replica took (or seemed to: its withdrawal found it gone)."""
+
+    id: str
+    raw: bytes  # the request as given, to withdraw it once past its take-by time
+    take_by: float  # Unix time past which no replica takes it
+
+
+def _taken(handed: Handed, raw: bytes) -> _Taken:
+    return _Taken(handed.id, raw, handed.patience_until + TAKE_BY_MARGIN_SECONDS)
+
 
 # How long a leader that hands writes over tries the lock itself, when no other replica
 # held it a moment ago, before it looks again who holds it.
