@@ -14,7 +14,7 @@ from service.auth.targets import Target
 from service.aws.memory import MemoryEcr
 from service.errors import Unavailable
 from service.gen.v1 import registry_pb2 as pb
-from service.registry.writes import operations
+from service.registry.writes import handing
 from service.registry.writes.handoff import Handed
 from service.state.cache import CacheKey
 from tests.registry.conftest import ACCOUNT, REGION
@@ -225,12 +225,12 @@ async def test_a_tenant_s_later_write_is_not_refused_as_superseded_with_clock_sk
 
     b = replica(ecr, lists, ElsewhereLocks(elsewhere=False), "b", shared_now=b_shared)
     # B's own clock 0.3 s ahead while it writes v1: its stamp must not come from it.
-    operations.time = SkewedTime(skew)  # type: ignore[attr-defined,assignment]
+    handing.time = SkewedTime(skew)  # type: ignore[attr-defined,assignment]
     try:
         await b.put(WHO["team01"], rules("team01/v1"), ctx("team01"))  # v1, stamped by B
         await leaders_done(b)
     finally:
-        operations.time = time  # type: ignore[attr-defined]
+        handing.time = time  # type: ignore[attr-defined]
     assert lists.applied["team01"] <= time.time() < lists.applied["team01"] + skew
     await asyncio.sleep(0.1)
     v2 = Handed(

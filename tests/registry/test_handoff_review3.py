@@ -12,6 +12,7 @@ from typing import Any
 from service.app.compose import _shared_now
 from service.aws.memory import MemoryEcr
 from service.errors import GatewayError
+from service.registry.writes.handing import HandedWrites
 from service.state.cache import CacheKey
 from service.state.clock import RedisClock
 from tests.registry.conftest import ACCOUNT, REGION
@@ -28,6 +29,13 @@ from tests.registry.test_handoff_review import (
 )
 
 KEY = CacheKey(ACCOUNT, REGION, "registry")
+
+
+def handed_of(rep: Any) -> HandedWrites:
+    """The replica's hand-over state (service/registry/writes/handing.py)."""
+    handed = rep.ops._handed
+    assert isinstance(handed, HandedWrites)
+    return handed
 
 
 async def _until(check: Any, within: float = 5.0) -> None:
@@ -62,7 +70,7 @@ async def test_a_request_put_back_untaken_does_not_block_its_tenant_while_the_lo
     first = task(a.put(WHO["team01"], rules("team01/v1"), ctx("team01", within=4.0)))
     await handed(lists, 1)
     raw = lists.requests[KEY].pop(0)  # B's LPOP (its `_adopt`) ...
-    await _until(lambda: a.ops._awaiting.get(KEY, Counter())["team01"] > 0)  # A: "taken"
+    await _until(lambda: handed_of(a)._awaiting.get(KEY, Counter())["team01"] > 0)  # A: "taken"
     lists.requests[KEY].insert(0, raw)  # ... and B's LPUSH (`_put_back`): not applied
     locks.elsewhere = False  # B's batch is over: the lock is free
     second = task(a.put(WHO["team01"], rules("team01/v2"), ctx("team01", within=2.0)))
@@ -133,10 +141,10 @@ async def test_at_shutdown_a_write_another_replica_took_is_answered_at_once() ->
     await handed(lists, 1)
     lists.requests[CacheKey(ACCOUNT, REGION, "registry")].clear()  # taken, never answered
     for _ in range(300):  # its replica finds it taken (its untaken second) and waits
-        if a.ops._detached:
+        if handed_of(a)._detached:
             break
         await asyncio.sleep(0.01)
-    assert a.ops._detached
+    assert handed_of(a)._detached
     began = loop.time()
     await a.ops.stop_handing()
     answer = await asyncio.gather(write, return_exceptions=True)

@@ -47,14 +47,9 @@ from service.registry.rpcs import slice_responses as responses
 from service.registry.rpcs.validation import RequestValidator
 from service.registry.writes.context import UNATTRIBUTED, WriteContext
 from service.registry.writes.handoff import Handed
-from service.registry.writes.operations import (
-    Read,
-    RegistryOperations,
-    Rejudged,
-    WriteResult,
-    check_etag,
-)
+from service.registry.writes.operations import Read, RegistryOperations, WriteResult, check_etag
 from service.registry.writes.settlement import CallerSlice
+from service.registry.writes.slice_write import Rejudged
 from service.state.cache import CacheKey, Outcome
 
 PUT_RULES = "PutReplicationRules"

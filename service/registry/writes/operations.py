@@ -49,16 +49,11 @@ in the settlement.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
-import contextvars
 import dataclasses
 import functools
 import logging
 import math
-import time
-import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -84,17 +79,11 @@ from service.registry.model import plan
 from service.registry.writes.context import UNATTRIBUTED, WriteContext
 from service.registry.writes.drift import DriftDetector
 from service.registry.writes.group_commit import GroupCommit, Queued, Takes, copied
+from service.registry.writes.handing import HandedWrites
 from service.registry.writes.handoff import (
     POLL_SECONDS,
-    TAKEN_GRACE_SECONDS,
     Handed,
     HandOff,
-    HandOffAway,
-    error_answer,
-    not_judged,
-    outcome_unknown,
-    parse_answer,
-    value_answer,
 )
 from service.registry.writes.resources import (
     POLICY,
@@ -113,6 +102,7 @@ from service.registry.writes.settlement import (
     WriteSettlement,
     overwritten,
 )
+from service.registry.writes.slice_write import Attempt, Rejudge, SliceWrite, Update
 from service.state.cache import CacheKey, Outcome, ReadCache
 from service.state.locks import HeldLock, lock_busy, wait_budget
 
@@ -171,21 +161,6 @@ class WriteResult(Generic[T]):
     def of(cls, response: T, update: _Etags) -> WriteResult[T]:
         """The result of a write that answers `response`, built from its update."""
         return cls(response, update.etag_before, update.etag_after)
-
-
-@dataclass(frozen=True)
-class Update(Generic[V, D]):
-    """A read-modify-write of any resource (`RegistryOperations.update`): before, asked,
-    after, and what AWS answered."""
-
-    before: V  # read fresh from AWS inside the lock
-    proposed: D
-    after: V  # read back after the write; `before` when nothing was written
-    done: bool  # False with validate_only
-    sent: bool  # whether the write went to AWS (not with nothing to send)
-    answered: D | None  # what AWS answered the write; None: not sent, or no answer
-    etag_before: str  # of `before`
-    etag_after: str | None  # of `after`; None with validate_only
 
 
 @dataclass(frozen=True)
@@ -289,52 +264,11 @@ class Locks(Protocol):
         ...
 
 
-@dataclass
-class _Attempt:
-    """What a write has read so far, for its failure to say."""
-
-    etag_before: str | None = None
-    # Its change went into a document a batch sent (or was to send): it may be applied.
-    proposed: bool = False
-
-
-@dataclass(frozen=True)
-class _Slice(Generic[V, D]):
-    """A slice write waiting to be applied with others (`RegistryOperations._commit`)."""
-
-    target: Target
-    change: Callable[[V], D]
-    caller_slice: CallerSlice[D]
-    context: WriteContext
-    attempt: _Attempt
-    # The caller's request, serialized, as another replica judges it again when the write
-    # is handed over (handoff.py); None: it is applied here or not at all.
-    request: bytes | None = None
-    # When it queued (Unix time): no older write of its tenant handed over by another
-    # replica is applied after it (handoff.py `HandOff.last_applied`).
-    queued_at: float = 0.0
-
-
-@dataclass(frozen=True)
-class Rejudged(Generic[V, D]):
-    """A handed-over slice request judged again by the replica that applies it, with its
-    own tenant config: the caller's target there, its change and its slice."""
-
-    target: Target
-    change: Callable[[V], D]
-    caller_slice: CallerSlice[D]
-
-
-# Judges a handed-over request again (service/registry/rpcs/slice_operations.py
-# `SliceOperations.rejudge`); raises the GatewayError its caller is answered.
-Rejudge = Callable[[CacheKey, Handed], Rejudged[Any, Any]]
-
-
 @dataclass(frozen=True)
 class _Applied(Generic[V, D]):
     """A slice write of a batch whose change was applied: on what, and what it made."""
 
-    queued: Queued[_Slice[V, D], Update[V, D]]
+    queued: Queued[SliceWrite[V, D], Update[V, D]]
     before: V  # the value its change saw (the writers' before it applied)
     proposed: D  # what its change answered
     value: V  # the value once applied
@@ -375,49 +309,40 @@ class RegistryOperations:
         self._in_flight: dict[tuple[str, str, str], int] = {}
         # Slice writes queued on a registry's lock, applied together (group_commit.py);
         # None (one write per batch): each takes the lock alone.
-        self._batches: GroupCommit[CacheKey, _Slice[Any, Any], Update[Any, Any]] | None = (
+        self._batches: GroupCommit[CacheKey, SliceWrite[Any, Any], Update[Any, Any]] | None = (
             GroupCommit(self._commit, max_batch=max_writes_per_batch)
             if max_writes_per_batch > 1
             else None
         )
-        # Slice writes handed to the replica holding the lock (handoff.py), once the slice
-        # RPCs' side says how to judge a handed request again (`serve_handed`).
-        self._handoff = handoff
-        self._rejudge: Rejudge | None = None
-        self._count_handed = count_handed
-        # When a slice write queued, on the clock every replica reads alike (Redis's TIME,
-        # service/state/clock.py): what tells which of a tenant's writes came later across
-        # replicas (`_adopt`). Without one, this process's clock.
-        self._shared_now = shared_now
-        # Per key, the tenants with a write taken by another replica and not answered yet:
-        # none of their next writes is applied or handed until it is (their order).
-        self._awaiting: dict[CacheKey, Counter[str]] = {}
-        self._detached: set[asyncio.Task[None]] = set()
+        # Slice writes handed to the replica holding the lock (handing.py, handoff.py), once
+        # the slice RPCs' side says how to judge a handed request again (`serve_handed`).
+        self._handed = (
+            HandedWrites(
+                handoff,
+                locks,
+                max_batch=max_writes_per_batch,
+                count_handed=count_handed,
+                shared_now=shared_now,
+            )
+            if handoff is not None and self._batches is not None
+            else None
+        )
 
     def serve_handed(self, rejudge: Rejudge) -> None:
         """Take slice writes other replicas hand over, judged again by `rejudge`; and hand
         this replica's over while another holds the lock (with a `handoff` only)."""
-        self._rejudge = rejudge
+        if self._handed is not None:
+            self._handed.serve(rejudge)
 
-    def _handing(self) -> bool:
-        return self._handoff is not None and self._rejudge is not None
+    def _handing(self) -> HandedWrites | None:
+        """The hand-over, when this replica hands writes over and takes others'."""
+        handed = self._handed
+        return handed if handed is not None and handed.serving else None
 
     async def stop_handing(self) -> None:
-        """At shutdown, before Redis closes: the writes another replica took and has not
-        answered are answered WRITE_OUTCOME_UNKNOWN now (their callers' calls end and are
-        audited) rather than at their deadlines."""
-        tasks = list(self._detached)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    async def _now(self) -> float:
-        return await self._shared_now() if self._shared_now is not None else time.time()
-
-    def _exclusions(self, key: CacheKey) -> frozenset[str]:
-        """Tenants whose writes wait for an earlier one's answer from another replica."""
-        awaiting = self._awaiting.get(key)
-        return frozenset(t for t, n in awaiting.items() if n > 0) if awaiting else frozenset()
+        """At shutdown, before Redis closes (handing.py `HandedWrites.stop`)."""
+        if self._handed is not None:
+            await self._handed.stop()
 
     @property
     def settlement(self) -> WriteSettlement:
@@ -743,20 +668,20 @@ class RegistryOperations:
         (nothing of it written); a caller still waiting when its deadline leaves no time for
         the lock answers WRITE_LOCK_BUSY, as a writer waiting for the lock does."""
         assert self._batches is not None
-        attempt = _Attempt()
+        attempt = Attempt()
         registry = target.registry
         try:
             with self._counted(target):
                 update = await self._batches.submit(
                     key_of(kind, target),
-                    _Slice(
+                    SliceWrite(
                         target,
                         change,
                         caller_slice,
                         context,
                         attempt,
                         request,
-                        await self._now() if self._handing() else 0.0,
+                        await self._handed.now() if self._handed is not None else 0.0,
                     ),
                     tenant=target.tenant,
                     # A batch is written with its first writer's credentials: the same ones.
@@ -773,7 +698,7 @@ class RegistryOperations:
         return update
 
     async def _commit(
-        self, key: CacheKey, takes: Takes[_Slice[Any, Any], Update[Any, Any]]
+        self, key: CacheKey, takes: Takes[SliceWrite[Any, Any], Update[Any, Any]]
     ) -> None:
         """The queue's leader (group_commit.py): under the registry's lock, the batch taken
         first (writes of one affinity: the same credentials), then one fresh read with the
@@ -787,7 +712,8 @@ class RegistryOperations:
         handed to it rather than waiting for the lock, and what it does not take comes back
         here; holding the lock, the batch takes the writes other replicas handed over too."""
         kind: ResourceKind[Any, Any] = kind_of(key)
-        if not self._handing():
+        handed = self._handing()
+        if handed is None:
             async with self._locks.hold(key.registry_id, key.region) as held:
                 if takes.first is None:
                     return  # every writer left while the lock was awaited
@@ -799,13 +725,13 @@ class RegistryOperations:
         # holder that takes nothing never starves this replica's writes.
         came_back = False
         while takes.first is not None:
-            if not takes.takeable(self._exclusions(key)):
+            if not takes.takeable(handed.exclusions(key)):
                 # Only writes of tenants whose earlier write another replica took wait: they
                 # go once it is answered (their order).
                 await asyncio.sleep(POLL_SECONDS)
                 continue
             if not came_back and await self._locks.held_elsewhere(key.registry_id, key.region):
-                came_back = await self._hand_over(kind, key, takes)
+                came_back = await handed.hand_over(kind, key, takes)
                 continue
             came_back = False
             entered = False
@@ -814,7 +740,7 @@ class RegistryOperations:
                     key.registry_id, key.region, within=LOCK_TRY_SECONDS
                 ) as held:
                     entered = True
-                    await self._under_lock(kind, key, held, takes)
+                    await self._under_lock(handed, kind, key, held, takes)
                 return
             except Unavailable as busy:
                 if entered or busy.reason != "WRITE_LOCK_BUSY":
@@ -822,36 +748,38 @@ class RegistryOperations:
 
     async def _under_lock(
         self,
+        handed: HandedWrites,
         kind: ResourceKind[Any, Any],
         key: CacheKey,
         held: HeldLock,
-        takes: Takes[_Slice[Any, Any], Update[Any, Any]],
+        takes: Takes[SliceWrite[Any, Any], Update[Any, Any]],
     ) -> None:
         """Holding the lock: this replica's batch with the writes handed over, then the next
         batches while writes keep coming (at most MAX_HELD_BATCHES more)."""
-        batch = takes.take(exclude=self._exclusions(key))
-        adopted = await self._adopt(key, batch)
+        batch = takes.take(exclude=handed.exclusions(key))
+        adopted = await handed.adopt(key, batch)
         if not batch and not adopted:
             return  # every writer left while the lock was awaited
-        await self._commit_adopted(kind, key, held, batch, adopted)
+        await self._commit_adopted(handed, kind, key, held, batch, adopted)
         # Writes handed over meanwhile (or more than one batch of them): while the lock is
         # held here nobody else takes them, and their replicas take them back only once it
         # is free; so the next batches, with this replica's own writes waiting, go while
         # the lock is held.
         for _ in range(MAX_HELD_BATCHES):
-            batch = takes.take(exclude=self._exclusions(key)) if takes.first is not None else []
-            adopted = await self._adopt(key, batch)
+            batch = takes.take(exclude=handed.exclusions(key)) if takes.first is not None else []
+            adopted = await handed.adopt(key, batch)
             if not batch and not adopted:
                 break
-            await self._commit_adopted(kind, key, held, batch, adopted)
+            await self._commit_adopted(handed, kind, key, held, batch, adopted)
 
     async def _commit_adopted(
         self,
+        handed: HandedWrites,
         kind: ResourceKind[V, D],
         key: CacheKey,
         held: HeldLock,
-        batch: list[Queued[_Slice[V, D], Update[V, D]]],
-        adopted: list[tuple[Handed, Queued[_Slice[V, D], Update[V, D]]]],
+        batch: list[Queued[SliceWrite[V, D], Update[V, D]]],
+        adopted: list[tuple[Handed, Queued[SliceWrite[V, D], Update[V, D]]]],
     ) -> None:
         """A batch with the handed writes it took; each of those answered to its replica.
         The writes it applied are recorded per tenant (when each queued), so that no older
@@ -864,35 +792,16 @@ class RegistryOperations:
                 queued.failed(copied(exc))
             raise
         finally:
-            await self._record_applied(key, writes)
+            await handed.record_applied(key, writes)
             if adopted:
-                await self._answer_adopted(kind, key, adopted)
-
-    async def _record_applied(
-        self, key: CacheKey, writes: list[Queued[_Slice[V, D], Update[V, D]]]
-    ) -> None:
-        """When the latest write of each tenant of `writes` that may be applied queued
-        (handoff.py)."""
-        assert self._handoff is not None
-        latest: dict[str, float] = {}
-        for queued in writes:
-            # Recorded whatever its answer once its change went into a document sent: AWS
-            # may hold it (a put answered late, a read-back that failed). Recording one AWS
-            # refused only refuses an older handed write, nothing of which is written.
-            if queued.payload.attempt.proposed:
-                stamp = queued.payload.queued_at
-                latest[queued.tenant] = max(latest.get(queued.tenant, 0.0), stamp)
-        try:
-            await self._handoff.applied(key, latest)
-        except HandOffAway:
-            log.warning("the writes applied on %s could not be recorded for hand-overs", key)
+                await handed.answer_adopted(kind, key, adopted)
 
     async def _commit_batch(
         self,
         kind: ResourceKind[V, D],
         key: CacheKey,
         held: HeldLock,
-        batch: list[Queued[_Slice[V, D], Update[V, D]]],
+        batch: list[Queued[SliceWrite[V, D], Update[V, D]]],
     ) -> None:
         """One batch under the lock: its fresh read (bounded by its writers' latest
         deadline), then its changes applied and sent (`_batch`)."""
@@ -915,393 +824,13 @@ class RegistryOperations:
 
     # --- slice writes handed between replicas (handoff.py) ------------------------------------
 
-    async def _hand_over(
-        self,
-        kind: ResourceKind[V, D],
-        key: CacheKey,
-        takes: Takes[_Slice[V, D], Update[V, D]],
-    ) -> bool:
-        """The writes waiting here handed to the replica holding the lock, each answered by
-        it (or WRITE_LOCK_BUSY, or WRITE_OUTCOME_UNKNOWN), and those that queue here
-        meanwhile too, until one comes back (nobody took it: the lock is free, or the holder
-        takes nothing). One that comes back is queued again at its place, untaken (group_
-        commit.py `Takes.give_back`): the lock, taken here next, applies it with the others
-        in their order, their credentials and their callers' patience. A tenant has one write
-        handed at a time, so that its writes stay in order. Whether one came back."""
-        handing: dict[asyncio.Future[_Taken | str | None], Queued[_Slice[V, D], Update[V, D]]] = {}
-        came_back = False
-        while True:
-            if not came_back and takes.first is not None:
-                busy = frozenset(queued.tenant for queued in handing.values())
-                for queued in takes.take(exclude=busy | self._exclusions(key)):
-                    handing[asyncio.ensure_future(self._hand_one(kind, key, queued))] = queued
-            if not handing:
-                return came_back
-            done, _ = await asyncio.wait(
-                handing, timeout=POLL_SECONDS, return_when=asyncio.FIRST_COMPLETED
-            )
-            for future in done:
-                queued = handing.pop(future)
-                if future.exception() is not None:
-                    log.error(
-                        "handing a write over failed on %s",
-                        key,
-                        extra={"error_type": type(future.exception()).__name__},
-                    )
-                    queued.failed(outcome_unknown(key.registry_id, key.region))
-                elif future.result() == _BACK:
-                    takes.give_back(queued)
-                    came_back = True
-                elif isinstance(taken := future.result(), _Taken):
-                    # Taken by another replica: its answer is waited for on its own, so that
-                    # the writes that come back meanwhile are not held behind it.
-                    takes.release(queued)
-                    self._await_taken(kind, key, queued, taken)
-
-    async def _hand_one(
-        self, kind: ResourceKind[V, D], key: CacheKey, queued: Queued[_Slice[V, D], Update[V, D]]
-    ) -> _Taken | str | None:
-        """One write handed over: None once answered; `_BACK` when no replica took it (it is
-        this replica's to apply again: nothing of it was written); `_Taken` when another
-        replica took it (or seemed to) and its answer is still to come (`_await_taken`)."""
-        handoff = self._handoff
-        assert handoff is not None
-        item = queued.payload
-        if item.request is None:
-            return _BACK
-        loop = asyncio.get_running_loop()
-        time_left = item.context.time_left()
-        patience = wait_budget(time_left, math.inf)
-        now = time.time()
-        # Taken by no replica past this (its own takes it back by then): a request left in
-        # the list by a replica that died is applied, if at all, within a second.
-        take_by = min(patience, UNTAKEN_SECONDS + TAKE_BY_MARGIN_SECONDS)
-        handed = Handed(
-            id=uuid.uuid4().hex,
-            replica=handoff.replica,
-            tenant=item.target.tenant,
-            rpc=item.context.rpc or "",
-            body=item.request,
-            identity=item.context.identity,
-            request_id=item.context.request_id,
-            patience_until=now + take_by,
-            deadline=now + time_left,
-            queued_at=item.queued_at,
-        )
-        raw = handed.encode()
-        try:
-            await handoff.give(key, raw)
-        except HandOffAway as away:
-            if not away.maybe_sent:
-                return _BACK  # not in the list: the lock, taken here, says what Redis does
-            # It may be in the list all the same (a paused Redis runs it when it resumes):
-            # handed, as far as anyone can tell.
-        give_up_at = loop.time() + patience
-        # Untaken this long, it is taken back and waits for the lock here as any write does:
-        # a holder that takes nothing (a full-document write, a replica of an older version
-        # during a rolling upgrade) costs a handed write at most this.
-        untaken_until = loop.time() + UNTAKEN_SECONDS
-        taken = False
-        try:
-            while True:
-                left = give_up_at - loop.time()
-                answer = await handoff.wait(key, handed.id, min(POLL_SECONDS, max(0.0, left)))
-                if answer is not None:
-                    if _expired(answer):
-                        self._count_handed("returned")
-                        return _BACK  # taken past its time: refused, nothing written
-                    self._count_handed("answered")
-                    self._answered(kind, queued, answer)
-                    return None
-                if left <= 0:
-                    if await self._withdrawn(key, raw):
-                        self._count_handed("lock_busy")
-                        queued.failed(lock_busy(key.registry_id, key.region))
-                        return None
-                    taken = True
-                    return _taken(handed, raw)  # taken meanwhile: its answer comes
-                # Nobody holds the lock, so nobody will take it; or the holder does not take:
-                # ours again, unless it was taken meanwhile.
-                nobody = loop.time() >= untaken_until or not await self._locks.held(
-                    key.registry_id, key.region
-                )
-                if nobody:
-                    if await self._withdrawn(key, raw):
-                        self._count_handed("returned")
-                        return _BACK
-                    taken = True
-                    return _taken(handed, raw)
-        finally:
-            if not taken:
-                handoff.forget(handed.id)
-
-    def _await_taken(
-        self,
-        kind: ResourceKind[V, D],
-        key: CacheKey,
-        queued: Queued[_Slice[V, D], Update[V, D]],
-        taken: _Taken,
-    ) -> None:
-        """A handed write another replica took: answered as that replica answers it, before
-        its caller's deadline (the caller then hears WRITE_OUTCOME_UNKNOWN, not
-        DEADLINE_EXCEEDED), or without one within the time a write takes to settle; else its
-        outcome is unknown. Meanwhile its tenant's next writes wait (`_exclusions`)."""
-        awaiting = self._awaiting.setdefault(key, Counter())
-        awaiting[queued.tenant] += 1
-        task = asyncio.ensure_future(self._answer_taken(kind, key, queued, taken))
-        self._detached.add(task)
-
-        def done(_: asyncio.Task[None]) -> None:
-            self._detached.discard(task)
-            awaiting[queued.tenant] -= 1
-            if awaiting[queued.tenant] <= 0:
-                del awaiting[queued.tenant]
-
-        task.add_done_callback(done)
-
-    async def _answer_taken(
-        self,
-        kind: ResourceKind[V, D],
-        key: CacheKey,
-        queued: Queued[_Slice[V, D], Update[V, D]],
-        taken: _Taken,
-    ) -> None:
-        handoff = self._handoff
-        assert handoff is not None
-        item = queued.payload
-        loop = asyncio.get_running_loop()
-        try:
-            time_left = item.context.time_left()
-            wait = (
-                TAKEN_GRACE_SECONDS
-                if math.isinf(time_left)
-                else max(0.0, time_left - ANSWER_MARGIN_SECONDS)
-            )
-            give_up_at = loop.time() + wait
-            # Past its take-by time no replica takes it: if it is still in the list (the
-            # holder took it and put it back, as a batch that had no room for it does),
-            # withdrawing it now proves nothing of it was written.
-            past_take_by = loop.time() + max(0.0, taken.take_by - time.time())
-            answer = None
-            while answer is None and loop.time() < give_up_at:
-                left = give_up_at - loop.time()
-                answer = await handoff.wait(key, taken.id, min(POLL_SECONDS, left))
-                if (
-                    answer is None
-                    and loop.time() >= past_take_by
-                    and await self._withdrawn(key, taken.raw)
-                ):
-                    self._count_handed("lock_busy")
-                    queued.failed(lock_busy(key.registry_id, key.region))
-                    return
-            if answer is not None and _expired(answer):
-                # Refused past its time by the replica that took it: nothing written.
-                self._count_handed("lock_busy")
-                queued.failed(lock_busy(key.registry_id, key.region))
-            elif answer is not None:
-                self._count_handed("answered")
-                self._answered(kind, queued, answer)
-            else:
-                self._count_handed("unknown")
-                log.warning(
-                    "a slice write of tenant %s handed over on registry %s in %s was taken "
-                    "and not answered: outcome unknown",
-                    item.target.tenant,
-                    key.registry_id,
-                    key.region,
-                )
-                queued.failed(outcome_unknown(key.registry_id, key.region))
-        except BaseException:
-            queued.failed(outcome_unknown(key.registry_id, key.region))
-            raise
-        finally:
-            handoff.forget(taken.id)
-
-    async def _withdrawn(self, key: CacheKey, raw: bytes) -> bool:
-        """Whether a handed request was taken back (no replica took it). Redis not
-        answering: not known, so it counts as taken (its answer is waited for)."""
-        assert self._handoff is not None
-        try:
-            return await self._handoff.withdraw(key, raw)
-        except HandOffAway:
-            return False
-
-    def _answered(
-        self, kind: ResourceKind[V, D], queued: Queued[_Slice[V, D], Update[V, D]], raw: bytes
-    ) -> None:
-        """A handed write answered as the replica that applied it answered."""
-        key = key_of(kind, queued.payload.target)
-        parsed = parse_answer(raw)
-        if parsed is None:
-            queued.failed(outcome_unknown(key.registry_id, key.region))
-            return
-        _, result = parsed
-        if isinstance(result, GatewayError):
-            queued.failed(result)
-            return
-        try:
-            before = kind.value_from(base64.b64decode(result["before"]))
-            after = kind.value_from(base64.b64decode(result["after"]))
-            update = Update(
-                before,
-                kind.document(after),
-                after=after,
-                done=True,
-                sent=bool(result["sent"]),
-                answered=None,
-                etag_before=str(result["etag_before"]),
-                etag_after=str(result["etag_after"]),
-            )
-        except (KeyError, ValueError, TypeError):
-            queued.failed(outcome_unknown(key.registry_id, key.region))
-            return
-        queued.answered(update)
-
-    async def _adopt(
-        self, key: CacheKey, batch: list[Queued[_Slice[Any, Any], Update[Any, Any]]]
-    ) -> list[tuple[Handed, Queued[_Slice[Any, Any], Update[Any, Any]]]]:
-        """The writes other replicas handed over, judged again here, that fit in `batch`
-        (room left, one per tenant, the same credentials); the others back in the list, or
-        answered at once (refused when judged again, or no longer waited for)."""
-        assert self._handoff is not None and self._rejudge is not None and self._batches
-        try:
-            raws = await self._handoff.take(key, self._batches.max_batch - len(batch))
-        except HandOffAway:
-            return []
-        loop = asyncio.get_running_loop()
-        tenants = {queued.tenant for queued in batch}
-        affinity = batch[0].affinity if batch else None
-        requests = [(raw, Handed.decode(raw)) for raw in raws]
-        try:
-            applied = await self._handoff.last_applied(
-                key, sorted({h.tenant for _, h in requests if h is not None})
-            )
-        except HandOffAway:
-            # Whether a later write of theirs went first cannot be told: not taken now.
-            await self._put_back(key, raws)
-            return []
-        adopted: list[tuple[Handed, Queued[_Slice[Any, Any], Update[Any, Any]]]] = []
-        back: list[bytes] = []
-        refused: list[tuple[Handed, GatewayError]] = []
-        now = time.time()
-        for raw, handed in requests:
-            if handed is None:
-                log.warning("a handed-over write on %s could not be read; dropped", key)
-                continue
-            if handed.patience_until <= now:
-                # Past its time (its replica takes it back): nothing of it is written.
-                refused.append((handed, _expired_error(key)))
-                continue
-            if handed.queued_at < applied.get(handed.tenant, 0.0):
-                # A later write of its tenant was applied first (its replica died with it
-                # handed, and its caller wrote again elsewhere): never applied over it.
-                refused.append((handed, _superseded(key, handed.tenant)))
-                continue
-            if handed.tenant in tenants:
-                back.append(raw)  # a tenant's writes stay serial: the next batch
-                continue
-            try:
-                judged = self._rejudge(key, handed)
-            except GatewayError as error:
-                refused.append((handed, error))
-                continue
-            except Exception:
-                # Not judged: refused (never applied unjudged), and the batch goes on.
-                log.exception("judging a handed-over write of tenant %s failed", handed.tenant)
-                refused.append((handed, not_judged(key.registry_id, key.region)))
-                continue
-            registry = judged.target.registry
-            credentials = (registry.role_arn, registry.external_id_env)
-            if affinity is None:
-                affinity = credentials
-            if credentials != affinity:
-                back.append(raw)  # written with other credentials: another batch
-                continue
-            tenants.add(handed.tenant)
-            context = WriteContext(
-                identity=handed.identity,
-                rpc=handed.rpc,
-                request_id=handed.request_id,
-                deadline=math.inf
-                if math.isinf(handed.deadline)
-                else loop.time() + (handed.deadline - now),
-            )
-            payload: _Slice[Any, Any] = _Slice(
-                judged.target,
-                judged.change,
-                judged.caller_slice,
-                context,
-                _Attempt(),
-                queued_at=handed.queued_at,
-            )
-            # Its own empty context: no call of this replica's bounds its AWS calls (its
-            # caller's deadline bounds the batch's fresh read, through `context.deadline`).
-            queued: Queued[_Slice[Any, Any], Update[Any, Any]] = Queued(
-                payload, handed.tenant, affinity, loop.create_future(), contextvars.Context()
-            )
-            queued.taken = True
-            adopted.append((handed, queued))
-            self._count_handed("taken")
-        await self._put_back(key, back)
-        try:
-            for handed, refusal in refused:
-                await self._handoff.answer(key, handed.replica, error_answer(handed.id, refusal))
-        except HandOffAway:
-            pass  # their replicas' waits end them (taken: WRITE_OUTCOME_UNKNOWN)
-        return adopted
-
-    async def _put_back(self, key: CacheKey, raws: list[bytes]) -> None:
-        assert self._handoff is not None
-        try:
-            await self._handoff.put_back(key, raws)
-        except HandOffAway:
-            # Lost with Redis: their replicas take them back (or answer them unknown).
-            log.warning("%d handed-over writes on %s could not be put back", len(raws), key)
-
-    async def _answer_adopted(
-        self,
-        kind: ResourceKind[Any, Any],
-        key: CacheKey,
-        adopted: list[tuple[Handed, Queued[_Slice[Any, Any], Update[Any, Any]]]],
-    ) -> None:
-        """Each handed write's answer, to the replica that waits for it."""
-        assert self._handoff is not None
-        for handed, queued in adopted:
-            answer = queued.answer
-            if not answer.done():
-                queued.failed(RuntimeError("a write taken into a batch was not answered"))
-            error = answer.exception()
-            if isinstance(error, GatewayError):
-                raw = error_answer(handed.id, error)
-            elif error is not None:
-                raw = error_answer(handed.id, outcome_unknown(key.registry_id, key.region))
-            else:
-                update = answer.result()
-                raw = value_answer(
-                    handed.id,
-                    {
-                        "before": base64.b64encode(kind.value_bytes(update.before)).decode(),
-                        "after": base64.b64encode(kind.value_bytes(update.after)).decode(),
-                        "sent": update.sent,
-                        "etag_before": update.etag_before,
-                        "etag_after": update.etag_after,
-                    },
-                )
-            try:
-                await self._handoff.answer(key, handed.replica, raw)
-            except HandOffAway:
-                log.warning(
-                    "the answer to a handed-over write of tenant %s could not be sent",
-                    queued.tenant,
-                )
-
     async def _batch(
         self,
         kind: ResourceKind[V, D],
         held: HeldLock,
         target: Target,
         current: V,
-        batch: list[Queued[_Slice[V, D], Update[V, D]]],
+        batch: list[Queued[SliceWrite[V, D], Update[V, D]]],
     ) -> V | None:
         """Each change of `batch` applied in order on `current`, the result sent as one
         write and each caller answered; what stands after it (None: not known)."""
@@ -1440,10 +969,10 @@ class RegistryOperations:
     @asynccontextmanager
     async def _update(
         self, target: Target, context: WriteContext
-    ) -> AsyncIterator[tuple[HeldLock, _Attempt]]:
+    ) -> AsyncIterator[tuple[HeldLock, Attempt]]:
         """The registry's lock for one read-modify-write; a failure (once the write has
         read the current value) says the etag it read (`GatewayError.etag_read_before`)."""
-        attempt = _Attempt()
+        attempt = Attempt()
         try:
             async with self._hold(target) as held:
                 yield held, attempt
@@ -1525,36 +1054,9 @@ class RegistryOperations:
 # What AWS answers a document it will not take (service/aws/errors.py): nothing applied.
 AWS_REFUSALS = frozenset({"AWS_INVALID_PARAMETER", "AWS_PARAM_VALIDATION"})
 
-# `_hand_one`'s answer for a write no replica took (nothing of it written).
-_BACK = "back"
-
-
-@dataclass(frozen=True)
-class _Taken:
-    """A handed write another replica took (or seemed to: its withdrawal found it gone)."""
-
-    id: str
-    raw: bytes  # the request as given, to withdraw it once past its take-by time
-    take_by: float  # Unix time past which no replica takes it
-
-
-def _taken(handed: Handed, raw: bytes) -> _Taken:
-    return _Taken(handed.id, raw, handed.patience_until + TAKE_BY_MARGIN_SECONDS)
-
-
 # How long a leader that hands writes over tries the lock itself, when no other replica
 # held it a moment ago, before it looks again who holds it.
 LOCK_TRY_SECONDS = 0.5
-
-# How long a handed write waits to be taken before its replica takes it back (handoff.py),
-# and past that, how long a replica may still take it (its replica's withdrawal racing).
-UNTAKEN_SECONDS = 1.0
-TAKE_BY_MARGIN_SECONDS = 0.5
-HANDOFF_EXPIRED = "HANDOFF_EXPIRED"
-
-# Before its caller's deadline, a handed write taken and not answered is answered
-# WRITE_OUTCOME_UNKNOWN by this much: what the answer takes to reach the caller.
-ANSWER_MARGIN_SECONDS = 0.25
 
 # How many more batches (this replica's writes and those handed over) one holder of the lock
 # applies while the writes keep coming, before it lets the lock go to another replica.
@@ -1567,44 +1069,13 @@ MAX_HELD_BATCHES = 8
 GROUP_WRITE = "(group write)"
 
 
-def _expired_error(key: CacheKey) -> Unavailable:
-    """What an applier answers a handed write taken past its time: its replica takes it back
-    (nothing of it written) and applies it itself."""
-    return Unavailable(
-        "taken by the replica holding the lock past its time; nothing was written",
-        reason=HANDOFF_EXPIRED,
-        metadata={"registryId": key.registry_id, "region": key.region},
-        retry_after_seconds=0.1,
-    )
-
-
-def _expired(raw: bytes) -> bool:
-    parsed = parse_answer(raw)
-    return (
-        parsed is not None
-        and isinstance(parsed[1], GatewayError)
-        and parsed[1].reason == HANDOFF_EXPIRED
-    )
-
-
-def _superseded(key: CacheKey, tenant: str) -> Unavailable:
-    return Unavailable(
-        f"a later write of tenant {tenant[:64]} was applied before this one reached the "
-        f"replica holding registry {key.registry_id}'s write lock in {key.region}; nothing "
-        "of this one was written: read your slice before writing again",
-        reason="WRITE_NOT_APPLIED",
-        metadata={"registryId": key.registry_id, "region": key.region},
-        retry_after_seconds=1.0,
-    )
-
-
 def _refused(error: BaseException) -> bool:
     """Whether AWS refused the document (nothing applied)."""
     return isinstance(error, InvalidArgument) and error.reason in AWS_REFUSALS
 
 
 async def _within_latest(
-    writers: list[Queued[_Slice[V, D], Update[V, D]]], send: Coroutine[Any, Any, T]
+    writers: list[Queued[SliceWrite[V, D], Update[V, D]]], send: Coroutine[Any, Any, T]
 ) -> T:
     """`send` (a batch's put and its settlement) run in a copy of the context of the writer
     whose deadline is the latest, as it queued (group_commit.py `Queued.context`): the leader
@@ -1617,7 +1088,7 @@ async def _within_latest(
     return await asyncio.get_running_loop().create_task(send, context=latest.context.copy())
 
 
-def _batch_target(batch: list[Queued[_Slice[V, D], Update[V, D]]]) -> Target:
+def _batch_target(batch: list[Queued[SliceWrite[V, D], Update[V, D]]]) -> Target:
     """The target a batch's AWS calls are made with: its writer's own when it holds one
     (charged to that tenant, as without batching); else the first's registry entry (every
     writer of a batch has the same credentials: group_commit.py `affinity`) on behalf of
