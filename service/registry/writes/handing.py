@@ -104,9 +104,9 @@ def _expired(raw: bytes) -> bool:
 
 def _superseded(key: CacheKey, tenant: str) -> Unavailable:
     return Unavailable(
-        f"a later write of tenant {tenant[:64]} was applied before this one reached the "
-        f"replica holding registry {key.registry_id}'s write lock in {key.region}; nothing "
-        "of this one was written: read your slice before writing again",
+        f"a later write of tenant {tenant[:64]} went into a write to AWS before this one "
+        f"reached the replica holding registry {key.registry_id}'s write lock in {key.region}; "
+        "nothing of this one was written: read your slice before writing again",
         reason="WRITE_NOT_APPLIED",
         metadata={"registryId": key.registry_id, "region": key.region},
         retry_after_seconds=1.0,
