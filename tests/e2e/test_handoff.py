@@ -77,7 +77,9 @@ async def test_writes_on_a_waiting_replica_go_in_the_lock_holder_s_batch(
 ) -> None:
     behave_like_ecr(monkeypatch)
     clear_registry()
-    proxy.fault = Fault(frozenset({PUT}), late_seconds=0.5)  # each batch holds the lock 0.5 s+
+    # Each batch holds the lock 0.8 s+: time for the writes below to arrive, under the 1 s a
+    # handed write waits to be taken.
+    proxy.fault = Fault(frozenset({PUT}), late_seconds=0.8)
     here, there = await two_replicas(gateway_factory, proxy.url, redis_url, redis_prefix, tmp_path)
     first, on_there, on_here = ["team00"], ["team01", "team02", "team03"], ["team04", "team05"]
     async with (
@@ -141,7 +143,7 @@ async def test_a_tenant_the_applying_replica_does_not_allow_is_refused_there(
     # right away, seen there first): the request carries no decision of its replica's.
     behave_like_ecr(monkeypatch)
     clear_registry()
-    proxy.fault = Fault(frozenset({PUT}), late_seconds=0.5)
+    proxy.fault = Fault(frozenset({PUT}), late_seconds=0.8)
     here_raw = teams_config(proxy.url, redis_url, redis_prefix, tmp_path / "audit-here.jsonl")
     for tenant in here_raw["tenants"]:
         if tenant["name"] == "team01":
