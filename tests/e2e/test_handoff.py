@@ -275,9 +275,9 @@ async def test_a_request_a_holder_does_not_take_is_taken_back_and_waits_for_the_
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
         stub = pb_grpc.RegistryConfigServiceStub(channel)
         write = asyncio.create_task(put_rules(stub, "team00", intent("team00"), timeout=20))
-        await wait_until(lambda: handed(gateway, "returned") == 1, what="the write taken back")
-        assert await redis_client.llen(requests_key(redis_prefix)) == 0
-        assert not write.done()  # waiting for the lock, here
+        await wait_until(lambda: handed(gateway, "returned") >= 1, what="the write taken back")
+        # Waiting here: for the lock, or handed again (the lock still held elsewhere).
+        assert not write.done()
         await redis_client.delete(lock_key(redis_prefix))
         code, _, response = await write
     assert code == grpc.StatusCode.OK and list(response.rules) == intent("team00")
