@@ -67,6 +67,24 @@ async def two_replicas(
     return here, there
 
 
+@pytest.fixture
+async def gateway(
+    gateway_factory: GatewayFactory,
+    proxy: CountingProxy,
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Gateway:
+    """One replica of the teams' config on Redis, moto behind the counting proxy, an empty
+    registry; the tests below play the other replica through Redis itself."""
+    behave_like_ecr(monkeypatch)
+    clear_registry()
+    return await gateway_factory(
+        teams_config(proxy.url, redis_url, redis_prefix, tmp_path / "audit.jsonl")
+    )
+
+
 async def test_writes_on_a_waiting_replica_go_in_the_lock_holder_s_batch(
     gateway_factory: GatewayFactory,
     proxy: CountingProxy,
@@ -179,22 +197,11 @@ async def test_a_tenant_the_applying_replica_does_not_allow_is_refused_there(
 
 
 async def test_a_forged_request_in_the_list_is_judged_and_refused(
-    gateway_factory: GatewayFactory,
-    proxy: CountingProxy,
-    redis_url: str,
-    redis_prefix: str,
-    redis_client: redis.asyncio.Redis,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    gateway: Gateway, proxy: CountingProxy, redis_prefix: str, redis_client: redis.asyncio.Redis
 ) -> None:
     # Whoever writes into the list (a compromised replica, a stray script) cannot make the
     # holder write anything a tenant could not: team02 "asking" for team03's prefix is judged
     # as team02's own request, and refused.
-    behave_like_ecr(monkeypatch)
-    clear_registry()
-    gateway = await gateway_factory(
-        teams_config(proxy.url, redis_url, redis_prefix, tmp_path / "audit.jsonl")
-    )
     body = pb.PutReplicationRulesRequest(rules=intent("team03")).SerializeToString()
     forged = Handed(
         id="forged-1",
@@ -225,19 +232,8 @@ async def test_a_forged_request_in_the_list_is_judged_and_refused(
 
 
 async def test_a_request_nobody_takes_while_the_lock_stays_held_writes_nothing(
-    gateway_factory: GatewayFactory,
-    proxy: CountingProxy,
-    redis_url: str,
-    redis_prefix: str,
-    redis_client: redis.asyncio.Redis,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    gateway: Gateway, proxy: CountingProxy, redis_prefix: str, redis_client: redis.asyncio.Redis
 ) -> None:
-    behave_like_ecr(monkeypatch)
-    clear_registry()
-    gateway = await gateway_factory(
-        teams_config(proxy.url, redis_url, redis_prefix, tmp_path / "audit.jsonl")
-    )
     # Another "replica" holds the lock and never takes anything.
     await redis_client.set(lock_key(redis_prefix), "elsewhere", px=30_000)
     try:
@@ -255,22 +251,11 @@ async def test_a_request_nobody_takes_while_the_lock_stays_held_writes_nothing(
 
 
 async def test_a_request_a_holder_does_not_take_is_taken_back_and_waits_for_the_lock(
-    gateway_factory: GatewayFactory,
-    proxy: CountingProxy,
-    redis_url: str,
-    redis_prefix: str,
-    redis_client: redis.asyncio.Redis,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    gateway: Gateway, proxy: CountingProxy, redis_prefix: str, redis_client: redis.asyncio.Redis
 ) -> None:
     # A holder that takes nothing (a full-document write; a replica of an older version in a
     # rolling upgrade): the write is taken back after UNTAKEN_SECONDS and waits for the lock
     # here, as without hand-over; it is applied once the holder lets go.
-    behave_like_ecr(monkeypatch)
-    clear_registry()
-    gateway = await gateway_factory(
-        teams_config(proxy.url, redis_url, redis_prefix, tmp_path / "audit.jsonl")
-    )
     await redis_client.set(lock_key(redis_prefix), "elsewhere", px=30_000)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
         stub = pb_grpc.RegistryConfigServiceStub(channel)
@@ -285,19 +270,8 @@ async def test_a_request_a_holder_does_not_take_is_taken_back_and_waits_for_the_
 
 
 async def test_a_request_nobody_takes_is_applied_by_its_own_replica_once_the_lock_frees(
-    gateway_factory: GatewayFactory,
-    proxy: CountingProxy,
-    redis_url: str,
-    redis_prefix: str,
-    redis_client: redis.asyncio.Redis,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    gateway: Gateway, proxy: CountingProxy, redis_prefix: str, redis_client: redis.asyncio.Redis
 ) -> None:
-    behave_like_ecr(monkeypatch)
-    clear_registry()
-    gateway = await gateway_factory(
-        teams_config(proxy.url, redis_url, redis_prefix, tmp_path / "audit.jsonl")
-    )
     await redis_client.set(lock_key(redis_prefix), "elsewhere", px=30_000)
     async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
         stub = pb_grpc.RegistryConfigServiceStub(channel)
@@ -313,20 +287,11 @@ async def test_a_request_nobody_takes_is_applied_by_its_own_replica_once_the_loc
 
 
 async def test_a_request_taken_and_never_answered_is_an_unknown_outcome(
-    gateway_factory: GatewayFactory,
-    proxy: CountingProxy,
-    redis_url: str,
-    redis_prefix: str,
-    redis_client: redis.asyncio.Redis,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
+    gateway: Gateway, proxy: CountingProxy, redis_prefix: str, redis_client: redis.asyncio.Redis
 ) -> None:
     # The replica that took it died (SIGKILL) before answering: its write may or may not
     # be at AWS. The caller's replica says so, never OK, never "not applied".
-    behave_like_ecr(monkeypatch)
-    clear_registry()
-    audit = tmp_path / "audit.jsonl"
-    gateway = await gateway_factory(teams_config(proxy.url, redis_url, redis_prefix, audit))
+    audit = Path(gateway.config.audit.path)
     await redis_client.set(lock_key(redis_prefix), "elsewhere", px=30_000)
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
