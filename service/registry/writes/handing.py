@@ -140,6 +140,18 @@ class HandedWrites:
         # none of their next writes is applied or handed until it is (their order).
         self._awaiting: dict[CacheKey, Counter[str]] = {}
         self._detached: set[asyncio.Task[None]] = set()
+        # Whether the lock was held, per key, as last asked (monotonic time, held): every
+        # handed write polls it, and one Redis EXISTS answers all of them for a while.
+        self._held_seen: dict[CacheKey, tuple[float, bool]] = {}
+
+    async def _held(self, key: CacheKey) -> bool:
+        """Whether anyone holds the registry's lock, asked at most every half poll."""
+        seen = self._held_seen.get(key)
+        if seen is not None and time.monotonic() - seen[0] < POLL_SECONDS / 2:
+            return seen[1]
+        held = await self._locks.held(key.registry_id, key.region)
+        self._held_seen[key] = (time.monotonic(), held)
+        return held
 
     def serve(self, rejudge: Rejudge) -> None:
         """Judge handed requests again with `rejudge` (the slice RPCs' side): from then on
@@ -296,9 +308,7 @@ class HandedWrites:
                     return _taken(handed, raw)  # taken meanwhile: its answer comes
                 # Nobody holds the lock, so nobody will take it; or the holder does not take:
                 # ours again, unless it was taken meanwhile.
-                nobody = loop.time() >= untaken_until or not await self._locks.held(
-                    key.registry_id, key.region
-                )
+                nobody = loop.time() >= untaken_until or not await self._held(key)
                 if nobody:
                     if await self._withdrawn(key, raw):
                         self._count_handed("returned")
