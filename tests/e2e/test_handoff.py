@@ -316,3 +316,34 @@ async def test_a_request_taken_and_never_answered_is_an_unknown_outcome(
         ("UNAVAILABLE", "WRITE_OUTCOME_UNKNOWN")
     ]
     assert lines[0]["tenant"] == "team00"
+
+
+async def test_redis_wiped_mid_hand_over_leaves_the_write_accounted_for(
+    gateway: Gateway, proxy: CountingProxy, redis_prefix: str, redis_client: redis.asyncio.Redis
+) -> None:
+    # Redis loses the list (FLUSHALL, a failover to a replica that never had it) and the
+    # lock with it while a write waits there to be taken. Whether some replica took it first
+    # cannot be told: its caller hears so before its deadline (never OK, never "nothing
+    # written"), it is audited, and no replica applies it later. (The shared test Redis is
+    # wiped key by key: FLUSHALL would wipe the other tests' keys.)
+    await redis_client.set(lock_key(redis_prefix), "elsewhere", px=30_000)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{gateway.port}") as channel:
+        stub = pb_grpc.RegistryConfigServiceStub(channel)
+        write = asyncio.create_task(put_rules(stub, "team00", intent("team00"), timeout=4))
+        await wait_until(
+            lambda: redis_client.llen(requests_key(redis_prefix)), what="the request handed"
+        )
+        await redis_client.delete(requests_key(redis_prefix), lock_key(redis_prefix))
+        code, reason, _ = await write
+    assert (code, reason) == (grpc.StatusCode.UNAVAILABLE, "WRITE_OUTCOME_UNKNOWN")
+    assert handed(gateway, "unknown") == 1
+    assert proxy.count(PUT) == 0 and filters_in(stored_rules()) == set()
+    lines = await wait_until(
+        lambda: [
+            line
+            for line in audit_lines(Path(gateway.config.audit.path))
+            if line.get("rpc") == "PutReplicationRules"
+        ],
+        what="the audit line",
+    )
+    assert [line["reason"] for line in lines] == ["WRITE_OUTCOME_UNKNOWN"]
